@@ -1,0 +1,1 @@
+"""Generative module assemblers: compact task- and budget-specific models."""

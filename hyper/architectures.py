@@ -1,0 +1,283 @@
+"""Target architectures used across weightspace, as Flax NNX modules and `Target` factories.
+
+- `MLP`: dense layers with a configurable activation (digits MLP 64-32-10).
+- `CNN2d`: a 3x3 conv stack + global average pooling + dense, Small-CNN-Zoo style (digits).
+- `CNN1d`: the same for 1-D signals (MNIST-1D).
+- `ResCNN`: a residual CNN with BatchNorm.
+
+`make_target(arch, **config)` builds a `Target` whose `config` rebuilds it exactly, so
+zoos and checkpoints can restore a target without the code that made it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from hyper.target import Target
+
+__all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "MLP", "ResCNN", "make_target"]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "sigmoid": jax.nn.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:
+    widths = tuple(int(w) for w in widths)
+    if any(w < 1 for w in widths):
+        raise ValueError(f"{name}: widths must be positive, got {widths}")
+    return widths
+
+
+class MLP(nnx.Module):
+    """Dense layers `in -> widths... -> out`, activation between, optional dropout.
+
+    Input `[batch, *in_shape]` is flattened to `[batch, in_features]`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: Sequence[int],
+        out_features: int,
+        *,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        sizes = (in_features, *_check_widths("MLP", widths), out_features)
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.activation = activation
+        self.act = _activation(activation)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+            if self.dropout is not None:
+                x = self.dropout(x)
+        return self.layers[-1](x)
+
+
+class CNN2d(nnx.Module):
+    """Conv stack (`kernel_size`, 'SAME', given strides) + global average pooling + dense.
+
+    Input `[batch, H, W]` or `[batch, H, W, C]`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int],
+        out_features: int,
+        *,
+        kernel_size: int = 3,
+        strides: Sequence[int] | None = None,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        ndim: int = 2,
+        rngs: nnx.Rngs,
+    ):
+        channels = _check_widths("CNN", channels)
+        strides = tuple(strides) if strides is not None else (1,) + (2,) * (len(channels) - 1)
+        if len(strides) != len(channels):
+            raise ValueError(f"CNN: {len(strides)} strides for {len(channels)} conv layers")
+        sizes = (in_channels, *channels)
+        self.ndim = ndim
+        self.convs = nnx.List(
+            [
+                nnx.Conv(
+                    a, b, (kernel_size,) * ndim, strides=(s,) * ndim, padding="SAME", rngs=rngs
+                )
+                for a, b, s in zip(sizes[:-1], sizes[1:], strides, strict=True)
+            ]
+        )
+        self.dense = nnx.Linear(channels[-1], out_features, rngs=rngs)
+        self.act = _activation(activation)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == self.ndim + 1:
+            x = x[..., None]
+        for conv in self.convs:
+            x = self.act(conv(x))
+        x = x.mean(axis=tuple(range(1, self.ndim + 1)))
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.dense(x)
+
+
+class CNN1d(CNN2d):
+    """`CNN2d` over 1-D signals `[batch, L]` or `[batch, L, C]` (MNIST-1D)."""
+
+    def __init__(self, in_channels: int, channels: Sequence[int], out_features: int, **kw: Any):
+        kw.setdefault("kernel_size", 5)
+        super().__init__(in_channels, channels, out_features, ndim=1, **kw)
+
+
+class ResBlock(nnx.Module):
+    """conv-BN-act-conv-BN + identity, then act."""
+
+    def __init__(self, channels: int, act: Callable, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(channels, channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(channels, momentum=0.9, rngs=rngs)
+        self.conv2 = nnx.Conv(channels, channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(channels, momentum=0.9, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.act(self.bn1(self.conv1(x)))
+        return self.act(x + self.bn2(self.conv2(h)))
+
+
+class ResCNN(nnx.Module):
+    """Stem conv-BN-act, `num_blocks` residual blocks, global average pooling, dense."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        out_features: int,
+        *,
+        num_blocks: int = 2,
+        activation: str = "relu",
+        rngs: nnx.Rngs,
+    ):
+        if channels < 1 or num_blocks < 0:
+            raise ValueError(f"ResCNN: channels={channels}, num_blocks={num_blocks}")
+        act = _activation(activation)
+        self.stem = nnx.Conv(
+            in_channels, channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs
+        )
+        self.stem_bn = nnx.BatchNorm(channels, momentum=0.9, rngs=rngs)
+        self.blocks = nnx.List([ResBlock(channels, act, rngs=rngs) for _ in range(num_blocks)])
+        self.dense = nnx.Linear(channels, out_features, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == 3:
+            x = x[..., None]
+        x = self.act(self.stem_bn(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.dense(x.mean(axis=(1, 2)))
+
+
+_BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
+    "mlp": (
+        MLP,
+        lambda c: (
+            (c["in_features"], c["widths"], c["out_features"]),
+            {"activation": c.get("activation", "relu"), "dropout": c.get("dropout", 0.0)},
+        ),
+    ),
+    "cnn2d": (
+        CNN2d,
+        lambda c: (
+            (c.get("in_channels", 1), c["channels"], c["out_features"]),
+            {
+                "kernel_size": c.get("kernel_size", 3),
+                "strides": c.get("strides"),
+                "activation": c.get("activation", "relu"),
+                "dropout": c.get("dropout", 0.0),
+            },
+        ),
+    ),
+    "cnn1d": (
+        CNN1d,
+        lambda c: (
+            (c.get("in_channels", 1), c["channels"], c["out_features"]),
+            {
+                "kernel_size": c.get("kernel_size", 5),
+                "strides": c.get("strides"),
+                "activation": c.get("activation", "relu"),
+                "dropout": c.get("dropout", 0.0),
+            },
+        ),
+    ),
+    "rescnn": (
+        ResCNN,
+        lambda c: (
+            (c.get("in_channels", 1), c["channels"], c["out_features"]),
+            {"num_blocks": c.get("num_blocks", 2), "activation": c.get("activation", "relu")},
+        ),
+    ),
+}
+
+
+def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Target:
+    """Builds a `Target` for one of the platform's architectures.
+
+    Args:
+      arch: ``"mlp"``, ``"cnn2d"``, ``"cnn1d"`` or ``"rescnn"``.
+      input_shape: shape of one example, e.g. ``(8, 8)`` for digits, ``(40,)`` for MNIST-1D.
+      **config: the module's arguments (``widths``/``channels``, ``out_features``,
+        ``activation``, ``dropout``, ...). For ``"mlp"``, ``in_features`` defaults to the
+        product of `input_shape`.
+
+    Returns:
+      a `Target` whose ``config`` (``{"arch": ..., "input_shape": ..., **config}``)
+      rebuilds it with ``make_target(**target.config)``.
+
+    Example:
+      >>> t = make_target("mlp", input_shape=(8, 8), widths=(32,), out_features=10)
+      >>> t.num_params
+      2410
+    """
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(_BUILDERS)}")
+    input_shape = tuple(int(s) for s in input_shape)
+    cfg = dict(config)
+    if arch == "mlp":
+        size = 1
+        for s in input_shape:
+            size *= s
+        cfg.setdefault("in_features", size)
+    if "widths" in cfg:
+        cfg["widths"] = [int(w) for w in cfg["widths"]]
+    if "channels" in cfg and not isinstance(cfg["channels"], int):
+        cfg["channels"] = [int(w) for w in cfg["channels"]]
+    if cfg.get("strides") is not None:
+        cfg["strides"] = [int(s) for s in cfg["strides"]]
+    cls, to_args = _BUILDERS[arch]
+    try:
+        args, kwargs = to_args(cfg)
+    except KeyError as e:
+        raise ValueError(f"make_target({arch!r}): missing config {e.args[0]!r}") from None
+
+    def build(key: jax.Array) -> nnx.Module:
+        return cls(*args, **kwargs, rngs=nnx.Rngs(params=key, dropout=key))
+
+    sample = jnp.zeros((1, *input_shape), jnp.float32)
+    module = build(jax.random.key(0))
+    full_config = {"arch": arch, "input_shape": list(input_shape), **cfg}
+    name = f"{arch}(" + ",".join(f"{k}={v}" for k, v in cfg.items() if k != "in_features") + ")"
+    return Target.from_nnx(module, sample_input=sample, name=name, config=full_config, init=build)
+
+
+def target_from_config(config: dict[str, Any]) -> Target:
+    """Rebuilds a target from its ``config`` (as stored in zoos and checkpoints)."""
+    if not isinstance(config, dict) or "arch" not in config or "input_shape" not in config:
+        raise ValueError(f"target config needs 'arch' and 'input_shape', got {config!r}")
+    cfg = dict(config)
+    return make_target(cfg.pop("arch"), input_shape=cfg.pop("input_shape"), **cfg)

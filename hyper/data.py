@@ -1,0 +1,103 @@
+"""Embedded datasets, offline and deterministic.
+
+- ``"digits"``: scikit-learn's 8x8 digits (1,797 images, 10 classes), pixels scaled to
+  [0, 1], a fixed stratified split (1,347 train / 450 test by default).
+- ``"mnist1d"``: MNIST-1D generated locally with ``mnist1d.data.make_dataset`` and its
+  default arguments (4,000 train / 1,000 test signals of length 40, 10 classes).
+
+Nothing is downloaded. `load(name)` caches each dataset per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["Dataset", "available", "load", "register"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A classification dataset split into train and test (numpy, float32 inputs).
+
+    Attributes:
+      name: registry name.
+      x_train: `[n_train, *input_shape]` float32.
+      y_train: `[n_train]` int32 labels in `[0, num_classes)`.
+      x_test, y_test: the test split, same layout.
+      num_classes: number of classes.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, train={self.x_train.shape}, test={self.x_test.shape}, "
+            f"classes={self.num_classes})"
+        )
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8)
+    y = y.astype(np.int32)
+    # Deterministic stratified split: 25% of each class to test, chosen by a fixed permutation.
+    rng = np.random.default_rng(0)
+    test = np.zeros(len(y), bool)
+    for c in range(10):
+        idx = np.nonzero(y == c)[0]
+        idx = rng.permutation(idx)
+        test[idx[: round(0.25 * len(idx))]] = True
+    return Dataset("digits", x[~test], y[~test], x[test], y[test], 10)
+
+
+def _mnist1d() -> Dataset:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()  # defaults: 5,000 samples, 80% train, seed 42
+    d = make_dataset(args)
+    return Dataset(
+        "mnist1d",
+        np.asarray(d["x"], np.float32),
+        np.asarray(d["y"], np.int32),
+        np.asarray(d["x_test"], np.float32),
+        np.asarray(d["y_test"], np.int32),
+        10,
+    )
+
+
+_REGISTRY: dict[str, Callable[[], Dataset]] = {"digits": _digits, "mnist1d": _mnist1d}
+
+
+def register(name: str, factory: Callable[[], Dataset]) -> None:
+    """Adds a dataset factory to the registry (must be offline and deterministic)."""
+    if not name or not isinstance(name, str):
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+    _REGISTRY[name] = factory
+    load.cache_clear()
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@functools.cache
+def load(name: str) -> Dataset:
+    """The dataset registered under `name` (``"digits"``, ``"mnist1d"``, ...)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; available: {available()}")
+    return _REGISTRY[name]()

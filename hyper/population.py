@@ -1,0 +1,345 @@
+"""Populations: many weight sets of one `Target`, stacked along a leading `targets` axis.
+
+A population is a plain nested dict of arrays, each leaf `[targets, *leaf_shape]`. The
+functions here stack and slice populations, flatten them to a `[targets, P]` matrix and
+back (exactly), select leaves by path glob, and import/export dicts of numpy arrays,
+including the PyTorch `state_dict` layout.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyper.target import LeafSpec, Params, Target, _flatten_dict, _nest
+
+__all__ = [
+    "concatenate",
+    "flatten",
+    "from_numpy",
+    "from_torch_state_dict",
+    "num_targets",
+    "select",
+    "stack",
+    "take",
+    "to_numpy",
+    "to_torch_state_dict",
+    "torch_key_map",
+    "unflatten",
+    "unstack",
+    "update",
+]
+
+
+def num_targets(population: Params) -> int:
+    """Size of the leading `targets` axis; raises if leaves disagree or the tree is empty."""
+    leaves = jax.tree.leaves(population)
+    if not leaves:
+        raise ValueError("population has no leaves")
+    sizes = {int(np.shape(v)[0]) if np.ndim(v) else -1 for v in leaves}
+    if len(sizes) != 1 or -1 in sizes:
+        shapes = {p: tuple(np.shape(v)) for p, v in _flatten_dict(population).items()}
+        raise ValueError(f"population leaves disagree on the targets axis: {shapes}")
+    return sizes.pop()
+
+
+def stack(params_list: Sequence[Params]) -> Params:
+    """Stacks single-target params into a population (leaves `[n, ...]`)."""
+    if len(params_list) == 0:
+        raise ValueError("stack: empty list of params")
+    first = jax.tree.structure(params_list[0])
+    for i, p in enumerate(params_list[1:], 1):
+        if jax.tree.structure(p) != first:
+            raise ValueError(f"stack: params[{i}] has a different structure from params[0]")
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *params_list)
+
+
+def unstack(population: Params) -> list[Params]:
+    """Splits a population into a list of single-target params."""
+    n = num_targets(population)
+    return [jax.tree.map(lambda v, i=i: v[i], population) for i in range(n)]
+
+
+def take(population: Params, index: Any) -> Params:
+    """Targets selected by an int array, slice or boolean mask along the `targets` axis."""
+    n = num_targets(population)
+    if isinstance(index, slice):
+        return jax.tree.map(lambda v: v[index], population)
+    idx = np.asarray(index)
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise ValueError(
+                f"take: boolean mask has shape {idx.shape}, population has {n} targets"
+            )
+        idx = np.nonzero(idx)[0]
+    if idx.size and (idx.max() >= n or idx.min() < -n):
+        raise ValueError(f"take: index out of range for {n} targets: {idx.tolist()}")
+    return jax.tree.map(lambda v: v[idx], population)
+
+
+def concatenate(populations: Sequence[Params]) -> Params:
+    """Concatenates populations of one target along the `targets` axis."""
+    if len(populations) == 0:
+        raise ValueError("concatenate: no populations")
+    first = jax.tree.structure(populations[0])
+    for i, p in enumerate(populations[1:], 1):
+        if jax.tree.structure(p) != first:
+            raise ValueError(f"concatenate: populations[{i}] has a different structure")
+        for (path, a), b in zip(
+            _flatten_dict(populations[0]).items(), _flatten_dict(p).values(), strict=True
+        ):
+            if np.shape(a)[1:] != np.shape(b)[1:]:
+                raise ValueError(
+                    f"concatenate: leaf {path!r} is {np.shape(a)[1:]} in populations[0] and "
+                    f"{np.shape(b)[1:]} in populations[{i}]"
+                )
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *populations)
+
+
+def flatten(target: Target, population: Params, *, trainable_only: bool = False) -> jax.Array:
+    """Population -> matrix `[targets, P]`, leaves in spec order, each row-major.
+
+    Args:
+      trainable_only: leave out non-trainable state (running statistics).
+    """
+    target.validate(population, batched=True)
+    flat = _flatten_dict(population)
+    cols = [
+        jnp.reshape(flat[s.path], (flat[s.path].shape[0], -1))
+        for s in target.spec
+        if s.trainable or not trainable_only
+    ]
+    dtypes = {c.dtype for c in cols}
+    if len(dtypes) > 1:
+        raise ValueError(f"flatten: leaves have several dtypes {sorted(map(str, dtypes))}")
+    return jnp.concatenate(cols, axis=1)
+
+
+def unflatten(
+    target: Target,
+    matrix: jax.Array,
+    *,
+    trainable_only: bool = False,
+    state: Params | None = None,
+) -> Params:
+    """Inverse of `flatten`: `[targets, P]` -> population.
+
+    Args:
+      trainable_only: `matrix` holds only trainable leaves; the others come from `state`
+        (a population), or are initialised to zeros/ones by role if `state` is None.
+    """
+    matrix = jnp.asarray(matrix)
+    specs = [s for s in target.spec if s.trainable or not trainable_only]
+    p_total = sum(s.size for s in specs)
+    if matrix.ndim != 2 or matrix.shape[1] != p_total:
+        raise ValueError(
+            f"unflatten: matrix has shape {matrix.shape}, expected (targets, {p_total}) "
+            f"for {target.name}"
+        )
+    n = matrix.shape[0]
+    out: dict[str, Any] = {}
+    offset = 0
+    for s in specs:
+        out[s.path] = matrix[:, offset : offset + s.size].reshape((n,) + s.shape).astype(s.dtype)
+        offset += s.size
+    if trainable_only:
+        state_flat = _flatten_dict(state) if state is not None else {}
+        for s in target.spec:
+            if s.trainable:
+                continue
+            if s.path in state_flat:
+                out[s.path] = state_flat[s.path]
+            else:
+                fill = 1.0 if s.path.endswith("var") else 0.0
+                out[s.path] = jnp.full((n,) + s.shape, fill, s.dtype)
+    return _nest(out)
+
+
+def select(target: Target, population: Params, *globs: str) -> dict[str, jax.Array]:
+    """``{path: leaf}`` for the leaves whose path matches any glob (e.g. ``"*/kernel"``)."""
+    if not globs:
+        raise ValueError("select: give at least one path glob")
+    flat = _flatten_dict(population)
+    out = {p: v for p, v in flat.items() if any(fnmatch.fnmatchcase(p, g) for g in globs)}
+    if not out:
+        raise ValueError(
+            f"select: no leaf of {target.name} matches {list(globs)}; leaves: {target.paths}"
+        )
+    return out
+
+
+def update(population: Params, leaves: Mapping[str, Any]) -> Params:
+    """A copy of `population` with the leaves named by path replaced (shapes must match)."""
+    flat = _flatten_dict(population)
+    for path, v in leaves.items():
+        if path not in flat:
+            raise ValueError(f"update: no leaf {path!r}; leaves are {sorted(flat)}")
+        if np.shape(v) != np.shape(flat[path]):
+            raise ValueError(
+                f"update: leaf {path!r} has shape {np.shape(flat[path])}, got {np.shape(v)}"
+            )
+        flat[path] = v
+    return _nest(flat)
+
+
+# ---------------------------------------------------------------------------------------
+# numpy dicts
+# ---------------------------------------------------------------------------------------
+
+
+def to_numpy(params: Params) -> dict[str, np.ndarray]:
+    """``{path: np.ndarray}`` (works for one target or a population)."""
+    return {p: np.asarray(v) for p, v in _flatten_dict(params).items()}
+
+
+def from_numpy(target: Target, arrays: Mapping[str, Any], *, batched: bool = False) -> Params:
+    """Params (or a population if `batched`) from ``{path: array}``, validated."""
+    if not isinstance(arrays, Mapping):
+        raise TypeError(
+            f"from_numpy: expected a mapping of path -> array, got {type(arrays).__name__}"
+        )
+    params = _nest({p: jnp.asarray(v) for p, v in arrays.items()})
+    target.validate(params, batched=batched)
+    return params
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch state_dict layout
+# ---------------------------------------------------------------------------------------
+
+_TORCH_NAME = {
+    "kernel": "weight",
+    "bias": "bias",
+    "norm_scale": "weight",
+    "norm_shift": "bias",
+    "embedding": "weight",
+}
+
+
+def _torch_leaf_name(s: LeafSpec) -> str:
+    if s.role == "running_stat":
+        leaf = s.path.rsplit("/", 1)[-1]
+        return {"mean": "running_mean", "var": "running_var"}.get(leaf, leaf)
+    return _TORCH_NAME.get(s.role, s.path.rsplit("/", 1)[-1])
+
+
+def torch_key_map(target: Target) -> dict[str, str]:
+    """Our leaf path -> PyTorch `state_dict` key ("convs/0/kernel" -> "convs.0.weight").
+
+    Linen's top-level collections ("params", "batch_stats") are dropped from the key.
+    """
+    out = {}
+    for s in target.spec:
+        parts = s.layer_name.split("/") if s.layer_name else []
+        if parts and parts[0] in ("params", "batch_stats"):
+            parts = parts[1:]
+        out[s.path] = ".".join(parts + [_torch_leaf_name(s)])
+    inverse: dict[str, str] = {}
+    for ours, theirs in out.items():
+        if theirs in inverse:
+            raise ValueError(
+                f"torch_key_map: {ours!r} and {inverse[theirs]!r} both map to {theirs!r}"
+            )
+        inverse[theirs] = ours
+    return out
+
+
+def _to_torch_layout(s: LeafSpec, a: np.ndarray, lead: int) -> np.ndarray:
+    if s.role != "kernel":
+        return a
+    nd = len(s.shape)
+    # ours: [*spatial, in, out] -> torch: [out, in, *spatial]; `lead` batch axes untouched.
+    perm = list(range(lead)) + [lead + nd - 1, lead + nd - 2] + [lead + i for i in range(nd - 2)]
+    return np.transpose(a, perm)
+
+
+def _from_torch_layout(s: LeafSpec, a: np.ndarray, lead: int) -> np.ndarray:
+    if s.role != "kernel":
+        return a
+    nd = len(s.shape)
+    # torch: [out, in, *spatial] -> ours: [*spatial, in, out]
+    perm = list(range(lead)) + [lead + 2 + i for i in range(nd - 2)] + [lead + 1, lead]
+    return np.transpose(a, perm)
+
+
+def to_torch_state_dict(
+    target: Target, params: Params, *, batched: bool = False
+) -> dict[str, np.ndarray]:
+    """Exports params (a population if `batched`) as a PyTorch-layout `state_dict` of numpy
+    arrays: `Linear` weights `[out, in]`, `Conv` weights `[out, in, *kernel]`, BatchNorm
+    `weight`/`bias`/`running_mean`/`running_var`. Load with
+    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)``
+    (`num_batches_tracked` is not produced)."""
+    target.validate(params, batched=batched)
+    keys = torch_key_map(target)
+    flat = _flatten_dict(params)
+    lead = 1 if batched else 0
+    return {
+        keys[s.path]: np.ascontiguousarray(_to_torch_layout(s, np.asarray(flat[s.path]), lead))
+        for s in target.spec
+    }
+
+
+def from_torch_state_dict(
+    target: Target,
+    state_dict: Mapping[str, Any],
+    *,
+    batched: bool = False,
+    key_map: Mapping[str, str] | None = None,
+) -> Params:
+    """Imports a PyTorch-layout `state_dict` (numpy arrays, or anything `np.asarray` takes).
+
+    Args:
+      state_dict: ``{torch_key: array}``; with `batched`, each array has a leading
+        `targets` axis. `num_batches_tracked` entries are ignored.
+      key_map: our path -> torch key, for modules whose attribute names differ from
+        ours (default: `torch_key_map(target)`).
+
+    Raises:
+      ValueError: a missing or unexpected key, or a shape that does not match, naming
+        the key, our path and both shapes.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"from_torch_state_dict: expected a mapping, got {type(state_dict).__name__}"
+        )
+    keys = dict(key_map) if key_map is not None else torch_key_map(target)
+    sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    wanted = {keys[s.path] for s in target.spec}
+    missing = sorted(wanted - set(sd))
+    extra = sorted(set(sd) - wanted)
+    if missing or extra:
+        raise ValueError(
+            f"from_torch_state_dict: state_dict does not match {target.name}: "
+            f"missing keys {missing}, unexpected keys {extra}"
+        )
+    lead = 1 if batched else 0
+    out = {}
+    for s in target.spec:
+        a = np.asarray(sd[keys[s.path]])
+        want_torch = tuple(_to_torch_layout(s, np.empty(s.shape, np.int8), 0).shape)
+        got = a.shape[lead:]
+        if len(a.shape) != len(s.shape) + lead or got != want_torch:
+            raise ValueError(
+                f"from_torch_state_dict: {keys[s.path]!r} (our {s.path!r}) has shape {a.shape}, "
+                f"expected {'(targets,) + ' if batched else ''}{want_torch}"
+            )
+        out[s.path] = jnp.asarray(_from_torch_layout(s, a, lead).astype(s.dtype))
+    params = _nest(out)
+    target.validate(params, batched=batched)
+    return params
+
+
+def size_bytes(population: Params) -> int:
+    """Total bytes of all leaves."""
+    return int(
+        sum(
+            math.prod(np.shape(v)) * np.dtype(v.dtype).itemsize for v in jax.tree.leaves(population)
+        )
+    )

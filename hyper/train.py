@@ -1,0 +1,412 @@
+"""Vmapped training and evaluation of populations.
+
+A whole population of one `Target` trains in one jitted call per epoch (`jax.vmap` over
+targets inside a `jax.lax.scan` over steps). Each member has its own seed (init, data
+order, dropout), learning rate, weight decay and train fraction; the optimizer family and
+batch size are shared within a population (they change the program).
+
+Numerical faults are quarantined: a member whose loss or weights become NaN/Inf stops
+updating and is flagged in `TrainState.diverged`; the others keep training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hyper import sharding
+from hyper.data import Dataset
+from hyper.target import Params, Target
+
+__all__ = [
+    "OPTIMIZERS",
+    "TrainConfig",
+    "TrainState",
+    "Trainer",
+    "cross_entropy",
+    "evaluate",
+]
+
+
+def _adam(learning_rate, weight_decay, mask):
+    return optax.chain(
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _sgd(learning_rate, weight_decay, mask):
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _momentum(learning_rate, weight_decay, mask):
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.trace(decay=0.9),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def _rmsprop(learning_rate, weight_decay, mask):
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=mask),
+        optax.scale_by_rms(decay=0.9),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+OPTIMIZERS = {"adam": _adam, "sgd": _sgd, "momentum": _momentum, "rmsprop": _rmsprop}
+"""Optimizer families: ``adam`` is AdamW (decoupled decay); the others use L2 decay.
+Weight decay applies to kernels and embeddings only."""
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of `[batch, classes]` logits against int labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What all members of a trained population share.
+
+    Attributes:
+      optimizer: a key of `OPTIMIZERS`.
+      batch_size: examples per step and member.
+      steps_per_epoch: default ``ceil(n_train / batch_size)``.
+      eval_batch_size: examples per chunk in `evaluate` (bounds memory).
+    """
+
+    optimizer: str = "adam"
+    batch_size: int = 128
+    steps_per_epoch: int | None = None
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; expected one of {sorted(OPTIMIZERS)}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+
+
+class TrainState(NamedTuple):
+    """Per-member training state; every leaf has a leading `targets` axis.
+
+    Attributes:
+      params: the population.
+      opt_state: optax state (holds each member's learning rate and weight decay).
+      key: per-member PRNG keys (data order and dropout).
+      subset: `[targets, n_train]` bool, the training examples each member may see.
+      diverged: `[targets]` bool, members quarantined after a NaN/Inf.
+      step: `[targets]` int32 steps taken.
+    """
+
+    params: Params
+    opt_state: Any
+    key: jax.Array
+    subset: jax.Array
+    diverged: jax.Array
+    step: jax.Array
+
+
+def _as_member_array(name: str, value: Any, n: int, dtype: Any) -> jax.Array:
+    a = np.asarray(value, dtype=dtype)
+    if a.ndim == 0:
+        a = np.full((n,), a, dtype)
+    if a.shape != (n,):
+        raise ValueError(f"{name}: expected a scalar or shape ({n},), got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: values must be finite, got {a.tolist()}")
+    return jnp.asarray(a)
+
+
+class Trainer:
+    """Trains populations of `target` on `dataset` with one compiled program per epoch.
+
+    Example:
+      >>> from hyper import data, architectures
+      >>> t = architectures.make_target("mlp", input_shape=(8, 8), widths=(32,), out_features=10)
+      >>> tr = Trainer(t, data.load("digits"), TrainConfig(batch_size=64))
+      >>> state = tr.init(jax.random.key(0), n=4, learning_rate=1e-2)
+      >>> state, _ = tr.train_epoch(state, 0)
+      >>> tr.evaluate(state.params)["test_acc"].shape
+      (4,)
+    """
+
+    def __init__(self, target: Target, dataset: Dataset, config: TrainConfig | None = None):
+        self.target = target
+        self.dataset = dataset
+        self.config = config or TrainConfig()
+        if target.input_shape is not None and tuple(target.input_shape) != dataset.input_shape:
+            raise ValueError(
+                f"target {target.name} takes inputs {target.input_shape}, dataset {dataset.name} "
+                f"has {dataset.input_shape}"
+            )
+        self.x_train = jnp.asarray(dataset.x_train)
+        self.y_train = jnp.asarray(dataset.y_train)
+        self.x_test = jnp.asarray(dataset.x_test)
+        self.y_test = jnp.asarray(dataset.y_test)
+        self.n_train = int(dataset.x_train.shape[0])
+        self.steps_per_epoch = self.config.steps_per_epoch or math.ceil(
+            self.n_train / self.config.batch_size
+        )
+        decay_mask = jax.tree.unflatten(
+            target.treedef, [s.role in ("kernel", "embedding") for s in target.spec]
+        )
+        self._trainable = jax.tree.unflatten(target.treedef, [s.trainable for s in target.spec])
+        make = OPTIMIZERS[self.config.optimizer]
+        self._opt_factory = optax.inject_hyperparams(
+            lambda learning_rate, weight_decay: make(learning_rate, weight_decay, decay_mask)
+        )
+        # Placeholder values: `update` reads each member's hyperparameters from its state.
+        self._opt = self._opt_factory(learning_rate=0.0, weight_decay=0.0)
+        self._epoch_fn = jax.jit(self._epoch, donate_argnums=0)
+        self._member_step_fn = jax.jit(self._member_step)
+        self._eval_fn = jax.jit(self._evaluate_split)
+
+    # --- state ---------------------------------------------------------------------------
+
+    def init(
+        self,
+        key: jax.Array,
+        n: int,
+        *,
+        learning_rate: Any = 1e-3,
+        weight_decay: Any = 0.0,
+        train_fraction: Any = 1.0,
+        init_scale: Any = 1.0,
+        params: Params | None = None,
+        shard: bool = True,
+    ) -> TrainState:
+        """A fresh `TrainState` for `n` members.
+
+        Args:
+          key: one key; member `i` uses ``fold_in(key, i)`` for init, data and dropout.
+          n: population size.
+          learning_rate, weight_decay, train_fraction, init_scale: scalars or `[n]` arrays.
+            `train_fraction` in (0, 1] is the share of the train split a member sees;
+            `init_scale` multiplies the initial kernels.
+          params: an existing population to train instead of fresh weights (init_scale ignored).
+          shard: split the members over all local devices when `n` is a multiple of their
+            number (see `hyper.sharding`); results are identical, only placement changes.
+        """
+        if n < 1:
+            raise ValueError(f"Trainer.init: n must be >= 1, got {n}")
+        lr = _as_member_array("learning_rate", learning_rate, n, np.float32)
+        wd = _as_member_array("weight_decay", weight_decay, n, np.float32)
+        frac = _as_member_array("train_fraction", train_fraction, n, np.float32)
+        scale = _as_member_array("init_scale", init_scale, n, np.float32)
+        if np.any(np.asarray(lr) <= 0):
+            raise ValueError(f"learning_rate must be > 0, got {np.asarray(lr).tolist()}")
+        if np.any(np.asarray(wd) < 0):
+            raise ValueError(f"weight_decay must be >= 0, got {np.asarray(wd).tolist()}")
+        if np.any((np.asarray(frac) <= 0) | (np.asarray(frac) > 1)):
+            raise ValueError(f"train_fraction must be in (0, 1], got {np.asarray(frac).tolist()}")
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+        if params is None:
+            params = self._init_params(keys, scale)
+        else:
+            got = self.target.validate(params, batched=True)
+            if got != n:
+                raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
+        opt_state = jax.jit(jax.vmap(lambda p, a, b: self._opt_factory(a, b).init(p)))(
+            params, lr, wd
+        )
+        subset = self._subsets(keys, frac)
+        state = TrainState(
+            params=params,
+            opt_state=opt_state,
+            key=keys,
+            subset=subset,
+            diverged=jnp.zeros((n,), bool),
+            step=jnp.zeros((n,), jnp.int32),
+        )
+        return self.place(state) if shard else state
+
+    @staticmethod
+    def place(state: Any) -> Any:
+        """Shards a per-member tree over all local devices if its size allows, else returns it."""
+        ndev = jax.device_count()
+        n = jax.tree.leaves(state)[0].shape[0]
+        if ndev > 1 and n % ndev == 0:
+            return sharding.shard_targets(state, sharding.targets_mesh())
+        return state
+
+    def _init_params(self, keys: jax.Array, scale: jax.Array) -> Params:
+        kernel = jax.tree.unflatten(
+            self.target.treedef, [s.role == "kernel" for s in self.target.spec]
+        )
+
+        def one(k, s):
+            p = self.target.init(jax.random.fold_in(k, 0))
+            return jax.tree.map(lambda v, is_k: v * s if is_k else v, p, kernel)
+
+        return jax.jit(jax.vmap(one))(keys, scale)
+
+    @staticmethod
+    @jax.jit
+    def _subsets_impl(keys, n_sub, n_train_arange):
+        def one(k, m):
+            perm = jax.random.permutation(jax.random.fold_in(k, 1), n_train_arange.shape[0])
+            rank = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0]))
+            return rank < m
+
+        return jax.vmap(one)(keys, n_sub)
+
+    def _subsets(self, keys: jax.Array, frac: jax.Array) -> jax.Array:
+        n_sub = jnp.maximum(1, jnp.round(frac * self.n_train).astype(jnp.int32))
+        return self._subsets_impl(keys, n_sub, jnp.arange(self.n_train))
+
+    # --- training ------------------------------------------------------------------------
+
+    def _loss(self, params, x, y, key):
+        logits, new_params = self.target.pure_train_apply(params, x, key)
+        return cross_entropy(logits, y), (new_params, logits)
+
+    def _member_step(self, params, opt_state, x, y, key, diverged):
+        """One optimisation step of one member; NaN/Inf quarantines the member."""
+        (loss, (new_params, logits)), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            params, x, y, key
+        )
+        updates, new_opt = self._opt.update(grads, opt_state, params)
+        stepped = optax.apply_updates(params, updates)
+        # Non-trainable leaves (running statistics) take the values the forward pass computed.
+        stepped = jax.tree.map(lambda t, a, b: a if t else b, self._trainable, stepped, new_params)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(stepped)])
+        )
+        ok = finite & ~diverged
+        params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), stepped, params)
+        opt_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
+        acc = jnp.mean(jnp.argmax(logits, -1) == y)
+        return params, opt_state, loss, acc, diverged | ~finite
+
+    def _epoch(self, state: TrainState, epoch: jax.Array):
+        batch = self.config.batch_size
+        n_sub = jnp.sum(state.subset, axis=1)
+
+        def orders(key, subset):
+            u = jax.random.uniform(
+                jax.random.fold_in(jax.random.fold_in(key, 2), epoch), subset.shape
+            )
+            return jnp.argsort(jnp.where(subset, u, 2.0))  # the member's subset first, shuffled
+
+        order = jax.vmap(orders)(state.key, state.subset)
+
+        def step(carry, j):
+            params, opt_state, diverged = carry
+            pos = (j * batch + jnp.arange(batch))[None, :] % n_sub[:, None]
+            idx = jnp.take_along_axis(order, pos, axis=1)
+            x = self.x_train[idx]
+            y = self.y_train[idx]
+            keys = jax.vmap(
+                lambda k: jax.random.fold_in(jax.random.fold_in(k, 3), epoch * 100003 + j)
+            )(state.key)
+            params, opt_state, loss, acc, diverged = jax.vmap(self._member_step)(
+                params, opt_state, x, y, keys, diverged
+            )
+            return (params, opt_state, diverged), (loss, acc)
+
+        (params, opt_state, diverged), (loss, acc) = jax.lax.scan(
+            step, (state.params, state.opt_state, state.diverged), jnp.arange(self.steps_per_epoch)
+        )
+        new_state = state._replace(
+            params=params,
+            opt_state=opt_state,
+            diverged=diverged,
+            step=state.step + jnp.where(diverged, 0, self.steps_per_epoch),
+        )
+        return new_state, {"batch_loss": jnp.mean(loss, 0), "batch_acc": jnp.mean(acc, 0)}
+
+    def train_epoch(self, state: TrainState, epoch: int) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Trains every member for one epoch (`steps_per_epoch` steps, one compiled call).
+
+        The data order and dropout keys depend only on each member's key and `epoch`, so a
+        run resumed from a saved state repeats an uninterrupted run exactly.
+
+        Note: the input state's buffers are donated; use the returned state.
+
+        Returns:
+          the new state and ``{"batch_loss", "batch_acc"}``: per-member means over the epoch's
+          minibatches, `[targets]`.
+        """
+        return self._epoch_fn(state, jnp.asarray(epoch, jnp.int32))
+
+    def fit(
+        self, state: TrainState, epochs: int, *, start_epoch: int = 0, progress: bool = False
+    ) -> TrainState:
+        """Runs epochs `start_epoch .. start_epoch + epochs - 1`."""
+        from tqdm.auto import tqdm
+
+        for e in tqdm(
+            range(start_epoch, start_epoch + epochs), disable=not progress, desc="epochs"
+        ):
+            state, _ = self.train_epoch(state, e)
+        return state
+
+    # --- evaluation ----------------------------------------------------------------------
+
+    def _evaluate_split(self, params, x, y):
+        return evaluate(self.target, params, x, y, batch_size=self.config.eval_batch_size)
+
+    def evaluate(self, params: Params) -> dict[str, jax.Array]:
+        """Per-member ``train_loss, train_acc, test_loss, test_acc`` (each `[targets]`) on the
+        full train and test splits, in evaluation mode."""
+        self.target.validate(params, batched=True)
+        tr = self._eval_fn(params, self.x_train, self.y_train)
+        te = self._eval_fn(params, self.x_test, self.y_test)
+        return {
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "test_loss": te["loss"],
+            "test_acc": te["acc"],
+        }
+
+
+def evaluate(
+    target: Target, population: Params, x: jax.Array, y: jax.Array, *, batch_size: int = 1024
+) -> Mapping[str, jax.Array]:
+    """Mean cross-entropy and accuracy of every member on `(x, y)`, in chunks of examples.
+
+    Pure and traceable (call it inside `jax.jit`).
+
+    Returns:
+      ``{"loss": [targets], "acc": [targets]}``.
+    """
+    n = x.shape[0]
+    chunks = max(1, math.ceil(n / batch_size))
+    size = math.ceil(n / chunks)
+    pad = chunks * size - n
+    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]) if pad else y
+    valid = (jnp.arange(chunks * size) < n).reshape(chunks, size)
+    xs = xp.reshape(chunks, size, *x.shape[1:])
+    ys = yp.reshape(chunks, size)
+
+    def chunk(carry, inp):
+        xc, yc, vc = inp
+        logits = jax.vmap(target.pure_apply, in_axes=(0, None))(population, xc)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc[None, :])
+        correct = jnp.argmax(logits, -1) == yc[None, :]
+        loss_sum, acc_sum = carry
+        return (loss_sum + jnp.sum(ce * vc, -1), acc_sum + jnp.sum(correct * vc, -1)), None
+
+    t = jax.tree.leaves(population)[0].shape[0]
+    (loss_sum, acc_sum), _ = jax.lax.scan(
+        chunk, (jnp.zeros((t,), jnp.float32), jnp.zeros((t,), jnp.float32)), (xs, ys, valid)
+    )
+    return {"loss": loss_sum / n, "acc": acc_sum / n}

@@ -1,0 +1,1 @@
+"""Graph metanetworks: networks as jraph graphs of neurons and weights."""
