@@ -190,6 +190,7 @@ class Trainer:
         train_fraction: Any = 1.0,
         init_scale: Any = 1.0,
         params: Params | None = None,
+        member_keys: jax.Array | None = None,
         shard: bool = True,
     ) -> TrainState:
         """A fresh `TrainState` for `n` members.
@@ -201,6 +202,8 @@ class Trainer:
             `train_fraction` in (0, 1] is the share of the train split a member sees;
             `init_scale` multiplies the initial kernels.
           params: an existing population to train instead of fresh weights (init_scale ignored).
+          member_keys: `[n]` keys, one per member, instead of ``fold_in(key, i)`` (a zoo
+            uses this so a member's run does not depend on how members are grouped).
           shard: split the members over all local devices when `n` is a multiple of their
             number (see `hyper.sharding`); results are identical, only placement changes.
         """
@@ -216,7 +219,12 @@ class Trainer:
             raise ValueError(f"weight_decay must be >= 0, got {np.asarray(wd).tolist()}")
         if np.any((np.asarray(frac) <= 0) | (np.asarray(frac) > 1)):
             raise ValueError(f"train_fraction must be in (0, 1], got {np.asarray(frac).tolist()}")
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+        if member_keys is not None:
+            keys = jnp.asarray(member_keys)
+            if keys.shape != (n,) or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+                raise ValueError(f"member_keys: expected {n} typed PRNG keys, got {keys.shape}")
+        else:
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
         if params is None:
             params = self._init_params(keys, scale)
         else:
