@@ -1,0 +1,263 @@
+"""Orbax checkpoints of populations, optimizer states and metadata.
+
+One wrapper around Orbax's V0 `CheckpointManager` so that a later move to another API
+touches one file. Conventions:
+
+- paths are made absolute before Orbax sees them;
+- arrays are always restored against an abstract tree (`jax.ShapeDtypeStruct`s), never
+  inferred from disk, and nothing is unpickled;
+- metadata is JSON beside the arrays (an Orbax ``JsonSave`` item);
+- a step becomes visible only after Orbax's atomic commit (a half-written step is a
+  ``*.orbax-checkpoint-tmp`` directory, never listed as a step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from hyper.target import Params, Target
+
+__all__ = [
+    "CheckpointError",
+    "PopulationCheckpointer",
+    "abstract_like",
+    "load_population",
+    "save_population",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match what is asked of it."""
+
+
+def _abs(path: str | os.PathLike) -> str:
+    return os.path.abspath(os.fspath(path))
+
+
+def abstract_like(tree: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s (on the default device) for every array leaf of `tree`."""
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def one(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            sharding = x.sharding if x.sharding is not None else dev
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return jax.ShapeDtypeStruct(
+            np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype, sharding=dev
+        )
+
+    return jax.tree.map(one, tree)
+
+
+def _to_host(tree: Any) -> Any:
+    """Gathers (possibly sharded) arrays to host numpy so checkpoints do not depend on the
+    device layout they were made on."""
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+class PopulationCheckpointer:
+    """Numbered steps (e.g. epochs) of array items plus one JSON item, in one directory.
+
+    Example:
+      >>> ckpt = PopulationCheckpointer("/tmp/run")          # doctest: +SKIP
+      >>> ckpt.save(5, {"params": pop}, meta={"epoch": 5})    # doctest: +SKIP
+      >>> arrays, meta = ckpt.restore(5, {"params": target.abstract_params(n)})  # doctest: +SKIP
+
+    Args:
+      directory: where steps live (``directory/<step>/<item>``); created if missing.
+      read_only: open an existing directory without creating or cleaning anything.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, read_only: bool = False):
+        self.directory = _abs(directory)
+        if read_only and not os.path.isdir(self.directory):
+            raise CheckpointError(f"no checkpoint directory at {self.directory}")
+        # Reading opens the manager without creating or cleaning (Orbax's own read_only
+        # mode logs a warning per directory).
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None,
+            create=not read_only,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=not read_only,
+        )
+        self.read_only = read_only
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        """Committed steps, ascending."""
+        return sorted(int(s) for s in self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(
+        self, step: int, arrays: Mapping[str, Any], *, meta: Mapping[str, Any] | None = None
+    ) -> None:
+        """Saves `arrays` (name -> pytree of arrays) and JSON `meta` as `step`, atomically.
+
+        Raises:
+          CheckpointError: the step exists already, or the directory is not writable.
+        """
+        if not isinstance(step, int | np.integer) or step < 0:
+            raise CheckpointError(f"checkpoint step must be a non-negative int, got {step!r}")
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only")
+        if "meta" in arrays:
+            raise CheckpointError("'meta' is reserved for the JSON item")
+        if int(step) in self.steps():
+            raise CheckpointError(f"step {step} already exists in {self.directory}")
+        items = {k: ocp.args.StandardSave(_to_host(v)) for k, v in arrays.items()}
+        items["meta"] = ocp.args.JsonSave(json.loads(json.dumps(dict(meta or {}))))
+        try:
+            self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+            self._manager.wait_until_finished()
+        except OSError as e:
+            raise CheckpointError(f"could not write step {step} to {self.directory}: {e}") from e
+
+    def restore(
+        self, step: int | None, abstract: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restores the named array items against abstract trees, plus the JSON meta.
+
+        Args:
+          step: the step, or None for the latest.
+          abstract: name -> tree of `jax.ShapeDtypeStruct` (or arrays) giving the
+            expected structure, shapes and dtypes.
+
+        Raises:
+          CheckpointError: no such step, or the stored arrays do not match `abstract`.
+        """
+        steps = self.steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(f"no committed checkpoint in {self.directory}")
+            step = steps[-1]
+        if step not in steps:
+            raise CheckpointError(f"no step {step} in {self.directory}; steps: {steps}")
+        items = {k: ocp.args.StandardRestore(abstract_like(v)) for k, v in abstract.items()}
+        items["meta"] = ocp.args.JsonRestore()
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} does not match what was asked: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
+        arrays = {k: out[k] for k in abstract}
+        for name, tree in arrays.items():
+            _check_like(f"{name}", tree, abstract[name])
+        return arrays, dict(out["meta"] or {})
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        """Only the JSON item of `step`."""
+        if step not in self.steps():
+            raise CheckpointError(f"no step {step} in {self.directory}")
+        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"] or {})
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> PopulationCheckpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_like(name: str, tree: Any, abstract: Any) -> None:
+    flat_t = jax.tree_util.tree_flatten_with_path(tree)[0]
+    flat_a = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    if len(flat_t) != len(flat_a):
+        raise CheckpointError(f"{name}: restored {len(flat_t)} leaves, expected {len(flat_a)}")
+    for (path, t), (_, a) in zip(flat_t, flat_a, strict=True):
+        if tuple(np.shape(t)) != tuple(np.shape(a)) or np.dtype(t.dtype) != np.dtype(a.dtype):
+            raise CheckpointError(
+                f"{name}{jax.tree_util.keystr(path)}: stored {np.shape(t)} {t.dtype}, "
+                f"expected {np.shape(a)} {a.dtype}"
+            )
+
+
+def save_population(
+    directory: str | os.PathLike,
+    population: Params,
+    target: Target,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Saves a population with its target description (spec and rebuild config).
+
+    The result loads without the code that made the population, as long as the target
+    came from `hyper.architectures.make_target` (its config is stored); other targets
+    need the `target` argument of `load_population`.
+
+    Returns:
+      the absolute directory.
+    """
+    n = target.validate(population, batched=True)
+    directory = _abs(directory)
+    if os.path.exists(directory) and os.listdir(directory):
+        if not overwrite:
+            raise CheckpointError(f"{directory} is not empty; pass overwrite=True to replace it")
+        import shutil
+
+        shutil.rmtree(directory)
+    meta = {
+        "format": "weightspace-population",
+        "version": 1,
+        "num_targets": n,
+        "target": {"name": target.name, "config": target.config, "spec": target.spec_json()},
+        "metadata": dict(metadata or {}),
+    }
+    with PopulationCheckpointer(directory) as ckpt:
+        ckpt.save(0, {"params": population}, meta=meta)
+    return directory
+
+
+def load_population(
+    directory: str | os.PathLike, target: Target | None = None
+) -> tuple[Target, Params, dict[str, Any]]:
+    """Loads what `save_population` wrote: ``(target, population, metadata)``.
+
+    Args:
+      target: the target to restore against; default: rebuilt from the stored config.
+
+    Raises:
+      CheckpointError: the directory holds no population, or its spec does not match
+        `target`.
+    """
+    from hyper.architectures import target_from_config
+
+    with PopulationCheckpointer(directory, read_only=True) as ckpt:
+        steps = ckpt.steps()
+        if not steps:
+            raise CheckpointError(f"no population checkpoint in {_abs(directory)}")
+        meta = ckpt.restore_meta(steps[-1])
+        if meta.get("format") != "weightspace-population":
+            raise CheckpointError(f"{_abs(directory)} is not a weightspace population checkpoint")
+        if target is None:
+            config = meta["target"].get("config")
+            if not config:
+                raise CheckpointError(
+                    f"{_abs(directory)}: target {meta['target']['name']!r} has no rebuild "
+                    "config; pass target="
+                )
+            target = target_from_config(config)
+        stored = [s["path"] for s in meta["target"]["spec"]]
+        if stored != target.paths:
+            raise CheckpointError(
+                f"{_abs(directory)}: stored leaves {stored} do not match target {target.paths}"
+            )
+        arrays, meta = ckpt.restore(
+            steps[-1], {"params": target.abstract_params(meta["num_targets"])}
+        )
+    return target, arrays["params"], meta["metadata"]

@@ -1,0 +1,137 @@
+"""The `weightspace` command.
+
+  weightspace zoo --preset digits-cnn --seeds 8 --epochs E --checkpoint-epochs 0,1,2,5,10,E
+                  --out DIR [--grid FILE.json] [--overwrite | --resume] [--quiet]
+  weightspace info DIR [--epoch E]
+
+Bad input (unknown preset, bad grid file, an output directory holding another zoo, ...)
+prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+class _UsageError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise _UsageError(message)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one epoch")
+    return values
+
+
+def _read_grid(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            grid = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--grid: cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--grid: {path} is not valid JSON: {e}") from None
+    if not isinstance(grid, dict):
+        raise ValueError(f"--grid: {path} must hold a JSON object of hyperparameter -> list")
+    return grid
+
+
+def _parser() -> argparse.ArgumentParser:
+    from hyper.zoo import PRESETS
+
+    p = _Parser(prog="weightspace", description="Neural networks as data.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    z = sub.add_parser("zoo", help="build a model zoo (grid x seeds) with checkpoints")
+    z.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    z.add_argument("--seeds", type=int, default=8, help="seeds per grid point (default 8)")
+    z.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    z.add_argument(
+        "--checkpoint-epochs",
+        type=_int_list,
+        default=None,
+        help="comma-separated epochs to save, 0 = initialisation (the last is always saved)",
+    )
+    z.add_argument("--grid", default=None, help="JSON file: hyperparameter -> list of values")
+    z.add_argument("--batch-size", type=int, default=None)
+    z.add_argument("--seed", type=int, default=0, help="root seed of the zoo")
+    z.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="metadata table")
+    z.add_argument("--out", required=True, help="output directory")
+    mode = z.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    mode.add_argument("--resume", action="store_true", help="continue an interrupted build")
+    z.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    i = sub.add_parser("info", help="summarise a zoo directory")
+    i.add_argument("dir")
+    i.add_argument("--epoch", type=int, default=None)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hyper import sharding
+
+    sharding.use_cpu_cores()  # before any JAX computation: one device per core on CPU
+    from hyper import zoo
+
+    if args.command == "zoo":
+        grid = _read_grid(args.grid) if args.grid else None
+        if args.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        z = zoo.build(
+            args.out,
+            args.preset,
+            grid=grid,
+            seeds=args.seeds,
+            epochs=args.epochs,
+            checkpoint_epochs=args.checkpoint_epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            metadata_format=args.format,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
+        if not args.quiet:
+            print(zoo.summarize(z))
+            print(f"wrote {z.directory}")
+        return 0
+    if args.command == "info":
+        z = zoo.load(args.dir, epoch=args.epoch)
+        print(zoo.summarize(z, args.epoch))
+        return 0
+    raise _UsageError(f"unknown command {args.command!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `weightspace` console script; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+        return _run(args)
+    except (_UsageError, ValueError, TypeError, KeyError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        print(
+            f"weightspace: error: {msg.splitlines()[0] if msg else type(e).__name__}",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print("weightspace: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

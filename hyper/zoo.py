@@ -1,0 +1,667 @@
+"""Model-zoo builder: a hyperparameter grid x seeds, trained as vmapped populations.
+
+A zoo is the dataset of weight-space learning: many networks of one architecture family,
+trained with varied hyperparameters, saved at several epochs with their metrics
+(Small-CNN-Zoo style). Members that can share one compiled training step (same
+activation, dropout and optimizer) form a *group* and train together with `jax.vmap`;
+learning rate, weight decay, init scale, train fraction and seed vary freely inside a
+group.
+
+Layout of a zoo directory::
+
+  zoo.json                 the configuration, the groups and the member table
+  metadata.jsonl|csv       one row per member and checkpointed epoch (metrics)
+  groups/<gid>/<epoch>/    Orbax checkpoints: params, optimizer state, JSON rows
+
+Every member's randomness comes from ``fold_in(key(seed), member)``: grouping, order and
+interruption do not change any member's result, and `resume=True` continues a killed
+run to the same final weights and metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyper import data as data_lib
+from hyper.architectures import ACTIVATIONS, target_from_config
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.target import Params, Target
+from hyper.train import OPTIMIZERS, TrainConfig, Trainer
+
+__all__ = [
+    "HPARAMS",
+    "PRESETS",
+    "Zoo",
+    "ZooGroup",
+    "ZooPreset",
+    "build",
+    "load",
+    "summarize",
+]
+
+HPARAMS = (
+    "learning_rate",
+    "weight_decay",
+    "init_scale",
+    "train_fraction",
+    "activation",
+    "dropout",
+    "optimizer",
+)
+"""Grid axes. The last three change the program and split members into groups."""
+
+_STRUCTURAL = ("activation", "dropout", "optimizer")
+_FORMAT = "weightspace-zoo"
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooPreset:
+    """A named zoo recipe.
+
+    Attributes:
+      dataset: registry name in `hyper.data`.
+      arch: `make_target` config without activation/dropout (those come from the grid).
+      grid: hyperparameter -> list of values (keys from `HPARAMS`).
+      epochs: default number of epochs.
+      batch_size: examples per step.
+      checkpoint_epochs: default epochs to save (0 = initialisation).
+    """
+
+    dataset: str
+    arch: Mapping[str, Any]
+    grid: Mapping[str, Sequence[Any]]
+    epochs: int
+    batch_size: int = 128
+    checkpoint_epochs: tuple[int, ...] | None = None
+
+
+PRESETS: dict[str, ZooPreset] = {
+    "digits-mlp": ZooPreset(
+        dataset="digits",
+        arch={"arch": "mlp", "widths": [32], "out_features": 10},
+        grid={
+            "learning_rate": [3e-3, 1e-2, 3e-2],
+            "weight_decay": [0.0, 1e-3],
+            "init_scale": [0.5, 1.0],
+            "train_fraction": [0.5, 1.0],
+            "activation": ["relu", "tanh"],
+            "dropout": [0.0],
+            "optimizer": ["adam"],
+        },
+        epochs=20,
+    ),
+    "digits-cnn": ZooPreset(
+        dataset="digits",
+        arch={"arch": "cnn2d", "channels": [8, 8, 8], "out_features": 10},
+        grid={
+            "learning_rate": [3e-3, 1e-2],
+            "weight_decay": [0.0, 1e-3],
+            "init_scale": [0.5, 1.0],
+            "train_fraction": [0.5, 1.0],
+            "activation": ["relu", "tanh"],
+            "dropout": [0.0, 0.2],
+            "optimizer": ["adam"],
+        },
+        epochs=20,
+    ),
+    "mnist1d-mlp": ZooPreset(
+        dataset="mnist1d",
+        arch={"arch": "mlp", "widths": [100, 100], "out_features": 10},
+        grid={
+            "learning_rate": [1e-3, 3e-3, 1e-2],
+            "weight_decay": [0.0, 1e-3],
+            "init_scale": [1.0],
+            "train_fraction": [0.5, 1.0],
+            "activation": ["relu", "tanh"],
+            "dropout": [0.0],
+            "optimizer": ["adam"],
+        },
+        epochs=30,
+    ),
+    "mnist1d-cnn": ZooPreset(
+        dataset="mnist1d",
+        arch={"arch": "cnn1d", "channels": [32, 32, 32], "kernel_size": 5, "out_features": 10},
+        grid={
+            "learning_rate": [3e-3, 1e-2],
+            "weight_decay": [0.0],
+            "init_scale": [1.0],
+            "train_fraction": [1.0],
+            "activation": ["relu"],
+            "dropout": [0.0],
+            "optimizer": ["adam"],
+        },
+        epochs=30,
+    ),
+}
+
+
+def _default_checkpoint_epochs(epochs: int) -> list[int]:
+    return sorted({e for e in (0, 1, 2, 5, 10) if e <= epochs} | {epochs})
+
+
+def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    if not isinstance(grid, Mapping):
+        raise TypeError(
+            f"grid must be a mapping of hyperparameter -> list, got {type(grid).__name__}"
+        )
+    out: dict[str, list[Any]] = {}
+    for k, values in grid.items():
+        if k not in HPARAMS:
+            raise ValueError(f"grid: unknown hyperparameter {k!r}; expected one of {HPARAMS}")
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            values = [values]
+        values = list(values)
+        if not values:
+            raise ValueError(f"grid[{k!r}]: empty list of values")
+        for v in values:
+            if k == "activation":
+                if v not in ACTIVATIONS:
+                    raise ValueError(
+                        f"grid['activation']: unknown {v!r}; expected one of {sorted(ACTIVATIONS)}"
+                    )
+            elif k == "optimizer":
+                if v not in OPTIMIZERS:
+                    raise ValueError(
+                        f"grid['optimizer']: unknown {v!r}; expected one of {sorted(OPTIMIZERS)}"
+                    )
+            else:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+                    raise ValueError(f"grid[{k!r}]: {v!r} is not a finite number")
+                lo_ok = {
+                    "learning_rate": v > 0,
+                    "weight_decay": v >= 0,
+                    "init_scale": v > 0,
+                    "train_fraction": 0 < v <= 1,
+                    "dropout": 0 <= v < 1,
+                }[k]
+                if not lo_ok:
+                    raise ValueError(f"grid[{k!r}]: value {v!r} out of range")
+        if len(set(map(repr, values))) != len(values):
+            raise ValueError(f"grid[{k!r}]: duplicate values {values}")
+        out[k] = values
+    return out
+
+
+def _member_table(grid: Mapping[str, list[Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
+    keys = list(HPARAMS)
+    members = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        for seed in seeds:
+            members.append(
+                {"member": len(members), "seed": int(seed), **dict(zip(keys, combo, strict=True))}
+            )
+    return members
+
+
+@dataclasses.dataclass
+class ZooGroup:
+    """Members sharing one compiled training step.
+
+    Attributes:
+      id: group id, e.g. ``"g0"``.
+      target: the group's `Target` (its activation and dropout are fixed).
+      members: member rows of the zoo table (member id, seed, hyperparameters).
+      params: the population at the loaded epoch, `[len(members), ...]` (None until loaded).
+      epoch: the epoch `params` belongs to.
+    """
+
+    id: str
+    target: Target
+    members: list[dict[str, Any]]
+    params: Params | None = None
+    epoch: int | None = None
+
+
+@dataclasses.dataclass
+class Zoo:
+    """A loaded (or freshly built) zoo.
+
+    Attributes:
+      directory: absolute path.
+      config: the zoo configuration (preset, dataset, grid, seeds, epochs, ...).
+      groups: one `ZooGroup` per compiled program.
+      metadata: one row per member and checkpointed epoch, sorted by (member, epoch).
+    """
+
+    directory: str
+    config: dict[str, Any]
+    groups: list[ZooGroup]
+    metadata: list[dict[str, Any]]
+
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        return sorted((m for g in self.groups for m in g.members), key=lambda m: m["member"])
+
+    @property
+    def num_members(self) -> int:
+        return sum(len(g.members) for g in self.groups)
+
+    @property
+    def checkpoint_epochs(self) -> list[int]:
+        return list(self.config["checkpoint_epochs"])
+
+    def rows(self, epoch: int | None = None) -> list[dict[str, Any]]:
+        """Metadata rows of one epoch (default: the last checkpointed epoch)."""
+        epoch = self.checkpoint_epochs[-1] if epoch is None else epoch
+        return [r for r in self.metadata if r["epoch"] == epoch]
+
+    def group(self, gid: str) -> ZooGroup:
+        for g in self.groups:
+            if g.id == gid:
+                return g
+        raise KeyError(f"no group {gid!r}; groups: {[g.id for g in self.groups]}")
+
+
+# ---------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------
+
+
+def _resolve_config(
+    preset: str,
+    grid: Mapping[str, Any] | None,
+    seeds: int | Sequence[int],
+    epochs: int | None,
+    checkpoint_epochs: Sequence[int] | None,
+    batch_size: int | None,
+    seed: int,
+    arch: Mapping[str, Any] | None,
+    dataset: str | None,
+) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    full_grid = _validate_grid({**p.grid, **dict(grid or {})})
+    for k in HPARAMS:
+        if k not in full_grid:
+            raise ValueError(f"grid: missing hyperparameter {k!r}")
+    if isinstance(seeds, bool) or isinstance(seeds, int | np.integer):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        seeds = list(range(int(seeds)))
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
+    epochs = p.epochs if epochs is None else int(epochs)
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if checkpoint_epochs is None:
+        checkpoint_epochs = p.checkpoint_epochs or _default_checkpoint_epochs(epochs)
+    ce = sorted({int(e) for e in checkpoint_epochs})
+    if not ce or ce[0] < 0 or ce[-1] > epochs:
+        raise ValueError(
+            f"checkpoint epochs must lie in [0, {epochs}], got {list(checkpoint_epochs)}"
+        )
+    if ce[-1] != epochs:
+        ce.append(epochs)  # the final weights are always saved
+    batch_size = p.batch_size if batch_size is None else int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = dataset or p.dataset
+    if ds not in data_lib.available():
+        raise ValueError(f"unknown dataset {ds!r}; available: {data_lib.available()}")
+    return {
+        "format": _FORMAT,
+        "version": 1,
+        "preset": preset,
+        "dataset": ds,
+        "arch": dict(arch or p.arch),
+        "grid": full_grid,
+        "seeds": seeds,
+        "epochs": epochs,
+        "checkpoint_epochs": ce,
+        "batch_size": batch_size,
+        "seed": int(seed),
+    }
+
+
+def _group_members(config: Mapping[str, Any], input_shape: Sequence[int]):
+    members = _member_table(config["grid"], config["seeds"])
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for m in members:
+        groups.setdefault(tuple(repr(m[k]) for k in _STRUCTURAL), []).append(m)
+    out = []
+    for i, ms in enumerate(groups.values()):
+        tcfg = {
+            **config["arch"],
+            "input_shape": list(input_shape),
+            "activation": ms[0]["activation"],
+            "dropout": float(ms[0]["dropout"]),
+        }
+        out.append({"id": f"g{i}", "target": tcfg, "optimizer": ms[0]["optimizer"], "members": ms})
+    return members, out
+
+
+def _same_zoo(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    keys = ("preset", "dataset", "arch", "grid", "seeds", "epochs", "checkpoint_epochs")
+    keys += ("batch_size", "seed")
+    return all(
+        json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys
+    )
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_metadata(directory: str, rows: list[dict[str, Any]], fmt: str) -> str:
+    rows = sorted(rows, key=lambda r: (r["member"], r["epoch"]))
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    else:
+        buf = io.StringIO()
+        cols = sorted({k for r in rows for k in r}) if rows else []
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+        text = buf.getvalue()
+    path = os.path.join(directory, f"metadata.{fmt}")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _rows(members, metrics: Mapping[str, Any], epoch: int, gid: str, diverged) -> list[dict]:
+    m = {k: np.asarray(v) for k, v in metrics.items()}
+    div = np.asarray(diverged)
+    rows = []
+    for i, mem in enumerate(members):
+        rows.append(
+            {
+                **mem,
+                "group": gid,
+                "epoch": int(epoch),
+                **{k: float(v[i]) for k, v in m.items()},
+                "diverged": bool(div[i]),
+            }
+        )
+    return rows
+
+
+def build(
+    out_dir: str | os.PathLike,
+    preset: str = "digits-mlp",
+    *,
+    grid: Mapping[str, Any] | None = None,
+    seeds: int | Sequence[int] = 8,
+    epochs: int | None = None,
+    checkpoint_epochs: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    arch: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    metadata_format: str = "jsonl",
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+) -> Zoo:
+    """Builds (or resumes) a zoo: the grid x seeds, trained group by group with vmap.
+
+    Args:
+      out_dir: the zoo directory.
+      preset: a key of `PRESETS`.
+      grid: hyperparameter -> list of values, overriding the preset's axes.
+      seeds: number of seeds (0..n-1) or an explicit list.
+      epochs: training epochs (default: the preset's).
+      checkpoint_epochs: epochs to save; the last epoch is always saved.
+      batch_size: examples per step (default: the preset's).
+      seed: the zoo's root seed.
+      arch: overrides the preset's architecture config.
+      dataset: overrides the preset's dataset.
+      metadata_format: ``"jsonl"`` or ``"csv"``.
+      overwrite: replace a directory holding another zoo (or anything else).
+      resume: continue an interrupted build of the same zoo from its last checkpoints.
+      progress: show a progress bar.
+      stop_after_epochs: train at most this many epochs in this call, then return the
+        partial zoo (for tests of interruption; the build can be resumed).
+
+    Returns:
+      the zoo, loaded at its final epoch.
+
+    Raises:
+      ValueError: bad arguments, or `out_dir` holds something else and neither
+        `overwrite` nor (for the same zoo) `resume` is given.
+    """
+    from tqdm.auto import tqdm
+
+    if metadata_format not in ("jsonl", "csv"):
+        raise ValueError(f"metadata_format must be 'jsonl' or 'csv', got {metadata_format!r}")
+    if overwrite and resume:
+        raise ValueError("overwrite and resume are mutually exclusive")
+    config = _resolve_config(
+        preset, grid, seeds, epochs, checkpoint_epochs, batch_size, seed, arch, dataset
+    )
+    config["metadata_format"] = metadata_format
+    directory = os.path.abspath(os.fspath(out_dir))
+    zoo_json = os.path.join(directory, "zoo.json")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory} exists and is not a directory")
+    if os.path.isdir(directory) and os.listdir(directory):
+        existing = _read_zoo_json(zoo_json) if os.path.exists(zoo_json) else None
+        if overwrite:
+            shutil.rmtree(directory)
+        elif existing is None:
+            raise ValueError(
+                f"{directory} is not empty and holds no zoo; use overwrite to replace it"
+            )
+        elif not _same_zoo(existing, config):
+            raise ValueError(
+                f"{directory} already holds a different zoo (preset {existing.get('preset')!r}); "
+                "use overwrite to replace it"
+            )
+        elif not resume:
+            raise ValueError(f"{directory} already holds this zoo; use resume to continue it")
+    os.makedirs(directory, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"{directory} is not writable")
+
+    dataset_obj = data_lib.load(config["dataset"])
+    members, groups = _group_members(config, dataset_obj.input_shape)
+    config["groups"] = [
+        {
+            "id": g["id"],
+            "target": g["target"],
+            "optimizer": g["optimizer"],
+            "members": [m["member"] for m in g["members"]],
+        }
+        for g in groups
+    ]
+    config["members"] = members
+    config["complete"] = False
+    if not os.path.exists(zoo_json):
+        _write_json_atomic(zoo_json, config)
+
+    root = jax.random.key(config["seed"])
+    ce = config["checkpoint_epochs"]
+    total = len(groups) * config["epochs"]
+    all_rows: list[dict[str, Any]] = []
+    budget = stop_after_epochs
+    bar = tqdm(total=total, disable=not progress, desc="zoo", unit="epoch")
+    try:
+        for g in groups:
+            target = target_from_config(g["target"])
+            trainer = Trainer(
+                target,
+                dataset_obj,
+                TrainConfig(optimizer=g["optimizer"], batch_size=config["batch_size"]),
+            )
+            ms = g["members"]
+            n = len(ms)
+            ids = jnp.asarray([m["member"] for m in ms])
+            keys = jax.vmap(lambda i: jax.random.fold_in(root, i))(ids)
+            state = trainer.init(
+                root,
+                n,
+                learning_rate=[m["learning_rate"] for m in ms],
+                weight_decay=[m["weight_decay"] for m in ms],
+                train_fraction=[m["train_fraction"] for m in ms],
+                init_scale=[m["init_scale"] for m in ms],
+                member_keys=keys,
+            )
+            gdir = os.path.join(directory, "groups", g["id"])
+            with PopulationCheckpointer(gdir) as ckpt:
+                done = ckpt.steps()
+                # Rows of every committed epoch come from the checkpoints themselves, so a
+                # resumed build ends with exactly the rows of an uninterrupted one.
+                for e in done:
+                    all_rows.extend(ckpt.restore_meta(e)["rows"])
+                start = 0
+                if done:
+                    last = done[-1]
+                    abstract = {
+                        "params": jax.eval_shape(lambda s=state: s.params),
+                        "opt_state": jax.eval_shape(lambda s=state: s.opt_state),
+                        "diverged": jax.eval_shape(lambda s=state: s.diverged),
+                        "step": jax.eval_shape(lambda s=state: s.step),
+                    }
+                    arrays, _ = ckpt.restore(last, abstract)
+                    state = trainer.place(state._replace(**arrays))
+                    start = last
+                    bar.update(last)
+                for epoch in range(start, config["epochs"] + 1):
+                    if epoch > start or (epoch == 0 and not done):
+                        if epoch > 0:
+                            if budget is not None and budget <= 0:
+                                return load(directory, allow_incomplete=True)
+                            state, _ = trainer.train_epoch(state, epoch - 1)
+                            bar.update(1)
+                            if budget is not None:
+                                budget -= 1
+                        if epoch in ce:
+                            metrics = trainer.evaluate(state.params)
+                            rows = _rows(ms, metrics, epoch, g["id"], state.diverged)
+                            ckpt.save(
+                                epoch,
+                                {
+                                    "params": state.params,
+                                    "opt_state": state.opt_state,
+                                    "diverged": state.diverged,
+                                    "step": state.step,
+                                },
+                                meta={"rows": rows},
+                            )
+                            all_rows.extend(rows)
+                            _write_metadata(directory, all_rows, metadata_format)
+    finally:
+        bar.close()
+    _write_metadata(directory, all_rows, metadata_format)
+    config["complete"] = True
+    _write_json_atomic(zoo_json, config)
+    return load(directory)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+
+
+def _read_zoo_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read zoo description {path}: {e}") from e
+    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+        raise CheckpointError(f"{path} is not a weightspace zoo description")
+    return cfg
+
+
+def load(
+    directory: str | os.PathLike, *, epoch: int | None = None, allow_incomplete: bool = False
+) -> Zoo:
+    """Loads a zoo: every group's population at `epoch` plus the metadata table.
+
+    Arrays are restored against abstract trees built from each group's target.
+
+    Args:
+      directory: the zoo directory.
+      epoch: a checkpointed epoch (default: the last one).
+      allow_incomplete: load a zoo whose build has not finished (each group at its
+        latest committed epoch if `epoch` is None).
+
+    Raises:
+      CheckpointError: not a zoo, an incomplete zoo, or a missing epoch.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    config = _read_zoo_json(os.path.join(directory, "zoo.json"))
+    if not config.get("complete") and not allow_incomplete:
+        raise CheckpointError(f"zoo {directory} is incomplete; resume its build first")
+    if epoch is not None and epoch not in config["checkpoint_epochs"]:
+        raise CheckpointError(
+            f"epoch {epoch} was not checkpointed; available: {config['checkpoint_epochs']}"
+        )
+    members = {m["member"]: m for m in config["members"]}
+    groups, rows = [], []
+    for g in config["groups"]:
+        target = target_from_config(g["target"])
+        ms = [members[i] for i in g["members"]]
+        zg = ZooGroup(id=g["id"], target=target, members=ms)
+        gdir = os.path.join(directory, "groups", g["id"])
+        if not os.path.isdir(gdir):
+            if allow_incomplete:
+                groups.append(zg)
+                continue
+            raise CheckpointError(f"zoo {directory}: group {g['id']} has no checkpoints")
+        with PopulationCheckpointer(gdir, read_only=True) as ckpt:
+            steps = ckpt.steps()
+            for e in steps:
+                rows.extend(ckpt.restore_meta(e)["rows"])
+            want = epoch if epoch is not None else (steps[-1] if steps else None)
+            if want is not None:
+                arrays, _ = ckpt.restore(want, {"params": target.abstract_params(len(ms))})
+                zg.params, zg.epoch = arrays["params"], want
+        groups.append(zg)
+    rows.sort(key=lambda r: (r["member"], r["epoch"]))
+    return Zoo(directory=directory, config=config, groups=groups, metadata=rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------
+
+
+def summarize(zoo: Zoo, epoch: int | None = None) -> str:
+    """Test-accuracy distribution overall and by each varied hyperparameter."""
+    rows = zoo.rows(epoch)
+    if not rows:
+        return "zoo has no rows"
+    acc = np.array([r["test_acc"] for r in rows])
+    ep = rows[0]["epoch"]
+    q = np.quantile(acc, [0, 0.25, 0.5, 0.75, 1])
+    lines = [
+        f"zoo {zoo.config['preset']} on {zoo.config['dataset']}: {len(rows)} networks, "
+        f"epoch {ep}, {sum(r['diverged'] for r in rows)} diverged",
+        "test accuracy: min {:.3f}  q25 {:.3f}  median {:.3f}  q75 {:.3f}  max {:.3f}".format(*q),
+    ]
+    for k in HPARAMS:
+        values = zoo.config["grid"][k]
+        if len(values) < 2:
+            continue
+        lines.append(f"  by {k}:")
+        for v in values:
+            a = np.array([r["test_acc"] for r in rows if r[k] == v])
+            lines.append(
+                f"    {v!s:>10}: n={len(a):4d}  mean {a.mean():.3f}  median {np.median(a):.3f}  "
+                f"max {a.max():.3f}"
+            )
+    return "\n".join(lines)
