@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -181,8 +183,11 @@ for act in grid["activation"]:
     lrs = [r["learning_rate"] for r in rows if r["activation"] == act]
     accs = [r["test_acc"] for r in rows if r["activation"] == act]
     ax.scatter(lrs, accs, label=act, alpha=0.7)
+lr_grid = grid["learning_rate"]
+ax.set_xscale("log")
+ax.set_xticks(lr_grid, [f"{lr:g}" for lr in lr_grid])
+ax.minorticks_off()
 ax.set(
-    xscale="log",
     xlabel="learning rate",
     ylabel=f"test accuracy at epoch {rows[0]['epoch']}",
     title="digits MLP zoo",
