@@ -140,6 +140,20 @@ def plot_zoo(zoo: Any, path: str | os.PathLike) -> str:
     return path
 
 
+def _use_cpu_cores_unless_chosen() -> None:
+    """One JAX CPU device per core (before any JAX computation), unless a device count was
+    chosen already (a caller such as the test suite, ``XLA_FLAGS``)."""
+    import jax
+
+    from hyper import sharding
+
+    if jax.config.jax_num_cpu_devices >= 0:
+        return
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    sharding.use_cpu_cores()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hyper.demo",
@@ -163,9 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    from hyper import sharding
+    _use_cpu_cores_unless_chosen()
+    import jax
 
-    ndev = sharding.use_cpu_cores()  # before any JAX computation: one device per core
     from hyper import zoo as zoo_lib
 
     out = os.path.abspath(args.out)
@@ -184,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(zoo_lib.summarize(zoo))
     print(
         f"built {zoo.num_members} networks in {len(zoo.groups)} vmapped groups on "
-        f"{ndev} CPU device(s) in {seconds:.1f} s (compilation included)"
+        f"{jax.device_count()} {jax.default_backend().upper()} device(s) in {seconds:.1f} s "
+        "(compilation included)"
     )
     print(f"zoo: {zoo.directory}")
     fig = plot_zoo(zoo, os.path.join(out, "zoo_summary.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import pytest
 
 from hyper import demo
@@ -13,6 +14,7 @@ from hyper import demo
 @pytest.mark.slow
 def test_demo_builds_zoo_prints_summary_and_draws_figure(tmp_path: Path, capsys):
     assert demo.main(["--out", str(tmp_path), "--seeds", "1", "--epochs", "1", "--quiet"]) == 0
+    assert jax.device_count() == 8  # the demo keeps the device count the caller chose
     printed = capsys.readouterr().out
     assert "zoo digits-mlp on digits: 48 networks, epoch 1" in printed
     assert "by learning_rate:" in printed
