@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from hyper.target import Params, Target
+from hyper.target import Params, Target, path_str
 
 __all__ = [
     "CheckpointError",
@@ -88,7 +90,12 @@ class PopulationCheckpointer:
             cleanup_tmp_directories=not read_only,
         )
         self.read_only = read_only
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as e:  # e.g. a parent is a regular file, or no permission
+            raise CheckpointError(
+                f"cannot open checkpoint directory {self.directory}: {e.strerror or e}"
+            ) from e
 
     def steps(self) -> list[int]:
         """Committed steps, ascending."""
@@ -114,8 +121,12 @@ class PopulationCheckpointer:
             raise CheckpointError("'meta' is reserved for the JSON item")
         if int(step) in self.steps():
             raise CheckpointError(f"step {step} already exists in {self.directory}")
+        try:
+            meta_json = json.loads(json.dumps(dict(meta or {})))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint meta of step {step} is not JSON: {e}") from e
         items = {k: ocp.args.StandardSave(_to_host(v)) for k, v in arrays.items()}
-        items["meta"] = ocp.args.JsonSave(json.loads(json.dumps(dict(meta or {}))))
+        items["meta"] = ocp.args.JsonSave(meta_json)
         try:
             self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
             self._manager.wait_until_finished()
@@ -142,7 +153,10 @@ class PopulationCheckpointer:
             step = steps[-1]
         if step not in steps:
             raise CheckpointError(f"no step {step} in {self.directory}; steps: {steps}")
-        items = {k: ocp.args.StandardRestore(abstract_like(v)) for k, v in abstract.items()}
+        abstract = {k: abstract_like(v) for k, v in abstract.items()}
+        for name, tree in abstract.items():
+            self._check_stored(step, name, tree)
+        items = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
         items["meta"] = ocp.args.JsonRestore()
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -160,8 +174,55 @@ class PopulationCheckpointer:
         """Only the JSON item of `step`."""
         if step not in self.steps():
             raise CheckpointError(f"no step {step} in {self.directory}")
-        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        try:
+            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} has no readable JSON meta: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
         return dict(out["meta"] or {})
+
+    def _check_stored(self, step: int, name: str, abstract: Any) -> None:
+        """Compares the on-disk leaf paths, shapes and dtypes of item `name` with `abstract`
+        before Orbax reads any array (Orbax would silently cast dtypes, and its structure
+        errors do not name the leaf)."""
+        where = f"checkpoint {self.directory}/{step}"
+        step_dir = os.path.join(self.directory, str(step))
+        item_dir = os.path.join(step_dir, name)
+        if not os.path.isdir(item_dir):
+            stored = sorted(
+                d for d in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, d))
+            )
+            raise CheckpointError(f"{where} has no item {name!r}; items: {stored}")
+        try:
+            md = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{where}: item {name!r} is not an array tree: {str(e).splitlines()[0]}"
+            ) from e
+        tree = getattr(md, "tree", md)
+        stored = {
+            path_str(p): (tuple(m.shape), np.dtype(m.dtype))
+            for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(m, "shape") and hasattr(m, "dtype")
+        }
+        asked = {
+            path_str(p): (tuple(a.shape), np.dtype(a.dtype))
+            for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
+        }
+        missing = [p for p in asked if p not in stored]
+        if missing:
+            raise CheckpointError(f"{where}: item {name!r} has no leaves {missing}")
+        extra = [p for p in stored if p not in asked]
+        if extra:
+            raise CheckpointError(f"{where}: item {name!r} holds leaves {extra} not asked for")
+        for p, (shape, dtype) in asked.items():
+            if stored[p] != (shape, dtype):
+                raise CheckpointError(
+                    f"{where}: {name}/{p}: stored {stored[p][0]} {stored[p][1]}, "
+                    f"asked for {shape} {dtype}"
+                )
 
     def close(self) -> None:
         self._manager.close()
@@ -205,11 +266,11 @@ def save_population(
     """
     n = target.validate(population, batched=True)
     directory = _abs(directory)
-    if os.path.exists(directory) and os.listdir(directory):
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} exists and is not a directory")
+    if os.path.isdir(directory) and os.listdir(directory):
         if not overwrite:
             raise CheckpointError(f"{directory} is not empty; pass overwrite=True to replace it")
-        import shutil
-
         shutil.rmtree(directory)
     meta = {
         "format": "weightspace-population",
