@@ -140,20 +140,6 @@ def plot_zoo(zoo: Any, path: str | os.PathLike) -> str:
     return path
 
 
-def _use_cpu_cores_unless_chosen() -> None:
-    """One JAX CPU device per core (before any JAX computation), unless a device count was
-    chosen already (a caller such as the test suite, ``XLA_FLAGS``)."""
-    import jax
-
-    from hyper import sharding
-
-    if jax.config.jax_num_cpu_devices >= 0:
-        return
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-        return
-    sharding.use_cpu_cores()
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hyper.demo",
@@ -177,7 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    _use_cpu_cores_unless_chosen()
+    from hyper import sharding
+
+    sharding.use_cpu_cores()  # one device per core, unless a count was chosen already
     import jax
 
     from hyper import zoo as zoo_lib

@@ -16,17 +16,26 @@ from jax.sharding import NamedSharding, PartitionSpec
 __all__ = ["replicated", "shard_targets", "targets_mesh", "targets_sharding", "use_cpu_cores"]
 
 
-def use_cpu_cores(n: int | None = None) -> int:
+def use_cpu_cores(n: int | None = None, *, force: bool = False) -> int:
     """Asks JAX for one CPU device per core (call before any JAX computation).
 
-    Has no effect if the backend has already started or the platform is not CPU; returns
-    the number of CPU devices requested.
+    Keeps a device count that was chosen already (``jax_num_cpu_devices`` set by the
+    caller, e.g. a test suite, or ``--xla_force_host_platform_device_count`` in
+    ``XLA_FLAGS``) unless `force`. Has no effect once the backend has started.
+
+    Returns:
+      the number of CPU devices JAX will use (or was asked to use).
     """
+    chosen = jax.config.jax_num_cpu_devices
+    if not force and chosen is not None and chosen >= 0:
+        return int(chosen)
+    if not force and "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return len(jax.devices("cpu"))
     n = int(n or os.cpu_count() or 1)
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # backend already initialised: keep what we have
-        return len(jax.devices("cpu")) if jax.default_backend() == "cpu" else n
+        return len(jax.devices("cpu"))
     return n
 
 

@@ -1,0 +1,239 @@
+"""Conditions of a hypernetwork: what a generated network is generated *for*.
+
+A condition set is declared once as a tuple of specs and passed as a dict of arrays with a
+leading batch axis `[M, ...]`:
+
+- `Continuous(name, shape)`: numbers in [low, high] (hyperparameters, loss weights),
+  rescaled to [0, 1] and then encoded (MIP's cos|sin by default);
+- `Categorical(name, num_classes, dim)`: integer ids (task, class subset) with learned
+  embeddings;
+- `Vector(name, dim)`: free vectors (e.g. a data-set embedding), used as given;
+- `Noise(name, dim)`: standard normal inputs, sampled from a key when not given.
+
+`validate` checks a batch of conditions against the specs *before* anything is compiled
+and raises `ValueError` naming the condition, its shape or its out-of-range values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "ENCODINGS",
+    "Categorical",
+    "Condition",
+    "Continuous",
+    "Noise",
+    "Vector",
+    "encode",
+    "from_json",
+    "sample",
+    "to_json",
+    "validate",
+]
+
+ENCODINGS = ("cos|sin", "z|1-z", "raw", "normalize")
+"""Input encodings of continuous conditions (γ rescaled to [0, 1]):
+
+- ``cos|sin`` (MIP): [cos(πγ/2), sin(πγ/2)] per scalar, constant L2 norm √D;
+- ``z|1-z``: [γ, 1-γ], constant L1 norm;
+- ``raw``: γ as is (the default parametrization: output scale follows ‖γ‖);
+- ``normalize``: γ/‖γ‖ (ε-guarded).
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Continuous:
+    name: str
+    shape: tuple[int, ...] = ()
+    low: float = 0.0
+    high: float = 1.0
+
+    kind = "continuous"
+
+    @property
+    def size(self) -> int:
+        return int(math.prod(self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class Categorical:
+    name: str
+    num_classes: int
+    dim: int = 8
+
+    kind = "categorical"
+    shape = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Vector:
+    name: str
+    dim: int
+
+    kind = "vector"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    name: str
+    dim: int
+
+    kind = "noise"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.dim,)
+
+
+Condition = Continuous | Categorical | Vector | Noise
+_KINDS = {"continuous": Continuous, "categorical": Categorical, "vector": Vector, "noise": Noise}
+
+
+def check_specs(specs: Sequence[Condition]) -> tuple[Condition, ...]:
+    """Validates a declaration of conditions (unique names, positive sizes, low < high)."""
+    specs = tuple(specs)
+    if not specs:
+        raise ValueError("a hypernetwork needs at least one condition")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names}")
+    for s in specs:
+        if not isinstance(s, Continuous | Categorical | Vector | Noise):
+            raise TypeError(f"not a condition spec: {s!r}")
+        if not s.name or not isinstance(s.name, str):
+            raise ValueError(f"condition name must be a non-empty string, got {s.name!r}")
+        if isinstance(s, Continuous):
+            if any(int(d) < 1 for d in s.shape):
+                raise ValueError(f"condition {s.name!r}: shape {s.shape} must be positive")
+            if not (np.isfinite(s.low) and np.isfinite(s.high) and s.low < s.high):
+                raise ValueError(f"condition {s.name!r}: need low < high, got {s.low}, {s.high}")
+        elif isinstance(s, Categorical):
+            if s.num_classes < 1 or s.dim < 1:
+                raise ValueError(f"condition {s.name!r}: num_classes and dim must be >= 1")
+        elif s.dim < 1:
+            raise ValueError(f"condition {s.name!r}: dim must be >= 1, got {s.dim}")
+    return specs
+
+
+def to_json(specs: Sequence[Condition]) -> list[dict[str, Any]]:
+    return [{"kind": s.kind, **dataclasses.asdict(s)} for s in specs]
+
+
+def from_json(items: Sequence[Mapping[str, Any]]) -> tuple[Condition, ...]:
+    out = []
+    for d in items:
+        d = dict(d)
+        kind = d.pop("kind", None)
+        if kind not in _KINDS:
+            raise ValueError(f"unknown condition kind {kind!r}; expected one of {sorted(_KINDS)}")
+        if "shape" in d:
+            d["shape"] = tuple(int(x) for x in d["shape"])
+        out.append(_KINDS[kind](**d))
+    return check_specs(out)
+
+
+def validate(
+    specs: Sequence[Condition], conditions: Mapping[str, Any], *, allow_missing_noise: bool = True
+) -> int:
+    """Checks a batch of conditions; returns the batch size M.
+
+    Raises:
+      TypeError: `conditions` is not a mapping.
+      ValueError: an unknown or missing name, a wrong shape, a non-finite value, a
+        continuous value outside [low, high], or a categorical id outside its range.
+    """
+    if not isinstance(conditions, Mapping):
+        raise TypeError(f"conditions must be a dict of arrays, got {type(conditions).__name__}")
+    known = {s.name for s in specs}
+    unknown = sorted(set(conditions) - known)
+    if unknown:
+        raise ValueError(f"unknown conditions {unknown}; declared: {sorted(known)}")
+    m = None
+    for s in specs:
+        if s.name not in conditions:
+            if isinstance(s, Noise) and allow_missing_noise:
+                continue
+            raise ValueError(f"missing condition {s.name!r}")
+        v = conditions[s.name]
+        shape = tuple(np.shape(v))
+        want = tuple(s.shape)
+        if len(shape) != len(want) + 1 or shape[1:] != want:
+            raise ValueError(
+                f"condition {s.name!r} has shape {shape}, expected (M, "
+                f"{', '.join(map(str, want))}{',' if len(want) == 1 else ''})".replace(", )", ")")
+            )
+        if m is None:
+            m = shape[0]
+        elif shape[0] != m:
+            raise ValueError(f"condition {s.name!r} has batch {shape[0]}, others have {m}")
+        if isinstance(v, jax.core.Tracer):
+            continue
+        a = np.asarray(v)
+        if isinstance(s, Categorical):
+            if not np.issubdtype(a.dtype, np.integer):
+                raise ValueError(f"condition {s.name!r}: ids must be integers, got {a.dtype}")
+            if a.size and (a.min() < 0 or a.max() >= s.num_classes):
+                raise ValueError(
+                    f"condition {s.name!r}: ids must lie in [0, {s.num_classes}), got "
+                    f"[{a.min()}, {a.max()}]"
+                )
+        else:
+            if not np.issubdtype(a.dtype, np.number):
+                raise ValueError(f"condition {s.name!r}: expected numbers, got {a.dtype}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"condition {s.name!r}: values must be finite")
+            if isinstance(s, Continuous) and a.size and (a.min() < s.low or a.max() > s.high):
+                raise ValueError(
+                    f"condition {s.name!r}: values must lie in [{s.low}, {s.high}], got "
+                    f"[{a.min():.4g}, {a.max():.4g}]"
+                )
+    if m is None:
+        raise ValueError("no conditions given")
+    if m < 1:
+        raise ValueError("empty batch of conditions (M = 0)")
+    return m
+
+
+def encode(gamma: jax.Array, encoding: str) -> jax.Array:
+    """Encodes `[M, D]` values in [0, 1] (see `ENCODINGS`)."""
+    if encoding == "cos|sin":
+        return jnp.concatenate([jnp.cos(jnp.pi * gamma / 2), jnp.sin(jnp.pi * gamma / 2)], -1)
+    if encoding == "z|1-z":
+        return jnp.concatenate([gamma, 1.0 - gamma], -1)
+    if encoding == "raw":
+        return gamma
+    if encoding == "normalize":
+        return gamma / jnp.maximum(jnp.linalg.norm(gamma, axis=-1, keepdims=True), 1e-6)
+    raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+
+
+def encoded_width(specs: Sequence[Condition], encoding: str) -> int:
+    """Width of the continuous part after encoding."""
+    d = sum(s.size for s in specs if isinstance(s, Continuous))
+    return 2 * d if encoding in ("cos|sin", "z|1-z") else d
+
+
+def sample(specs: Sequence[Condition], key: jax.Array, m: int) -> dict[str, jax.Array]:
+    """Uniform continuous values in [low, high], uniform ids, normal vectors and noise."""
+    out = {}
+    for i, s in enumerate(specs):
+        k = jax.random.fold_in(key, i)
+        if isinstance(s, Continuous):
+            out[s.name] = jax.random.uniform(k, (m, *s.shape), minval=s.low, maxval=s.high)
+        elif isinstance(s, Categorical):
+            out[s.name] = jax.random.randint(k, (m,), 0, s.num_classes)
+        else:
+            out[s.name] = jax.random.normal(k, (m, s.dim))
+    return out

@@ -1,0 +1,471 @@
+"""Training hypernetworks: a jitted step over `M` sampled conditions, checkpoints, presets.
+
+Each step samples `M` conditions, generates `M` weight sets, evaluates every target on
+its batch (one shared batch, or one batch per condition) and averages a
+condition-dependent loss ``loss_fn(condition, logits, labels, params) -> scalar``.
+
+Runs are described by a JSON-able config (see `PRESETS`), saved with Orbax every
+`checkpoint_every` steps, and resume exactly: the key of step `s` is
+``fold_in(key(seed), s)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from hyper import conditions as cond_lib
+from hyper import data as data_lib
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.hypernet import HyperNet
+from hyper.target import Params, _flatten_dict
+from hyper.train import cross_entropy
+
+__all__ = [
+    "LOSSES",
+    "PRESETS",
+    "HyperTrainer",
+    "NonFiniteLossError",
+    "build_hypernet",
+    "l2_conditioned_loss",
+    "load_run",
+    "make_optimizer",
+    "train_run",
+]
+
+LossFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array, Params], jax.Array]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The hypernet's loss or gradients became NaN/Inf; the last good checkpoint is kept."""
+
+
+def cross_entropy_loss(cond, logits, labels, params) -> jax.Array:
+    """Plain cross-entropy (ignores the condition)."""
+    del cond, params
+    return cross_entropy(logits, labels)
+
+
+def l2_conditioned_loss(name: str = "gamma", scale: float = 1e-3) -> LossFn:
+    """Cross-entropy + γ·scale·‖θ‖² with γ the continuous condition `name` (MIP's task T1)."""
+
+    def loss(cond, logits, labels, params):
+        sq = sum(jnp.sum(jnp.square(v)) for v in jax.tree.leaves(params))
+        g = jnp.reshape(cond[name], (-1,))[0]
+        return cross_entropy(logits, labels) + g * scale * sq
+
+    return loss
+
+
+LOSSES: dict[str, Callable[..., LossFn]] = {
+    "cross_entropy": lambda: cross_entropy_loss,
+    "l2_conditioned": l2_conditioned_loss,
+}
+
+
+def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, **kw: Any):
+    """``adam`` or ``sgd`` (momentum 0.9 unless given), optax."""
+    if not (isinstance(learning_rate, int | float) and learning_rate > 0):
+        raise ValueError(f"optimizer learning_rate must be > 0, got {learning_rate!r}")
+    if name == "adam":
+        return optax.adam(learning_rate, **kw)
+    if name == "sgd":
+        return optax.sgd(learning_rate, momentum=kw.pop("momentum", 0.9), **kw)
+    raise ValueError(f"unknown optimizer {name!r}; expected 'adam' or 'sgd'")
+
+
+class HyperTrainer:
+    """Trains a `HyperNet` with one jitted step.
+
+    Args:
+      hnet: the hypernetwork (its state is split once; read it back with `.hnet`).
+      x, y: training inputs `[N, ...]` and int labels `[N]`.
+      loss_fn: ``(condition, logits, labels, params) -> scalar`` for one condition.
+      optimizer: an optax transformation (default Adam 1e-3).
+      conditions_per_step: M, conditions sampled (and targets generated) per step.
+      batch_size: examples per target per step.
+      shared_batch: one batch for all M targets (True) or one per target.
+      sampler: ``(key, M) -> {name: [M, ...]}``; default `hyper.conditions.sample`.
+    """
+
+    def __init__(
+        self,
+        hnet: HyperNet,
+        x: Any,
+        y: Any,
+        *,
+        loss_fn: LossFn = cross_entropy_loss,
+        optimizer: optax.GradientTransformation | None = None,
+        conditions_per_step: int = 1,
+        batch_size: int = 128,
+        shared_batch: bool = True,
+        sampler: Callable[[jax.Array, int], dict[str, jax.Array]] | None = None,
+    ):
+        if conditions_per_step < 1 or batch_size < 1:
+            raise ValueError(
+                f"conditions_per_step and batch_size must be >= 1, got "
+                f"{conditions_per_step}, {batch_size}"
+            )
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        t = hnet.target
+        if t.input_shape is not None and tuple(x.shape[1:]) != tuple(t.input_shape):
+            raise ValueError(
+                f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}"
+            )
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"labels have shape {y.shape}, expected ({x.shape[0]},)")
+        self.x, self.y = x, y
+        self.m = int(conditions_per_step)
+        self.batch_size = int(batch_size)
+        self.shared_batch = bool(shared_batch)
+        self.loss_fn = loss_fn
+        self.sampler = sampler or (lambda k, m: cond_lib.sample(hnet.specs, k, m))
+        self.optimizer = optimizer or optax.adam(1e-3)
+        self.graphdef, self.params, self.rest = nnx.split(hnet, nnx.Param, ...)
+        self.opt_state = self.optimizer.init(self.params)
+        self.step_count = 0
+        self._step = jax.jit(self._step_impl, donate_argnums=(0, 2))
+
+    @property
+    def hnet(self) -> HyperNet:
+        """The hypernet with the current weights."""
+        return nnx.merge(self.graphdef, self.params, self.rest)
+
+    def _loss(self, params, rest, conds, xb, yb):
+        hnet = nnx.merge(self.graphdef, params, rest)
+        pop = hnet(conds)
+        apply = hnet.target.pure_apply
+        if self.shared_batch:
+            logits = jax.vmap(apply, in_axes=(0, None))(pop, xb)
+            labels = jnp.broadcast_to(yb, (self.m, *yb.shape))
+        else:
+            logits = jax.vmap(apply)(pop, xb)
+            labels = yb
+        gen = {p: v for p, v in _flatten_dict(pop).items() if p in hnet.gen_paths}
+        per = jax.vmap(self.loss_fn)(conds, logits, labels, gen)
+        return per.mean(), per
+
+    def _step_impl(self, params, rest, opt_state, key):
+        kc, kb = jax.random.split(key)
+        conds = self.sampler(kc, self.m)
+        shape = (self.batch_size,) if self.shared_batch else (self.m, self.batch_size)
+        idx = jax.random.randint(kb, shape, 0, self.x.shape[0])
+        (loss, per), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            params, rest, conds, self.x[idx], self.y[idx]
+        )
+        updates, new_opt = self.optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        gnorm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        # A non-finite step leaves the weights untouched; the caller raises.
+        new_params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, params)
+        new_opt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
+        return new_params, new_opt, {"loss": loss, "grad_norm": gnorm, "finite": ok}
+
+    def step(self, key: jax.Array) -> dict[str, float]:
+        """One optimisation step; raises `NonFiniteLossError` (weights unchanged) on NaN/Inf."""
+        self.params, self.opt_state, metrics = self._step(
+            self.params, self.rest, self.opt_state, key
+        )
+        self.step_count += 1
+        if not bool(metrics["finite"]):
+            raise NonFiniteLossError(
+                f"hypernet loss or gradient is not finite at step {self.step_count} "
+                f"(loss={float(metrics['loss'])}); lower the learning rate"
+            )
+        return {"loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"])}
+
+    def run(self, key: jax.Array, steps: int, *, start: int = 0) -> np.ndarray:
+        """Steps `start .. start+steps-1` with keys ``fold_in(key, s)``; returns the losses."""
+        losses = np.empty(steps, np.float32)
+        for i in range(steps):
+            losses[i] = self.step(jax.random.fold_in(key, start + i))["loss"]
+        return losses
+
+    # --- checkpoint arrays ---------------------------------------------------------------
+
+    def arrays(self) -> dict[str, Any]:
+        """Everything a resume needs, as flat name -> array dicts."""
+        rest = [
+            v
+            for v in jax.tree.leaves(self.rest)
+            if not jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
+        ]
+        out = {
+            "params": {str(i): v for i, v in enumerate(jax.tree.leaves(self.params))},
+            "rest": {str(i): v for i, v in enumerate(rest)},
+            "opt_state": {str(i): v for i, v in enumerate(jax.tree.leaves(self.opt_state))},
+        }
+        return {k: v for k, v in out.items() if v}  # Orbax refuses empty items
+
+    def load_arrays(self, arrays: Mapping[str, Any]) -> None:
+        def fill(tree, flat, skip_keys=False):
+            leaves, treedef = jax.tree.flatten(tree)
+            out, j = [], 0
+            for v in leaves:
+                if skip_keys and jnp.issubdtype(v.dtype, jax.dtypes.prng_key):
+                    out.append(v)
+                    continue
+                out.append(jnp.asarray(flat[str(j)]))
+                j += 1
+            return jax.tree.unflatten(treedef, out)
+
+        self.params = fill(self.params, arrays["params"])
+        self.rest = fill(self.rest, arrays.get("rest", {}), skip_keys=True)
+        self.opt_state = fill(self.opt_state, arrays.get("opt_state", {}))
+
+
+# ---------------------------------------------------------------------------------------
+# Configured runs (CLI, presets)
+# ---------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits-mip": {
+        "dataset": "digits",
+        "target": {"arch": "mlp", "widths": [128, 128], "out_features": 10},
+        "conditions": [
+            {"kind": "continuous", "name": "gamma", "shape": [], "low": 0.0, "high": 1.0}
+        ],
+        "hypernet": {"hidden": [16, 64], "encoding": "cos|sin", "residual": True},
+        "loss": {"kind": "l2_conditioned", "name": "gamma", "scale": 1e-3},
+        "optimizer": {"name": "adam", "learning_rate": 1e-3},
+        "steps": 1000,
+        "conditions_per_step": 8,
+        "batch_size": 128,
+        "checkpoint_every": 250,
+        "seed": 0,
+    }
+}
+"""``digits-mip``: MIP task T1 — one hypernet maps γ ∈ [0, 1] to all weights of an MLP
+64-128-128-10 on digits; loss = cross-entropy + γ·1e-3·‖θ‖²."""
+
+_RUN_KEYS = set(PRESETS["digits-mip"])
+
+
+def resolve_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A preset name, a JSON file path, or a dict -> a full, validated run config.
+
+    Missing keys take the ``digits-mip`` defaults.
+    """
+    if isinstance(config, str):
+        if config in PRESETS:
+            config = PRESETS[config]
+        else:
+            try:
+                with open(config) as f:
+                    config = json.load(f)
+            except OSError as e:
+                raise ValueError(
+                    f"config {config!r} is neither a preset {sorted(PRESETS)} nor a readable file: "
+                    f"{e.strerror}"
+                ) from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"config {config!r} is not valid JSON: {e}") from None
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a JSON object, got {type(config).__name__}")
+    unknown = sorted(set(config) - _RUN_KEYS)
+    if unknown:
+        raise ValueError(f"config: unknown keys {unknown}; expected {sorted(_RUN_KEYS)}")
+    full = copy.deepcopy(PRESETS["digits-mip"])
+    full.update(copy.deepcopy(dict(config)))
+    for k in ("steps", "conditions_per_step", "batch_size", "checkpoint_every"):
+        v = full[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "steps" else 1):
+            raise ValueError(f"config[{k!r}] must be a positive int, got {v!r}")
+    if full["dataset"] not in data_lib.available():
+        raise ValueError(f"config['dataset']: unknown {full['dataset']!r}")
+    if full["loss"].get("kind") not in LOSSES:
+        raise ValueError(f"config['loss']['kind'] must be one of {sorted(LOSSES)}")
+    cond_lib.from_json(full["conditions"])  # validates
+    return full
+
+
+def build_hypernet(config: Mapping[str, Any]) -> tuple[HyperNet, data_lib.Dataset]:
+    from hyper.architectures import target_from_config
+
+    ds = data_lib.load(config["dataset"])
+    target = target_from_config({**config["target"], "input_shape": list(ds.input_shape)})
+    specs = cond_lib.from_json(config["conditions"])
+    hnet = HyperNet(target, specs, rngs=nnx.Rngs(config["seed"]), **config["hypernet"])
+    return hnet, ds
+
+
+def _trainer(config: Mapping[str, Any], hnet: HyperNet, ds: data_lib.Dataset) -> HyperTrainer:
+    loss_cfg = dict(config["loss"])
+    loss_fn = LOSSES[loss_cfg.pop("kind")](**loss_cfg)
+    opt_cfg = dict(config["optimizer"])
+    return HyperTrainer(
+        hnet,
+        ds.x_train,
+        ds.y_train,
+        loss_fn=loss_fn,
+        optimizer=make_optimizer(**opt_cfg),
+        conditions_per_step=config["conditions_per_step"],
+        batch_size=config["batch_size"],
+    )
+
+
+def train_run(
+    config: str | Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> HyperTrainer:
+    """Trains a configured hypernet, checkpointing to `out_dir` (resumable).
+
+    Raises:
+      ValueError: bad config, or `out_dir` holds another run and neither flag fits.
+      NonFiniteLossError: the loss diverged; the last good checkpoint stays latest.
+    """
+    import shutil
+
+    from tqdm.auto import tqdm
+
+    config = resolve_config(config)
+    directory = os.path.abspath(os.fspath(out_dir))
+    run_json = os.path.join(directory, "hypernet.json")
+    if os.path.isdir(directory) and os.listdir(directory):
+        if overwrite:
+            shutil.rmtree(directory)
+        elif not os.path.exists(run_json):
+            raise ValueError(f"{directory} is not empty and holds no hypernet run; use overwrite")
+        else:
+            with open(run_json) as f:
+                old = json.load(f)
+            if json.dumps(old.get("config"), sort_keys=True) != json.dumps(config, sort_keys=True):
+                raise ValueError(f"{directory} holds a different hypernet run; use overwrite")
+            if not resume:
+                raise ValueError(f"{directory} already holds this run; use resume to continue it")
+    os.makedirs(directory, exist_ok=True)
+    hnet, ds = build_hypernet(config)
+    trainer = _trainer(config, hnet, ds)
+    if not os.path.exists(run_json):
+        with open(run_json + ".tmp", "w") as f:
+            json.dump(
+                {"format": "weightspace-hypernet", "config": config, "hypernet": hnet.config},
+                f,
+                indent=1,
+            )
+        os.replace(run_json + ".tmp", run_json)
+    key = jax.random.key(config["seed"])
+    every = config["checkpoint_every"]
+    with PopulationCheckpointer(os.path.join(directory, "checkpoints")) as ckpt:
+        start = 0
+        losses: list[float] = []
+        if ckpt.latest_step() is not None:
+            start = ckpt.latest_step()
+            abstract = jax.tree.map(
+                lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), trainer.arrays()
+            )
+            arrays, meta = ckpt.restore(start, abstract)
+            trainer.load_arrays(arrays)
+            trainer.step_count = start
+            losses = list(meta.get("losses", []))
+        steps = config["steps"]
+        bar = tqdm(total=steps, initial=start, disable=not progress, desc="hypernet", unit="step")
+        try:
+            s = start
+            while s < steps:
+                n = min(every - s % every, steps - s)
+                if stop_after_steps is not None:
+                    n = min(n, start + stop_after_steps - s)
+                    if n <= 0:
+                        break
+                losses.extend(trainer.run(key, n, start=s).tolist())
+                s += n
+                bar.update(n)
+                if s % every == 0 or s == steps:
+                    ckpt.save(s, trainer.arrays(), meta={"step": s, "losses": losses})
+        finally:
+            bar.close()
+    return trainer
+
+
+def load_run(
+    directory: str | os.PathLike, step: int | None = None
+) -> tuple[HyperNet, dict[str, Any]]:
+    """The trained hypernet of a run directory (latest or given step) and its run config."""
+    directory = os.path.abspath(os.fspath(directory))
+    run_json = os.path.join(directory, "hypernet.json")
+    try:
+        with open(run_json) as f:
+            run = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{directory} holds no readable hypernet run: {e}") from None
+    if run.get("format") != "weightspace-hypernet":
+        raise CheckpointError(f"{run_json} is not a weightspace hypernet run")
+    config = resolve_config(run["config"])
+    hnet, ds = build_hypernet(config)
+    trainer = _trainer(config, hnet, ds)
+    with PopulationCheckpointer(os.path.join(directory, "checkpoints"), read_only=True) as ckpt:
+        abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), trainer.arrays())
+        arrays, _ = ckpt.restore(step, abstract)
+    trainer.load_arrays(arrays)
+    return trainer.hnet, config
+
+
+def parse_conditions(text: str, hnet: HyperNet) -> dict[str, np.ndarray]:
+    """Conditions from a JSON file (``{name: list}``) or a grid ``name=lo:hi:n[,name=...]``.
+
+    A grid over several names takes their cross product.
+    """
+    if os.path.exists(text):
+        try:
+            with open(text) as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--conditions: {text} is not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"--conditions: {text} must hold a JSON object of name -> list")
+        out = {}
+        for k, v in raw.items():
+            a = np.asarray(v)
+            if a.dtype.kind not in "iuf":
+                raise ValueError(f"--conditions: {k!r} must be numbers")
+            out[k] = a.astype(np.int32) if a.dtype.kind in "iu" else a.astype(np.float32)
+        hnet.validate(out)
+        return out
+    axes = {}
+    for part in text.split(","):
+        name, eq, rng = part.partition("=")
+        bits = rng.split(":")
+        if not eq or len(bits) != 3:
+            raise ValueError(f"--conditions: {part!r} is neither a file nor name=lo:hi:n")
+        try:
+            lo, hi, n = float(bits[0]), float(bits[1]), int(bits[2])
+        except ValueError:
+            raise ValueError(f"--conditions: {part!r}: expected numbers in name=lo:hi:n") from None
+        if n < 1:
+            raise ValueError(f"--conditions: {part!r}: n must be >= 1")
+        axes[name.strip()] = np.linspace(lo, hi, n, dtype=np.float32)
+    mesh = np.meshgrid(*axes.values(), indexing="ij")
+    out = {k: m.reshape(-1) for k, m in zip(axes, mesh, strict=True)}
+    hnet.validate(out)
+    return out
+
+
+def steps_to_threshold(losses: np.ndarray, threshold: float, window: int = 20) -> int | None:
+    """First step at which the running mean loss (over `window` steps) is <= `threshold`."""
+    losses = np.asarray(losses, np.float64)
+    if losses.size < window:
+        return None
+    run = np.convolve(losses, np.ones(window) / window, mode="valid")
+    hits = np.nonzero(run <= threshold)[0]
+    return int(hits[0] + window) if hits.size else None
+
+
+def num_steps_for(total_examples: int, batch_size: int) -> int:
+    return math.ceil(total_examples / batch_size)
