@@ -269,7 +269,8 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
         return cls(*args, **kwargs, rngs=nnx.Rngs(params=key, dropout=key))
 
     sample = jnp.zeros((1, *input_shape), jnp.float32)
-    module = build(jax.random.key(0))
+    # An abstract template: building concrete weights would compile every initializer.
+    module = nnx.eval_shape(lambda: build(jax.random.key(0)))
     full_config = {"arch": arch, "input_shape": list(input_shape), **cfg}
     name = f"{arch}(" + ",".join(f"{k}={v}" for k, v in cfg.items() if k != "in_features") + ")"
     return Target.from_nnx(module, sample_input=sample, name=name, config=full_config, init=build)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -69,7 +70,8 @@ class LeafSpec:
       fan_in: inputs feeding one output unit (kernel: in-channels x receptive field).
       fan_out: outputs fed by one input unit (kernel: out-channels x receptive field).
       layer: index of the layer this leaf belongs to, in forward order.
-      layer_name: path of the layer (the leaf's parent), e.g. ``"convs/0"``.
+      layer_name: path of the layer (the leaf's parent, without a Linen collection such as
+        ``"params"``), e.g. ``"convs/0"``.
       layer_kind: ``"dense"``, ``"conv"``, ``"norm"``, ``"embedding"`` or ``"other"``.
       in_axis: axis indexing the layer's input neurons/channels, or None.
       out_axis: axis indexing the layer's output neurons/channels, or None. Permuting
@@ -111,58 +113,71 @@ class LeafSpec:
 # ---------------------------------------------------------------------------------------
 
 _STAT_NAMES = ("mean", "var", "running_mean", "running_var")
+_KERNEL_NAMES = ("kernel", "weight")
+_NORM_KINDS = {"running_stat": "norm", "norm_scale": "norm", "norm_shift": "norm"}
+
+
+def _layer_of(path: str, collections: Sequence[str]) -> str:
+    """The layer path of a leaf: its parent, without a leading variable collection."""
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    head, _, rest = parent.partition("/")
+    return rest if head in collections else parent
 
 
 def _infer_roles(
     paths: Sequence[str],
+    layers: Sequence[str],
     shapes: Sequence[tuple[int, ...]],
     stat_mask: Sequence[bool],
     overrides: Mapping[str, str] | None,
 ) -> list[tuple[str, str]]:
-    """(role, layer_kind) per leaf from names, shapes and siblings."""
-    parents = [p.rsplit("/", 1)[0] if "/" in p else "" for p in paths]
+    """(role, layer_kind) per leaf from names, shapes and the other leaves of its layer."""
     names = [p.rsplit("/", 1)[-1] for p in paths]
     siblings: dict[str, set[str]] = {}
-    for par, n in zip(parents, names, strict=True):
-        siblings.setdefault(par, set()).add(n)
+    kernel_ndim: dict[str, int] = {}
+    for layer, name, shape in zip(layers, names, shapes, strict=True):
+        siblings.setdefault(layer, set()).add(name)
+        if name in _KERNEL_NAMES and len(shape) >= 2:
+            kernel_ndim.setdefault(layer, len(shape))
     out = []
-    for path, par, name, shape, is_stat in zip(
-        paths, parents, names, shapes, stat_mask, strict=True
-    ):
-        sib = siblings[par]
+    for layer, name, shape, is_stat in zip(layers, names, shapes, stat_mask, strict=True):
+        sib = siblings[layer]
+        has_kernel = layer in kernel_ndim
+        # A 1-D "weight" is a norm scale in the PyTorch naming ("bn.weight", "bn.bias").
+        has_scale = "scale" in sib or ("weight" in sib and not has_kernel)
         role, kind = "other", "other"
-        if is_stat or (name in _STAT_NAMES and "kernel" not in sib):
+        if is_stat or (name in _STAT_NAMES and not has_kernel):
             role, kind = "running_stat", "norm"
-        elif name in ("kernel", "weight") and len(shape) >= 2:
+        elif name in _KERNEL_NAMES and len(shape) >= 2:
             role, kind = "kernel", ("dense" if len(shape) == 2 else "conv")
         elif name == "embedding" and len(shape) == 2:
             role, kind = "embedding", "embedding"
-        elif name == "scale" and "kernel" not in sib:
+        elif name in ("scale", "weight") and not has_kernel:
             role, kind = "norm_scale", "norm"
-        elif name == "bias" and "kernel" not in sib and "scale" in sib:
+        elif name == "bias" and not has_kernel and has_scale:
             role, kind = "norm_shift", "norm"
         elif name == "bias":
-            kernel_shape = (
-                shapes[paths.index(f"{par}/kernel" if par else "kernel")]
-                if ("kernel" in sib)
-                else None
-            )
             role = "bias"
-            kind = (
-                "other" if kernel_shape is None else ("dense" if len(kernel_shape) == 2 else "conv")
-            )
-        if overrides:
-            for pattern, r in overrides.items():
-                if fnmatch.fnmatchcase(path, pattern):
-                    if r not in ROLES:
-                        raise ValueError(
-                            f"roles[{pattern!r}]: unknown role {r!r}; expected one of {ROLES}"
-                        )
-                    role = r
-                    kind = {"running_stat": "norm", "norm_scale": "norm", "norm_shift": "norm"}.get(
-                        r, kind
-                    )
+            kind = "other" if not has_kernel else ("dense" if kernel_ndim[layer] == 2 else "conv")
         out.append((role, kind))
+    if overrides:
+        for pattern, r in overrides.items():
+            if r not in ROLES:
+                raise ValueError(f"roles[{pattern!r}]: unknown role {r!r}; expected one of {ROLES}")
+            hits = [i for i, p in enumerate(paths) if fnmatch.fnmatchcase(p, pattern)]
+            if not hits:
+                raise ValueError(f"roles[{pattern!r}] matches no leaf; leaves are {list(paths)}")
+            for i in hits:
+                nd = len(shapes[i])
+                if (r == "kernel" and nd < 2) or (r == "embedding" and nd != 2):
+                    raise ValueError(
+                        f"roles[{pattern!r}]: leaf {paths[i]!r} has shape {shapes[i]}; a {r} "
+                        f"needs {'2 or more axes' if r == 'kernel' else '2 axes'}"
+                    )
+                kind = out[i][1]
+                if r == "kernel":
+                    kind = "dense" if len(shapes[i]) == 2 else "conv"
+                out[i] = (r, _NORM_KINDS.get(r, kind))
     return out
 
 
@@ -185,10 +200,49 @@ def _fans_and_axes(
     return (shape[-1] if nd else 1), 1, None, None
 
 
+def _first_use(jaxpr: Any) -> list[int]:
+    """Position (in a depth-first walk over primitives) of the first read of each input.
+
+    Calls with one sub-jaxpr (`jit`, `custom_jvp_call`, `scan`, ...) are walked into, so a
+    wrapped or jitted apply still yields the order of the primitives inside it.
+    """
+    never = 10**9
+    first = [never] * len(jaxpr.invars)
+    counter = 0
+
+    def walk(jx, alias):
+        nonlocal counter
+        for eqn in jx.eqns:
+            subs = [
+                v
+                for v in eqn.params.values()
+                if isinstance(v, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
+            ]
+            inner = subs[0] if len(subs) == 1 else None
+            inner = inner.jaxpr if isinstance(inner, jax.extend.core.ClosedJaxpr) else inner
+            if inner is not None and len(inner.invars) == len(eqn.invars):
+                walk(
+                    inner,
+                    {
+                        iv: alias[ov]
+                        for iv, ov in zip(inner.invars, eqn.invars, strict=True)
+                        if isinstance(ov, jax.extend.core.Var) and ov in alias
+                    },
+                )
+                continue
+            for v in eqn.invars:
+                if isinstance(v, jax.extend.core.Var) and v in alias:
+                    first[alias[v]] = min(first[alias[v]], counter)
+            counter += 1
+
+    walk(jaxpr, {v: i for i, v in enumerate(jaxpr.invars)})
+    return first
+
+
 def _forward_order(
     apply_fn: Callable[[Params, Any], Any], params: Params, x: Any, paths: Sequence[str]
 ) -> list[int]:
-    """Index of the first jaxpr equation that reads each leaf (its position in forward order)."""
+    """Index of the first primitive that reads each leaf (its position in forward order)."""
     treedef = jax.tree.structure(params)
 
     def fn(leaves):
@@ -199,12 +253,7 @@ def _forward_order(
         jaxpr = jax.make_jaxpr(fn)(leaves).jaxpr
     except Exception:  # noqa: BLE001 - ordering is best effort; fall back to path order
         return list(range(len(paths)))
-    first = {v: 10**9 for v in jaxpr.invars}
-    for i, eqn in enumerate(jaxpr.eqns):
-        for v in eqn.invars:
-            if isinstance(v, jax.extend.core.Var) and v in first and first[v] == 10**9:
-                first[v] = i
-    return [first[v] for v in jaxpr.invars]
+    return _first_use(jaxpr)
 
 
 def _build_spec(
@@ -213,30 +262,40 @@ def _build_spec(
     apply_fn: Callable[[Params, Any], Any] | None,
     sample_x: Any,
     roles: Mapping[str, str] | None,
+    collections: Sequence[str] = (),
 ) -> tuple[LeafSpec, ...]:
+    """One `LeafSpec` per leaf of `params`.
+
+    Args:
+      collections: top-level keys that name variable collections (Linen's ``"params"``,
+        ``"batch_stats"``); they are not part of a layer's name, so a BatchNorm's scale
+        and its running statistics belong to one layer.
+    """
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     paths = [path_str(p) for p, _ in flat]
     shapes = [tuple(int(s) for s in np.shape(v)) for _, v in flat]
     dtypes = [str(np.dtype(v.dtype)) for _, v in flat]
-    rk = _infer_roles(paths, shapes, [p in stat_paths for p in paths], roles)
-    parents = [p.rsplit("/", 1)[0] if "/" in p else "" for p in paths]
+    layers = [_layer_of(p, collections) for p in paths]
+    rk = _infer_roles(paths, layers, shapes, [p in stat_paths for p in paths], roles)
     if apply_fn is not None and sample_x is not None:
         first_use = _forward_order(apply_fn, params, sample_x, paths)
     else:
         first_use = list(range(len(paths)))
     layer_first: dict[str, int] = {}
-    for par, fu in zip(parents, first_use, strict=True):
-        layer_first[par] = min(layer_first.get(par, 10**9), fu)
+    for layer, fu in zip(layers, first_use, strict=True):
+        layer_first[layer] = min(layer_first.get(layer, 10**9), fu)
     # Layers ordered by first use; leaves never read (unused params) go last in path order.
-    layer_order = sorted(layer_first, key=lambda n: (layer_first[n], parents.index(n)))
+    layer_order = sorted(layer_first, key=lambda n: (layer_first[n], layers.index(n)))
     layer_index = {n: i for i, n in enumerate(layer_order)}
+    kernel_shape = {}
+    for layer, shape, (role, _) in zip(layers, shapes, rk, strict=True):
+        if role == "kernel":
+            kernel_shape.setdefault(layer, shape)
     specs = []
-    for path, par, shape, dtype, (role, kind) in zip(
-        paths, parents, shapes, dtypes, rk, strict=True
+    for path, layer, shape, dtype, (role, kind) in zip(
+        paths, layers, shapes, dtypes, rk, strict=True
     ):
-        kpath = f"{par}/kernel" if par else "kernel"
-        kshape = shapes[paths.index(kpath)] if kpath in paths else None
-        fan_in, fan_out, in_axis, out_axis = _fans_and_axes(role, shape, kshape)
+        fan_in, fan_out, in_axis, out_axis = _fans_and_axes(role, shape, kernel_shape.get(layer))
         specs.append(
             LeafSpec(
                 path=path,
@@ -245,8 +304,8 @@ def _build_spec(
                 role=role,
                 fan_in=int(fan_in),
                 fan_out=int(fan_out),
-                layer=layer_index[par],
-                layer_name=par,
+                layer=layer_index[layer],
+                layer_name=layer,
                 layer_kind=kind,
                 in_axis=in_axis,
                 out_axis=out_axis,
@@ -297,6 +356,9 @@ class Target:
         self._apply_pop = jax.jit(jax.vmap(self._apply_fn, in_axes=(0, None)))
         self._apply_pop_x = jax.jit(jax.vmap(self._apply_fn, in_axes=(0, 0)))
         self._apply_jit = jax.jit(self._apply_fn)
+        self._train_apply_jit = None if train_apply_fn is None else jax.jit(train_apply_fn)
+        self._init_jit = jax.jit(self._init_fn)
+        self._init_pop = jax.jit(jax.vmap(self._init_fn))
 
     # --- construction -------------------------------------------------------------------
 
@@ -319,7 +381,9 @@ class Target:
         runs the module in eval mode.
 
         Args:
-          module: an NNX module instance (its current values are the template).
+          module: an NNX module instance (its current values are the template). It may be
+            abstract (from ``nnx.eval_shape``), which skips computing template values;
+            then give `init` or rely on `default_init`.
           sample_input: one batch of inputs, used to order layers by their forward use.
           name: target name (default: the module's class name).
           roles: optional ``{path_glob: role}`` overrides of the inferred roles.
@@ -337,6 +401,9 @@ class Target:
         module.eval()
         gd_eval = _split(module)[0]
         module.train()
+        # Abstract leaves (nnx.eval_shape) become placeholders: only shapes and dtypes of the
+        # template matter, and train_apply reseeds RNG streams before each call.
+        p_state, s_state, rest = (jax.tree.map(_materialize, t) for t in (p_state, s_state, rest))
 
         def _pure(state):
             # Variables flatten with a trailing "value" key; the spec path is the attribute path.
@@ -361,14 +428,21 @@ class Target:
             s = jax.tree.unflatten(s_def, [flat[k] for k in s_paths])
             return p, s
 
+        rest_leaves, rest_def = jax.tree.flatten(rest)
+
+        def fresh_rest():
+            # New Variable objects per call: a module merged inside a jit or vmap trace may
+            # not mutate (reseed) Variables created outside it.
+            return jax.tree.unflatten(rest_def, rest_leaves)
+
         def apply_fn(params, x):
             p, s = to_states(params)
-            return nnx.merge(gd_eval, p, s, rest)(x)
+            return nnx.merge(gd_eval, p, s, fresh_rest())(x)
 
         def train_apply_fn(params, x, key):
             p, s = to_states(params)
-            m = nnx.merge(gd_train, p, s, rest)
-            if jax.tree.leaves(rest):
+            m = nnx.merge(gd_train, p, s, fresh_rest())
+            if rest_leaves:
                 nnx.reseed(m, default=key, dropout=key, params=key)
             y = m(x)
             _, _, s2, _ = _split(m)
@@ -455,7 +529,9 @@ class Target:
         stat_paths = (
             set(leaf_paths({"batch_stats": variables["batch_stats"]})) if has_stats else set()
         )
-        spec = _build_spec(variables, stat_paths, apply_fn, sample_input, roles)
+        spec = _build_spec(
+            variables, stat_paths, apply_fn, sample_input, roles, collections=tuple(variables)
+        )
         return cls(
             name=name or type(module).__name__,
             spec=spec,
@@ -487,7 +563,14 @@ class Target:
           init: optional ``key -> params``; by default kernels are sampled LeCun-normal by
             fan-in, biases and norm shifts are 0, norm scales 1.
         """
+        if not isinstance(params_template, Mapping):
+            raise TypeError(
+                "from_function: params_template must be a nested dict, got "
+                f"{type(params_template).__name__}"
+            )
         _check_str_keys(params_template)
+        if not jax.tree.leaves(params_template):
+            raise ValueError("from_function: params_template has no leaves")
         template = jax.tree.map(lambda a: jnp.zeros(np.shape(a), a.dtype), params_template)
         spec = _build_spec(template, set(), apply, sample_input, roles)
         treedef = jax.tree.structure(template)
@@ -512,14 +595,14 @@ class Target:
     # --- the functional interface -----------------------------------------------------
 
     def init(self, key: jax.Array) -> Params:
-        """Fresh weights (and state) for one target."""
-        return self._init_fn(key)
+        """Fresh weights (and state) for one target (jitted)."""
+        return self._init_jit(key)
 
     def init_population(self, key: jax.Array, n: int) -> Params:
         """`n` independently initialised targets, stacked: every leaf `[n, ...]`."""
         if n < 1:
             raise ValueError(f"init_population: n must be >= 1, got {n}")
-        return jax.jit(jax.vmap(self._init_fn))(jax.random.split(key, n))
+        return self._init_pop(jax.random.split(key, n))
 
     def apply(self, params: Params, x: Any) -> Any:
         """Runs one target in evaluation mode (running statistics, no dropout)."""
@@ -528,9 +611,10 @@ class Target:
 
     def train_apply(self, params: Params, x: Any, key: jax.Array) -> tuple[Any, Params]:
         """Runs one target in training mode; returns ``(y, params with updated state)``."""
-        if self._train_apply_fn is None:
-            return self._apply_fn(params, x), params
-        return self._train_apply_fn(params, x, key)
+        self.validate(params)
+        if self._train_apply_jit is None:
+            return self._apply_jit(params, x), params
+        return self._train_apply_jit(params, x, key)
 
     def apply_population(self, population: Params, x: Any, *, per_target_inputs: bool = False):
         """Runs every target of a population on `x` (one jitted vmap).
@@ -646,6 +730,7 @@ class Target:
                 f"{self.name}: params must be a nested dict, got {type(params).__name__}"
             )
         try:
+            _check_str_keys(params)
             flat = _flatten_dict(params)
         except TypeError as e:
             raise TypeError(f"{self.name}: {e}") from None
@@ -693,6 +778,18 @@ class Target:
 # ---------------------------------------------------------------------------------------
 # Helpers shared with population.py
 # ---------------------------------------------------------------------------------------
+
+
+def _materialize(x: Any) -> Any:
+    """A zero array (an RNG key for key dtypes) in place of a `jax.ShapeDtypeStruct`."""
+    if not isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        key = jnp.broadcast_to(jax.random.key(0), x.shape)
+        if key.dtype != x.dtype:
+            raise ValueError(f"cannot make a placeholder RNG key of dtype {x.dtype}")
+        return key
+    return jnp.asarray(np.zeros(x.shape, x.dtype))
 
 
 def _check_str_keys(tree: Any, where: str = "") -> None:
