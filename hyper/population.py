@@ -49,14 +49,36 @@ def num_targets(population: Params) -> int:
     return sizes.pop()
 
 
+def _check_leaves_match(what: str, trees: Sequence[Params], *, lead: int) -> None:
+    """Raises ValueError naming the first leaf whose structure, shape (after `lead` axes) or
+    dtype differs between ``trees[0]`` and another tree."""
+    first = jax.tree.structure(trees[0])
+    ref = _flatten_dict(trees[0])
+    for i, t in enumerate(trees[1:], 1):
+        if jax.tree.structure(t) != first:
+            raise ValueError(f"{what}: [{i}] has a different structure from [0]")
+        for path, b in _flatten_dict(t).items():
+            a = ref[path]
+            if np.shape(a)[lead:] != np.shape(b)[lead:]:
+                raise ValueError(
+                    f"{what}: leaf {path!r} has shape {np.shape(a)} in [0] and "
+                    f"{np.shape(b)} in [{i}]"
+                )
+            if np.dtype(a.dtype) != np.dtype(b.dtype):
+                raise ValueError(
+                    f"{what}: leaf {path!r} has dtype {a.dtype} in [0] and {b.dtype} in [{i}]"
+                )
+
+
 def stack(params_list: Sequence[Params]) -> Params:
-    """Stacks single-target params into a population (leaves `[n, ...]`)."""
+    """Stacks single-target params into a population (leaves `[n, ...]`).
+
+    Raises:
+      ValueError: an empty list, or params whose structure, leaf shapes or dtypes differ.
+    """
     if len(params_list) == 0:
         raise ValueError("stack: empty list of params")
-    first = jax.tree.structure(params_list[0])
-    for i, p in enumerate(params_list[1:], 1):
-        if jax.tree.structure(p) != first:
-            raise ValueError(f"stack: params[{i}] has a different structure from params[0]")
+    _check_leaves_match("stack", params_list, lead=0)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *params_list)
 
 
@@ -67,11 +89,27 @@ def unstack(population: Params) -> list[Params]:
 
 
 def take(population: Params, index: Any) -> Params:
-    """Targets selected by an int array, slice or boolean mask along the `targets` axis."""
+    """Targets selected along the `targets` axis.
+
+    Args:
+      index: a 1-D int array or sequence (a population of ``len(index)``, in that order,
+        repeats allowed), a slice, a `[targets]` boolean mask, or a scalar int (one target's
+        params without the `targets` axis, like ``unstack(population)[index]``).
+
+    Raises:
+      ValueError: an index out of range, a mask of the wrong length, or an index that is
+        not integer or boolean, or has more than one axis.
+    """
     n = num_targets(population)
     if isinstance(index, slice):
         return jax.tree.map(lambda v: v[index], population)
     idx = np.asarray(index)
+    if idx.size == 0 and idx.dtype != bool:
+        idx = idx.astype(np.int64)
+    if idx.dtype != bool and not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"take: index must be integers or a boolean mask, got dtype {idx.dtype}")
+    if idx.ndim > 1:
+        raise ValueError(f"take: index must be a scalar or 1-D, got shape {idx.shape}")
     if idx.dtype == bool:
         if idx.shape != (n,):
             raise ValueError(
@@ -87,18 +125,9 @@ def concatenate(populations: Sequence[Params]) -> Params:
     """Concatenates populations of one target along the `targets` axis."""
     if len(populations) == 0:
         raise ValueError("concatenate: no populations")
-    first = jax.tree.structure(populations[0])
-    for i, p in enumerate(populations[1:], 1):
-        if jax.tree.structure(p) != first:
-            raise ValueError(f"concatenate: populations[{i}] has a different structure")
-        for (path, a), b in zip(
-            _flatten_dict(populations[0]).items(), _flatten_dict(p).values(), strict=True
-        ):
-            if np.shape(a)[1:] != np.shape(b)[1:]:
-                raise ValueError(
-                    f"concatenate: leaf {path!r} is {np.shape(a)[1:]} in populations[0] and "
-                    f"{np.shape(b)[1:]} in populations[{i}]"
-                )
+    for p in populations:
+        num_targets(p)
+    _check_leaves_match("concatenate", populations, lead=1)
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *populations)
 
 
@@ -153,12 +182,22 @@ def unflatten(
         for s in target.spec:
             if s.trainable:
                 continue
-            if s.path in state_flat:
-                out[s.path] = state_flat[s.path]
+            if state is not None:
+                if s.path not in state_flat:
+                    raise ValueError(f"unflatten: state has no leaf {s.path!r}")
+                v = state_flat[s.path]
+                if tuple(np.shape(v)) != (n,) + s.shape:
+                    raise ValueError(
+                        f"unflatten: state leaf {s.path!r} has shape {tuple(np.shape(v))}, "
+                        f"expected {(n,) + s.shape}"
+                    )
+                out[s.path] = v
             else:
                 fill = 1.0 if s.path.endswith("var") else 0.0
                 out[s.path] = jnp.full((n,) + s.shape, fill, s.dtype)
-    return _nest(out)
+    params = _nest(out)
+    target.validate(params, batched=True)
+    return params
 
 
 def select(target: Target, population: Params, *globs: str) -> dict[str, jax.Array]:
@@ -175,7 +214,11 @@ def select(target: Target, population: Params, *globs: str) -> dict[str, jax.Arr
 
 
 def update(population: Params, leaves: Mapping[str, Any]) -> Params:
-    """A copy of `population` with the leaves named by path replaced (shapes must match)."""
+    """A copy of `population` with the leaves named by path replaced.
+
+    Raises:
+      ValueError: an unknown path, or a new leaf whose shape or dtype differs from the old.
+    """
     flat = _flatten_dict(population)
     for path, v in leaves.items():
         if path not in flat:
@@ -184,6 +227,9 @@ def update(population: Params, leaves: Mapping[str, Any]) -> Params:
             raise ValueError(
                 f"update: leaf {path!r} has shape {np.shape(flat[path])}, got {np.shape(v)}"
             )
+        old_dtype, new_dtype = np.dtype(flat[path].dtype), np.dtype(getattr(v, "dtype", None))
+        if new_dtype != old_dtype:
+            raise ValueError(f"update: leaf {path!r} has dtype {old_dtype}, got {new_dtype}")
         flat[path] = v
     return _nest(flat)
 
@@ -199,11 +245,22 @@ def to_numpy(params: Params) -> dict[str, np.ndarray]:
 
 
 def from_numpy(target: Target, arrays: Mapping[str, Any], *, batched: bool = False) -> Params:
-    """Params (or a population if `batched`) from ``{path: array}``, validated."""
+    """Params (or a population if `batched`) from ``{path: array}``, validated.
+
+    Arrays become JAX arrays with `jnp.asarray` (so float64 becomes float32 unless x64 is
+    enabled); the result must then match the target's shapes and dtypes exactly.
+
+    Raises:
+      TypeError: `arrays` is not a mapping of path strings.
+      ValueError: a missing or extra path, or a wrong shape or dtype (see `Target.validate`).
+    """
     if not isinstance(arrays, Mapping):
         raise TypeError(
             f"from_numpy: expected a mapping of path -> array, got {type(arrays).__name__}"
         )
+    bad = [p for p in arrays if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"from_numpy: keys must be slash-separated path strings, got {bad}")
     params = _nest({p: jnp.asarray(v) for p, v in arrays.items()})
     target.validate(params, batched=batched)
     return params
@@ -232,13 +289,12 @@ def _torch_leaf_name(s: LeafSpec) -> str:
 def torch_key_map(target: Target) -> dict[str, str]:
     """Our leaf path -> PyTorch `state_dict` key ("convs/0/kernel" -> "convs.0.weight").
 
-    Linen's top-level collections ("params", "batch_stats") are dropped from the key.
+    The key is the leaf's layer name (for Linen targets without the "params" or
+    "batch_stats" collection) and the PyTorch name of its role.
     """
     out = {}
     for s in target.spec:
         parts = s.layer_name.split("/") if s.layer_name else []
-        if parts and parts[0] in ("params", "batch_stats"):
-            parts = parts[1:]
         out[s.path] = ".".join(parts + [_torch_leaf_name(s)])
     inverse: dict[str, str] = {}
     for ours, theirs in out.items():
@@ -295,6 +351,9 @@ def from_torch_state_dict(
 ) -> Params:
     """Imports a PyTorch-layout `state_dict` (numpy arrays, or anything `np.asarray` takes).
 
+    Kernels are transposed to our layout (`[*spatial, in, out]`) and every array is cast to
+    the target's leaf dtype.
+
     Args:
       state_dict: ``{torch_key: array}``; with `batched`, each array has a leading
         `targets` axis. `num_batches_tracked` entries are ignored.
@@ -310,6 +369,9 @@ def from_torch_state_dict(
             f"from_torch_state_dict: expected a mapping, got {type(state_dict).__name__}"
         )
     keys = dict(key_map) if key_map is not None else torch_key_map(target)
+    unmapped = [s.path for s in target.spec if s.path not in keys]
+    if unmapped:
+        raise ValueError(f"from_torch_state_dict: key_map has no entry for {unmapped}")
     sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     wanted = {keys[s.path] for s in target.spec}
     missing = sorted(wanted - set(sd))
