@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import random
 from collections.abc import Callable
 
 import numpy as np
@@ -37,6 +38,23 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+
+    def __post_init__(self):
+        n_tr, n_te = len(self.x_train), len(self.x_test)
+        if len(self.y_train) != n_tr or len(self.y_test) != n_te:
+            raise ValueError(
+                f"Dataset {self.name!r}: {n_tr} train inputs for {len(self.y_train)} labels, "
+                f"{n_te} test inputs for {len(self.y_test)} labels"
+            )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(
+                f"Dataset {self.name!r}: train inputs {self.x_train.shape[1:]}, "
+                f"test inputs {self.x_test.shape[1:]}"
+            )
+        # `load` caches one Dataset per process: freeze the arrays so no caller can edit it.
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -69,7 +87,13 @@ def _mnist1d() -> Dataset:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()  # defaults: 5,000 samples, 80% train, seed 42
-    d = make_dataset(args)
+    # make_dataset reseeds the global `random` and `np.random` generators; restore them.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
     return Dataset(
         "mnist1d",
         np.asarray(d["x"], np.float32),
