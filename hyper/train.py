@@ -220,7 +220,7 @@ class Trainer:
         if np.any((np.asarray(frac) <= 0) | (np.asarray(frac) > 1)):
             raise ValueError(f"train_fraction must be in (0, 1], got {np.asarray(frac).tolist()}")
         if member_keys is not None:
-            keys = jnp.asarray(member_keys)
+            keys = jnp.array(member_keys)  # a copy: train_epoch donates the state's buffers
             if keys.shape != (n,) or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
                 raise ValueError(f"member_keys: expected {n} typed PRNG keys, got {keys.shape}")
         else:
@@ -231,6 +231,8 @@ class Trainer:
             got = self.target.validate(params, batched=True)
             if got != n:
                 raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
+            # train_epoch donates the state's buffers; copy so the caller's arrays survive.
+            params = jax.tree.map(jnp.copy, params)
         opt_state = jax.jit(jax.vmap(lambda p, a, b: self._opt_factory(a, b).init(p)))(
             params, lr, wd
         )
@@ -411,6 +413,7 @@ def evaluate(
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc[None, :])
         correct = jnp.argmax(logits, -1) == yc[None, :]
         loss_sum, acc_sum = carry
+        vc = vc[None, :]  # explicit rank: works under jax_numpy_rank_promotion="raise"
         return (loss_sum + jnp.sum(ce * vc, -1), acc_sum + jnp.sum(correct * vc, -1)), None
 
     t = jax.tree.leaves(population)[0].shape[0]
