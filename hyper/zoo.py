@@ -167,12 +167,12 @@ def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
             raise ValueError(f"grid[{k!r}]: empty list of values")
         for v in values:
             if k == "activation":
-                if v not in ACTIVATIONS:
+                if not isinstance(v, str) or v not in ACTIVATIONS:
                     raise ValueError(
                         f"grid['activation']: unknown {v!r}; expected one of {sorted(ACTIVATIONS)}"
                     )
             elif k == "optimizer":
-                if v not in OPTIMIZERS:
+                if not isinstance(v, str) or v not in OPTIMIZERS:
                     raise ValueError(
                         f"grid['optimizer']: unknown {v!r}; expected one of {sorted(OPTIMIZERS)}"
                     )
@@ -188,7 +188,8 @@ def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
                 }[k]
                 if not lo_ok:
                     raise ValueError(f"grid[{k!r}]: value {v!r} out of range")
-        if len(set(map(repr, values))) != len(values):
+        # By value: 1 and 1.0 are the same learning rate.
+        if len({v if isinstance(v, str) else float(v) for v in values}) != len(values):
             raise ValueError(f"grid[{k!r}]: duplicate values {values}")
         out[k] = values
     return out
@@ -287,10 +288,14 @@ def _resolve_config(
     for k in HPARAMS:
         if k not in full_grid:
             raise ValueError(f"grid: missing hyperparameter {k!r}")
-    if isinstance(seeds, bool) or isinstance(seeds, int | np.integer):
+    if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         seeds = list(range(int(seeds)))
+    if isinstance(seeds, str | bytes | bool) or not isinstance(seeds, Sequence):
+        raise ValueError(f"seeds must be a count or a list of ints, got {seeds!r}")
+    if not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be ints, got {list(seeds)}")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
@@ -344,12 +349,27 @@ def _group_members(config: Mapping[str, Any], input_shape: Sequence[int]):
     return members, out
 
 
-def _same_zoo(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    keys = ("preset", "dataset", "arch", "grid", "seeds", "epochs", "checkpoint_epochs")
-    keys += ("batch_size", "seed")
-    return all(
-        json.dumps(a.get(k), sort_keys=True) == json.dumps(b.get(k), sort_keys=True) for k in keys
-    )
+_IDENTITY = (
+    "preset",
+    "dataset",
+    "arch",
+    "grid",
+    "seeds",
+    "epochs",
+    "checkpoint_epochs",
+    "batch_size",
+    "seed",
+    "metadata_format",
+)
+"""Configuration keys that make two zoos the same zoo (a build may resume only its own)."""
+
+
+def _zoo_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    return [
+        k
+        for k in _IDENTITY
+        if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
+    ]
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
@@ -452,31 +472,41 @@ def build(
         preset, grid, seeds, epochs, checkpoint_epochs, batch_size, seed, arch, dataset
     )
     config["metadata_format"] = metadata_format
+    # Everything that can be wrong with the arguments fails here, before the directory is
+    # touched: a bad architecture must not leave a half-described zoo behind.
+    dataset_obj = data_lib.load(config["dataset"])
+    members, groups = _group_members(config, dataset_obj.input_shape)
+    targets = {g["id"]: target_from_config(g["target"]) for g in groups}
+
     directory = os.path.abspath(os.fspath(out_dir))
     zoo_json = os.path.join(directory, "zoo.json")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"{directory} exists and is not a directory")
-    if os.path.isdir(directory) and os.listdir(directory):
-        existing = _read_zoo_json(zoo_json) if os.path.exists(zoo_json) else None
+    # A build killed while writing zoo.json the first time leaves only its temporary file.
+    if os.path.isdir(directory) and set(os.listdir(directory)) - {"zoo.json.tmp"}:
         if overwrite:
             shutil.rmtree(directory)
-        elif existing is None:
+        elif not os.path.exists(zoo_json):
             raise ValueError(
                 f"{directory} is not empty and holds no zoo; use overwrite to replace it"
             )
-        elif not _same_zoo(existing, config):
-            raise ValueError(
-                f"{directory} already holds a different zoo (preset {existing.get('preset')!r}); "
-                "use overwrite to replace it"
-            )
-        elif not resume:
-            raise ValueError(f"{directory} already holds this zoo; use resume to continue it")
-    os.makedirs(directory, exist_ok=True)
+        else:
+            existing = _read_zoo_json(zoo_json)
+            diff = _zoo_differences(existing, config)
+            if diff:
+                raise ValueError(
+                    f"{directory} already holds a different zoo (differing in {', '.join(diff)}); "
+                    "use overwrite to replace it"
+                )
+            if not resume:
+                raise ValueError(f"{directory} already holds this zoo; use resume to continue it")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create zoo directory {directory}: {e.strerror or e}") from e
     if not os.access(directory, os.W_OK):
         raise ValueError(f"{directory} is not writable")
 
-    dataset_obj = data_lib.load(config["dataset"])
-    members, groups = _group_members(config, dataset_obj.input_shape)
     config["groups"] = [
         {
             "id": g["id"],
@@ -499,7 +529,7 @@ def build(
     bar = tqdm(total=total, disable=not progress, desc="zoo", unit="epoch")
     try:
         for g in groups:
-            target = target_from_config(g["target"])
+            target = targets[g["id"]]
             trainer = Trainer(
                 target,
                 dataset_obj,
@@ -660,6 +690,9 @@ def summarize(zoo: Zoo, epoch: int | None = None) -> str:
         lines.append(f"  by {k}:")
         for v in values:
             a = np.array([r["test_acc"] for r in rows if r[k] == v])
+            if not a.size:  # a partial zoo (allow_incomplete) may lack whole groups
+                lines.append(f"    {v!s:>10}: n=   0")
+                continue
             lines.append(
                 f"    {v!s:>10}: n={len(a):4d}  mean {a.mean():.3f}  median {np.median(a):.3f}  "
                 f"max {a.max():.3f}"
