@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -81,10 +82,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> int:
+def _use_cpu_cores_unless_chosen() -> None:
+    """One CPU device per core, unless the caller chose a device count already (a program
+    calling `main` in-process, ``JAX_NUM_CPU_DEVICES`` or ``XLA_FLAGS``)."""
+    import jax
+
     from hyper import sharding
 
-    sharding.use_cpu_cores()  # before any JAX computation: one device per core on CPU
+    if jax.config.jax_num_cpu_devices >= 0:
+        return
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    sharding.use_cpu_cores()  # before any JAX computation
+
+
+def _run(args: argparse.Namespace) -> int:
+    _use_cpu_cores_unless_chosen()
     from hyper import zoo
 
     if args.command == "zoo":
@@ -128,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except OSError as e:  # the environment, not the arguments: disk full, permissions, ...
+        print(f"weightspace: error: {e}".splitlines()[0], file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("weightspace: interrupted", file=sys.stderr)
         return 130
