@@ -9,6 +9,7 @@ including the PyTorch `state_dict` layout.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +36,39 @@ __all__ = [
     "unstack",
     "update",
 ]
+
+
+# One jitted program per tree structure (and index length), not one per leaf and shape.
+@jax.jit
+def _gather(tree: Params, idx: jax.Array) -> Params:
+    return jax.tree.map(lambda v: v[idx], tree)
+
+
+@jax.jit
+def _stack(trees: list[Params]) -> Params:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+@jax.jit
+def _concatenate(trees: list[Params]) -> Params:
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *trees)
+
+
+@jax.jit
+def _rows(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.concatenate([jnp.reshape(v, (v.shape[0], -1)) for v in leaves], axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _split_rows(
+    matrix: jax.Array, shapes: tuple[tuple[int, ...], ...], dtypes: tuple[str, ...]
+) -> list[jax.Array]:
+    n, out, offset = matrix.shape[0], [], 0
+    for shape, dtype in zip(shapes, dtypes, strict=True):
+        size = math.prod(shape)
+        out.append(matrix[:, offset : offset + size].reshape((n, *shape)).astype(dtype))
+        offset += size
+    return out
 
 
 def num_targets(population: Params) -> int:
@@ -79,13 +113,13 @@ def stack(params_list: Sequence[Params]) -> Params:
     if len(params_list) == 0:
         raise ValueError("stack: empty list of params")
     _check_leaves_match("stack", params_list, lead=0)
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *params_list)
+    return _stack(list(params_list))
 
 
 def unstack(population: Params) -> list[Params]:
     """Splits a population into a list of single-target params."""
     n = num_targets(population)
-    return [jax.tree.map(lambda v, i=i: v[i], population) for i in range(n)]
+    return [_gather(population, jnp.int32(i)) for i in range(n)]
 
 
 def take(population: Params, index: Any) -> Params:
@@ -102,7 +136,7 @@ def take(population: Params, index: Any) -> Params:
     """
     n = num_targets(population)
     if isinstance(index, slice):
-        return jax.tree.map(lambda v: v[index], population)
+        index = np.arange(n)[index]
     idx = np.asarray(index)
     if idx.size == 0 and idx.dtype != bool:
         idx = idx.astype(np.int64)
@@ -118,7 +152,7 @@ def take(population: Params, index: Any) -> Params:
         idx = np.nonzero(idx)[0]
     if idx.size and (idx.max() >= n or idx.min() < -n):
         raise ValueError(f"take: index out of range for {n} targets: {idx.tolist()}")
-    return jax.tree.map(lambda v: v[idx], population)
+    return _gather(population, jnp.asarray(idx % n if idx.size else idx, jnp.int32))
 
 
 def concatenate(populations: Sequence[Params]) -> Params:
@@ -128,7 +162,7 @@ def concatenate(populations: Sequence[Params]) -> Params:
     for p in populations:
         num_targets(p)
     _check_leaves_match("concatenate", populations, lead=1)
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *populations)
+    return _concatenate(list(populations))
 
 
 def flatten(target: Target, population: Params, *, trainable_only: bool = False) -> jax.Array:
@@ -139,15 +173,11 @@ def flatten(target: Target, population: Params, *, trainable_only: bool = False)
     """
     target.validate(population, batched=True)
     flat = _flatten_dict(population)
-    cols = [
-        jnp.reshape(flat[s.path], (flat[s.path].shape[0], -1))
-        for s in target.spec
-        if s.trainable or not trainable_only
-    ]
-    dtypes = {c.dtype for c in cols}
+    cols = [flat[s.path] for s in target.spec if s.trainable or not trainable_only]
+    dtypes = {np.dtype(c.dtype) for c in cols}
     if len(dtypes) > 1:
         raise ValueError(f"flatten: leaves have several dtypes {sorted(map(str, dtypes))}")
-    return jnp.concatenate(cols, axis=1)
+    return _rows(cols)
 
 
 def unflatten(
@@ -172,11 +202,8 @@ def unflatten(
             f"for {target.name}"
         )
     n = matrix.shape[0]
-    out: dict[str, Any] = {}
-    offset = 0
-    for s in specs:
-        out[s.path] = matrix[:, offset : offset + s.size].reshape((n,) + s.shape).astype(s.dtype)
-        offset += s.size
+    leaves = _split_rows(matrix, tuple(s.shape for s in specs), tuple(s.dtype for s in specs))
+    out: dict[str, Any] = {s.path: v for s, v in zip(specs, leaves, strict=True)}
     if trainable_only:
         state_flat = _flatten_dict(state) if state is not None else {}
         for s in target.spec:
