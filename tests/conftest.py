@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
@@ -37,3 +38,68 @@ def rescnn_target():
     from hyper.architectures import make_target
 
     return make_target("rescnn", input_shape=(8, 8), channels=4, num_blocks=1, out_features=10)
+
+
+@pytest.fixture(scope="session")
+def cnn1d_target():
+    from hyper.architectures import make_target
+
+    return make_target("cnn1d", input_shape=(40,), channels=(3, 4), out_features=10)
+
+
+@pytest.fixture(scope="session")
+def cnn2d_rect_target():
+    """Three convs (strides 1, 2, 2) on a non-square input: symmetric and asymmetric 'SAME'."""
+    from hyper.architectures import make_target
+
+    return make_target("cnn2d", input_shape=(9, 8), channels=(3, 4, 5), out_features=6)
+
+
+@pytest.fixture(scope="session")
+def linen_bn_target():
+    """A Flax Linen conv-BN-dropout-dense net (params + batch_stats collections)."""
+    import flax.linen as nn
+
+    from hyper.target import Target
+
+    class LinenNet(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.Conv(4, (3, 3))(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
+            return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+    sample = jax.numpy.zeros((2, 6, 6, 1))
+    return Target.from_linen(
+        LinenNet(), sample, train_kwargs={"train": True}, eval_kwargs={"train": False}
+    )
+
+
+def _random_params(target, seed, n=None):
+    """Random float32 weights for every leaf (variances positive), `[n, ...]` if `n`.
+
+    Built in NumPy: tests that only need *some* weights skip compiling `init`.
+    """
+    from hyper import population
+
+    rng = np.random.default_rng(seed)
+    lead = () if n is None else (n,)
+    flat = {}
+    for s in target.spec:
+        if s.role == "running_stat" and s.path.endswith("var"):
+            flat[s.path] = rng.uniform(0.5, 2.0, lead + s.shape).astype(np.float32)
+        else:
+            flat[s.path] = (0.5 * rng.standard_normal(lead + s.shape)).astype(np.float32)
+    return population.from_numpy(target, flat, batched=n is not None)
+
+
+@pytest.fixture(scope="session")
+def random_params():
+    """`random_params(target, seed, n=None)`: random weights (a population if `n`)."""
+    return _random_params
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,73 @@
+"""Embedded datasets: offline, documented shapes, deterministic, labels in range."""
+
+import numpy as np
+import pytest
+
+from hyper import data
+
+
+def _check(d, train, test, input_shape):
+    assert d.x_train.shape == (train, *input_shape) and d.x_test.shape == (test, *input_shape)
+    assert d.y_train.shape == (train,) and d.y_test.shape == (test,)
+    assert d.x_train.dtype == np.float32 and d.y_train.dtype == np.int32
+    assert d.num_classes == 10 and d.input_shape == input_shape
+    for y in (d.y_train, d.y_test):
+        assert y.min() >= 0 and y.max() < d.num_classes
+        assert set(np.unique(y)) == set(range(10))
+    assert np.isfinite(d.x_train).all() and np.isfinite(d.x_test).all()
+
+
+def test_digits(digits):
+    _check(digits, 1347, 450, (8, 8))
+    assert digits.x_train.min() == 0.0 and digits.x_train.max() == 1.0
+    # Stratified: 25% of each class (rounded) is in the test split.
+    counts = np.bincount(np.concatenate([digits.y_train, digits.y_test]), minlength=10)
+    np.testing.assert_array_equal(np.bincount(digits.y_test), np.round(0.25 * counts))
+    again = data._REGISTRY["digits"]()  # uncached: a second, independent build
+    for a, b in zip(
+        (digits.x_train, digits.y_train, digits.x_test, digits.y_test),
+        (again.x_train, again.y_train, again.x_test, again.y_test),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mnist1d_deterministic_and_leaves_global_rngs_alone():
+    import random
+
+    d = data.load("mnist1d")
+    _check(d, 4000, 1000, (40,))
+    assert data.load("mnist1d") is d  # cached per process
+    np.random.seed(123)
+    random.seed(123)
+    np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
+    again = data._REGISTRY["mnist1d"]()  # uncached: a second, independent build
+    np.testing.assert_array_equal(np.random.get_state()[1], np_before)
+    assert random.getstate() == py_before
+    np.testing.assert_array_equal(again.x_train, d.x_train)
+    np.testing.assert_array_equal(again.y_test, d.y_test)
+
+
+def test_cached_arrays_are_read_only(digits):
+    with pytest.raises(ValueError, match="read-only"):
+        digits.x_train[0, 0, 0] = 5.0
+
+
+def test_registry_errors_and_register():
+    assert {"digits", "mnist1d"} <= set(data.available())
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        data.load("cifar")
+    with pytest.raises(ValueError, match="non-empty string"):
+        data.register("", lambda: None)
+    x = np.zeros((4, 3), np.float32)
+    y = np.arange(4, dtype=np.int32) % 2
+    with pytest.raises(ValueError, match="3 train inputs for 4 labels"):
+        data.Dataset("bad", x[:3], y, x, y, 2)
+    with pytest.raises(ValueError, match=r"train inputs \(3,\), test inputs \(2,\)"):
+        data.Dataset("bad", x, y, x[:, :2], y, 2)
+    data.register("tiny", lambda: data.Dataset("tiny", x, y, x, y, 2))
+    try:
+        assert data.load("tiny").input_shape == (3,)
+    finally:
+        del data._REGISTRY["tiny"]
+        data.load.cache_clear()

@@ -1,0 +1,197 @@
+"""Trainer: a tiny digits population trains, quarantines a diverging member, honours
+per-member hyperparameters, gives the same result sharded over 8 devices, and compiles its
+epoch once."""
+
+import jax
+import numpy as np
+import pytest
+
+from hyper import population as pop_ops
+from hyper.architectures import make_target
+from hyper.train import TrainConfig, Trainer
+
+N = 8  # a multiple of the 8 fake devices
+EPOCHS = 3
+STEPS = 20
+HUGE = 1e30  # SGD overflows at once; 1e6 does not (ReLUs die, the loss stays finite)
+LR_A = [0.5, 0.5, 0.2, 0.2, 0.5, HUGE, 0.5, 0.5]
+LR_B = [0.5, 0.5, 0.05, 0.2, 0.5, HUGE, 0.5, 0.5]  # member 2: another learning rate
+WD_B = [0, 0, 0, 0.05, 0, 0, 0, 0]  # member 3: weight decay
+FRAC_B = [1, 1, 1, 1, 0.05, 1, 1, 1]  # member 4: 5% of the train split
+
+
+class CountingTrainer(Trainer):
+    """Counts how often the epoch is traced (each trace re-runs this Python body)."""
+
+    traces = 0
+
+    def _epoch(self, state, epoch):
+        type(self).traces += 1
+        return super()._epoch(state, epoch)
+
+
+def _host(tree):
+    """NumPy copies (the trainer donates device buffers); PRNG keys stay as they are."""
+    return jax.tree.map(
+        lambda v: v if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) else np.asarray(v),
+        tree,
+    )
+
+
+def _train(trainer, state):
+    metrics = []
+    for e in range(EPOCHS):
+        state, m = trainer.train_epoch(state, e)
+        metrics.append(_host(m))
+    return _host(state), metrics
+
+
+@pytest.fixture(scope="module")
+def run(digits):
+    """Trains populations A (unsharded and sharded) and B once; the tests read the results."""
+    # Dropout on: a jitted, vmapped train step of an NNX module with RNG streams.
+    target = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10, dropout=0.1)
+    config = TrainConfig(optimizer="sgd", batch_size=32, steps_per_epoch=STEPS, eval_batch_size=128)
+    trainer = CountingTrainer(target, digits, config)
+    key = jax.random.key(0)
+    out = {"trainer": trainer, "target": target}
+    a0 = trainer.init(key, N, learning_rate=LR_A, shard=False)
+    out["a_init"] = _host(a0.params)
+    out["a"], out["a_metrics"] = _train(trainer, a0)
+    out["traces_unsharded"] = CountingTrainer.traces
+    out["cache_unsharded"] = trainer._epoch_fn._cache_size()
+    # The same members (keys) from the same initial weights; passing them skips compiling
+    # the initialiser again.
+    sharded = trainer.init(key, N, learning_rate=LR_A, params=out["a_init"], shard=True)
+    out["sharding"] = jax.tree.leaves(sharded.params)[0].sharding
+    out["a_sharded"], out["a_sharded_metrics"] = _train(trainer, sharded)
+    out["traces_total"] = CountingTrainer.traces
+    hp_b = dict(learning_rate=LR_B, weight_decay=WD_B, train_fraction=FRAC_B)
+    b0 = trainer.init(key, N, **hp_b, params=out["a_init"], shard=True)
+    out["b_subset_sizes"] = np.asarray(b0.subset).sum(1)
+    out["b"], _ = _train(trainer, b0)
+    out["eval_a"] = _host(trainer.evaluate(out["a"].params))
+    return out
+
+
+def _member(tree, i):
+    return [np.asarray(v)[i] for v in jax.tree.leaves(tree)]
+
+
+def test_population_learns_digits(run):
+    ev = run["eval_a"]
+    assert set(ev) == {"train_loss", "train_acc", "test_loss", "test_acc"}
+    assert all(v.shape == (N,) for v in ev.values())
+    healthy = np.array(LR_A) < HUGE
+    assert (ev["test_acc"][healthy] > 0.6).all(), ev["test_acc"]  # chance is 0.1
+    first, last = run["a_metrics"][0]["batch_loss"], run["a_metrics"][-1]["batch_loss"]
+    assert (last[healthy] < first[healthy]).all()
+    # Initial weights differ between members (own seeds) and from the trained ones.
+    assert not np.allclose(_member(run["a_init"], 0)[1], _member(run["a_init"], 1)[1])
+    assert not np.allclose(_member(run["a_init"], 0)[1], _member(run["a"].params, 0)[1])
+
+
+def test_evaluate_matches_apply_population(run, digits):
+    t = run["target"]
+    params = run["a"].params
+    logits = np.asarray(t.apply_population(params, digits.x_test))
+    acc = (logits.argmax(-1) == digits.y_test[None]).mean(1)
+    np.testing.assert_allclose(run["eval_a"]["test_acc"], acc, atol=1e-6)
+    shifted = logits - logits.max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(logp, digits.y_test[None, :, None], -1)[..., 0].mean(1)
+    healthy = np.array(LR_A) < HUGE
+    np.testing.assert_allclose(run["eval_a"]["test_loss"][healthy], ce[healthy], rtol=1e-4)
+
+
+def test_diverging_member_is_quarantined(run):
+    a = run["a"]
+    diverged = np.asarray(a.diverged)
+    np.testing.assert_array_equal(diverged, np.array(LR_A) == HUGE)
+    for v in jax.tree.leaves(a.params):
+        assert np.isfinite(v).all()  # the NaN step was never applied, to anyone
+    steps = np.asarray(a.step)
+    np.testing.assert_array_equal(steps[~diverged], EPOCHS * STEPS)
+    assert (steps[diverged] < EPOCHS * STEPS).all()
+    for m in run["a_metrics"]:
+        assert np.isfinite(m["batch_loss"][~diverged]).all()
+    assert np.isfinite(run["eval_a"]["test_loss"][~diverged]).all()
+
+
+def test_sharded_equals_unsharded(run):
+    assert len(run["sharding"].device_set) == 8
+    a, s = run["a"], run["a_sharded"]
+    np.testing.assert_array_equal(a.diverged, s.diverged)
+    np.testing.assert_array_equal(a.step, s.step)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(s.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e-6)
+    for m, n in zip(run["a_metrics"], run["a_sharded_metrics"], strict=True):
+        ok = ~np.asarray(a.diverged)
+        np.testing.assert_allclose(m["batch_loss"][ok], n["batch_loss"][ok], rtol=2e-5)
+
+
+def test_per_member_hyperparameters(run):
+    a, b = run["a_sharded"].params, run["b"].params  # both sharded: one program
+    # Same seed and same hyperparameters: identical, whatever the other members do.
+    for i in (0, 1, 6, 7):
+        for x, y in zip(_member(a, i), _member(b, i), strict=True):
+            np.testing.assert_array_equal(x, y)
+    for i in (2, 3, 4):  # another learning rate, weight decay, train fraction
+        assert not np.allclose(_member(a, i)[1], _member(b, i)[1]), i
+    ka = np.abs(pop_ops.to_numpy(a)["layers/0/kernel"][3]).sum()
+    kb = np.abs(pop_ops.to_numpy(b)["layers/0/kernel"][3]).sum()
+    assert kb < ka  # decay shrinks kernels
+    expect = np.full(N, 1347)
+    expect[4] = round(0.05 * 1347)
+    np.testing.assert_array_equal(run["b_subset_sizes"], expect)
+
+
+def test_epoch_compiles_once(run):
+    assert run["traces_unsharded"] == 1  # three epochs, one trace
+    assert run["cache_unsharded"] == 1
+    assert run["traces_total"] == 2  # sharded inputs: one more program, also for 3 epochs
+
+
+def test_given_params_survive_training(run, random_params):
+    trainer = run["trainer"]
+    pop = random_params(run["target"], 0, n=N)
+    before = pop_ops.to_numpy(pop)
+    state = trainer.init(jax.random.key(1), N, learning_rate=0.1, params=pop, shard=False)
+    state, _ = trainer.train_epoch(state, 0)  # donates the state's buffers
+    after = pop_ops.to_numpy(pop)  # the caller's arrays are still alive and unchanged
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+    assert not np.allclose(
+        np.asarray(state.params["layers"]["1"]["kernel"]), before["layers/1/kernel"]
+    )
+
+
+def test_invalid_hyperparameters(run, cnn1d_target, digits):
+    trainer = run["trainer"]
+    key = jax.random.key(0)
+    cases = [
+        (dict(learning_rate=0.0), "learning_rate must be > 0"),
+        (dict(learning_rate=[0.1] * 7 + [-1.0]), "learning_rate must be > 0"),
+        (dict(learning_rate=float("nan")), "learning_rate: values must be finite"),
+        (dict(train_fraction=0.0), r"train_fraction must be in \(0, 1\]"),
+        (dict(train_fraction=1.5), r"train_fraction must be in \(0, 1\]"),
+        (dict(weight_decay=-1e-4), "weight_decay must be >= 0"),
+        (dict(learning_rate=[0.1, 0.2]), r"learning_rate: expected a scalar or shape \(8,\)"),
+        (dict(init_scale=np.ones((8, 1))), r"init_scale: expected a scalar or shape \(8,\)"),
+        (dict(member_keys=jax.random.split(key, 3)), "member_keys: expected 8 typed PRNG keys"),
+    ]
+    for kwargs, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            trainer.init(key, N, **kwargs)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        trainer.init(key, 0)
+    with pytest.raises(ValueError, match="params hold 8 targets, n=4"):
+        trainer.init(key, 4, params=run["a"].params)
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
+        TrainConfig(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="steps_per_epoch must be >= 1"):
+        TrainConfig(steps_per_epoch=0)
+    with pytest.raises(ValueError, match=r"takes inputs \(40,\), dataset digits has \(8, 8\)"):
+        Trainer(cnn1d_target, digits)
