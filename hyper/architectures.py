@@ -83,6 +83,11 @@ class CNN2d(nnx.Module):
     """Conv stack (`kernel_size`, 'SAME', given strides) + global average pooling + dense.
 
     Input `[batch, H, W]` or `[batch, H, W, C]`.
+
+    'SAME' follows XLA: per axis the total padding ``max((ceil(n/s) - 1)*s + k - n, 0)`` is
+    split ``low = total // 2``, ``high = total - low``. With stride 2 on an even input that
+    is asymmetric (k=3, n=8: low 0, high 1), which a PyTorch ``Conv2d(padding=...)`` cannot
+    express: a PyTorch port needs ``F.pad`` before a ``padding=0`` conv.
     """
 
     def __init__(

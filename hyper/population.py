@@ -358,7 +358,11 @@ def to_torch_state_dict(
     arrays: `Linear` weights `[out, in]`, `Conv` weights `[out, in, *kernel]`, BatchNorm
     `weight`/`bias`/`running_mean`/`running_var`. Load with
     ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)``
-    (`num_batches_tracked` is not produced)."""
+    (`num_batches_tracked` is not produced).
+
+    Weights transfer exactly, but strided 'SAME' convolutions pad asymmetrically (XLA
+    convention, see `hyper.architectures.CNN2d`); the PyTorch module must pad the same way
+    to compute the same function."""
     target.validate(params, batched=batched)
     keys = torch_key_map(target)
     flat = _flatten_dict(params)
