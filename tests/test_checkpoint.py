@@ -157,7 +157,8 @@ def test_steps_are_numeric_and_ignore_half_written_steps(tmp_path):
             ckpt.save(step, {"params": params}, meta={"step": step})
         assert ckpt.steps() == [0, 2, 10]
         assert ckpt.latest_step() == 10
-    # What a process killed in the middle of Orbax's save leaves behind.
+    # What a process killed in the middle of Orbax's save leaves behind (Orbax 0.12 names
+    # it "<step>.orbax-checkpoint-tmp"; other versions add a suffix).
     for name in ("7.orbax-checkpoint-tmp-123", "11.orbax-checkpoint-tmp"):
         os.makedirs(tmp_path / name / "params")
         (tmp_path / name / "params" / "junk").write_bytes(b"\x00half-written")
@@ -166,14 +167,16 @@ def test_steps_are_numeric_and_ignore_half_written_steps(tmp_path):
         assert ckpt.latest_step() == 10
         with pytest.raises(CheckpointError, match="no step 7"):
             ckpt.restore_meta(7)
-    # A resumed run saves the step the killed run did not finish.
+    # A resumed run saves the steps the killed run did not finish.
     with PopulationCheckpointer(tmp_path) as ckpt:
         assert ckpt.steps() == [0, 2, 10]
         ckpt.save(7, {"params": params}, meta={"step": 7})
-        assert ckpt.steps() == [0, 2, 7, 10]
-        arrays, meta = ckpt.restore(7, {"params": params})
-    assert meta == {"step": 7}
+        ckpt.save(11, {"params": params}, meta={"step": 11})
+        assert ckpt.steps() == [0, 2, 7, 10, 11]
+        arrays, meta = ckpt.restore(11, {"params": params})
+    assert meta == {"step": 11}
     _assert_trees_equal(arrays["params"], params)
+    assert not (tmp_path / "11.orbax-checkpoint-tmp").exists()
 
 
 def test_relative_paths_are_made_absolute(tmp_path, monkeypatch):
