@@ -13,7 +13,7 @@ from hyper import population as pop_ops
 from hyper.target import Target
 
 # Deterministic and quick; no deadline (the first call of a shape compiles).
-property_test = settings(max_examples=15, deadline=None, derandomize=True, database=None)
+property_test = settings(max_examples=10, deadline=None, derandomize=True, database=None)
 
 
 # --- random targets (pure-function templates) and populations ---------------------------
