@@ -58,6 +58,14 @@ class Continuous:
 
     kind = "continuous"
 
+    def __post_init__(self):
+        shape = (self.shape,) if _is_int(self.shape) else self.shape
+        if not isinstance(shape, tuple | list) or not all(_is_int(d) for d in shape):
+            raise TypeError(
+                f"condition {self.name!r}: shape must be a tuple of ints, got {self.shape!r}"
+            )
+        object.__setattr__(self, "shape", tuple(int(d) for d in shape))
+
     @property
     def size(self) -> int:
         return int(math.prod(self.shape))
@@ -103,28 +111,43 @@ _KINDS = {"continuous": Continuous, "categorical": Categorical, "vector": Vector
 
 def check_specs(specs: Sequence[Condition]) -> tuple[Condition, ...]:
     """Validates a declaration of conditions (unique names, positive sizes, low < high)."""
+    if isinstance(specs, Continuous | Categorical | Vector | Noise):
+        specs = (specs,)
     specs = tuple(specs)
     if not specs:
         raise ValueError("a hypernetwork needs at least one condition")
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"condition names must be unique, got {names}")
     for s in specs:
         if not isinstance(s, Continuous | Categorical | Vector | Noise):
             raise TypeError(f"not a condition spec: {s!r}")
-        if not s.name or not isinstance(s.name, str):
+        if not isinstance(s.name, str) or not s.name:
             raise ValueError(f"condition name must be a non-empty string, got {s.name!r}")
         if isinstance(s, Continuous):
-            if any(int(d) < 1 for d in s.shape):
+            if any(d < 1 for d in s.shape):
                 raise ValueError(f"condition {s.name!r}: shape {s.shape} must be positive")
-            if not (np.isfinite(s.low) and np.isfinite(s.high) and s.low < s.high):
-                raise ValueError(f"condition {s.name!r}: need low < high, got {s.low}, {s.high}")
+            if not all(_is_real(v) for v in (s.low, s.high)) or not s.low < s.high:
+                raise ValueError(
+                    f"condition {s.name!r}: need finite low < high, got {s.low!r}, {s.high!r}"
+                )
         elif isinstance(s, Categorical):
-            if s.num_classes < 1 or s.dim < 1:
-                raise ValueError(f"condition {s.name!r}: num_classes and dim must be >= 1")
-        elif s.dim < 1:
-            raise ValueError(f"condition {s.name!r}: dim must be >= 1, got {s.dim}")
+            if not (_is_int(s.num_classes) and _is_int(s.dim) and min(s.num_classes, s.dim) >= 1):
+                raise ValueError(
+                    f"condition {s.name!r}: num_classes and dim must be ints >= 1, got "
+                    f"{s.num_classes!r}, {s.dim!r}"
+                )
+        elif not (_is_int(s.dim) and s.dim >= 1):
+            raise ValueError(f"condition {s.name!r}: dim must be an int >= 1, got {s.dim!r}")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"condition names must be unique, got {names}")
     return specs
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and bool(np.isfinite(v))
 
 
 def to_json(specs: Sequence[Condition]) -> list[dict[str, Any]]:
@@ -171,8 +194,8 @@ def validate(
         want = tuple(s.shape)
         if len(shape) != len(want) + 1 or shape[1:] != want:
             raise ValueError(
-                f"condition {s.name!r} has shape {shape}, expected (M, "
-                f"{', '.join(map(str, want))}{',' if len(want) == 1 else ''})".replace(", )", ")")
+                f"condition {s.name!r} has shape {shape}, expected {('M', *want)} "
+                f"(a leading batch axis M)".replace("'M'", "M")
             )
         if m is None:
             m = shape[0]
@@ -187,17 +210,17 @@ def validate(
             if a.size and (a.min() < 0 or a.max() >= s.num_classes):
                 raise ValueError(
                     f"condition {s.name!r}: ids must lie in [0, {s.num_classes}), got "
-                    f"[{a.min()}, {a.max()}]"
+                    f"ids in [{a.min()}, {a.max()}]"
                 )
         else:
-            if not np.issubdtype(a.dtype, np.number):
-                raise ValueError(f"condition {s.name!r}: expected numbers, got {a.dtype}")
+            if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)):
+                raise ValueError(f"condition {s.name!r}: expected real numbers, got {a.dtype}")
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"condition {s.name!r}: values must be finite")
             if isinstance(s, Continuous) and a.size and (a.min() < s.low or a.max() > s.high):
                 raise ValueError(
                     f"condition {s.name!r}: values must lie in [{s.low}, {s.high}], got "
-                    f"[{a.min():.4g}, {a.max():.4g}]"
+                    f"values in [{a.min():.4g}, {a.max():.4g}]"
                 )
     if m is None:
         raise ValueError("no conditions given")
