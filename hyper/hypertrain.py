@@ -46,6 +46,10 @@ __all__ = [
 LossFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array, Params], jax.Array]
 
 
+def _is_key(v: Any) -> bool:
+    return jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
+
+
 class NonFiniteLossError(FloatingPointError):
     """The hypernet's loss or gradients became NaN/Inf; the last good checkpoint is kept."""
 
@@ -131,15 +135,17 @@ class HyperTrainer:
         self.loss_fn = loss_fn
         self.sampler = sampler or (lambda k, m: cond_lib.sample(hnet.specs, k, m))
         self.optimizer = optimizer or optax.adam(1e-3)
-        self.graphdef, self.params, self.rest = nnx.split(hnet, nnx.Param, ...)
+        self.graphdef, params, self.rest = nnx.split(hnet, nnx.Param, ...)
+        # Steps donate `self.params`: own copies, so the caller's `hnet` stays usable.
+        self.params = jax.tree.map(jnp.copy, params)
         self.opt_state = self.optimizer.init(self.params)
         self.step_count = 0
         self._step = jax.jit(self._step_impl, donate_argnums=(0, 2))
 
     @property
     def hnet(self) -> HyperNet:
-        """The hypernet with the current weights."""
-        return nnx.merge(self.graphdef, self.params, self.rest)
+        """The hypernet with the current weights (a copy: later steps leave it alone)."""
+        return nnx.merge(self.graphdef, jax.tree.map(jnp.copy, self.params), self.rest)
 
     def _loss(self, params, rest, conds, xb, yb):
         hnet = nnx.merge(self.graphdef, params, rest)
@@ -165,7 +171,7 @@ class HyperTrainer:
         )
         updates, new_opt = self.optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        gnorm = optax.global_norm(grads)
+        gnorm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         # A non-finite step leaves the weights untouched; the caller raises.
         new_params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, params)
@@ -195,34 +201,58 @@ class HyperTrainer:
     # --- checkpoint arrays ---------------------------------------------------------------
 
     def arrays(self) -> dict[str, Any]:
-        """Everything a resume needs, as flat name -> array dicts."""
+        """Everything a resume needs, as flat name -> array dicts (copies: later steps donate
+        the live buffers)."""
         rest = [
             v
             for v in jax.tree.leaves(self.rest)
             if not jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
         ]
         out = {
-            "params": {str(i): v for i, v in enumerate(jax.tree.leaves(self.params))},
-            "rest": {str(i): v for i, v in enumerate(rest)},
-            "opt_state": {str(i): v for i, v in enumerate(jax.tree.leaves(self.opt_state))},
+            "params": {str(i): jnp.copy(v) for i, v in enumerate(jax.tree.leaves(self.params))},
+            "rest": {str(i): jnp.copy(v) for i, v in enumerate(rest)},
+            "opt_state": {
+                str(i): jnp.copy(v) for i, v in enumerate(jax.tree.leaves(self.opt_state))
+            },
         }
         return {k: v for k, v in out.items() if v}  # Orbax refuses empty items
 
     def load_arrays(self, arrays: Mapping[str, Any]) -> None:
-        def fill(tree, flat, skip_keys=False):
+        """Loads what `arrays` returned (copied).
+
+        Raises:
+          ValueError: a group has the wrong number of arrays, or an array the wrong shape or
+            dtype (e.g. arrays of a hypernet for another target); nothing is loaded then.
+        """
+
+        def fill(name, tree, flat, skip_keys=False):
+            flat = dict(flat)
             leaves, treedef = jax.tree.flatten(tree)
+            want = [v for v in leaves if not (skip_keys and _is_key(v))]
+            if sorted(flat) != sorted(str(j) for j in range(len(want))):
+                raise ValueError(
+                    f"load_arrays: {name!r} holds {len(flat)} arrays, this hypernet has {len(want)}"
+                )
             out, j = [], 0
             for v in leaves:
-                if skip_keys and jnp.issubdtype(v.dtype, jax.dtypes.prng_key):
+                if skip_keys and _is_key(v):
                     out.append(v)
                     continue
-                out.append(jnp.asarray(flat[str(j)]))
+                a = flat[str(j)]
+                if tuple(np.shape(a)) != tuple(v.shape) or np.dtype(a.dtype) != np.dtype(v.dtype):
+                    raise ValueError(
+                        f"load_arrays: {name}[{j}] has shape {tuple(np.shape(a))} "
+                        f"{np.dtype(a.dtype)}, this hypernet has {tuple(v.shape)} "
+                        f"{np.dtype(v.dtype)}"
+                    )
+                out.append(jnp.array(a, copy=True))
                 j += 1
             return jax.tree.unflatten(treedef, out)
 
-        self.params = fill(self.params, arrays["params"])
-        self.rest = fill(self.rest, arrays.get("rest", {}), skip_keys=True)
-        self.opt_state = fill(self.opt_state, arrays.get("opt_state", {}))
+        params = fill("params", self.params, arrays.get("params", {}))
+        rest = fill("rest", self.rest, arrays.get("rest", {}), skip_keys=True)
+        opt_state = fill("opt_state", self.opt_state, arrays.get("opt_state", {}))
+        self.params, self.rest, self.opt_state = params, rest, opt_state
 
 
 # ---------------------------------------------------------------------------------------
