@@ -65,8 +65,33 @@ class Frozen(nnx.Variable):
     """A hypernet variable that is not trained (frozen θ0, frozen shared weights, state)."""
 
 
+_BLOCK = 1 << 16
+
+
+@jax.jit
+def _normal_block(key: jax.Array) -> jax.Array:
+    return jax.random.normal(key, (_BLOCK,), jnp.float32)
+
+
 def _normal(key: jax.Array, shape: Sequence[int], var: float) -> jax.Array:
-    return jax.random.normal(key, tuple(shape), jnp.float32) * math.sqrt(max(var, 0.0))
+    """`N(0, var)` float32 of `shape`, deterministic per key.
+
+    Drawn in fixed-size blocks ``fold_in(key, i)`` assembled on the host: XLA compiles one
+    program for every shape, and a hypernet has many shapes (seconds each on a busy CPU).
+    """
+    shape = tuple(int(d) for d in shape)
+    std = math.sqrt(max(var, 0.0))
+    if isinstance(key, jax.core.Tracer):  # built inside a transform (e.g. nnx.eval_shape)
+        return jax.random.normal(key, shape, jnp.float32) * std
+    n = math.prod(shape)
+    if n == 0 or std == 0.0:
+        return _zeros(shape)
+    blocks = [np.asarray(_normal_block(jax.random.fold_in(key, i))) for i in range(-(-n // _BLOCK))]
+    return jnp.asarray((np.concatenate(blocks)[:n] * np.float32(std)).reshape(shape))
+
+
+def _zeros(shape: Sequence[int]) -> jax.Array:
+    return jnp.asarray(np.zeros(tuple(shape), np.float32))
 
 
 def _head_var(init: str, leaf: LeafSpec, hidden: int, size: int) -> float:
@@ -201,7 +226,9 @@ class HyperNet(nnx.Module):
         embeds = []
         for s in specs:
             if isinstance(s, Categorical):
-                embeds.append(nnx.Embed(s.num_classes, s.dim, rngs=rngs))
+                # Var 1/dim: an embedding has norm ~1, like one encoded scalar.
+                init = lambda k, shape, dtype, d=s.dim: _normal(k, shape, 1.0 / d)  # noqa: E731
+                embeds.append(nnx.Embed(s.num_classes, s.dim, embedding_init=init, rngs=rngs))
                 width += s.dim
             elif isinstance(s, Vector | Noise):
                 width += s.dim
@@ -210,10 +237,11 @@ class HyperNet(nnx.Module):
         sizes = (width, *hidden)
         layers = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
-            lin = nnx.Linear(a, b, rngs=rngs)
+            kw = {}
             if hidden_init == "kaiming_fan_out":
-                lin.kernel.value = _normal(rngs.params(), (a, b), _LEAKY_GAIN2 / b)
-            layers.append(lin)
+                kw["kernel_init"] = lambda k, shape, dtype, b=b: _normal(k, shape, _LEAKY_GAIN2 / b)
+            zeros = lambda k, shape, dtype: _zeros(shape)  # noqa: E731
+            layers.append(nnx.Linear(a, b, bias_init=zeros, rngs=rngs, **kw))
         self.layers = nnx.List(layers)
         h = hidden[-1]
 
@@ -246,11 +274,13 @@ class HyperNet(nnx.Module):
             for s in gen:
                 if s.role == "kernel" and len(s.shape) >= 2:
                     m, n = s.size // s.shape[-1], s.shape[-1]
-                    var_delta = _head_var(head_init, s, h, s.size) * h  # Var(Δ) per output
-                    var_uv = math.sqrt(var_delta) if var_delta > 0 else 1.0 / h * h
+                    # Var(Δ) = rank·(h·Var(W_u))·(h·Var(W_v)) for unit activations: match the
+                    # per-tensor head's h·Var(W). Zero init: V = 0, U random (else no gradient).
+                    var_delta = _head_var(head_init, s, h, s.size) * h
+                    var_uv = math.sqrt(var_delta / rank) if var_delta > 0 else 1.0
                     wu = _normal(rngs.params(), (h, m * rank), var_uv / h)
                     wv = (
-                        jnp.zeros((h, rank * n))
+                        _zeros((h, rank * n))
                         if head_init == "zero"
                         else _normal(rngs.params(), (h, rank * n), var_uv / h)
                     )
@@ -274,12 +304,12 @@ class HyperNet(nnx.Module):
             total = sum(s.size for s in gen)
             n_chunks = math.ceil(total / chunk_size)
             self.n_chunks = n_chunks
-            self.chunk_emb = nnx.Param(jax.random.normal(rngs.params(), (n_chunks, chunk_dim)))
+            self.chunk_emb = nnx.Param(_normal(rngs.params(), (n_chunks, chunk_dim), 1.0))
             self.chunk_u_a = nnx.Param(_normal(rngs.params(), (h, chunk_hidden), 1.0 / h))
             self.chunk_u_e = nnx.Param(
                 _normal(rngs.params(), (chunk_dim, chunk_hidden), 1.0 / chunk_dim)
             )
-            self.chunk_b = nnx.Param(jnp.zeros((chunk_hidden,)))
+            self.chunk_b = nnx.Param(_zeros((chunk_hidden,)))
             proxy = LeafSpec(
                 "chunk",
                 (chunk_size,),
@@ -301,7 +331,7 @@ class HyperNet(nnx.Module):
                 )
             )
         if not residual:
-            self.head_b = nnx.List([nnx.Param(jnp.zeros(s.shape)) for s in gen])
+            self.head_b = nnx.List([nnx.Param(_zeros(s.shape)) for s in gen])
         self._gen_specs = tuple(gen)
 
     # --- forward ------------------------------------------------------------------------
@@ -339,25 +369,25 @@ class HyperNet(nnx.Module):
         out = []
         if self.head_kind == "per_tensor":
             for s, w in zip(self._gen_specs, self.head_w, strict=True):
-                out.append((a @ w.value).reshape(m, *s.shape))
+                out.append((a @ w[...]).reshape(m, *s.shape))
         elif self.head_kind == "lowrank":
             rank = self.config["rank"]
             for s, ws in zip(self._gen_specs, self.head_w, strict=True):
                 if len(ws) == 2:
                     n = s.shape[-1]
-                    u = (a @ ws[0].value).reshape(m, s.size // n, rank)
-                    v = (a @ ws[1].value).reshape(m, rank, n)
+                    u = (a @ ws[0][...]).reshape(m, s.size // n, rank)
+                    v = (a @ ws[1][...]).reshape(m, rank, n)
                     out.append((u @ v).reshape(m, *s.shape))
                 else:
-                    out.append((a @ ws[0].value).reshape(m, *s.shape))
+                    out.append((a @ ws[0][...]).reshape(m, *s.shape))
         else:
             act = _ACTIVATIONS[self.activation]
             z = act(
-                (a @ self.chunk_u_a.value)[:, None, :]
-                + (self.chunk_emb.value @ self.chunk_u_e.value)[None, :, :]
-                + self.chunk_b.value
+                (a @ self.chunk_u_a[...])[:, None, :]
+                + (self.chunk_emb[...] @ self.chunk_u_e[...])[None, :, :]
+                + self.chunk_b[...][None, None, :]
             )  # [M, C, G]
-            flat = (z @ self.chunk_v.value).reshape(m, -1)  # [M, C * chunk_size]
+            flat = (z @ self.chunk_v[...]).reshape(m, -1)  # [M, C * chunk_size]
             offset = 0
             for s in self._gen_specs:
                 out.append(flat[:, offset : offset + s.size].reshape(m, *s.shape))
@@ -374,18 +404,18 @@ class HyperNet(nnx.Module):
         flat: dict[str, jax.Array] = {}
         for i, (s, d) in enumerate(zip(self._gen_specs, self.deltas(a), strict=True)):
             if self.residual:
-                theta = self.theta0[i].value[None] + d
+                theta = self.theta0[i][...][None] + d
             else:
-                theta = d + self.head_b[i].value[None]
+                theta = d + self.head_b[i][...][None]
             flat[s.path] = theta.astype(s.dtype)
         for p, v in zip(self.shared_paths, self.shared, strict=True):
-            flat[p] = jnp.broadcast_to(v.value[None], (m, *v.value.shape))
+            flat[p] = jnp.broadcast_to(v[...][None], (m, *v[...].shape))
         return _nest({p: flat[p] for p in self.target.paths})
 
     def theta0_params(self) -> Params:
         """θ0 and the shared leaves as one target's params."""
-        flat = {p: v.value for p, v in zip(self.gen_paths, self.theta0, strict=True)}
-        flat.update({p: v.value for p, v in zip(self.shared_paths, self.shared, strict=True)})
+        flat = {p: v[...] for p, v in zip(self.gen_paths, self.theta0, strict=True)}
+        flat.update({p: v[...] for p, v in zip(self.shared_paths, self.shared, strict=True)})
         return _nest({p: flat[p] for p in self.target.paths})
 
     def validate(self, conditions: Mapping[str, Any]) -> int:
@@ -409,15 +439,24 @@ class HyperNet(nnx.Module):
 
 
 def _fill_noise(hnet: HyperNet, conditions: Mapping[str, Any], key: jax.Array | None, m: int):
+    """Samples the missing noise conditions as `hyper.conditions.sample` does (the key of
+    spec `i` is ``fold_in(key, i)``): the same key gives the same noise in every process."""
     out = dict(conditions)
-    for s in hnet.specs:
+    for i, s in enumerate(hnet.specs):
         if isinstance(s, Noise) and s.name not in out:
             if key is None:
                 raise ValueError(f"noise condition {s.name!r} not given and no key to sample it")
-            out[s.name] = jax.random.normal(
-                jax.random.fold_in(key, hash(s.name) % 2**31), (m, s.dim)
-            )
+            out[s.name] = jax.random.normal(jax.random.fold_in(key, i), (m, s.dim))
     return out
+
+
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 @nnx.jit(static_argnames=("batch_size",))
@@ -447,6 +486,7 @@ def generate(
     Returns:
       a population of `hnet.target` with `M` members.
     """
+    _check_batch_size(batch_size)
     m = hnet.validate(conditions)
     conditions = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
     if batch_size is None and m > 4096:
@@ -472,14 +512,22 @@ def generate_and_evaluate(
     Returns:
       ``{"loss": [M], "acc": [M]}``.
     """
+    _check_batch_size(batch_size)
     m = hnet.validate(conditions)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    t = hnet.target
+    if t.input_shape is not None and tuple(x.shape[1:]) != tuple(t.input_shape):
+        raise ValueError(f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}")
+    if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
+        raise ValueError(f"labels must be ints of shape ({x.shape[0]},), got {y.dtype}{y.shape}")
     conditions = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    batch_size = min(int(batch_size), m)  # no padding beyond one chunk of M
     chunks = math.ceil(m / batch_size)
     pad = chunks * batch_size - m
     padded = jax.tree.map(
         lambda v: jnp.concatenate([v, jnp.repeat(v[-1:], pad, 0)]) if pad else v, conditions
     )
-    out = _gen_eval_jit(hnet, padded, jnp.asarray(x), jnp.asarray(y), batch_size)
+    out = _gen_eval_jit(hnet, padded, x, y, batch_size)
     return {k: v[:m] for k, v in out.items()}
 
 
