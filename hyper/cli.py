@@ -3,6 +3,8 @@
   weightspace zoo --preset digits-cnn --seeds 8 --epochs E --checkpoint-epochs 0,1,2,5,10,E
                   --out DIR [--grid FILE.json] [--overwrite | --resume] [--quiet]
   weightspace info DIR [--epoch E]
+  weightspace hyper train --config FILE|PRESET --out DIR [--resume | --overwrite] [--quiet]
+  weightspace hyper generate --from DIR --conditions FILE|GRID --out DIR [--overwrite]
 
 Bad input (unknown preset, bad grid file, an output directory holding another zoo, ...)
 prints one line on stderr and exits with status 2.
@@ -53,6 +55,7 @@ def _read_grid(path: str) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from hyper import cli_hyper
     from hyper.zoo import PRESETS
 
     p = _Parser(prog="weightspace", description="Neural networks as data.")
@@ -79,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a zoo directory")
     i.add_argument("dir")
     i.add_argument("--epoch", type=int, default=None)
+    cli_hyper.add_parsers(sub)
     return p
 
 
@@ -126,6 +130,10 @@ def _run(args: argparse.Namespace) -> int:
         z = zoo.load(args.dir, epoch=args.epoch)
         print(zoo.summarize(z, args.epoch))
         return 0
+    if args.command == "hyper":
+        from hyper import cli_hyper
+
+        return cli_hyper.run(args)
     raise _UsageError(f"unknown command {args.command!r}")
 
 

@@ -671,7 +671,8 @@ def load(
 
 
 def summarize(zoo: Zoo, epoch: int | None = None) -> str:
-    """Test-accuracy distribution overall and by each varied hyperparameter."""
+    """Test-accuracy distribution overall and by each varied hyperparameter (by each scalar
+    continuous condition for a generated zoo, `hyper.export`)."""
     rows = zoo.rows(epoch)
     if not rows:
         return "zoo has no rows"
@@ -680,11 +681,12 @@ def summarize(zoo: Zoo, epoch: int | None = None) -> str:
     q = np.quantile(acc, [0, 0.25, 0.5, 0.75, 1])
     lines = [
         f"zoo {zoo.config['preset']} on {zoo.config['dataset']}: {len(rows)} networks, "
-        f"epoch {ep}, {sum(r['diverged'] for r in rows)} diverged",
+        f"{'hypernet step' if 'conditions' in zoo.config else 'epoch'} {ep}, "
+        f"{sum(r['diverged'] for r in rows)} diverged",
         "test accuracy: min {:.3f}  q25 {:.3f}  median {:.3f}  q75 {:.3f}  max {:.3f}".format(*q),
     ]
     for k in HPARAMS:
-        values = zoo.config["grid"][k]
+        values = zoo.config["grid"].get(k, [])  # a generated zoo has no grid
         if len(values) < 2:
             continue
         lines.append(f"  by {k}:")
@@ -696,5 +698,21 @@ def summarize(zoo: Zoo, epoch: int | None = None) -> str:
             lines.append(
                 f"    {v!s:>10}: n={len(a):4d}  mean {a.mean():.3f}  median {np.median(a):.3f}  "
                 f"max {a.max():.3f}"
+            )
+    for c in zoo.config.get("conditions", []):  # generated: four equal ranges of a condition
+        if c.get("kind") != "continuous" or c.get("shape"):
+            continue
+        v = np.array([r[c["name"]] for r in rows], np.float64)
+        edges = np.linspace(v.min(), v.max(), 5)
+        if edges[0] == edges[-1]:
+            continue
+        bins = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, 3)
+        lines.append(f"  by {c['name']}:")
+        for b in range(4):
+            a = acc[bins == b]
+            label = f"{edges[b]:.3g}..{edges[b + 1]:.3g}"
+            lines.append(
+                f"    {label:>10}: n={len(a):4d}"
+                + (f"  mean {a.mean():.3f}  min {a.min():.3f}  max {a.max():.3f}" if a.size else "")
             )
     return "\n".join(lines)
