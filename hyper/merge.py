@@ -426,6 +426,7 @@ def diagonal_fisher(
     labels: Any = None,
     key: jax.Array | None = None,
     chunk_size: int = 32,
+    per_target_inputs: bool = False,
 ) -> Params:
     """Diagonal Fisher information of every member, from per-example gradients.
 
@@ -443,45 +444,54 @@ def diagonal_fisher(
     Args:
       target: a classifier target (outputs `[batch, classes]` logits).
       population: `[tasks, ...]` networks.
-      x: `[batch, ...]` inputs (each member's own task data: pass one member at a time,
-        or a population of one, when the data differ).
+      x: `[batch, ...]` inputs shared by all members, or `[targets, batch, ...]` (each
+        member its own data, e.g. its task's examples) if `per_target_inputs`.
       mode: ``"exact"``, ``"sampled"`` or ``"empirical"``.
-      labels: `[batch]` int labels for ``"empirical"``.
+      labels: `[batch]` (or `[targets, batch]`) int labels for ``"empirical"``.
       key: PRNG key for ``"sampled"``.
       chunk_size: examples per vmapped chunk.
+      per_target_inputs: `x` (and `labels`) carry a leading `targets` axis.
 
     Returns:
       a population of the same structure: the diagonal Fisher of each member.
     """
     if mode not in FISHER_MODES:
         raise ValueError(f"diagonal_fisher: unknown mode {mode!r}; expected {FISHER_MODES}")
-    _validate("diagonal_fisher", "population", target, population, batched=True)
+    t = _validate("diagonal_fisher", "population", target, population, batched=True)
     x = jnp.asarray(x)
-    if target.input_shape is not None and tuple(x.shape[1:]) != tuple(target.input_shape):
+    lead = (t,) if per_target_inputs else ()
+    if per_target_inputs and x.shape[:1] != lead:
+        raise ValueError(
+            f"diagonal_fisher: per-target inputs have shape {tuple(x.shape)}, expected "
+            f"({t}, batch, ...) for {t} targets"
+        )
+    ex_shape = tuple(x.shape[len(lead) + 1 :])
+    if target.input_shape is not None and ex_shape != tuple(target.input_shape):
         raise ValueError(
             f"diagonal_fisher: inputs have shape {tuple(x.shape)}, {target.name} takes "
-            f"(batch, {', '.join(map(str, target.input_shape))})"
+            f"({'targets, ' if lead else ''}batch, {', '.join(map(str, target.input_shape))})"
         )
-    n = x.shape[0]
+    n = x.shape[len(lead)]
     if mode == "empirical":
-        if labels is None or np.shape(labels) != (n,):
-            raise ValueError(f"diagonal_fisher: mode='empirical' needs [{n}] labels")
+        if labels is None or np.shape(labels) != (*lead, n):
+            raise ValueError(f"diagonal_fisher: mode='empirical' needs {[*lead, n]} labels")
         y = jnp.asarray(labels, jnp.int32)
     else:
-        y = jnp.zeros((n,), jnp.int32)
+        y = jnp.zeros((*lead, n), jnp.int32)
     if mode == "sampled" and key is None:
         raise ValueError("diagonal_fisher: mode='sampled' needs a key")
     key = jax.random.key(0) if key is None else key
     chunks = max(1, math.ceil(n / chunk_size))
     size = math.ceil(n / chunks)
     pad = chunks * size - n
-    xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]) if pad else y
-    valid = (jnp.arange(chunks * size) < n).astype(jnp.float32)
-    keys = jax.random.split(key, chunks * size)
-    xs = xp.reshape(chunks, size, *x.shape[1:])
-    ys, vs = yp.reshape(chunks, size), valid.reshape(chunks, size)
-    ks = keys.reshape(chunks, size)
+
+    def chunked(a: jax.Array) -> jax.Array:
+        """`[n, ...]` -> `[chunks, size, ...]`, zero-padded."""
+        a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+        return a.reshape(chunks, size, *a.shape[1:])
+
+    valid = chunked((jnp.arange(n) < n).astype(jnp.float32))
+    ks = chunked(jax.random.split(key, n))
     trainable = [s.trainable for s in target.spec]
 
     def log_probs(params, xi):
@@ -498,21 +508,24 @@ def diagonal_fisher(
         g = jax.grad(lambda q: log_probs(q, xi)[yi])(params)
         return jax.tree.map(lambda a: a * a, g)
 
-    def member(params):
+    def member(params, xm, ym):
+        xs, ys = chunked(xm), chunked(ym)
+
         def chunk(total, inp):
             xc, yc, vc, kc = inp
             sq = jax.vmap(one_example, in_axes=(None, 0, 0, 0))(params, xc, yc, kc)
             return jax.tree.map(lambda t, s: t + jnp.tensordot(vc, s, axes=1), total, sq), None
 
         zero = jax.tree.map(jnp.zeros_like, params)
-        total, _ = jax.lax.scan(chunk, zero, (xs, ys, vs, ks))
+        total, _ = jax.lax.scan(chunk, zero, (xs, ys, valid, ks))
         leaves = [
             (v / n if t else jnp.zeros_like(v))
             for v, t in zip(jax.tree.leaves(total), trainable, strict=True)
         ]
         return jax.tree.unflatten(target.treedef, leaves)
 
-    return jax.jit(jax.vmap(member))(population)
+    in_axes = (0, 0, 0) if per_target_inputs else (0, None, None)
+    return jax.jit(jax.vmap(member, in_axes=in_axes))(population, x, y)
 
 
 def fisher_merge(
