@@ -1,0 +1,387 @@
+"""Loss barriers before/after alignment, and multi-task merging, on digits (issue 9).
+
+**barrier**: pairs of networks trained independently (different init and data order,
+same recipe) on scikit-learn digits; the test cross-entropy along the straight line
+``(1 - a) * theta_A + a * theta_B`` at 21 values of `a` in [0, 1]; the barrier is
+``max_a [loss(a) - ((1 - a) loss(0) + a loss(1))]``. Three versions of `theta_B`: as
+trained (``naive``), permuted by weight matching (``weight``), permuted by activation
+matching on the training inputs (``activation``). Both permutations keep `theta_B`'s
+function exactly, so only the path changes. Widths: MLP 64-w-w-10 with w in {16, 64, 256};
+CNN with two 3x3 conv layers of c channels, c in {8, 16, 32} (strides 1, 2; global
+average pooling; dense). Reported: mean and std over pairs.
+
+**merge_acc**: the training split is divided 80/20 (stratified) into train/validation. A
+base network is trained on all ten classes for a few epochs (MLP 3, CNN 10), then copied
+and fine-tuned (15 epochs, Adam 1e-3) on four class subsets {0,1,2}, {3,4,5}, {6,7},
+{8,9} (only those examples; the four fine-tunes run as one vmapped program). Merges:
+``average`` (the mean of the four), ``task_arithmetic``, ``ties`` (density 0.2), ``pcb``
+(ratio 0.1), ``fisher`` (exact diagonal Fisher of each model on its own task's training
+inputs, uniform coefficients) and, on rank-4 truncated-SVD task vectors,
+``task_arithmetic_rank4`` and ``ties_rank4``. The scaling `lam` of task arithmetic, TIES
+and PCB is chosen on the validation split (mean per-task accuracy), never on the test
+split. Per-task accuracy is *restricted*: on the test examples of a task's classes, the
+prediction is the argmax of the logits over that task's classes only (task-aware
+evaluation, as in the merging papers' per-task heads). ``joint_acc`` is the plain 10-way
+accuracy on the whole test split.
+
+Usage: ``python bench/merge.py [--quick] [--out FILE]``; writes ``bench/results/merge.json``
+(``--quick`` writes no file unless `--out` is given, so it never overwrites the full
+results) and prints the same content as one JSON line (logs go to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import hyper.sharding  # noqa: E402
+from hyper import align, compact, merge  # noqa: E402
+from hyper import data as data_lib  # noqa: E402
+from hyper.architectures import make_target  # noqa: E402
+from hyper.target import Target  # noqa: E402
+from hyper.train import TrainConfig, Trainer, evaluate  # noqa: E402
+
+TASKS = ((0, 1, 2), (3, 4, 5), (6, 7), (8, 9))
+ALPHAS = np.linspace(0.0, 1.0, 21)
+LR = {"mlp": 1e-3, "cnn": 3e-3}  # Adam; the CNN trains slowly at 1e-3
+FT_LR = 1e-3  # fine-tuning learning rate (both architectures)
+
+
+def log(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def make_arch(kind: str, width: int) -> Target:
+    if kind == "mlp":
+        return make_target("mlp", input_shape=(8, 8), widths=(width, width), out_features=10)
+    return make_target(
+        "cnn2d", input_shape=(8, 8), channels=(width, width), strides=(1, 2), out_features=10
+    )
+
+
+def take(population: Any, idx: Any) -> Any:
+    return jax.tree.map(lambda v: v[np.asarray(idx)], population)
+
+
+def init_population(target: Target, seed: int, n: int) -> Any:
+    """`n` independent LeCun-normal initialisations (biases 0, norm scales 1), on the host.
+
+    The same distribution as the modules' own initialisers, without compiling the Flax
+    init program for every width (that dominated `--quick`).
+    """
+    rng = np.random.default_rng(seed)
+    leaves = []
+    for s in target.spec:
+        if s.role == "kernel":
+            v = rng.standard_normal((n, *s.shape)) / np.sqrt(max(s.fan_in, 1))
+        elif s.role == "norm_scale" or (s.role == "running_stat" and s.path.endswith("var")):
+            v = np.ones((n, *s.shape))
+        else:
+            v = np.zeros((n, *s.shape))
+        leaves.append(jnp.asarray(v.astype(s.dtype)))
+    return jax.tree.unflatten(target.treedef, leaves)
+
+
+# ---------------------------------------------------------------------------------------
+# barrier
+# ---------------------------------------------------------------------------------------
+
+
+def barrier_for(
+    kind: str,
+    width: int,
+    data: data_lib.Dataset,
+    *,
+    pairs: int,
+    epochs: int,
+    lr: float,
+    seed: int,
+) -> dict[str, Any]:
+    target = make_arch(kind, width)
+    trainer = Trainer(target, data, TrainConfig(batch_size=64))
+    init = init_population(target, seed, 2 * pairs)
+    state = trainer.init(jax.random.key(seed), 2 * pairs, learning_rate=lr, params=init)
+    state = trainer.fit(state, epochs)
+    params = jax.device_get(state.params)
+    pop_a, pop_b = take(params, range(0, 2 * pairs, 2)), take(params, range(1, 2 * pairs, 2))
+    x_train = jnp.asarray(data.x_train)
+
+    t0 = time.time()
+    perms_w = align.pairwise_weight_matching(target, pop_a, pop_b, key=jax.random.key(seed))
+    t_w = time.time() - t0
+    t0 = time.time()
+    perms_a = align.pairwise_activation_matching(target, pop_a, pop_b, x_train)
+    t_a = time.time() - t0
+    versions = {
+        "naive": pop_b,
+        "weight": compact.permute(target, pop_b, perms_w, batched=True),
+        "activation": compact.permute(target, pop_b, perms_a, batched=True),
+    }
+    # Every interpolated network of every pair and method, evaluated in one vmapped call.
+    alphas = jnp.asarray(ALPHAS, jnp.float32)
+
+    def path(a, b):
+        w = alphas.reshape((-1,) + (1,) * a.ndim)
+        return (1 - w) * a[None] + w * b[None]
+
+    paths = [jax.tree.map(jax.vmap(path), pop_a, v) for v in versions.values()]
+    stacked = jax.tree.map(lambda *v: jnp.concatenate(v).reshape(-1, *v[0].shape[2:]), *paths)
+    ev = jax.jit(lambda p: evaluate(target, p, jnp.asarray(data.x_test), jnp.asarray(data.y_test)))
+    res = ev(stacked)
+    losses = np.asarray(res["loss"]).reshape(len(versions), pairs, len(ALPHAS))
+    accs = np.asarray(res["acc"]).reshape(len(versions), pairs, len(ALPHAS))
+    endpoints = np.concatenate([accs[0, :, 0], accs[0, :, -1]])
+    out: dict[str, Any] = {"width": width, "test_acc_endpoints": round(float(endpoints.mean()), 4)}
+    for m, name in enumerate(versions):
+        b = [merge.loss_barrier(losses[m, p], ALPHAS) for p in range(pairs)]
+        out[name] = round(float(np.mean(b)), 4)
+        out[f"{name}_std"] = round(float(np.std(b)), 4)
+        out[f"{name}_mid_acc"] = round(float(accs[m, :, len(ALPHAS) // 2].mean()), 4)
+        # Same function at alpha = 1 whatever the permutation (a sanity check).
+        assert np.allclose(losses[m, :, -1], losses[0, :, -1], rtol=1e-3, atol=1e-4), name
+    out["seconds_weight_matching"] = round(t_w, 2)
+    out["seconds_activation_matching"] = round(t_a, 2)
+    out["curves"] = {
+        name: [round(float(v), 4) for v in losses[m].mean(0)] for m, name in enumerate(versions)
+    }
+    log(
+        f"barrier {kind} width={width}: naive={out['naive']:.3f} weight={out['weight']:.3f} "
+        f"activation={out['activation']:.3f} (endpoint acc {out['test_acc_endpoints']:.3f})"
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# merge_acc
+# ---------------------------------------------------------------------------------------
+
+
+def split_validation(data: data_lib.Dataset, frac: float = 0.2) -> tuple[Any, Any]:
+    """A stratified, deterministic train/validation split of the training set."""
+    rng = np.random.default_rng(0)
+    val = np.zeros(len(data.y_train), bool)
+    for c in range(data.num_classes):
+        idx = rng.permutation(np.nonzero(data.y_train == c)[0])
+        val[idx[: round(frac * len(idx))]] = True
+    train = data_lib.Dataset(
+        "digits-train80",
+        np.array(data.x_train[~val]),
+        np.array(data.y_train[~val]),
+        np.array(data.x_test),
+        np.array(data.y_test),
+        data.num_classes,
+    )
+    return train, (np.array(data.x_train[val]), np.array(data.y_train[val]))
+
+
+def task_scores(target: Target, population: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """`[members, tasks + 1]`: restricted accuracy per task, then the joint 10-way accuracy."""
+    logits = np.asarray(target.apply_population(population, jnp.asarray(x)))
+    out = []
+    for classes in TASKS:
+        rows = np.isin(y, classes)
+        sub = logits[:, rows][:, :, list(classes)]
+        pred = np.asarray(classes)[np.argmax(sub, -1)]
+        out.append((pred == y[rows][None]).mean(1))
+    out.append((np.argmax(logits, -1) == y[None]).mean(1))
+    return np.stack(out, 1)
+
+
+def merge_acc_for(
+    kind: str,
+    width: int,
+    data: data_lib.Dataset,
+    *,
+    base_epochs: int,
+    ft_epochs: int,
+    lr: float,
+    ft_lr: float,
+    seed: int,
+) -> dict[str, Any]:
+    target = make_arch(kind, width)
+    train, (x_val, y_val) = split_validation(data)
+    # One trainer, one compiled program: the base trains as 4 identical members (same
+    # key) on all classes; fine-tuning restarts from it with each member restricted to
+    # its task's examples (`TrainState.subset`), so the four fine-tunes run as one vmap.
+    tr = Trainer(target, train, TrainConfig(batch_size=64))
+    keys = jnp.stack([jax.random.key(seed)] * len(TASKS))
+    init = jax.tree.map(lambda v: jnp.repeat(v, len(TASKS), 0), init_population(target, seed, 1))
+    state = tr.init(
+        jax.random.key(seed), len(TASKS), learning_rate=lr, params=init, member_keys=keys
+    )
+    state = tr.fit(state, base_epochs)
+    base_pop = jax.device_get(state.params)
+    base = take(base_pop, 0)
+    ft_keys = jnp.stack([jax.random.key(seed + 1 + t) for t in range(len(TASKS))])
+    state = tr.init(
+        jax.random.key(seed), len(TASKS), learning_rate=ft_lr, params=base_pop, member_keys=ft_keys
+    )
+    masks = np.stack([np.isin(train.y_train, c) for c in TASKS])
+    state = state._replace(subset=jax.device_put(jnp.asarray(masks), state.subset.sharding))
+    pop = jax.device_get(tr.fit(state, ft_epochs).params)
+
+    def score(p: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return task_scores(target, p, x, y)
+
+    def report(test: np.ndarray, lam: Any = None) -> dict[str, Any]:
+        r = {
+            "per_task": [round(float(v), 4) for v in test[:4]],
+            "mean": round(float(test[:4].mean()), 4),
+            "joint_acc": round(float(test[4]), 4),
+        }
+        if lam is not None:
+            r["lam"] = round(float(lam), 3)
+        return r
+
+    out: dict[str, Any] = {"arch": target.name}
+    base_test = score(jax.tree.map(lambda v: v[None], base), data.x_test, data.y_test)[0]
+    out["base"] = report(base_test)
+    own = score(pop, data.x_test, data.y_test)
+    out["individual"] = {
+        "per_task": [round(float(own[t, t]), 4) for t in range(4)],
+        "mean": round(float(np.mean([own[t, t] for t in range(4)])), 4),
+    }
+    one = jax.tree.map(lambda v: v[None], merge.average(target, pop))
+    out["average"] = report(score(one, data.x_test, data.y_test)[0])
+
+    grids = {
+        "task_arithmetic": (np.round(np.arange(0.1, 1.01, 0.1), 2), {}, merge.task_arithmetic),
+        "ties": (np.round(np.arange(0.5, 2.51, 0.25), 2), {"density": 0.2}, merge.ties_merge),
+        "pcb": (np.round(np.arange(0.5, 2.51, 0.25), 2), {"ratio": 0.1}, merge.pcb_merge),
+        "task_arithmetic_rank4": (
+            np.round(np.arange(0.1, 1.01, 0.1), 2),
+            {"rank": 4},
+            merge.task_arithmetic,
+        ),
+        "ties_rank4": (
+            np.round(np.arange(0.5, 2.51, 0.25), 2),
+            {"density": 0.2, "rank": 4},
+            merge.ties_merge,
+        ),
+    }
+    for name, (lams, kw, fn) in grids.items():
+        if fn is merge.task_arithmetic:
+            cands = fn(target, base, pop, lams, **kw)
+        else:
+            cands = fn(target, base, pop, lam=lams, **kw)
+        val = score(cands, x_val, y_val)[:, :4].mean(1)
+        best = int(np.argmax(val))
+        out[name] = report(score(take(cands, [best]), data.x_test, data.y_test)[0], lams[best])
+
+    # Each model's Fisher on its own task's training inputs (the first m of each task, m
+    # the smallest task's size, so the four run as one vmapped program).
+    idx = [np.nonzero(np.isin(train.y_train, c))[0] for c in TASKS]
+    m = min(len(i) for i in idx)
+    x_tasks = np.stack([train.x_train[i[:m]] for i in idx])
+    fish = merge.diagonal_fisher(target, pop, x_tasks, per_target_inputs=True)
+    merged = jax.tree.map(lambda v: v[None], merge.fisher_merge(target, pop, fish))
+    out["fisher"] = report(score(merged, data.x_test, data.y_test)[0])
+    log(
+        f"merge_acc {kind}: "
+        + " ".join(
+            f"{k}={v['mean']:.3f}" for k, v in out.items() if isinstance(v, dict) and "mean" in v
+        )
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, < 1 minute")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results file (default bench/results/merge.json; --quick writes none unless given)",
+    )
+    args = parser.parse_args(argv)
+    hyper.sharding.use_cpu_cores()
+    t_start = time.time()
+    data = data_lib.load("digits")
+    if args.quick:
+        widths = {"mlp": [16, 64], "cnn": [8]}
+        pairs, epochs = 1, {"mlp": 8, "cnn": 8}
+        merge_archs = {"mlp": 64}
+        base_epochs, ft_epochs = {"mlp": 2}, 4
+    else:
+        widths = {"mlp": [16, 64, 256], "cnn": [8, 16, 32]}
+        pairs, epochs = 3, {"mlp": 40, "cnn": 80}
+        merge_archs = {"mlp": 64, "cnn": 16}
+        base_epochs, ft_epochs = {"mlp": 3, "cnn": 10}, 15
+
+    barrier: dict[str, Any] = {
+        "split": "test",
+        "loss": "cross-entropy",
+        "alphas": len(ALPHAS),
+        "pairs": pairs,
+        "epochs": epochs,
+    }
+    for kind, ws in widths.items():
+        rows = [
+            barrier_for(kind, w, data, pairs=pairs, epochs=epochs[kind], lr=LR[kind], seed=w)
+            for w in ws
+        ]
+        barrier[kind] = {str(r.pop("width")): r for r in rows}
+        first, last = barrier[kind][str(ws[0])], barrier[kind][str(ws[-1])]
+        barrier[kind]["shrinks_with_width"] = {
+            m: bool(last[m] < first[m]) for m in ("naive", "weight", "activation")
+        }
+
+    merge_acc: dict[str, Any] = {
+        "tasks": [list(t) for t in TASKS],
+        "accuracy": "restricted to each task's classes on its test examples; joint_acc: 10-way",
+        "lam_selected_on": "validation (20% of the training split)",
+        "base_epochs": base_epochs,
+        "base_lr": {k: LR[k] for k in merge_archs},
+        "finetune_epochs": ft_epochs,
+        "finetune_lr": FT_LR,
+    }
+    for kind, w in merge_archs.items():
+        merge_acc[kind] = merge_acc_for(
+            kind,
+            w,
+            data,
+            base_epochs=base_epochs[kind],
+            ft_epochs=ft_epochs,
+            lr=LR[kind],
+            ft_lr=FT_LR,
+            seed=100,
+        )
+
+    result = {
+        "bench": "merge",
+        "quick": bool(args.quick),
+        "barrier": barrier,
+        "merge_acc": merge_acc,
+        "devices": jax.device_count(),
+        "platform": platform.platform(),
+        "wall_s": round(time.time() - t_start, 1),
+    }
+    out = args.out or (None if args.quick else os.path.join(HERE, "results", "merge.json"))
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(json.dumps(result, separators=(",", ":")))
+    return result
+
+
+if __name__ == "__main__":
+    main()
