@@ -119,10 +119,6 @@ class _UnionFind:
     def block(self, *nodes: int) -> None:
         self.blocked.update(nodes)
 
-    def is_blocked(self, a: int) -> bool:
-        root = self.find(a)
-        return any(self.find(b) == root for b in self.blocked)
-
     def blocked_roots(self) -> set[int]:
         return {self.find(b) for b in self.blocked}
 
