@@ -219,6 +219,13 @@ class Trainer:
         self._epoch_fn = jax.jit(self._epoch, donate_argnums=0)
         self._member_step_fn = jax.jit(self._member_step)
         self._eval_fn = jax.jit(self._evaluate_split)
+        # Initialisation runs once per population; on CPU it compiles ~5x faster at LLVM -O1
+        # (threefry loops), with the same results. Training keeps the default optimisation.
+        once = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+        self._init_params_fn = jax.jit(jax.vmap(self._init_member), compiler_options=once)
+        self._init_opt_fn = jax.jit(
+            jax.vmap(lambda p, a, b: self._opt_factory(a, b).init(p)), compiler_options=once
+        )
 
     # --- state ---------------------------------------------------------------------------
 
@@ -268,16 +275,14 @@ class Trainer:
         else:
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
         if params is None:
-            params = self._init_params(keys, scale)
+            params = self._init_params_fn(keys, scale)
         else:
             got = self.target.validate(params, batched=True)
             if got != n:
                 raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
             # train_epoch donates the state's buffers; copy so the caller's arrays survive.
             params = jax.tree.map(jnp.copy, params)
-        opt_state = jax.jit(jax.vmap(lambda p, a, b: self._opt_factory(a, b).init(p)))(
-            params, lr, wd
-        )
+        opt_state = self._init_opt_fn(params, lr, wd)
         subset = self._subsets(keys, frac)
         state = TrainState(
             params=params,
@@ -298,16 +303,12 @@ class Trainer:
             return sharding.shard_targets(state, sharding.targets_mesh())
         return state
 
-    def _init_params(self, keys: jax.Array, scale: jax.Array) -> Params:
+    def _init_member(self, key: jax.Array, scale: jax.Array) -> Params:
         kernel = jax.tree.unflatten(
             self.target.treedef, [s.role == "kernel" for s in self.target.spec]
         )
-
-        def one(k, s):
-            p = self.target.init(jax.random.fold_in(k, 0))
-            return jax.tree.map(lambda v, is_k: v * s if is_k else v, p, kernel)
-
-        return jax.jit(jax.vmap(one))(keys, scale)
+        p = self.target.init(jax.random.fold_in(key, 0))
+        return jax.tree.map(lambda v, is_k: v * scale if is_k else v, p, kernel)
 
     @staticmethod
     @jax.jit
