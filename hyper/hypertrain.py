@@ -141,6 +141,7 @@ class HyperTrainer:
         self.opt_state = self.optimizer.init(self.params)
         self.step_count = 0
         self._step = jax.jit(self._step_impl, donate_argnums=(0, 2))
+        self._scan = jax.jit(self._scan_impl, static_argnums=5, donate_argnums=(0, 2))
 
     @property
     def hnet(self) -> HyperNet:
@@ -161,7 +162,7 @@ class HyperTrainer:
         per = jax.vmap(self.loss_fn)(conds, logits, labels, gen)
         return per.mean(), per
 
-    def _step_impl(self, params, rest, opt_state, key):
+    def _step_impl(self, params, rest, opt_state, key, alive=None):
         kc, kb = jax.random.split(key)
         conds = self.sampler(kc, self.m)
         shape = (self.batch_size,) if self.shared_batch else (self.m, self.batch_size)
@@ -172,11 +173,23 @@ class HyperTrainer:
         updates, new_opt = self.optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         gnorm = optax.tree.norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        # A non-finite step leaves the weights untouched; the caller raises.
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        # A non-finite step (in `run_scan` also every later one) leaves the weights untouched.
+        ok = finite if alive is None else finite & alive
         new_params = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_params, params)
         new_opt = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_opt, opt_state)
-        return new_params, new_opt, {"loss": loss, "grad_norm": gnorm, "finite": ok}
+        return new_params, new_opt, {"loss": loss, "grad_norm": gnorm, "finite": finite}
+
+    def _scan_impl(self, params, rest, opt_state, key, start, steps):
+        def body(carry, i):
+            params, opt_state, alive = carry
+            k = jax.random.fold_in(key, start + i)
+            params, opt_state, m = self._step_impl(params, rest, opt_state, k, alive)
+            return (params, opt_state, alive & m["finite"]), (m["loss"], m["finite"])
+
+        init = (params, opt_state, jnp.asarray(True))
+        (params, opt_state, _), (losses, finite) = jax.lax.scan(body, init, jnp.arange(steps))
+        return params, opt_state, losses, finite
 
     def step(self, key: jax.Array) -> dict[str, float]:
         """One optimisation step; raises `NonFiniteLossError` (weights unchanged) on NaN/Inf."""
@@ -196,6 +209,30 @@ class HyperTrainer:
         losses = np.empty(steps, np.float32)
         for i in range(steps):
             losses[i] = self.step(jax.random.fold_in(key, start + i))["loss"]
+        return losses
+
+    def run_scan(self, key: jax.Array, steps: int, *, start: int = 0) -> np.ndarray:
+        """`run` as one jitted `jax.lax.scan`: the same steps and keys, one dispatch and one
+        host sync in all (compiles once per distinct `steps`).
+
+        Raises:
+          NonFiniteLossError: as `step`; the weights are those before the first non-finite
+            step (the later steps of the scan change nothing) and `step_count` counts up to it.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+            raise ValueError(f"run_scan: steps must be a positive int, got {steps!r}")
+        self.params, self.opt_state, losses, finite = self._scan(
+            self.params, self.rest, self.opt_state, key, jnp.asarray(start, jnp.int32), int(steps)
+        )
+        losses, finite = np.asarray(losses, np.float32), np.asarray(finite)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            self.step_count += bad + 1
+            raise NonFiniteLossError(
+                f"hypernet loss or gradient is not finite at step {self.step_count} "
+                f"(loss={float(losses[bad])}); lower the learning rate"
+            )
+        self.step_count += int(steps)
         return losses
 
     # --- checkpoint arrays ---------------------------------------------------------------

@@ -576,3 +576,32 @@ def test_trainer_per_condition_batches_frozen_leaves_and_divergence(mlp_target, 
     assert not leaves_equal(nnx.state(trained, nnx.Param), nnx.state(h, nnx.Param))
     after = [np.asarray(v) for v in jax.tree.leaves(nnx.state(trained, Frozen))]
     assert all(np.array_equal(a, b) for a, b in zip(frozen, after, strict=True))
+
+
+def test_trainer_run_scan_matches_run_and_stops_at_divergence(mlp_target, digits):
+    h = HyperNet(mlp_target, GAMMA, hidden=(8,), rngs=nnx.Rngs(0))
+
+    def make(lr):
+        return HyperTrainer(
+            h, digits.x_train, digits.y_train, optimizer=optax.sgd(lr), conditions_per_step=3
+        )
+
+    loop, fused = make(1e-2), make(1e-2)
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(loop.run(key, 4, start=2), fused.run_scan(key, 4, start=2))
+    assert loop.step_count == fused.step_count == 4
+    for group, arrays in loop.arrays().items():
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(fused.arrays()[group][k], v)
+    loop, fused = make(1e6), make(1e6)
+    with pytest.raises(NonFiniteLossError) as e_loop:
+        loop.run(key, 30)
+    with pytest.raises(NonFiniteLossError) as e_fused:
+        fused.run_scan(key, 30)
+    assert str(e_fused.value) == str(e_loop.value)
+    assert fused.step_count == loop.step_count < 30
+    for group, arrays in loop.arrays().items():  # the weights of the last good step
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(fused.arrays()[group][k], v)
+    with pytest.raises(ValueError, match="positive int"):
+        fused.run_scan(key, 0)
