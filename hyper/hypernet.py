@@ -504,10 +504,11 @@ def generate_and_evaluate(
     y: jax.Array,
     *,
     key: jax.Array | None = None,
-    batch_size: int = 256,
+    batch_size: int = 32,
 ) -> dict[str, jax.Array]:
     """Generates and evaluates `M` targets on `(x, y)` chunk by chunk; never holds more than
-    `batch_size` generated networks at once.
+    `batch_size` generated networks at once (small chunks stay in cache: on a 2-core CPU,
+    chunks of 8-32 ran about 1.8x faster than 256 in `bench/hypernet.py`).
 
     Returns:
       ``{"loss": [M], "acc": [M]}``.
