@@ -77,7 +77,7 @@ QUALITY = {
     "mnist1d-cnn": ({**_ONE, "learning_rate": [3e-3, 1e-2], "activation": ["relu"]}, 3, 30),
 }
 QUALITY_QUICK = {
-    "digits-mlp": ({**_ONE, "learning_rate": [1e-2, 3e-2], "activation": ["relu"]}, 2, 20),
+    "digits-mlp": QUALITY["digits-mlp"],  # cheap: the full zoo
     "digits-cnn": ({**_ONE, "learning_rate": [1e-2], "activation": ["relu"]}, 2, 10),
     "mnist1d-mlp": ({**_ONE, "learning_rate": [3e-3], "activation": ["relu"]}, 2, 15),
     "mnist1d-cnn": ({**_ONE, "learning_rate": [1e-2], "activation": ["relu"]}, 2, 8),
@@ -88,7 +88,7 @@ SETTINGS = {
         "repeats": 5,
         "loop_members": N // 8,
         "loop_epochs": 2,
-        "loop_repeats": 3,
+        "loop_repeats": 5,
         "peer_steps": 100,
         "peer_runs": 2,
         "quality": QUALITY,
@@ -96,10 +96,10 @@ SETTINGS = {
     True: {
         "epochs": 3,
         "repeats": 3,
-        "loop_members": N // 32,
-        "loop_epochs": 1,
+        "loop_members": N // 16,
+        "loop_epochs": 2,
         "loop_repeats": 2,
-        "peer_steps": 20,
+        "peer_steps": 50,
         "peer_runs": 1,
         "quality": QUALITY_QUICK,
     },
