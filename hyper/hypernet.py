@@ -45,6 +45,7 @@ __all__ = [
     "HyperNet",
     "generate",
     "generate_and_evaluate",
+    "delta_ratio",
     "norm_slope",
 ]
 
@@ -580,3 +581,25 @@ def norm_slope(
     lg = np.log(np.linalg.norm(g, axis=1) + 1e-12)
     lt = np.log(np.asarray(jnp.linalg.norm(theta, axis=1)) + 1e-12)
     return float(np.polyfit(lg, lt, 1)[0])
+
+
+def delta_ratio(hnet: HyperNet, conditions: Mapping[str, Any], *, key: jax.Array | None = None):
+    """‖Δθ‖/‖θ0‖ per generated tensor, averaged over a batch of conditions.
+
+    Δθ is the heads' output (θ − θ0 with the residual parametrization). A ratio near 0
+    means the hypernet barely moves its targets away from θ0; MIP's split init starts it
+    small for large tensors.
+
+    Returns:
+      ``{leaf path: mean ratio}`` (θ0 norms below 1e-12 count as 1e-12).
+    """
+    m = hnet.validate(conditions)
+    conds = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    deltas = hnet.deltas(hnet.features(conds))
+    flat0 = _flatten_dict(hnet.theta0_params())
+    out = {}
+    for path, d in zip(hnet.gen_paths, deltas, strict=True):
+        num = jnp.linalg.norm(d.reshape(m, -1), axis=1)
+        den = jnp.maximum(jnp.linalg.norm(flat0[path]), 1e-12)
+        out[path] = float(jnp.mean(num / den))
+    return out

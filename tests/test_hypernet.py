@@ -605,3 +605,18 @@ def test_trainer_run_scan_matches_run_and_stops_at_divergence(mlp_target, digits
             np.testing.assert_array_equal(fused.arrays()[group][k], v)
     with pytest.raises(ValueError, match="positive int"):
         fused.run_scan(key, 0)
+
+
+def test_delta_ratio_zero_head_is_zero_and_split_init_is_small():
+    from hyper import make_target
+    from hyper.conditions import Continuous
+    from hyper.hypernet import HyperNet, delta_ratio
+
+    t = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10)
+    conds = {"gamma": jnp.linspace(0.0, 1.0, 4)}
+    zero = HyperNet(t, [Continuous("gamma")], hidden=(8,), head_init="zero", rngs=nnx.Rngs(0))
+    assert all(r == 0.0 for r in delta_ratio(zero, conds).values())
+    mip = HyperNet(t, [Continuous("gamma")], hidden=(8,), rngs=nnx.Rngs(0))
+    ratios = delta_ratio(mip, conds)
+    assert set(ratios) == set(mip.gen_paths)
+    assert 0.0 < ratios["layers/0/kernel"] < 1.0
