@@ -6,6 +6,9 @@
   weightspace hyper train --config FILE|PRESET --out DIR [--resume | --overwrite] [--quiet]
   weightspace hyper generate --from DIR --conditions FILE|GRID --out DIR [--overwrite]
 
+Other packages add commands through the ``weightspace.commands`` entry-point group (a module
+with ``add_parsers(subparsers)``), e.g. ``weightspace metanet ...`` from `metanets`.
+
 Bad input (unknown preset, bad grid file, an output directory holding another zoo, ...)
 prints one line on stderr and exits with status 2.
 """
@@ -83,7 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("dir")
     i.add_argument("--epoch", type=int, default=None)
     cli_hyper.add_parsers(sub)
+    for plugin in _plugins():
+        plugin.add_parsers(sub)
     return p
+
+
+def _plugins() -> list[Any]:
+    """Command modules of the other packages (`metanets`, `generators`), found through the
+    ``weightspace.commands`` entry-point group so that `hyper` never imports them by name.
+    Each module has ``add_parsers(subparsers)``, whose parsers ``set_defaults(run=...)``."""
+    from importlib.metadata import entry_points
+
+    return [ep.load() for ep in sorted(entry_points(group="weightspace.commands"), key=str)]
 
 
 def _use_cpu_cores_unless_chosen() -> None:
@@ -134,6 +148,8 @@ def _run(args: argparse.Namespace) -> int:
         from hyper import cli_hyper
 
         return cli_hyper.run(args)
+    if callable(getattr(args, "run", None)):
+        return int(args.run(args))
     raise _UsageError(f"unknown command {args.command!r}")
 
 
