@@ -8,11 +8,17 @@ touches one file. Conventions:
   inferred from disk, and nothing is unpickled;
 - metadata is JSON beside the arrays (an Orbax ``JsonSave`` item);
 - a step becomes visible only after Orbax's atomic commit (a half-written step is a
-  ``*.orbax-checkpoint-tmp`` directory, never listed as a step).
+  ``*.orbax-checkpoint-tmp`` directory, never listed as a step);
+- every step holds a manifest (a JSON item): each array leaf's path, shape, dtype and
+  SHA-256, plus the Target spec when the caller gives one. Restoring checks the stored
+  structure against the manifest and the asked-for trees before reading, and every restored
+  array against its checksum after, so a corrupted, truncated or mismatched checkpoint is a
+  `CheckpointError` naming what is wrong, never garbage weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,8 +37,12 @@ __all__ = [
     "PopulationCheckpointer",
     "abstract_like",
     "load_population",
+    "safe_join",
     "save_population",
 ]
+
+_MANIFEST = "manifest"
+_RESERVED = ("meta", _MANIFEST)
 
 
 class CheckpointError(ValueError):
@@ -56,6 +66,48 @@ def abstract_like(tree: Any) -> Any:
         )
 
     return jax.tree.map(one, tree)
+
+
+def safe_join(root: str | os.PathLike, *parts: str) -> str:
+    """`root` joined with path parts read from metadata, refusing any that would leave it.
+
+    Raises:
+      CheckpointError: a part is not a non-empty string, is absolute, or the joined path
+        (after resolving ``..`` and symbolic links) lies outside `root`.
+    """
+    root_real = os.path.realpath(os.fspath(root))
+    for part in parts:
+        if not isinstance(part, str) or not part or "\x00" in part:
+            raise CheckpointError(f"path component {part!r} in metadata is not a valid name")
+        if os.path.isabs(part):
+            raise CheckpointError(f"path {part!r} in metadata is absolute")
+    joined = os.path.realpath(os.path.join(root_real, *parts))
+    if os.path.commonpath([root_real, joined]) != root_real:
+        raise CheckpointError(
+            f"path {os.path.join(*parts)!r} in metadata escapes the directory {root_real}"
+        )
+    return joined
+
+
+def _brief(e: BaseException) -> str:
+    """The first line of an Orbax/TensorStore error, without TensorStore's spec dump."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text.split(" [tensorstore_spec=")[0]
+
+
+def _sha256(x: Any) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def _manifest_of(tree: Any) -> dict[str, dict[str, Any]]:
+    return {
+        path_str(p): {
+            "shape": list(np.shape(x)),
+            "dtype": str(np.asarray(x).dtype),
+            "sha256": _sha256(x),
+        }
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _to_host(tree: Any) -> Any:
@@ -106,9 +158,19 @@ class PopulationCheckpointer:
         return steps[-1] if steps else None
 
     def save(
-        self, step: int, arrays: Mapping[str, Any], *, meta: Mapping[str, Any] | None = None
+        self,
+        step: int,
+        arrays: Mapping[str, Any],
+        *,
+        meta: Mapping[str, Any] | None = None,
+        specs: Mapping[str, Any] | None = None,
     ) -> None:
-        """Saves `arrays` (name -> pytree of arrays) and JSON `meta` as `step`, atomically.
+        """Saves `arrays` (name -> pytree of arrays) and JSON `meta` as `step`, atomically,
+        with a manifest of per-array checksums.
+
+        Args:
+          specs: name -> the JSON spec of the `Target` the item's arrays belong to
+            (``target.spec_json()``), stored in the manifest.
 
         Raises:
           CheckpointError: the step exists already, or the directory is not writable.
@@ -117,21 +179,36 @@ class PopulationCheckpointer:
             raise CheckpointError(f"checkpoint step must be a non-negative int, got {step!r}")
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
-        if "meta" in arrays:
-            raise CheckpointError("'meta' is reserved for the JSON item")
+        reserved = [k for k in arrays if k in _RESERVED]
+        if reserved:
+            raise CheckpointError(f"item names {_RESERVED} are reserved, got {reserved}")
+        unknown = sorted(set(specs or {}) - set(arrays))
+        if unknown:
+            raise CheckpointError(f"specs given for items {unknown} that are not saved")
         if int(step) in self.steps():
             raise CheckpointError(f"step {step} already exists in {self.directory}")
         try:
             meta_json = json.loads(json.dumps(dict(meta or {})))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint meta of step {step} is not JSON: {e}") from e
-        items = {k: ocp.args.StandardSave(_to_host(v)) for k, v in arrays.items()}
+        host = {k: _to_host(v) for k, v in arrays.items()}
+        manifest = {
+            "format": "weightspace-manifest",
+            "version": 1,
+            "items": {k: _manifest_of(v) for k, v in host.items()},
+            "specs": json.loads(json.dumps(dict(specs or {}))),
+        }
+        items = {k: ocp.args.StandardSave(v) for k, v in host.items()}
         items["meta"] = ocp.args.JsonSave(meta_json)
+        items[_MANIFEST] = ocp.args.JsonSave(manifest)
         try:
             self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
             self._manager.wait_until_finished()
-        except OSError as e:
-            raise CheckpointError(f"could not write step {step} to {self.directory}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - TensorStore reports a full disk as ValueError
+            raise CheckpointError(
+                f"could not write step {step} to {self.directory} (nothing was committed): "
+                f"{_brief(e)}"
+            ) from e
 
     def restore(
         self, step: int | None, abstract: Mapping[str, Any]
@@ -154,21 +231,89 @@ class PopulationCheckpointer:
         if step not in steps:
             raise CheckpointError(f"no step {step} in {self.directory}; steps: {steps}")
         abstract = {k: abstract_like(v) for k, v in abstract.items()}
+        manifest = self.manifest(step)
         for name, tree in abstract.items():
+            self._check_manifest(step, manifest, name, tree)
             self._check_stored(step, name, tree)
         items = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
         items["meta"] = ocp.args.JsonRestore()
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        except Exception as e:  # noqa: BLE001 - Orbax/TensorStore raise many kinds on bad data
             raise CheckpointError(
-                f"checkpoint {self.directory}/{step} does not match what was asked: "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                f"checkpoint {self.directory}/{step} is unreadable or does not match what was "
+                f"asked: {type(e).__name__}: {_brief(e)}"
             ) from e
         arrays = {k: out[k] for k in abstract}
         for name, tree in arrays.items():
             _check_like(f"{name}", tree, abstract[name])
+            self._check_checksums(step, manifest["items"][name], name, tree)
         return arrays, dict(out["meta"] or {})
+
+    def manifest(self, step: int) -> dict[str, Any]:
+        """The manifest of `step`: ``{"items": {name: {leaf: {shape, dtype, sha256}}},
+        "specs": {name: target spec}}``.
+
+        Raises:
+          CheckpointError: no such step, or it has no readable manifest.
+        """
+        if step not in self.steps():
+            raise CheckpointError(f"no step {step} in {self.directory}")
+        where = f"checkpoint {self.directory}/{step}"
+        if not os.path.isdir(os.path.join(self.directory, str(step), _MANIFEST)):
+            raise CheckpointError(f"{where} has no manifest (not written by weightspace?)")
+        try:
+            out = self._manager.restore(
+                step, args=ocp.args.Composite(**{_MANIFEST: ocp.args.JsonRestore()})
+            )
+        except Exception as e:  # noqa: BLE001 - a corrupted JSON item fails in several ways
+            raise CheckpointError(f"{where} has an unreadable manifest: {type(e).__name__}") from e
+        m = out[_MANIFEST]
+        if (
+            not isinstance(m, dict)
+            or m.get("format") != "weightspace-manifest"
+            or not isinstance(m.get("items"), dict)
+            or not all(isinstance(v, dict) for v in m["items"].values())
+        ):
+            raise CheckpointError(f"{where} has a malformed manifest")
+        return m
+
+    def _check_manifest(self, step: int, manifest: Mapping[str, Any], name: str, abstract: Any):
+        where = f"checkpoint {self.directory}/{step}"
+        if name not in manifest["items"]:
+            raise CheckpointError(
+                f"{where} has no item {name!r}; items: {sorted(manifest['items'])}"
+            )
+        listed = manifest["items"][name]
+        asked = {
+            path_str(p): (tuple(a.shape), str(np.dtype(a.dtype)))
+            for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
+        }
+        missing = [p for p in asked if p not in listed]
+        if missing:
+            raise CheckpointError(f"{where}: item {name!r} has no leaves {missing}")
+        extra = [p for p in listed if p not in asked]
+        if extra:
+            raise CheckpointError(f"{where}: item {name!r} holds leaves {extra} not asked for")
+        for p, (shape, dtype) in asked.items():
+            entry = listed[p]
+            if not isinstance(entry, dict) or not {"shape", "dtype", "sha256"} <= set(entry):
+                raise CheckpointError(f"{where}: manifest entry of {name}/{p} is malformed")
+            if (tuple(entry["shape"]), entry["dtype"]) != (shape, dtype):
+                raise CheckpointError(
+                    f"{where}: {name}/{p}: stored {tuple(entry['shape'])} {entry['dtype']}, "
+                    f"asked for {shape} {dtype}"
+                )
+
+    def _check_checksums(self, step: int, listed: Mapping[str, Any], name: str, tree: Any):
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            if isinstance(x, jax.Array) and not x.is_fully_addressable:
+                continue  # another process holds part of it; it checks what it reads
+            if _sha256(np.asarray(jax.device_get(x))) != listed[path_str(p)]["sha256"]:
+                raise CheckpointError(
+                    f"checkpoint {self.directory}/{step}: {name}/{path_str(p)} does not match "
+                    "its checksum (the stored data is corrupted)"
+                )
 
     def restore_meta(self, step: int) -> dict[str, Any]:
         """Only the JSON item of `step`."""
@@ -199,7 +344,8 @@ class PopulationCheckpointer:
             md = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
         except (OSError, ValueError) as e:
             raise CheckpointError(
-                f"{where}: item {name!r} is not an array tree: {str(e).splitlines()[0]}"
+                f"{where}: item {name!r} is unreadable (corrupted, or not an array tree): "
+                f"{_brief(e)}"
             ) from e
         tree = getattr(md, "tree", md)
         stored = {
@@ -280,7 +426,7 @@ def save_population(
         "metadata": dict(metadata or {}),
     }
     with PopulationCheckpointer(directory) as ckpt:
-        ckpt.save(0, {"params": population}, meta=meta)
+        ckpt.save(0, {"params": population}, meta=meta, specs={"params": target.spec_json()})
     return directory
 
 

@@ -207,7 +207,9 @@ def export_generated(
     zoo_json = os.path.join(directory, "zoo.json")
     zoo_lib._write_json_atomic(zoo_json, config)  # incomplete until the checkpoint commits
     with PopulationCheckpointer(os.path.join(directory, "groups", "g0")) as ckpt:
-        ckpt.save(step, {"params": population}, meta={"rows": rows})
+        ckpt.save(
+            step, {"params": population}, meta={"rows": rows}, specs={"params": target.spec_json()}
+        )
     zoo_lib._write_metadata(directory, rows, "jsonl")
     config["complete"] = True
     zoo_lib._write_json_atomic(zoo_json, config)

@@ -79,7 +79,9 @@ LOSSES: dict[str, Callable[..., LossFn]] = {
 
 def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, **kw: Any):
     """``adam`` or ``sgd`` (momentum 0.9 unless given), optax."""
-    if not (isinstance(learning_rate, int | float) and learning_rate > 0):
+    if isinstance(learning_rate, bool) or not (
+        isinstance(learning_rate, int | float) and learning_rate > 0
+    ):
         raise ValueError(f"optimizer learning_rate must be > 0, got {learning_rate!r}")
     if name == "adam":
         return optax.adam(learning_rate, **kw)

@@ -36,7 +36,7 @@ import numpy as np
 
 from hyper import data as data_lib
 from hyper.architectures import ACTIVATIONS, target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer, safe_join
 from hyper.target import Params, Target
 from hyper.train import OPTIMIZERS, TrainConfig, Trainer
 
@@ -548,7 +548,7 @@ def build(
                 init_scale=[m["init_scale"] for m in ms],
                 member_keys=keys,
             )
-            gdir = os.path.join(directory, "groups", g["id"])
+            gdir = safe_join(directory, "groups", g["id"])
             with PopulationCheckpointer(gdir) as ckpt:
                 done = ckpt.steps()
                 # Rows of every committed epoch come from the checkpoints themselves, so a
@@ -589,6 +589,7 @@ def build(
                                     "step": state.step,
                                 },
                                 meta={"rows": rows},
+                                specs={"params": target.spec_json()},
                             )
                             all_rows.extend(rows)
                             _write_metadata(directory, all_rows, metadata_format)
@@ -613,7 +614,45 @@ def _read_zoo_json(path: str) -> dict[str, Any]:
         raise CheckpointError(f"cannot read zoo description {path}: {e}") from e
     if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
         raise CheckpointError(f"{path} is not a weightspace zoo description")
+    _check_zoo_json(path, cfg)
     return cfg
+
+
+def _check_zoo_json(path: str, cfg: Mapping[str, Any]) -> None:
+    """The structure `load` relies on; a hand-edited or foreign file fails here, naming the
+    field, instead of deep inside loading."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {what}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    members, groups = cfg.get("members"), cfg.get("groups")
+    epochs = cfg.get("checkpoint_epochs")
+    if not isinstance(epochs, list) or not all(is_int(e) and e >= 0 for e in epochs):
+        raise bad("'checkpoint_epochs' must be a list of non-negative ints")
+    if not isinstance(members, list) or not all(
+        isinstance(m, dict) and is_int(m.get("member")) for m in members
+    ):
+        raise bad("'members' must be a list of objects with an int 'member'")
+    known = {m["member"] for m in members}
+    if not isinstance(groups, list) or not groups:
+        raise bad("'groups' must be a non-empty list")
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict):
+            raise bad(f"groups[{i}] is not an object")
+        gid = g.get("id")
+        if not isinstance(gid, str) or not gid or gid in (".", "..") or "/" in gid or "\\" in gid:
+            raise bad(f"groups[{i}].id {gid!r} is not a plain directory name")
+        if not isinstance(g.get("target"), dict):
+            raise bad(f"groups[{i}].target must be an object")
+        ids = g.get("members")
+        if not isinstance(ids, list) or not ids or not all(is_int(m) for m in ids):
+            raise bad(f"groups[{i}].members must be a non-empty list of ints")
+        unknown = sorted(set(ids) - known)
+        if unknown:
+            raise bad(f"groups[{i}] names members {unknown[:5]} missing from 'members'")
 
 
 def load(
@@ -646,7 +685,7 @@ def load(
         target = target_from_config(g["target"])
         ms = [members[i] for i in g["members"]]
         zg = ZooGroup(id=g["id"], target=target, members=ms)
-        gdir = os.path.join(directory, "groups", g["id"])
+        gdir = safe_join(directory, "groups", g["id"])
         if not os.path.isdir(gdir):
             if allow_incomplete:
                 groups.append(zg)
