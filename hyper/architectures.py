@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from hyper.target import Target
@@ -230,6 +231,15 @@ _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
 }
 
 
+_CONV_KEYS = {"in_channels", "channels", "out_features", "kernel_size", "strides", "activation"}
+_KEYS: dict[str, set[str]] = {
+    "mlp": {"in_features", "widths", "out_features", "activation", "dropout"},
+    "cnn2d": _CONV_KEYS | {"dropout"},
+    "cnn1d": _CONV_KEYS | {"dropout"},
+    "rescnn": {"in_channels", "channels", "out_features", "num_blocks", "activation"},
+}
+
+
 def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Target:
     """Builds a `Target` for one of the platform's architectures.
 
@@ -249,21 +259,35 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
       >>> t.num_params
       2410
     """
-    if arch not in _BUILDERS:
+    if not isinstance(arch, str) or arch not in _BUILDERS:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(_BUILDERS)}")
-    input_shape = tuple(int(s) for s in input_shape)
+    input_shape = _positive_ints("input_shape", input_shape)
     cfg = dict(config)
+    unknown = sorted(set(cfg) - _KEYS[arch])
+    if unknown:
+        raise ValueError(
+            f"make_target({arch!r}): unknown config keys {unknown}; expected {sorted(_KEYS[arch])}"
+        )
+    dropout = cfg.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise ValueError(f"make_target({arch!r}): dropout must lie in [0, 1), got {dropout!r}")
     if arch == "mlp":
         size = 1
         for s in input_shape:
             size *= s
         cfg.setdefault("in_features", size)
+    for k in ("in_features", "in_channels", "out_features", "num_blocks", "kernel_size"):
+        if k in cfg and not isinstance(cfg[k], list | tuple):
+            cfg[k] = _positive_ints(k, [cfg[k]])[0]
     if "widths" in cfg:
-        cfg["widths"] = [int(w) for w in cfg["widths"]]
-    if "channels" in cfg and not isinstance(cfg["channels"], int):
-        cfg["channels"] = [int(w) for w in cfg["channels"]]
+        cfg["widths"] = list(_positive_ints("widths", cfg["widths"], allow_empty=True))
+    if "channels" in cfg:
+        if isinstance(cfg["channels"], int) and not isinstance(cfg["channels"], bool):
+            cfg["channels"] = _positive_ints("channels", [cfg["channels"]])[0]
+        else:
+            cfg["channels"] = list(_positive_ints("channels", cfg["channels"]))
     if cfg.get("strides") is not None:
-        cfg["strides"] = [int(s) for s in cfg["strides"]]
+        cfg["strides"] = list(_positive_ints("strides", cfg["strides"]))
     cls, to_args = _BUILDERS[arch]
     try:
         args, kwargs = to_args(cfg)
@@ -279,6 +303,20 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
     full_config = {"arch": arch, "input_shape": list(input_shape), **cfg}
     name = f"{arch}(" + ",".join(f"{k}={v}" for k, v in cfg.items() if k != "in_features") + ")"
     return Target.from_nnx(module, sample_input=sample, name=name, config=full_config, init=build)
+
+
+def _positive_ints(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:
+    """A sequence of positive ints (numpy ints too; no bools, floats or strings)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
+        raise TypeError(f"make_target: {name} must be a sequence of ints, got {value!r}")
+    out = []
+    for v in list(value):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"make_target: {name} must hold positive ints, got {value!r}")
+        out.append(int(v))
+    if not out and not allow_empty:
+        raise ValueError(f"make_target: {name} must not be empty")
+    return tuple(out)
 
 
 def target_from_config(config: dict[str, Any]) -> Target:

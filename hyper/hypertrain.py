@@ -12,6 +12,7 @@ Runs are described by a JSON-able config (see `PRESETS`), saved with Orbax every
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -353,9 +354,41 @@ def resolve_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config[{k!r}] must be a positive int, got {v!r}")
     if full["dataset"] not in data_lib.available():
         raise ValueError(f"config['dataset']: unknown {full['dataset']!r}")
+    for k in ("target", "hypernet", "loss", "optimizer"):
+        if not isinstance(full[k], Mapping):
+            raise ValueError(f"config[{k!r}] must be a JSON object, got {full[k]!r}")
+    if not isinstance(full["seed"], int) or isinstance(full["seed"], bool):
+        raise ValueError(f"config['seed'] must be an int, got {full['seed']!r}")
     if full["loss"].get("kind") not in LOSSES:
         raise ValueError(f"config['loss']['kind'] must be one of {sorted(LOSSES)}")
-    cond_lib.from_json(full["conditions"])  # validates
+    if not isinstance(full["target"].get("arch"), str):
+        raise ValueError("config['target'] needs an 'arch' name")
+    if "input_shape" in full["target"]:
+        raise ValueError("config['target']: 'input_shape' comes from the dataset; leave it out")
+    hnet_args = set(inspect.signature(HyperNet.__init__).parameters) - {
+        "self",
+        "target",
+        "conditions",
+        "rngs",
+        "theta0",
+    }
+    unknown = sorted(set(full["hypernet"]) - hnet_args)
+    if unknown:
+        raise ValueError(
+            f"config['hypernet']: unknown keys {unknown}; expected {sorted(hnet_args)}"
+        )
+    try:
+        make_optimizer(**full["optimizer"])
+    except TypeError as e:
+        raise ValueError(f"config['optimizer']: {e}") from None
+    if not isinstance(full["conditions"], list) or not all(
+        isinstance(c, Mapping) for c in full["conditions"]
+    ):
+        raise ValueError("config['conditions'] must be a list of JSON objects")
+    try:
+        cond_lib.from_json(full["conditions"])  # validates
+    except TypeError as e:
+        raise ValueError(f"config['conditions']: {e}") from None
     return full
 
 

@@ -193,6 +193,11 @@ def unflatten(
       trainable_only: `matrix` holds only trainable leaves; the others come from `state`
         (a population), or are initialised to zeros/ones by role if `state` is None.
     """
+    dtype = getattr(matrix, "dtype", None) or np.asarray(matrix).dtype
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or (
+        dtype == np.bool_
+    ):
+        raise TypeError(f"unflatten: matrix must hold real numbers, got dtype {dtype}")
     matrix = jnp.asarray(matrix)
     specs = [s for s in target.spec if s.trainable or not trainable_only]
     p_total = sum(s.size for s in specs)

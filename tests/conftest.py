@@ -103,3 +103,21 @@ def random_params():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """A finished 2-member digits-MLP zoo, 1 epoch (read-only: copy it to edit it)."""
+    from hyper import zoo
+
+    out = tmp_path_factory.mktemp("tiny-zoo") / "z"
+    zoo.build(
+        out,
+        "digits-mlp",
+        grid={"learning_rate": [0.05]},
+        seeds=2,
+        epochs=1,
+        checkpoint_epochs=[1],
+        progress=False,
+    )
+    return out

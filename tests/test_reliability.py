@@ -173,21 +173,6 @@ def test_safe_join_refuses_paths_leaving_the_root(tmp_path: Path):
         safe_join(root, "groups", "link")
 
 
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("zoo") / "z"
-    zoo.build(
-        out,
-        "digits-mlp",
-        grid={"learning_rate": [0.05]},
-        seeds=2,
-        epochs=1,
-        checkpoint_epochs=[1],
-        progress=False,
-    )
-    return out
-
-
 def _copy_with_zoo_json(src: Path, dst: Path, edit) -> Path:
     import shutil
 
