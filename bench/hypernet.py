@@ -52,11 +52,9 @@ scripts, default ``../shared/peers``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -65,16 +63,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script
+
+import jax  # noqa: E402
 import numpy as np
 from flax import nnx
 
+from bench.common import PEAK_SIZES, logger, machine, matmul_peak, ratio, stdout_to_stderr, timed
 from hyper import data, sharding
 from hyper.architectures import make_target
 from hyper.conditions import Continuous
 from hyper.hypernet import HyperNet, generate_and_evaluate
 from hyper.hypertrain import HyperTrainer, l2_conditioned_loss, make_optimizer
+
+log = logger("hypernet")
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH = 128
@@ -82,7 +84,6 @@ HIDDEN = (16, 64)
 BATCH = 128
 EVAL_TARGETS = 256
 EVAL_CHUNK = 16  # targets per generate_and_evaluate chunk: ~1.8x the default 256 on XLA:CPU
-PEAK_SIZES = (1024, 2048)
 GOALS = {
     "speedup_train_vs_hyperlight": 1.5,
     "targets_m32_vs_hyperlight_steps": 10.0,
@@ -115,62 +116,6 @@ SETTINGS = {
         "control": False,
     },
 }
-
-
-def log(*args: Any) -> None:
-    print("[bench/hypernet]", *args, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Sends everything written to stdout (Python or C) to stderr, so the JSON line is alone."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import jaxlib
-
-    devices = jax.devices()
-    return {
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(value, wall seconds, CPU share = process CPU s / wall s) of one blocking call."""
-    c0, t0 = os.times(), time.perf_counter()
-    value = jax.block_until_ready(fn())
-    wall = time.perf_counter() - t0
-    c1 = os.times()
-    return value, wall, (c1.user - c0.user + c1.system - c0.system) / wall
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
 
 
 # --- task --------------------------------------------------------------------------------
@@ -231,27 +176,6 @@ def speed_train(
 
 
 # --- evaluation and peak -----------------------------------------------------------------
-
-
-def matmul_peak() -> Callable[[], float]:
-    """A function that times jitted fp32 square matmuls (`PEAK_SIZES`, three of each of the
-    smaller ones) and returns the best FLOP/s."""
-    dot = jax.jit(jnp.dot)
-    mats = []
-    for n in PEAK_SIZES:
-        a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.key(n + 1), (n, n), jnp.float32)
-        dot(a, b).block_until_ready()
-        mats.append((n, a, b))
-
-    def once() -> float:
-        rates = []
-        for n, a, b in mats:
-            for _ in range(3 if n < max(PEAK_SIZES) else 1):
-                rates.append(2 * n**3 / timed(lambda a=a, b=b: dot(a, b))[1])
-        return max(rates)
-
-    return once
 
 
 def gen_eval_flops(hnet: HyperNet, m: int, n_examples: int) -> dict[str, int]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from typing import Any
@@ -43,6 +42,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from bench.common import logger, machine  # noqa: E402
+
+log = logger("merge")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -58,10 +61,6 @@ TASKS = ((0, 1, 2), (3, 4, 5), (6, 7), (8, 9))
 ALPHAS = np.linspace(0.0, 1.0, 21)
 LR = {"mlp": 1e-3, "cnn": 3e-3}  # Adam; the CNN trains slowly at 1e-3
 FT_LR = 1e-3  # fine-tuning learning rate (both architectures)
-
-
-def log(*args: Any) -> None:
-    print(*args, file=sys.stderr, flush=True)
 
 
 def make_arch(kind: str, width: int) -> Target:
@@ -314,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     hyper.sharding.use_cpu_cores()
     t_start = time.time()
+    mach = machine()  # the load average before the work starts
     data = data_lib.load("digits")
     if args.quick:
         widths = {"mlp": [16, 64], "cnn": [8]}
@@ -370,8 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quick": bool(args.quick),
         "barrier": barrier,
         "merge_acc": merge_acc,
-        "devices": jax.device_count(),
-        "platform": platform.platform(),
+        "machine": mach,
         "wall_s": round(time.time() - t_start, 1),
     }
     out = args.out or (None if args.quick else os.path.join(HERE, "results", "merge.json"))

@@ -46,7 +46,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +55,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from bench.common import logger, machine  # noqa: E402
+
+log = logger("mip")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -123,10 +126,6 @@ FULL_GRID = {"adam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], "sgd": [1e-3, 1e-2, 1e-1]}
 QUICK_GRID = {"adam": [1e-3, 1e-2], "sgd": [1e-1]}
 QUICK_ARMS = ("default", "mip")
 SGD_MOMENTUM = 0.9
-
-
-def log(*args: Any) -> None:
-    print(*args, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -711,31 +710,6 @@ def claims(arms: Mapping[str, Any], steps: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import flax
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "jax_devices": len(jax.devices()),
-        "platform": jax.default_backend(),
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "python": platform.python_version(),
-        "load_average_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -29,10 +29,8 @@ peer scripts, default ``../shared/peers``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,13 +38,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 
+from bench.common import logger, machine, ratio, stdout_to_stderr
 from hyper import data, sharding
 from hyper.architectures import make_target
 from hyper.train import TrainConfig, Trainer, _shuffled_order
+
+log = logger("zoo")
 
 REPO = Path(__file__).resolve().parents[1]
 N = 512
@@ -106,63 +109,14 @@ SETTINGS = {
 }
 
 
-def log(*args: Any) -> None:
-    print("[bench/zoo]", *args, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Sends everything written to stdout (Python or C) to stderr, so the JSON line is alone."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def machine() -> dict[str, Any]:
-    cpu: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                key, _, value = ln.partition(":")
-                if key.strip() in ("model name", "cpu family", "model") and key.strip() not in cpu:
-                    cpu[key.strip()] = value.strip()
-                if not ln.strip():
-                    break
-    except OSError:
-        pass
-    import jaxlib
-
-    devices = jax.devices()
-    return {
-        "cpu_model": cpu.get("model name") or platform.processor(),
-        "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}",
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def digits_trainer() -> Trainer:
     target = make_target("mlp", input_shape=(8, 8), widths=[32], out_features=10)
     return Trainer(target, data.load("digits"), TrainConfig(optimizer="adam", batch_size=BATCH))
 
 
-def speed_vmapped(trainer: Trainer, epochs: int, repeats: int) -> dict[str, Any]:
-    """Net-steps/s of `Trainer.train_epoch` on N members (best of `repeats` timings)."""
-    state = trainer.init(jax.random.key(0), N, learning_rate=LEARNING_RATE)
+def speed_vmapped(trainer: Trainer, epochs: int, repeats: int, n: int = N) -> dict[str, Any]:
+    """Net-steps/s of `Trainer.train_epoch` on `n` members (best of `repeats` timings)."""
+    state = trainer.init(jax.random.key(0), n, learning_rate=LEARNING_RATE)
     t0 = time.perf_counter()
     state, metrics = trainer.train_epoch(state, 0)
     jax.block_until_ready(state)
@@ -174,8 +128,8 @@ def speed_vmapped(trainer: Trainer, epochs: int, repeats: int) -> dict[str, Any]
             state, metrics = trainer.train_epoch(state, epoch)
             epoch += 1
         jax.block_until_ready(state)
-        rates.append(N * trainer.steps_per_epoch * epochs / (time.perf_counter() - t0))
-    log(f"vmapped: {max(rates):,.0f} net-steps/s (runs {[round(r) for r in rates]})")
+        rates.append(n * trainer.steps_per_epoch * epochs / (time.perf_counter() - t0))
+    log(f"vmapped N={n}: {max(rates):,.0f} net-steps/s (runs {[round(r) for r in rates]})")
     return {
         "net_steps_per_s": max(rates),
         "runs": rates,
@@ -333,10 +287,6 @@ def quality(specs: dict[str, tuple[dict, int, int]]) -> dict[str, dict[str, Any]
             }
             log(f"{name}: best test acc {acc.max():.4f} of {len(rows)} members ({wall:.1f} s)")
     return out
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None or b == 0 else a / b
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -205,10 +205,23 @@ class PopulationCheckpointer:
             self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
             self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - TensorStore reports a full disk as ValueError
+            self._remove_partial(int(step))
             raise CheckpointError(
                 f"could not write step {step} to {self.directory} (nothing was committed): "
                 f"{_brief(e)}"
             ) from e
+
+    def _remove_partial(self, step: int) -> None:
+        """Deletes what a failed save of `step` left (Orbax's uncommitted tmp directory), so
+        that a full disk does not also leave a half-written step behind."""
+        prefix = f"{step}.orbax-checkpoint-tmp"
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def restore(
         self, step: int | None, abstract: Mapping[str, Any]

@@ -435,9 +435,11 @@ def from_torch_state_dict(
 
 
 def size_bytes(population: Params) -> int:
-    """Total bytes of all leaves."""
-    return int(
-        sum(
-            math.prod(np.shape(v)) * np.dtype(v.dtype).itemsize for v in jax.tree.leaves(population)
-        )
-    )
+    """Total bytes of all leaves (typed PRNG keys count their key data)."""
+
+    def nbytes(v: Any) -> int:
+        if jnp.issubdtype(v.dtype, jax.dtypes.prng_key):
+            v = jax.eval_shape(jax.random.key_data, v)
+        return math.prod(np.shape(v)) * np.dtype(v.dtype).itemsize
+
+    return int(sum(nbytes(v) for v in jax.tree.leaves(population)))

@@ -231,7 +231,7 @@ def test_zoo_with_corrupted_weights_is_refused(collect_after, tiny_zoo, tmp_path
 
 _DISK_FULL = textwrap.dedent(
     """
-    import resource, signal, sys
+    import os, resource, signal, sys
     import numpy as np
     from hyper.checkpoint import CheckpointError, PopulationCheckpointer
 
@@ -245,6 +245,7 @@ _DISK_FULL = textwrap.dedent(
         except CheckpointError as e:
             print("CheckpointError:", str(e).splitlines()[0])
         print("steps:", ckpt.steps())
+        print("leftovers:", sorted(p for p in os.listdir(sys.argv[1]) if "tmp" in p))
     """
 )
 
@@ -262,7 +263,8 @@ def test_full_disk_is_a_clear_error_and_leaves_the_last_step_latest(tmp_path: Pa
     assert "CheckpointError: could not write step 1" in out.stdout, out.stdout
     assert "nothing was committed" in out.stdout
     assert "steps: [0]" in out.stdout
-    with PopulationCheckpointer(directory) as ckpt:  # reopening cleans the half-written step
+    assert "leftovers: []" in out.stdout  # the failed save removed its half-written step
+    with PopulationCheckpointer(directory) as ckpt:
         assert ckpt.steps() == [0]
         arrays, _ = ckpt.restore(None, {"params": {"w": np.zeros(8, np.float32)}})
     assert not [p for p in directory.iterdir() if "tmp" in p.name]

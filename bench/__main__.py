@@ -1,0 +1,187 @@
+"""The benchmark suite: ``python -m bench all [--quick]`` or ``python -m bench NAME ...``.
+
+``all`` runs every benchmark script in ``bench/`` (each in its own process, one after
+another, never concurrently), collects the JSON line each prints, and writes
+``summary.md`` with a table of headline figures against their goals, the machine, each
+benchmark's wall time and the plots. Full runs write ``bench/results/``; ``--quick`` runs
+write ``bench/results/quick/`` so they never overwrite full results. ``--only a,b`` runs a
+subset. A failing benchmark is reported in the summary and makes the exit status 1; the
+others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, RESULTS, logger, machine  # noqa: E402
+
+log = logger("all")
+_NOT_BENCHES = {"__init__", "__main__", "common"}
+# The order `all` runs them in (others found in bench/ follow, alphabetically).
+ORDER = ["scaling", "zoo", "hypernet", "mip", "merge", "metanet_predict", "metaprune", "assembler"]
+# Goals where lower is better (everything else: measured >= goal).
+LOWER_IS_BETTER = {"memory_over_state", "acc_gap_vs_scratch", "budget_violations", "ms_per_model"}
+# Headline keys of benchmarks without a "goals" mapping: (label, key path).
+HEADLINES: dict[str, list[tuple[str, str]]] = {
+    "mip": [
+        (
+            "T1 speed-up MIP vs default (Adam, best lr)",
+            "claims/T1/speedup_by_optimizer/adam/best_lr/value",
+        ),
+        ("T1 failed runs default -> MIP", "claims/T1/failed_fraction"),
+        ("T2 speed-up (Adam, best lr)", "claims/T2/speedup_by_optimizer/adam/best_lr/value"),
+        ("T3 speed-up (Adam, best lr)", "claims/T3/speedup_by_optimizer/adam/best_lr/value"),
+    ],
+    "merge": [
+        ("MLP w256 barrier naive / weight / activation", "barrier/mlp/256"),
+        ("CNN c32 barrier naive / weight / activation", "barrier/cnn/32"),
+        ("MLP merged accuracy (TIES)", "merge_acc/mlp/ties/mean"),
+    ],
+}
+
+
+def benches() -> list[str]:
+    found = sorted(p.stem for p in (REPO / "bench").glob("*.py") if p.stem not in _NOT_BENCHES)
+    return [b for b in ORDER if b in found] + [b for b in found if b not in ORDER]
+
+
+def lookup(result: Any, path: str) -> Any:
+    node = result
+    for part in path.split("/"):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, dict):
+        keep = {k: x for k, x in v.items() if not isinstance(x, list | dict)}
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in list(keep.items())[:4])
+    return str(v)
+
+
+def headline_rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, measured, goal, met) rows for the summary table."""
+    rows = []
+    goals = result.get("goals")
+    if isinstance(goals, dict):
+        for key, goal in goals.items():
+            value = lookup(result, key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                ok = value <= goal if key.split("/")[-1] in LOWER_IS_BETTER else value >= goal
+                met = "yes" if ok else "no"
+            else:
+                met = "n/a"
+            rows.append((key, _fmt(value), _fmt(goal), met))
+    for label, path in HEADLINES.get(name, []):
+        rows.append((label, _fmt(lookup(result, path)), "", ""))
+    if not rows:  # some numbers at least
+        for key, value in result.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and key != "wall_s":
+                rows.append((key, _fmt(value), "", ""))
+            if len(rows) >= 6:
+                break
+    return rows
+
+
+def run_one(name: str, quick: bool, out_dir: Path) -> dict[str, Any]:
+    out = out_dir / f"{name}.json"
+    cmd = [sys.executable, str(REPO / "bench" / f"{name}.py"), "--out", str(out)]
+    if quick:
+        cmd.append("--quick")
+    log(f"{name}: {' '.join(cmd[1:])}")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=3 * 3600)
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    if proc.returncode != 0 or not lines:
+        log(f"{name}: FAILED (status {proc.returncode}) after {wall:.0f} s")
+        return {"name": name, "ok": False, "wall_s": wall, "status": proc.returncode}
+    log(f"{name}: done in {wall:.0f} s")
+    return {"name": name, "ok": True, "wall_s": wall, "result": json.loads(lines[-1])}
+
+
+def summary(runs: list[dict[str, Any]], quick: bool, out_dir: Path, total_s: float) -> str:
+    mach = machine()
+    lines = [
+        f"# Benchmark summary{' (--quick)' if quick else ''}",
+        "",
+        f"`python -m bench all{' --quick' if quick else ''}`: {total_s:.0f} s in all. Machine: "
+        f"{mach['cpu_model']}, {mach['cpu_cores']} cores, {mach['backend']} "
+        f"({mach['device_kind']} x{mach['device_count']}), jax {mach['jax']}, load average at "
+        f"the end {mach['loadavg_start']}. Each JSON holds its own machine record.",
+        "",
+        "| benchmark | wall s | metric | measured | goal | met |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    for r in runs:
+        if not r["ok"]:
+            lines.append(
+                f"| {r['name']} | {r['wall_s']:.0f} | FAILED (status {r['status']}) | | | |"
+            )
+            continue
+        rows = headline_rows(r["name"], r["result"]) or [("(no headline keys)", "", "", "")]
+        for i, (metric, value, goal, met) in enumerate(rows):
+            first = f"{r['name']} | {r['wall_s']:.0f}" if i == 0 else " | "
+            lines.append(f"| {first} | {metric} | {value} | {goal} | {met} |")
+    pngs = sorted(p.name for p in out_dir.glob("*.png"))
+    if pngs:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p}]({p})" for p in pngs]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("what", nargs="?", default="all", help="'all' or one benchmark's name")
+    ap.add_argument("--quick", action="store_true", help="every benchmark's --quick mode")
+    ap.add_argument("--only", default=None, help="comma-separated subset for 'all'")
+    ap.add_argument("--out-dir", default=None, help="default bench/results[/quick]")
+    args = ap.parse_args(argv)
+    names = benches()
+    if args.what != "all":
+        if args.what not in names:
+            ap.error(f"unknown benchmark {args.what!r}; expected 'all' or one of {names}")
+        names = [args.what]
+    elif args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            ap.error(f"--only: unknown benchmarks {unknown}; expected some of {names}")
+        names = [n for n in names if n in wanted]
+    out_dir = Path(args.out_dir) if args.out_dir else (RESULTS / "quick" if args.quick else RESULTS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    runs = [run_one(n, args.quick, out_dir) for n in names]
+    total = time.perf_counter() - t0
+    text = summary(runs, args.quick, out_dir, total)
+    (out_dir / "summary.md").write_text(text)
+    log(f"wrote {out_dir / 'summary.md'} ({total:.0f} s)")
+    print(
+        json.dumps(
+            {
+                "summary": str(out_dir / "summary.md"),
+                "wall_s": total,
+                "ok": {r["name"]: r["ok"] for r in runs},
+            }
+        )
+    )
+    return 0 if all(r["ok"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

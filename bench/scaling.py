@@ -1,0 +1,353 @@
+"""Benchmark: how throughput, compile time and memory scale with the number of targets.
+
+- **Zoo training** (`hyper.train.Trainer`, digits MLP 64-32-10, batch 128, Adam, members
+  sharded over the CPU cores): net-steps/s and first-epoch (compile) seconds for
+  N = 1 ... 4096 members, best of a few timed runs in one process. Goal: net-steps/s at
+  N=4096 ≥ 0.8× the best over all N (``no_collapse_ratio``).
+- **Zoo memory**: each N runs one epoch in a fresh subprocess that reports its peak RSS;
+  the growth over N=1 is compared with the train state's own bytes (params + Adam moments
+  + per-member keys, subsets and counters). Goal: at N=4096, peak growth ≤ 2× the state
+  (``memory_over_state``).
+- **Hypernet generation** (`hyper.hypernet.generate`, MIP defaults, hidden [16, 64]):
+  targets/s and compile seconds against M conditions (target MLP 64-32-10) and against the
+  target's size at M=256 (widths [32], [128, 128], [512, 512]).
+- **Memory-bounded generation**: `generate_and_evaluate` of M = 256 ... 16384 targets
+  (chunks of 32) in fresh subprocesses: peak RSS should not grow with M
+  (``gen_eval_rss_growth``: peak at the largest M over peak at the smallest).
+- **Fraction of peak**: zoo training's matmul FLOPs (forward + backward ≈ 3 × 2·batch·
+  Σ fan_in·fan_out per net-step) at the best N, over this machine's fp32 matmul peak.
+
+Usage::
+
+  python bench/scaling.py [--quick] [--out PATH] [--plots DIR]
+
+Writes ``bench/results/scaling.json`` (and ``scaling_*.png`` beside it) and prints the JSON
+as one line. ``--quick`` measures fewer sizes (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bench.common import (
+    RESULTS,
+    logger,
+    machine,
+    matmul_peak,
+    peak_rss_mb,
+    stdout_to_stderr,
+    write_result,
+)
+from bench.zoo import BATCH, LEARNING_RATE, digits_trainer, speed_vmapped
+from hyper import data, population, sharding
+from hyper.architectures import make_target
+from hyper.conditions import Continuous
+from hyper.hypernet import HyperNet, generate
+
+log = logger("scaling")
+
+SIZES = {
+    "full": {
+        "zoo_n": [1, 4, 16, 64, 256, 1024, 4096],
+        "zoo_mem_n": [1, 256, 1024, 4096],
+        "gen_m": [1, 16, 256, 4096],
+        "gen_widths": [[32], [128, 128], [512, 512]],
+        "gen_eval_m": [256, 4096, 16384],
+        "repeats": 3,
+    },
+    "quick": {
+        "zoo_n": [1, 64, 4096],
+        "zoo_mem_n": [1, 4096],
+        "gen_m": [16, 1024],
+        "gen_widths": [[32], [256, 256]],
+        "gen_eval_m": [256, 4096],
+        "repeats": 2,
+    },
+}
+GOALS = {"no_collapse_ratio": 0.8, "memory_over_state": 2.0}
+
+
+def state_bytes(trainer: Any, n: int) -> int:
+    """Bytes of a Trainer state for `n` members (params, optimizer state, keys, ...)."""
+    state = trainer.init(jax.random.key(0), n, learning_rate=LEARNING_RATE, shard=False)
+    size = population.size_bytes(jax.tree.map(lambda v: v, state._asdict()))
+    del state
+    return size
+
+
+def zoo_speed(sizes: list[int], repeats: int) -> dict[str, Any]:
+    trainer = digits_trainer()
+    out: dict[str, Any] = {"n": sizes, "net_steps_per_s": [], "first_epoch_s": []}
+    for n in sizes:
+        epochs = max(1, min(20, 4096 // max(n, 1)))  # at least ~4096 net-epochs per timing
+        r = speed_vmapped(trainer, epochs, repeats, n=n)
+        out["net_steps_per_s"].append(r["net_steps_per_s"])
+        out["first_epoch_s"].append(r["first_epoch_s"])
+    best = max(out["net_steps_per_s"])
+    out["best_net_steps_per_s"] = best
+    out["best_n"] = sizes[int(np.argmax(out["net_steps_per_s"]))]
+    out["no_collapse_ratio"] = out["net_steps_per_s"][sizes.index(max(sizes))] / best
+    out["steps_per_epoch"] = trainer.steps_per_epoch
+    out["matmul_flops_per_net_step"] = (
+        3 * 2 * BATCH * sum(s.fan_in * s.fan_out for s in trainer.target.spec if s.role == "kernel")
+    )
+    return out
+
+
+# Children report VmHWM (this process image's peak RSS): ru_maxrss would include the
+# parent's RSS, which Linux carries over fork and exec.
+_HWM = """
+def hwm_mb():
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
+"""
+
+_CHILD_ZOO = (
+    _HWM
+    + """
+import json, sys
+from hyper import sharding
+sharding.use_cpu_cores()
+import jax
+sys.path.insert(0, sys.argv[2])
+from bench.zoo import LEARNING_RATE, digits_trainer
+n = int(sys.argv[1])
+trainer = digits_trainer()
+state = trainer.init(jax.random.key(0), n, learning_rate=LEARNING_RATE)
+state, _ = trainer.train_epoch(state, 0)
+jax.block_until_ready(state)
+print(json.dumps({"peak_rss_mb": hwm_mb()}))
+"""
+)
+
+_CHILD_GEN_EVAL = (
+    _HWM
+    + """
+import json, sys
+from hyper import sharding
+sharding.use_cpu_cores()
+import jax, jax.numpy as jnp
+from flax import nnx
+from hyper import data
+from hyper.architectures import make_target
+from hyper.conditions import Continuous
+from hyper.hypernet import HyperNet, generate_and_evaluate
+m = int(sys.argv[1])
+ds = data.load("digits")
+target = make_target("mlp", input_shape=ds.input_shape, widths=[128, 128], out_features=10)
+hnet = HyperNet(target, [Continuous("gamma")], rngs=nnx.Rngs(0))
+gamma = jnp.linspace(0, 1, m)
+out = generate_and_evaluate(hnet, {"gamma": gamma}, ds.x_test, ds.y_test, batch_size=32)
+jax.block_until_ready(out)
+print(json.dumps({"peak_rss_mb": hwm_mb()}))
+"""
+)
+
+
+def _child(code: str, arg: int) -> float:
+    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(arg), str(Path(__file__).resolve().parents[1])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"child for {arg} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def zoo_memory(sizes: list[int]) -> dict[str, Any]:
+    trainer = digits_trainer()
+    rss = [_child(_CHILD_ZOO, n) for n in sizes]
+    state = [state_bytes(trainer, n) / 2**20 for n in sizes]
+    growth = [r - rss[0] for r in rss]
+    extra_state = [s - state[0] for s in state]
+    for n, r, s in zip(sizes, rss, state, strict=True):
+        log(f"zoo memory N={n}: peak RSS {r:.0f} MiB, state {s:.1f} MiB")
+    return {
+        "n": sizes,
+        "peak_rss_mb": rss,
+        "state_mb": state,
+        "rss_growth_mb": growth,
+        "memory_over_state": growth[-1] / extra_state[-1] if extra_state[-1] > 0 else None,
+    }
+
+
+def _hnet(widths: list[int]) -> HyperNet:
+    target = make_target("mlp", input_shape=(8, 8), widths=widths, out_features=10)
+    return HyperNet(target, [Continuous("gamma")], rngs=nnx.Rngs(0))
+
+
+def _time_generate(hnet: HyperNet, m: int, repeats: int) -> tuple[float, float]:
+    cond = {"gamma": jnp.linspace(0.0, 1.0, m)}
+    t0 = time.perf_counter()
+    jax.block_until_ready(generate(hnet, cond))
+    first = time.perf_counter() - t0
+    best = float("inf")
+    reps = max(repeats, min(50, 4096 // m))
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(generate(hnet, cond))
+        best = min(best, time.perf_counter() - t0)
+    return m / best, first
+
+
+def generation(ms: list[int], widths: list[list[int]], repeats: int) -> dict[str, Any]:
+    hnet = _hnet([32])
+    by_m = {"m": ms, "targets_per_s": [], "first_call_s": []}
+    for m in ms:
+        rate, first = _time_generate(hnet, m, repeats)
+        by_m["targets_per_s"].append(rate)
+        by_m["first_call_s"].append(first)
+        log(f"generate M={m}: {rate:,.0f} targets/s (first call {first:.2f} s)")
+    by_size = {"widths": widths, "num_params": [], "targets_per_s": [], "params_per_s": []}
+    for w in widths:
+        h = _hnet(w)
+        rate, _ = _time_generate(h, 256, repeats)
+        by_size["num_params"].append(h.target.num_params)
+        by_size["targets_per_s"].append(rate)
+        by_size["params_per_s"].append(rate * h.target.num_params)
+        log(f"generate widths={w} ({h.target.num_params:,} params): {rate:,.0f} targets/s")
+    return {"by_m": by_m, "by_target_size": by_size}
+
+
+def gen_eval_memory(ms: list[int]) -> dict[str, Any]:
+    rss = [_child(_CHILD_GEN_EVAL, m) for m in ms]
+    for m, r in zip(ms, rss, strict=True):
+        log(f"generate_and_evaluate M={m} (chunks of 32): peak RSS {r:.0f} MiB")
+    return {"m": ms, "peak_rss_mb": rss, "gen_eval_rss_growth": rss[-1] / rss[0]}
+
+
+def plots(result: dict[str, Any], directory: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    z, mem = result["zoo"], result["zoo_memory"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(z["n"], z["net_steps_per_s"], "o-")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="members N",
+        ylabel="net-steps/s",
+        title="zoo training throughput",
+    )
+    axes[1].plot(z["n"], z["first_epoch_s"], "o-")
+    axes[1].set(xscale="log", xlabel="members N", ylabel="s", title="first epoch (compile)")
+    axes[2].plot(mem["n"], mem["rss_growth_mb"], "o-", label="peak RSS growth over N=1")
+    axes[2].plot(
+        mem["n"],
+        [s - mem["state_mb"][0] for s in mem["state_mb"]],
+        "s--",
+        label="train state growth",
+    )
+    axes[2].set(xscale="log", xlabel="members N", ylabel="MiB", title="zoo memory")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    path = directory / "scaling_zoo.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path.name)
+
+    g, ge = result["generation"], result["gen_eval_memory"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(g["by_m"]["m"], g["by_m"]["targets_per_s"], "o-")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="conditions M",
+        ylabel="targets/s",
+        title="generation throughput",
+    )
+    axes[1].plot(g["by_target_size"]["num_params"], g["by_target_size"]["params_per_s"], "o-")
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="target params",
+        ylabel="params/s",
+        title="generation vs target size (M=256)",
+    )
+    axes[2].plot(ge["m"], ge["peak_rss_mb"], "o-")
+    axes[2].set(
+        xscale="log",
+        xlabel="targets M",
+        ylabel="peak RSS MiB",
+        ylim=(0, None),
+        title="generate+evaluate memory (chunks of 32)",
+    )
+    fig.tight_layout()
+    path = directory / "scaling_generation.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path.name)
+    return written
+
+
+def run(quick: bool) -> dict[str, Any]:
+    sizes = SIZES["quick" if quick else "full"]
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"bench": "scaling", "quick": quick, "machine": machine()}
+    peak = matmul_peak()
+    peak_before = peak()
+    result["zoo"] = zoo_speed(sizes["zoo_n"], sizes["repeats"])
+    result["zoo_memory"] = zoo_memory(sizes["zoo_mem_n"])
+    result["generation"] = generation(sizes["gen_m"], sizes["gen_widths"], sizes["repeats"])
+    result["gen_eval_memory"] = gen_eval_memory(sizes["gen_eval_m"])
+    peak_flops = max(peak_before, peak())
+    z = result["zoo"]
+    result["matmul_peak_gflops"] = peak_flops / 1e9
+    result["zoo_fraction_of_peak"] = (
+        z["best_net_steps_per_s"] * z["matmul_flops_per_net_step"] / peak_flops
+    )
+    result["no_collapse_ratio"] = z["no_collapse_ratio"]
+    result["memory_over_state"] = result["zoo_memory"]["memory_over_state"]
+    result["gen_eval_rss_growth"] = result["gen_eval_memory"]["gen_eval_rss_growth"]
+    result["goals"] = GOALS
+    result["met"] = {
+        "no_collapse_ratio": result["no_collapse_ratio"] >= GOALS["no_collapse_ratio"],
+        "memory_over_state": result["memory_over_state"] is not None
+        and result["memory_over_state"] <= GOALS["memory_over_state"],
+    }
+    result["peak_rss_mb_parent"] = peak_rss_mb()
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer sizes (about a minute)")
+    ap.add_argument("--out", default=str(RESULTS / "scaling.json"))
+    ap.add_argument("--plots", default=None, help="directory for PNGs (default: beside --out)")
+    args = ap.parse_args(argv)
+    sharding.use_cpu_cores()
+    with stdout_to_stderr():
+        data.load("digits")  # warm the dataset cache outside the timings
+        result = run(args.quick)
+        out = Path(args.out)
+        result["plots"] = plots(result, Path(args.plots) if args.plots else out.parent)
+    write_result(result, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

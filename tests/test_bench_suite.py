@@ -1,0 +1,58 @@
+"""`python -m bench`: discovery, goal checking (including lower-is-better goals) and the
+summary table, on hand-made results (the benchmarks themselves run in `bench/`)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+suite = importlib.import_module("bench.__main__")
+
+
+def test_discovers_every_benchmark_script_in_order():
+    names = suite.benches()
+    assert names[:5] == ["scaling", "zoo", "hypernet", "mip", "merge"]
+    assert "common" not in names and "__main__" not in names
+
+
+def test_goals_are_checked_in_the_right_direction():
+    result = {
+        "goals": {"no_collapse_ratio": 0.8, "memory_over_state": 2.0, "nested/acc": 0.9},
+        "no_collapse_ratio": 0.75,
+        "memory_over_state": 1.5,
+        "nested": {"acc": 0.95},
+    }
+    rows = {r[0]: r for r in suite.headline_rows("x", result)}
+    assert rows["no_collapse_ratio"][3] == "no"
+    assert rows["memory_over_state"][3] == "yes"  # lower is better
+    assert rows["nested/acc"][1] == "0.95" and rows["nested/acc"][3] == "yes"
+
+
+def test_summary_lists_failures_and_plots(tmp_path):
+    (tmp_path / "scaling_zoo.png").write_bytes(b"")
+    runs = [
+        {"name": "zoo", "ok": True, "wall_s": 3.0, "result": {"goals": {"a": 1}, "a": 2}},
+        {"name": "merge", "ok": False, "wall_s": 1.0, "status": 1},
+    ]
+    text = suite.summary(runs, True, tmp_path, 4.0)
+    assert "| zoo | 3 | a | 2 | 1 | yes |" in text
+    assert "| merge | 1 | FAILED (status 1) |" in text
+    assert "![scaling_zoo.png](scaling_zoo.png)" in text
+
+
+def test_unknown_benchmark_is_a_usage_error():
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "nope"], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 2 and "unknown benchmark 'nope'" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--only", "zoo,nope"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "['nope']" in out.stderr
