@@ -475,6 +475,7 @@ def generate(
     *,
     key: jax.Array | None = None,
     batch_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Params:
     """Generates a population for `M` conditions in one jitted call.
 
@@ -483,6 +484,10 @@ def generate(
       key: samples noise conditions that are not given.
       batch_size: generate in chunks of this many conditions (bounds the activation
         memory); default: all at once when ``M <= 4096``, else 1024.
+      mesh: a 1-D ``targets`` mesh (`hyper.sharding.targets_mesh`, possibly spanning
+        several processes): the conditions are padded to a multiple of its size and
+        sharded, the hypernet replicated, and each device generates its block of targets.
+        The result is sharded the same way (gather it with `hyper.sharding.to_host`).
 
     Returns:
       a population of `hnet.target` with `M` members.
@@ -490,6 +495,18 @@ def generate(
     _check_batch_size(batch_size)
     m = hnet.validate(conditions)
     conditions = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    if mesh is not None:
+        from hyper import sharding
+
+        if batch_size is not None:
+            raise ValueError("generate: pass either mesh or batch_size, not both")
+        padded, _ = sharding.pad_targets(conditions, mesh.devices.size)
+        padded = sharding.shard_targets(padded, mesh)
+        graphdef, state = nnx.split(hnet)
+        replica = nnx.merge(graphdef, sharding.put(state, sharding.replicated(mesh)))
+        pop = _generate_jit(replica, padded, None)
+        n_padded = jax.tree.leaves(pop)[0].shape[0]
+        return pop if n_padded == m else jax.tree.map(lambda v: v[:m], pop)
     if batch_size is None and m > 4096:
         batch_size = 1024
     if batch_size is not None:

@@ -11,9 +11,21 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-__all__ = ["replicated", "shard_targets", "targets_mesh", "targets_sharding", "use_cpu_cores"]
+__all__ = [
+    "initialize_multihost",
+    "pad_targets",
+    "put",
+    "replicated",
+    "shard_targets",
+    "targets_mesh",
+    "targets_sharding",
+    "to_host",
+    "use_cpu_cores",
+]
 
 
 def use_cpu_cores(n: int | None = None, *, force: bool = False) -> int:
@@ -69,4 +81,100 @@ def shard_targets(tree: Any, mesh: jax.sharding.Mesh) -> Any:
                 f"shard_targets: a leaf with shape {getattr(leaf, 'shape', None)} cannot be split "
                 f"over {size} devices (the targets axis must be a multiple of {size})"
             )
-    return jax.device_put(tree, targets_sharding(mesh))
+    return put(tree, targets_sharding(mesh))
+
+
+def put(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """`jax.device_put` that also works when `sharding` spans devices of other processes
+    (multi-host): each process then supplies its own shards from its copy of the value,
+    which must be the same on every process (e.g. computed from the same seed)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _put_global(x, sharding), tree)
+
+
+def _put_global(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        return jax.random.wrap_key_data(_put_global(jax.random.key_data(x), sharding), impl=impl)
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def to_host(tree: Any) -> Any:
+    """Every leaf as a host numpy array, gathered from all processes when it is sharded
+    across hosts (a collective: every process must call it)."""
+
+    def one(x: Any) -> np.ndarray:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+def initialize_multihost(
+    coordinator_address: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    cpu_devices: int | None = None,
+) -> None:
+    """Joins this process to a multi-process JAX run (`jax.distributed.initialize`), checked
+    first so that a bad setup is a clear error before anything compiles.
+
+    On CPU, collectives go through Gloo and each process gets `cpu_devices` devices
+    (default: one per core). On GPU/TPU clusters the same call works with each host's
+    accelerators. Call it before any other JAX call.
+
+    Raises:
+      ValueError: a process count below 1, an id outside ``[0, num_processes)``, an address
+        that is not ``host:port``, or a run whose process count differs after joining.
+    """
+    for name, v in (("num_processes", num_processes), ("process_id", process_id)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an int, got {v!r}")
+    if num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id must lie in [0, {num_processes}), got {process_id}")
+    host, _, port = str(coordinator_address).rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"coordinator_address must be 'host:port', got {coordinator_address!r}")
+    if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] == "cpu":
+        use_cpu_cores(cpu_devices, force=cpu_devices is not None)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    if jax.process_count() != num_processes:
+        raise ValueError(
+            f"joined a run of {jax.process_count()} processes, expected {num_processes}"
+        )
+
+
+def pad_targets(tree: Any, multiple: int) -> tuple[Any, int]:
+    """Pads the leading `targets` axis of every leaf to a multiple of `multiple` by repeating
+    the last target (valid inputs, so padded rows compute nothing odd). Returns the padded
+    tree and the original count `n`; ``mask = arange(n_padded) < n`` marks real targets."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError("pad_targets: empty tree")
+    n = int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else 0
+    if n < 1 or any(np.ndim(v) < 1 or np.shape(v)[0] != n for v in leaves):
+        raise ValueError("pad_targets: every leaf needs the same non-empty leading axis")
+    padded = -(-n // multiple) * multiple
+    if padded == n:
+        return tree, n
+
+    def pad(v: Any) -> Any:
+        v = jnp.asarray(v)
+        return jnp.concatenate([v, jnp.repeat(v[-1:], padded - n, axis=0)], axis=0)
+
+    return jax.tree.map(pad, tree), n

@@ -1,0 +1,72 @@
+"""One process of the multi-host test (`tests/test_multihost.py`): trains a small zoo
+population with `hyper.train.Trainer` and generates networks with a hypernet, sharded over
+a `targets` mesh that spans every process, then writes what it gathered to an ``.npz``.
+
+  python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT CPU_DEVICES OUT.npz
+
+With NUM_PROCESSES=1 it is the single-process reference (on CPU_DEVICES devices)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def main() -> None:
+    pid, nproc, port, ndev, out = sys.argv[1:6]
+    pid, nproc, ndev = int(pid), int(nproc), int(ndev)
+    from hyper import sharding
+
+    if nproc > 1:
+        sharding.initialize_multihost(f"localhost:{port}", nproc, pid, cpu_devices=ndev)
+    else:
+        sharding.use_cpu_cores(ndev, force=True)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from hyper import data
+    from hyper.architectures import make_target
+    from hyper.conditions import Continuous
+    from hyper.hypernet import HyperNet, generate
+    from hyper.train import TrainConfig, Trainer
+
+    assert jax.process_count() == nproc and jax.device_count() == nproc * ndev
+    ds = data.load("digits")
+    target = make_target("mlp", input_shape=(8, 8), widths=[8], out_features=10)
+    trainer = Trainer(target, ds, TrainConfig(optimizer="adam", batch_size=64))
+    # 8 members over all devices; learning rates differ per member.
+    state = trainer.init(jax.random.key(0), 8, learning_rate=list(np.geomspace(1e-3, 3e-2, 8)))
+    for epoch in range(2):
+        state, _ = trainer.train_epoch(state, epoch)
+    metrics = trainer.evaluate(state.params)
+
+    hnet = HyperNet(target, [Continuous("gamma")], rngs=nnx.Rngs(0))
+    mesh = sharding.targets_mesh()
+    generated = generate(hnet, {"gamma": jnp.linspace(0.0, 1.0, 6)}, mesh=mesh)  # padded to 8
+
+    arrays = {
+        "test_acc": sharding.to_host(metrics["test_acc"]),
+        **{f"zoo/{k}": v for k, v in _flat(sharding.to_host(state.params)).items()},
+        **{f"gen/{k}": v for k, v in _flat(sharding.to_host(generated)).items()},
+    }
+    np.savez(out.replace(".npz", f".{pid}.npz"), **arrays)
+    if nproc > 1:
+        jax.distributed.shutdown()
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+if __name__ == "__main__":
+    main()
