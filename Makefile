@@ -29,7 +29,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	$(PY) bench/zoo.py
+	$(PY) -m bench all
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

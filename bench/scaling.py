@@ -69,6 +69,15 @@ SIZES = {
         "gen_eval_m": [256, 4096, 16384],
         "repeats": 3,
     },
+    # One H100/H200 (bench/gpu.sh): larger populations and targets, same structure.
+    "gpu": {
+        "zoo_n": [1, 64, 1024, 4096, 16384, 65536],
+        "zoo_mem_n": [],
+        "gen_m": [16, 1024, 16384, 65536],
+        "gen_widths": [[32], [512, 512], [2048, 2048]],
+        "gen_eval_m": [],
+        "repeats": 3,
+    },
     "quick": {
         "zoo_n": [1, 64, 4096],
         "zoo_mem_n": [1, 4096],
@@ -172,7 +181,10 @@ def _child(code: str, arg: int) -> float:
     return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"])
 
 
-def zoo_memory(sizes: list[int]) -> dict[str, Any]:
+def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
+    """Peak RSS of fresh processes (host memory: measured on CPU runs only)."""
+    if not sizes:
+        return None
     trainer = digits_trainer()
     rss = [_child(_CHILD_ZOO, n) for n in sizes]
     state = [state_bytes(trainer, n) / 2**20 for n in sizes]
@@ -227,7 +239,9 @@ def generation(ms: list[int], widths: list[list[int]], repeats: int) -> dict[str
     return {"by_m": by_m, "by_target_size": by_size}
 
 
-def gen_eval_memory(ms: list[int]) -> dict[str, Any]:
+def gen_eval_memory(ms: list[int]) -> dict[str, Any] | None:
+    if not ms:
+        return None
     rss = [_child(_CHILD_GEN_EVAL, m) for m in ms]
     for m, r in zip(ms, rss, strict=True):
         log(f"generate_and_evaluate M={m} (chunks of 32): peak RSS {r:.0f} MiB")
@@ -254,15 +268,18 @@ def plots(result: dict[str, Any], directory: Path) -> list[str]:
     )
     axes[1].plot(z["n"], z["first_epoch_s"], "o-")
     axes[1].set(xscale="log", xlabel="members N", ylabel="s", title="first epoch (compile)")
-    axes[2].plot(mem["n"], mem["rss_growth_mb"], "o-", label="peak RSS growth over N=1")
-    axes[2].plot(
-        mem["n"],
-        [s - mem["state_mb"][0] for s in mem["state_mb"]],
-        "s--",
-        label="train state growth",
-    )
-    axes[2].set(xscale="log", xlabel="members N", ylabel="MiB", title="zoo memory")
-    axes[2].legend(fontsize=8)
+    if mem is None:
+        axes[2].axis("off")
+    else:
+        axes[2].plot(mem["n"], mem["rss_growth_mb"], "o-", label="peak RSS growth over N=1")
+        axes[2].plot(
+            mem["n"],
+            [s - mem["state_mb"][0] for s in mem["state_mb"]],
+            "s--",
+            label="train state growth",
+        )
+        axes[2].set(xscale="log", xlabel="members N", ylabel="MiB", title="zoo memory")
+        axes[2].legend(fontsize=8)
     fig.tight_layout()
     path = directory / "scaling_zoo.png"
     fig.savefig(path, dpi=110)
@@ -287,14 +304,17 @@ def plots(result: dict[str, Any], directory: Path) -> list[str]:
         ylabel="params/s",
         title="generation vs target size (M=256)",
     )
-    axes[2].plot(ge["m"], ge["peak_rss_mb"], "o-")
-    axes[2].set(
-        xscale="log",
-        xlabel="targets M",
-        ylabel="peak RSS MiB",
-        ylim=(0, None),
-        title="generate+evaluate memory (chunks of 32)",
-    )
+    if ge is None:
+        axes[2].axis("off")
+    else:
+        axes[2].plot(ge["m"], ge["peak_rss_mb"], "o-")
+        axes[2].set(
+            xscale="log",
+            xlabel="targets M",
+            ylabel="peak RSS MiB",
+            ylim=(0, None),
+            title="generate+evaluate memory (chunks of 32)",
+        )
     fig.tight_layout()
     path = directory / "scaling_generation.png"
     fig.savefig(path, dpi=110)
@@ -303,10 +323,16 @@ def plots(result: dict[str, Any], directory: Path) -> list[str]:
     return written
 
 
-def run(quick: bool) -> dict[str, Any]:
-    sizes = SIZES["quick" if quick else "full"]
+def run(quick: bool, size: str | None = None) -> dict[str, Any]:
+    size = size or ("quick" if quick else "full")
+    sizes = SIZES[size]
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"bench": "scaling", "quick": quick, "machine": machine()}
+    result: dict[str, Any] = {
+        "bench": "scaling",
+        "quick": quick,
+        "sizes": size,
+        "machine": machine(),
+    }
     peak = matmul_peak()
     peak_before = peak()
     result["zoo"] = zoo_speed(sizes["zoo_n"], sizes["repeats"])
@@ -320,8 +346,8 @@ def run(quick: bool) -> dict[str, Any]:
         z["best_net_steps_per_s"] * z["matmul_flops_per_net_step"] / peak_flops
     )
     result["no_collapse_ratio"] = z["no_collapse_ratio"]
-    result["memory_over_state"] = result["zoo_memory"]["memory_over_state"]
-    result["gen_eval_rss_growth"] = result["gen_eval_memory"]["gen_eval_rss_growth"]
+    result["memory_over_state"] = (result["zoo_memory"] or {}).get("memory_over_state")
+    result["gen_eval_rss_growth"] = (result["gen_eval_memory"] or {}).get("gen_eval_rss_growth")
     result["goals"] = GOALS
     result["met"] = {
         "no_collapse_ratio": result["no_collapse_ratio"] >= GOALS["no_collapse_ratio"],
@@ -338,11 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer sizes (about a minute)")
     ap.add_argument("--out", default=str(RESULTS / "scaling.json"))
     ap.add_argument("--plots", default=None, help="directory for PNGs (default: beside --out)")
+    ap.add_argument("--sizes", choices=sorted(SIZES), default=None, help="override the sizes")
     args = ap.parse_args(argv)
     sharding.use_cpu_cores()
     with stdout_to_stderr():
         data.load("digits")  # warm the dataset cache outside the timings
-        result = run(args.quick)
+        result = run(args.quick, args.sizes)
         out = Path(args.out)
         result["plots"] = plots(result, Path(args.plots) if args.plots else out.parent)
     write_result(result, out)
