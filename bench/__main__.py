@@ -41,8 +41,14 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("T3 speed-up (Adam, best lr)", "claims/T3/speedup_by_optimizer/adam/best_lr/value"),
     ],
     "merge": [
-        ("MLP w256 barrier naive / weight / activation", "barrier/mlp/256"),
-        ("CNN c32 barrier naive / weight / activation", "barrier/cnn/32"),
+        *(
+            (
+                f"{arch} loss barrier at the widest width, {how}",
+                f"barrier/{arch.lower()}/*last/{how}",
+            )
+            for arch in ("MLP", "CNN")
+            for how in ("naive", "weight", "activation")
+        ),
         ("MLP merged accuracy (TIES)", "merge_acc/mlp/ties/mean"),
     ],
 }
@@ -54,9 +60,15 @@ def benches() -> list[str]:
 
 
 def lookup(result: Any, path: str) -> Any:
+    """The value at ``a/b/c``; ``*last`` picks the entry with the largest numeric key."""
     node = result
     for part in path.split("/"):
-        if isinstance(node, dict) and part in node:
+        if part == "*last" and isinstance(node, dict):
+            numeric = [k for k in node if k.isdigit()]
+            if not numeric:
+                return None
+            node = node[max(numeric, key=int)]
+        elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
             return None
@@ -69,7 +81,7 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
     if isinstance(v, dict):
-        keep = {k: x for k, x in v.items() if not isinstance(x, list | dict)}
+        keep = {k: x for k, x in v.items() if isinstance(x, int | float) and "std" not in k}
         return ", ".join(f"{k} {_fmt(x)}" for k, x in list(keep.items())[:4])
     return str(v)
 
@@ -116,6 +128,9 @@ def run_one(name: str, quick: bool, out_dir: Path) -> dict[str, Any]:
 
 
 def summary(runs: list[dict[str, Any]], quick: bool, out_dir: Path, total_s: float) -> str:
+    from hyper import sharding
+
+    sharding.use_cpu_cores()  # report the devices the benchmarks used
     mach = machine()
     lines = [
         f"# Benchmark summary{' (--quick)' if quick else ''}",
@@ -123,7 +138,8 @@ def summary(runs: list[dict[str, Any]], quick: bool, out_dir: Path, total_s: flo
         f"`python -m bench all{' --quick' if quick else ''}`: {total_s:.0f} s in all. Machine: "
         f"{mach['cpu_model']}, {mach['cpu_cores']} cores, {mach['backend']} "
         f"({mach['device_kind']} x{mach['device_count']}), jax {mach['jax']}, load average at "
-        f"the end {mach['loadavg_start']}. Each JSON holds its own machine record.",
+        f"the end {mach['loadavg_start']} (other jobs share the machine: compare ratios). "
+        "Each JSON holds its own machine record.",
         "",
         "| benchmark | wall s | metric | measured | goal | met |",
         "|---|---:|---|---:|---:|---|",
