@@ -231,7 +231,13 @@ class Trainer:
         # Initialisation runs once per population; on CPU it compiles ~5x faster at LLVM -O1
         # (threefry loops), with the same results. Training keeps the default optimisation.
         once = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-        self._init_params_fn = jax.jit(jax.vmap(self._init_member), compiler_options=once)
+        # In chunks of members, like the epochs: the random-number temporaries stay small.
+        self._init_params_fn = jax.jit(
+            lambda keys, scale: jax.lax.map(
+                lambda ks: self._init_member(*ks), (keys, scale), batch_size=64
+            ),
+            compiler_options=once,
+        )
         self._init_opt_fn = jax.jit(
             jax.vmap(lambda p, a, b: self._opt_factory(a, b).init(p)), compiler_options=once
         )
@@ -291,6 +297,8 @@ class Trainer:
                 raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
             # train_epoch donates the state's buffers; copy so the caller's arrays survive.
             params = jax.tree.map(jnp.copy, params)
+        if shard:  # before the optimizer state exists: no second full copy at any time
+            params, lr, wd = self.place((params, lr, wd))
         opt_state = self._init_opt_fn(params, lr, wd)
         subset = self._subsets(keys, frac)
         state = TrainState(
@@ -327,7 +335,8 @@ class Trainer:
             rank = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0]))
             return rank < m
 
-        return jax.vmap(one)(keys, n_sub)
+        # Chunks of members: a vmapped permutation's sort temporaries grow with all of them.
+        return jax.lax.map(lambda a: one(*a), (keys, n_sub), batch_size=64)
 
     def _subsets(self, keys: jax.Array, frac: jax.Array) -> jax.Array:
         n_sub = jnp.maximum(1, jnp.round(frac * self.n_train).astype(jnp.int32))
@@ -373,19 +382,30 @@ class Trainer:
         if k == n:
             return self._epoch_members(state, epoch)
         c = n // k
+        # Member m = i * c + j is row i of chunk j: a free reshape to [k, c, ...] keeps each
+        # device's block of rows (the members axis stays sharded), and the chunks run one
+        # after another, updating the carried state in place.
+        grid = jax.tree.map(lambda v: v.reshape(k, c, *v.shape[1:]), state)
 
-        # Member m = i * c + j goes to chunk j, row i: each device keeps its own block of
-        # rows (the members axis stays sharded), and chunks run one after another.
-        def to_chunks(v):
-            return jnp.swapaxes(v.reshape(k, c, *v.shape[1:]), 0, 1)
+        def column(tree, j):
+            return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, j, 1, False), tree)
 
-        def from_chunks(v):
-            return jnp.swapaxes(v, 0, 1).reshape(n, *v.shape[2:])
+        def put(tree, part, j):
+            return jax.tree.map(
+                lambda v, x: jax.lax.dynamic_update_index_in_dim(v, x, j, 1), tree, part
+            )
 
-        out, metrics = jax.lax.map(
-            lambda s: self._epoch_members(s, epoch), jax.tree.map(to_chunks, state)
-        )
-        return jax.tree.map(from_chunks, out), jax.tree.map(from_chunks, metrics)
+        shapes = jax.eval_shape(lambda s: self._epoch_members(s, epoch)[1], column(grid, 0))
+        metrics = jax.tree.map(lambda a: jnp.zeros((k, c, *a.shape[1:]), a.dtype), shapes)
+
+        def body(j, carry):
+            grid, metrics = carry
+            new, m = self._epoch_members(column(grid, j), epoch)
+            return put(grid, new, j), put(metrics, m, j)
+
+        grid, metrics = jax.lax.fori_loop(0, c, body, (grid, metrics))
+        flat = lambda v: v.reshape(n, *v.shape[2:])  # noqa: E731
+        return jax.tree.map(flat, grid), jax.tree.map(flat, metrics)
 
     def _epoch_members(self, state: TrainState, epoch: jax.Array):
         batch = self.config.batch_size
