@@ -298,25 +298,14 @@ class PopulationCheckpointer:
                 f"{where} has no item {name!r}; items: {sorted(manifest['items'])}"
             )
         listed = manifest["items"][name]
-        asked = {
-            path_str(p): (tuple(a.shape), str(np.dtype(a.dtype)))
-            for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
-        }
-        missing = [p for p in asked if p not in listed]
-        if missing:
-            raise CheckpointError(f"{where}: item {name!r} has no leaves {missing}")
-        extra = [p for p in listed if p not in asked]
-        if extra:
-            raise CheckpointError(f"{where}: item {name!r} holds leaves {extra} not asked for")
-        for p, (shape, dtype) in asked.items():
-            entry = listed[p]
+        for p, entry in listed.items():
             if not isinstance(entry, dict) or not {"shape", "dtype", "sha256"} <= set(entry):
                 raise CheckpointError(f"{where}: manifest entry of {name}/{p} is malformed")
-            if (tuple(entry["shape"]), entry["dtype"]) != (shape, dtype):
-                raise CheckpointError(
-                    f"{where}: {name}/{p}: stored {tuple(entry['shape'])} {entry['dtype']}, "
-                    f"asked for {shape} {dtype}"
-                )
+        try:
+            stored = {p: (tuple(e["shape"]), np.dtype(e["dtype"])) for p, e in listed.items()}
+        except TypeError as e:
+            raise CheckpointError(f"{where}: manifest of {name!r} is malformed: {e}") from None
+        _compare_leaves(where, name, stored, abstract)
 
     def _check_checksums(self, step: int, listed: Mapping[str, Any], name: str, tree: Any):
         for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -366,22 +355,7 @@ class PopulationCheckpointer:
             for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]
             if hasattr(m, "shape") and hasattr(m, "dtype")
         }
-        asked = {
-            path_str(p): (tuple(a.shape), np.dtype(a.dtype))
-            for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
-        }
-        missing = [p for p in asked if p not in stored]
-        if missing:
-            raise CheckpointError(f"{where}: item {name!r} has no leaves {missing}")
-        extra = [p for p in stored if p not in asked]
-        if extra:
-            raise CheckpointError(f"{where}: item {name!r} holds leaves {extra} not asked for")
-        for p, (shape, dtype) in asked.items():
-            if stored[p] != (shape, dtype):
-                raise CheckpointError(
-                    f"{where}: {name}/{p}: stored {stored[p][0]} {stored[p][1]}, "
-                    f"asked for {shape} {dtype}"
-                )
+        _compare_leaves(where, name, stored, abstract)
 
     def close(self) -> None:
         self._manager.close()
@@ -391,6 +365,29 @@ class PopulationCheckpointer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _compare_leaves(
+    where: str, name: str, stored: Mapping[str, tuple[tuple[int, ...], Any]], abstract: Any
+) -> None:
+    """Stored leaf paths, shapes and dtypes (`stored`: path -> (shape, dtype)) against the
+    asked-for tree: missing, extra and mismatched leaves are named."""
+    asked = {
+        path_str(p): (tuple(a.shape), np.dtype(a.dtype))
+        for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
+    }
+    missing = [p for p in asked if p not in stored]
+    if missing:
+        raise CheckpointError(f"{where}: item {name!r} has no leaves {missing}")
+    extra = [p for p in stored if p not in asked]
+    if extra:
+        raise CheckpointError(f"{where}: item {name!r} holds leaves {extra} not asked for")
+    for p, (shape, dtype) in asked.items():
+        if stored[p] != (shape, dtype):
+            raise CheckpointError(
+                f"{where}: {name}/{p}: stored {stored[p][0]} {stored[p][1]}, "
+                f"asked for {shape} {dtype}"
+            )
 
 
 def _check_like(name: str, tree: Any, abstract: Any) -> None:

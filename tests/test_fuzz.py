@@ -23,6 +23,7 @@ from hyper import conditions as cond_lib
 from hyper import hypertrain, population, zoo
 from hyper.architectures import make_target
 from hyper.cli import main
+from hyper.target import _nest
 
 DOCUMENTED = (ValueError, TypeError)
 
@@ -182,17 +183,6 @@ def bad_population_calls(draw, target):
         st.sampled_from([np.zeros((2, 2, 2, 2), np.float32), np.zeros((n,), np.float16), "x"])
     )
     return target.validate, (_nest(arrays),), {"batched": True}
-
-
-def _nest(flat):
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        *parents, last = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
 
 
 @pytest.fixture(scope="module")
