@@ -312,7 +312,7 @@ def _positive_ints(name: str, value: Any, *, allow_empty: bool = False) -> tuple
     out = []
     for v in list(value):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"make_target: {name} must hold positive ints, got {value!r}")
+            raise ValueError(f"make_target: {name} must be positive ints, got {value!r}")
         out.append(int(v))
     if not out and not allow_empty:
         raise ValueError(f"make_target: {name} must not be empty")
