@@ -1120,6 +1120,7 @@ def remove_units(
             if path not in index:
                 raise ValueError(f"remove_units: group {g.name!r} names unknown leaf {path!r}")
             leaves[index[path]] = np.take(leaves[index[path]], idx, axis=ax)
-    new_params = jax.tree.unflatten(target.treedef, [jnp.asarray(a) for a in leaves])
+    # device_put, not jnp.asarray: the latter compiles a copy for every new shape
+    new_params = jax.tree.unflatten(target.treedef, [jax.device_put(a) for a in leaves])
     new = derive_target(target, new_params, name=name, config=config, check=check)
     return new, new_params
