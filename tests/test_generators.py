@@ -251,3 +251,12 @@ def test_assembler_shapes():
     a = Assembler(10, (4, 6, 4), rngs=nnx.Rngs(0))
     out = a(jnp.zeros((3, 10)), jnp.full((3,), 0.2))
     assert out.shape == (3, 14)
+
+
+def test_choose_compiles_once_per_bucket(trained):
+    factory, _, held = trained
+    factory.choose([Scenario(held[0], 0.8)] * 5)
+    before = factory._choose._cache_size()
+    for n in (6, 7, 8):  # all in the bucket of 8
+        factory.choose([Scenario(held[i], 0.8) for i in range(n)])
+    assert factory._choose._cache_size() == before
