@@ -41,12 +41,19 @@ import numpy as np
 from hyper.target import Params, Target
 
 __all__ = [
+    "IMPORTANCE_METHODS",
+    "IMPORTANCE_NORMALIZERS",
     "Group",
     "check_equivalent",
     "check_same_spec",
+    "count_flops",
+    "count_params",
+    "derive_target",
     "group_activations",
+    "group_importance",
     "permute",
     "random_permutations",
+    "remove_units",
     "structural_groups",
     "verify_groups",
 ]
@@ -819,3 +826,301 @@ def group_activations(
     for vs, g in zip(car.per_group, structural_groups(target), strict=True):
         out.append([jnp.moveaxis(values[v], ax, -1).reshape(-1, g.size) for v, ax in vs])
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# Group importance, parameter and FLOP counts, physical removal of units
+# ---------------------------------------------------------------------------------------
+
+IMPORTANCE_METHODS = ("l2", "l1", "random")
+IMPORTANCE_NORMALIZERS = (None, "mean", "max")
+# Leaves whose values say how much a unit matters; running statistics do not.
+_IMPORTANCE_ROLES = ("kernel", "bias", "norm_scale", "norm_shift", "embedding")
+
+
+def group_importance(
+    target: Target,
+    params: Params,
+    *,
+    method: str = "l2",
+    normalizer: str | None = None,
+    groups: Sequence[Group] | None = None,
+    key: jax.Array | None = None,
+) -> list[jax.Array]:
+    """A score per hidden unit of each structural group (higher: more important).
+
+    - ``"l2"`` (group-L2): the L2 norm of every trainable weight a unit owns across the
+      group's axes: the producing kernels' out-slices, biases, norm scales and shifts, and
+      the consuming kernels' in-slices;
+    - ``"l1"``: the sum of their absolute values;
+    - ``"random"``: uniform scores from `key` (a baseline).
+
+    Args:
+      target: the target.
+      params: one network.
+      method: ``"l2"``, ``"l1"`` or ``"random"``.
+      normalizer: None, ``"mean"`` or ``"max"``: divide each group's scores by their mean
+        or maximum, so that groups of different sizes and scales compare on one ranking.
+      groups: default `structural_groups(target)`.
+      key: needed for ``"random"``.
+
+    Returns:
+      one float32 array `[group.size]` per group. Traceable.
+    """
+    if method not in IMPORTANCE_METHODS:
+        raise ValueError(f"importance method {method!r}; expected one of {IMPORTANCE_METHODS}")
+    if normalizer not in IMPORTANCE_NORMALIZERS:
+        raise ValueError(
+            f"importance normalizer {normalizer!r}; expected one of {IMPORTANCE_NORMALIZERS}"
+        )
+    if method == "random" and key is None:
+        raise ValueError("importance method 'random' needs a key")
+    groups = structural_groups(target) if groups is None else groups
+    target.validate(params)
+    index = {p: i for i, p in enumerate(target.paths)}
+    leaves = jax.tree.leaves(params)
+    keys = jax.random.split(key, max(len(groups), 1)) if method == "random" else None
+    out = []
+    for gi, g in enumerate(groups):
+        if method == "random":
+            score = jax.random.uniform(keys[gi], (g.size,), jnp.float32)
+        else:
+            score = jnp.zeros((g.size,), jnp.float32)
+            for path, ax in g.axes:
+                if target.spec[index[path]].role not in _IMPORTANCE_ROLES:
+                    continue
+                a = jnp.moveaxis(jnp.asarray(leaves[index[path]], jnp.float32), ax, 0)
+                a = a.reshape(g.size, -1)
+                score = score + (jnp.sum(a * a, 1) if method == "l2" else jnp.sum(jnp.abs(a), 1))
+            if method == "l2":
+                score = jnp.sqrt(score)
+        if normalizer == "mean":
+            score = score / (jnp.mean(score) + 1e-12)
+        elif normalizer == "max":
+            score = score / (jnp.max(score) + 1e-12)
+        out.append(score)
+    return out
+
+
+def count_params(target: Target, *, trainable_only: bool = True) -> int:
+    """Number of scalars of one network: trainable ones, or all (with running statistics)."""
+    return sum(s.size for s in target.spec if s.trainable or not trainable_only)
+
+
+def count_flops(target: Target, sample_input: Any = None) -> int:
+    """Floating-point operations of one forward pass on one example (evaluation mode).
+
+    Counts the multiply-adds of every ``dot_general`` and convolution in the traced apply as
+    2 FLOPs each (the usual convention; elementwise ops, norms and pooling are not counted).
+
+    Args:
+      target: the target.
+      sample_input: an input batch; default zeros of `target.input_shape`. The count is
+        divided by its batch size.
+    """
+    x = _sample_input(target, sample_input, batch=1)
+    leaves = [jax.ShapeDtypeStruct(s.shape, np.dtype(s.dtype)) for s in target.spec]
+    try:
+        closed = jax.make_jaxpr(_fn(target))(leaves, jax.ShapeDtypeStruct(x.shape, x.dtype))
+    except Exception as e:  # noqa: BLE001 - name the target in any tracing error
+        raise ValueError(f"{target.name}: cannot trace apply to count FLOPs: {e}") from e
+
+    def walk(jx: Any) -> int:
+        total = 0
+        for eqn in jx.eqns:
+            subs = [
+                v
+                for v in eqn.params.values()
+                if isinstance(v, jcore.ClosedJaxpr | jcore.Jaxpr)
+                or (isinstance(v, tuple) and v and isinstance(v[0], jcore.ClosedJaxpr))
+            ]
+            for sub in subs:
+                for s in sub if isinstance(sub, tuple) else (sub,):
+                    total += walk(s.jaxpr if isinstance(s, jcore.ClosedJaxpr) else s)
+            name = eqn.primitive.name
+            if name == "dot_general":
+                (lc, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                out = eqn.outvars[0].aval.shape
+                total += 2 * int(np.prod(out)) * int(np.prod([lhs[i] for i in lc]))
+            elif name == "conv_general_dilated":
+                rhs = eqn.invars[1].aval.shape
+                out = eqn.outvars[0].aval.shape
+                per_out = int(np.prod(rhs)) // rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+                total += 2 * int(np.prod(out)) * per_out
+        return total
+
+    return walk(closed.jaxpr) // max(int(x.shape[0]), 1)
+
+
+def derive_target(
+    target: Target,
+    params: Params,
+    *,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    check: bool = True,
+) -> Target:
+    """A target for `params`, whose leaves are leaves of `target` with possibly fewer units.
+
+    The new target reuses `target`'s apply functions (which must accept the smaller arrays,
+    as Flax layers do) and its leaf descriptions with new shapes and fans; nothing is traced
+    unless `check`. Leaves of `target` that `params` lacks are dropped (their apply must then
+    tolerate their absence, e.g. a network that loops over the blocks it is given).
+
+    Args:
+      target: the original target.
+      params: one network with the new shapes.
+      name: default ``"<target name>-compact"``.
+      config: stored on the new target (default: ``{"derived_from": target.config}``).
+      check: trace the apply once (`jax.eval_shape`) on `target.input_shape` and raise if
+        it fails.
+
+    Raises:
+      ValueError: a leaf unknown to `target`, a leaf whose number of axes changed, or
+        (with `check`) an apply that does not accept the new shapes.
+    """
+    from hyper.target import _fans_and_axes, default_init, leaf_paths
+
+    if not isinstance(params, dict):
+        raise TypeError(f"derive_target: params must be a nested dict, got {type(params).__name__}")
+    paths = leaf_paths(params)
+    known = {s.path: s for s in target.spec}
+    specs = []
+    for path, leaf in zip(paths, jax.tree.leaves(params), strict=True):
+        if path not in known:
+            raise ValueError(f"derive_target: leaf {path!r} is not a leaf of {target.name}")
+        s = known[path]
+        shape = tuple(int(d) for d in np.shape(leaf))
+        if len(shape) != len(s.shape):
+            raise ValueError(
+                f"derive_target: leaf {path!r} has shape {shape}; {target.name} has {s.shape}"
+            )
+        specs.append(dataclasses.replace(s, shape=shape))
+    kernel_shape: dict[str, tuple[int, ...]] = {}
+    for s in specs:
+        if s.role == "kernel":
+            kernel_shape.setdefault(s.layer_name, s.shape)
+    layers = sorted({s.layer for s in specs})
+    renumber = {old: new for new, old in enumerate(layers)}
+    new_specs = []
+    for s in specs:
+        fan_in, fan_out, _, _ = _fans_and_axes(s.role, s.shape, kernel_shape.get(s.layer_name))
+        new_specs.append(
+            dataclasses.replace(
+                s, fan_in=int(fan_in), fan_out=int(fan_out), layer=renumber[s.layer]
+            )
+        )
+    new: Target
+
+    def init_fn(key: jax.Array) -> Params:
+        return default_init(new, key)
+
+    new = Target(
+        name=name or f"{target.name}-compact",
+        spec=tuple(new_specs),
+        treedef=jax.tree.structure(params),
+        init_fn=init_fn,
+        apply_fn=target.pure_apply,
+        train_apply_fn=target._train_apply_fn,  # noqa: SLF001 - same module family
+        input_shape=target.input_shape,
+        config=config if config is not None else {"derived_from": target.config},
+    )
+    if check and target.input_shape is not None:
+        try:
+            jax.eval_shape(
+                new.pure_apply,
+                new.abstract_params(),
+                jax.ShapeDtypeStruct((1, *target.input_shape), jnp.float32),
+            )
+        except Exception as e:  # noqa: BLE001 - name the target in any tracing error
+            raise ValueError(f"{new.name}: apply does not accept the new shapes: {e}") from e
+    return new
+
+
+def _keep_indices(g: Group, k: Any) -> np.ndarray:
+    """Sorted unit indices of group `g` to keep, from a bool mask or an index array."""
+    k = np.asarray(k)
+    if k.dtype == bool:
+        if k.shape != (g.size,):
+            raise ValueError(
+                f"remove_units: group {g.name!r} has {g.size} units, got a mask of shape {k.shape}"
+            )
+        idx = np.flatnonzero(k)
+    else:
+        if k.ndim != 1 or not np.issubdtype(k.dtype, np.integer):
+            raise ValueError(
+                f"remove_units: group {g.name!r}: keep a bool mask [{g.size}] or 1-D int "
+                f"indices, got {k.dtype} {k.shape}"
+            )
+        idx = np.unique(k)
+        if idx.size and (idx[0] < 0 or idx[-1] >= g.size):
+            raise ValueError(
+                f"remove_units: group {g.name!r} has {g.size} units, got indices out of range"
+            )
+    if idx.size == 0:
+        layer = ", ".join(g.producers) or g.name
+        raise ValueError(
+            f"remove_units: removing every unit of group {g.name!r} (layer {layer}) would "
+            "disconnect the network; keep at least one unit"
+        )
+    return idx
+
+
+def remove_units(
+    target: Target,
+    params: Params,
+    keep: Sequence[Any] | dict[str, Any],
+    *,
+    groups: Sequence[Group] | None = None,
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    check: bool = True,
+) -> tuple[Target, Params]:
+    """Physically removes hidden units: a smaller standalone network, not a mask.
+
+    Every axis of a group (the producers' out-axes, biases, norm parameters and running
+    statistics, the consumers' in-axes) is sliced to the kept units, so the result computes
+    what the original computes with the removed units' activations forced to zero in the
+    consumers; a unit whose weights are all zero is removed without changing the function.
+
+    Args:
+      target: the target.
+      params: one network (numpy or jax arrays).
+      keep: per group, a bool mask `[size]` or int indices of units to keep, or None to
+        keep all; a sequence aligned with `groups`, or a dict from group name.
+      groups: default `structural_groups(target)`.
+      name, config, check: as in `derive_target`.
+
+    Returns:
+      ``(compact_target, compact_params)``; kept units stay in their original order.
+
+    Raises:
+      ValueError: a group would lose every unit (naming the group and its layers), a mask
+        of the wrong size, or an unknown group name.
+    """
+    groups = list(structural_groups(target) if groups is None else groups)
+    if isinstance(keep, dict):
+        names = {g.name for g in groups}
+        unknown = sorted(set(keep) - names)
+        if unknown:
+            raise ValueError(f"remove_units: unknown groups {unknown}; groups are {sorted(names)}")
+        keep = [keep.get(g.name) for g in groups]
+    keep = list(keep)
+    if len(keep) != len(groups):
+        raise ValueError(f"remove_units: {len(keep)} keep entries for {len(groups)} groups")
+    target.validate(params)
+    index = {p: i for i, p in enumerate(target.paths)}
+    leaves = [np.asarray(a) for a in jax.tree.leaves(params)]
+    for g, k in zip(groups, keep, strict=True):
+        if k is None:
+            continue
+        idx = _keep_indices(g, k)
+        for path, ax in g.axes:
+            if path not in index:
+                raise ValueError(f"remove_units: group {g.name!r} names unknown leaf {path!r}")
+            leaves[index[path]] = np.take(leaves[index[path]], idx, axis=ax)
+    # device_put, not jnp.asarray: the latter compiles a copy for every new shape
+    new_params = jax.tree.unflatten(target.treedef, [jax.device_put(a) for a in leaves])
+    new = derive_target(target, new_params, name=name, config=config, check=check)
+    return new, new_params
