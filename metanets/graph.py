@@ -54,11 +54,14 @@ __all__ = [
     "NODE_OUTPUT",
     "EDGE_RESIDUAL",
     "EDGE_WEIGHT",
+    "GraphBank",
     "GraphTopology",
     "batch_graphs",
     "bucket_size",
     "graphs_to_population",
     "graphs_to_populations",
+    "kernel_window",
+    "pad_graphs",
     "population_to_graphs",
     "topology",
 ]
@@ -643,3 +646,103 @@ def batch_graphs(
         bucket_size(ne, min_edges),
         bucket_size(ng + 1, min_graphs),
     )
+
+
+class GraphBank:
+    """Graph features of many networks (of several targets), held in host memory, from
+    which padded batches of any subset are assembled without re-converting.
+
+    Args:
+      pairs: `(target, population)` per group; features are computed once per group (one
+        jitted scatter each).
+      window: the common edge window (default: the largest kernel of all targets).
+
+    Attributes:
+      group / member: `[M]` the group and the index in its population of sample `i`.
+    """
+
+    def __init__(
+        self, pairs: Sequence[tuple[Target, Params]], *, window: Sequence[int] | None = None
+    ):
+        if not pairs:
+            raise ValueError("GraphBank: no populations")
+        self.window = _common_window([t for t, _ in pairs]) if window is None else tuple(window)
+        self.topologies = [topology(t, self.window) for t, _ in pairs]
+        self.nodes, self.edges = [], []
+        for t, p in pairs:
+            nodes, edges = features(t, p, self.window)
+            self.nodes.append(np.asarray(nodes))
+            self.edges.append(np.asarray(edges))
+        sizes = [a.shape[0] for a in self.nodes]
+        self.group = np.repeat(np.arange(len(sizes)), sizes)
+        self.member = np.concatenate([np.arange(s) for s in sizes])
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def batch(
+        self,
+        samples: Sequence[int],
+        *,
+        min_nodes: int = 1,
+        min_edges: int = 1,
+        min_graphs: int = 1,
+    ) -> jraph.GraphsTuple:
+        """The graphs of `samples` (indices into the bank, in this order), padded to
+        power-of-two buckets like `batch_graphs`."""
+        samples = np.asarray(samples, np.int64)
+        if samples.ndim != 1 or samples.size == 0:
+            raise ValueError("GraphBank.batch: need a non-empty 1-D list of samples")
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in _BANK_KEYS}
+        n_node, n_edge = [], []
+        offset = 0
+        for i in samples:
+            g, m = self.group[i], self.member[i]
+            topo = self.topologies[g]
+            parts["x"].append(self.nodes[g][m])
+            parts["w"].append(self.edges[g][m])
+            for k in ("type", "layer", "io", "act"):
+                parts["n" + k].append(getattr(topo, "node_" + k))
+            parts["etype"].append(topo.edge_type)
+            parts["elayer"].append(topo.edge_layer)
+            parts["senders"].append(topo.senders + offset)
+            parts["receivers"].append(topo.receivers + offset)
+            n_node.append(topo.num_nodes)
+            n_edge.append(topo.num_edges)
+            offset += topo.num_nodes
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        nn_, ne, ng = offset, int(sum(n_edge)), len(samples)
+        pn = bucket_size(nn_ + 1, min_nodes)
+        pe = bucket_size(ne, min_edges)
+        pg = bucket_size(ng + 1, min_graphs)
+
+        def pad(a, size, fill=0):
+            out = np.full((size, *a.shape[1:]), fill, a.dtype)
+            out[: len(a)] = a
+            return jnp.asarray(out)
+
+        mask = lambda n, size: jnp.asarray(np.arange(size) < n)
+        return jraph.GraphsTuple(
+            nodes={
+                "x": pad(cat["x"], pn),
+                "type": pad(cat["ntype"], pn),
+                "layer": pad(cat["nlayer"], pn),
+                "io": pad(cat["nio"], pn),
+                "act": pad(cat["nact"], pn),
+                "mask": mask(nn_, pn),
+            },
+            edges={
+                "w": pad(cat["w"], pe),
+                "type": pad(cat["etype"], pe),
+                "layer": pad(cat["elayer"], pe),
+                "mask": mask(ne, pe),
+            },
+            senders=pad(cat["senders"], pe, nn_),
+            receivers=pad(cat["receivers"], pe, nn_),
+            n_node=jnp.asarray(np.array(n_node + [pn - nn_] + [0] * (pg - ng - 1), np.int32)),
+            n_edge=jnp.asarray(np.array(n_edge + [pe - ne] + [0] * (pg - ng - 1), np.int32)),
+            globals={"mask": mask(ng, pg)},
+        )
+
+
+_BANK_KEYS = ("x", "w", "ntype", "nlayer", "nio", "nact", "etype", "elayer", "senders", "receivers")
