@@ -229,6 +229,7 @@ class Predictor:
     model: Any
     config: dict[str, Any]
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def predict(self, ds: WeightDataset, samples: Sequence[int] | None = None) -> np.ndarray:
         """Predicted labels `[len(samples)]` (default: every sample)."""
@@ -385,8 +386,11 @@ def _fit_gmn(
     opt_state = tx.init(params)
     yt = ((y - y_mean) / y_std).astype(np.float32)
 
+    traces = [0]
+
     @jax.jit
     def step(params, opt_state, graphs, yb):
+        traces[0] += 1  # runs once per compilation (per shape bucket)
         mask = graphs.globals["mask"]
 
         def loss_fn(p):
@@ -401,6 +405,7 @@ def _fit_gmn(
     best = (-2.0, params)
     history = []
     t0 = time.perf_counter()
+    seen = 0
     for epoch in range(config["epochs"]):
         order = rng.permutation(train)
         losses = []
@@ -411,6 +416,7 @@ def _fit_gmn(
             yb[: len(b)] = yt[b]
             params, opt_state, loss = step(params, opt_state, g, jnp.asarray(yb))
             losses.append(loss)
+            seen += len(b)
         if epoch % config["eval_every"] == 0 or epoch == config["epochs"] - 1:
             model = nnx.merge(graphdef, params, rest)
             tau = kendall_tau(_gmn_predict(model, bank, val, config), y[val])
@@ -425,7 +431,14 @@ def _fit_gmn(
             log(f"gmn epoch {epoch}: loss {np.mean(losses):.4f} val tau {tau:.4f}")
             if tau > best[0]:
                 best = (tau, params)
-    return Predictor("gmn", nnx.merge(graphdef, best[1], rest), config, history)
+    seconds = time.perf_counter() - t0
+    stats = {
+        "train_seconds": seconds,
+        "train_graphs_seen": seen,
+        "train_compilations": traces[0],
+        "best_val_tau": best[0],
+    }
+    return Predictor("gmn", nnx.merge(graphdef, best[1], rest), config, history, stats)
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {

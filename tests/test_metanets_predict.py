@@ -3,6 +3,8 @@ saving, and datasets from a zoo."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -155,3 +157,30 @@ def test_load_zoos_one_sample_per_run_and_epoch(tiny_zoo):
     assert len(gap) == z.num_members and np.all(np.abs(gap.y) < 1)
     with pytest.raises(ValueError, match="task"):
         predict.load_zoos([tiny_zoo], task="loss")
+
+
+def test_cli_train_and_predict(tiny_zoo, tmp_path, capsys):
+    from hyper.cli import main
+
+    out = tmp_path / "statnn"
+    rc = main(
+        ["metanet", "train", "--zoo", tiny_zoo, "--model", "statnn", "--epochs", "3",
+         "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "statnn" and -1 <= metrics["test"]["tau"] <= 1
+    assert "test tau" in capsys.readouterr().out
+    preds = tmp_path / "preds.jsonl"
+    rc = main(["metanet", "predict", "--from", str(out), "--zoo", tiny_zoo, "--out", str(preds)])
+    assert rc == 0
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == len(predict.load_zoos([tiny_zoo])) and "prediction" in rows[0]
+    assert "tau" in capsys.readouterr().out
+    # Bad input: one line on stderr, exit status 2.
+    assert main(["metanet", "train", "--zoo", str(tmp_path), "--out", str(out)]) == 2
+    assert "not a zoo directory" in capsys.readouterr().err
+    assert main(["metanet", "train", "--zoo", tiny_zoo, "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["metanet", "predict", "--from", str(tmp_path), "--zoo", tiny_zoo]) == 2
+    assert "no predictor" in capsys.readouterr().err
