@@ -82,8 +82,8 @@ FULL = {
         "dropout": [0.0],
     },
     "gen_seeds": [1000],
-    "wild_archs": 14,
-    "wild_unseen_archs": 4,
+    "wild_archs": 10,
+    "wild_unseen_archs": 3,
     "wild_grid": {
         "learning_rate": [3e-3, 1e-2, 3e-2, 1e-1],
         "weight_decay": [0.0, 1e-3],

@@ -49,6 +49,11 @@ class GraphMetanet(nnx.Module):
       out_features: outputs of the invariant head.
       max_layers: layer-depth embeddings (deeper layers share the last one).
       max_io: input/output index embeddings (further indices share the last one).
+      readout: ``"layer"``: pool (mean, max) node and edge states per layer slot, the
+        hidden layers from the first slot on and the output layer (its nodes and incoming
+        edges) in the last of `readout_layers` slots, deeper layers sharing the one before
+        it; ``"global"``: pool over the whole graph. Both are invariant to hidden-unit
+        permutations.
       rngs: keyword-only NNX RNGs.
     """
 
@@ -61,8 +66,14 @@ class GraphMetanet(nnx.Module):
         out_features: int = 1,
         max_layers: int = 16,
         max_io: int = 64,
+        readout: str = "layer",
+        readout_layers: int = 8,
         rngs: nnx.Rngs,
     ):
+        if readout not in ("layer", "global"):
+            raise ValueError(f"readout must be 'layer' or 'global', got {readout!r}")
+        self.readout = readout
+        self.readout_layers = readout_layers if readout == "layer" else 1
         self.edge_features = edge_features
         self.max_layers = max_layers
         self.max_io = max_io
@@ -76,7 +87,7 @@ class GraphMetanet(nnx.Module):
         self.edge_type = nnx.Embed(2, hidden, rngs=rngs)
         self.edge_layer = nnx.Embed(max_layers, hidden, rngs=rngs)
         self.layers = nnx.List([EdgeUpdateLayer(hidden, rngs=rngs) for _ in range(num_layers)])
-        self.head1 = nnx.Linear(4 * hidden, hidden, rngs=rngs)
+        self.head1 = nnx.Linear(4 * hidden * self.readout_layers, hidden, rngs=rngs)
         self.head2 = nnx.Linear(hidden, out_features, rngs=rngs)
         self.node_dec1 = nnx.Linear(hidden, hidden, rngs=rngs)
         self.node_dec2 = nnx.Linear(hidden, len(NODE_FEATURES), rngs=rngs)
@@ -120,10 +131,20 @@ class GraphMetanet(nnx.Module):
         h, e = self.encode(graphs)
         g = graphs.n_node.shape[0]
         nid, eid = graph_ids(graphs)
+        slots = self.readout_layers
+        if slots > 1:
+            out_node = graphs.nodes["type"] == NODE_OUTPUT
+            nslot = jnp.where(out_node, slots - 1, jnp.clip(graphs.nodes["layer"], 0, slots - 2))
+            eslot = jnp.where(
+                out_node[graphs.receivers],
+                slots - 1,
+                jnp.clip(graphs.edges["layer"] - 1, 0, slots - 2),
+            )
+            nid, eid = nid * slots + nslot, eid * slots + eslot
         pooled = jnp.concatenate(
             [
-                masked_graph_pool(h, nid, graphs.nodes["mask"], g),
-                masked_graph_pool(e, eid, graphs.edges["mask"], g),
+                masked_graph_pool(h, nid, graphs.nodes["mask"], g * slots).reshape(g, -1),
+                masked_graph_pool(e, eid, graphs.edges["mask"], g * slots).reshape(g, -1),
             ],
             -1,
         )

@@ -377,6 +377,7 @@ def _fit_gmn(
         bank.window[0] * bank.window[1],
         hidden=config["hidden"],
         num_layers=config["num_layers"],
+        readout=config.get("readout", "global"),
         rngs=nnx.Rngs(config["seed"]),
     )
     bs = min(config["batch_size"], len(train))
@@ -445,6 +446,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gmn": {
         "hidden": 16,
         "num_layers": 3,
+        "readout": "layer",
         "epochs": 30,
         "batch_size": 64,
         "lr": 2e-3,
@@ -538,7 +540,11 @@ def _build_module(kind: str, config: dict[str, Any]) -> nnx.Module:
     if kind == "gmn":
         w = config["window"]
         return GraphMetanet(
-            w[0] * w[1], hidden=config["hidden"], num_layers=config["num_layers"], rngs=nnx.Rngs(0)
+            w[0] * w[1],
+            hidden=config["hidden"],
+            num_layers=config["num_layers"],
+            readout=config.get("readout", "global"),
+            rngs=nnx.Rngs(0),
         )
     return MLPRegressor(
         config["in_features"], hidden=config["hidden"], depth=config["depth"], rngs=nnx.Rngs(0)

@@ -131,7 +131,7 @@ def test_padded_and_unpadded_batches_agree(mlp_target, wild_target, metanet, ran
 
 
 def test_no_retrace_within_one_bucket(cnn_target, random_params):
-    model = GraphMetanet(9, hidden=8, num_layers=1, rngs=nnx.Rngs(1))
+    model = GraphMetanet(9, hidden=8, num_layers=1, readout="global", rngs=nnx.Rngs(1))
     graphdef, state = nnx.split(model)
 
     @jax.jit
