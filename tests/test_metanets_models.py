@@ -140,9 +140,10 @@ def test_no_retrace_within_one_bucket(cnn_target, random_params):
         return nnx.merge(graphdef, state)(graphs)
 
     # 5 and 6 graphs of this target pad to the same bucket (128 nodes, 512 edges, 8 graphs).
+    bank = graph.GraphBank([(cnn_target, random_params(cnn_target, 5, n=6))])
     shapes = set()
-    for n in (5, 6, 5):
-        g = graph.batch_graphs([(cnn_target, random_params(cnn_target, n, n=n))], min_graphs=8)
+    for samples in ([0, 1, 2, 3, 4], [5, 4, 3, 2, 1, 0], [1, 2, 3, 4, 5]):
+        g = bank.batch(samples, min_graphs=8)
         shapes.add((g.nodes["x"].shape, g.edges["w"].shape, g.n_node.shape))
         forward(state, g).block_until_ready()
     assert len(shapes) == 1
