@@ -9,7 +9,8 @@ Zoos are built with `hyper.zoo.build` on scikit-learn digits (8x8):
   2-5 conv layers, widths {4, 8, 16, 32}, kernels {3, 5}, activations, optional
   BatchNorm and residual connections; each architecture is one zoo;
 - **generalisation**: a homogeneous zoo with a disjoint seed range (and root seed), never
-  used in training; a wild park of unseen architectures with other seeds.
+  used in training; optionally (``wild_unseen_archs`` > 0, off in the committed run for
+  CPU time) a wild park of unseen architectures with other seeds.
 
 Each dataset is split 80/20 *by training run* (`metanets.predict.split_by_run`); every
 model picks its epoch on a validation split carved by run out of the training part. The
@@ -83,7 +84,7 @@ FULL = {
     },
     "gen_seeds": [1000],
     "wild_archs": 10,
-    "wild_unseen_archs": 3,
+    "wild_unseen_archs": 0,
     "wild_grid": {
         "learning_rate": [3e-3, 1e-2, 3e-2, 1e-1],
         "weight_decay": [0.0, 1e-3],
@@ -95,7 +96,7 @@ FULL = {
     "wild_epochs": 6,
     "wild_ckpt": [1, 3, 6],
     "gmn": {"epochs": 30},
-    "gmn_gap": {"epochs": 16},
+    "gmn_gap": {"epochs": 12},
     "mlp": {},
 }
 QUICK = {
@@ -193,6 +194,10 @@ def wild_architectures(n: int, seed: int) -> list[dict[str, Any]]:
             "residual": bool(rng.random() < 0.5),
             "out_features": 10,
         }
+        if arch["residual"]:  # a residual needs equal widths: stride-1 layers keep theirs
+            for j in range(1, depth):
+                if strides[j] == 1:
+                    channels[j] = channels[j - 1]
         act = str(rng.choice(WILD_ACTIVATIONS))
         key = json.dumps([arch, act], sort_keys=True)
         if key not in seen:

@@ -49,6 +49,10 @@ class GraphMetanet(nnx.Module):
       out_features: outputs of the invariant head.
       max_layers: layer-depth embeddings (deeper layers share the last one).
       max_io: input/output index embeddings (further indices share the last one).
+      input_transform: ``"asinh"`` (default) feeds ``asinh`` of the weights and node
+        parameters to the encoders (linear near 0, logarithmic for the large values of
+        diverging or badly scaled networks); ``"none"`` feeds them raw. Elementwise, so
+        invariance and equivariance are unaffected.
       readout: ``"layer"``: pool (mean, max) node and edge states per layer slot, the
         hidden layers from the first slot on and the output layer (its nodes and incoming
         edges) in the last of `readout_layers` slots, deeper layers sharing the one before
@@ -68,8 +72,12 @@ class GraphMetanet(nnx.Module):
         max_io: int = 64,
         readout: str = "layer",
         readout_layers: int = 8,
+        input_transform: str = "asinh",
         rngs: nnx.Rngs,
     ):
+        if input_transform not in ("asinh", "none"):
+            raise ValueError(f"input_transform must be 'asinh' or 'none', got {input_transform!r}")
+        self.input_transform = input_transform
         if readout not in ("layer", "global"):
             raise ValueError(f"readout must be 'layer' or 'global', got {readout!r}")
         self.readout = readout
@@ -107,15 +115,16 @@ class GraphMetanet(nnx.Module):
         io = jnp.clip(nodes["io"], 0, self.max_io - 1) + jnp.where(
             ntype == NODE_OUTPUT, self.max_io, 0
         )
+        fx = jnp.arcsinh if self.input_transform == "asinh" else (lambda v: v)
         h = (
-            self.node_in(nodes["x"])
+            self.node_in(fx(nodes["x"]))
             + self.node_type(ntype)
             + self.node_layer(jnp.clip(nodes["layer"], 0, self.max_layers - 1))
             + jnp.where(is_io[:, None], self.node_io(io), 0.0)
             + self.node_act(nodes["act"])
         )
         e = (
-            self.edge_in(edges["w"])
+            self.edge_in(fx(edges["w"]))
             + self.edge_type(edges["type"])
             + self.edge_layer(jnp.clip(edges["layer"], 0, self.max_layers - 1))
         )

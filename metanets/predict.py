@@ -378,6 +378,7 @@ def _fit_gmn(
         hidden=config["hidden"],
         num_layers=config["num_layers"],
         readout=config.get("readout", "global"),
+        input_transform=config.get("input_transform", "none"),
         rngs=nnx.Rngs(config["seed"]),
     )
     bs = min(config["batch_size"], len(train))
@@ -447,6 +448,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "hidden": 16,
         "num_layers": 3,
         "readout": "layer",
+        "input_transform": "asinh",
         "epochs": 30,
         "batch_size": 64,
         "lr": 2e-3,
@@ -544,6 +546,7 @@ def _build_module(kind: str, config: dict[str, Any]) -> nnx.Module:
             hidden=config["hidden"],
             num_layers=config["num_layers"],
             readout=config.get("readout", "global"),
+            input_transform=config.get("input_transform", "none"),
             rngs=nnx.Rngs(0),
         )
     return MLPRegressor(
