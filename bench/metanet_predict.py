@@ -278,7 +278,9 @@ def evaluate_models(
         "n_runs": int(len(np.unique(ds.run))),
         "n_train": int(len(train)),
         "n_test": int(len(test)),
-        "n_architectures": int(len({t.name.split(",activation")[0] for t in ds.targets})),
+        # Distinct weight layouts (the activation and dropout do not change the graph).
+        "n_architectures": int(len({tuple((s.path, s.shape) for s in t.spec) for t in ds.targets})),
+        "n_targets": int(len(ds.targets)),
         "label_std": float(ds.y.std()),
         "models": {},
     }
