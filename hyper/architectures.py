@@ -83,7 +83,10 @@ class MLP(nnx.Module):
 class CNN2d(nnx.Module):
     """Conv stack (`kernel_size`, 'SAME', given strides) + global average pooling + dense.
 
-    Input `[batch, H, W]` or `[batch, H, W, C]`.
+    Input `[batch, H, W]` or `[batch, H, W, C]`. `kernel_size` is one size or one per conv
+    layer. With `batchnorm`, each conv is followed by BatchNorm (conv-BN-act); with
+    `residual`, a conv layer whose input and output shapes agree (same channels, stride 1)
+    adds its input to its activated output (``x + act(bn(conv(x)))``).
 
     'SAME' follows XLA: per axis the total padding ``max((ceil(n/s) - 1)*s + k - n, 0)`` is
     split ``low = total // 2``, ``high = total - low``. With stride 2 on an even input that
@@ -97,10 +100,12 @@ class CNN2d(nnx.Module):
         channels: Sequence[int],
         out_features: int,
         *,
-        kernel_size: int = 3,
+        kernel_size: int | Sequence[int] = 3,
         strides: Sequence[int] | None = None,
         activation: str = "relu",
         dropout: float = 0.0,
+        batchnorm: bool = False,
+        residual: bool = False,
         ndim: int = 2,
         rngs: nnx.Rngs,
     ):
@@ -108,15 +113,29 @@ class CNN2d(nnx.Module):
         strides = tuple(strides) if strides is not None else (1,) + (2,) * (len(channels) - 1)
         if len(strides) != len(channels):
             raise ValueError(f"CNN: {len(strides)} strides for {len(channels)} conv layers")
+        kernels = (
+            (int(kernel_size),) * len(channels)
+            if isinstance(kernel_size, int)
+            else tuple(int(k) for k in kernel_size)
+        )
+        if len(kernels) != len(channels) or any(k < 1 for k in kernels):
+            raise ValueError(f"CNN: kernel sizes {kernels} for {len(channels)} conv layers")
         sizes = (in_channels, *channels)
         self.ndim = ndim
         self.convs = nnx.List(
             [
-                nnx.Conv(
-                    a, b, (kernel_size,) * ndim, strides=(s,) * ndim, padding="SAME", rngs=rngs
-                )
-                for a, b, s in zip(sizes[:-1], sizes[1:], strides, strict=True)
+                nnx.Conv(a, b, (k,) * ndim, strides=(s,) * ndim, padding="SAME", rngs=rngs)
+                for a, b, s, k in zip(sizes[:-1], sizes[1:], strides, kernels, strict=True)
             ]
+        )
+        self.norms = (
+            nnx.List([nnx.BatchNorm(b, momentum=0.9, rngs=rngs) for b in channels])
+            if batchnorm
+            else None
+        )
+        self.residual = tuple(
+            bool(residual) and a == b and s == 1
+            for a, b, s in zip(sizes[:-1], sizes[1:], strides, strict=True)
         )
         self.dense = nnx.Linear(channels[-1], out_features, rngs=rngs)
         self.act = _activation(activation)
@@ -125,8 +144,11 @@ class CNN2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim == self.ndim + 1:
             x = x[..., None]
-        for conv in self.convs:
-            x = self.act(conv(x))
+        for i, conv in enumerate(self.convs):
+            h = conv(x)
+            if self.norms is not None:
+                h = self.norms[i](h)
+            x = x + self.act(h) if self.residual[i] else self.act(h)
         x = x.mean(axis=tuple(range(1, self.ndim + 1)))
         if self.dropout is not None:
             x = self.dropout(x)
@@ -206,6 +228,8 @@ _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
                 "strides": c.get("strides"),
                 "activation": c.get("activation", "relu"),
                 "dropout": c.get("dropout", 0.0),
+                "batchnorm": c.get("batchnorm", False),
+                "residual": c.get("residual", False),
             },
         ),
     ),
@@ -234,7 +258,7 @@ _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
 _CONV_KEYS = {"in_channels", "channels", "out_features", "kernel_size", "strides", "activation"}
 _KEYS: dict[str, set[str]] = {
     "mlp": {"in_features", "widths", "out_features", "activation", "dropout"},
-    "cnn2d": _CONV_KEYS | {"dropout"},
+    "cnn2d": _CONV_KEYS | {"dropout", "batchnorm", "residual"},
     "cnn1d": _CONV_KEYS | {"dropout"},
     "rescnn": {"in_channels", "channels", "out_features", "num_blocks", "activation"},
 }
@@ -276,9 +300,11 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
         for s in input_shape:
             size *= s
         cfg.setdefault("in_features", size)
-    for k in ("in_features", "in_channels", "out_features", "num_blocks", "kernel_size"):
+    for k in ("in_features", "in_channels", "out_features", "kernel_size"):
         if k in cfg and not isinstance(cfg[k], list | tuple):
             cfg[k] = _positive_ints(k, [cfg[k]])[0]
+    if "num_blocks" in cfg:  # 0 blocks: stem and head only
+        cfg["num_blocks"] = _positive_ints("num_blocks", [cfg["num_blocks"] + 1])[0] - 1
     if "widths" in cfg:
         cfg["widths"] = list(_positive_ints("widths", cfg["widths"], allow_empty=True))
     if "channels" in cfg:
@@ -288,6 +314,8 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
             cfg["channels"] = list(_positive_ints("channels", cfg["channels"]))
     if cfg.get("strides") is not None:
         cfg["strides"] = list(_positive_ints("strides", cfg["strides"]))
+    if isinstance(cfg.get("kernel_size"), list | tuple):
+        cfg["kernel_size"] = list(_positive_ints("kernel_size", cfg["kernel_size"]))
     cls, to_args = _BUILDERS[arch]
     try:
         args, kwargs = to_args(cfg)

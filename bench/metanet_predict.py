@@ -1,0 +1,489 @@
+"""Benchmark: predicting test accuracy from weights, graph metanet vs StatNN vs flat MLP.
+
+Zoos are built with `hyper.zoo.build` on scikit-learn digits (8x8):
+
+- **homogeneous**: the digits CNN 1-8-8-8 + GAP + dense 10 (a Small-CNN-Zoo analogue),
+  grid over learning rate, weight decay, init scale, train fraction, activation and
+  dropout, checkpoints at several epochs;
+- **heterogeneous**: a digits CNN "wild park": architectures sampled with a fixed seed,
+  2-5 conv layers, widths {4, 8, 16, 32}, kernels {3, 5}, activations, optional
+  BatchNorm and residual connections; each architecture is one zoo;
+- **generalisation**: a homogeneous zoo with a disjoint seed range (and root seed), never
+  used in training; optionally (``wild_unseen_archs`` > 0, off in the committed run for
+  CPU time) a wild park of unseen architectures with other seeds.
+
+Each dataset is split 80/20 *by training run* (`metanets.predict.split_by_run`); every
+model picks its epoch on a validation split carved by run out of the training part. The
+homogeneous zoo also predicts the generalisation gap (train - test accuracy).
+Throughput: graphs/s of a jitted forward+backward of the metanet on a padded batch of 256
+CNN graphs (homogeneous and wild-park graphs), the step's compiled temp memory, the peak
+RSS of the process, and the number of compilations of the training step.
+
+Usage::
+
+  python bench/metanet_predict.py [--quick] [--out PATH] [--cache DIR]
+
+Writes ``bench/results/metanet_predict.json`` (``--quick``: ``metanet_predict_quick.json``)
+and prints the same JSON as one line on stdout; progress goes to stderr. Zoos are cached
+in ``--cache`` (default: a folder in the system temp dir) and reused when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hyper import sharding  # noqa: E402
+
+ANCHORS = {
+    "homogeneous (CIFAR-10-GS)": {"statnn": 0.915, "nfn_hnp": 0.934, "ng_gnn": 0.930},
+    "heterogeneous (CNN Wild Park)": {"statnn": 0.719, "ng_gnn": 0.804, "ng_t": 0.817},
+}
+GOALS = {
+    "homogeneous": "gmn >= best statnn - 0.01",
+    "heterogeneous": "gmn >= best statnn + 0.05",
+}
+
+HOM_ARCH = {"arch": "cnn2d", "channels": [8, 8, 8], "out_features": 10}
+FULL = {
+    "hom_grid": {
+        "learning_rate": [1e-3, 3e-3, 1e-2, 3e-2],
+        "weight_decay": [0.0, 1e-3],
+        "init_scale": [0.5, 1.0, 2.0],
+        "train_fraction": [0.25, 0.5, 1.0],
+        "activation": ["relu", "tanh", "gelu"],
+        "dropout": [0.0, 0.2],
+    },
+    "hom_seeds": [0, 1],
+    "hom_epochs": 8,
+    "hom_ckpt": [1, 2, 4, 8],
+    "gen_grid": {
+        "learning_rate": [1e-3, 3e-3, 1e-2, 3e-2],
+        "weight_decay": [0.0, 1e-3],
+        "init_scale": [0.5, 1.0, 2.0],
+        "train_fraction": [0.25, 1.0],
+        "activation": ["relu", "tanh", "gelu"],
+        "dropout": [0.0],
+    },
+    "gen_seeds": [1000],
+    "wild_archs": 10,
+    "wild_unseen_archs": 0,
+    "wild_grid": {
+        "learning_rate": [3e-3, 1e-2, 3e-2, 1e-1],
+        "weight_decay": [0.0, 1e-3],
+        "init_scale": [0.5, 1.0],
+        "train_fraction": [0.5, 1.0],
+        "dropout": [0.0],
+    },
+    "wild_seeds": [0],
+    "wild_epochs": 6,
+    "wild_ckpt": [1, 3, 6],
+    "gmn": {"epochs": 30},
+    "gmn_gap": {"epochs": 12},
+    "mlp": {},
+}
+QUICK = {
+    "hom_grid": {
+        "learning_rate": [3e-3, 3e-2],
+        "weight_decay": [0.0],
+        "init_scale": [0.5, 1.0],
+        "train_fraction": [0.5, 1.0],
+        "activation": ["relu", "tanh"],
+        "dropout": [0.0],
+    },
+    "hom_seeds": [0, 1],
+    "hom_epochs": 3,
+    "hom_ckpt": [1, 3],
+    "gen_grid": None,
+    "gen_seeds": [1000],
+    "wild_archs": 2,
+    "wild_unseen_archs": 0,
+    "wild_grid": {
+        "learning_rate": [3e-3, 3e-2],
+        "weight_decay": [0.0],
+        "init_scale": [0.5, 1.0],
+        "train_fraction": [0.5, 1.0],
+        "dropout": [0.0],
+    },
+    "wild_seeds": [0, 1],
+    "wild_epochs": 2,
+    "wild_ckpt": [1, 2],
+    "gmn": {"epochs": 6, "eval_every": 2},
+    "gmn_gap": None,
+    "mlp": {"epochs": 60, "eval_every": 10},
+}
+WILD_ACTIVATIONS = ["relu", "tanh", "gelu", "silu", "leaky_relu", "sigmoid"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Library output (progress, prints) goes to stderr; stdout keeps the one JSON line."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import jaxlib
+
+    devices = jax.devices()
+    return {
+        "cpu_model": cpu,
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def wild_architectures(n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` distinct wild-park architectures (with an activation each), sampled by `seed`."""
+    rng = np.random.default_rng(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        depth = int(rng.integers(2, 6))
+        channels = [int(rng.choice([4, 8, 16, 32])) for _ in range(depth)]
+        kernels = [int(rng.choice([3, 5])) for _ in range(depth)]
+        # Full resolution for two layers, then halve every other layer (8, 8, 4, 4, 2).
+        strides = [1, 1, 2, 1, 2][:depth]
+        arch = {
+            "arch": "cnn2d",
+            "channels": channels,
+            "kernel_size": kernels,
+            "strides": strides,
+            "batchnorm": bool(rng.random() < 0.5),
+            "residual": bool(rng.random() < 0.5),
+            "out_features": 10,
+        }
+        if arch["residual"]:  # a residual needs equal widths: stride-1 layers keep theirs
+            for j in range(1, depth):
+                if strides[j] == 1:
+                    channels[j] = channels[j - 1]
+        act = str(rng.choice(WILD_ACTIVATIONS))
+        key = json.dumps([arch, act], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append({"arch": arch, "activation": act})
+    return out
+
+
+def build_zoo(directory: Path, **kw: Any) -> str:
+    from hyper import zoo
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        z = zoo.load(directory)
+        log(f"reusing zoo {directory} ({z.num_members} runs)")
+        return str(directory)
+    except Exception:  # noqa: BLE001 - absent or incomplete: (re)build it
+        pass
+    t0 = time.perf_counter()
+    z = zoo.build(directory, "digits-cnn", overwrite=True, progress=False, **kw)
+    log(f"built zoo {directory.name}: {z.num_members} runs in {time.perf_counter() - t0:.1f}s")
+    return str(directory)
+
+
+def build_zoos(cfg: dict[str, Any], cache: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    hom = build_zoo(
+        cache / "homogeneous",
+        arch=HOM_ARCH,
+        grid=cfg["hom_grid"],
+        seeds=cfg["hom_seeds"],
+        epochs=cfg["hom_epochs"],
+        checkpoint_epochs=cfg["hom_ckpt"],
+    )
+    gen = None
+    if cfg["gen_grid"] is not None:
+        gen = build_zoo(
+            cache / "homogeneous_generalisation",
+            arch=HOM_ARCH,
+            grid=cfg["gen_grid"],
+            seeds=cfg["gen_seeds"],
+            seed=1,
+            epochs=cfg["hom_epochs"],
+            checkpoint_epochs=cfg["hom_ckpt"],
+        )
+    archs = wild_architectures(cfg["wild_archs"] + cfg["wild_unseen_archs"], seed=0)
+    wild, unseen = [], []
+    for i, a in enumerate(archs):
+        seen_arch = i < cfg["wild_archs"]
+        wild_kw = dict(
+            arch=a["arch"],
+            grid={**cfg["wild_grid"], "activation": [a["activation"]]},
+            seeds=cfg["wild_seeds"] if seen_arch else [s + 1000 for s in cfg["wild_seeds"]],
+            seed=0 if seen_arch else 1,
+            epochs=cfg["wild_epochs"],
+            checkpoint_epochs=cfg["wild_ckpt"],
+        )
+        d = build_zoo(cache / ("wild" if seen_arch else "wild_unseen") / f"arch{i:02d}", **wild_kw)
+        (wild if seen_arch else unseen).append(d)
+    return {
+        "homogeneous": hom,
+        "generalisation": gen,
+        "wild": wild,
+        "wild_unseen": unseen,
+        "archs": archs,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def evaluate_models(
+    name: str, ds, models: list[str], cfg: dict[str, Any], extra: dict[str, Any] | None = None
+):
+    from metanets import predict
+
+    train, test = predict.split_by_run(ds.run, 0.2, seed=0)
+    out: dict[str, Any] = {
+        "n_samples": len(ds),
+        "n_runs": int(len(np.unique(ds.run))),
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        # Distinct weight layouts (the activation and dropout do not change the graph).
+        "n_architectures": int(len({tuple((s.path, s.shape) for s in t.spec) for t in ds.targets})),
+        "n_targets": int(len(ds.targets)),
+        "label_std": float(ds.y.std()),
+        "models": {},
+    }
+    fitted = {}
+    for kind in models:
+        t0 = time.perf_counter()
+        over = {}
+        if kind == "gmn":
+            over = dict(cfg["gmn"] if extra is None else extra)
+        elif kind in ("statnn_mlp", "flat"):
+            over = dict(cfg["mlp"])
+        pred = predict.fit(kind, ds, train, log=lambda m: log(f"{name}: {m}"), **over)
+        secs = time.perf_counter() - t0
+        metrics = predict.evaluate(pred, ds, test)
+        out["models"][kind] = {
+            **metrics,
+            "fit_seconds": secs,
+            "config": {k: v for k, v in pred.config.items() if k not in ("homogeneous_spec",)},
+            **({"stats": pred.stats} if pred.stats else {}),
+        }
+        log(f"{name} {kind}: tau {metrics['tau']:.4f} r2 {metrics['r2']:.4f} ({secs:.0f}s)")
+        fitted[kind] = pred
+    return out, fitted
+
+
+def throughput(cache_ds: dict[str, Any], window: tuple[int, int], reps: int) -> dict[str, Any]:
+    """Forward+backward graphs/s of the default metanet on padded batches of 256 graphs."""
+    from flax import nnx
+
+    from metanets import graph
+    from metanets.models import GraphMetanet
+    from metanets.predict import DEFAULTS
+
+    out = {}
+    for name, ds in cache_ds.items():
+        bank = graph.GraphBank(list(zip(ds.targets, ds.populations, strict=True)), window=window)
+        rng = np.random.default_rng(0)
+        samples = rng.choice(len(bank), size=min(256, len(bank)), replace=len(bank) < 256)
+        g = bank.batch(samples, min_graphs=257)
+        cfg = DEFAULTS["gmn"]
+        model = GraphMetanet(
+            window[0] * window[1],
+            hidden=cfg["hidden"],
+            num_layers=cfg["num_layers"],
+            rngs=nnx.Rngs(0),
+        )
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p, g, graphdef=graphdef, rest=rest):
+            y = nnx.merge(graphdef, p, rest)(g)[:, 0]
+            return jnp.sum(jnp.where(g.globals["mask"], y * y, 0.0))
+
+        step = jax.jit(jax.value_and_grad(loss))
+        compiled = step.lower(params, g).compile()
+        mem = compiled.memory_analysis()
+        jax.block_until_ready(step(params, g))
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(step(params, g))
+            times.append(time.perf_counter() - t0)
+        best = min(times)
+        out[name] = {
+            "graphs": int(len(samples)),
+            "padded_nodes": int(g.nodes["x"].shape[0]),
+            "padded_edges": int(g.edges["w"].shape[0]),
+            "real_nodes": int(g.nodes["mask"].sum()),
+            "real_edges": int(g.edges["mask"].sum()),
+            "window": list(window),
+            "graphs_per_s": len(samples) / best,
+            "step_seconds_runs": times,
+            "compiled_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
+            "compiled_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0),
+        }
+        log(f"throughput {name}: {len(samples) / best:.0f} graphs/s fwd+bwd")
+    return out
+
+
+def run(quick: bool, cache: Path) -> dict[str, Any]:
+    from metanets import predict
+
+    cfg = QUICK if quick else FULL
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {
+        "benchmark": "metanet_predict",
+        "quick": quick,
+        "machine": machine(),
+        "anchors_published": ANCHORS,
+        "goals": GOALS,
+    }
+    zoos = build_zoos(cfg, cache)
+    result["zoos"] = {
+        "seconds": zoos["seconds"],
+        "homogeneous": {
+            "arch": HOM_ARCH,
+            "grid": cfg["hom_grid"],
+            "seeds": cfg["hom_seeds"],
+            "epochs": cfg["hom_epochs"],
+            "checkpoint_epochs": cfg["hom_ckpt"],
+        },
+        "generalisation": {"grid": cfg["gen_grid"], "seeds": cfg["gen_seeds"], "root_seed": 1},
+        "wild": {
+            "architectures": zoos["archs"][: cfg["wild_archs"]],
+            "unseen_architectures": zoos["archs"][cfg["wild_archs"] :],
+            "grid": cfg["wild_grid"],
+            "seeds": cfg["wild_seeds"],
+            "epochs": cfg["wild_epochs"],
+            "checkpoint_epochs": cfg["wild_ckpt"],
+        },
+    }
+    hom = predict.load_zoos([zoos["homogeneous"]])
+    wild = predict.load_zoos(zoos["wild"])
+    log(f"datasets: homogeneous {len(hom)} samples, heterogeneous {len(wild)} samples")
+
+    hom_res, hom_fit = evaluate_models("homogeneous", hom, list(predict.MODELS), cfg)
+    wild_models = ["statnn_mlp", "statnn_gbm", "gmn"]
+    wild_res, wild_fit = evaluate_models("heterogeneous", wild, wild_models, cfg)
+    wild_res["models"]["flat"] = None
+    wild_res["flat_reason"] = "a flat vector needs one architecture"
+    result["homogeneous"] = hom_res
+    result["heterogeneous"] = wild_res
+
+    generalisation: dict[str, Any] = {}
+    if zoos["generalisation"]:
+        gen = predict.load_zoos([zoos["generalisation"]])
+        generalisation["homogeneous_disjoint_seeds"] = {
+            "n_samples": len(gen),
+            **{k: predict.evaluate(p, gen) for k, p in hom_fit.items()},
+        }
+    if zoos["wild_unseen"]:
+        unseen = predict.load_zoos(zoos["wild_unseen"])
+        generalisation["heterogeneous_unseen_architectures"] = {"n_samples": len(unseen)}
+        for k, p in wild_fit.items():
+            try:
+                generalisation["heterogeneous_unseen_architectures"][k] = predict.evaluate(
+                    p, unseen
+                )
+            except ValueError as e:  # e.g. a deeper network than StatNN's slots
+                generalisation["heterogeneous_unseen_architectures"][k] = {"error": str(e)}
+    result["generalisation"] = generalisation
+
+    if cfg["gmn_gap"] is not None:
+        gap = predict.load_zoos([zoos["homogeneous"]], task="gap")
+        gap_res, _ = evaluate_models(
+            "gap", gap, ["statnn_mlp", "statnn_gbm", "gmn"], cfg, extra=cfg["gmn_gap"]
+        )
+        result["generalisation_gap_homogeneous"] = gap_res
+
+    result["throughput"] = throughput(
+        {"homogeneous": hom, "heterogeneous": wild}, window=(5, 5), reps=2 if quick else 5
+    )
+    result["compilations"] = {
+        name: res["models"]["gmn"]["stats"]["train_compilations"]
+        for name, res in (("homogeneous", hom_res), ("heterogeneous", wild_res))
+    }
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["tau"] = {
+        "homogeneous": {k: v["tau"] for k, v in hom_res["models"].items()},
+        "heterogeneous": {k: (v["tau"] if v else None) for k, v in wild_res["models"].items()},
+    }
+    result["r2"] = {
+        "homogeneous": {k: v["r2"] for k, v in hom_res["models"].items()},
+        "heterogeneous": {k: (v["r2"] if v else None) for k, v in wild_res["models"].items()},
+    }
+    best_h = max(result["tau"]["homogeneous"][k] for k in ("statnn_mlp", "statnn_gbm"))
+    best_w = max(result["tau"]["heterogeneous"][k] for k in ("statnn_mlp", "statnn_gbm"))
+    result["goals_met"] = {
+        "homogeneous": result["tau"]["homogeneous"]["gmn"] >= best_h - 0.01,
+        "heterogeneous": result["tau"]["heterogeneous"]["gmn"] >= best_w + 0.05,
+    }
+    result["seconds"] = time.perf_counter() - t_start
+    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small zoos, few epochs (< 2 min)")
+    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--cache",
+        default=None,
+        help="zoo cache directory (default: <tmp>/weightspace-metanet-bench[-quick])",
+    )
+    args = parser.parse_args(argv)
+    name = "metanet_predict_quick.json" if args.quick else "metanet_predict.json"
+    out = Path(args.out or REPO / "bench" / "results" / name)
+    cache = Path(
+        args.cache
+        or Path(tempfile.gettempdir())
+        / ("weightspace-metanet-bench" + ("-quick" if args.quick else ""))
+    ).resolve()
+    sharding.use_cpu_cores()  # before any JAX computation: one JAX device per core
+    with stdout_to_stderr():
+        result = run(args.quick, cache)
+    line = json.dumps(result, allow_nan=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, out)
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

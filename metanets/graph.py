@@ -1,0 +1,748 @@
+"""Networks as graphs: a `Target` + population <-> a `jraph.GraphsTuple`, exactly.
+
+Neuron/channel-level encoding (Neural Graphs / MetaPruning style, derived from the spec):
+
+- one node per input feature/channel, per hidden neuron/channel and per output;
+- one edge per weight of a dense layer and per kernel of a conv layer (in -> out), its
+  feature the kernel flattened into a `window` (e.g. 5x5), centred and zero-padded, so
+  kernels of several sizes share one feature layout (a dense weight sits at the centre);
+- biases and normalization parameters as node features, `NODE_FEATURES`:
+  ``bias, scale, shift, mean, var`` (absent ones hold the identity values 0, 1, 0, 0, 1);
+- residual additions as identity edges (centre 1) from the channels added in to the
+  channels of the layer they are added to.
+
+Nodes carry their type (input/hidden/output), layer depth, activation id and, for input
+and output nodes, their index (those are not permutable); edges their type (weight or
+residual) and layer depth.
+
+The topology comes from the target's spec and its `hyper.compact.structural_groups`
+(which hidden axes are tied, residuals included): a layer reads the most recent layer, in
+forward order, whose output channels are tied to its input channels; every later producer
+in a residual group gets identity edges from the previous one. Nothing is keyed on
+parameter names. A structure this encoding cannot express (a flatten between layers, a
+concatenation, grouped convs, an unknown layer kind) raises a ValueError naming the layer.
+
+Topology is computed once per target (`topology`); a population maps to feature arrays in
+one jitted scatter (`population_to_graphs`), and back in one gather
+(`graphs_to_population`). Populations of different targets batch into one padded
+`GraphsTuple` with masks (`batch_graphs`), padded to power-of-two shape buckets so `jit`
+compiles a handful of programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from hyper import population as population_lib
+from hyper.compact import structural_groups
+from hyper.target import Params, Target
+
+__all__ = [
+    "ACTIVATION_IDS",
+    "NODE_FEATURES",
+    "NODE_HIDDEN",
+    "NODE_INPUT",
+    "NODE_OUTPUT",
+    "EDGE_RESIDUAL",
+    "EDGE_WEIGHT",
+    "GraphBank",
+    "GraphTopology",
+    "batch_graphs",
+    "bucket_size",
+    "graphs_to_population",
+    "graphs_to_populations",
+    "kernel_window",
+    "pad_graphs",
+    "population_to_graphs",
+    "topology",
+]
+
+NODE_FEATURES = ("bias", "scale", "shift", "mean", "var")
+_NODE_DEFAULTS = np.array([0.0, 1.0, 0.0, 0.0, 1.0], np.float32)
+NODE_INPUT, NODE_HIDDEN, NODE_OUTPUT = 0, 1, 2
+EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
+ACTIVATION_IDS = (
+    "none",
+    "identity",
+    "relu",
+    "tanh",
+    "gelu",
+    "silu",
+    "leaky_relu",
+    "sigmoid",
+)
+"""Activation ids of hidden nodes (``"none"``: input/output nodes or unknown)."""
+
+_NORM_SLOT = {"norm_scale": 1, "norm_shift": 2}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GraphTopology:
+    """The static graph of one target (shared by every member of its populations).
+
+    Attributes:
+      name: the target's name.
+      num_nodes / num_edges: per graph.
+      window: the kernel window `(h, w)` of edge features (`h * w` features per edge).
+      senders / receivers: `[num_edges]` int32.
+      edge_type: `[num_edges]` int32, `EDGE_WEIGHT` or `EDGE_RESIDUAL`.
+      edge_layer: `[num_edges]` int32, depth of the kernel (residual: of the receiver).
+      node_type: `[num_nodes]` int32, `NODE_INPUT` / `NODE_HIDDEN` / `NODE_OUTPUT`.
+      node_layer: `[num_nodes]` int32: 0 for inputs, k for the outputs of the k-th kernel.
+      node_io: `[num_nodes]` int32: index among the inputs (outputs), -1 for hidden nodes.
+      node_act: `[num_nodes]` int32 index into `ACTIVATION_IDS`.
+      node_base / edge_base: default features `[num_nodes, 5]`, `[num_edges, h*w]`.
+      index: `[P]` int32: where each scalar of `population.flatten` goes in the flat
+        feature vector ``concat(nodes.ravel(), edges.ravel())`` of one graph.
+      node_sets: ``(name, first node, size, type)`` per node set, in forward order.
+    """
+
+    name: str
+    num_nodes: int
+    num_edges: int
+    window: tuple[int, int]
+    senders: np.ndarray
+    receivers: np.ndarray
+    edge_type: np.ndarray
+    edge_layer: np.ndarray
+    node_type: np.ndarray
+    node_layer: np.ndarray
+    node_io: np.ndarray
+    node_act: np.ndarray
+    node_base: np.ndarray
+    edge_base: np.ndarray
+    index: np.ndarray
+    node_sets: tuple[tuple[str, int, int, int], ...]
+
+    @property
+    def edge_features(self) -> int:
+        return self.window[0] * self.window[1]
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _spatial(shape: tuple[int, ...], path: str) -> tuple[int, int]:
+    sp = shape[:-2]
+    if len(sp) == 0:
+        return (1, 1)
+    if len(sp) == 1:
+        return (1, sp[0])
+    if len(sp) == 2:
+        return (sp[0], sp[1])
+    raise ValueError(f"kernel {path!r} has shape {shape}: convs of more than 2 spatial axes")
+
+
+def kernel_window(target: Target) -> tuple[int, int]:
+    """The smallest edge window that holds every kernel of `target`."""
+    hw = [_spatial(s.shape, s.path) for s in target.spec if s.role == "kernel"]
+    if not hw:
+        raise ValueError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
+    return (max(h for h, _ in hw), max(w for _, w in hw))
+
+
+def _activation_id(target: Target) -> int:
+    act = target.config.get("activation") if target.config else None
+    return ACTIVATION_IDS.index(act) if act in ACTIVATION_IDS else 0
+
+
+def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopology:
+    """The graph of `target` (cached per target and window).
+
+    Args:
+      target: an MLP/CNN-like target: dense and conv kernels (any spatial size), biases,
+        normalization layers and residual additions.
+      window: edge window `(h, w)`; default the target's largest kernel. Batches of
+        several targets need one window (`batch_graphs` takes their maximum).
+
+    Raises:
+      ValueError: naming the layer whose structure the encoding cannot express.
+    """
+    own = kernel_window(target)
+    window = own if window is None else (int(window[0]), int(window[1]))
+    if window[0] < own[0] or window[1] < own[1]:
+        raise ValueError(f"{target.name}: window {window} is smaller than its kernels {own}")
+    per = _CACHE.setdefault(target, {})
+    if window not in per:
+        per[window] = _build_topology(target, window)
+    return per[window]
+
+
+def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
+    spec = target.spec
+    for s in spec:
+        if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
+            raise ValueError(
+                f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
+                f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
+                "kernels, biases and normalization layers"
+            )
+        if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
+            raise ValueError(
+                f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
+                "neither a mean nor a var"
+            )
+    kernels = sorted((s for s in spec if s.role == "kernel"), key=lambda s: (s.layer, s.path))
+    if not kernels:
+        raise ValueError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
+    for k in kernels:
+        _spatial(k.shape, k.path)
+    if len({k.layer_name for k in kernels}) != len(kernels):
+        raise ValueError(f"{target.name}: a layer holds several kernels; not supported")
+    groups = structural_groups(target)
+    axis_group: dict[tuple[str, int], int] = {}
+    for gi, g in enumerate(groups):
+        for path, ax in g.axes:
+            axis_group[(path, ax)] = gi
+    # Every axis a group permutes must be one this encoding reads as a neuron axis.
+    neuron_axes = {(s.path, s.out_axis) for s in spec if s.out_axis is not None} | {
+        (k.path, k.in_axis) for k in kernels
+    }
+    for g in groups:
+        for path, ax in g.axes:
+            if (path, ax) not in neuron_axes:
+                s = target.leaf(path)
+                raise ValueError(
+                    f"{target.name}: layer {s.layer_name!r}: axis {ax} of {path!r} is permutable "
+                    "but is not a neuron axis the graph encoding knows; unsupported connection"
+                )
+
+    act = _activation_id(target)
+    # Node sets: inputs, then one per kernel (its outputs).
+    first = kernels[0]
+    if (first.path, first.in_axis) in axis_group:
+        raise ValueError(
+            f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
+            "tied to another layer's outputs; unsupported connection"
+        )
+    sets: list[tuple[str, int, int, int]] = [("input", 0, first.shape[first.in_axis], NODE_INPUT)]
+    set_of_kernel: dict[str, int] = {}
+    n_nodes = sets[0][2]
+    last = kernels[-1]
+    for k in kernels:
+        size = k.shape[k.out_axis]
+        in_group = (k.path, k.out_axis) in axis_group
+        if k is last:
+            if in_group:
+                raise ValueError(
+                    f"{target.name}: layer {k.layer_name!r} is the last kernel but its outputs "
+                    "are permutable; the network's outputs must be fixed"
+                )
+            kind = NODE_OUTPUT
+        elif not in_group:
+            raise ValueError(
+                f"{target.name}: layer {k.layer_name!r}: its output channels do not reach a "
+                "later layer through a supported connection (e.g. a flatten, a concatenation "
+                "or grouped convolution follows"
+                + (
+                    "; or it is a hidden layer of width 1, which is not supported)"
+                    if size == 1
+                    else ")"
+                )
+            )
+        else:
+            kind = NODE_HIDDEN
+        set_of_kernel[k.path] = len(sets)
+        sets.append((k.layer_name, n_nodes, size, kind))
+        n_nodes += size
+
+    # Which node set each kernel reads: the input set, or the latest earlier producer of the
+    # group its input axis belongs to.
+    producers: dict[int, list[Any]] = {}
+    for k in kernels:
+        gi = axis_group.get((k.path, k.out_axis))
+        if gi is not None:
+            producers.setdefault(gi, []).append(k)
+    reads: dict[str, int] = {}
+    for k in kernels:
+        gi = axis_group.get((k.path, k.in_axis))
+        if gi is None:
+            if k is not first:
+                raise ValueError(
+                    f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
+                    "an earlier layer's outputs (a flatten, reshape, concatenation or a second "
+                    "network input); unsupported connection"
+                )
+            reads[k.path] = 0
+            continue
+        earlier = [p for p in producers.get(gi, []) if p.layer < k.layer]
+        if not earlier:
+            raise ValueError(
+                f"{target.name}: layer {k.layer_name!r} reads channels that no earlier layer "
+                "produces; unsupported connection"
+            )
+        reads[k.path] = set_of_kernel[earlier[-1].path]
+
+    node_type = np.zeros(n_nodes, np.int32)
+    node_layer = np.zeros(n_nodes, np.int32)
+    node_io = np.full(n_nodes, -1, np.int32)
+    node_act = np.zeros(n_nodes, np.int32)
+    for si, (_, start, size, kind) in enumerate(sets):
+        node_type[start : start + size] = kind
+        node_layer[start : start + size] = si
+        if kind in (NODE_INPUT, NODE_OUTPUT):
+            node_io[start : start + size] = np.arange(size)
+        else:
+            node_act[start : start + size] = act
+    nf = len(NODE_FEATURES)
+    node_base = np.tile(_NODE_DEFAULTS, (n_nodes, 1))
+
+    wh, ww = window
+    f = wh * ww
+    senders, receivers, etype, elayer = [], [], [], []
+    edge_start: dict[str, int] = {}
+    n_edges = 0
+    for k in kernels:
+        src = sets[reads[k.path]]
+        dst = sets[set_of_kernel[k.path]]
+        n_in, n_out = k.shape[k.in_axis], k.shape[k.out_axis]
+        if n_in != src[2]:
+            raise ValueError(f"{target.name}: layer {k.layer_name!r} reads {n_in} channels")
+        ii, oo = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
+        edge_start[k.path] = n_edges
+        senders.append(src[1] + ii.ravel())
+        receivers.append(dst[1] + oo.ravel())
+        etype.append(np.full(n_in * n_out, EDGE_WEIGHT, np.int32))
+        elayer.append(np.full(n_in * n_out, set_of_kernel[k.path], np.int32))
+        n_edges += n_in * n_out
+    n_weight_edges = n_edges
+    for gi in sorted(producers):
+        ps = producers[gi]
+        for a, b in zip(ps[:-1], ps[1:], strict=True):
+            sa, sb = sets[set_of_kernel[a.path]], sets[set_of_kernel[b.path]]
+            senders.append(sa[1] + np.arange(sa[2]))
+            receivers.append(sb[1] + np.arange(sb[2]))
+            etype.append(np.full(sa[2], EDGE_RESIDUAL, np.int32))
+            elayer.append(np.full(sa[2], set_of_kernel[b.path], np.int32))
+            n_edges += sa[2]
+    edge_base = np.zeros((n_edges, f), np.float32)
+    centre = (wh // 2) * ww + ww // 2
+    edge_base[n_weight_edges:, centre] = 1.0
+
+    # Where every scalar of population.flatten goes.
+    node_size = n_nodes * nf
+    index_parts = []
+    norm_owner: dict[int, str] = {}
+    taken: set[tuple[int, int]] = set()
+    for s in spec:
+        if s.role == "kernel":
+            kh, kw = _spatial(s.shape, s.path)
+            oh, ow = (wh - kh) // 2, (ww - kw) // 2
+            n_in, n_out = s.shape[s.in_axis], s.shape[s.out_axis]
+            hh, wi, ii, oo = np.meshgrid(
+                np.arange(kh), np.arange(kw), np.arange(n_in), np.arange(n_out), indexing="ij"
+            )
+            edge = edge_start[s.path] + ii * n_out + oo
+            slot = (oh + hh) * ww + (ow + wi)
+            idx = node_size + edge * f + slot  # [kh, kw, in, out] = kernel layout (2-D)
+            index_parts.append(idx.reshape(-1))
+            continue
+        # 1-D node-feature leaves: bias of a kernel layer, or a normalization parameter.
+        if len(s.shape) != 1 or s.out_axis != 0:
+            raise ValueError(f"{target.name}: leaf {s.path!r} of shape {s.shape} is not 1-D")
+        if s.role == "bias":
+            owner = next((k for k in kernels if k.layer_name == s.layer_name), None)
+            if owner is None:
+                raise ValueError(f"{target.name}: bias {s.path!r} belongs to no kernel layer")
+            si, slot = set_of_kernel[owner.path], 0
+        else:
+            si = _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel)
+            prev = norm_owner.setdefault(si, s.layer_name)
+            if prev != s.layer_name:
+                raise ValueError(
+                    f"{target.name}: layers {prev!r} and {s.layer_name!r} both normalize the "
+                    f"channels of {sets[si][0]!r}; one normalization per layer is supported"
+                )
+            if s.role == "running_stat":
+                slot = 3 if s.path.endswith("mean") else 4
+            else:
+                slot = _NORM_SLOT[s.role]
+        start, size = sets[si][1], sets[si][2]
+        if s.shape[0] != size:
+            raise ValueError(f"{target.name}: leaf {s.path!r} has {s.shape[0]} units, not {size}")
+        if (si, slot) in taken:
+            raise ValueError(
+                f"{target.name}: leaf {s.path!r} would overwrite node feature "
+                f"{NODE_FEATURES[slot]!r} of {sets[si][0]!r}; unsupported layer structure"
+            )
+        taken.add((si, slot))
+        index_parts.append((start + np.arange(size)) * nf + slot)
+    index = np.concatenate(index_parts).astype(np.int32)
+    assert len(np.unique(index)) == len(index), "graph index must be injective"
+    return GraphTopology(
+        name=target.name,
+        num_nodes=n_nodes,
+        num_edges=n_edges,
+        window=window,
+        senders=np.concatenate(senders).astype(np.int32),
+        receivers=np.concatenate(receivers).astype(np.int32),
+        edge_type=np.concatenate(etype),
+        edge_layer=np.concatenate(elayer),
+        node_type=node_type,
+        node_layer=node_layer,
+        node_io=node_io,
+        node_act=node_act,
+        node_base=node_base,
+        edge_base=edge_base,
+        index=index,
+        node_sets=tuple(sets),
+    )
+
+
+def _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel) -> int:
+    """The node set a normalization leaf belongs to: the latest earlier producer of its
+    channels (the output layer if its channels are the network's outputs)."""
+    gi = axis_group.get((s.path, 0))
+    if gi is not None:
+        earlier = [p for p in producers.get(gi, []) if p.layer < s.layer]
+        if earlier:
+            return set_of_kernel[earlier[-1].path]
+    else:
+        earlier = [k for k in kernels if k.layer < s.layer]
+        if earlier and earlier[-1] is kernels[-1] and kernels[-1].shape[-1] == s.shape[0]:
+            return set_of_kernel[earlier[-1].path]
+    raise ValueError(
+        f"{target.name}: normalization layer {s.layer_name!r} (leaf {s.path!r}) follows no "
+        "layer whose channels it normalizes; unsupported connection"
+        + (" (normalized layers of width 1 are not supported)" if s.shape[0] == 1 else "")
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Population <-> feature arrays
+# ---------------------------------------------------------------------------------------
+
+
+def _scatter(base: jax.Array, index: jax.Array, flat: jax.Array) -> jax.Array:
+    return jax.vmap(lambda v: base.at[index].set(v, unique_indices=True))(flat)
+
+
+_scatter_jit = jax.jit(_scatter)
+_gather_jit = jax.jit(lambda feats, index: feats[:, index])
+
+
+def features(target: Target, population: Params, window: Sequence[int] | None = None):
+    """Node and edge features of every member: `([n, N, 5], [n, E, h*w])` (one scatter)."""
+    topo = topology(target, window)
+    flat = population_lib.flatten(target, population).astype(jnp.float32)
+    base = np.concatenate([topo.node_base.ravel(), topo.edge_base.ravel()])
+    feats = _scatter_jit(jnp.asarray(base), jnp.asarray(topo.index), flat)
+    n = flat.shape[0]
+    nodes = feats[:, : topo.num_nodes * len(NODE_FEATURES)].reshape(n, topo.num_nodes, -1)
+    edges = feats[:, topo.num_nodes * len(NODE_FEATURES) :].reshape(n, topo.num_edges, -1)
+    return nodes, edges
+
+
+def _graphs(topo: GraphTopology, nodes: jax.Array, edges: jax.Array) -> jraph.GraphsTuple:
+    n = nodes.shape[0]
+    offs = (np.arange(n, dtype=np.int32) * topo.num_nodes)[:, None]
+    tile = lambda a: jnp.asarray(np.tile(a, n))
+    return jraph.GraphsTuple(
+        nodes={
+            "x": nodes.reshape(n * topo.num_nodes, -1),
+            "type": tile(topo.node_type),
+            "layer": tile(topo.node_layer),
+            "io": tile(topo.node_io),
+            "act": tile(topo.node_act),
+            "mask": jnp.ones(n * topo.num_nodes, bool),
+        },
+        edges={
+            "w": edges.reshape(n * topo.num_edges, -1),
+            "type": tile(topo.edge_type),
+            "layer": tile(topo.edge_layer),
+            "mask": jnp.ones(n * topo.num_edges, bool),
+        },
+        senders=jnp.asarray((offs + topo.senders[None, :]).reshape(-1)),
+        receivers=jnp.asarray((offs + topo.receivers[None, :]).reshape(-1)),
+        n_node=jnp.full((n,), topo.num_nodes, jnp.int32),
+        n_edge=jnp.full((n,), topo.num_edges, jnp.int32),
+        globals={"mask": jnp.ones((n,), bool)},
+    )
+
+
+def population_to_graphs(
+    target: Target, population: Params, *, window: Sequence[int] | None = None
+) -> jraph.GraphsTuple:
+    """A population as a `GraphsTuple` of `n` graphs (unpadded; see `batch_graphs`).
+
+    Nodes: ``x`` `[n*N, 5]` (`NODE_FEATURES`), ``type``, ``layer``, ``io``, ``act``, ``mask``.
+    Edges: ``w`` `[n*E, h*w]`, ``type``, ``layer``, ``mask``. Globals: ``mask`` `[n]`.
+    """
+    topo = topology(target, window)
+    nodes, edges = features(target, population, topo.window)
+    return _graphs(topo, nodes, edges)
+
+
+def graphs_to_population(
+    target: Target, graphs: jraph.GraphsTuple, *, window: Sequence[int] | None = None
+) -> Params:
+    """Inverse of `population_to_graphs` (reads ``nodes["x"]`` and ``edges["w"]``)."""
+    return graphs_to_populations(graphs, [(target, None)], window=window)[0]
+
+
+def _layout(graphs: jraph.GraphsTuple, pairs, topos) -> list[int]:
+    total = int(np.asarray(graphs.globals["mask"]).sum())
+    known = sum(n for _, n in pairs if n is not None)
+    unknown = [i for i, (_, n) in enumerate(pairs) if n is None]
+    counts = [n for _, n in pairs]
+    if len(unknown) > 1:
+        raise ValueError("graphs_to_populations: at most one count may be None")
+    if unknown:
+        counts[unknown[0]] = total - known
+    if sum(counts) != total:
+        raise ValueError(f"graphs_to_populations: counts {counts} != {total} real graphs")
+    return counts
+
+
+def graphs_to_populations(
+    graphs: jraph.GraphsTuple,
+    pairs: Sequence[tuple[Target, int | None]],
+    *,
+    window: Sequence[int] | None = None,
+) -> list[Params]:
+    """Inverse of `batch_graphs`: one population per `(target, count)`, in order.
+
+    Args:
+      graphs: a (padded or unpadded) batch whose real graphs are, in order, `count`
+        members of each target.
+      pairs: `(target, count)`; one count may be None (the rest of the graphs).
+      window: the edge window the batch was built with; default the largest kernel of the
+        targets (as `batch_graphs` chooses it).
+    """
+    targets = [t for t, _ in pairs]
+    window = _common_window(targets) if window is None else tuple(window)
+    topos = [topology(t, window) for t in targets]
+    counts = _layout(graphs, pairs, topos)
+    x, w = graphs.nodes["x"], graphs.edges["w"]
+    if w.shape[-1] != window[0] * window[1]:
+        raise ValueError(
+            f"graphs have {w.shape[-1]} edge features; window {window} needs "
+            f"{window[0] * window[1]}"
+        )
+    out = []
+    node_off = edge_off = 0
+    for t, topo, n in zip(targets, topos, counts, strict=True):
+        nodes = x[node_off : node_off + n * topo.num_nodes].reshape(n, -1)
+        edges = w[edge_off : edge_off + n * topo.num_edges].reshape(n, -1)
+        node_off += n * topo.num_nodes
+        edge_off += n * topo.num_edges
+        flat = _gather_jit(jnp.concatenate([nodes, edges], axis=1), jnp.asarray(topo.index))
+        dtypes = {s.dtype for s in t.spec}
+        if len(dtypes) == 1:
+            flat = flat.astype(next(iter(dtypes)))
+        out.append(population_lib.unflatten(t, flat))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Mixed batches, padding buckets
+# ---------------------------------------------------------------------------------------
+
+
+def bucket_size(n: int, minimum: int = 1) -> int:
+    """The padded size of `n`: the next power of two (at least `minimum`)."""
+    return max(int(minimum), 1 << max(0, math.ceil(math.log2(max(int(n), 1)))))
+
+
+def _common_window(targets: Sequence[Target]) -> tuple[int, int]:
+    ws = [kernel_window(t) for t in targets]
+    return (max(h for h, _ in ws), max(w for _, w in ws))
+
+
+def _concat(gs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
+    offs = np.cumsum([0] + [int(g.nodes["x"].shape[0]) for g in gs[:-1]])
+    cat = lambda *xs: jnp.concatenate(xs, axis=0)
+    return jraph.GraphsTuple(
+        nodes=jax.tree.map(cat, *[g.nodes for g in gs]),
+        edges=jax.tree.map(cat, *[g.edges for g in gs]),
+        senders=cat(*[g.senders + o for g, o in zip(gs, offs, strict=True)]),
+        receivers=cat(*[g.receivers + o for g, o in zip(gs, offs, strict=True)]),
+        n_node=cat(*[g.n_node for g in gs]),
+        n_edge=cat(*[g.n_edge for g in gs]),
+        globals=jax.tree.map(cat, *[g.globals for g in gs]),
+    )
+
+
+def pad_graphs(
+    graphs: jraph.GraphsTuple, n_node: int, n_edge: int, n_graph: int
+) -> jraph.GraphsTuple:
+    """Pads a batch to exactly `n_node` nodes, `n_edge` edges and `n_graph` graphs.
+
+    One padding graph takes the extra nodes and edges (its edges connect its first node
+    to itself), the remaining padding graphs are empty; every padding element has mask
+    False and zero features.
+    """
+    nn_, ne, ng = (
+        int(graphs.nodes["x"].shape[0]),
+        int(graphs.edges["w"].shape[0]),
+        int(graphs.n_node.shape[0]),
+    )
+    if n_node < nn_ + 1 or n_edge < ne or n_graph < ng + 1:
+        raise ValueError(
+            f"pad_graphs: cannot pad ({nn_} nodes, {ne} edges, {ng} graphs) to "
+            f"({n_node}, {n_edge}, {n_graph}); padding needs one extra node and graph"
+        )
+    dn, de, dg = n_node - nn_, n_edge - ne, n_graph - ng
+
+    def pad(a, k):
+        return jnp.concatenate([a, jnp.zeros((k, *a.shape[1:]), a.dtype)], axis=0)
+
+    return jraph.GraphsTuple(
+        nodes=jax.tree.map(lambda a: pad(a, dn), graphs.nodes),
+        edges=jax.tree.map(lambda a: pad(a, de), graphs.edges),
+        senders=jnp.concatenate([graphs.senders, jnp.full((de,), nn_, jnp.int32)]),
+        receivers=jnp.concatenate([graphs.receivers, jnp.full((de,), nn_, jnp.int32)]),
+        n_node=jnp.concatenate(
+            [graphs.n_node, jnp.array([dn], jnp.int32), jnp.zeros((dg - 1,), jnp.int32)]
+        ),
+        n_edge=jnp.concatenate(
+            [graphs.n_edge, jnp.array([de], jnp.int32), jnp.zeros((dg - 1,), jnp.int32)]
+        ),
+        globals=jax.tree.map(lambda a: pad(a, dg), graphs.globals),
+    )
+
+
+def batch_graphs(
+    pairs: Sequence[tuple[Target, Params]],
+    *,
+    window: Sequence[int] | None = None,
+    pad: bool = True,
+    min_nodes: int = 1,
+    min_edges: int = 1,
+    min_graphs: int = 1,
+) -> jraph.GraphsTuple:
+    """Populations of (possibly different) targets as one `GraphsTuple`.
+
+    Args:
+      pairs: `(target, population)`; graphs come in this order, members in order.
+      window: the common edge window; default the largest kernel over all targets.
+      pad: pad nodes, edges and graphs to powers of two (`bucket_size`), at least
+        `min_nodes` / `min_edges` / `min_graphs`, so batches of similar size share one
+        compiled program. Masks (``nodes["mask"]``, ``edges["mask"]``, ``globals["mask"]``)
+        mark the real elements.
+
+    Returns:
+      the batch; `graphs_to_populations(batch, [(target, n), ...])` inverts it.
+    """
+    if not pairs:
+        raise ValueError("batch_graphs: no populations")
+    window = _common_window([t for t, _ in pairs]) if window is None else tuple(window)
+    g = _concat([population_to_graphs(t, p, window=window) for t, p in pairs])
+    if not pad:
+        return g
+    nn_, ne, ng = int(g.nodes["x"].shape[0]), int(g.edges["w"].shape[0]), int(g.n_node.shape[0])
+    return pad_graphs(
+        g,
+        bucket_size(nn_ + 1, min_nodes),
+        bucket_size(ne, min_edges),
+        bucket_size(ng + 1, min_graphs),
+    )
+
+
+class GraphBank:
+    """Graph features of many networks (of several targets), held in host memory, from
+    which padded batches of any subset are assembled without re-converting.
+
+    Args:
+      pairs: `(target, population)` per group; features are computed once per group (one
+        jitted scatter each).
+      window: the common edge window (default: the largest kernel of all targets).
+
+    Attributes:
+      group / member: `[M]` the group and the index in its population of sample `i`.
+    """
+
+    def __init__(
+        self, pairs: Sequence[tuple[Target, Params]], *, window: Sequence[int] | None = None
+    ):
+        if not pairs:
+            raise ValueError("GraphBank: no populations")
+        self.window = _common_window([t for t, _ in pairs]) if window is None else tuple(window)
+        self.topologies = [topology(t, self.window) for t, _ in pairs]
+        self.nodes, self.edges = [], []
+        for t, p in pairs:
+            nodes, edges = features(t, p, self.window)
+            self.nodes.append(np.asarray(nodes))
+            self.edges.append(np.asarray(edges))
+        sizes = [a.shape[0] for a in self.nodes]
+        self.group = np.repeat(np.arange(len(sizes)), sizes)
+        self.member = np.concatenate([np.arange(s) for s in sizes])
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+    def batch(
+        self,
+        samples: Sequence[int],
+        *,
+        min_nodes: int = 1,
+        min_edges: int = 1,
+        min_graphs: int = 1,
+    ) -> jraph.GraphsTuple:
+        """The graphs of `samples` (indices into the bank, in this order), padded to
+        power-of-two buckets like `batch_graphs`."""
+        samples = np.asarray(samples, np.int64)
+        if samples.ndim != 1 or samples.size == 0:
+            raise ValueError("GraphBank.batch: need a non-empty 1-D list of samples")
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in _BANK_KEYS}
+        n_node, n_edge = [], []
+        offset = 0
+        for i in samples:
+            g, m = self.group[i], self.member[i]
+            topo = self.topologies[g]
+            parts["x"].append(self.nodes[g][m])
+            parts["w"].append(self.edges[g][m])
+            for k in ("type", "layer", "io", "act"):
+                parts["n" + k].append(getattr(topo, "node_" + k))
+            parts["etype"].append(topo.edge_type)
+            parts["elayer"].append(topo.edge_layer)
+            parts["senders"].append(topo.senders + offset)
+            parts["receivers"].append(topo.receivers + offset)
+            n_node.append(topo.num_nodes)
+            n_edge.append(topo.num_edges)
+            offset += topo.num_nodes
+        cat = {k: np.concatenate(v) for k, v in parts.items()}
+        nn_, ne, ng = offset, int(sum(n_edge)), len(samples)
+        pn = bucket_size(nn_ + 1, min_nodes)
+        pe = bucket_size(ne, min_edges)
+        pg = bucket_size(ng + 1, min_graphs)
+
+        def pad(a, size, fill=0):
+            out = np.full((size, *a.shape[1:]), fill, a.dtype)
+            out[: len(a)] = a
+            return jnp.asarray(out)
+
+        mask = lambda n, size: jnp.asarray(np.arange(size) < n)
+        return jraph.GraphsTuple(
+            nodes={
+                "x": pad(cat["x"], pn),
+                "type": pad(cat["ntype"], pn),
+                "layer": pad(cat["nlayer"], pn),
+                "io": pad(cat["nio"], pn),
+                "act": pad(cat["nact"], pn),
+                "mask": mask(nn_, pn),
+            },
+            edges={
+                "w": pad(cat["w"], pe),
+                "type": pad(cat["etype"], pe),
+                "layer": pad(cat["elayer"], pe),
+                "mask": mask(ne, pe),
+            },
+            senders=pad(cat["senders"], pe, nn_),
+            receivers=pad(cat["receivers"], pe, nn_),
+            n_node=jnp.asarray(np.array(n_node + [pn - nn_] + [0] * (pg - ng - 1), np.int32)),
+            n_edge=jnp.asarray(np.array(n_edge + [pe - ne] + [0] * (pg - ng - 1), np.int32)),
+            globals={"mask": mask(ng, pg)},
+        )
+
+
+_BANK_KEYS = ("x", "w", "ntype", "nlayer", "nio", "nact", "etype", "elayer", "senders", "receivers")

@@ -1,0 +1,174 @@
+"""Graph metanetworks: encoders, invariant readouts and equivariant decoders (Flax NNX).
+
+`GraphMetanet` reads a batch of network graphs (`metanets.graph`):
+
+- `__call__(graphs)` -> `[n_graph, out]`: an invariant prediction per graph (masked mean
+  and max over nodes and edges, then an MLP); hidden-neuron permutations of an input
+  network do not change it;
+- `edit(graphs, r)` -> graphs whose node and edge features are ``x + r * Δx``: the
+  equivariant residual edit of every parameter (MetaPruning-style); permuting the input
+  network permutes the edit the same way. `graphs_to_populations` turns it back into
+  networks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jraph
+from flax import nnx
+
+from metanets.graph import ACTIVATION_IDS, NODE_FEATURES, NODE_INPUT, NODE_OUTPUT
+from metanets.layers import EdgeUpdateLayer, segment_max, segment_mean
+
+__all__ = ["GraphMetanet", "graph_ids", "masked_graph_pool"]
+
+
+def graph_ids(graphs: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+    """The graph index of every node `[N]` and every edge `[E]`."""
+    g = jnp.arange(graphs.n_node.shape[0])
+    nodes = jnp.repeat(g, graphs.n_node, total_repeat_length=graphs.nodes["x"].shape[0])
+    edges = jnp.repeat(g, graphs.n_edge, total_repeat_length=graphs.edges["w"].shape[0])
+    return nodes, edges
+
+
+def masked_graph_pool(x: jax.Array, ids: jax.Array, mask: jax.Array, num_graphs: int) -> jax.Array:
+    """``concat(mean, max)`` of the masked rows of `x` per graph, `[num_graphs, 2d]`."""
+    return jnp.concatenate(
+        [segment_mean(x, ids, num_graphs, mask), segment_max(x, ids, num_graphs, mask)], -1
+    )
+
+
+class GraphMetanet(nnx.Module):
+    """An edge-updating message-passing metanetwork over network graphs.
+
+    Args:
+      edge_features: edge feature width (`h * w` of the batch's kernel window).
+      hidden: width of node and edge states.
+      num_layers: message-passing rounds (`EdgeUpdateLayer`).
+      out_features: outputs of the invariant head.
+      max_layers: layer-depth embeddings (deeper layers share the last one).
+      max_io: input/output index embeddings (further indices share the last one).
+      input_transform: ``"asinh"`` (default) feeds ``asinh`` of the weights and node
+        parameters to the encoders (linear near 0, logarithmic for the large values of
+        diverging or badly scaled networks); ``"none"`` feeds them raw. Elementwise, so
+        invariance and equivariance are unaffected.
+      readout: ``"layer"``: pool (mean, max) node and edge states per layer slot, the
+        hidden layers from the first slot on and the output layer (its nodes and incoming
+        edges) in the last of `readout_layers` slots, deeper layers sharing the one before
+        it; ``"global"``: pool over the whole graph. Both are invariant to hidden-unit
+        permutations.
+      rngs: keyword-only NNX RNGs.
+    """
+
+    def __init__(
+        self,
+        edge_features: int,
+        *,
+        hidden: int = 32,
+        num_layers: int = 4,
+        out_features: int = 1,
+        max_layers: int = 16,
+        max_io: int = 64,
+        readout: str = "layer",
+        readout_layers: int = 8,
+        input_transform: str = "asinh",
+        rngs: nnx.Rngs,
+    ):
+        if input_transform not in ("asinh", "none"):
+            raise ValueError(f"input_transform must be 'asinh' or 'none', got {input_transform!r}")
+        self.input_transform = input_transform
+        if readout not in ("layer", "global"):
+            raise ValueError(f"readout must be 'layer' or 'global', got {readout!r}")
+        self.readout = readout
+        self.readout_layers = readout_layers if readout == "layer" else 1
+        self.edge_features = edge_features
+        self.max_layers = max_layers
+        self.max_io = max_io
+        self.node_in = nnx.Linear(len(NODE_FEATURES), hidden, rngs=rngs)
+        self.edge_in = nnx.Linear(edge_features, hidden, rngs=rngs)
+        self.node_type = nnx.Embed(3, hidden, rngs=rngs)
+        self.node_layer = nnx.Embed(max_layers, hidden, rngs=rngs)
+        # Inputs and outputs are not permutable: each gets its own embedding.
+        self.node_io = nnx.Embed(2 * max_io, hidden, rngs=rngs)
+        self.node_act = nnx.Embed(len(ACTIVATION_IDS), hidden, rngs=rngs)
+        self.edge_type = nnx.Embed(2, hidden, rngs=rngs)
+        self.edge_layer = nnx.Embed(max_layers, hidden, rngs=rngs)
+        self.layers = nnx.List([EdgeUpdateLayer(hidden, rngs=rngs) for _ in range(num_layers)])
+        self.head1 = nnx.Linear(4 * hidden * self.readout_layers, hidden, rngs=rngs)
+        self.head2 = nnx.Linear(hidden, out_features, rngs=rngs)
+        self.node_dec1 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.node_dec2 = nnx.Linear(hidden, len(NODE_FEATURES), rngs=rngs)
+        self.edge_dec1 = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.edge_dec2 = nnx.Linear(hidden, edge_features, rngs=rngs)
+
+    def encode(self, graphs: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
+        """Node states `[N, hidden]` and edge states `[E, hidden]` after message passing."""
+        nodes, edges = graphs.nodes, graphs.edges
+        if edges["w"].shape[-1] != self.edge_features:
+            raise ValueError(
+                f"GraphMetanet: graphs have {edges['w'].shape[-1]} edge features, the model "
+                f"{self.edge_features}; build the batch with the model's window"
+            )
+        ntype = nodes["type"]
+        is_io = (ntype == NODE_INPUT) | (ntype == NODE_OUTPUT)
+        io = jnp.clip(nodes["io"], 0, self.max_io - 1) + jnp.where(
+            ntype == NODE_OUTPUT, self.max_io, 0
+        )
+        fx = jnp.arcsinh if self.input_transform == "asinh" else (lambda v: v)
+        h = (
+            self.node_in(fx(nodes["x"]))
+            + self.node_type(ntype)
+            + self.node_layer(jnp.clip(nodes["layer"], 0, self.max_layers - 1))
+            + jnp.where(is_io[:, None], self.node_io(io), 0.0)
+            + self.node_act(nodes["act"])
+        )
+        e = (
+            self.edge_in(fx(edges["w"]))
+            + self.edge_type(edges["type"])
+            + self.edge_layer(jnp.clip(edges["layer"], 0, self.max_layers - 1))
+        )
+        nmask, emask = nodes["mask"], edges["mask"]
+        h = jnp.where(nmask[:, None], h, 0.0)
+        e = jnp.where(emask[:, None], e, 0.0)
+        for layer in self.layers:
+            h, e = layer(h, e, graphs.senders, graphs.receivers, nmask, emask)
+        return h, e
+
+    def __call__(self, graphs: jraph.GraphsTuple) -> jax.Array:
+        """Invariant predictions `[n_graph, out_features]` (padding graphs give junk)."""
+        h, e = self.encode(graphs)
+        g = graphs.n_node.shape[0]
+        nid, eid = graph_ids(graphs)
+        slots = self.readout_layers
+        if slots > 1:
+            out_node = graphs.nodes["type"] == NODE_OUTPUT
+            nslot = jnp.where(out_node, slots - 1, jnp.clip(graphs.nodes["layer"], 0, slots - 2))
+            eslot = jnp.where(
+                out_node[graphs.receivers],
+                slots - 1,
+                jnp.clip(graphs.edges["layer"] - 1, 0, slots - 2),
+            )
+            nid, eid = nid * slots + nslot, eid * slots + eslot
+        pooled = jnp.concatenate(
+            [
+                masked_graph_pool(h, nid, graphs.nodes["mask"], g * slots).reshape(g, -1),
+                masked_graph_pool(e, eid, graphs.edges["mask"], g * slots).reshape(g, -1),
+            ],
+            -1,
+        )
+        return self.head2(jax.nn.gelu(self.head1(pooled)))
+
+    def edit(self, graphs: jraph.GraphsTuple, r: float = 0.01) -> jraph.GraphsTuple:
+        """Equivariant residual edit: node features ``x + r Δx``, edge weights ``w + r Δw``.
+
+        Residual (identity) edges are not parameters and keep their features; the other
+        entries of a padded window are ignored by `graphs_to_populations`.
+        """
+        h, e = self.encode(graphs)
+        dx = self.node_dec2(jax.nn.gelu(self.node_dec1(h)))
+        dw = self.edge_dec2(jax.nn.gelu(self.edge_dec1(e)))
+        is_weight = (graphs.edges["type"] == 0)[:, None]
+        nodes = {**graphs.nodes, "x": graphs.nodes["x"] + r * dx}
+        edges = {**graphs.edges, "w": graphs.edges["w"] + r * jnp.where(is_weight, dw, 0.0)}
+        return graphs._replace(nodes=nodes, edges=edges)

@@ -1,0 +1,614 @@
+"""Property prediction from weights: datasets from zoos, run-wise splits, training,
+evaluation (Kendall tau, R²), saving.
+
+A `WeightDataset` holds networks (grouped by target) with one label each: the test
+accuracy (``task="accuracy"``) or the generalisation gap, train minus test accuracy
+(``task="gap"``). Every checkpointed epoch of a run is a sample; `split_by_run` keeps all
+checkpoints of one training run on one side of a split.
+
+Models (`fit`): ``"gmn"`` (`GraphMetanet` on `GraphBank` batches), ``"statnn_mlp"`` and
+``"statnn_gbm"`` (StatNN statistics with an MLP head / gradient-boosted trees), ``"flat"``
+(an MLP on the flat parameter vector; one architecture only). The MLP-based models keep
+the parameters of the epoch with the best Kendall tau on a validation split carved, by
+run, out of the training set; the trees use scikit-learn's early stopping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from hyper import zoo as zoo_lib
+from hyper.architectures import target_from_config
+from hyper.target import Params, Target
+from metanets.baselines import MLPRegressor, fit_gbm, flat_features, statnn_features
+from metanets.graph import GraphBank, _common_window
+from metanets.models import GraphMetanet
+
+__all__ = [
+    "MODELS",
+    "TASKS",
+    "Predictor",
+    "WeightDataset",
+    "evaluate",
+    "fit",
+    "kendall_tau",
+    "load_predictor",
+    "load_zoos",
+    "r2_score",
+    "save_predictor",
+    "split_by_run",
+]
+
+MODELS = ("gmn", "statnn_mlp", "statnn_gbm", "flat")
+TASKS = ("accuracy", "gap")
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics and splits
+# ---------------------------------------------------------------------------------------
+
+
+def kendall_tau(pred: Any, y: Any) -> float:
+    """Kendall rank correlation (tau-b) between predictions and labels."""
+    from scipy.stats import kendalltau
+
+    pred, y = np.asarray(pred, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if pred.shape != y.shape or pred.size < 2:
+        raise ValueError(f"kendall_tau: need two equal-length vectors, got {pred.shape} {y.shape}")
+    tau = kendalltau(pred, y).statistic
+    return float(tau) if np.isfinite(tau) else 0.0
+
+
+def r2_score(pred: Any, y: Any) -> float:
+    """Coefficient of determination ``1 - SS_res / SS_tot``."""
+    pred, y = np.asarray(pred, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - pred) ** 2).sum()) / max(ss_tot, 1e-12)
+
+
+def split_by_run(runs: Any, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sample indices `(train, test)`: a random `test_fraction` of the *runs* goes to test,
+    with all of their checkpoints."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    runs = np.asarray(runs)
+    unique = np.unique(runs)
+    rng = np.random.default_rng(seed)
+    n_test = max(1, int(round(test_fraction * len(unique))))
+    test_runs = rng.permutation(unique)[:n_test]
+    is_test = np.isin(runs, test_runs)
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+# ---------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class WeightDataset:
+    """Networks with labels.
+
+    Attributes:
+      targets / populations: one target and its population `[n_g, ...]` per group.
+      group / member: `[M]` group of sample `i` and its index in the group's population.
+      y: `[M]` labels; run: `[M]` int run ids; epoch: `[M]` checkpoint epochs.
+      task: ``"accuracy"`` or ``"gap"``.
+    """
+
+    targets: list[Target]
+    populations: list[Params]
+    group: np.ndarray
+    member: np.ndarray
+    y: np.ndarray
+    run: np.ndarray
+    epoch: np.ndarray
+    task: str = "accuracy"
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def homogeneous(self) -> bool:
+        from hyper.compact import check_same_spec
+
+        try:
+            for t in self.targets[1:]:
+                check_same_spec(self.targets[0], t)
+        except ValueError:
+            return False
+        return True
+
+
+def _label(row: dict[str, Any], task: str) -> float:
+    if task == "accuracy":
+        return float(row["test_acc"])
+    return float(row["train_acc"]) - float(row["test_acc"])
+
+
+def load_zoos(
+    directories: Sequence[str | os.PathLike],
+    *,
+    task: str = "accuracy",
+    epochs: Sequence[int] | None = None,
+) -> WeightDataset:
+    """Every checkpoint of every run of the zoos (diverged runs left out) as a dataset.
+
+    Args:
+      directories: zoo directories (`hyper.zoo.build`); several zoos may hold different
+        architectures (a heterogeneous dataset).
+      task: ``"accuracy"`` (test accuracy) or ``"gap"`` (train - test accuracy).
+      epochs: checkpoint epochs to use (default: all checkpointed epochs of each zoo).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if isinstance(directories, str | os.PathLike):
+        directories = [directories]
+    targets, pops, group, member, ys, runs, eps = [], [], [], [], [], [], []
+    run_offset = 0
+    for d in directories:
+        first = zoo_lib.load(d)
+        zoo_epochs = first.checkpoint_epochs
+        use = zoo_epochs if epochs is None else [e for e in epochs if e in zoo_epochs]
+        if not use:
+            raise ValueError(f"zoo {d}: none of the epochs {list(epochs or [])} was checkpointed")
+        rows = {(r["member"], r["epoch"]): r for r in first.metadata}
+        per_group: dict[str, list[tuple[int, Params]]] = {}
+        for e in use:
+            z = first if e == first.groups[0].epoch else zoo_lib.load(d, epoch=e)
+            for g in z.groups:
+                per_group.setdefault(g.id, []).append((e, g.params))
+        for g in first.groups:
+            stacked, gi, count = [], len(targets), 0
+            for e, params in per_group[g.id]:
+                keep = []
+                for i, m in enumerate(g.members):
+                    r = rows[(m["member"], e)]
+                    if r.get("diverged"):
+                        continue
+                    keep.append(i)
+                    group.append(gi)
+                    member.append(count)
+                    count += 1
+                    ys.append(_label(r, task))
+                    runs.append(run_offset + m["member"])
+                    eps.append(e)
+                if keep:
+                    sel = np.asarray(keep)
+                    stacked.append(jax.tree.map(lambda a, s=sel: a[s], params))
+            if stacked:
+                targets.append(g.target)
+                pops.append(jax.tree.map(lambda *a: jnp.concatenate(a), *stacked))
+        run_offset += max(m["member"] for m in first.members) + 1
+    return WeightDataset(
+        targets=targets,
+        populations=pops,
+        group=np.asarray(group, np.int32),
+        member=np.asarray(member, np.int32),
+        y=np.asarray(ys, np.float32),
+        run=np.asarray(runs, np.int64),
+        epoch=np.asarray(eps, np.int32),
+        task=task,
+    )
+
+
+def _by_group(ds: WeightDataset, features_of: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Per-sample feature rows `[M, ...]` from per-group feature matrices."""
+    feats = [features_of(g) for g in range(len(ds.targets))]
+    return np.stack([feats[g][m] for g, m in zip(ds.group, ds.member, strict=True)])
+
+
+# ---------------------------------------------------------------------------------------
+# Predictors
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Predictor:
+    """A fitted model.
+
+    Attributes:
+      kind: one of `MODELS`.
+      model: the NNX module (or the scikit-learn estimator for ``statnn_gbm``).
+      config: JSON-able hyperparameters (enough to rebuild the module).
+      history: per evaluation, ``{"epoch", "train_loss", "val_tau"}``.
+    """
+
+    kind: str
+    model: Any
+    config: dict[str, Any]
+    history: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def predict(self, ds: WeightDataset, samples: Sequence[int] | None = None) -> np.ndarray:
+        """Predicted labels `[len(samples)]` (default: every sample)."""
+        samples = np.arange(len(ds)) if samples is None else np.asarray(samples)
+        if self.kind == "gmn":
+            bank = GraphBank(
+                list(zip(ds.targets, ds.populations, strict=True)),
+                window=tuple(self.config["window"]),
+            )
+            return _gmn_predict(self.model, bank, samples, self.config)
+        x = _vector_features(self.kind, ds, self.config)[samples]
+        if self.kind == "statnn_gbm":
+            return self.model.predict(x).astype(np.float32)
+        return _mlp_predict(self.model, x, self.config)
+
+
+def _vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.ndarray:
+    if kind == "flat":
+        if not ds.homogeneous:
+            raise ValueError("model 'flat' needs a homogeneous zoo (one architecture)")
+        return flat_features(ds.targets, ds.populations)[_flat_order(ds)]
+    slots = config["slots"]
+    from metanets.baselines import num_layer_slots
+
+    need = num_layer_slots(ds.targets)
+    if need > slots:
+        raise ValueError(f"the networks have {need} layers; this StatNN model was fit on {slots}")
+    return _by_group(ds, lambda g: statnn_features(ds.targets[g], ds.populations[g], slots))
+
+
+def _flat_order(ds: WeightDataset) -> np.ndarray:
+    starts = np.cumsum([0] + [int(jax.tree.leaves(p)[0].shape[0]) for p in ds.populations])
+    return starts[ds.group] + ds.member
+
+
+def _standardize(y: np.ndarray) -> tuple[float, float]:
+    return float(y.mean()), float(max(y.std(), 1e-6))
+
+
+def _adamw(lr: float, steps: int, weight_decay: float):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), max(steps, 2))
+    return optax.adamw(schedule, weight_decay=weight_decay)
+
+
+def _mlp_predict(model: MLPRegressor, x: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[:, 0])
+    out = np.concatenate(
+        [np.asarray(fn(state, jnp.asarray(x[i : i + 4096]))) for i in range(0, len(x), 4096)]
+    )
+    return out * config["y_std"] + config["y_mean"]
+
+
+def _fit_mlp(
+    kind: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: dict[str, Any],
+    log: Callable[[str], None],
+) -> Predictor:
+    y_mean, y_std = _standardize(y_train)
+    config = {**config, "y_mean": y_mean, "y_std": y_std, "in_features": int(x_train.shape[1])}
+    mean, std = x_train.mean(0), x_train.std(0)
+    model = MLPRegressor(
+        x_train.shape[1],
+        hidden=config["hidden"],
+        depth=config["depth"],
+        mean=mean,
+        std=std,
+        rngs=nnx.Rngs(config["seed"]),
+    )
+    bs = min(config["batch_size"], len(x_train))
+    steps_per_epoch = max(1, len(x_train) // bs)
+    tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = tx.init(params)
+    yt = (y_train - y_mean) / y_std
+
+    @jax.jit
+    def step(params, opt_state, xb, yb):
+        def loss_fn(p):
+            pred = nnx.merge(graphdef, p, rest)(xb)[:, 0]
+            return jnp.mean((pred - yb) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(config["seed"])
+    best = (-2.0, params)
+    history = []
+    for epoch in range(config["epochs"]):
+        order = rng.permutation(len(x_train))
+        losses = []
+        for i in range(steps_per_epoch):
+            b = order[i * bs : (i + 1) * bs]
+            params, opt_state, loss = step(params, opt_state, x_train[b], yt[b])
+            losses.append(loss)
+        if epoch % config["eval_every"] == 0 or epoch == config["epochs"] - 1:
+            model = nnx.merge(graphdef, params, rest)
+            tau = kendall_tau(_mlp_predict(model, x_val, config), y_val)
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_tau": tau})
+            if tau > best[0]:
+                best = (tau, params)
+    log(f"{kind}: best validation tau {best[0]:.4f}")
+    return Predictor(kind, nnx.merge(graphdef, best[1], rest), config, history)
+
+
+def _gmn_predict(
+    model: GraphMetanet, bank: GraphBank, samples: np.ndarray, config: dict[str, Any]
+) -> np.ndarray:
+    graphdef, state = nnx.split(model)
+    fn = _gmn_forward(graphdef)
+    bs = config["batch_size"]
+    out = []
+    for i in range(0, len(samples), bs):
+        chunk = samples[i : i + bs]
+        g = bank.batch(chunk, min_graphs=bs + 1)
+        out.append(np.asarray(fn(state, g))[: len(chunk)])
+    return np.concatenate(out) * config["y_std"] + config["y_mean"]
+
+
+_FORWARDS: dict[Any, Any] = {}
+
+
+def _gmn_forward(graphdef: Any):
+    if graphdef not in _FORWARDS:
+        _FORWARDS[graphdef] = jax.jit(lambda s, g: nnx.merge(graphdef, s)(g)[:, 0])
+    return _FORWARDS[graphdef]
+
+
+def _fit_gmn(
+    bank: GraphBank,
+    y: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    config: dict[str, Any],
+    log: Callable[[str], None],
+) -> Predictor:
+    y_mean, y_std = _standardize(y[train])
+    config = {**config, "y_mean": y_mean, "y_std": y_std, "window": list(bank.window)}
+    model = GraphMetanet(
+        bank.window[0] * bank.window[1],
+        hidden=config["hidden"],
+        num_layers=config["num_layers"],
+        readout=config.get("readout", "global"),
+        input_transform=config.get("input_transform", "none"),
+        rngs=nnx.Rngs(config["seed"]),
+    )
+    bs = min(config["batch_size"], len(train))
+    steps_per_epoch = max(1, len(train) // bs)
+    tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = tx.init(params)
+    yt = ((y - y_mean) / y_std).astype(np.float32)
+
+    traces = [0]
+
+    @jax.jit
+    def step(params, opt_state, graphs, yb):
+        traces[0] += 1  # runs once per compilation (per shape bucket)
+        mask = graphs.globals["mask"]
+
+        def loss_fn(p):
+            pred = nnx.merge(graphdef, p, rest)(graphs)[:, 0]
+            return jnp.sum(jnp.where(mask, (pred - yb) ** 2, 0.0)) / jnp.sum(mask)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(config["seed"])
+    best = (-2.0, params)
+    history = []
+    t0 = time.perf_counter()
+    seen = 0
+    for epoch in range(config["epochs"]):
+        order = rng.permutation(train)
+        losses = []
+        for i in range(steps_per_epoch):
+            b = order[i * bs : (i + 1) * bs]
+            g = bank.batch(b, min_graphs=bs + 1)
+            yb = np.zeros(g.n_node.shape[0], np.float32)
+            yb[: len(b)] = yt[b]
+            params, opt_state, loss = step(params, opt_state, g, jnp.asarray(yb))
+            losses.append(loss)
+            seen += len(b)
+        if epoch % config["eval_every"] == 0 or epoch == config["epochs"] - 1:
+            model = nnx.merge(graphdef, params, rest)
+            tau = kendall_tau(_gmn_predict(model, bank, val, config), y[val])
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": float(np.mean(losses)),
+                    "val_tau": tau,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            log(f"gmn epoch {epoch}: loss {np.mean(losses):.4f} val tau {tau:.4f}")
+            if tau > best[0]:
+                best = (tau, params)
+    seconds = time.perf_counter() - t0
+    stats = {
+        "train_seconds": seconds,
+        "train_graphs_seen": seen,
+        "train_compilations": traces[0],
+        "best_val_tau": best[0],
+    }
+    return Predictor("gmn", nnx.merge(graphdef, best[1], rest), config, history, stats)
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "gmn": {
+        "hidden": 16,
+        "num_layers": 3,
+        "readout": "layer",
+        "input_transform": "asinh",
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "weight_decay": 1e-4,
+        "eval_every": 2,
+    },
+    "statnn_mlp": {
+        "hidden": 256,
+        "depth": 2,
+        "epochs": 150,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "eval_every": 5,
+    },
+    "flat": {
+        "hidden": 256,
+        "depth": 2,
+        "epochs": 150,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "eval_every": 5,
+    },
+    "statnn_gbm": {},
+}
+"""Default hyperparameters per model (override any with `fit(..., **overrides)`)."""
+
+
+def fit(
+    kind: str,
+    ds: WeightDataset,
+    train: Sequence[int],
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> Predictor:
+    """Fits one model on the `train` samples of `ds`.
+
+    A `val_fraction` of the training *runs* is held out to pick the best epoch (MLP
+    models) or to stop boosting (trees).
+
+    Args:
+      kind: one of `MODELS`.
+      overrides: hyperparameters replacing `DEFAULTS[kind]` (e.g. ``epochs=5``).
+    """
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; expected one of {MODELS}")
+    unknown = set(overrides) - set(DEFAULTS[kind])
+    if unknown:
+        raise ValueError(f"model {kind!r}: unknown hyperparameters {sorted(unknown)}")
+    log = log or (lambda msg: None)
+    config = {**DEFAULTS[kind], **overrides, "seed": int(seed), "task": ds.task}
+    train = np.asarray(train)
+    tr_rel, val_rel = split_by_run(ds.run[train], val_fraction, seed + 1)
+    tr, val = train[tr_rel], train[val_rel]
+    if kind == "gmn":
+        bank = GraphBank(list(zip(ds.targets, ds.populations, strict=True)))
+        return _fit_gmn(bank, ds.y, tr, val, config, log)
+    if kind == "flat":
+        config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
+    else:
+        from metanets.baselines import num_layer_slots
+
+        config["slots"] = num_layer_slots(ds.targets)
+    x = _vector_features(kind, ds, config)
+    if kind == "statnn_gbm":
+        model = fit_gbm(x[train], ds.y[train], seed=seed)
+        return Predictor(kind, model, config)
+    return _fit_mlp(kind, x[tr], ds.y[tr], x[val], ds.y[val], config, log)
+
+
+def evaluate(pred: Predictor, ds: WeightDataset, samples: Sequence[int] | None = None):
+    """``{"tau", "r2", "n"}`` of a predictor on `samples` of `ds` (default: all)."""
+    samples = np.arange(len(ds)) if samples is None else np.asarray(samples)
+    p = pred.predict(ds, samples)
+    y = ds.y[samples]
+    return {"tau": kendall_tau(p, y), "r2": r2_score(p, y), "n": int(len(samples))}
+
+
+# ---------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------
+
+_FORMAT = "weightspace-metanet-predictor"
+
+
+def _build_module(kind: str, config: dict[str, Any]) -> nnx.Module:
+    if kind == "gmn":
+        w = config["window"]
+        return GraphMetanet(
+            w[0] * w[1],
+            hidden=config["hidden"],
+            num_layers=config["num_layers"],
+            readout=config.get("readout", "global"),
+            input_transform=config.get("input_transform", "none"),
+            rngs=nnx.Rngs(0),
+        )
+    return MLPRegressor(
+        config["in_features"], hidden=config["hidden"], depth=config["depth"], rngs=nnx.Rngs(0)
+    )
+
+
+def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: bool = False):
+    """Saves an NNX predictor (Orbax arrays + JSON config); returns the absolute path.
+
+    Raises:
+      ValueError: a ``statnn_gbm`` predictor (scikit-learn trees are not saved; weightspace
+        never pickles), or a non-empty directory without `overwrite`.
+    """
+    from hyper.checkpoint import PopulationCheckpointer
+
+    if pred.kind == "statnn_gbm":
+        raise ValueError("statnn_gbm predictors cannot be saved (no pickling); use statnn_mlp")
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.isdir(directory) and os.listdir(directory):
+        if not overwrite:
+            raise ValueError(f"{directory} is not empty; pass overwrite=True to replace it")
+        import shutil
+
+        shutil.rmtree(directory)
+    state = nnx.to_pure_dict(nnx.state(pred.model))
+    meta = {
+        "format": _FORMAT,
+        "kind": pred.kind,
+        "config": json.loads(json.dumps(pred.config)),
+        "history": pred.history,
+    }
+    with PopulationCheckpointer(directory) as ckpt:
+        ckpt.save(0, {"state": state}, meta=meta)
+    return directory
+
+
+def load_predictor(directory: str | os.PathLike) -> Predictor:
+    """Loads what `save_predictor` wrote."""
+    from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+
+    with PopulationCheckpointer(directory, read_only=True) as ckpt:
+        if not ckpt.steps():
+            raise CheckpointError(f"no predictor checkpoint in {os.path.abspath(directory)}")
+        meta = ckpt.restore_meta(0)
+        if meta.get("format") != _FORMAT:
+            raise CheckpointError(f"{os.path.abspath(directory)} holds no metanet predictor")
+        model = _build_module(meta["kind"], meta["config"])
+        abstract = nnx.to_pure_dict(nnx.state(model))
+        arrays, _ = ckpt.restore(0, {"state": abstract})
+    state = nnx.state(model)
+    nnx.replace_by_pure_dict(state, arrays["state"])
+    nnx.update(model, state)
+    return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
+
+
+def targets_from_zoo(directory: str) -> list[Target]:
+    """The targets of a zoo's groups (without loading weights)."""
+    cfg = zoo_lib._read_zoo_json(os.path.join(os.path.abspath(directory), "zoo.json"))
+    return [target_from_config(g["target"]) for g in cfg["groups"]]
+
+
+def common_window(ds: WeightDataset) -> tuple[int, int]:
+    """The edge window the dataset's graphs need."""
+    return _common_window(ds.targets)

@@ -1,0 +1,157 @@
+"""metanets.layers / models: masked aggregators, invariance and equivariance under hidden
+permutations, padding, and no retrace within a shape bucket."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from hyper.architectures import make_target
+from hyper.compact import check_equivalent, permute, random_permutations
+from metanets import graph, layers
+from metanets.models import GraphMetanet
+
+
+@pytest.fixture(scope="session")
+def wild_target():
+    return make_target(
+        "cnn2d",
+        input_shape=(8, 8),
+        channels=[4, 4, 6],
+        kernel_size=[3, 5, 3],
+        strides=[1, 1, 2],
+        batchnorm=True,
+        residual=True,
+        activation="tanh",
+        out_features=10,
+    )
+
+
+@pytest.fixture(scope="session")
+def metanet():
+    model = GraphMetanet(25, hidden=16, num_layers=2, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, graphs):
+        return nnx.merge(graphdef, state)(graphs)
+
+    @jax.jit
+    def edit(state, graphs):
+        return nnx.merge(graphdef, state).edit(graphs, 0.5)
+
+    return state, forward, edit
+
+
+def test_segment_aggregators_match_numpy_and_handle_empty_segments():
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((7, 3)).astype(np.float32)
+    ids = np.array([0, 0, 2, 2, 2, 3, 3])
+    mask = np.array([1, 1, 1, 1, 0, 1, 1], bool)  # segment 1 is empty, row 4 padded
+    agg = np.asarray(
+        layers.pna_aggregate(jnp.asarray(data), jnp.asarray(ids), 4, jnp.asarray(mask))
+    )
+    for s in range(4):
+        rows = data[(ids == s) & mask]
+        want = (
+            np.zeros(12)
+            if len(rows) == 0
+            else np.concatenate(
+                [
+                    rows.mean(0),
+                    rows.max(0),
+                    rows.min(0),
+                    np.sqrt(rows.var(0) + 1e-5) - np.sqrt(1e-5),
+                ]
+            )
+        )
+        np.testing.assert_allclose(agg[s], want, rtol=1e-5, atol=1e-5)
+    grad = jax.grad(
+        lambda d: layers.pna_aggregate(d, jnp.asarray(ids), 4, jnp.asarray(mask)).sum()
+    )(jnp.zeros_like(data))  # zero variance everywhere: gradients stay finite
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def _pair(target, params, key):
+    one = jax.tree.map(lambda a: a[0], params)
+    moved = permute(target, one, random_permutations(target, key))
+    return one, moved
+
+
+@pytest.mark.parametrize("name", ["wild", "rescnn"])
+def test_metanet_is_invariant_and_edit_is_equivariant(
+    name, wild_target, rescnn_target, metanet, random_params
+):
+    target = {"wild": wild_target, "rescnn": rescnn_target}[name]
+    state, forward, edit = metanet
+    one, moved = _pair(target, random_params(target, 1, n=1), jax.random.key(2))
+    x = np.random.default_rng(1).standard_normal((4, 8, 8)).astype(np.float32)
+    # The permutation is a real symmetry (and not the identity).
+    assert check_equivalent(target, one, moved, x)
+    assert not all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(moved), strict=True)
+    )
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
+    g = graph.batch_graphs([(target, both)], window=(5, 5))
+    y = np.asarray(forward(state, g))
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)
+    # Equivariance: edit(permuted) == permute(edit(original)), parameter by parameter.
+    edited = graph.graphs_to_populations(edit(state, g), [(target, 2)], window=(5, 5))[0]
+    e_one = jax.tree.map(lambda a: a[0], edited)
+    e_moved = jax.tree.map(lambda a: a[1], edited)
+    perms = random_permutations(target, jax.random.key(2))
+    expected = permute(target, e_one, perms)
+    for a, b in zip(jax.tree.leaves(e_moved), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+    # The edit changes every parameter kind (kernels, biases, BN) but stays residual.
+    for a, b in zip(jax.tree.leaves(e_one), jax.tree.leaves(one), strict=True):
+        assert 0 < float(jnp.max(jnp.abs(a - b))) < 10.0
+
+
+def test_padded_and_unpadded_batches_agree(mlp_target, wild_target, metanet, random_params):
+    state, forward, _ = metanet
+    pairs = [
+        (mlp_target, random_params(mlp_target, 3, n=2)),
+        (wild_target, random_params(wild_target, 4, n=3)),
+    ]
+    # The MLP has a 1x1 window: batched with the 5x5 conv, its weights sit at the centre.
+    unpadded = graph.batch_graphs(pairs, window=(5, 5), pad=False)
+    padded = graph.batch_graphs(pairs, window=(5, 5), min_nodes=512, min_edges=4096, min_graphs=16)
+    assert padded.nodes["x"].shape[0] > unpadded.nodes["x"].shape[0]
+    ya = np.asarray(forward(state, unpadded))
+    yb = np.asarray(forward(state, padded))
+    np.testing.assert_allclose(ya, yb[:5], atol=1e-5, rtol=1e-5)
+    assert np.all(np.isfinite(yb))
+
+
+def test_no_retrace_within_one_bucket(cnn_target, random_params):
+    model = GraphMetanet(9, hidden=8, num_layers=1, readout="global", rngs=nnx.Rngs(1))
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def forward(state, graphs):
+        return nnx.merge(graphdef, state)(graphs)
+
+    # 5 and 6 graphs of this target pad to the same bucket (128 nodes, 512 edges, 8 graphs).
+    bank = graph.GraphBank([(cnn_target, random_params(cnn_target, 5, n=6))])
+    shapes = set()
+    for samples in ([0, 1, 2, 3, 4], [5, 4, 3, 2, 1, 0], [1, 2, 3, 4, 5]):
+        g = bank.batch(samples, min_graphs=8)
+        shapes.add((g.nodes["x"].shape, g.edges["w"].shape, g.n_node.shape))
+        forward(state, g).block_until_ready()
+    assert len(shapes) == 1
+    chex.clear_trace_counter()
+
+
+def test_window_mismatch_is_an_error(cnn_target, random_params):
+    model = GraphMetanet(25, hidden=8, num_layers=1, rngs=nnx.Rngs(0))
+    g = graph.batch_graphs([(cnn_target, random_params(cnn_target, 0, n=1))])  # 3x3 window
+    with pytest.raises(ValueError, match="edge features"):
+        model(g)

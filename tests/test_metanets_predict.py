@@ -1,0 +1,186 @@
+"""metanets.baselines / predict: StatNN features, metrics, run-wise splits, fitting,
+saving, and datasets from a zoo."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hyper.architectures import make_target
+from metanets import baselines, predict
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    from hyper import zoo
+
+    d = tmp_path_factory.mktemp("metanet_zoo") / "zoo"
+    zoo.build(
+        d,
+        "digits-cnn",
+        arch={"arch": "cnn2d", "channels": [3, 3], "out_features": 10},
+        grid={
+            "learning_rate": [3e-3, 3e-2],
+            "weight_decay": [0.0],
+            "init_scale": [0.5, 1.0],
+            "train_fraction": [1.0],
+            "activation": ["relu"],
+            "dropout": [0.0],
+        },
+        seeds=3,
+        epochs=2,
+        checkpoint_epochs=[0, 1, 2],
+        progress=False,
+    )
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def synthetic(random_params):
+    """Two architectures; the label is the spread of the output layer's weights."""
+    t1 = make_target("cnn2d", input_shape=(8, 8), channels=[3, 3], out_features=10)
+    t2 = make_target(
+        "cnn2d",
+        input_shape=(8, 8),
+        channels=[3, 4, 4],
+        kernel_size=[5, 3, 3],
+        strides=[1, 1, 1],
+        batchnorm=True,
+        residual=True,
+        out_features=10,
+    )
+    rng = np.random.default_rng(0)
+    pops, ys = [], []
+    for i, t in enumerate((t1, t2)):
+        p = random_params(t, 10 + i, n=60)
+        scale = rng.uniform(0.2, 2.0, 60).astype(np.float32)
+        p["dense"]["kernel"] = p["dense"]["kernel"] * scale[:, None, None]
+        pops.append(p)
+        ys.append(np.asarray(p["dense"]["kernel"]).std(axis=(1, 2)))
+    return predict.WeightDataset(
+        targets=[t1, t2],
+        populations=pops,
+        group=np.repeat([0, 1], 60).astype(np.int32),
+        member=np.tile(np.arange(60), 2).astype(np.int32),
+        y=np.concatenate(ys).astype(np.float32),
+        run=np.arange(120),
+        epoch=np.zeros(120, np.int32),
+    )
+
+
+def test_metrics_match_references():
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(50), rng.standard_normal(50)
+    assert predict.kendall_tau(a, b) == pytest.approx(kendalltau(a, b).statistic)
+    assert predict.kendall_tau(a, 2 * a + 1) == pytest.approx(1.0)
+    assert predict.r2_score(b, b) == pytest.approx(1.0)
+    assert predict.r2_score(np.full(50, b.mean()), b) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_split_by_run_keeps_runs_together():
+    runs = np.repeat(np.arange(20), 4)
+    train, test = predict.split_by_run(runs, 0.25, seed=3)
+    assert len(set(runs[train]) & set(runs[test])) == 0
+    assert len(set(runs[test])) == 5 and len(train) + len(test) == 80
+    with pytest.raises(ValueError, match="test_fraction"):
+        predict.split_by_run(runs, 1.5)
+
+
+def test_statnn_features_are_per_tensor_statistics(synthetic):
+    t, p = synthetic.targets[1], synthetic.populations[1]
+    f = baselines.statnn_features(t, p, slots=5).reshape(60, 5, -1)
+    k0 = np.asarray(p["convs"]["0"]["kernel"]).reshape(60, -1)
+    np.testing.assert_allclose(f[:, 0, 0], k0.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f[:, 0, 1], k0.var(1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(f[:, 0, 4], np.median(k0, 1), rtol=1e-5, atol=1e-6)
+    # Layer slot 0: kernel stats, then bias stats (7 each); BN scale stats after those.
+    b0 = np.asarray(p["convs"]["0"]["bias"])
+    np.testing.assert_allclose(f[:, 0, 7 + 6], b0.max(1), rtol=1e-6)
+    s0 = np.asarray(p["norms"]["0"]["scale"])
+    np.testing.assert_allclose(f[:, 0, 14], s0.mean(1), rtol=1e-5, atol=1e-6)
+    # 4 kernel layers in 5 slots: the output layer sits in the last slot, slot 3 is empty.
+    dk = np.asarray(p["dense"]["kernel"]).reshape(60, -1)
+    np.testing.assert_allclose(f[:, 4, 1], dk.var(1), rtol=1e-4)
+    assert np.all(f[:, 3] == 0) and np.all(f[:, :3, -1] == 1) and np.all(f[:, 4, -1] == 1)
+    with pytest.raises(ValueError, match="slots"):
+        baselines.statnn_features(t, p, slots=2)
+
+
+def test_flat_needs_one_architecture(synthetic):
+    with pytest.raises(ValueError, match="homogeneous"):
+        predict.fit("flat", synthetic, np.arange(100))
+
+
+def test_statnn_models_learn_a_weight_statistic(synthetic):
+    train, test = predict.split_by_run(synthetic.run, 0.25)
+    gbm = predict.fit("statnn_gbm", synthetic, train)
+    assert predict.evaluate(gbm, synthetic, test)["tau"] > 0.8
+    mlp = predict.fit("statnn_mlp", synthetic, train, epochs=40, eval_every=10)
+    assert predict.evaluate(mlp, synthetic, test)["tau"] > 0.6
+    assert [h["epoch"] for h in mlp.history] == [0, 10, 20, 30, 39]
+
+
+def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
+    train, test = predict.split_by_run(synthetic.run, 0.25)
+    pred = predict.fit("gmn", synthetic, train, epochs=2, batch_size=32, hidden=8, num_layers=1)
+    y = pred.predict(synthetic, test)
+    assert y.shape == (len(test),) and np.all(np.isfinite(y))
+    assert pred.config["window"] == [5, 5] and len(pred.history) == 2
+    d = predict.save_predictor(pred, tmp_path / "gmn")
+    again = predict.load_predictor(d)
+    np.testing.assert_allclose(again.predict(synthetic, test), y, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="not empty"):
+        predict.save_predictor(pred, d)
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        predict.fit("gmn", synthetic, train, nonsense=1)
+
+
+def test_load_zoos_one_sample_per_run_and_epoch(tiny_zoo):
+    from hyper import zoo
+
+    ds = predict.load_zoos([tiny_zoo])
+    z = zoo.load(tiny_zoo)
+    assert len(ds) == z.num_members * 3 and ds.homogeneous
+    rows = {(r["member"], r["epoch"]): r["test_acc"] for r in z.metadata}
+    for i in range(len(ds)):
+        assert ds.y[i] == pytest.approx(rows[(int(ds.run[i]), int(ds.epoch[i]))])
+    # Sample i is member ds.member[i] of its group's population, at its epoch.
+    at2 = zoo.load(tiny_zoo, epoch=2).groups[0].params["dense"]["kernel"]
+    i = int(np.flatnonzero((ds.epoch == 2) & (ds.run == 1))[0])
+    got = ds.populations[ds.group[i]]["dense"]["kernel"][ds.member[i]]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(at2[1]))
+    gap = predict.load_zoos([tiny_zoo], task="gap", epochs=[2])
+    assert len(gap) == z.num_members and np.all(np.abs(gap.y) < 1)
+    with pytest.raises(ValueError, match="task"):
+        predict.load_zoos([tiny_zoo], task="loss")
+
+
+def test_cli_train_and_predict(tiny_zoo, tmp_path, capsys):
+    from hyper.cli import main
+
+    out = tmp_path / "statnn"
+    rc = main(
+        ["metanet", "train", "--zoo", tiny_zoo, "--model", "statnn", "--epochs", "3",
+         "--out", str(out), "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "statnn" and -1 <= metrics["test"]["tau"] <= 1
+    assert "test tau" in capsys.readouterr().out
+    preds = tmp_path / "preds.jsonl"
+    rc = main(["metanet", "predict", "--from", str(out), "--zoo", tiny_zoo, "--out", str(preds)])
+    assert rc == 0
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == len(predict.load_zoos([tiny_zoo])) and "prediction" in rows[0]
+    assert "tau" in capsys.readouterr().out
+    # Bad input: one line on stderr, exit status 2.
+    assert main(["metanet", "train", "--zoo", str(tmp_path), "--out", str(out)]) == 2
+    assert "not a zoo directory" in capsys.readouterr().err
+    assert main(["metanet", "train", "--zoo", tiny_zoo, "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["metanet", "predict", "--from", str(tmp_path), "--zoo", tiny_zoo]) == 2
+    assert "no predictor" in capsys.readouterr().err
