@@ -1,1 +1,28 @@
-"""Graph metanetworks: networks as jraph graphs of neurons and weights."""
+"""Graph metanetworks: networks as jraph graphs of neurons and weights.
+
+Submodules: `graph` (Target + population <-> GraphsTuple, padded mixed batches), `layers`
+(masked PNA message passing), `models` (`GraphMetanet`), `baselines` (StatNN, flat
+vectors), `predict` (property prediction from weights), `cli` (``weightspace metanet``).
+"""
+
+from metanets.graph import (
+    GraphBank,
+    GraphTopology,
+    batch_graphs,
+    graphs_to_population,
+    graphs_to_populations,
+    population_to_graphs,
+    topology,
+)
+from metanets.models import GraphMetanet
+
+__all__ = [
+    "GraphBank",
+    "GraphMetanet",
+    "GraphTopology",
+    "batch_graphs",
+    "graphs_to_population",
+    "graphs_to_populations",
+    "population_to_graphs",
+    "topology",
+]
