@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -65,6 +64,7 @@ import optax
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine  # noqa: E402
 from generators import Factory, Scenario, class_subsets, make_factory  # noqa: E402
 from generators.assembler import masked_task_loss, task_vector  # noqa: E402
 from hyper import compact, data  # noqa: E402
@@ -74,25 +74,6 @@ SCRATCH_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 
 def log(*a: Any) -> None:
     print(*a, file=sys.stderr, flush=True)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device_count": len(jax.devices()),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def task_accuracy(model: Any, ds: data.Dataset) -> float:

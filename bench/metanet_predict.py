@@ -31,10 +31,8 @@ in ``--cache`` (default: a folder in the system temp dir) and reused when comple
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -50,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import machine, stdout_to_stderr  # noqa: E402
 from hyper import sharding  # noqa: E402
 
 ANCHORS = {
@@ -134,45 +133,6 @@ WILD_ACTIVATIONS = ["relu", "tanh", "gelu", "silu", "leaky_relu", "sigmoid"]
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def stdout_to_stderr():
-    """Library output (progress, prints) goes to stderr; stdout keeps the one JSON line."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import jaxlib
-
-    devices = jax.devices()
-    return {
-        "cpu_model": cpu,
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def wild_architectures(n: int, seed: int) -> list[dict[str, Any]]:
