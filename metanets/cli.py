@@ -2,12 +2,14 @@
 
   weightspace metanet train --zoo DIR [--zoo DIR ...] --task accuracy|gap
                             --model gmn|statnn|flat --out DIR [--epochs N]
-                            [--test-fraction F] [--seed S] [--overwrite]
+                            [--test-fraction F] [--seed S] [--overwrite | --resume]
   weightspace metanet predict --from DIR --zoo DIR2 [--out FILE.jsonl]
 
 `train` splits the zoos' checkpoints 80/20 by training run, fits the model (``statnn`` is
 the StatNN MLP head), reports Kendall tau and R² on the held-out runs, and saves the
-predictor (Orbax) with ``metrics.json`` in `--out`. `predict` applies a saved predictor to
+predictor (Orbax) with ``metrics.json`` in `--out`. Training checkpoints every evaluation
+in ``--out/checkpoints``; after a crash, the same command with ``--resume`` continues and
+ends with the same weights as an uninterrupted run. `predict` applies a saved predictor to
 every checkpoint of another zoo and reports tau and R² against its recorded labels.
 
 Registered through the ``weightspace.commands`` entry point; bad input raises ValueError
@@ -38,7 +40,11 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--epochs", type=int, default=None, help="training epochs (model default)")
     t.add_argument("--test-fraction", type=float, default=0.2, help="held-out runs (0.2)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    mode.add_argument(
+        "--resume", action="store_true", help="continue an interrupted training in --out"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress lines")
     t.set_defaults(run=_train)
     p = sub.add_parser("predict", help="apply a saved predictor to a zoo")
@@ -61,8 +67,16 @@ def _train(args: argparse.Namespace) -> int:
 
     zoos = [_check_zoo(z) for z in args.zoo]
     out = os.path.abspath(args.out)
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
+    if os.path.isdir(out) and os.listdir(out):
+        if args.overwrite:
+            import shutil
+
+            shutil.rmtree(out)
+        elif not (args.resume and os.path.isdir(os.path.join(out, "checkpoints"))):
+            raise ValueError(
+                f"--out {out} is not empty; pass --overwrite to replace it"
+                + ("" if args.resume else " or --resume to continue it")
+            )
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     kind = _CLI_MODELS[args.model]
@@ -72,7 +86,9 @@ def _train(args: argparse.Namespace) -> int:
     train, test = predict.split_by_run(ds.run, args.test_fraction, args.seed)
     over = {} if args.epochs is None else {"epochs": args.epochs}
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    pred = predict.fit(kind, ds, train, seed=args.seed, log=log, **over)
+    # Checkpoints every evaluation: a killed training continues with --resume.
+    checkpoints = os.path.join(out, "checkpoints")
+    pred = predict.fit(kind, ds, train, seed=args.seed, log=log, checkpoint_dir=checkpoints, **over)
     metrics = {
         "model": args.model,
         "task": args.task,

@@ -283,6 +283,85 @@ def _mlp_predict(model: MLPRegressor, x: np.ndarray, config: dict[str, Any]) -> 
     return out * config["y_std"] + config["y_mean"]
 
 
+def _leaves(tree: Any) -> dict[str, Any]:
+    return {f"{i:05d}": v for i, v in enumerate(jax.tree.leaves(tree))}
+
+
+def _train_epochs(
+    params: Any,
+    opt_state: Any,
+    run_epoch: Callable[[Any, Any, np.ndarray], tuple[Any, Any, float]],
+    val_tau: Callable[[Any], float],
+    order_of: Callable[[np.random.Generator], np.ndarray],
+    config: dict[str, Any],
+    checkpoint_dir: str | os.PathLike | None,
+) -> tuple[float, Any, list[dict[str, Any]]]:
+    """The epochs of an NNX predictor's training, keeping the parameters of the best
+    validation tau. With `checkpoint_dir`, every evaluation is a checkpoint (parameters,
+    optimizer state, best parameters, the data-order RNG, history), and a fit started again
+    on the same directory continues from the last one: a run killed at any point finishes
+    with the same weights as an uninterrupted one.
+
+    Returns:
+      ``(best_tau, best_params, history)``.
+    """
+    rng = np.random.default_rng(config["seed"])
+    best_tau, best, history, start = -2.0, params, [], 0
+    ckpt = None
+    if checkpoint_dir is not None:
+        from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+
+        ckpt = PopulationCheckpointer(checkpoint_dir)
+        last = ckpt.latest_step()
+        if last is not None:
+            abstract = {
+                "params": _leaves(params),
+                "opt": _leaves(opt_state),
+                "best": _leaves(params),
+            }
+            arrays, meta = ckpt.restore(last, abstract)
+            if meta.get("config") != json.loads(json.dumps(config)):
+                ckpt.close()
+                raise CheckpointError(
+                    f"{os.path.abspath(checkpoint_dir)} holds checkpoints of another training "
+                    "run (a different config); start with an empty directory"
+                )
+            tdef_p, tdef_o = jax.tree.structure(params), jax.tree.structure(opt_state)
+            params = jax.tree.unflatten(tdef_p, list(arrays["params"].values()))
+            opt_state = jax.tree.unflatten(tdef_o, list(arrays["opt"].values()))
+            best = jax.tree.unflatten(tdef_p, list(arrays["best"].values()))
+            rng.bit_generator.state = meta["rng"]
+            best_tau, history, start = meta["best_tau"], meta["history"], last + 1
+    try:
+        for epoch in range(start, config["epochs"]):
+            params, opt_state, loss = run_epoch(params, opt_state, order_of(rng))
+            if epoch % config["eval_every"] == 0 or epoch == config["epochs"] - 1:
+                tau = val_tau(params)
+                history.append({"epoch": epoch, "train_loss": float(loss), "val_tau": tau})
+                if tau > best_tau:
+                    best_tau, best = tau, params
+                if ckpt is not None:
+                    ckpt.save(
+                        epoch,
+                        {
+                            "params": _leaves(params),
+                            "opt": _leaves(opt_state),
+                            "best": _leaves(best),
+                        },
+                        meta={
+                            "epoch": epoch,
+                            "best_tau": best_tau,
+                            "history": history,
+                            "rng": rng.bit_generator.state,
+                            "config": config,
+                        },
+                    )
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    return best_tau, best, history
+
+
 def _fit_mlp(
     kind: str,
     x_train: np.ndarray,
@@ -291,6 +370,7 @@ def _fit_mlp(
     y_val: np.ndarray,
     config: dict[str, Any],
     log: Callable[[str], None],
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> Predictor:
     y_mean, y_std = _standardize(y_train)
     config = {**config, "y_mean": y_mean, "y_std": y_std, "in_features": int(x_train.shape[1])}
@@ -320,24 +400,28 @@ def _fit_mlp(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    rng = np.random.default_rng(config["seed"])
-    best = (-2.0, params)
-    history = []
-    for epoch in range(config["epochs"]):
-        order = rng.permutation(len(x_train))
+    def run_epoch(params, opt_state, order):
         losses = []
         for i in range(steps_per_epoch):
             b = order[i * bs : (i + 1) * bs]
             params, opt_state, loss = step(params, opt_state, x_train[b], yt[b])
             losses.append(loss)
-        if epoch % config["eval_every"] == 0 or epoch == config["epochs"] - 1:
-            model = nnx.merge(graphdef, params, rest)
-            tau = kendall_tau(_mlp_predict(model, x_val, config), y_val)
-            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_tau": tau})
-            if tau > best[0]:
-                best = (tau, params)
+        return params, opt_state, float(np.mean(losses))
+
+    def val_tau(params):
+        return kendall_tau(_mlp_predict(nnx.merge(graphdef, params, rest), x_val, config), y_val)
+
+    best = _train_epochs(
+        params,
+        opt_state,
+        run_epoch,
+        val_tau,
+        lambda rng: rng.permutation(len(x_train)),
+        config,
+        checkpoint_dir,
+    )
     log(f"{kind}: best validation tau {best[0]:.4f}")
-    return Predictor(kind, nnx.merge(graphdef, best[1], rest), config, history)
+    return Predictor(kind, nnx.merge(graphdef, best[1], rest), config, best[2])
 
 
 def _gmn_predict(
@@ -370,6 +454,7 @@ def _fit_gmn(
     val: np.ndarray,
     config: dict[str, Any],
     log: Callable[[str], None],
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> Predictor:
     y_mean, y_std = _standardize(y[train])
     config = {**config, "y_mean": y_mean, "y_std": y_std, "window": list(bank.window)}
@@ -403,13 +488,9 @@ def _fit_gmn(
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    rng = np.random.default_rng(config["seed"])
-    best = (-2.0, params)
-    history = []
-    t0 = time.perf_counter()
-    seen = 0
-    for epoch in range(config["epochs"]):
-        order = rng.permutation(train)
+    seen = [0]
+
+    def run_epoch(params, opt_state, order):
         losses = []
         for i in range(steps_per_epoch):
             b = order[i * bs : (i + 1) * bs]
@@ -418,29 +499,34 @@ def _fit_gmn(
             yb[: len(b)] = yt[b]
             params, opt_state, loss = step(params, opt_state, g, jnp.asarray(yb))
             losses.append(loss)
-            seen += len(b)
-        if epoch % config["eval_every"] == 0 or epoch == config["epochs"] - 1:
-            model = nnx.merge(graphdef, params, rest)
-            tau = kendall_tau(_gmn_predict(model, bank, val, config), y[val])
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": float(np.mean(losses)),
-                    "val_tau": tau,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
-            log(f"gmn epoch {epoch}: loss {np.mean(losses):.4f} val tau {tau:.4f}")
-            if tau > best[0]:
-                best = (tau, params)
+            seen[0] += len(b)
+        return params, opt_state, float(np.mean(losses))
+
+    def val_tau(params):
+        tau = kendall_tau(
+            _gmn_predict(nnx.merge(graphdef, params, rest), bank, val, config), y[val]
+        )
+        log(f"gmn: val tau {tau:.4f} after {time.perf_counter() - t0:.1f} s")
+        return tau
+
+    t0 = time.perf_counter()
+    best = _train_epochs(
+        params,
+        opt_state,
+        run_epoch,
+        val_tau,
+        lambda rng: rng.permutation(train),
+        config,
+        checkpoint_dir,
+    )
     seconds = time.perf_counter() - t0
     stats = {
         "train_seconds": seconds,
-        "train_graphs_seen": seen,
+        "train_graphs_seen": seen[0],
         "train_compilations": traces[0],
         "best_val_tau": best[0],
     }
-    return Predictor("gmn", nnx.merge(graphdef, best[1], rest), config, history, stats)
+    return Predictor("gmn", nnx.merge(graphdef, best[1], rest), config, best[2], stats)
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -486,6 +572,7 @@ def fit(
     val_fraction: float = 0.1,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Predictor:
     """Fits one model on the `train` samples of `ds`.
@@ -495,6 +582,9 @@ def fit(
 
     Args:
       kind: one of `MODELS`.
+      checkpoint_dir: checkpoint every evaluation there (NNX models); a fit started again
+        with the same data, model and hyperparameters continues from the last checkpoint
+        and ends with the same weights as an uninterrupted fit.
       overrides: hyperparameters replacing `DEFAULTS[kind]` (e.g. ``epochs=5``).
     """
     if kind not in MODELS:
@@ -509,7 +599,7 @@ def fit(
     tr, val = train[tr_rel], train[val_rel]
     if kind == "gmn":
         bank = GraphBank(list(zip(ds.targets, ds.populations, strict=True)))
-        return _fit_gmn(bank, ds.y, tr, val, config, log)
+        return _fit_gmn(bank, ds.y, tr, val, config, log, checkpoint_dir)
     if kind == "flat":
         config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
     else:
@@ -520,7 +610,7 @@ def fit(
     if kind == "statnn_gbm":
         model = fit_gbm(x[train], ds.y[train], seed=seed)
         return Predictor(kind, model, config)
-    return _fit_mlp(kind, x[tr], ds.y[tr], x[val], ds.y[val], config, log)
+    return _fit_mlp(kind, x[tr], ds.y[tr], x[val], ds.y[val], config, log, checkpoint_dir)
 
 
 def evaluate(pred: Predictor, ds: WeightDataset, samples: Sequence[int] | None = None):
