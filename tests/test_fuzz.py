@@ -1,11 +1,12 @@
 """Fuzzing the public entry points with generated bad input: target construction,
-population operations, hypernet conditions, run configs, zoo grids, zoo descriptions on disk
-and CLI flags. Each must fail only with the documented errors (`ValueError` — including
-`CheckpointError` — or `TypeError`), and the CLI with one line on stderr and exit status 2.
+population operations, hypernet conditions, run configs, zoo grids, zoo descriptions on disk,
+graph conversion (metanets) and CLI flags. Each must fail only with the documented errors
+(`ValueError` — including `CheckpointError` — or `TypeError`), and the CLI with one line on
+stderr and exit status 2.
 
 Every example is bad by construction (a valid base with one drawn fault), so a call that
 returns normally is a failure too (except for zoo descriptions, where an edit may be benign
-and loading must then succeed). Examples: 45 + 60 + 40 + 40 + 35 + 40 + 45 = 305."""
+and loading must then succeed). Examples: 45 + 60 + 40 + 40 + 35 + 40 + 45 + 30 = 335."""
 
 from __future__ import annotations
 
@@ -512,3 +513,48 @@ def test_cli_bad_flags_are_one_line_and_status_2(cli_base, capsys, data):
     assert captured.err.startswith("weightspace: error: "), (argv, captured.err)
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
     assert not (cli_base / "out").exists()
+
+
+# --- Graph conversion (metanets) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_cnn():
+    return make_target("cnn2d", input_shape=(6, 6), channels=(2, 3), out_features=2)
+
+
+@st.composite
+def bad_graph_calls(draw, target):
+    from metanets import graph
+
+    good = population.to_numpy(target.init_population(__import__("jax").random.key(0), 2))
+    fault = draw(
+        st.sampled_from(["missing", "shape", "dtype", "unbatched", "window", "empty", "counts"])
+    )
+    arrays = dict(good)
+    k = draw(st.sampled_from(sorted(arrays)))
+    if fault == "missing":
+        arrays.pop(k)
+    elif fault == "shape":
+        arrays[k] = np.zeros((*arrays[k].shape[:-1], arrays[k].shape[-1] + 1), np.float32)
+    elif fault == "dtype":
+        arrays[k] = arrays[k].astype(np.complex64)
+    elif fault == "unbatched":
+        arrays = {p: v[0] for p, v in arrays.items()}
+    elif fault == "window":
+        window = draw(st.sampled_from([(1, 1), (0, 3), (3,), (-3, -3), (2, 3)]))
+        return graph.population_to_graphs, (target, _nest(arrays)), {"window": window}
+    elif fault == "empty":
+        return graph.batch_graphs, ([],), {}
+    else:
+        g = graph.batch_graphs([(target, _nest(arrays))])
+        counts = draw(st.sampled_from([[3], [None, None], [1]]))
+        return graph.graphs_to_populations, (g, [(target, c) for c in counts]), {}
+    return graph.population_to_graphs, (target, _nest(arrays)), {}
+
+
+@fuzz(30)
+@given(data=st.data())
+def test_graph_conversion_rejects_bad_input(small_cnn, data):
+    fn, args, kwargs = data.draw(bad_graph_calls(small_cnn))
+    _expect_documented(fn, *args, **kwargs)
