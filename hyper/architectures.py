@@ -21,7 +21,7 @@ from flax import nnx
 
 from hyper.target import Target
 
-__all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "MLP", "ResCNN", "make_target"]
+__all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "MLP", "ResCNN", "config_for_params", "make_target"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -353,3 +353,38 @@ def target_from_config(config: dict[str, Any]) -> Target:
         raise ValueError(f"target config needs 'arch' and 'input_shape', got {config!r}")
     cfg = dict(config)
     return make_target(cfg.pop("arch"), input_shape=cfg.pop("input_shape"), **cfg)
+
+
+def config_for_params(config: dict[str, Any], params: Any) -> dict[str, Any] | None:
+    """The `make_target` config of a network of `config`'s family with `params`' widths.
+
+    After hidden units are removed (`hyper.compact.remove_units`) a network of a built-in
+    architecture is still one of that architecture, only narrower; this returns the config
+    that rebuilds it (``widths`` of an MLP, ``channels`` of a CNN or ResCNN, read from the
+    kernels), so that a compact model loads without the original. Returns None when
+    `config` is not a `make_target` config or the rebuilt target's leaves differ from
+    `params` (the caller then keeps the derived target).
+    """
+    if not isinstance(config, dict) or config.get("arch") not in _BUILDERS:
+        return None
+    cfg = dict(config)
+    try:
+        if cfg["arch"] == "mlp":
+            layers = params["layers"]
+            cfg["widths"] = [
+                int(np.shape(layers[str(i)]["kernel"])[-1]) for i in range(len(layers) - 1)
+            ]
+        elif cfg["arch"] in ("cnn2d", "cnn1d"):
+            convs = params["convs"]
+            cfg["channels"] = [
+                int(np.shape(convs[str(i)]["kernel"])[-1]) for i in range(len(convs))
+            ]
+        else:
+            cfg["channels"] = int(np.shape(params["stem"]["kernel"])[-1])
+        rebuilt = target_from_config(cfg)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    shapes = [tuple(np.shape(a)) for a in jax.tree.leaves(params)]
+    if jax.tree.structure(params) != rebuilt.treedef or shapes != [s.shape for s in rebuilt.spec]:
+        return None
+    return rebuilt.config

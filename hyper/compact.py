@@ -846,6 +846,7 @@ def group_importance(
     normalizer: str | None = None,
     groups: Sequence[Group] | None = None,
     key: jax.Array | None = None,
+    eps: float = 0.0,
 ) -> list[jax.Array]:
     """A score per hidden unit of each structural group (higher: more important).
 
@@ -863,9 +864,11 @@ def group_importance(
         or maximum, so that groups of different sizes and scales compare on one ranking.
       groups: default `structural_groups(target)`.
       key: needed for ``"random"``.
+      eps: added under the square root of ``"l2"`` (``sqrt(sum w^2 + eps)``), so that the
+        score has a finite gradient at all-zero units (for sparsity penalties).
 
     Returns:
-      one float32 array `[group.size]` per group. Traceable.
+      one float32 array `[group.size]` per group. Traceable and differentiable.
     """
     if method not in IMPORTANCE_METHODS:
         raise ValueError(f"importance method {method!r}; expected one of {IMPORTANCE_METHODS}")
@@ -893,7 +896,7 @@ def group_importance(
                 a = a.reshape(g.size, -1)
                 score = score + (jnp.sum(a * a, 1) if method == "l2" else jnp.sum(jnp.abs(a), 1))
             if method == "l2":
-                score = jnp.sqrt(score)
+                score = jnp.sqrt(score + eps)
         if normalizer == "mean":
             score = score / (jnp.mean(score) + 1e-12)
         elif normalizer == "max":

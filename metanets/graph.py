@@ -483,19 +483,35 @@ def population_to_graphs(
 
 
 def graphs_to_population(
-    target: Target, graphs: jraph.GraphsTuple, *, window: Sequence[int] | None = None
+    target: Target,
+    graphs: jraph.GraphsTuple,
+    *,
+    window: Sequence[int] | None = None,
+    count: int | None = None,
 ) -> Params:
-    """Inverse of `population_to_graphs` (reads ``nodes["x"]`` and ``edges["w"]``)."""
-    return graphs_to_populations(graphs, [(target, None)], window=window)[0]
+    """Inverse of `population_to_graphs` (reads ``nodes["x"]`` and ``edges["w"]``).
+
+    `count` (the number of networks) is needed inside `jit`/`grad`, where the graph mask
+    cannot be counted; by default it is read from the mask.
+    """
+    return graphs_to_populations(graphs, [(target, count)], window=window)[0]
 
 
 def _layout(graphs: jraph.GraphsTuple, pairs, topos) -> list[int]:
-    total = int(np.asarray(graphs.globals["mask"]).sum())
     known = sum(n for _, n in pairs if n is not None)
     unknown = [i for i, (_, n) in enumerate(pairs) if n is None]
     counts = [n for _, n in pairs]
     if len(unknown) > 1:
         raise ValueError("graphs_to_populations: at most one count may be None")
+    mask = graphs.globals["mask"]
+    if isinstance(mask, jax.core.Tracer):  # under jit: the mask has no value to count
+        if unknown:
+            raise ValueError(
+                "graphs_to_populations: inside jit/grad every count must be given (the "
+                "graph mask is traced)"
+            )
+        return counts
+    total = int(np.asarray(mask).sum())
     if unknown:
         counts[unknown[0]] = total - known
     if sum(counts) != total:
