@@ -63,6 +63,14 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ),
         ("MLP merged accuracy (TIES)", "merge_acc/mlp/ties/mean"),
     ],
+    "metaprune": [
+        *(
+            (f"acc {method} {s} (first data set)", f"acc/{method}/{s}/mean")
+            for s in ("2x", "3x")
+            for method in ("metaprune", "group_l2", "random")
+        ),
+        ("compact_speedup_measured (3x, first data set)", "compact_speedup_measured"),
+    ],
 }
 
 

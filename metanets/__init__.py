@@ -2,7 +2,9 @@
 
 Submodules: `graph` (Target + population <-> GraphsTuple, padded mixed batches), `layers`
 (masked PNA message passing), `models` (`GraphMetanet`), `baselines` (StatNN, flat
-vectors), `predict` (property prediction from weights), `cli` (``weightspace metanet``).
+vectors), `predict` (property prediction from weights), `prune` (MetaPruning: a metanet
+that edits networks so they prune well; progressive structured pruning with compact
+export), `cli` (``weightspace metanet``, ``weightspace prune``).
 """
 
 from metanets.graph import (

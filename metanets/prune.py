@@ -49,10 +49,13 @@ __all__ = [
     "MetaPruneConfig",
     "MetaPruner",
     "PruneResult",
+    "UnreachableSpeedup",
     "accuracy",
+    "check_reachable",
     "export_pruned",
     "finetune",
     "group_lasso",
+    "group_norm_ratio",
     "load_metapruner",
     "load_pruned",
     "meta_train",
@@ -62,6 +65,12 @@ __all__ = [
 ]
 
 _FORMAT = "weightspace-metapruner"
+
+
+class UnreachableSpeedup(ValueError):
+    """A FLOPs speed-up that would remove every unit of some layer."""
+
+
 _PRUNED = "weightspace-pruned"
 
 
@@ -78,7 +87,12 @@ class MetaPruneConfig:
       hidden: width of the metanet's node and edge states.
       num_layers: message-passing rounds.
       r: edit scale, ``θ' = θ + r·Δθ`` (the paper: 0.01 for ResNet-56, 0.05 for VGG-19).
-      sparsity: ``λ``, the weight of the group-L2 sparsity term.
+      sparsity: ``λ``, the weight of the sparsity term.
+      sparsity_kind: ``"group_l2"`` (the paper's: `group_lasso`, the mean unit group
+        norm; it also rewards shrinking every weight alike) or ``"ratio"``
+        (`group_norm_ratio`: per group, mean over root-mean-square of the unit norms, which
+        is scale-invariant like the mean-normalised pruning criterion and only rewards
+        separating units).
       steps: optimisation steps.
       nets_per_step: zoo networks per step (vmapped through the edit and the loss).
       batch_size: training examples per step (shared by the networks of a step).
@@ -91,6 +105,7 @@ class MetaPruneConfig:
     num_layers: int = 4
     r: float = 0.05
     sparsity: float = 1.0
+    sparsity_kind: str = "group_l2"
     steps: int = 300
     nets_per_step: int = 8
     batch_size: int = 128
@@ -99,6 +114,11 @@ class MetaPruneConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.sparsity_kind not in SPARSITY_KINDS:
+            raise ValueError(
+                f"MetaPruneConfig.sparsity_kind {self.sparsity_kind!r}; expected one of "
+                f"{SPARSITY_KINDS}"
+            )
         for name in ("hidden", "num_layers", "steps", "nets_per_step", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -123,6 +143,24 @@ def group_lasso(
     if not scores:
         return jnp.zeros((), jnp.float32)
     return sum(jnp.sum(s) for s in scores) / sum(s.shape[0] for s in scores)
+
+
+def group_norm_ratio(
+    target: Target, params: Params, *, groups: Sequence[compact.Group] | None = None
+) -> jax.Array:
+    """Scale-invariant group sparsity of one network: per structural group, the mean of
+    the unit group norms over their root-mean-square (1 when all units are alike, about
+    ``sqrt(k / size)`` when only `k` units are non-zero), averaged over groups.
+    Multiplying all weights by a constant leaves it unchanged."""
+    scores = compact.group_importance(target, params, method="l2", groups=groups, eps=1e-12)
+    if not scores:
+        return jnp.zeros((), jnp.float32)
+    ratios = [jnp.mean(s) / jnp.sqrt(jnp.mean(s * s)) for s in scores]
+    return sum(ratios) / len(ratios)
+
+
+SPARSITY_KINDS = ("group_l2", "ratio")
+_SPARSITY = {"group_l2": group_lasso, "ratio": group_norm_ratio}
 
 
 class MetaPruner:
@@ -220,7 +258,7 @@ def load_metapruner(directory: str | os.PathLike) -> MetaPruner:
         if meta.get("format") != _FORMAT:
             raise CheckpointError(f"{directory} holds no MetaPruning metanet")
         config = MetaPruneConfig(**meta["config"])
-        model = _build_metanet(config, meta["window"])
+        model = nnx.eval_shape(lambda: _build_metanet(config, meta["window"]))
         arrays, _ = ckpt.restore(0, {"state": nnx.to_pure_dict(nnx.state(model))})
     state = nnx.state(model)
     nnx.replace_by_pure_dict(state, arrays["state"])
@@ -234,7 +272,11 @@ def _edit_population(
 ) -> Params:
     graphs = population_to_graphs(target, population, window=window)
     n = jax.tree.leaves(population)[0].shape[0]
-    return graphs_to_population(target, model.edit(graphs, r), window=window, count=n)
+    edited = graphs_to_population(target, model.edit(graphs, r), window=window, count=n)
+    # Running statistics are measurements of the data, not parameters: they stay as they
+    # are (an edited variance could turn negative); fine-tuning re-estimates them.
+    keep = jax.tree.unflatten(target.treedef, [s.trainable for s in target.spec])
+    return jax.tree.map(lambda k, e, o: e if k else o, keep, edited, population)
 
 
 def meta_train(
@@ -296,7 +338,8 @@ def meta_train(
         edited = _edit_population(m, target, pop, r, window)
         logits = apply(edited, xb)
         ce = jnp.mean(jax.vmap(lambda lg: cross_entropy(lg, yb))(logits))
-        sp = jnp.mean(jax.vmap(lambda q: group_lasso(target, q, groups=groups))(edited))
+        sparsity = _SPARSITY[config.sparsity_kind]
+        sp = jnp.mean(jax.vmap(lambda q: sparsity(target, q, groups=groups))(edited))
         return ce + config.sparsity * sp, (ce, sp)
 
     @jax.jit
@@ -343,7 +386,17 @@ def meta_train(
 # Fine-tuning and evaluation of single networks
 # ---------------------------------------------------------------------------------------
 
+# A few recent compiled evaluators and fine-tuners (the learning rate is state, not code).
 _EVAL: dict[Any, Callable] = {}
+_TRAINERS: dict[tuple, Trainer] = {}
+
+
+def _recent(cache: dict, key: Any, make: Callable[[], Any], limit: int = 8) -> Any:
+    value = cache.pop(key, None)
+    cache[key] = value = make() if value is None else value  # most recent last
+    while len(cache) > limit:
+        cache.pop(next(iter(cache)))
+    return value
 
 
 def accuracy(target: Target, params: Params, dataset: Dataset, *, split: str = "test") -> float:
@@ -353,9 +406,9 @@ def accuracy(target: Target, params: Params, dataset: Dataset, *, split: str = "
     x, y = (
         (dataset.x_test, dataset.y_test) if split == "test" else (dataset.x_train, dataset.y_train)
     )
-    fn = _EVAL.get(target)
-    if fn is None:
-        fn = _EVAL.setdefault(target, jax.jit(lambda p, x, y: evaluate_population(target, p, x, y)))
+    fn = _recent(
+        _EVAL, target, lambda: jax.jit(lambda p, x, y: evaluate_population(target, p, x, y))
+    )
     pop = jax.tree.map(lambda a: jnp.asarray(a)[None], params)
     return float(fn(pop, jnp.asarray(x), jnp.asarray(y))["acc"][0])
 
@@ -375,7 +428,15 @@ def finetune(
         raise ValueError(f"finetune: steps must be an int >= 0, got {steps!r}")
     if steps == 0:
         return params
-    tr = Trainer(target, dataset, TrainConfig(batch_size=batch_size, steps_per_epoch=steps))
+    tr = _recent(
+        _TRAINERS,
+        (target, id(dataset), steps, batch_size),
+        lambda: Trainer(target, dataset, TrainConfig(batch_size=batch_size, steps_per_epoch=steps)),
+    )
+    if tr.dataset is not dataset:  # an id reused by a new object: rebuild
+        tr = _TRAINERS[(target, id(dataset), steps, batch_size)] = Trainer(
+            target, dataset, TrainConfig(batch_size=batch_size, steps_per_epoch=steps)
+        )
     pop = jax.tree.map(lambda a: jnp.asarray(a)[None], params)
     state = tr.init(jax.random.key(seed), 1, learning_rate=learning_rate, params=pop, shard=False)
     state, _ = tr.train_epoch(state, 0)
@@ -447,7 +508,7 @@ def _prune_step(target, params, groups, scores, goal, speedup):
     f_all = flops(len(order))[0]
     if f_all > goal:
         g = groups[blocked]
-        raise ValueError(
+        raise UnreachableSpeedup(
             f"speed-up {speedup:g}x cannot be reached: even one unit per group leaves "
             f"{f_all:,} FLOPs > {int(goal):,}; it would remove every channel of layer "
             f"{_layer_names(g)} (group {g.name!r})"
@@ -468,6 +529,42 @@ def _check_prunable(target: Target) -> list[compact.Group]:
     if not groups:
         raise ValueError(f"{target.name} has no prunable hidden units (no structural groups)")
     return groups
+
+
+def _check_prune_args(speedup, steps, importance, normalizer) -> None:
+    if speedup is not None and not (
+        isinstance(speedup, int | float) and math.isfinite(speedup) and speedup >= 1
+    ):
+        raise ValueError(f"speedup must be a finite number >= 1, got {speedup!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"prune steps must be an int >= 1, got {steps!r}")
+    if importance not in compact.IMPORTANCE_METHODS:
+        raise ValueError(f"importance {importance!r}; expected one of {compact.IMPORTANCE_METHODS}")
+    if normalizer not in compact.IMPORTANCE_NORMALIZERS:
+        raise ValueError(
+            f"normalizer {normalizer!r}; expected one of {compact.IMPORTANCE_NORMALIZERS}"
+        )
+
+
+def check_reachable(target: Target, speedup: float) -> None:
+    """Raises `UnreachableSpeedup` (naming the layer) if keeping one unit in every group
+    still leaves more than ``FLOPs / speedup``; cheap (no weights needed)."""
+    _check_prune_args(speedup, 1, "l2", None)
+    groups = _check_prunable(target)
+    params = jax.tree.unflatten(target.treedef, [np.zeros(s.shape, s.dtype) for s in target.spec])
+    scores = [np.arange(g.size, dtype=np.float32) for g in groups]
+    order, blocked = _removal_order(scores)
+    masks = _keep_masks([g.size for g in groups], order)
+    t, _ = compact.remove_units(target, params, masks, groups=groups, check=False)
+    goal = compact.count_flops(target) / speedup
+    f_min = compact.count_flops(t)
+    if f_min > goal:
+        g = groups[blocked]
+        raise UnreachableSpeedup(
+            f"speed-up {speedup:g}x cannot be reached: even one unit per group leaves "
+            f"{f_min:,} FLOPs > {int(goal):,}; it would remove every channel of layer "
+            f"{_layer_names(g)} (group {g.name!r})"
+        )
 
 
 def prune_to_speedup(
@@ -493,15 +590,11 @@ def prune_to_speedup(
       standalone config).
 
     Raises:
-      ValueError: a speed-up below 1 or unreachable (naming the layer that would lose
-        every channel), an unknown importance, or a target with no hidden units.
+      ValueError: a speed-up below 1, an unknown importance, or a target with no hidden
+        units; `UnreachableSpeedup` (a ValueError) naming the layer that would lose every
+        channel.
     """
-    if not (isinstance(speedup, int | float) and math.isfinite(speedup) and speedup >= 1):
-        raise ValueError(f"speedup must be a finite number >= 1, got {speedup!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"prune steps must be an int >= 1, got {steps!r}")
-    if importance not in compact.IMPORTANCE_METHODS:
-        raise ValueError(f"importance {importance!r}; expected one of {compact.IMPORTANCE_METHODS}")
+    _check_prune_args(speedup, steps, importance, normalizer)
     if importance == "random" and key is None:
         key = jax.random.key(0)
     f0 = compact.count_flops(target)
@@ -535,6 +628,7 @@ def prune_to_floor(
         raise ValueError(f"accuracy floor must lie in [0, 1], got {floor!r}")
     if not (isinstance(factor, int | float) and factor > 1):
         raise ValueError(f"factor must be > 1, got {factor!r}")
+    _check_prune_args(factor, 1, importance, normalizer)
     t, p = target, params
     for i in range(max_rounds):
         ks = None if key is None else jax.random.fold_in(key, i)
@@ -542,7 +636,7 @@ def prune_to_floor(
             nt, np_ = prune_to_speedup(
                 t, p, factor, importance=importance, normalizer=normalizer, steps=1, key=ks
             )
-        except ValueError:
+        except UnreachableSpeedup:
             break  # nothing left to remove
         if accuracy(nt, np_, dataset, split="train") < floor:
             break
@@ -598,6 +692,25 @@ def _standalone(target: Target, params: Params) -> tuple[Target, dict[str, Any] 
     return target_from_config(cfg), cfg
 
 
+def _check_metanet(metanet: MetaPruner, target: Target) -> None:
+    """The metanet must have been trained on networks of the same function family."""
+    mine = [(s.path, s.shape) for s in metanet.target.spec]
+    if mine != [(s.path, s.shape) for s in target.spec]:
+        raise ValueError(
+            f"prune_pipeline: the metanet edits {metanet.target.name}; {target.name} has "
+            "other leaves or shapes"
+        )
+    a, b = dict(metanet.target.config or {}), dict(target.config or {})
+    for c in (a, b):  # dropout does not change the evaluated function
+        c.pop("dropout", None)
+    if a and b and a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(
+            f"prune_pipeline: the metanet was trained on {metanet.target.name}; "
+            f"{target.name} differs in {diff}"
+        )
+
+
 def prune_pipeline(
     target: Target,
     params: Params,
@@ -624,19 +737,20 @@ def prune_pipeline(
     """
     if (speedup is None) == (accuracy_floor is None):
         raise ValueError("prune_pipeline: give exactly one of speedup and accuracy_floor")
+    if accuracy_floor is not None and not (
+        isinstance(accuracy_floor, int | float) and 0 <= accuracy_floor <= 1
+    ):
+        raise ValueError(f"accuracy floor must lie in [0, 1], got {accuracy_floor!r}")
+    _check_prune_args(speedup, prune_steps, importance, normalizer)
+    for name, v in (("finetune_before", finetune_before), ("finetune_after", finetune_after)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"prune_pipeline: {name} must be an int >= 0, got {v!r}")
     target.validate(params)
-    if metanet is not None and metanet.target.paths != target.paths:
-        raise ValueError(
-            f"prune_pipeline: the metanet edits {metanet.target.name}, not {target.name}"
-        )
-    if metanet is not None and [s.shape for s in metanet.target.spec] != [
-        s.shape for s in target.spec
-    ]:
-        raise ValueError(
-            f"prune_pipeline: the metanet edits {metanet.target.name}; {target.name} has "
-            "other shapes"
-        )
+    if metanet is not None:
+        _check_metanet(metanet, target)
     _check_prunable(target)
+    if speedup is not None:  # before any fine-tuning
+        check_reachable(target, speedup)
     key = jax.random.key(seed)
     t0 = time.perf_counter()
     acc = {"original": accuracy(target, params, dataset)}
@@ -669,6 +783,10 @@ def prune_pipeline(
             key=kp,
         )
     t, cfg = _standalone(t, p)
+    widths = [g.size for g in compact.structural_groups(t)]
+    if cfg is not None:  # the rebuild config is exact (a 1-unit layer may split a group)
+        widths = cfg.get("widths", cfg.get("channels"))
+        widths = widths if isinstance(widths, list) else [widths]
     acc["pruned"] = accuracy(t, p, dataset)
     p = finetune(t, p, dataset, steps=finetune_after, seed=seed + 1, **ft)
     acc["final"] = accuracy(t, p, dataset)
@@ -682,7 +800,8 @@ def prune_pipeline(
         "finetune_before": finetune_before,
         "finetune_after": finetune_after,
         "learning_rate": learning_rate,
-        "widths": [g.size for g in compact.structural_groups(t)],
+        "widths": widths,
+        "dataset": dataset.name,
         "seconds": time.perf_counter() - t0,
     }
     return PruneResult(

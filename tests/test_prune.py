@@ -1,0 +1,415 @@
+"""metanets.prune: group-L2 sparsity, MetaPruning metanet training (equivariant edits,
+save/load, the sparsity term going down), progressive structured pruning to a speed-up
+or an accuracy floor, and the pipeline with compact export."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyper import compact
+from hyper.architectures import make_target
+from hyper.checkpoint import CheckpointError, save_population
+from hyper.target import Target
+from hyper.train import TrainConfig, Trainer
+from metanets.prune import (
+    MetaPruneConfig,
+    UnreachableSpeedup,
+    accuracy,
+    check_reachable,
+    export_pruned,
+    group_lasso,
+    load_metapruner,
+    load_pruned,
+    meta_train,
+    prune_pipeline,
+    prune_to_floor,
+    prune_to_speedup,
+)
+
+CHANNELS = [6, 6]
+ZOO = 4  # members 0..2 train the metanet, member 3 is held out
+
+
+def _leaves(params) -> list[np.ndarray]:
+    return [np.asarray(a) for a in jax.tree.leaves(params)]
+
+
+def _member(population, i: int):
+    return jax.tree.map(lambda a: a[i], population)
+
+
+def _stack(*nets):
+    return jax.tree.map(lambda *a: jnp.stack(a), *nets)
+
+
+def zero_units(target: Target, params, group: compact.Group, units):
+    """Sets every parameter a group's units own to zero."""
+    index = {p: i for i, p in enumerate(target.paths)}
+    leaves = [a.copy() for a in _leaves(params)]
+    for path, ax in group.axes:
+        sl = [slice(None)] * leaves[index[path]].ndim
+        sl[ax] = np.asarray(units)
+        leaves[index[path]][tuple(sl)] = 0.0
+    return jax.tree.unflatten(target.treedef, leaves)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return make_target("cnn2d", input_shape=(8, 8), channels=CHANNELS, out_features=10)
+
+
+@pytest.fixture(scope="module")
+def zoo(target, digits):
+    """Four digits CNNs trained 3 epochs at different learning rates."""
+    tr = Trainer(target, digits, TrainConfig(batch_size=32))
+    lr = np.array([1e-2, 2e-2, 3e-2, 5e-2], np.float32)
+    state = tr.init(jax.random.key(0), ZOO, learning_rate=lr, shard=False)
+    for e in range(3):
+        state, _ = tr.train_epoch(state, e)
+    assert not bool(jnp.any(state.diverged))
+    return state.params
+
+
+@pytest.fixture(scope="module")
+def net(zoo):
+    """The held-out trained network."""
+    return _member(zoo, ZOO - 1)
+
+
+@pytest.fixture(scope="module")
+def pruner(target, zoo, digits):
+    """A metanet trained 8 steps on three networks, all three in every step (so the logged
+    sparsity term is a function of the metanet alone), with a large sparsity weight."""
+    config = MetaPruneConfig(
+        hidden=8,
+        num_layers=1,
+        steps=8,
+        nets_per_step=3,
+        batch_size=32,
+        sparsity=10.0,
+        learning_rate=1e-2,
+    )
+    lines = []
+    mp = meta_train(
+        target,
+        jax.tree.map(lambda a: a[: ZOO - 1], zoo),
+        digits,
+        config,
+        log=lines.append,
+        log_every=1,
+    )
+    assert len(lines) == config.steps
+    return mp
+
+
+@pytest.fixture(scope="module")
+def x_batch(digits):
+    return np.asarray(digits.x_test[:64])
+
+
+# ---------------------------------------------------------------------------------------
+# group_lasso
+# ---------------------------------------------------------------------------------------
+
+
+def test_group_lasso_matches_numpy(cnn2d_rect_target, random_params):
+    t = cnn2d_rect_target  # groups of 3, 4 and 5 units: a mean over units, not over groups
+    p = random_params(t, 0)
+    k = [np.asarray(p["convs"][str(i)]["kernel"], np.float64) for i in range(3)]
+    b = [np.asarray(p["convs"][str(i)]["bias"], np.float64) for i in range(3)]
+    dense = np.asarray(p["dense"]["kernel"], np.float64)
+    norms = []
+    for i in range(3):
+        sq = (k[i] ** 2).sum((0, 1, 2)) + b[i] ** 2
+        sq = sq + ((k[i + 1] ** 2).sum((0, 1, 3)) if i < 2 else (dense**2).sum(1))
+        norms.append(np.sqrt(sq))
+    want = np.concatenate(norms).mean()
+    assert not np.isclose(want, np.mean([n.mean() for n in norms]), rtol=1e-3)
+    np.testing.assert_allclose(float(group_lasso(t, p)), want, rtol=1e-5)
+    jitted = jax.jit(lambda q: group_lasso(t, q))
+    np.testing.assert_allclose(float(jitted(p)), want, rtol=1e-5)
+
+
+def test_group_lasso_gradient_is_finite_at_zero_units(cnn2d_rect_target, random_params):
+    t = cnn2d_rect_target
+    groups = compact.structural_groups(t)
+    p = zero_units(t, random_params(t, 1), groups[1], [0, 2])
+    grad = jax.grad(lambda q: group_lasso(t, q))(p)
+    for path, g, a in zip(t.paths, _leaves(grad), _leaves(p), strict=True):
+        assert np.all(np.isfinite(g)), path
+        # a zero weight has zero gradient (w / ||unit||), whichever unit norm it is in
+        np.testing.assert_array_equal(g[a == 0.0], 0.0)
+    assert any(np.any(g != 0) for g in _leaves(grad))
+    zeros = jax.tree.map(jnp.zeros_like, p)
+    assert float(group_lasso(t, zeros)) == pytest.approx(0.0, abs=1e-5)
+    grad = jax.grad(lambda q: group_lasso(t, q))(zeros)
+    assert all(np.all(np.isfinite(g)) for g in _leaves(grad))
+
+
+# ---------------------------------------------------------------------------------------
+# meta_train and the MetaPruner
+# ---------------------------------------------------------------------------------------
+
+
+def test_meta_train_history_and_sparsity_goes_down(pruner):
+    h = pruner.history
+    assert [row["step"] for row in h] == list(range(1, 9))
+    for row in h:
+        assert set(row) == {"step", "loss", "ce", "sparsity"}
+        assert all(np.isfinite(v) for v in row.values())
+        assert row["loss"] == pytest.approx(row["ce"] + 10.0 * row["sparsity"], rel=1e-5)
+    # deterministic (fixed seeds, all networks every step); lambda = 10 dominates the loss
+    assert h[-1]["sparsity"] < 0.995 * h[0]["sparsity"]
+    assert h[-1]["loss"] < h[0]["loss"]
+
+
+def test_edit_is_permutation_equivariant(target, pruner, net):
+    perms = compact.random_permutations(target, jax.random.key(5))
+    assert any(np.any(np.asarray(p) != np.arange(len(p))) for p in perms)
+    moved = compact.permute(target, net, perms)
+    edited = pruner.edit(_stack(net, moved))
+    e_net, e_moved = _member(edited, 0), _member(edited, 1)
+    expected = compact.permute(target, e_net, perms)
+    for path, a, b in zip(target.paths, _leaves(e_moved), _leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=path)
+    # the edit is a real, residual change of every leaf (so equivariance is not vacuous)
+    for path, a, b in zip(target.paths, _leaves(e_net), _leaves(net), strict=True):
+        assert 1e-6 < np.max(np.abs(a - b)) < 1.0, path
+    # edit_one is the same edit
+    for a, b in zip(_leaves(pruner.edit_one(net)), _leaves(e_net), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_metapruner_save_load_round_trip(tmp_path, target, pruner, zoo):
+    path = pruner.save(tmp_path / "mp")
+    again = load_metapruner(path)
+    assert again.config == pruner.config
+    assert again.window == pruner.window
+    assert again.target.config == target.config
+    assert again.history == pruner.history
+    pair = jax.tree.map(lambda a: a[:2], zoo)
+    for a, b in zip(_leaves(pruner.edit(pair)), _leaves(again.edit(pair)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="not empty"):
+        pruner.save(path)
+
+
+# ---------------------------------------------------------------------------------------
+# prune_to_speedup / prune_to_floor
+# ---------------------------------------------------------------------------------------
+
+
+def test_prune_to_speedup_meets_the_goal(target, net, x_batch):
+    f0 = compact.count_flops(target)
+    small, sp = prune_to_speedup(target, net, 3.0)
+    assert compact.count_flops(small) <= f0 / 3.0
+    widths = [g.size for g in compact.structural_groups(small)]
+    assert len(widths) == len(CHANNELS) and min(widths) >= 1
+    assert sum(widths) < sum(CHANNELS)
+    small.validate(sp)
+    assert compact.count_params(small) < compact.count_params(target)
+    shapes = [a.shape for a in _leaves(sp)]
+    assert all(
+        all(d <= e for d, e in zip(s, o.shape, strict=True))
+        for s, o in zip(shapes, target.spec, strict=True)
+    )
+    y = np.asarray(small.apply(sp, x_batch))
+    assert y.shape == (len(x_batch), 10) and np.all(np.isfinite(y))
+
+
+def test_prune_to_speedup_refusals(target, net):
+    with pytest.raises(UnreachableSpeedup, match=r"cannot be reached.*convs/"):
+        prune_to_speedup(target, net, 50.0)
+    with pytest.raises(UnreachableSpeedup, match=r"cannot be reached.*convs/"):
+        check_reachable(target, 50.0)
+    check_reachable(target, 3.0)
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="speedup must be"):
+            prune_to_speedup(target, net, bad)
+    with pytest.raises(ValueError, match="importance"):
+        prune_to_speedup(target, net, 2.0, importance="l3")
+    with pytest.raises(ValueError, match="steps"):
+        prune_to_speedup(target, net, 2.0, steps=0)
+
+
+def test_random_importance_is_deterministic_given_a_key(target, net):
+    def run(seed):
+        _, sp = prune_to_speedup(
+            target, net, 2.0, importance="random", steps=1, key=jax.random.key(seed)
+        )
+        return _leaves(sp)
+
+    a, b = run(3), run(3)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+
+    def same(u, v):
+        return all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(u, v, strict=True))
+
+    assert not all(same(a, run(s)) for s in (4, 5, 6))
+
+
+def test_all_zero_units_are_removed_first_and_keep_the_function(target, net, x_batch):
+    groups = compact.structural_groups(target)
+    dead = [np.array([1, 4]), np.array([2])]
+    p = net
+    for g, d in zip(groups, dead, strict=True):
+        p = zero_units(target, p, g, d)
+    keep = [np.setdiff1d(np.arange(g.size), d) for g, d in zip(groups, dead, strict=True)]
+    reference, _ = compact.remove_units(target, p, keep)
+    f0, fz = compact.count_flops(target), compact.count_flops(reference)
+    # a speed-up that removing exactly the dead units reaches (FLOPs are integers)
+    small, sp = prune_to_speedup(target, p, f0 / (fz + 0.5))
+    assert [g.size for g in compact.structural_groups(small)] == [len(k) for k in keep]
+    k0 = np.asarray(p["convs"]["0"]["kernel"])
+    np.testing.assert_array_equal(np.asarray(sp["convs"]["0"]["kernel"]), k0[..., keep[0]])
+    k1 = np.asarray(p["convs"]["1"]["kernel"])[:, :, keep[0], :][..., keep[1]]
+    np.testing.assert_array_equal(np.asarray(sp["convs"]["1"]["kernel"]), k1)
+    np.testing.assert_allclose(
+        np.asarray(small.apply(sp, x_batch)),
+        np.asarray(target.apply(p, x_batch)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_prune_to_floor_keeps_the_floor(target, net, digits):
+    a0 = accuracy(target, net, digits, split="train")
+    floor = a0 - 0.03
+    small, sp = prune_to_floor(target, net, digits, floor, factor=1.25)
+    assert accuracy(small, sp, digits, split="train") >= floor
+    assert compact.count_flops(small) < compact.count_flops(target)
+    # a floor the first round cannot keep returns the input itself
+    same_t, same_p = prune_to_floor(target, net, digits, 1.0)
+    assert same_t is target and same_p is net
+    with pytest.raises(ValueError, match="floor"):
+        prune_to_floor(target, net, digits, 1.5)
+
+
+def test_prune_to_floor_refuses_bad_arguments(target, net, digits):
+    # not mistaken for "nothing left to remove" (which returns the last network)
+    with pytest.raises(ValueError, match="importance"):
+        prune_to_floor(target, net, digits, 0.0, importance="l3")
+    with pytest.raises(ValueError, match="normalizer"):
+        prune_to_floor(target, net, digits, 0.0, normalizer="median")
+    with pytest.raises(ValueError, match="factor"):
+        prune_to_floor(target, net, digits, 0.0, factor=1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline and compact export
+# ---------------------------------------------------------------------------------------
+
+FT = {"finetune_before": 3, "finetune_after": 3, "prune_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def results(target, net, digits, pruner):
+    return {
+        "metaprune": prune_pipeline(target, net, digits, speedup=2.0, metanet=pruner, **FT),
+        "group_l2": prune_pipeline(target, net, digits, speedup=2.0, **FT),
+    }
+
+
+@pytest.mark.parametrize("method", ["metaprune", "group_l2"])
+def test_pipeline_record(method, results, target, net, digits):
+    r = results[method]
+    stages = {"original", "finetuned", "pruned", "final"}
+    assert set(r.acc) == (stages | {"edited"} if method == "metaprune" else stages)
+    assert all(0.0 <= v <= 1.0 for v in r.acc.values())
+    assert r.acc["original"] == pytest.approx(accuracy(target, net, digits))
+    assert r.speedup >= 2.0
+    assert r.flops == (compact.count_flops(target), compact.count_flops(r.target))
+    assert r.num_params[1] < r.num_params[0] == compact.count_params(target)
+    assert r.info["metanet"] is (method == "metaprune")
+    assert r.info["speedup_goal"] == 2.0 and r.info["accuracy_floor"] is None
+    assert r.info["finetune_before"] == 3 and r.info["finetune_after"] == 3
+    # a standalone make_target config with the new widths, not a derived target
+    assert r.config is not None and "derived_from" not in r.config
+    assert r.config["channels"] == r.info["widths"]
+    assert r.target.config == r.config
+    r.target.validate(r.params)
+    assert r.acc["final"] == pytest.approx(accuracy(r.target, r.params, digits))
+
+
+def test_export_and_load_pruned(tmp_path, results, target, zoo, x_batch):
+    r = results["metaprune"]
+    path = export_pruned(tmp_path / "pruned", r)
+    t, p, record = load_pruned(path)
+    assert t is not r.target
+    assert t.config == r.config and "derived_from" not in t.config
+    assert t.config["channels"] == r.info["widths"]
+    for a, b in zip(_leaves(p), _leaves(r.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(
+        np.asarray(t.apply(p, x_batch)), np.asarray(r.target.apply(r.params, x_batch)), rtol=1e-6
+    )
+    assert record["speedup"] == pytest.approx(r.speedup)
+    assert record["acc"] == pytest.approx(r.acc)
+    assert tuple(record["flops"]) == r.flops
+    save_population(tmp_path / "zoo", zoo, target)
+    with pytest.raises(CheckpointError, match="no pruned network"):
+        load_pruned(tmp_path / "zoo")
+
+
+def test_pipeline_refusals(target, net, digits, pruner, mlp_target, random_params):
+    with pytest.raises(ValueError, match="exactly one"):
+        prune_pipeline(target, net, digits)
+    with pytest.raises(ValueError, match="exactly one"):
+        prune_pipeline(target, net, digits, speedup=2.0, accuracy_floor=0.5)
+    with pytest.raises(ValueError, match="metanet edits .*other leaves or shapes"):
+        prune_pipeline(
+            mlp_target, random_params(mlp_target, 0), digits, speedup=2.0, metanet=pruner
+        )
+    wider = make_target("cnn2d", input_shape=(8, 8), channels=[8, 6], out_features=10)
+    with pytest.raises(ValueError, match="metanet edits .*other leaves or shapes"):
+        prune_pipeline(wider, random_params(wider, 0), digits, speedup=2.0, metanet=pruner)
+    # same leaves and shapes, another function: refused too
+    tanh = make_target(
+        "cnn2d", input_shape=(8, 8), channels=CHANNELS, out_features=10, activation="tanh"
+    )
+    with pytest.raises(ValueError, match="activation"):
+        prune_pipeline(tanh, net, digits, speedup=2.0, metanet=pruner)
+
+
+def test_group_norm_ratio_is_scale_invariant_and_rewards_separation(target, net):
+    from metanets.prune import group_norm_ratio
+
+    base = float(group_norm_ratio(target, net))
+    scaled = jax.tree.map(lambda a: 3.0 * a, net)
+    assert float(group_norm_ratio(target, scaled)) == pytest.approx(base, rel=1e-5)
+    # group_lasso is not: it rewards shrinking every weight alike
+    assert float(group_lasso(target, scaled)) == pytest.approx(3 * float(group_lasso(target, net)))
+    g = compact.structural_groups(target)[0]
+    sparser = zero_units(target, net, g, np.arange(g.size // 2))
+    assert float(group_norm_ratio(target, sparser)) < base - 0.01
+    with pytest.raises(ValueError, match="sparsity_kind"):
+        MetaPruneConfig(sparsity_kind="l0")
+
+
+def test_edit_keeps_running_statistics():
+    """BatchNorm running mean/variance are node features of the graph, but the edit leaves
+    them as they are (an edited variance could turn negative)."""
+    from flax import nnx
+
+    from metanets.graph import kernel_window
+    from metanets.models import GraphMetanet
+    from metanets.prune import MetaPruner
+
+    t = make_target("cnn2d", input_shape=(8, 8), channels=[3, 3], out_features=10, batchnorm=True)
+    p = t.init(jax.random.key(1))
+    p = jax.tree.map(lambda a: a + 0.1, p)  # non-trivial running statistics
+    window = kernel_window(t)
+    model = GraphMetanet(window[0] * window[1], hidden=8, num_layers=1, rngs=nnx.Rngs(0))
+    mp = MetaPruner(t, model, MetaPruneConfig(r=0.5), window)
+    edited = mp.edit_one(p)
+    changed = []
+    for s, a, b in zip(t.spec, _leaves(p), _leaves(edited), strict=True):
+        if s.role == "running_stat":
+            np.testing.assert_array_equal(a, b, err_msg=s.path)
+        else:
+            changed.append(not np.allclose(a, b))
+    assert any(changed)
