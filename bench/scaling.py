@@ -14,6 +14,10 @@
 - **Memory-bounded generation**: `generate_and_evaluate` of M = 256 ... 16384 targets
   (chunks of 32) in fresh subprocesses: peak RSS should not grow with M
   (``gen_eval_rss_growth``: peak at the largest M over peak at the smallest).
+- **Metanet batches** (`metanets.models.GraphMetanet`, hidden 32, 3 layers, on graphs of
+  digits CNNs 1-8-8-8 padded to power-of-two buckets and split over the devices with
+  `metanets.graph.shard_graphs`): forward+backward graphs/s and compile seconds against
+  the batch size.
 - **Fraction of peak**: zoo training's matmul FLOPs (forward + backward ≈ 3 × 2·batch·
   Σ fan_in·fan_out per net-step) at the best N, over this machine's fp32 matmul peak.
 
@@ -67,6 +71,7 @@ SIZES = {
         "gen_m": [1, 16, 256, 4096],
         "gen_widths": [[32], [128, 128], [512, 512]],
         "gen_eval_m": [256, 4096, 16384],
+        "metanet_b": [8, 32, 128, 512, 2048],
         "repeats": 3,
     },
     # One H100/H200 (bench/gpu.sh): larger populations and targets, same structure.
@@ -76,6 +81,7 @@ SIZES = {
         "gen_m": [16, 1024, 16384, 65536],
         "gen_widths": [[32], [512, 512], [2048, 2048]],
         "gen_eval_m": [],
+        "metanet_b": [64, 512, 4096, 16384],
         "repeats": 3,
     },
     "quick": {
@@ -84,6 +90,7 @@ SIZES = {
         "gen_m": [16, 1024],
         "gen_widths": [[32], [256, 256]],
         "gen_eval_m": [256, 4096],
+        "metanet_b": [16, 128],
         "repeats": 2,
     },
 }
@@ -248,6 +255,58 @@ def gen_eval_memory(ms: list[int]) -> dict[str, Any] | None:
     return {"m": ms, "peak_rss_mb": rss, "gen_eval_rss_growth": rss[-1] / rss[0]}
 
 
+def metanet_batches(sizes: list[int], repeats: int) -> dict[str, Any] | None:
+    """Forward+backward graphs/s of a GraphMetanet against the batch size."""
+    if not sizes:
+        return None
+    from metanets.graph import GraphBank, shard_graphs
+    from metanets.models import GraphMetanet
+
+    target = make_target("cnn2d", input_shape=(8, 8), channels=[8, 8, 8], out_features=10)
+    n = max(sizes)
+    keys = jax.random.split(jax.random.key(0), n)
+    pop = jax.vmap(target.init)(keys)
+    bank = GraphBank([(target, pop)])
+    model = GraphMetanet(bank.window[0] * bank.window[1], hidden=32, num_layers=3, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    ndev = jax.device_count()
+    mesh = sharding.targets_mesh() if ndev > 1 else None
+    if mesh is not None:
+        state = sharding.put(state, sharding.replicated(mesh))
+
+    @jax.jit
+    def step(state, graphs):
+        def loss(s):
+            y = nnx.merge(graphdef, s)(graphs)[:, 0]
+            return jnp.sum(jnp.where(graphs.globals["mask"], y * y, 0.0))
+
+        return jax.grad(loss)(state)
+
+    out: dict[str, Any] = {
+        "batch": sizes,
+        "graphs_per_s": [],
+        "first_call_s": [],
+        "devices": ndev,
+        "target": target.name,
+    }
+    for b in sizes:
+        g = bank.batch(np.arange(b), min_graphs=b + 1)
+        if mesh is not None:
+            g = shard_graphs(g, mesh)
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(state, g))
+        first = time.perf_counter() - t0
+        best = float("inf")
+        for _ in range(max(repeats, min(20, 2048 // b))):
+            t0 = time.perf_counter()
+            jax.block_until_ready(step(state, g))
+            best = min(best, time.perf_counter() - t0)
+        out["graphs_per_s"].append(b / best)
+        out["first_call_s"].append(first)
+        log(f"metanet batch {b}: {b / best:,.0f} graphs/s fwd+bwd (first call {first:.2f} s)")
+    return out
+
+
 def plots(result: dict[str, Any], directory: Path) -> list[str]:
     import matplotlib
 
@@ -320,6 +379,25 @@ def plots(result: dict[str, Any], directory: Path) -> list[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path.name)
+
+    mn = result.get("metanet")
+    if mn:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        axes[0].plot(mn["batch"], mn["graphs_per_s"], "o-")
+        axes[0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="graphs per batch",
+            ylabel="graphs/s (fwd+bwd)",
+            title=f"metanet throughput ({mn['devices']} devices)",
+        )
+        axes[1].plot(mn["batch"], mn["first_call_s"], "o-")
+        axes[1].set(xscale="log", xlabel="graphs per batch", ylabel="s", title="first call")
+        fig.tight_layout()
+        path = directory / "scaling_metanet.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path.name)
     return written
 
 
@@ -339,6 +417,7 @@ def run(quick: bool, size: str | None = None) -> dict[str, Any]:
     result["zoo_memory"] = zoo_memory(sizes["zoo_mem_n"])
     result["generation"] = generation(sizes["gen_m"], sizes["gen_widths"], sizes["repeats"])
     result["gen_eval_memory"] = gen_eval_memory(sizes["gen_eval_m"])
+    result["metanet"] = metanet_batches(sizes.get("metanet_b", []), sizes["repeats"])
     peak_flops = max(peak_before, peak())
     z = result["zoo"]
     result["matmul_peak_gflops"] = peak_flops / 1e9

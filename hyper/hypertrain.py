@@ -103,6 +103,12 @@ class HyperTrainer:
       batch_size: examples per target per step.
       shared_batch: one batch for all M targets (True) or one per target.
       sampler: ``(key, M) -> {name: [M, ...]}``; default `hyper.conditions.sample`.
+      mesh: a 1-D ``targets`` mesh (`hyper.sharding.targets_mesh`, possibly spanning
+        several processes): each step's M conditions, the targets generated from them and
+        their losses are split across its devices (M must be a multiple of its size); the
+        hypernet, optimizer state and data are replicated; gradients are summed across
+        devices by the compiler (GSPMD). Results equal a single-device run up to the
+        order of floating-point sums.
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class HyperTrainer:
         batch_size: int = 128,
         shared_batch: bool = True,
         sampler: Callable[[jax.Array, int], dict[str, jax.Array]] | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         if conditions_per_step < 1 or batch_size < 1:
             raise ValueError(
@@ -141,6 +148,21 @@ class HyperTrainer:
         self.graphdef, params, self.rest = nnx.split(hnet, nnx.Param, ...)
         # Steps donate `self.params`: own copies, so the caller's `hnet` stays usable.
         self.params = jax.tree.map(jnp.copy, params)
+        self.mesh = mesh
+        self._conds_sharding = None
+        if mesh is not None:
+            from hyper import sharding
+
+            size = mesh.devices.size
+            if self.m % size:
+                raise ValueError(
+                    f"HyperTrainer: conditions_per_step={self.m} must be a multiple of the "
+                    f"mesh size {size} to shard the targets"
+                )
+            rep = sharding.replicated(mesh)
+            self.params, self.rest = sharding.put((self.params, self.rest), rep)
+            self.x, self.y = sharding.put((self.x, self.y), rep)
+            self._conds_sharding = sharding.targets_sharding(mesh)
         self.opt_state = self.optimizer.init(self.params)
         self.step_count = 0
         self._step = jax.jit(self._step_impl, donate_argnums=(0, 2))
@@ -168,6 +190,8 @@ class HyperTrainer:
     def _step_impl(self, params, rest, opt_state, key, alive=None):
         kc, kb = jax.random.split(key)
         conds = self.sampler(kc, self.m)
+        if self._conds_sharding is not None:  # targets split across the mesh
+            conds = jax.lax.with_sharding_constraint(conds, self._conds_sharding)
         shape = (self.batch_size,) if self.shared_batch else (self.m, self.batch_size)
         idx = jax.random.randint(kb, shape, 0, self.x.shape[0])
         (loss, per), grads = jax.value_and_grad(self._loss, has_aux=True)(

@@ -32,7 +32,7 @@ from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
 from hyper.target import Params, Target
 from metanets.baselines import MLPRegressor, fit_gbm, flat_features, statnn_features
-from metanets.graph import GraphBank, _common_window
+from metanets.graph import GraphBank, _common_window, shard_graphs
 from metanets.models import GraphMetanet
 
 __all__ = [
@@ -455,6 +455,7 @@ def _fit_gmn(
     config: dict[str, Any],
     log: Callable[[str], None],
     checkpoint_dir: str | os.PathLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Predictor:
     y_mean, y_std = _standardize(y[train])
     config = {**config, "y_mean": y_mean, "y_std": y_std, "window": list(bank.window)}
@@ -470,6 +471,10 @@ def _fit_gmn(
     steps_per_epoch = max(1, len(train) // bs)
     tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if mesh is not None:
+        from hyper import sharding
+
+        params, rest = sharding.put((params, rest), sharding.replicated(mesh))
     opt_state = tx.init(params)
     yt = ((y - y_mean) / y_std).astype(np.float32)
 
@@ -497,6 +502,8 @@ def _fit_gmn(
             g = bank.batch(b, min_graphs=bs + 1)
             yb = np.zeros(g.n_node.shape[0], np.float32)
             yb[: len(b)] = yt[b]
+            if mesh is not None:
+                g, yb = shard_graphs((g, yb), mesh)
             params, opt_state, loss = step(params, opt_state, g, jnp.asarray(yb))
             losses.append(loss)
             seen[0] += len(b)
@@ -573,6 +580,7 @@ def fit(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    mesh: jax.sharding.Mesh | None = None,
     **overrides: Any,
 ) -> Predictor:
     """Fits one model on the `train` samples of `ds`.
@@ -585,6 +593,8 @@ def fit(
       checkpoint_dir: checkpoint every evaluation there (NNX models); a fit started again
         with the same data, model and hyperparameters continues from the last checkpoint
         and ends with the same weights as an uninterrupted fit.
+      mesh: ``"gmn"`` only: a 1-D mesh (`hyper.sharding.targets_mesh`) to split every
+        graph batch over (`metanets.graph.shard_graphs`; the model is replicated).
       overrides: hyperparameters replacing `DEFAULTS[kind]` (e.g. ``epochs=5``).
     """
     if kind not in MODELS:
@@ -597,9 +607,11 @@ def fit(
     train = np.asarray(train)
     tr_rel, val_rel = split_by_run(ds.run[train], val_fraction, seed + 1)
     tr, val = train[tr_rel], train[val_rel]
+    if mesh is not None and kind != "gmn":
+        raise ValueError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
     if kind == "gmn":
         bank = GraphBank(list(zip(ds.targets, ds.populations, strict=True)))
-        return _fit_gmn(bank, ds.y, tr, val, config, log, checkpoint_dir)
+        return _fit_gmn(bank, ds.y, tr, val, config, log, checkpoint_dir, mesh)
     if kind == "flat":
         config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
     else:

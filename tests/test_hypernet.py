@@ -620,3 +620,26 @@ def test_delta_ratio_zero_head_is_zero_and_split_init_is_small():
     ratios = delta_ratio(mip, conds)
     assert set(ratios) == set(mip.gen_paths)
     assert 0.0 < ratios["layers/0/kernel"] < 1.0
+
+
+def test_trainer_sharded_over_the_mesh_matches_one_device(mlp_target, digits):
+    """Hypernet training with the M targets of each step split over the 8 test devices
+    gives the single-device losses and weights (up to the order of float sums)."""
+    from hyper import sharding
+
+    h = HyperNet(mlp_target, GAMMA, hidden=(8,), rngs=nnx.Rngs(0))
+    mesh = sharding.targets_mesh()
+    key = jax.random.key(5)
+    kw = dict(optimizer=optax.adam(1e-2), conditions_per_step=8, batch_size=16)
+    one = HyperTrainer(h, digits.x_train, digits.y_train, **kw)
+    many = HyperTrainer(h, digits.x_train, digits.y_train, mesh=mesh, **kw)
+    np.testing.assert_allclose(many.run_scan(key, 3), one.run_scan(key, 3), rtol=1e-5)
+    np.testing.assert_allclose(many.step(key)["loss"], one.step(key)["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5)
+    assert len(jax.tree.leaves(many.params)[0].sharding.device_set) == mesh.devices.size
+    # the step's compiled program does split the targets: it has cross-device sums
+    hlo = many._step.lower(many.params, many.rest, many.opt_state, key).compile().as_text()
+    assert "all-reduce" in hlo
+    with pytest.raises(ValueError, match="multiple of the mesh size"):
+        HyperTrainer(h, digits.x_train, digits.y_train, mesh=mesh, conditions_per_step=3)

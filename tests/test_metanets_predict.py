@@ -133,6 +133,14 @@ def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
     d = predict.save_predictor(pred, tmp_path / "gmn")
     again = predict.load_predictor(d)
     np.testing.assert_allclose(again.predict(synthetic, test), y, rtol=1e-6, atol=1e-6)
+    # the same fit with every graph batch split over the 8 test devices
+    from hyper import sharding
+
+    kw = dict(epochs=2, batch_size=32, hidden=8, num_layers=1)
+    sharded = predict.fit("gmn", synthetic, train, mesh=sharding.targets_mesh(), **kw)
+    np.testing.assert_allclose(sharded.predict(synthetic, test), y, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="mesh applies"):
+        predict.fit("statnn_mlp", synthetic, train, mesh=sharding.targets_mesh())
     with pytest.raises(ValueError, match="not empty"):
         predict.save_predictor(pred, d)
     with pytest.raises(ValueError, match="unknown hyperparameters"):
