@@ -112,8 +112,11 @@ def _manifest_of(tree: Any) -> dict[str, dict[str, Any]]:
 
 def _to_host(tree: Any) -> Any:
     """Gathers (possibly sharded) arrays to host numpy so checkpoints do not depend on the
-    device layout they were made on."""
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+    device layout they were made on; arrays spanning several processes are gathered from
+    all of them (a collective: every process saves)."""
+    from hyper import sharding
+
+    return sharding.to_host(tree)
 
 
 class PopulationCheckpointer:
@@ -244,6 +247,11 @@ class PopulationCheckpointer:
         if step not in steps:
             raise CheckpointError(f"no step {step} in {self.directory}; steps: {steps}")
         abstract = {k: abstract_like(v) for k, v in abstract.items()}
+        if jax.process_count() > 1:  # every process reads whole arrays onto its own device
+            local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local), abstract
+            )
         manifest = self.manifest(step)
         for name, tree in abstract.items():
             self._check_manifest(step, manifest, name, tree)

@@ -16,7 +16,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = [
+    "barrier",
     "initialize_multihost",
+    "is_writer",
     "pad_targets",
     "put",
     "replicated",
@@ -178,3 +180,16 @@ def pad_targets(tree: Any, multiple: int) -> tuple[Any, int]:
         return jnp.concatenate([v, jnp.repeat(v[-1:], padded - n, axis=0)], axis=0)
 
     return jax.tree.map(pad, tree), n
+
+
+def is_writer() -> bool:
+    """True on the one process that writes shared files (process 0; always on one host)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (nothing on one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import data as data_lib
+from hyper import sharding
 from hyper.architectures import ACTIVATIONS, target_from_config
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer, safe_join
 from hyper.target import Params, Target
@@ -483,9 +484,11 @@ def build(
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"{directory} exists and is not a directory")
     # A build killed while writing zoo.json the first time leaves only its temporary file.
+    writer = sharding.is_writer()  # several processes: only process 0 writes files
     if os.path.isdir(directory) and set(os.listdir(directory)) - {"zoo.json.tmp"}:
         if overwrite:
-            shutil.rmtree(directory)
+            if writer:
+                shutil.rmtree(directory)
         elif not os.path.exists(zoo_json):
             raise ValueError(
                 f"{directory} is not empty and holds no zoo; use overwrite to replace it"
@@ -500,12 +503,14 @@ def build(
                 )
             if not resume:
                 raise ValueError(f"{directory} already holds this zoo; use resume to continue it")
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create zoo directory {directory}: {e.strerror or e}") from e
-    if not os.access(directory, os.W_OK):
-        raise ValueError(f"{directory} is not writable")
+    sharding.barrier("zoo-build-checked")  # every process has read what was there
+    if writer:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create zoo directory {directory}: {e.strerror or e}") from e
+        if not os.access(directory, os.W_OK):
+            raise ValueError(f"{directory} is not writable")
 
     config["groups"] = [
         {
@@ -518,8 +523,9 @@ def build(
     ]
     config["members"] = members
     config["complete"] = False
-    if not os.path.exists(zoo_json):
+    if writer and not os.path.exists(zoo_json):
         _write_json_atomic(zoo_json, config)
+    sharding.barrier("zoo-build-created")
 
     root = jax.random.key(config["seed"])
     ce = config["checkpoint_epochs"]
@@ -578,8 +584,10 @@ def build(
                             if budget is not None:
                                 budget -= 1
                         if epoch in ce:
-                            metrics = trainer.evaluate(state.params)
-                            rows = _rows(ms, metrics, epoch, g["id"], state.diverged)
+                            metrics, diverged = sharding.to_host(
+                                (trainer.evaluate(state.params), state.diverged)
+                            )
+                            rows = _rows(ms, metrics, epoch, g["id"], diverged)
                             ckpt.save(
                                 epoch,
                                 {
@@ -592,12 +600,15 @@ def build(
                                 specs={"params": target.spec_json()},
                             )
                             all_rows.extend(rows)
-                            _write_metadata(directory, all_rows, metadata_format)
+                            if writer:
+                                _write_metadata(directory, all_rows, metadata_format)
     finally:
         bar.close()
-    _write_metadata(directory, all_rows, metadata_format)
-    config["complete"] = True
-    _write_json_atomic(zoo_json, config)
+    if writer:
+        _write_metadata(directory, all_rows, metadata_format)
+        config["complete"] = True
+        _write_json_atomic(zoo_json, config)
+    sharding.barrier("zoo-build-complete")
     return load(directory)
 
 

@@ -48,7 +48,35 @@ def main() -> None:
     mesh = sharding.targets_mesh()
     generated = generate(hnet, {"gamma": jnp.linspace(0.0, 1.0, 6)}, mesh=mesh)  # padded to 8
 
+    # A zoo built by every process together into one directory (process 0 writes files;
+    # checkpoints gather the member-sharded states from both processes).
+    from hyper import zoo
+
+    zdir = out.replace(".npz", "_zoo")
+    grid = {
+        "learning_rate": [3e-3, 1e-2],
+        "weight_decay": [0.0],
+        "init_scale": [1.0],
+        "train_fraction": [1.0],
+        "activation": ["relu"],
+        "dropout": [0.0],
+        "optimizer": ["adam"],
+    }
+    kw = dict(
+        grid=grid,
+        seeds=2,
+        epochs=2,
+        arch={"arch": "mlp", "widths": [8], "out_features": 10},
+        progress=False,
+    )
+    zoo.build(zdir, "digits-mlp", stop_after_epochs=1, **kw)  # interrupted ...
+    z = zoo.build(zdir, "digits-mlp", resume=True, **kw)  # ... and resumed
+    built = {f"{g.id}/{k}": v for g in z.groups for k, v in _flat(g.params).items()}
+    rows = sorted(z.metadata, key=lambda r: (r["member"], r["epoch"]))
+
     arrays = {
+        "zoo_rows_test_acc": np.asarray([r["test_acc"] for r in rows]),
+        **{f"built/{k}": np.asarray(v) for k, v in built.items()},
         "test_acc": sharding.to_host(metrics["test_acc"]),
         **{f"zoo/{k}": v for k, v in _flat(sharding.to_host(state.params)).items()},
         **{f"gen/{k}": v for k, v in _flat(sharding.to_host(generated)).items()},

@@ -1,6 +1,7 @@
 """Multi-host: two processes on localhost (CPU collectives over Gloo) train one zoo
-population and generate one batch of networks sharded across both; the results equal a
-single process's on as many devices, bit for bit. Bad multi-host setups fail before
+population, build (interrupt and resume) one checkpointed zoo into one directory, and
+generate one batch of networks, sharded across both; the results equal a single
+process's on as many devices, bit for bit. Bad multi-host setups fail before
 anything compiles."""
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ def test_two_processes_equal_one_process_exactly(runs):
         np.testing.assert_array_equal(multi0[k], single[k], err_msg=k)
         np.testing.assert_array_equal(multi1[k], single[k], err_msg=k)
     assert single["test_acc"].shape == (8,) and np.all(single["test_acc"] > 0.1)
+    # the zoo built (interrupted, then resumed) by both processes into one directory
+    assert any(k.startswith("built/") for k in single)
+    assert single["zoo_rows_test_acc"].shape == (4 * 3,)  # 4 members x epochs 0, 1, 2
 
 
 @pytest.mark.parametrize(
