@@ -151,15 +151,23 @@ def run_one(name: str, quick: bool, out_dir: Path) -> dict[str, Any]:
     return {"name": name, "ok": True, "wall_s": wall, "result": json.loads(lines[-1])}
 
 
-def summary(runs: list[dict[str, Any]], quick: bool, out_dir: Path, total_s: float) -> str:
+def summary(
+    runs: list[dict[str, Any]], quick: bool, out_dir: Path, total_s: float, collected: bool = False
+) -> str:
     from hyper import sharding
 
     sharding.use_cpu_cores()  # report the devices the benchmarks used
     mach = machine()
+    ran = (
+        "`python -m bench summary`: collected from the latest result of each benchmark (each "
+        f"ran on its own; wall s from its JSON, {total_s:.0f} s summed)."
+        if collected
+        else f"`python -m bench all{' --quick' if quick else ''}`: {total_s:.0f} s in all."
+    )
     lines = [
         f"# Benchmark summary{' (--quick)' if quick else ''}",
         "",
-        f"`python -m bench all{' --quick' if quick else ''}`: {total_s:.0f} s in all. Machine: "
+        f"{ran} Machine: "
         f"{mach['cpu_model']}, {mach['cpu_cores']} cores, {mach['backend']} "
         f"({mach['device_kind']} x{mach['device_count']}), jax {mach['jax']}, load average at "
         f"the end {mach['loadavg_start']} (other jobs share the machine: compare ratios). "
@@ -170,9 +178,8 @@ def summary(runs: list[dict[str, Any]], quick: bool, out_dir: Path, total_s: flo
     ]
     for r in runs:
         if not r["ok"]:
-            lines.append(
-                f"| {r['name']} | {r['wall_s']:.0f} | FAILED (status {r['status']}) | | | |"
-            )
+            what = r.get("missing") or f"FAILED (status {r['status']})"
+            lines.append(f"| {r['name']} | {r['wall_s']:.0f} | {what} | | | |")
             continue
         rows = headline_rows(r["name"], r["result"]) or [("(no headline keys)", "", "", "")]
         for i, (metric, value, goal, met) in enumerate(rows):
@@ -185,14 +192,42 @@ def summary(runs: list[dict[str, Any]], quick: bool, out_dir: Path, total_s: flo
     return "\n".join(lines) + "\n"
 
 
+def collect(names: list[str], out_dir: Path) -> list[dict[str, Any]]:
+    """The latest `<name>.json` of each benchmark in `out_dir`, as `run_one` reports runs."""
+    runs = []
+    for name in names:
+        path = out_dir / f"{name}.json"
+        if not path.exists():
+            runs.append({"name": name, "ok": False, "wall_s": 0.0, "missing": "no results"})
+            continue
+        result = json.loads(path.read_text())
+        wall = result.get("wall_s") or 0.0
+        runs.append({"name": name, "ok": True, "wall_s": float(wall), "result": result})
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    ap.add_argument("what", nargs="?", default="all", help="'all' or one benchmark's name")
+    ap.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        help="'all', one benchmark's name, or 'summary' (rewrite summary.md from the results)",
+    )
     ap.add_argument("--quick", action="store_true", help="every benchmark's --quick mode")
     ap.add_argument("--only", default=None, help="comma-separated subset for 'all'")
     ap.add_argument("--out-dir", default=None, help="default bench/results[/quick]")
     args = ap.parse_args(argv)
     names = benches()
+    if args.what == "summary":
+        out_dir = (
+            Path(args.out_dir) if args.out_dir else (RESULTS / "quick" if args.quick else RESULTS)
+        )
+        runs = collect(names, out_dir)
+        total = sum(r["wall_s"] for r in runs)
+        (out_dir / "summary.md").write_text(summary(runs, args.quick, out_dir, total, True))
+        log(f"wrote {out_dir / 'summary.md'} from {sum(r['ok'] for r in runs)} results")
+        return 0
     if args.what != "all":
         if args.what not in names:
             ap.error(f"unknown benchmark {args.what!r}; expected 'all' or one of {names}")

@@ -56,3 +56,12 @@ def test_unknown_benchmark_is_a_usage_error():
         text=True,
     )
     assert out.returncode == 2 and "['nope']" in out.stderr
+
+
+def test_summary_collects_the_latest_results(tmp_path):
+    (tmp_path / "zoo.json").write_text('{"goals": {"a": 1}, "a": 2, "wall_s": 7.0}')
+    runs = suite.collect(["zoo", "merge"], tmp_path)
+    assert runs[0]["ok"] and runs[0]["wall_s"] == 7.0 and not runs[1]["ok"]
+    text = suite.summary(runs, False, tmp_path, 7.0, collected=True)
+    assert "| zoo | 7 | a | 2 | 1 | yes |" in text and "| merge | 0 | no results |" in text
+    assert "collected from the latest result" in text
