@@ -208,61 +208,26 @@ def run_dataset(name: str, setup: dict[str, Any], seed: int) -> dict[str, Any]:
             + ", ".join(f"{x['method']} {x['speedup']} {x['acc']:.3f}" for x in done)
         )
     t_eval = time.perf_counter() - t0
-    acc = {
-        m: {
-            label: mean_std([x["acc"] for x in rows if x["method"] == m and x["speedup"] == label])
-            for label in SPEEDUPS
+
+    def col(m: str, label: str, key: str) -> list[Any]:
+        return [x[key] for x in rows if x["method"] == m and x["speedup"] == label]
+
+    def per_method(stat) -> dict[str, dict[str, Any]]:
+        return {m: {label: stat(m, label) for label in SPEEDUPS} for m in METHODS}
+
+    acc = per_method(lambda m, lb: mean_std(col(m, lb, "acc")))
+    acc_pruned = per_method(lambda m, lb: mean_std(col(m, lb, "acc_pruned")))
+    size = per_method(
+        lambda m, lb: {
+            "flops_after_mean": float(np.mean([f[1] for f in col(m, lb, "flops")])),
+            "params_after_mean": float(np.mean([n[1] for n in col(m, lb, "num_params")])),
+            "speedup_flops_min": float(min(col(m, lb, "speedup_flops"))),
         }
-        for m in METHODS
-    }
-    acc_pruned = {
-        m: {
-            label: mean_std(
-                [x["acc_pruned"] for x in rows if x["method"] == m and x["speedup"] == label]
-            )
-            for label in SPEEDUPS
-        }
-        for m in METHODS
-    }
-    size = {
-        m: {
-            label: {
-                "flops_after_mean": float(
-                    np.mean(
-                        [x["flops"][1] for x in rows if x["method"] == m and x["speedup"] == label]
-                    )
-                ),
-                "params_after_mean": float(
-                    np.mean(
-                        [
-                            x["num_params"][1]
-                            for x in rows
-                            if x["method"] == m and x["speedup"] == label
-                        ]
-                    )
-                ),
-                "speedup_flops_min": float(
-                    min(
-                        x["speedup_flops"]
-                        for x in rows
-                        if x["method"] == m and x["speedup"] == label
-                    )
-                ),
-            }
-            for label in SPEEDUPS
-        }
-        for m in METHODS
-    }
+    )
     margin = acc["metaprune"]["3x"]["mean"] - acc["group_l2"]["3x"]["mean"]
-    paired = [
-        a["acc"] - b["acc"]
-        for a in rows
-        for b in rows
-        if a["net"] == b["net"]
-        and a["speedup"] == b["speedup"] == "3x"
-        and a["method"] == "metaprune"
-        and b["method"] == "group_l2"
-    ]
+    # rows come in the same (net, speedup) order for every method
+    meta3, l2_3 = col("metaprune", "3x", "acc"), col("group_l2", "3x", "acc")
+    paired = [a - b for a, b in zip(meta3, l2_3, strict=True)]
     return {
         "dataset": name,
         "target": target.name,

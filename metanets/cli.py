@@ -316,10 +316,9 @@ def _one_architecture(z: Any) -> Any:
     """The one target of a zoo's groups; groups that would need different targets (other
     leaves or shapes, or another activation) are refused. Dropout may differ: the metanet's
     loss applies the networks in evaluation mode."""
-    first = z.groups[0]
+    from metanets.prune import config_differences
 
-    def function(t):
-        return {k: v for k, v in (t.config or {}).items() if k != "dropout"}
+    first = z.groups[0]
 
     def shapes(t):
         return t.paths, [s.shape for s in t.spec]
@@ -330,7 +329,7 @@ def _one_architecture(z: Any) -> Any:
                 f"--zoo {z.directory} holds several architectures ({first.id}: "
                 f"{first.target.name}, {g.id}: {g.target.name}); prune-train needs one"
             )
-        if function(g.target) != function(first.target):
+        if config_differences(g.target, first.target):
             raise ValueError(
                 f"--zoo {z.directory}: groups {first.id} ({first.target.name}) and {g.id} "
                 f"({g.target.name}) compute different functions; prune-train needs one "
@@ -377,25 +376,13 @@ def _load_network(
     return target, params, name, f"network {member} of {src}", None
 
 
-def _widths(target: Any) -> Any:
-    """Hidden widths: the rebuild config's (``channels`` or ``widths``) when it has them,
-    else the sizes of the structural groups."""
-    from hyper import compact
-
-    cfg = target.config or {}
-    for key in ("channels", "widths"):
-        if key in cfg:
-            return cfg[key]
-    return [g.size for g in compact.structural_groups(target)]
-
-
 def _prune(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
     from hyper import data
     from hyper.checkpoint import CheckpointError
-    from metanets.prune import export_pruned, load_metapruner, prune_pipeline
+    from metanets.prune import export_pruned, hidden_widths, load_metapruner, prune_pipeline
 
     if args.speedup is not None:
         _finite("--speedup", args.speedup, low=1, strict=False)
@@ -441,7 +428,7 @@ def _prune(args: argparse.Namespace) -> int:
             metanet = load_metapruner(mdir)
         except CheckpointError as e:
             raise ValueError(f"--metanet: {e}") from None
-    widths0 = _widths(target)
+    widths0 = hidden_widths(target)
     result = _arithmetic(
         prune_pipeline,
         target,
@@ -465,6 +452,6 @@ def _prune(args: argparse.Namespace) -> int:
     print(f"pruned {where} on {name} ({how})")
     print(f"accuracy {acc['original']:.3f} -> {acc['final']:.3f} ({steps})")
     print(f"FLOPs {f0:,} -> {f1:,}: {result.speedup:.2f}x speed-up; parameters {n0:,} -> {n1:,}")
-    print(f"widths {widths0} -> {_widths(result.target)}")
+    print(f"widths {widths0} -> {result.info['widths']}")
     print(f"wrote {out}")
     return 0

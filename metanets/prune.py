@@ -52,10 +52,12 @@ __all__ = [
     "UnreachableSpeedup",
     "accuracy",
     "check_reachable",
+    "config_differences",
     "export_pruned",
     "finetune",
     "group_lasso",
     "group_norm_ratio",
+    "hidden_widths",
     "load_metapruner",
     "load_pruned",
     "meta_train",
@@ -357,22 +359,23 @@ def meta_train(
     key = jax.random.key(config.seed + 1)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    acc = np.zeros(3)
+    acc = jnp.zeros(3)  # summed on the device; read back only when logging
     for i in range(config.steps):
         params, opt_state, loss, ce, sp = step(params, opt_state, jax.random.fold_in(key, i))
-        acc += np.asarray([loss, ce, sp], np.float64)
+        acc = acc + jnp.stack([loss, ce, sp])
         if (i + 1) % log_every == 0 or i + 1 == config.steps:
             cnt = (i % log_every) + 1
+            sums = np.asarray(acc, np.float64)
             row = {
                 "step": i + 1,
-                "loss": acc[0] / cnt,
-                "ce": acc[1] / cnt,
-                "sparsity": acc[2] / cnt,
+                "loss": sums[0] / cnt,
+                "ce": sums[1] / cnt,
+                "sparsity": sums[2] / cnt,
             }
             if not np.isfinite(row["loss"]):
                 raise FloatingPointError(f"meta_train: non-finite loss at step {i + 1}: {row}")
             history.append(row)
-            acc[:] = 0
+            acc = jnp.zeros(3)
             if log is not None:
                 log(
                     f"metaprune step {i + 1}/{config.steps}: loss {row['loss']:.4f} "
@@ -692,6 +695,28 @@ def _standalone(target: Target, params: Params) -> tuple[Target, dict[str, Any] 
     return target_from_config(cfg), cfg
 
 
+def config_differences(a: Target, b: Target) -> list[str]:
+    """Config keys in which two targets compute different functions (dropout aside: it does
+    not change evaluation); empty when they agree or either has no config."""
+    ca = {k: v for k, v in (a.config or {}).items() if k != "dropout"}
+    cb = {k: v for k, v in (b.config or {}).items() if k != "dropout"}
+    if not ca or not cb:
+        return []
+    return sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
+
+
+def hidden_widths(target: Target) -> list[int]:
+    """Hidden widths of a network: its rebuild config's ``widths``/``channels`` when it has
+    them (exact even where a 1-unit layer splits a structural group), else the sizes of
+    its structural groups."""
+    cfg = target.config or {}
+    for key in ("widths", "channels"):
+        if key in cfg:
+            w = cfg[key]
+            return list(w) if isinstance(w, list | tuple) else [int(w)]
+    return [g.size for g in compact.structural_groups(target)]
+
+
 def _check_metanet(metanet: MetaPruner, target: Target) -> None:
     """The metanet must have been trained on networks of the same function family."""
     mine = [(s.path, s.shape) for s in metanet.target.spec]
@@ -700,11 +725,8 @@ def _check_metanet(metanet: MetaPruner, target: Target) -> None:
             f"prune_pipeline: the metanet edits {metanet.target.name}; {target.name} has "
             "other leaves or shapes"
         )
-    a, b = dict(metanet.target.config or {}), dict(target.config or {})
-    for c in (a, b):  # dropout does not change the evaluated function
-        c.pop("dropout", None)
-    if a and b and a != b:
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    diff = config_differences(metanet.target, target)
+    if diff:
         raise ValueError(
             f"prune_pipeline: the metanet was trained on {metanet.target.name}; "
             f"{target.name} differs in {diff}"
@@ -783,10 +805,6 @@ def prune_pipeline(
             key=kp,
         )
     t, cfg = _standalone(t, p)
-    widths = [g.size for g in compact.structural_groups(t)]
-    if cfg is not None:  # the rebuild config is exact (a 1-unit layer may split a group)
-        widths = cfg.get("widths", cfg.get("channels"))
-        widths = widths if isinstance(widths, list) else [widths]
     acc["pruned"] = accuracy(t, p, dataset)
     p = finetune(t, p, dataset, steps=finetune_after, seed=seed + 1, **ft)
     acc["final"] = accuracy(t, p, dataset)
@@ -800,7 +818,7 @@ def prune_pipeline(
         "finetune_before": finetune_before,
         "finetune_after": finetune_after,
         "learning_rate": learning_rate,
-        "widths": widths,
+        "widths": hidden_widths(t),
         "dataset": dataset.name,
         "seconds": time.perf_counter() - t0,
     }
