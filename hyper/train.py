@@ -12,6 +12,7 @@ updating and is flagged in `TrainState.diverged`; the others keep training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -184,6 +185,79 @@ def _as_member_array(name: str, value: Any, n: int, dtype: Any) -> jax.Array:
     return jnp.asarray(a)
 
 
+def _init_chunk(n: int, preferred: int = 64) -> int:
+    """Members per chunk for one-off per-member work (init, subsets): the largest divisor of
+    `n` up to `preferred` that splits evenly over the devices; all `n` when none is >= 8."""
+    if n <= preferred:
+        return n
+    ndev = jax.device_count()
+    step = ndev if n % ndev == 0 else 1
+    for k in range(preferred - preferred % step, 7, -step):
+        if n % k == 0:
+            return k
+    return n
+
+
+def map_member_chunks(fn, tree: Any, chunk: int, *, in_place: bool = False) -> Any:
+    """``fn(tree)`` for a batched `fn` (members on the leading axis of its inputs and
+       outputs), applied `chunk` members at a time. For use inside `jax.jit`.
+    Member ``m = i * c + j`` (``c = n // chunk``) is row `i` of
+       chunk `j`: a free reshape to ``[chunk, c, ...]`` keeps each device's block of rows when
+       the members axis is sharded, so every chunk is split over the devices like the whole
+       population and the work stays local (a plain ``lax.map`` over the sharded axis makes XLA
+       replicate it). Temporaries grow with `chunk`, not with the population.
+
+       With ``in_place=True``, `fn` returns ``(new, out)`` where `new` has the structure of
+       `tree`; each chunk's `new` is written back into `tree`'s buffers (donate them to the
+       enclosing jit to update the state without a second copy) and ``(tree', out)`` returned.
+    """
+    n = jax.tree.leaves(tree)[0].shape[0]
+    if chunk >= n:
+        return fn(tree)
+    if n % chunk:
+        raise ValueError(f"map_member_chunks: chunk {chunk} does not divide {n} members")
+    c = n // chunk
+    grid = jax.tree.map(lambda v: v.reshape(chunk, c, *v.shape[1:]), tree)
+
+    def column(t, j):
+        return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, j, 1, False), t)
+
+    def put(t, part, j):
+        return jax.tree.map(lambda v, x: jax.lax.dynamic_update_index_in_dim(v, x, j, 1), t, part)
+
+    shapes = jax.eval_shape(fn, column(grid, 0))
+    if in_place:
+        shapes = shapes[1]
+    out = jax.tree.map(lambda a: jnp.zeros((chunk, c, *a.shape[1:]), a.dtype), shapes)
+
+    def body(j, carry):
+        grid, out = carry
+        res = fn(column(grid, j))
+        if in_place:
+            return put(grid, res[0], j), put(out, res[1], j)
+        return grid, put(out, res, j)
+
+    grid, out = jax.lax.fori_loop(0, c, body, (grid, out))
+    flat = lambda v: v.reshape(n, *v.shape[2:])  # noqa: E731
+    out = jax.tree.map(flat, out)
+    return (jax.tree.map(flat, grid), out) if in_place else out
+
+
+def _keep_sharded(tree: Any, shard: bool) -> Any:
+    """Inside jit: pins per-member leaves to the targets mesh when `shard` and `place` would
+    split them (else XLA may replicate outputs, e.g. those that read no sharded input)."""
+    leaves = jax.tree.leaves(tree)
+    ndev = jax.device_count()
+    n = leaves[0].shape[0] if leaves and leaves[0].ndim else 0
+    if not shard or ndev == 1 or n == 0 or n % ndev:
+        return tree
+    s = sharding.targets_sharding(sharding.targets_mesh())
+    return jax.tree.map(
+        lambda v: jax.lax.with_sharding_constraint(v, s) if v.ndim and v.shape[0] == n else v,
+        tree,
+    )
+
+
 class Trainer:
     """Trains populations of `target` on `dataset` with one compiled program per epoch.
 
@@ -232,14 +306,25 @@ class Trainer:
         # (threefry loops), with the same results. Training keeps the default optimisation.
         once = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
         # In chunks of members, like the epochs: the random-number temporaries stay small.
+        # Outputs stay split like the inputs (see `place`): no replicated copy of the state.
         self._init_params_fn = jax.jit(
-            lambda keys, scale: jax.lax.map(
-                lambda ks: self._init_member(*ks), (keys, scale), batch_size=64
+            lambda keys, scale, shard: _keep_sharded(
+                map_member_chunks(
+                    lambda ks: jax.vmap(self._init_member)(*ks),
+                    (keys, scale),
+                    _init_chunk(keys.shape[0]),
+                ),
+                shard,
             ),
+            static_argnums=2,
             compiler_options=once,
         )
         self._init_opt_fn = jax.jit(
-            jax.vmap(lambda p, a, b: self._opt_factory(a, b).init(p)), compiler_options=once
+            lambda p, a, b, shard: _keep_sharded(
+                jax.vmap(lambda p, a, b: self._opt_factory(a, b).init(p))(p, a, b), shard
+            ),
+            static_argnums=3,
+            compiler_options=once,
         )
 
     # --- state ---------------------------------------------------------------------------
@@ -289,18 +374,20 @@ class Trainer:
                 raise ValueError(f"member_keys: expected {n} typed PRNG keys, got {keys.shape}")
         else:
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+        if shard:
+            # Every per-member input is split first, so params, optimizer state and subsets
+            # are created already sharded: no full unsharded copy exists at any time.
+            keys, scale, lr, wd, frac = self.place((keys, scale, lr, wd, frac))
         if params is None:
-            params = self._init_params_fn(keys, scale)
+            params = self._init_params_fn(keys, scale, shard)
         else:
             got = self.target.validate(params, batched=True)
             if got != n:
                 raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
             # train_epoch donates the state's buffers; copy so the caller's arrays survive.
-            params = jax.tree.map(jnp.copy, params)
-        if shard:  # before the optimizer state exists: no second full copy at any time
-            params, lr, wd = self.place((params, lr, wd))
-        opt_state = self._init_opt_fn(params, lr, wd)
-        subset = self._subsets(keys, frac)
+            params = jax.tree.map(jnp.copy, self.place(params) if shard else params)
+        opt_state = self._init_opt_fn(params, lr, wd, shard)
+        subset = self._subsets(keys, frac, shard)
         state = TrainState(
             params=params,
             opt_state=opt_state,
@@ -328,19 +415,21 @@ class Trainer:
         return jax.tree.map(lambda v, is_k: v * scale if is_k else v, p, kernel)
 
     @staticmethod
-    @jax.jit
-    def _subsets_impl(keys, n_sub, n_train_arange):
+    @functools.partial(jax.jit, static_argnums=3)
+    def _subsets_impl(keys, n_sub, n_train_arange, shard):
         def one(k, m):
             perm = jax.random.permutation(jax.random.fold_in(k, 1), n_train_arange.shape[0])
             rank = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0]))
             return rank < m
 
         # Chunks of members: a vmapped permutation's sort temporaries grow with all of them.
-        return jax.lax.map(lambda a: one(*a), (keys, n_sub), batch_size=64)
+        chunk = _init_chunk(keys.shape[0])
+        subsets = map_member_chunks(lambda a: jax.vmap(one)(*a), (keys, n_sub), chunk)
+        return _keep_sharded(subsets, shard)
 
-    def _subsets(self, keys: jax.Array, frac: jax.Array) -> jax.Array:
+    def _subsets(self, keys: jax.Array, frac: jax.Array, shard: bool) -> jax.Array:
         n_sub = jnp.maximum(1, jnp.round(frac * self.n_train).astype(jnp.int32))
-        return self._subsets_impl(keys, n_sub, jnp.arange(self.n_train))
+        return self._subsets_impl(keys, n_sub, jnp.arange(self.n_train), shard)
 
     # --- training ------------------------------------------------------------------------
 
@@ -378,34 +467,10 @@ class Trainer:
 
     def _epoch(self, state: TrainState, epoch: jax.Array):
         n = state.diverged.shape[0]
-        k = self._member_chunk(n)
-        if k == n:
-            return self._epoch_members(state, epoch)
-        c = n // k
-        # Member m = i * c + j is row i of chunk j: a free reshape to [k, c, ...] keeps each
-        # device's block of rows (the members axis stays sharded), and the chunks run one
-        # after another, updating the carried state in place.
-        grid = jax.tree.map(lambda v: v.reshape(k, c, *v.shape[1:]), state)
-
-        def column(tree, j):
-            return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, j, 1, False), tree)
-
-        def put(tree, part, j):
-            return jax.tree.map(
-                lambda v, x: jax.lax.dynamic_update_index_in_dim(v, x, j, 1), tree, part
-            )
-
-        shapes = jax.eval_shape(lambda s: self._epoch_members(s, epoch)[1], column(grid, 0))
-        metrics = jax.tree.map(lambda a: jnp.zeros((k, c, *a.shape[1:]), a.dtype), shapes)
-
-        def body(j, carry):
-            grid, metrics = carry
-            new, m = self._epoch_members(column(grid, j), epoch)
-            return put(grid, new, j), put(metrics, m, j)
-
-        grid, metrics = jax.lax.fori_loop(0, c, body, (grid, metrics))
-        flat = lambda v: v.reshape(n, *v.shape[2:])  # noqa: E731
-        return jax.tree.map(flat, grid), jax.tree.map(flat, metrics)
+        # The chunks run one after another, updating the carried (donated) state in place.
+        return map_member_chunks(
+            lambda s: self._epoch_members(s, epoch), state, self._member_chunk(n), in_place=True
+        )
 
     def _epoch_members(self, state: TrainState, epoch: jax.Array):
         batch = self.config.batch_size
