@@ -41,6 +41,12 @@ def add_parsers(subparsers: Any) -> None:
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an interrupted run")
     mode.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    t.add_argument(
+        "--shard",
+        action="store_true",
+        help="split each step's targets over all local devices (conditions_per_step must be "
+        "a multiple of their number); results match one device up to float summation order",
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     g = sub.add_parser("generate", help="generate networks as a zoo directory")
@@ -70,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from hyper.hypertrain import NonFiniteLossError, train_run
 
+    mesh = None
+    if args.shard:
+        from hyper import sharding
+
+        mesh = sharding.targets_mesh()
     try:
         trainer = train_run(
             args.config,
@@ -77,6 +88,7 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            mesh=mesh,
         )
     except NonFiniteLossError as e:  # a diverged run is reported like bad input
         raise ValueError(str(e)) from None

@@ -316,6 +316,12 @@ class HyperTrainer:
         params = fill("params", self.params, arrays.get("params", {}))
         rest = fill("rest", self.rest, arrays.get("rest", {}), skip_keys=True)
         opt_state = fill("opt_state", self.opt_state, arrays.get("opt_state", {}))
+        if self.mesh is not None:  # the weights live replicated on the mesh, like at init
+            from hyper import sharding
+
+            params, rest, opt_state = sharding.put(
+                (params, rest, opt_state), sharding.replicated(self.mesh)
+            )
         self.params, self.rest, self.opt_state = params, rest, opt_state
 
 
@@ -426,7 +432,12 @@ def build_hypernet(config: Mapping[str, Any]) -> tuple[HyperNet, data_lib.Datase
     return hnet, ds
 
 
-def _trainer(config: Mapping[str, Any], hnet: HyperNet, ds: data_lib.Dataset) -> HyperTrainer:
+def _trainer(
+    config: Mapping[str, Any],
+    hnet: HyperNet,
+    ds: data_lib.Dataset,
+    mesh: jax.sharding.Mesh | None = None,
+) -> HyperTrainer:
     loss_cfg = dict(config["loss"])
     loss_fn = LOSSES[loss_cfg.pop("kind")](**loss_cfg)
     opt_cfg = dict(config["optimizer"])
@@ -438,6 +449,7 @@ def _trainer(config: Mapping[str, Any], hnet: HyperNet, ds: data_lib.Dataset) ->
         optimizer=make_optimizer(**opt_cfg),
         conditions_per_step=config["conditions_per_step"],
         batch_size=config["batch_size"],
+        mesh=mesh,
     )
 
 
@@ -449,8 +461,12 @@ def train_run(
     overwrite: bool = False,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> HyperTrainer:
     """Trains a configured hypernet, checkpointing to `out_dir` (resumable).
+
+    `mesh` (`hyper.sharding.targets_mesh`) splits each step's targets over its devices; it
+    changes placement only, so a run may be resumed with or without one.
 
     Raises:
       ValueError: bad config, or `out_dir` holds another run and neither flag fits.
@@ -461,6 +477,11 @@ def train_run(
     from tqdm.auto import tqdm
 
     config = resolve_config(config)
+    if mesh is not None and config["conditions_per_step"] % mesh.devices.size:
+        raise ValueError(
+            f"conditions_per_step={config['conditions_per_step']} must be a multiple of the "
+            f"{mesh.devices.size} devices to shard the targets"
+        )
     directory = os.path.abspath(os.fspath(out_dir))
     run_json = os.path.join(directory, "hypernet.json")
     if os.path.isdir(directory) and os.listdir(directory):
@@ -477,7 +498,7 @@ def train_run(
                 raise ValueError(f"{directory} already holds this run; use resume to continue it")
     os.makedirs(directory, exist_ok=True)
     hnet, ds = build_hypernet(config)
-    trainer = _trainer(config, hnet, ds)
+    trainer = _trainer(config, hnet, ds, mesh)
     if not os.path.exists(run_json):
         with open(run_json + ".tmp", "w") as f:
             json.dump(

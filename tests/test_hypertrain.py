@@ -90,6 +90,47 @@ def test_resume_after_interruption_gives_identical_weights(
         assert a.restore_meta(6)["losses"] == b.restore_meta(6)["losses"]
 
 
+def test_sharded_run_matches_and_resumes(
+    run_dir: Path, trained: HyperNet, config_file: Path, tmp_path: Path, capsys
+):
+    """``--shard`` splits each step's targets over the 8 test devices (TINY has 2 per step:
+    refused with one line), and a run started sharded and resumed unsharded (or the other
+    way) ends at the unsharded weights up to float summation order."""
+    args = ["hyper", "train", "--config", str(config_file), "--quiet", "--shard"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    assert "multiple of the 8 devices" in _one_error_line(capsys)
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps({**TINY, "conditions_per_step": 8}))
+    ref, half = tmp_path / "ref", tmp_path / "half"
+    base = ["hyper", "train", "--config", str(wide), "--quiet"]
+    assert main([*base, "--out", str(ref)]) == 0
+    from hyper import sharding
+
+    hypertrain.train_run(
+        str(wide), half, stop_after_steps=3, progress=False, mesh=sharding.targets_mesh()
+    )
+    assert main([*base, "--out", str(half), "--resume"]) == 0  # resumed on one device
+    sharded = tmp_path / "sharded"
+    assert main([*base, "--out", str(sharded), "--shard"]) == 0
+    want = _weights(hypertrain.load_run(ref)[0])
+    for run in (half, sharded):
+        got = _weights(hypertrain.load_run(run)[0])
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # and the sharded run resumes sharded from its own checkpoints
+    hypertrain.train_run(
+        str(wide),
+        tmp_path / "again",
+        stop_after_steps=3,
+        progress=False,
+        mesh=sharding.targets_mesh(),
+    )
+    assert main([*base, "--out", str(tmp_path / "again"), "--resume", "--shard"]) == 0
+    got = _weights(hypertrain.load_run(tmp_path / "again")[0])
+    for a, b in zip(got, _weights(hypertrain.load_run(sharded)[0]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_generate_writes_a_zoo_whose_metadata_matches_reevaluation(
     run_dir: Path, trained: HyperNet, tmp_path: Path, digits, capsys
 ):
