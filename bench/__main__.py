@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, RESULTS, logger, machine  # noqa: E402
 
 log = logger("all")
-_NOT_BENCHES = {"__init__", "__main__", "common"}
+_NOT_BENCHES = {"__init__", "__main__", "common", "smoke"}
 # The order `all` runs them in (others found in bench/ follow, alphabetically).
 ORDER = ["scaling", "zoo", "hypernet", "mip", "merge", "metanet_predict", "metaprune", "assembler"]
 # Goals where lower is better (everything else: measured >= goal).
@@ -157,7 +157,9 @@ def summary(
     from hyper import sharding
 
     sharding.use_cpu_cores()  # report the devices the benchmarks used
-    mach = machine()
+    recorded = [r["result"]["machine"] for r in runs if r["ok"] and "machine" in r["result"]]
+    # Collected results describe the machine they ran on (e.g. bench/results/gpu).
+    mach = recorded[0] if collected and recorded else machine()
     ran = (
         "`python -m bench summary`: collected from the latest result of each benchmark (each "
         f"ran on its own; wall s from its JSON, {total_s:.0f} s summed)."
@@ -215,10 +217,18 @@ def main(argv: list[str] | None = None) -> int:
         help="'all', one benchmark's name, or 'summary' (rewrite summary.md from the results)",
     )
     ap.add_argument("--quick", action="store_true", help="every benchmark's --quick mode")
-    ap.add_argument("--only", default=None, help="comma-separated subset for 'all'")
+    ap.add_argument(
+        "--only", default=None, help="comma-separated subset for 'all' and 'summary'"
+    )
     ap.add_argument("--out-dir", default=None, help="default bench/results[/quick]")
     args = ap.parse_args(argv)
     names = benches()
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            ap.error(f"--only: unknown benchmarks {unknown}; expected some of {names}")
+        names = [n for n in names if n in wanted]
     if args.what == "summary":
         out_dir = (
             Path(args.out_dir) if args.out_dir else (RESULTS / "quick" if args.quick else RESULTS)
@@ -232,12 +242,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.what not in names:
             ap.error(f"unknown benchmark {args.what!r}; expected 'all' or one of {names}")
         names = [args.what]
-    elif args.only:
-        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = sorted(set(wanted) - set(names))
-        if unknown:
-            ap.error(f"--only: unknown benchmarks {unknown}; expected some of {names}")
-        names = [n for n in names if n in wanted]
     out_dir = Path(args.out_dir) if args.out_dir else (RESULTS / "quick" if args.quick else RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -9,8 +9,8 @@ Zoos are built with `hyper.zoo.build` on scikit-learn digits (8x8):
   2-5 conv layers, widths {4, 8, 16, 32}, kernels {3, 5}, activations, optional
   BatchNorm and residual connections; each architecture is one zoo;
 - **generalisation**: a homogeneous zoo with a disjoint seed range (and root seed), never
-  used in training; optionally (``wild_unseen_archs`` > 0, off in the committed run for
-  CPU time) a wild park of unseen architectures with other seeds.
+  used in training; and a wild park of architectures never seen in training
+  (``wild_unseen_archs``, sampled after the training ones, with other seeds).
 
 Each dataset is split 80/20 *by training run* (`metanets.predict.split_by_run`); every
 model picks its epoch on a validation split carved by run out of the training part. The
@@ -70,7 +70,7 @@ FULL = {
         "activation": ["relu", "tanh", "gelu"],
         "dropout": [0.0, 0.2],
     },
-    "hom_seeds": [0, 1],
+    "hom_seeds": [0, 1, 2, 3, 4],  # 432 configurations x 5 seeds = 2,160 runs
     "hom_epochs": 8,
     "hom_ckpt": [1, 2, 4, 8],
     "gen_grid": {
@@ -82,8 +82,8 @@ FULL = {
         "dropout": [0.0],
     },
     "gen_seeds": [1000],
-    "wild_archs": 10,
-    "wild_unseen_archs": 0,
+    "wild_archs": 24,
+    "wild_unseen_archs": 6,
     "wild_grid": {
         "learning_rate": [3e-3, 1e-2, 3e-2, 1e-1],
         "weight_decay": [0.0, 1e-3],
@@ -167,18 +167,18 @@ def wild_architectures(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def build_zoo(directory: Path, **kw: Any) -> str:
+    """Builds the zoo in `directory`, or reuses (resumes) one built there with the same
+    configuration; a cached zoo of another configuration is rebuilt."""
     from hyper import zoo
 
     directory.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        z = zoo.load(directory)
-        log(f"reusing zoo {directory} ({z.num_members} runs)")
-        return str(directory)
-    except Exception:  # noqa: BLE001 - absent or incomplete: (re)build it
-        pass
     t0 = time.perf_counter()
-    z = zoo.build(directory, "digits-cnn", overwrite=True, progress=False, **kw)
-    log(f"built zoo {directory.name}: {z.num_members} runs in {time.perf_counter() - t0:.1f}s")
+    try:
+        z = zoo.build(directory, "digits-cnn", resume=True, progress=False, **kw)
+    except ValueError as e:  # another zoo (or something else) is cached there
+        log(f"rebuilding {directory}: {e}")
+        z = zoo.build(directory, "digits-cnn", overwrite=True, progress=False, **kw)
+    log(f"zoo {directory.name}: {z.num_members} runs ready in {time.perf_counter() - t0:.1f}s")
     return str(directory)
 
 

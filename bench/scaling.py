@@ -4,7 +4,8 @@
   sharded over the CPU cores): net-steps/s and first-epoch (compile) seconds for
   N = 1 ... 4096 members, best of a few timed runs in one process. Goal: net-steps/s at
   N=4096 ≥ 0.8× the best over all N (``no_collapse_ratio``).
-- **Zoo memory**: each N runs one epoch in a fresh subprocess that reports its peak RSS;
+- **Zoo memory**: each N runs one epoch in a fresh subprocess that reports its peak memory
+  (host RSS on CPU; on a GPU, the device allocator's peak bytes in use);
   the growth over N=1 is compared with the train state's own bytes (params + Adam moments
   + per-member keys, subsets and counters). Goal: at N=4096, peak growth ≤ 2× the state
   (``memory_over_state``).
@@ -12,7 +13,7 @@
   targets/s and compile seconds against M conditions (target MLP 64-32-10) and against the
   target's size at M=256 (widths [32], [128, 128], [512, 512]).
 - **Memory-bounded generation**: `generate_and_evaluate` of M = 256 ... 16384 targets
-  (chunks of 32) in fresh subprocesses: peak RSS should not grow with M
+  (chunks of 32) in fresh subprocesses: peak memory should not grow with M
   (``gen_eval_rss_growth``: peak at the largest M over peak at the smallest).
 - **Metanet batches** (`metanets.models.GraphMetanet`, hidden 32, 3 layers, on graphs of
   digits CNNs 1-8-8-8 padded to power-of-two buckets and split over the devices with
@@ -37,6 +38,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +79,10 @@ SIZES = {
     # One H100/H200 (bench/gpu.sh): larger populations and targets, same structure.
     "gpu": {
         "zoo_n": [1, 64, 1024, 4096, 16384, 65536],
-        "zoo_mem_n": [],
+        "zoo_mem_n": [1, 4096, 65536],
         "gen_m": [16, 1024, 16384, 65536],
         "gen_widths": [[32], [512, 512], [2048, 2048]],
-        "gen_eval_m": [],
+        "gen_eval_m": [256, 16384],
         "metanet_b": [64, 512, 4096, 16384],
         "repeats": 3,
     },
@@ -116,7 +118,10 @@ def zoo_speed(sizes: list[int], repeats: int) -> dict[str, Any]:
     best = max(out["net_steps_per_s"])
     out["best_net_steps_per_s"] = best
     out["best_n"] = sizes[int(np.argmax(out["net_steps_per_s"]))]
-    out["no_collapse_ratio"] = out["net_steps_per_s"][sizes.index(max(sizes))] / best
+    # The goal's N (4096) where it was measured, else the largest.
+    ref = 4096 if 4096 in sizes else max(sizes)
+    out["no_collapse_n"] = ref
+    out["no_collapse_ratio"] = out["net_steps_per_s"][sizes.index(ref)] / best
     out["steps_per_epoch"] = trainer.steps_per_epoch
     out["matmul_flops_per_net_step"] = (
         3 * 2 * BATCH * sum(s.fan_in * s.fan_out for s in trainer.target.spec if s.role == "kernel")
@@ -124,13 +129,24 @@ def zoo_speed(sizes: list[int], repeats: int) -> dict[str, Any]:
     return out
 
 
-# Children report VmHWM (this process image's peak RSS): ru_maxrss would include the
-# parent's RSS, which Linux carries over fork and exec.
+# Children report their peak memory: on a GPU the device allocator's peak bytes in use, on
+# CPU VmHWM (this process image's peak RSS; ru_maxrss would include the parent's RSS, which
+# Linux carries over fork and exec).
 _HWM = """
 def hwm_mb():
+    import jax
+    if jax.default_backend() != "cpu":
+        return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
     with open("/proc/self/status") as f:
         return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
 """
+
+
+def memory_measure() -> str:
+    if jax.default_backend() != "cpu":
+        return "device peak_bytes_in_use"
+    return "host peak RSS (VmHWM)"
+
 
 _CHILD_ZOO = (
     _HWM
@@ -146,7 +162,7 @@ trainer = digits_trainer()
 state = trainer.init(jax.random.key(0), n, learning_rate=LEARNING_RATE)
 state, _ = trainer.train_epoch(state, 0)
 jax.block_until_ready(state)
-print(json.dumps({"peak_rss_mb": hwm_mb()}))
+print(json.dumps({"peak_mb": hwm_mb()}))
 """
 )
 
@@ -169,13 +185,15 @@ hnet = HyperNet(target, [Continuous("gamma")], rngs=nnx.Rngs(0))
 gamma = jnp.linspace(0, 1, m)
 out = generate_and_evaluate(hnet, {"gamma": gamma}, ds.x_test, ds.y_test, batch_size=32)
 jax.block_until_ready(out)
-print(json.dumps({"peak_rss_mb": hwm_mb()}))
+print(json.dumps({"peak_mb": hwm_mb()}))
 """
 )
 
 
 def _child(code: str, arg: int) -> float:
-    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+    env = dict(os.environ)
+    if jax.default_backend() == "cpu":  # keep the child off an accelerator the parent skips
+        env.setdefault("JAX_PLATFORMS", "cpu")
     r = subprocess.run(
         [sys.executable, "-c", code, str(arg), str(Path(__file__).resolve().parents[1])],
         capture_output=True,
@@ -185,11 +203,11 @@ def _child(code: str, arg: int) -> float:
     )
     if r.returncode != 0:
         raise RuntimeError(f"child for {arg} failed: {r.stderr.strip().splitlines()[-1:]}")
-    return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+    return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"])
 
 
 def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
-    """Peak RSS of fresh processes (host memory: measured on CPU runs only)."""
+    """Peak memory of fresh processes: host RSS on CPU, device memory on a GPU."""
     if not sizes:
         return None
     trainer = digits_trainer()
@@ -198,12 +216,13 @@ def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
     growth = [r - rss[0] for r in rss]
     extra_state = [s - state[0] for s in state]
     for n, r, s in zip(sizes, rss, state, strict=True):
-        log(f"zoo memory N={n}: peak RSS {r:.0f} MiB, state {s:.1f} MiB")
+        log(f"zoo memory N={n}: peak {r:.0f} MiB ({memory_measure()}), state {s:.1f} MiB")
     return {
         "n": sizes,
-        "peak_rss_mb": rss,
+        "measure": memory_measure(),
+        "peak_mb": rss,
         "state_mb": state,
-        "rss_growth_mb": growth,
+        "growth_mb": growth,
         "memory_over_state": growth[-1] / extra_state[-1] if extra_state[-1] > 0 else None,
     }
 
@@ -251,8 +270,13 @@ def gen_eval_memory(ms: list[int]) -> dict[str, Any] | None:
         return None
     rss = [_child(_CHILD_GEN_EVAL, m) for m in ms]
     for m, r in zip(ms, rss, strict=True):
-        log(f"generate_and_evaluate M={m} (chunks of 32): peak RSS {r:.0f} MiB")
-    return {"m": ms, "peak_rss_mb": rss, "gen_eval_rss_growth": rss[-1] / rss[0]}
+        log(f"generate_and_evaluate M={m} (chunks of 32): peak {r:.0f} MiB ({memory_measure()})")
+    return {
+        "m": ms,
+        "measure": memory_measure(),
+        "peak_mb": rss,
+        "gen_eval_rss_growth": rss[-1] / rss[0],
+    }
 
 
 def metanet_batches(sizes: list[int], repeats: int) -> dict[str, Any] | None:
@@ -330,7 +354,7 @@ def plots(result: dict[str, Any], directory: Path) -> list[str]:
     if mem is None:
         axes[2].axis("off")
     else:
-        axes[2].plot(mem["n"], mem["rss_growth_mb"], "o-", label="peak RSS growth over N=1")
+        axes[2].plot(mem["n"], mem["growth_mb"], "o-", label="peak memory growth over N=1")
         axes[2].plot(
             mem["n"],
             [s - mem["state_mb"][0] for s in mem["state_mb"]],
@@ -366,11 +390,11 @@ def plots(result: dict[str, Any], directory: Path) -> list[str]:
     if ge is None:
         axes[2].axis("off")
     else:
-        axes[2].plot(ge["m"], ge["peak_rss_mb"], "o-")
+        axes[2].plot(ge["m"], ge["peak_mb"], "o-")
         axes[2].set(
             xscale="log",
             xlabel="targets M",
-            ylabel="peak RSS MiB",
+            ylabel=f"peak MiB ({ge['measure']})",
             ylim=(0, None),
             title="generate+evaluate memory (chunks of 32)",
         )
@@ -401,8 +425,16 @@ def plots(result: dict[str, Any], directory: Path) -> list[str]:
     return written
 
 
-def run(quick: bool, size: str | None = None) -> dict[str, Any]:
+def run(
+    quick: bool,
+    size: str | None = None,
+    partial: Callable[[dict[str, Any]], None] | None = None,
+    memory_only: bool = False,
+) -> dict[str, Any]:
+    """All sections; `partial(result)` after each one (a killed run keeps what it measured).
+    `memory_only`: the two memory sections alone."""
     size = size or ("quick" if quick else "full")
+    partial = partial or (lambda r: None)
     sizes = SIZES[size]
     t0 = time.perf_counter()
     result: dict[str, Any] = {
@@ -411,13 +443,25 @@ def run(quick: bool, size: str | None = None) -> dict[str, Any]:
         "sizes": size,
         "machine": machine(),
     }
+    if memory_only:
+        result["zoo_memory"] = zoo_memory(sizes["zoo_mem_n"])
+        partial(result)
+        result["gen_eval_memory"] = gen_eval_memory(sizes["gen_eval_m"])
+        result["memory_over_state"] = (result["zoo_memory"] or {}).get("memory_over_state")
+        result["gen_eval_rss_growth"] = (result["gen_eval_memory"] or {}).get("gen_eval_rss_growth")
+        result["wall_s"] = time.perf_counter() - t0
+        return result
     peak = matmul_peak()
     peak_before = peak()
     result["zoo"] = zoo_speed(sizes["zoo_n"], sizes["repeats"])
-    result["zoo_memory"] = zoo_memory(sizes["zoo_mem_n"])
+    partial(result)
     result["generation"] = generation(sizes["gen_m"], sizes["gen_widths"], sizes["repeats"])
-    result["gen_eval_memory"] = gen_eval_memory(sizes["gen_eval_m"])
+    partial(result)
     result["metanet"] = metanet_batches(sizes.get("metanet_b", []), sizes["repeats"])
+    partial(result)
+    result["zoo_memory"] = zoo_memory(sizes["zoo_mem_n"])
+    partial(result)
+    result["gen_eval_memory"] = gen_eval_memory(sizes["gen_eval_m"])
     peak_flops = max(peak_before, peak())
     z = result["zoo"]
     result["matmul_peak_gflops"] = peak_flops / 1e9
@@ -444,12 +488,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS / "scaling.json"))
     ap.add_argument("--plots", default=None, help="directory for PNGs (default: beside --out)")
     ap.add_argument("--sizes", choices=sorted(SIZES), default=None, help="override the sizes")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory sections")
     args = ap.parse_args(argv)
     sharding.use_cpu_cores()
     with stdout_to_stderr():
         data.load("digits")  # warm the dataset cache outside the timings
-        result = run(args.quick, args.sizes)
+
+        def partial(r: dict[str, Any]) -> None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({**r, "partial": True}, indent=1) + "\n")
+
         out = Path(args.out)
+        result = run(args.quick, args.sizes, partial, args.memory_only)
+        if args.memory_only:
+            write_result(result, out)
+            return 0
         result["plots"] = plots(result, Path(args.plots) if args.plots else out.parent)
     write_result(result, out)
     return 0
