@@ -125,17 +125,21 @@ def initialize_multihost(
     process_id: int,
     *,
     cpu_devices: int | None = None,
+    timeout_s: int = 120,
 ) -> None:
     """Joins this process to a multi-process JAX run (`jax.distributed.initialize`), checked
     first so that a bad setup is a clear error before anything compiles.
 
     On CPU, collectives go through Gloo and each process gets `cpu_devices` devices
     (default: one per core). On GPU/TPU clusters the same call works with each host's
-    accelerators. Call it before any other JAX call.
+    accelerators. Call it before any other JAX call. Every process waits up to `timeout_s`
+    for all `num_processes` to join.
 
     Raises:
       ValueError: a process count below 1, an id outside ``[0, num_processes)``, an address
-        that is not ``host:port``, or a run whose process count differs after joining.
+        that is not ``host:port``; or, after `timeout_s`, a run that could not be joined
+        (processes started with different counts, a duplicate or missing id, an unreachable
+        coordinator) or whose process count differs after joining.
     """
     for name, v in (("num_processes", num_processes), ("process_id", process_id)):
         if isinstance(v, bool) or not isinstance(v, int):
@@ -150,14 +154,35 @@ def initialize_multihost(
     if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] == "cpu":
         use_cpu_cores(cpu_devices, force=cpu_devices is not None)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-    )
-    if jax.process_count() != num_processes:
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
+        raise ValueError(f"timeout_s must be a positive int, got {timeout_s!r}")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=timeout_s,
+        )
+    except Exception as e:  # noqa: BLE001 - JAX raises runtime errors of several types
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ValueError(
-            f"joined a run of {jax.process_count()} processes, expected {num_processes}"
+            f"process {process_id} of {num_processes} could not join the run at "
+            f"{coordinator_address} within {timeout_s} s: every process must be started with "
+            f"the same num_processes and coordinator address and its own process_id "
+            f"({first})"
+        ) from None
+    # Every process learns what every other was told (a tiny all-gather, before any of the
+    # caller's work compiles), so a mismatch fails on all of them, not only on the odd one.
+    from jax.experimental import multihost_utils
+
+    told = np.asarray(
+        multihost_utils.process_allgather(np.asarray([num_processes], np.int32))
+    ).reshape(-1)
+    if jax.process_count() != num_processes or np.any(told != told[0]):
+        raise ValueError(
+            f"joined a run of {jax.process_count()} processes, but its processes were started "
+            f"with num_processes {sorted(told.tolist())} (this one: {num_processes}); start "
+            "every process with the same count"
         )
 
 

@@ -97,6 +97,27 @@ def test_bad_multihost_setups_fail_before_joining(args, match):
         sharding.initialize_multihost(*args)
 
 
+def test_mismatched_process_counts_fail_on_every_process(tmp_path):
+    """Process 0 started for 2 processes, process 1 for 3: both stop with the same clear
+    error right after joining, before any work compiles (neither waits for the other)."""
+    port = _free_port()
+    logs = [open(tmp_path / f"p{i}.log", "w") for i in range(2)]  # noqa: SIM115 - closed below
+    try:
+        procs = [
+            _spawn(0, 2, port, 1, tmp_path / "x.npz", logs[0]),
+            _spawn(1, 3, port, 1, tmp_path / "x.npz", logs[1]),
+        ]
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for f in logs:
+            f.close()
+    for i, rc in enumerate(codes):
+        text = (tmp_path / f"p{i}.log").read_text()
+        assert rc != 0, text[-2000:]
+        assert "started with num_processes [2, 3]" in text, text[-2000:]
+        assert "Trainer" not in text  # no work started
+
+
 def test_pad_targets_repeats_the_last_target():
     tree = {"a": np.arange(6.0).reshape(3, 2), "b": np.array([1, 2, 3])}
     padded, n = sharding.pad_targets(tree, 4)
