@@ -203,7 +203,7 @@ def collect(names: list[str], out_dir: Path) -> list[dict[str, Any]]:
             runs.append({"name": name, "ok": False, "wall_s": 0.0, "missing": "no results"})
             continue
         result = json.loads(path.read_text())
-        wall = result.get("wall_s") or 0.0
+        wall = result.get("wall_s") or result.get("seconds") or 0.0
         runs.append({"name": name, "ok": True, "wall_s": float(wall), "result": result})
     return runs
 
@@ -217,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         help="'all', one benchmark's name, or 'summary' (rewrite summary.md from the results)",
     )
     ap.add_argument("--quick", action="store_true", help="every benchmark's --quick mode")
-    ap.add_argument(
-        "--only", default=None, help="comma-separated subset for 'all' and 'summary'"
-    )
+    ap.add_argument("--only", default=None, help="comma-separated subset for 'all' and 'summary'")
     ap.add_argument("--out-dir", default=None, help="default bench/results[/quick]")
     args = ap.parse_args(argv)
     names = benches()
