@@ -45,7 +45,8 @@ def add_parsers(subparsers: Any) -> None:
         "--shard",
         action="store_true",
         help="split each step's targets over all local devices (conditions_per_step must be "
-        "a multiple of their number); results match one device up to float summation order",
+        "a multiple of their number); results match one device up to float summation order, "
+        "or bit for bit when the config sets reduce_groups (a multiple of the device count)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 

@@ -8,6 +8,7 @@ as a device (before JAX starts its backend), so independent targets train in par
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 __all__ = [
     "barrier",
+    "fixed_order_sum",
     "initialize_multihost",
     "is_writer",
     "pad_targets",
@@ -218,3 +220,63 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def fixed_order_sum(
+    fn: Callable[[Any, Any], tuple[Any, Any]],
+    shared: Any,
+    per_item: Any,
+    groups: int,
+    mesh: jax.sharding.Mesh | None = None,
+) -> tuple[Any, Any]:
+    """Sums ``fn(shared, group)`` over `groups` equal groups of the leading axis of every
+    leaf of `per_item`, one group at a time and in group order, the same on one device and
+    on any 1-D ``targets`` `mesh` whose size divides `groups` (each device computes its own
+    groups; the terms are gathered, then added in order).
+
+    A plain sum over a sharded axis is reduced per device first and across devices after,
+    in an order that depends on the device count; this fixes the order instead, at the cost
+    of one term per group (e.g. one gradient per group). The sum is then bit-identical
+    wherever the compiler emits the same code for one group on one device and inside the
+    partitioned program: so for the hypernet trainer on CPU (tested), but not for every
+    function (XLA's CPU code for ``mean(x**2) - mean(x)**2`` over segments, as in the graph
+    metanet's std aggregator, rounds differently in the two programs).
+
+    Args:
+      fn: ``(shared, group) -> (term, kept)``: `term` (a pytree) is summed over groups;
+        `kept` (leading axis: the group's items) is concatenated back in item order.
+      shared: passed whole to every group (replicated on `mesh`).
+      per_item: leaves with a leading axis of N items, N a multiple of `groups`.
+
+    Returns:
+      ``(sum of the terms, kept for all N items)``.
+    """
+    leaves = jax.tree.leaves(per_item)
+    n = int(leaves[0].shape[0])
+    if groups < 1 or n % groups or any(v.shape[0] != n for v in leaves):
+        raise ValueError(f"fixed_order_sum: {n} items cannot be split into {groups} equal groups")
+    if mesh is not None and groups % mesh.devices.size:
+        raise ValueError(
+            f"fixed_order_sum: {groups} groups cannot be split over {mesh.devices.size} devices"
+        )
+    split = jax.tree.map(lambda v: v.reshape(groups, n // groups, *v.shape[1:]), per_item)
+
+    def local(shared: Any, split: Any) -> tuple[Any, Any]:
+        return jax.lax.map(lambda g: fn(shared, g), split)
+
+    if mesh is not None:
+        # check_vma=False: each device differentiates (or sums) its own groups locally;
+        # no implicit cross-device sum may enter the terms.
+        local = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec("targets")),
+            out_specs=PartitionSpec("targets"),
+            check_vma=False,
+        )
+    terms, kept = local(shared, split)
+    total = jax.tree.map(lambda t: t[0], terms)
+    for g in range(1, groups):
+        total = jax.tree.map(lambda acc, t, g=g: acc + t[g], total, terms)
+    kept = jax.tree.map(lambda v: v.reshape(n, *v.shape[2:]), kept)
+    return total, kept

@@ -243,13 +243,19 @@ def map_member_chunks(fn, tree: Any, chunk: int, *, in_place: bool = False) -> A
     return (jax.tree.map(flat, grid), out) if in_place else out
 
 
+def _splits(n: int) -> bool:
+    """Whether `Trainer.place` splits `n` members over the devices (more than one device,
+    and `n` a multiple of their number)."""
+    ndev = jax.device_count()
+    return ndev > 1 and n > 0 and n % ndev == 0
+
+
 def _keep_sharded(tree: Any, shard: bool) -> Any:
     """Inside jit: pins per-member leaves to the targets mesh when `shard` and `place` would
     split them (else XLA may replicate outputs, e.g. those that read no sharded input)."""
     leaves = jax.tree.leaves(tree)
-    ndev = jax.device_count()
     n = leaves[0].shape[0] if leaves and leaves[0].ndim else 0
-    if not shard or ndev == 1 or n == 0 or n % ndev:
+    if not shard or not _splits(n):
         return tree
     s = sharding.targets_sharding(sharding.targets_mesh())
     return jax.tree.map(
@@ -384,8 +390,10 @@ class Trainer:
             got = self.target.validate(params, batched=True)
             if got != n:
                 raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
-            # train_epoch donates the state's buffers; copy so the caller's arrays survive.
-            params = jax.tree.map(jnp.copy, self.place(params) if shard else params)
+            # train_epoch donates the state's buffers: the caller's arrays must survive. A
+            # leaf that placing moved is a new buffer already; only the others are copied.
+            placed = self.place(params) if shard else params
+            params = jax.tree.map(lambda a, b: jnp.copy(b) if a is b else b, params, placed)
         opt_state = self._init_opt_fn(params, lr, wd, shard)
         subset = self._subsets(keys, frac, shard)
         state = TrainState(
@@ -401,9 +409,7 @@ class Trainer:
     @staticmethod
     def place(state: Any) -> Any:
         """Shards a per-member tree over all local devices if its size allows, else returns it."""
-        ndev = jax.device_count()
-        n = jax.tree.leaves(state)[0].shape[0]
-        if ndev > 1 and n % ndev == 0:
+        if _splits(jax.tree.leaves(state)[0].shape[0]):
             return sharding.shard_targets(state, sharding.targets_mesh())
         return state
 

@@ -94,13 +94,32 @@ def test_sharded_run_matches_and_resumes(
     run_dir: Path, trained: HyperNet, config_file: Path, tmp_path: Path, capsys
 ):
     """``--shard`` splits each step's targets over the 8 test devices (TINY has 2 per step:
-    refused with one line), and a run started sharded and resumed unsharded (or the other
-    way) ends at the unsharded weights up to float summation order."""
+    refused with one line). With ``reduce_groups`` in the config, a run started sharded
+    and resumed unsharded, or sharded throughout, ends at the unsharded weights bit for
+    bit."""
     args = ["hyper", "train", "--config", str(config_file), "--quiet", "--shard"]
     assert main([*args, "--out", str(tmp_path / "refused")]) == 2
     assert "multiple of the 8 devices" in _one_error_line(capsys)
     wide = tmp_path / "wide.json"
-    wide.write_text(json.dumps({**TINY, "conditions_per_step": 8}))
+    wide.write_text(json.dumps({**TINY, "conditions_per_step": 8, "reduce_groups": 8}))
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({**TINY, "conditions_per_step": 8, "reduce_groups": 4}))
+    assert (
+        main(
+            [
+                "hyper",
+                "train",
+                "--config",
+                str(odd),
+                "--quiet",
+                "--shard",
+                "--out",
+                str(tmp_path / "odd"),
+            ]
+        )
+        == 2
+    )
+    assert "reduce_groups=4 must be a multiple of the 8 devices" in _one_error_line(capsys)
     ref, half = tmp_path / "ref", tmp_path / "half"
     base = ["hyper", "train", "--config", str(wide), "--quiet"]
     assert main([*base, "--out", str(ref)]) == 0
@@ -116,7 +135,7 @@ def test_sharded_run_matches_and_resumes(
     for run in (half, sharded):
         got = _weights(hypertrain.load_run(run)[0])
         for a, b in zip(got, want, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+            np.testing.assert_array_equal(a, b)
     # and the sharded run resumes sharded from its own checkpoints
     hypertrain.train_run(
         str(wide),

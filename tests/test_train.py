@@ -152,11 +152,16 @@ def test_epoch_compiles_once(run):
     assert run["traces_total"] == 2  # sharded inputs: one more program, also for 3 epochs
 
 
-def test_given_params_survive_training(run, random_params):
+@pytest.mark.parametrize("shard", [False, True])
+def test_given_params_survive_training(run, random_params, shard):
+    """Also when the caller's arrays are already split like the state (placing them again
+    moves nothing, so init must copy them)."""
     trainer = run["trainer"]
     pop = random_params(run["target"], 0, n=N)
+    if shard:
+        pop = trainer.place(pop)
     before = pop_ops.to_numpy(pop)
-    state = trainer.init(jax.random.key(1), N, learning_rate=0.1, params=pop, shard=False)
+    state = trainer.init(jax.random.key(1), N, learning_rate=0.1, params=pop, shard=shard)
     state, _ = trainer.train_epoch(state, 0)  # donates the state's buffers
     after = pop_ops.to_numpy(pop)  # the caller's arrays are still alive and unchanged
     for k in before:

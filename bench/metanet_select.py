@@ -1,0 +1,90 @@
+"""Model selection for the graph metanet on the wild park, on validation runs only.
+
+Fits the GMN with each candidate configuration on the *training* runs of the
+heterogeneous (wild-park) dataset of ``bench/metanet_predict.py`` (same zoo, same 80/20
+split by run); `metanets.predict.fit` holds out 10 % of those training runs as validation.
+The candidate with the best validation τ is chosen; only then is it evaluated on the test
+runs, so the test split plays no part in the choice. Writes
+``bench/results/metanet_select.json`` and prints it as one JSON line.
+
+Usage::
+
+  python bench/metanet_select.py [--cache DIR] [--only NAME ...]
+
+The zoo comes from ``bench/metanet_predict.py``'s cache (built there if missing; that takes
+about 25 minutes on 2 cores). Not part of ``python -m bench all``: it is a selection step
+run before changing the defaults that benchmark uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine  # noqa: E402
+from bench.metanet_predict import FULL, build_zoos, log  # noqa: E402
+
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "hidden32": {"hidden": 32},
+    "layers4": {"num_layers": 4},
+    "epochs60": {"epochs": 60},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--cache", default=str(Path(tempfile.gettempdir()) / "weightspace-metanet-bench")
+    )
+    p.add_argument("--only", nargs="*", default=None, help="candidate names to fit")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "metanet_select.json"))
+    args = p.parse_args(argv)
+    from metanets import predict
+
+    t0 = time.perf_counter()
+    zoos = build_zoos(FULL, Path(args.cache))
+    wild = predict.load_zoos(zoos["wild"])
+    train, test = predict.split_by_run(wild.run, 0.2, seed=0)
+    names = args.only or list(CANDIDATES)
+    result: dict[str, Any] = {
+        "benchmark": "metanet_select",
+        "machine": machine(),
+        "dataset": "heterogeneous (wild park, bench/metanet_predict.py FULL)",
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "selection": "best validation tau (10 % of the training runs); test evaluated after",
+        "candidates": {},
+    }
+    fitted = {}
+    for name in names:
+        over = {**FULL["gmn"], **CANDIDATES[name]}
+        t1 = time.perf_counter()
+        pred = predict.fit("gmn", wild, train, log=lambda m, n=name: log(f"{n}: {m}"), **over)
+        result["candidates"][name] = {
+            "overrides": over,
+            "best_val_tau": pred.stats["best_val_tau"],
+            "history": pred.history,
+            "fit_seconds": time.perf_counter() - t1,
+        }
+        fitted[name] = pred
+        log(f"{name}: best val tau {pred.stats['best_val_tau']:.4f}")
+    chosen = max(fitted, key=lambda n: result["candidates"][n]["best_val_tau"])
+    result["chosen"] = chosen
+    result["test"] = {chosen: predict.evaluate(fitted[chosen], wild, test)}
+    result["seconds"] = time.perf_counter() - t0
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
