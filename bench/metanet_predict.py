@@ -95,6 +95,9 @@ FULL = {
     "wild_epochs": 6,
     "wild_ckpt": [1, 3, 6],
     "gmn": {"epochs": 30},
+    # Wild park only: hidden 32, chosen over the defaults (hidden 16), 4 layers and 60
+    # epochs on validation runs by bench/metanet_select.py (results/metanet_select.json).
+    "gmn_wild": {"epochs": 30, "hidden": 32},
     "gmn_gap": {"epochs": 12},
     "mlp": {},
 }
@@ -357,7 +360,9 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
 
     hom_res, hom_fit = evaluate_models("homogeneous", hom, list(predict.MODELS), cfg)
     wild_models = ["statnn_mlp", "statnn_gbm", "gmn"]
-    wild_res, wild_fit = evaluate_models("heterogeneous", wild, wild_models, cfg)
+    wild_res, wild_fit = evaluate_models(
+        "heterogeneous", wild, wild_models, cfg, extra=cfg.get("gmn_wild")
+    )
     wild_res["models"]["flat"] = None
     wild_res["flat_reason"] = "a flat vector needs one architecture"
     result["homogeneous"] = hom_res
