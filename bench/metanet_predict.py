@@ -82,7 +82,7 @@ FULL = {
         "dropout": [0.0],
     },
     "gen_seeds": [1000],
-    "wild_archs": 24,
+    "wild_archs": 48,
     "wild_unseen_archs": 6,
     "wild_grid": {
         "learning_rate": [3e-3, 1e-2, 3e-2, 1e-1],
