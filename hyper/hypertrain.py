@@ -539,16 +539,12 @@ def train_run(
     from tqdm.auto import tqdm
 
     config = resolve_config(config)
-    if mesh is not None and config["conditions_per_step"] % mesh.devices.size:
-        raise ValueError(
-            f"conditions_per_step={config['conditions_per_step']} must be a multiple of the "
-            f"{mesh.devices.size} devices to shard the targets"
-        )
-    if mesh is not None and config["reduce_groups"] and config["reduce_groups"] % mesh.devices.size:
-        raise ValueError(
-            f"reduce_groups={config['reduce_groups']} must be a multiple of the "
-            f"{mesh.devices.size} devices to shard the targets"
-        )
+    for k in ("conditions_per_step", "reduce_groups"):  # refused before anything is written
+        if mesh is not None and config[k] and config[k] % mesh.devices.size:
+            raise ValueError(
+                f"{k}={config[k]} must be a multiple of the {mesh.devices.size} devices to "
+                "shard the targets"
+            )
     directory = os.path.abspath(os.fspath(out_dir))
     run_json = os.path.join(directory, "hypernet.json")
     if os.path.isdir(directory) and os.listdir(directory):
