@@ -96,7 +96,7 @@ FULL = {
     "wild_ckpt": [1, 3, 6],
     "gmn": {"epochs": 30},
     # Wild park only: hidden 32, chosen over the defaults (hidden 16), 4 layers and 60
-    # epochs on validation runs by bench/metanet_select.py (results/metanet_select.json).
+    # epochs on validation runs by bench/metanet_select.py (results/metanet_select_round1.json).
     "gmn_wild": {"epochs": 30, "hidden": 32},
     "gmn_gap": {"epochs": 12},
     "mlp": {},

@@ -13,8 +13,7 @@ Usage::
 
 The zoo comes from ``bench/metanet_predict.py``'s cache (built there if missing; that takes
 about 25 minutes on 2 cores). Not part of ``python -m bench all``: it is a selection step
-run before changing the defaults that benchmark uses. The committed result was made on the
-24-architecture park (``n_train`` 1,842), before ``FULL["wild_archs"]`` grew to 48.
+run before changing the defaults that benchmark uses.
 """
 
 from __future__ import annotations
@@ -33,11 +32,14 @@ from bench.common import machine  # noqa: E402
 from bench.metanet_predict import FULL, build_zoos, log  # noqa: E402
 
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "hidden32": {"hidden": 32},
-    "layers4": {"num_layers": 4},
-    "epochs60": {"epochs": 60},
+    "wild": {},
+    "noise0.05": {"noise": 0.05},
+    "noise0.1": {"noise": 0.1},
 }
+"""Changes over ``FULL["gmn_wild"]``. Round 1 (``results/metanet_select_round1.json``, on
+the 24-architecture park, over ``FULL["gmn"]``) compared the defaults with hidden 32, four
+layers and sixty epochs, and chose hidden 32; this round adds weight-noise augmentation
+(`metanets.predict.perturb_graphs`) on the 48-architecture park."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     fitted = {}
     for name in names:
-        over = {**FULL["gmn"], **CANDIDATES[name]}
+        over = {**FULL["gmn_wild"], **CANDIDATES[name]}
         t1 = time.perf_counter()
         pred = predict.fit("gmn", wild, train, log=lambda m, n=name: log(f"{n}: {m}"), **over)
         result["candidates"][name] = {

@@ -9,11 +9,13 @@
   with a presence flag of 0.
 - `flat_features`: the whole parameter vector (`population.flatten`); one architecture.
 - `MLPRegressor`: the MLP head used on either.
-- `fit_gbm`: scikit-learn gradient-boosted trees on the statistics.
+- `fit_gbm`: scikit-learn gradient-boosted trees on the statistics, kept as `GBMTrees`
+  (arrays; predicts exactly as scikit-learn and saves without pickling).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,7 @@ from metanets.graph import NODE_FEATURES, features, topology
 
 __all__ = [
     "STATS",
+    "GBMTrees",
     "MLPRegressor",
     "fit_gbm",
     "flat_features",
@@ -140,11 +143,126 @@ class MLPRegressor(nnx.Module):
         return self.out(x)
 
 
-def fit_gbm(x: np.ndarray, y: np.ndarray, *, seed: int = 0):
-    """Gradient-boosted trees (scikit-learn `HistGradientBoostingRegressor`) on features."""
+def fit_gbm(x: np.ndarray, y: np.ndarray, *, seed: int = 0) -> GBMTrees:
+    """Gradient-boosted trees (scikit-learn `HistGradientBoostingRegressor`) on features,
+    returned as `GBMTrees` (plain arrays, saveable without pickling)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     model = HistGradientBoostingRegressor(
         max_iter=500, learning_rate=0.05, early_stopping=True, random_state=seed
     )
-    return model.fit(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    model.fit(np.asarray(x, np.float64), np.asarray(y, np.float64))
+    return GBMTrees.from_sklearn(model)
+
+
+@dataclasses.dataclass(frozen=True)
+class GBMTrees:
+    """A fitted regression forest as arrays: what a `HistGradientBoostingRegressor`
+    predicts, evaluated in NumPy, and stored as plain arrays (`to_arrays` /
+    `from_arrays`) so a predictor saves without pickling.
+
+    Every tree is padded to the largest node count; node 0 is each tree's root; a leaf
+    points to itself. `predict` walks all trees at once and adds their leaf values to the
+    baseline in iteration order, as scikit-learn does, so the two agree exactly.
+
+    Attributes (`[trees, nodes]` unless noted): feature, threshold (float64; a sample goes
+    left when ``x[feature] <= threshold``), missing_left (where NaN goes), left, right,
+    is_leaf, value (float64, learning rate included); baseline (float); depth (int).
+    """
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    is_leaf: np.ndarray
+    value: np.ndarray
+    baseline: float
+    depth: int
+
+    _FIELDS = ("feature", "threshold", "missing_left", "left", "right", "is_leaf", "value")
+
+    @classmethod
+    def from_sklearn(cls, model: Any) -> GBMTrees:
+        """Raises ValueError for a model this form does not cover (categorical splits,
+        several trees per iteration, a loss with a non-identity link)."""
+        from sklearn._loss.link import IdentityLink
+
+        trees = [t for it in model._predictors for t in it]
+        if any(len(it) != 1 for it in model._predictors):
+            raise ValueError("GBMTrees: one tree per iteration (regression) only")
+        if not isinstance(model._loss.link, IdentityLink):
+            raise ValueError("GBMTrees: losses with an identity link only")
+        if any(np.any(t.nodes["is_categorical"]) for t in trees):
+            raise ValueError("GBMTrees: categorical splits are not supported")
+        k = max(len(t.nodes) for t in trees)
+        idx = np.arange(k)
+
+        def pad(field, dtype, fill):
+            out = np.full((len(trees), k), fill, dtype)
+            for i, t in enumerate(trees):
+                out[i, : len(t.nodes)] = t.nodes[field]
+            return out
+
+        is_leaf = pad("is_leaf", bool, True)
+        left = np.where(is_leaf, idx, pad("left", np.int32, 0)).astype(np.int32)
+        right = np.where(is_leaf, idx, pad("right", np.int32, 0)).astype(np.int32)
+        return cls(
+            feature=np.where(is_leaf, 0, pad("feature_idx", np.int32, 0)).astype(np.int32),
+            threshold=pad("num_threshold", np.float64, 0.0),
+            missing_left=pad("missing_go_to_left", bool, False),
+            left=left,
+            right=right,
+            is_leaf=is_leaf,
+            value=pad("value", np.float64, 0.0),
+            baseline=float(np.asarray(model._baseline_prediction).reshape(-1)[0]),
+            depth=int(max(int(t.nodes["depth"].max()) for t in trees)),
+        )
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predictions `[n]` (float64) for features `[n, features]`."""
+        x = np.asarray(x, np.float64)
+        trees = np.arange(self.value.shape[0])[None, :]
+        node = np.zeros((x.shape[0], self.value.shape[0]), np.int32)
+        for _ in range(self.depth):
+            v = np.take_along_axis(x, self.feature[trees, node], axis=1)
+            go_left = np.where(
+                np.isnan(v), self.missing_left[trees, node], v <= self.threshold[trees, node]
+            )
+            node = np.where(go_left, self.left[trees, node], self.right[trees, node])
+        leaf = self.value[trees, node]
+        out = np.zeros(x.shape[0], np.float64) + self.baseline
+        for t in range(leaf.shape[1]):
+            out += leaf[:, t]
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays of 32-bit types only (float64 fields as `uint32` pairs), so they pass
+        through JAX checkpoints without 64-bit mode; `from_arrays` inverts it exactly."""
+        out = {}
+        for f in self._FIELDS:
+            a = getattr(self, f)
+            out[f] = a.view(np.uint32) if a.dtype == np.float64 else a.astype(np.int32)
+        out["baseline"] = np.array([self.baseline], np.float64).view(np.uint32)
+        out["depth"] = np.array([self.depth], np.int32)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, Any]) -> GBMTrees:
+        a = {k: np.asarray(v) for k, v in arrays.items()}
+        f64 = lambda v: np.ascontiguousarray(v.astype(np.uint32)).view(np.float64)  # noqa: E731
+        return cls(
+            feature=a["feature"].astype(np.int32),
+            threshold=f64(a["threshold"]),
+            missing_left=a["missing_left"].astype(bool),
+            left=a["left"].astype(np.int32),
+            right=a["right"].astype(np.int32),
+            is_leaf=a["is_leaf"].astype(bool),
+            value=f64(a["value"]),
+            baseline=float(f64(a["baseline"])[0]),
+            depth=int(a["depth"][0]),
+        )
+
+    def array_shapes(self) -> dict[str, list[int]]:
+        """Shapes of `to_arrays` (what a loader needs to restore them)."""
+        return {k: list(v.shape) for k, v in self.to_arrays().items()}

@@ -2,7 +2,7 @@
 (meta-)structured pruning of trained networks into compact ones.
 
   weightspace metanet train --zoo DIR [--zoo DIR ...] --task accuracy|gap
-                            --model gmn|statnn|flat --out DIR [--epochs N]
+                            --model gmn|statnn|gbm|flat --out DIR [--epochs N]
                             [--test-fraction F] [--seed S] [--overwrite | --resume]
   weightspace metanet predict --from DIR --zoo DIR2 [--out FILE.jsonl]
   weightspace metanet prune-train --zoo DIR --out DIR [--steps N] [--nets-per-step K]
@@ -14,11 +14,12 @@
                     [--seed S] [--overwrite]
 
 `train` splits the zoos' checkpoints 80/20 by training run, fits the model (``statnn`` is
-the StatNN MLP head), reports Kendall tau and R² on the held-out runs, and saves the
-predictor (Orbax) with ``metrics.json`` in `--out`. Training checkpoints every evaluation
-in ``--out/checkpoints``; after a crash, the same command with ``--resume`` continues and
-ends with the same weights as an uninterrupted run. `predict` applies a saved predictor to
-every checkpoint of another zoo and reports tau and R² against its recorded labels.
+the StatNN MLP head, ``gbm`` the StatNN gradient-boosted trees), reports Kendall tau and R²
+on the held-out runs, and saves the predictor (Orbax) with ``metrics.json`` in `--out`.
+Training checkpoints every evaluation in ``--out/checkpoints``; after a crash, the same
+command with ``--resume`` continues and ends with the same weights as an uninterrupted run.
+`predict` applies a saved predictor to every checkpoint of another zoo and reports tau and
+R² against its recorded labels.
 
 `prune-train` fits a MetaPruning metanetwork (`metanets.prune.meta_train`) over a zoo of one
 architecture and saves it in `--out`. `prune` takes one trained network (member `--member`
@@ -42,7 +43,7 @@ from typing import Any
 
 __all__ = ["add_parsers"]
 
-_CLI_MODELS = {"gmn": "gmn", "statnn": "statnn_mlp", "flat": "flat"}
+_CLI_MODELS = {"gmn": "gmn", "statnn": "statnn_mlp", "gbm": "statnn_gbm", "flat": "flat"}
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -153,6 +154,8 @@ def _train(args: argparse.Namespace) -> int:
             )
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.epochs is not None and args.model == "gbm":
+        raise ValueError("--epochs does not apply to --model gbm (boosting stops on validation)")
     kind = _CLI_MODELS[args.model]
     ds = predict.load_zoos(zoos, task=args.task)
     if kind == "flat" and not ds.homogeneous:

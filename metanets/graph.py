@@ -48,6 +48,7 @@ from hyper.target import Params, Target
 
 __all__ = [
     "ACTIVATION_IDS",
+    "NODE_DEFAULTS",
     "NODE_FEATURES",
     "NODE_HIDDEN",
     "NODE_INPUT",
@@ -68,7 +69,8 @@ __all__ = [
 ]
 
 NODE_FEATURES = ("bias", "scale", "shift", "mean", "var")
-_NODE_DEFAULTS = np.array([0.0, 1.0, 0.0, 0.0, 1.0], np.float32)
+NODE_DEFAULTS = np.array([0.0, 1.0, 0.0, 0.0, 1.0], np.float32)
+"""The identity value of each `NODE_FEATURES` entry, held where a node lacks it."""
 NODE_INPUT, NODE_HIDDEN, NODE_OUTPUT = 0, 1, 2
 EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
 ACTIVATION_IDS = (
@@ -295,7 +297,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         else:
             node_act[start : start + size] = act
     nf = len(NODE_FEATURES)
-    node_base = np.tile(_NODE_DEFAULTS, (n_nodes, 1))
+    node_base = np.tile(NODE_DEFAULTS, (n_nodes, 1))
 
     wh, ww = window
     f = wh * ww

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jraph
 import numpy as np
 import optax
 from flax import nnx
@@ -31,8 +32,8 @@ from flax import nnx
 from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
 from hyper.target import Params, Target
-from metanets.baselines import MLPRegressor, fit_gbm, flat_features, statnn_features
-from metanets.graph import GraphBank, _common_window, shard_graphs
+from metanets.baselines import GBMTrees, MLPRegressor, fit_gbm, flat_features, statnn_features
+from metanets.graph import EDGE_WEIGHT, NODE_DEFAULTS, GraphBank, _common_window, shard_graphs
 from metanets.models import GraphMetanet
 
 __all__ = [
@@ -220,7 +221,7 @@ class Predictor:
 
     Attributes:
       kind: one of `MODELS`.
-      model: the NNX module (or the scikit-learn estimator for ``statnn_gbm``).
+      model: the NNX module (`metanets.baselines.GBMTrees` for ``statnn_gbm``).
       config: JSON-able hyperparameters (enough to rebuild the module).
       history: per evaluation, ``{"epoch", "train_loss", "val_tau"}``.
     """
@@ -424,6 +425,24 @@ def _fit_mlp(
     return Predictor(kind, nnx.merge(graphdef, best[1], rest), config, best[2])
 
 
+def perturb_graphs(graphs: jraph.GraphsTuple, key: jax.Array, sigma: float) -> jraph.GraphsTuple:
+    """Training augmentation: every weight times ``1 + sigma * N(0, 1)``, every node
+    parameter's offset from its identity value (`NODE_FEATURES` defaults) likewise.
+
+    Multiplicative, so the zero entries of a kernel window (smaller kernels, dense
+    weights) stay zero and absent node parameters keep their identity values; residual
+    (identity) edges are not parameters and are left as they are. Noise is drawn per
+    entry, so it commutes with hidden-unit permutations in distribution.
+    """
+    kw, kx = jax.random.split(key)
+    w, x = graphs.edges["w"], graphs.nodes["x"]
+    is_weight = (graphs.edges["type"] == EDGE_WEIGHT)[:, None]
+    w = w * jnp.where(is_weight, 1.0 + sigma * jax.random.normal(kw, w.shape, w.dtype), 1.0)
+    d = jnp.asarray(NODE_DEFAULTS, x.dtype)[None, :]
+    x = d + (x - d) * (1.0 + sigma * jax.random.normal(kx, x.shape, x.dtype))
+    return graphs._replace(nodes={**graphs.nodes, "x": x}, edges={**graphs.edges, "w": w})
+
+
 def _gmn_predict(
     model: GraphMetanet, bank: GraphBank, samples: np.ndarray, config: dict[str, Any]
 ) -> np.ndarray:
@@ -479,11 +498,18 @@ def _fit_gmn(
     yt = ((y - y_mean) / y_std).astype(np.float32)
 
     traces = [0]
+    noise = float(config.get("noise", 0.0))
+    noise_key = jax.random.key(config["seed"])
 
     @jax.jit
     def step(params, opt_state, graphs, yb):
         traces[0] += 1  # runs once per compilation (per shape bucket)
         mask = graphs.globals["mask"]
+        if noise > 0.0:
+            # The key follows the optimizer's step count, so a resumed fit draws the
+            # same noise as an uninterrupted one.
+            count = optax.tree_utils.tree_get_all_with_path(opt_state, "count")[0][1]
+            graphs = perturb_graphs(graphs, jax.random.fold_in(noise_key, count), noise)
 
         def loss_fn(p):
             pred = nnx.merge(graphdef, p, rest)(graphs)[:, 0]
@@ -547,6 +573,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "weight_decay": 1e-4,
         "eval_every": 2,
+        "noise": 0.0,
     },
     "statnn_mlp": {
         "hidden": 256,
@@ -657,16 +684,14 @@ def _build_module(kind: str, config: dict[str, Any]) -> nnx.Module:
 
 
 def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: bool = False):
-    """Saves an NNX predictor (Orbax arrays + JSON config); returns the absolute path.
+    """Saves a predictor (Orbax arrays + JSON config; the trees of ``statnn_gbm`` as
+    `GBMTrees` arrays, never pickled); returns the absolute path.
 
     Raises:
-      ValueError: a ``statnn_gbm`` predictor (scikit-learn trees are not saved; weightspace
-        never pickles), or a non-empty directory without `overwrite`.
+      ValueError: a non-empty directory without `overwrite`.
     """
     from hyper.checkpoint import PopulationCheckpointer
 
-    if pred.kind == "statnn_gbm":
-        raise ValueError("statnn_gbm predictors cannot be saved (no pickling); use statnn_mlp")
     directory = os.path.abspath(os.fspath(directory))
     if os.path.isdir(directory) and os.listdir(directory):
         if not overwrite:
@@ -674,13 +699,17 @@ def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: 
         import shutil
 
         shutil.rmtree(directory)
-    state = nnx.to_pure_dict(nnx.state(pred.model))
     meta = {
         "format": _FORMAT,
         "kind": pred.kind,
         "config": json.loads(json.dumps(pred.config)),
         "history": pred.history,
     }
+    if pred.kind == "statnn_gbm":
+        state = pred.model.to_arrays()
+        meta["tree_arrays"] = {k: [list(v.shape), str(v.dtype)] for k, v in state.items()}
+    else:
+        state = nnx.to_pure_dict(nnx.state(pred.model))
     with PopulationCheckpointer(directory) as ckpt:
         ckpt.save(0, {"state": state}, meta=meta)
     return directory
@@ -696,6 +725,14 @@ def load_predictor(directory: str | os.PathLike) -> Predictor:
         meta = ckpt.restore_meta(0)
         if meta.get("format") != _FORMAT:
             raise CheckpointError(f"{os.path.abspath(directory)} holds no metanet predictor")
+        if meta["kind"] == "statnn_gbm":
+            abstract = {
+                k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+                for k, (shape, dtype) in meta["tree_arrays"].items()
+            }
+            arrays, _ = ckpt.restore(0, {"state": abstract})
+            model = GBMTrees.from_arrays(arrays["state"])
+            return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
         model = _build_module(meta["kind"], meta["config"])
         abstract = nnx.to_pure_dict(nnx.state(model))
         arrays, _ = ckpt.restore(0, {"state": abstract})

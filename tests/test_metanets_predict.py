@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from hyper.architectures import make_target
 from metanets import baselines, predict
@@ -115,10 +117,20 @@ def test_flat_needs_one_architecture(synthetic):
         predict.fit("flat", synthetic, np.arange(100))
 
 
-def test_statnn_models_learn_a_weight_statistic(synthetic):
+def test_statnn_models_learn_a_weight_statistic(synthetic, tmp_path):
     train, test = predict.split_by_run(synthetic.run, 0.25)
     gbm = predict.fit("statnn_gbm", synthetic, train)
     assert predict.evaluate(gbm, synthetic, test)["tau"] > 0.8
+    # the fitted trees as arrays: the same predictions as scikit-learn's, and saveable
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    x = predict._vector_features("statnn_gbm", synthetic, gbm.config)
+    sk = HistGradientBoostingRegressor(
+        max_iter=500, learning_rate=0.05, early_stopping=True, random_state=0
+    ).fit(x[train].astype(np.float64), synthetic.y[train].astype(np.float64))
+    np.testing.assert_array_equal(gbm.model.predict(x), sk.predict(x.astype(np.float64)))
+    loaded = predict.load_predictor(predict.save_predictor(gbm, tmp_path / "gbm"))
+    np.testing.assert_array_equal(loaded.predict(synthetic), gbm.predict(synthetic))
     mlp = predict.fit("statnn_mlp", synthetic, train, epochs=40, eval_every=10)
     assert predict.evaluate(mlp, synthetic, test)["tau"] > 0.6
     assert [h["epoch"] for h in mlp.history] == [0, 10, 20, 30, 39]
@@ -145,6 +157,50 @@ def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
         predict.save_predictor(pred, d)
     with pytest.raises(ValueError, match="unknown hyperparameters"):
         predict.fit("gmn", synthetic, train, nonsense=1)
+
+
+def test_perturb_graphs_touches_parameters_only(synthetic):
+    from metanets.graph import EDGE_RESIDUAL, NODE_DEFAULTS, GraphBank
+
+    bank = GraphBank(list(zip(synthetic.targets, synthetic.populations, strict=True)))
+    g = bank.batch(np.array([0, 1, 60, 61]), min_graphs=5)  # both architectures
+    out = predict.perturb_graphs(g, jax.random.key(0), 0.1)
+    w, w2 = np.asarray(g.edges["w"]), np.asarray(out.edges["w"])
+    x, x2 = np.asarray(g.nodes["x"]), np.asarray(out.nodes["x"])
+    assert np.all(w2[w == 0] == 0)  # window padding stays zero
+    res = np.asarray(g.edges["type"]) == EDGE_RESIDUAL
+    assert res.any() and np.array_equal(w2[res], w[res])  # identity edges are not weights
+    absent = x == NODE_DEFAULTS
+    assert absent.any() and np.array_equal(x2[absent], x[absent])
+    ratio = w2[(w != 0) & ~res[:, None]] / w[(w != 0) & ~res[:, None]]
+    assert 0.07 < np.std(ratio) < 0.13 and abs(np.mean(ratio) - 1) < 0.01
+    same = predict.perturb_graphs(g, jax.random.key(0), 0.0)
+    assert np.array_equal(np.asarray(same.edges["w"]), w)
+
+
+def test_gmn_noise_fit_resumes_to_the_same_weights(synthetic, tmp_path):
+    train, _ = predict.split_by_run(synthetic.run, 0.25)
+    kw = dict(epochs=6, eval_every=2, batch_size=32, hidden=8, num_layers=1, noise=0.1)
+    ref = predict.fit("gmn", synthetic, train, checkpoint_dir=tmp_path / "ref", **kw)
+    plain = predict.fit("gmn", synthetic, train, **{**kw, "noise": 0.0})
+    calls = []
+
+    def die_on_third(msg):  # the third evaluation: checkpoints of epochs 0 and 2 exist
+        calls.append(msg)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict.fit(
+            "gmn", synthetic, train, checkpoint_dir=tmp_path / "run", log=die_on_third, **kw
+        )
+    again = predict.fit("gmn", synthetic, train, checkpoint_dir=tmp_path / "run", **kw)
+    leaves = lambda p: jax.tree.leaves(nnx.state(p.model))  # noqa: E731
+    for a, b in zip(leaves(again), leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert again.history == ref.history
+    # the noise reached the training: the same fit without it ends elsewhere
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves(plain), leaves(ref), strict=True))
 
 
 def test_load_zoos_one_sample_per_run_and_epoch(tiny_zoo):
@@ -185,6 +241,20 @@ def test_cli_train_and_predict(tiny_zoo, tmp_path, capsys):
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert len(rows) == len(predict.load_zoos([tiny_zoo])) and "prediction" in rows[0]
     assert "tau" in capsys.readouterr().out
+    # gbm: the trees saved as arrays predict exactly what the fitted ones did
+    rc = main(
+        ["metanet", "train", "--zoo", tiny_zoo, "--model", "gbm", "--out", str(tmp_path / "gbm")]
+    )
+    assert rc == 0
+    fitted = json.loads((tmp_path / "gbm" / "metrics.json").read_text())["test"]
+    assert main(["metanet", "predict", "--from", str(tmp_path / "gbm"), "--zoo", tiny_zoo]) == 0
+    ds = predict.load_zoos([tiny_zoo])
+    again = predict.load_predictor(tmp_path / "gbm" / "predictor")
+    _, test = predict.split_by_run(ds.run, 0.2, 0)
+    assert predict.evaluate(again, ds, test) == fitted
+    assert main(["metanet", "train", "--zoo", tiny_zoo, "--model", "gbm", "--epochs", "3",
+                 "--out", str(tmp_path / "gbm2")]) == 2  # fmt: skip
+    assert "does not apply" in capsys.readouterr().err
     # Bad input: one line on stderr, exit status 2.
     assert main(["metanet", "train", "--zoo", str(tmp_path), "--out", str(out)]) == 2
     assert "not a zoo directory" in capsys.readouterr().err
