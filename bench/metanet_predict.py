@@ -269,8 +269,14 @@ def evaluate_models(
     return out, fitted
 
 
-def throughput(cache_ds: dict[str, Any], window: tuple[int, int], reps: int) -> dict[str, Any]:
-    """Forward+backward graphs/s of the default metanet on padded batches of 256 graphs."""
+def throughput(
+    cache_ds: dict[str, Any],
+    window: tuple[int, int],
+    reps: int,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Forward+backward graphs/s on padded batches of 256 graphs, per zoo of the metanet
+    that zoo's fit uses (`DEFAULTS["gmn"]` with the zoo's `overrides`)."""
     from flax import nnx
 
     from metanets import graph
@@ -283,7 +289,7 @@ def throughput(cache_ds: dict[str, Any], window: tuple[int, int], reps: int) -> 
         rng = np.random.default_rng(0)
         samples = rng.choice(len(bank), size=min(256, len(bank)), replace=len(bank) < 256)
         g = bank.batch(samples, min_graphs=257)
-        cfg = DEFAULTS["gmn"]
+        cfg = {**DEFAULTS["gmn"], **(overrides or {}).get(name, {})}
         model = GraphMetanet(
             window[0] * window[1],
             hidden=cfg["hidden"],
@@ -313,6 +319,8 @@ def throughput(cache_ds: dict[str, Any], window: tuple[int, int], reps: int) -> 
             "real_nodes": int(g.nodes["mask"].sum()),
             "real_edges": int(g.edges["mask"].sum()),
             "window": list(window),
+            "hidden": cfg["hidden"],
+            "num_layers": cfg["num_layers"],
             "graphs_per_s": len(samples) / best,
             "step_seconds_runs": times,
             "compiled_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
@@ -395,7 +403,10 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
         result["generalisation_gap_homogeneous"] = gap_res
 
     result["throughput"] = throughput(
-        {"homogeneous": hom, "heterogeneous": wild}, window=(5, 5), reps=2 if quick else 5
+        {"homogeneous": hom, "heterogeneous": wild},
+        window=(5, 5),
+        reps=2 if quick else 5,
+        overrides={"homogeneous": cfg["gmn"], "heterogeneous": cfg.get("gmn_wild") or cfg["gmn"]},
     )
     result["compilations"] = {
         name: res["models"]["gmn"]["stats"]["train_compilations"]

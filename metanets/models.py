@@ -19,7 +19,7 @@ import jraph
 from flax import nnx
 
 from metanets.graph import ACTIVATION_IDS, NODE_FEATURES, NODE_INPUT, NODE_OUTPUT
-from metanets.layers import EdgeUpdateLayer, segment_max, segment_mean
+from metanets.layers import EdgeUpdateLayer, pna_aggregate, segment_max, segment_mean
 
 __all__ = ["GraphMetanet", "graph_ids", "masked_graph_pool"]
 
@@ -58,6 +58,8 @@ class GraphMetanet(nnx.Module):
         edges) in the last of `readout_layers` slots, deeper layers sharing the one before
         it; ``"global"``: pool over the whole graph. Both are invariant to hidden-unit
         permutations.
+      pool: the readout's statistics per slot: ``"meanmax"`` (default) or ``"pna"``
+        (mean, max, min and standard deviation, `layers.pna_aggregate`).
       rngs: keyword-only NNX RNGs.
     """
 
@@ -73,6 +75,7 @@ class GraphMetanet(nnx.Module):
         readout: str = "layer",
         readout_layers: int = 8,
         input_transform: str = "asinh",
+        pool: str = "meanmax",
         rngs: nnx.Rngs,
     ):
         if input_transform not in ("asinh", "none"):
@@ -81,6 +84,9 @@ class GraphMetanet(nnx.Module):
         if readout not in ("layer", "global"):
             raise ValueError(f"readout must be 'layer' or 'global', got {readout!r}")
         self.readout = readout
+        if pool not in ("meanmax", "pna"):
+            raise ValueError(f"pool must be 'meanmax' or 'pna', got {pool!r}")
+        self.pool = pool
         self.readout_layers = readout_layers if readout == "layer" else 1
         self.edge_features = edge_features
         self.max_layers = max_layers
@@ -95,7 +101,8 @@ class GraphMetanet(nnx.Module):
         self.edge_type = nnx.Embed(2, hidden, rngs=rngs)
         self.edge_layer = nnx.Embed(max_layers, hidden, rngs=rngs)
         self.layers = nnx.List([EdgeUpdateLayer(hidden, rngs=rngs) for _ in range(num_layers)])
-        self.head1 = nnx.Linear(4 * hidden * self.readout_layers, hidden, rngs=rngs)
+        stats = 2 if pool == "meanmax" else 4
+        self.head1 = nnx.Linear(2 * stats * hidden * self.readout_layers, hidden, rngs=rngs)
         self.head2 = nnx.Linear(hidden, out_features, rngs=rngs)
         self.node_dec1 = nnx.Linear(hidden, hidden, rngs=rngs)
         self.node_dec2 = nnx.Linear(hidden, len(NODE_FEATURES), rngs=rngs)
@@ -150,12 +157,14 @@ class GraphMetanet(nnx.Module):
                 jnp.clip(graphs.edges["layer"] - 1, 0, slots - 2),
             )
             nid, eid = nid * slots + nslot, eid * slots + eslot
+
+        def pool(x, ids, mask):
+            if self.pool == "meanmax":
+                return masked_graph_pool(x, ids, mask, g * slots).reshape(g, -1)
+            return pna_aggregate(x, ids, g * slots, mask).reshape(g, -1)
+
         pooled = jnp.concatenate(
-            [
-                masked_graph_pool(h, nid, graphs.nodes["mask"], g * slots).reshape(g, -1),
-                masked_graph_pool(e, eid, graphs.edges["mask"], g * slots).reshape(g, -1),
-            ],
-            -1,
+            [pool(h, nid, graphs.nodes["mask"]), pool(e, eid, graphs.edges["mask"])], -1
         )
         return self.head2(jax.nn.gelu(self.head1(pooled)))
 

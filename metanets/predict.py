@@ -484,6 +484,7 @@ def _fit_gmn(
         num_layers=config["num_layers"],
         readout=config.get("readout", "global"),
         input_transform=config.get("input_transform", "none"),
+        pool=config.get("pool", "meanmax"),
         rngs=nnx.Rngs(config["seed"]),
     )
     bs = min(config["batch_size"], len(train))
@@ -574,6 +575,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-4,
         "eval_every": 2,
         "noise": 0.0,
+        "pool": "meanmax",
     },
     "statnn_mlp": {
         "hidden": 256,
@@ -676,6 +678,7 @@ def _build_module(kind: str, config: dict[str, Any]) -> nnx.Module:
             num_layers=config["num_layers"],
             readout=config.get("readout", "global"),
             input_transform=config.get("input_transform", "none"),
+            pool=config.get("pool", "meanmax"),
             rngs=nnx.Rngs(0),
         )
     return MLPRegressor(

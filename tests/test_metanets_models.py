@@ -130,6 +130,24 @@ def test_padded_and_unpadded_batches_agree(mlp_target, wild_target, metanet, ran
     assert np.all(np.isfinite(yb))
 
 
+def test_pna_readout_is_invariant_and_padding_safe(wild_target, mlp_target, random_params):
+    model = GraphMetanet(25, hidden=8, num_layers=1, pool="pna", rngs=nnx.Rngs(3))
+    assert model.head1.in_features == 2 * 4 * 8 * model.readout_layers
+    forward = jax.jit(lambda g: model(g))
+    one, moved = _pair(wild_target, random_params(wild_target, 5, n=1), jax.random.key(4))
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
+    pairs = [(wild_target, both), (mlp_target, random_params(mlp_target, 6, n=1))]
+    y = np.asarray(forward(graph.batch_graphs(pairs, window=(5, 5), pad=False)))
+    np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)
+    assert not np.allclose(y[0], y[2])
+    padded = graph.batch_graphs(pairs, window=(5, 5), min_nodes=512, min_edges=4096, min_graphs=8)
+    yp = np.asarray(forward(padded))
+    np.testing.assert_allclose(yp[:3], y, atol=1e-5, rtol=1e-5)
+    assert np.all(np.isfinite(yp))
+    with pytest.raises(ValueError, match="pool must be"):
+        GraphMetanet(25, pool="sum", rngs=nnx.Rngs(0))
+
+
 def test_no_retrace_within_one_bucket(cnn_target, random_params):
     model = GraphMetanet(9, hidden=8, num_layers=1, readout="global", rngs=nnx.Rngs(1))
     graphdef, state = nnx.split(model)
