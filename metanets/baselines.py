@@ -262,7 +262,3 @@ class GBMTrees:
             baseline=float(f64(a["baseline"])[0]),
             depth=int(a["depth"][0]),
         )
-
-    def array_shapes(self) -> dict[str, list[int]]:
-        """Shapes of `to_arrays` (what a loader needs to restore them)."""
-        return {k: list(v.shape) for k, v in self.to_arrays().items()}

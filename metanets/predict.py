@@ -478,15 +478,7 @@ def _fit_gmn(
 ) -> Predictor:
     y_mean, y_std = _standardize(y[train])
     config = {**config, "y_mean": y_mean, "y_std": y_std, "window": list(bank.window)}
-    model = GraphMetanet(
-        bank.window[0] * bank.window[1],
-        hidden=config["hidden"],
-        num_layers=config["num_layers"],
-        readout=config.get("readout", "global"),
-        input_transform=config.get("input_transform", "none"),
-        pool=config.get("pool", "meanmax"),
-        rngs=nnx.Rngs(config["seed"]),
-    )
+    model = _build_module("gmn", config, seed=config["seed"])
     bs = min(config["batch_size"], len(train))
     steps_per_epoch = max(1, len(train) // bs)
     tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
@@ -669,7 +661,8 @@ def evaluate(pred: Predictor, ds: WeightDataset, samples: Sequence[int] | None =
 _FORMAT = "weightspace-metanet-predictor"
 
 
-def _build_module(kind: str, config: dict[str, Any]) -> nnx.Module:
+def _build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Module:
+    """The NNX module a config describes (initialised from `seed`)."""
     if kind == "gmn":
         w = config["window"]
         return GraphMetanet(
@@ -679,10 +672,10 @@ def _build_module(kind: str, config: dict[str, Any]) -> nnx.Module:
             readout=config.get("readout", "global"),
             input_transform=config.get("input_transform", "none"),
             pool=config.get("pool", "meanmax"),
-            rngs=nnx.Rngs(0),
+            rngs=nnx.Rngs(seed),
         )
     return MLPRegressor(
-        config["in_features"], hidden=config["hidden"], depth=config["depth"], rngs=nnx.Rngs(0)
+        config["in_features"], hidden=config["hidden"], depth=config["depth"], rngs=nnx.Rngs(seed)
     )
 
 
