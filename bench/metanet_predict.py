@@ -233,11 +233,18 @@ def build_zoos(cfg: dict[str, Any], cache: Path) -> dict[str, Any]:
 
 
 def evaluate_models(
-    name: str, ds, models: list[str], cfg: dict[str, Any], extra: dict[str, Any] | None = None
+    name: str,
+    ds,
+    models: list[str],
+    cfg: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    seed: int = 0,
 ):
+    """Fits `models` on an 80/20 split by run of `ds` (split and fits seeded by `seed`)
+    and evaluates them on the test runs."""
     from metanets import predict
 
-    train, test = predict.split_by_run(ds.run, 0.2, seed=0)
+    train, test = predict.split_by_run(ds.run, 0.2, seed=seed)
     out: dict[str, Any] = {
         "n_samples": len(ds),
         "n_runs": int(len(np.unique(ds.run))),
@@ -257,7 +264,7 @@ def evaluate_models(
             over = dict(cfg["gmn"] if extra is None else extra)
         elif kind in ("statnn_mlp", "flat"):
             over = dict(cfg["mlp"])
-        pred = predict.fit(kind, ds, train, log=lambda m: log(f"{name}: {m}"), **over)
+        pred = predict.fit(kind, ds, train, seed=seed, log=lambda m: log(f"{name}: {m}"), **over)
         secs = time.perf_counter() - t0
         metrics = predict.evaluate(pred, ds, test)
         out["models"][kind] = {
@@ -432,6 +439,29 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
     result["seconds"] = time.perf_counter() - t_start
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
+
+
+def stored_wild_run(gmn_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``heterogeneous`` section of the committed full ``results/metanet_predict.json``
+    if its graph metanet was fit with `gmn_config` on the current wild park (else None).
+
+    Fits are deterministic, so `bench/metanet_select.py` and `bench/metanet_seeds.py` reuse
+    it instead of refitting the same model on the same split.
+    """
+    path = REPO / "bench" / "results" / "metanet_predict.json"
+    try:
+        r = json.loads(path.read_text())
+        het = r["heterogeneous"]
+        config = het["models"]["gmn"]["config"]
+    except (OSError, KeyError, ValueError):
+        return None
+    if r.get("quick") or het["n_architectures"] != FULL["wild_archs"]:
+        return None
+    # fits from before the noise, pool and probes options had none of them
+    stored = {"noise": 0.0, "pool": "meanmax", "probes": 0, **config}
+    if any(stored.get(k) != v for k, v in gmn_config.items()):
+        return None
+    return het
 
 
 def main(argv: list[str] | None = None) -> int:

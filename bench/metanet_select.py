@@ -16,7 +16,11 @@ about 25 minutes on 2 cores). Not part of ``python -m bench all``: it is a selec
 run before changing the defaults that benchmark uses. The committed rounds:
 ``results/metanet_select_round1.json`` (24 architectures; hidden 32 chosen),
 ``results/metanet_select_round2_noise.json`` (``--only wild noise0.05 noise0.1``) and
-``results/metanet_select_round2_pool.json`` (``--only wild pool_pna``; chosen), both on 48.
+``results/metanet_select_round2_pool.json`` (``--only wild pool_pna``; chosen), both on 48;
+round 3, over the pna model: ``results/metanet_select_round3_probes.json`` (``--only wild
+probes16``: fixed Gaussian probe features, not chosen) and
+``results/metanet_select_round3_noise.json`` (``--only wild noise0.05``: weight noise on top
+of the pna readout).
 
 Caveat, measured: the validation split (10 % of the training runs, about 370 samples of 123
 runs) is noisy. In round 2, pool_pna led on validation by 0.029 τ and trailed the current
@@ -37,19 +41,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine  # noqa: E402
-from bench.metanet_predict import FULL, build_zoos, log  # noqa: E402
+from bench.metanet_predict import FULL, build_zoos, log, stored_wild_run  # noqa: E402
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     "wild": {},
     "noise0.05": {"noise": 0.05},
     "noise0.1": {"noise": 0.1},
     "pool_pna": {"pool": "pna"},
+    "probes16": {"probes": 16},
 }
 """Changes over ``FULL["gmn_wild"]``. Round 1 (``results/metanet_select_round1.json``, on
 the 24-architecture park, over ``FULL["gmn"]``) compared the defaults with hidden 32, four
 layers and sixty epochs, and chose hidden 32; round 2, on the 48-architecture park, adds
 weight-noise augmentation (`metanets.predict.perturb_graphs`) and a readout pooling mean,
-max, min and std (``pool="pna"``)."""
+max, min and std (``pool="pna"``); round 3, over that pna model, probe features
+(`metanets.graph.probe_features`, 16 fixed Gaussian probes) and noise 0.05 again (each entry
+is a change over the ``FULL["gmn_wild"]`` of its round)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,19 +120,10 @@ def main(argv: list[str] | None = None) -> int:
 def _reference_fit(config: dict[str, Any]) -> dict[str, Any] | None:
     """The wild-park GMN of ``results/metanet_predict.json`` if it was fit with `config`
     on the current park (else None)."""
-    path = Path(__file__).parent / "results" / "metanet_predict.json"
-    try:
-        r = json.loads(path.read_text())
-        het = r["heterogeneous"]
-        m = het["models"]["gmn"]
-    except (OSError, KeyError, ValueError):
+    het = stored_wild_run(config)
+    if het is None:
         return None
-    if r.get("quick") or het["n_architectures"] != FULL["wild_archs"]:
-        return None
-    # fits from before the noise and pool options had neither
-    stored = {"noise": 0.0, "pool": "meanmax", **m["config"]}
-    if any(stored.get(k) != v for k, v in config.items()):
-        return None
+    m = het["models"]["gmn"]
     return {
         "overrides": dict(FULL["gmn_wild"]),
         "best_val_tau": m["stats"]["best_val_tau"],

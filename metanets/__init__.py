@@ -14,6 +14,8 @@ from metanets.graph import (
     graphs_to_population,
     graphs_to_populations,
     population_to_graphs,
+    probe_features,
+    probe_inputs,
     topology,
 )
 from metanets.models import GraphMetanet
@@ -26,5 +28,7 @@ __all__ = [
     "graphs_to_population",
     "graphs_to_populations",
     "population_to_graphs",
+    "probe_features",
+    "probe_inputs",
     "topology",
 ]

@@ -3,7 +3,7 @@
 
   weightspace metanet train --zoo DIR [--zoo DIR ...] --task accuracy|gap
                             --model gmn|statnn|gbm|flat --out DIR [--epochs N]
-                            [--test-fraction F] [--seed S] [--overwrite | --resume]
+                            [--probes K] [--test-fraction F] [--seed S] [--overwrite | --resume]
   weightspace metanet predict --from DIR --zoo DIR2 [--out FILE.jsonl]
   weightspace metanet prune-train --zoo DIR --out DIR [--steps N] [--nets-per-step K]
                             [--r R] [--sparsity L] [--hidden H] [--layers N] [--seed S]
@@ -59,6 +59,12 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--model", choices=sorted(_CLI_MODELS), default="gmn")
     t.add_argument("--out", required=True, help="output directory for the predictor")
     t.add_argument("--epochs", type=int, default=None, help="training epochs (model default)")
+    t.add_argument(
+        "--probes",
+        type=int,
+        default=None,
+        help="gmn: also read each neuron's response to K fixed probe inputs (default 0)",
+    )
     t.add_argument("--test-fraction", type=float, default=0.2, help="held-out runs (0.2)")
     t.add_argument("--seed", type=int, default=0)
     mode = t.add_mutually_exclusive_group()
@@ -156,12 +162,16 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     if args.epochs is not None and args.model == "gbm":
         raise ValueError("--epochs does not apply to --model gbm (boosting stops on validation)")
+    if args.probes is not None and (args.model != "gmn" or args.probes < 0):
+        raise ValueError(f"--probes applies to --model gmn and must be >= 0, got {args.probes}")
     kind = _CLI_MODELS[args.model]
     ds = predict.load_zoos(zoos, task=args.task)
     if kind == "flat" and not ds.homogeneous:
         raise ValueError("--model flat needs zoos of one architecture (a homogeneous zoo)")
     train, test = predict.split_by_run(ds.run, args.test_fraction, args.seed)
     over = {} if args.epochs is None else {"epochs": args.epochs}
+    if args.probes is not None:
+        over["probes"] = args.probes
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     # Checkpoints every evaluation: a killed training continues with --resume.
     checkpoints = os.path.join(out, "checkpoints")

@@ -27,6 +27,9 @@ one jitted scatter (`population_to_graphs`), and back in one gather
 (`graphs_to_population`). Populations of different targets batch into one padded
 `GraphsTuple` with masks (`batch_graphs`), padded to power-of-two shape buckets so `jit`
 compiles a handful of programs.
+
+Optionally, nodes also carry probe features (`probe_features`): what each neuron computes
+on a few fixed inputs, from the network's own forward pass (Neural Graphs' probes, fixed).
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ __all__ = [
     "kernel_window",
     "pad_graphs",
     "population_to_graphs",
+    "probe_features",
+    "probe_inputs",
     "shard_graphs",
     "topology",
 ]
@@ -445,10 +450,13 @@ def features(target: Target, population: Params, window: Sequence[int] | None = 
     return nodes, edges
 
 
-def _graphs(topo: GraphTopology, nodes: jax.Array, edges: jax.Array) -> jraph.GraphsTuple:
+def _graphs(
+    topo: GraphTopology, nodes: jax.Array, edges: jax.Array, probe: jax.Array | None = None
+) -> jraph.GraphsTuple:
     n = nodes.shape[0]
     offs = (np.arange(n, dtype=np.int32) * topo.num_nodes)[:, None]
     tile = lambda a: jnp.asarray(np.tile(a, n))
+    extra = {} if probe is None else {"probe": jnp.reshape(probe, (n * topo.num_nodes, -1))}
     return jraph.GraphsTuple(
         nodes={
             "x": nodes.reshape(n * topo.num_nodes, -1),
@@ -457,6 +465,7 @@ def _graphs(topo: GraphTopology, nodes: jax.Array, edges: jax.Array) -> jraph.Gr
             "io": tile(topo.node_io),
             "act": tile(topo.node_act),
             "mask": jnp.ones(n * topo.num_nodes, bool),
+            **extra,
         },
         edges={
             "w": edges.reshape(n * topo.num_edges, -1),
@@ -473,16 +482,23 @@ def _graphs(topo: GraphTopology, nodes: jax.Array, edges: jax.Array) -> jraph.Gr
 
 
 def population_to_graphs(
-    target: Target, population: Params, *, window: Sequence[int] | None = None
+    target: Target,
+    population: Params,
+    *,
+    window: Sequence[int] | None = None,
+    probes: Any = None,
 ) -> jraph.GraphsTuple:
     """A population as a `GraphsTuple` of `n` graphs (unpadded; see `batch_graphs`).
 
-    Nodes: ``x`` `[n*N, 5]` (`NODE_FEATURES`), ``type``, ``layer``, ``io``, ``act``, ``mask``.
-    Edges: ``w`` `[n*E, h*w]`, ``type``, ``layer``, ``mask``. Globals: ``mask`` `[n]`.
+    Nodes: ``x`` `[n*N, 5]` (`NODE_FEATURES`), ``type``, ``layer``, ``io``, ``act``, ``mask``
+    and, with `probes` (`[K, *input_shape]`, `probe_inputs`), ``probe`` `[n*N, K]`
+    (`probe_features`). Edges: ``w`` `[n*E, h*w]`, ``type``, ``layer``, ``mask``.
+    Globals: ``mask`` `[n]`.
     """
     topo = topology(target, window)
     nodes, edges = features(target, population, topo.window)
-    return _graphs(topo, nodes, edges)
+    probe = None if probes is None else probe_features(target, population, probes)
+    return _graphs(topo, nodes, edges, probe)
 
 
 def graphs_to_population(
@@ -638,6 +654,7 @@ def batch_graphs(
     min_nodes: int = 1,
     min_edges: int = 1,
     min_graphs: int = 1,
+    probes: Any = None,
 ) -> jraph.GraphsTuple:
     """Populations of (possibly different) targets as one `GraphsTuple`.
 
@@ -648,6 +665,8 @@ def batch_graphs(
         `min_nodes` / `min_edges` / `min_graphs`, so batches of similar size share one
         compiled program. Masks (``nodes["mask"]``, ``edges["mask"]``, ``globals["mask"]``)
         mark the real elements.
+      probes: fixed probe inputs `[K, *input_shape]`: adds the ``probe`` node features
+        (`probe_features`).
 
     Returns:
       the batch; `graphs_to_populations(batch, [(target, n), ...])` inverts it.
@@ -655,7 +674,7 @@ def batch_graphs(
     if not pairs:
         raise ValueError("batch_graphs: no populations")
     window = _common_window([t for t, _ in pairs]) if window is None else tuple(window)
-    g = _concat([population_to_graphs(t, p, window=window) for t, p in pairs])
+    g = _concat([population_to_graphs(t, p, window=window, probes=probes) for t, p in pairs])
     if not pad:
         return g
     nn_, ne, ng = int(g.nodes["x"].shape[0]), int(g.edges["w"].shape[0]), int(g.n_node.shape[0])
@@ -697,13 +716,19 @@ class GraphBank:
       pairs: `(target, population)` per group; features are computed once per group (one
         jitted scatter each).
       window: the common edge window (default: the largest kernel of all targets).
+      probes: fixed probe inputs `[K, *input_shape]`: batches then carry the ``probe``
+        node features (`probe_features`, computed once per group).
 
     Attributes:
       group / member: `[M]` the group and the index in its population of sample `i`.
     """
 
     def __init__(
-        self, pairs: Sequence[tuple[Target, Params]], *, window: Sequence[int] | None = None
+        self,
+        pairs: Sequence[tuple[Target, Params]],
+        *,
+        window: Sequence[int] | None = None,
+        probes: Any = None,
     ):
         if not pairs:
             raise ValueError("GraphBank: no populations")
@@ -714,6 +739,9 @@ class GraphBank:
             nodes, edges = features(t, p, self.window)
             self.nodes.append(np.asarray(nodes))
             self.edges.append(np.asarray(edges))
+        self.probes = (
+            None if probes is None else [np.asarray(probe_features(t, p, probes)) for t, p in pairs]
+        )
         sizes = [a.shape[0] for a in self.nodes]
         self.group = np.repeat(np.arange(len(sizes)), sizes)
         self.member = np.concatenate([np.arange(s) for s in sizes])
@@ -734,13 +762,16 @@ class GraphBank:
         samples = np.asarray(samples, np.int64)
         if samples.ndim != 1 or samples.size == 0:
             raise ValueError("GraphBank.batch: need a non-empty 1-D list of samples")
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in _BANK_KEYS}
+        keys = _BANK_KEYS + (("probe",) if self.probes is not None else ())
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         n_node, n_edge = [], []
         offset = 0
         for i in samples:
             g, m = self.group[i], self.member[i]
             topo = self.topologies[g]
             parts["x"].append(self.nodes[g][m])
+            if self.probes is not None:
+                parts["probe"].append(self.probes[g][m])
             parts["w"].append(self.edges[g][m])
             for k in ("type", "layer", "io", "act"):
                 parts["n" + k].append(getattr(topo, "node_" + k))
@@ -771,6 +802,7 @@ class GraphBank:
                 "io": pad(cat["nio"], pn),
                 "act": pad(cat["nact"], pn),
                 "mask": mask(nn_, pn),
+                **({"probe": pad(cat["probe"], pn)} if self.probes is not None else {}),
             },
             edges={
                 "w": pad(cat["w"], pe),
@@ -787,3 +819,141 @@ class GraphBank:
 
 
 _BANK_KEYS = ("x", "w", "ntype", "nlayer", "nio", "nact", "etype", "elayer", "senders", "receivers")
+
+
+# ---------------------------------------------------------------------------------------
+# Probe features: what each neuron computes on fixed inputs
+# ---------------------------------------------------------------------------------------
+
+# Calls whose sub-jaxpr is evaluated inline when recording (their semantics is "call it").
+_INLINE_CALLS = frozenset(
+    {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat"}
+)
+# Primitives that only re-view a kernel (its values, differently laid out or typed).
+_VIEWS = frozenset(
+    {"convert_element_type", "reshape", "transpose", "copy", "copy_p", "squeeze", "expand_dims"}
+)
+_CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
+
+
+def _sub_jaxpr(eqn: Any) -> Any:
+    subs = [
+        v
+        for v in eqn.params.values()
+        if isinstance(v, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
+    ]
+    if eqn.primitive.name not in _INLINE_CALLS or len(subs) != 1:
+        return None
+    sub = subs[0]
+    return sub if isinstance(sub, jax.extend.core.ClosedJaxpr) else None
+
+
+def _eval_recording(jaxpr, consts, args, alias, found):
+    """Evaluates `jaxpr`, recording ``found[leaf] = (lhs, out)`` at the first contraction
+    (dot_general / conv) that reads a view of kernel leaf `leaf` (`alias`: var -> leaf)."""
+    env: dict[Any, Any] = {}
+
+    def read(v):
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    for v, c in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = c
+    for v, a in zip(jaxpr.invars, args, strict=True):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        leaves = [alias.get(v) if isinstance(v, jax.extend.core.Var) else None for v in eqn.invars]
+        sub = _sub_jaxpr(eqn)
+        if sub is not None and len(sub.jaxpr.invars) == len(invals):
+            inner = {iv: a for iv, a in zip(sub.jaxpr.invars, leaves, strict=True) if a is not None}
+            outs = _eval_recording(sub.jaxpr, sub.consts, invals, inner, found)
+        else:
+            params = eqn.primitive.get_bind_params(eqn.params)
+            subfuns, params = params if isinstance(params, tuple) else ((), params)
+            with eqn.ctx.manager:
+                outs = eqn.primitive.bind(*subfuns, *invals, **params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+            name = eqn.primitive.name
+            if name in _VIEWS and leaves[0] is not None:
+                alias[eqn.outvars[0]] = leaves[0]
+            elif name in _CONTRACTIONS:
+                for i, leaf in enumerate(leaves):
+                    if leaf is not None and leaf not in found:
+                        found[leaf] = (invals[1 - i], outs[0])
+        for v, o in zip(eqn.outvars, outs, strict=True):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def probe_inputs(target: Target, count: int, seed: int = 0) -> np.ndarray:
+    """`count` fixed probe inputs for `target`: standard normal, `[count, *input_shape]`."""
+    if target.input_shape is None:
+        raise ValueError(f"{target.name}: input shape unknown; cannot make probe inputs")
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((int(count), *target.input_shape)).astype(np.float32)
+
+
+def _channel_means(a: jax.Array, size: int, what: str) -> jax.Array:
+    """`[K, ..., C]` -> `[C, K]`: the mean of every channel over its positions."""
+    if a.shape[-1] != size:
+        raise ValueError(
+            f"probe features: {what} has shape {a.shape}; expected {size} channels last"
+        )
+    return jnp.moveaxis(a.reshape(a.shape[0], -1, size).mean(1), 0, 1)
+
+
+def probe_features(target: Target, population: Params, probes: Any) -> jax.Array:
+    """What each node computes on fixed inputs: `[n, N, K]` for `K` probes.
+
+    Runs every member on the probes `[K, *input_shape]` (`probe_inputs`) and records, per
+    node, the mean over positions of its channel: the probe itself for input nodes, the
+    output of the layer's kernel (before bias, normalization and activation) for hidden
+    and output nodes. This is Neural Graphs' probe features with fixed (not learned)
+    probes. The values come from the network's own forward pass (its jaxpr, evaluated
+    with the kernel contractions recorded), so every architecture the graph encoding
+    supports is covered; they move with the nodes under hidden-unit permutations.
+
+    Raises:
+      ValueError: a kernel whose contraction (dot/conv) cannot be located in the forward
+        pass, or whose output does not hold its channels last.
+    """
+    topo = topology(target)
+    kernels = sorted(target.select(roles=["kernel"]), key=lambda s: (s.layer, s.path))
+    leaf_index = {s.path: i for i, s in enumerate(target.spec)}
+    probes = jnp.asarray(probes, jnp.float32)
+    treedef = jax.tree.structure(population)
+    one = jax.tree.map(lambda a: a[0], population)
+    closed = jax.make_jaxpr(lambda leaves, x: target.apply(jax.tree.unflatten(treedef, leaves), x))(
+        jax.tree.leaves(one), probes
+    )
+    jx = closed.jaxpr
+    n_leaves = len(jax.tree.leaves(one))
+
+    def member(leaves):
+        found: dict[int, Any] = {}
+        alias = {v: i for i, v in enumerate(jx.invars[:n_leaves])}
+        _eval_recording(jx, closed.consts, [*leaves, probes], alias, found)
+        cols = []
+        for j, k in enumerate(kernels):
+            li = leaf_index[k.path]
+            if li not in found:
+                raise ValueError(
+                    f"probe features: {target.name}: layer {k.layer_name!r}: no dot/conv in "
+                    "the forward pass reads its kernel"
+                )
+            lhs, out = found[li]
+            if j == 0:
+                cols.append(_channel_means(lhs, topo.node_sets[0][2], "the network input"))
+            cols.append(_channel_means(out, k.shape[k.out_axis], f"layer {k.layer_name!r}"))
+        return jnp.concatenate(cols, 0)
+
+    fn = jax.jit(jax.vmap(member))
+    leaves = jax.tree.leaves(population)
+    n = leaves[0].shape[0]
+    chunk = _PROBE_CHUNK
+    return jnp.concatenate(
+        [fn([jnp.asarray(a[i : i + chunk]) for a in leaves]) for i in range(0, n, chunk)]
+    )
+
+
+_PROBE_CHUNK = 512  # members per probe forward pass (bounds memory on large populations)

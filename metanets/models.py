@@ -60,6 +60,9 @@ class GraphMetanet(nnx.Module):
         permutations.
       pool: the readout's statistics per slot: ``"meanmax"`` (default) or ``"pna"``
         (mean, max, min and standard deviation, `layers.pna_aggregate`).
+      probe_features: `K` > 0 reads the nodes' ``probe`` features (`K` per node,
+        `graph.probe_features`; transformed like the weights) into the node states; the
+        graphs must then carry them. 0 (default) ignores them.
       rngs: keyword-only NNX RNGs.
     """
 
@@ -76,6 +79,7 @@ class GraphMetanet(nnx.Module):
         readout_layers: int = 8,
         input_transform: str = "asinh",
         pool: str = "meanmax",
+        probe_features: int = 0,
         rngs: nnx.Rngs,
     ):
         if input_transform not in ("asinh", "none"):
@@ -92,6 +96,10 @@ class GraphMetanet(nnx.Module):
         self.max_layers = max_layers
         self.max_io = max_io
         self.node_in = nnx.Linear(len(NODE_FEATURES), hidden, rngs=rngs)
+        self.probe_features = int(probe_features)
+        self.node_probe = (
+            nnx.Linear(self.probe_features, hidden, rngs=rngs) if self.probe_features else None
+        )
         self.edge_in = nnx.Linear(edge_features, hidden, rngs=rngs)
         self.node_type = nnx.Embed(3, hidden, rngs=rngs)
         self.node_layer = nnx.Embed(max_layers, hidden, rngs=rngs)
@@ -130,6 +138,15 @@ class GraphMetanet(nnx.Module):
             + jnp.where(is_io[:, None], self.node_io(io), 0.0)
             + self.node_act(nodes["act"])
         )
+        if self.node_probe is not None:
+            probe = nodes.get("probe")
+            if probe is None or probe.shape[-1] != self.probe_features:
+                got = "none" if probe is None else probe.shape[-1]
+                raise ValueError(
+                    f"GraphMetanet: the model reads {self.probe_features} probe features per "
+                    f"node, the graphs carry {got}; build them with that many probes"
+                )
+            h = h + self.node_probe(fx(probe))
         e = (
             self.edge_in(fx(edges["w"]))
             + self.edge_type(edges["type"])

@@ -33,7 +33,14 @@ from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
 from hyper.target import Params, Target
 from metanets.baselines import GBMTrees, MLPRegressor, fit_gbm, flat_features, statnn_features
-from metanets.graph import EDGE_WEIGHT, NODE_DEFAULTS, GraphBank, _common_window, shard_graphs
+from metanets.graph import (
+    EDGE_WEIGHT,
+    NODE_DEFAULTS,
+    GraphBank,
+    _common_window,
+    probe_inputs,
+    shard_graphs,
+)
 from metanets.models import GraphMetanet
 
 __all__ = [
@@ -239,12 +246,24 @@ class Predictor:
             bank = GraphBank(
                 list(zip(ds.targets, ds.populations, strict=True)),
                 window=tuple(self.config["window"]),
+                probes=_probes(ds, self.config),
             )
             return _gmn_predict(self.model, bank, samples, self.config)
         x = _vector_features(self.kind, ds, self.config)[samples]
         if self.kind == "statnn_gbm":
             return self.model.predict(x).astype(np.float32)
         return _mlp_predict(self.model, x, self.config)
+
+
+def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
+    """The GMN's fixed probe inputs (`graph.probe_inputs`, seed 0), or None without probes."""
+    k = int(config.get("probes", 0))
+    if k <= 0:
+        return None
+    shapes = {t.input_shape for t in ds.targets}
+    if len(shapes) != 1:
+        raise ValueError(f"probe features need one input shape across the zoo, got {shapes}")
+    return probe_inputs(ds.targets[0], k, seed=0)
 
 
 def _vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.ndarray:
@@ -432,7 +451,8 @@ def perturb_graphs(graphs: jraph.GraphsTuple, key: jax.Array, sigma: float) -> j
     Multiplicative, so the zero entries of a kernel window (smaller kernels, dense
     weights) stay zero and absent node parameters keep their identity values; residual
     (identity) edges are not parameters and are left as they are. Noise is drawn per
-    entry, so it commutes with hidden-unit permutations in distribution.
+    entry, so it commutes with hidden-unit permutations in distribution. Probe features
+    (``nodes["probe"]``) are left as computed from the unperturbed network.
     """
     kw, kx = jax.random.split(key)
     w, x = graphs.edges["w"], graphs.nodes["x"]
@@ -568,6 +588,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_every": 2,
         "noise": 0.0,
         "pool": "meanmax",
+        "probes": 0,
     },
     "statnn_mlp": {
         "hidden": 256,
@@ -631,7 +652,9 @@ def fit(
     if mesh is not None and kind != "gmn":
         raise ValueError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
     if kind == "gmn":
-        bank = GraphBank(list(zip(ds.targets, ds.populations, strict=True)))
+        bank = GraphBank(
+            list(zip(ds.targets, ds.populations, strict=True)), probes=_probes(ds, config)
+        )
         return _fit_gmn(bank, ds.y, tr, val, config, log, checkpoint_dir, mesh)
     if kind == "flat":
         config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
@@ -672,6 +695,7 @@ def _build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Modul
             readout=config.get("readout", "global"),
             input_transform=config.get("input_transform", "none"),
             pool=config.get("pool", "meanmax"),
+            probe_features=config.get("probes", 0),
             rngs=nnx.Rngs(seed),
         )
     return MLPRegressor(

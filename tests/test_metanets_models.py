@@ -148,6 +148,22 @@ def test_pna_readout_is_invariant_and_padding_safe(wild_target, mlp_target, rand
         GraphMetanet(25, pool="sum", rngs=nnx.Rngs(0))
 
 
+def test_probe_features_keep_the_metanet_invariant(wild_target, random_params):
+    model = GraphMetanet(25, hidden=8, num_layers=1, probe_features=3, rngs=nnx.Rngs(5))
+    forward = jax.jit(lambda g: model(g))
+    one, moved = _pair(wild_target, random_params(wild_target, 8, n=1), jax.random.key(6))
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
+    probes = graph.probe_inputs(wild_target, 3)
+    g = graph.batch_graphs([(wild_target, both)], window=(5, 5), probes=probes)
+    y = np.asarray(forward(g))
+    np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)
+    # the probes reach the prediction
+    other = g._replace(nodes={**g.nodes, "probe": g.nodes["probe"] * 2.0})
+    assert not np.allclose(np.asarray(forward(other))[0], y[0])
+    with pytest.raises(ValueError, match="3 probe features per node, the graphs carry none"):
+        model(graph.batch_graphs([(wild_target, both)], window=(5, 5)))
+
+
 def test_no_retrace_within_one_bucket(cnn_target, random_params):
     model = GraphMetanet(9, hidden=8, num_layers=1, readout="global", rngs=nnx.Rngs(1))
     graphdef, state = nnx.split(model)

@@ -159,6 +159,17 @@ def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
         predict.fit("gmn", synthetic, train, nonsense=1)
 
 
+def test_gmn_with_probe_features_fits_saves_and_loads(synthetic, tmp_path):
+    train, test = predict.split_by_run(synthetic.run, 0.25)
+    kw = dict(epochs=1, batch_size=32, hidden=8, num_layers=1)
+    pred = predict.fit("gmn", synthetic, train, probes=2, **kw)
+    assert pred.model.probe_features == 2 and pred.config["probes"] == 2
+    y = pred.predict(synthetic, test)
+    assert np.all(np.isfinite(y))
+    again = predict.load_predictor(predict.save_predictor(pred, tmp_path / "gmn"))
+    np.testing.assert_allclose(again.predict(synthetic, test), y, rtol=1e-6, atol=1e-6)
+
+
 def test_perturb_graphs_touches_parameters_only(synthetic):
     from metanets.graph import EDGE_RESIDUAL, NODE_DEFAULTS, GraphBank
 
@@ -255,6 +266,9 @@ def test_cli_train_and_predict(tiny_zoo, tmp_path, capsys):
     assert main(["metanet", "train", "--zoo", tiny_zoo, "--model", "gbm", "--epochs", "3",
                  "--out", str(tmp_path / "gbm2")]) == 2  # fmt: skip
     assert "does not apply" in capsys.readouterr().err
+    assert main(["metanet", "train", "--zoo", tiny_zoo, "--model", "gbm", "--probes", "4",
+                 "--out", str(tmp_path / "gbm3")]) == 2  # fmt: skip
+    assert "--probes applies to --model gmn" in capsys.readouterr().err
     # Bad input: one line on stderr, exit status 2.
     assert main(["metanet", "train", "--zoo", str(tmp_path), "--out", str(out)]) == 2
     assert "not a zoo directory" in capsys.readouterr().err
