@@ -263,6 +263,13 @@ def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
     shapes = {t.input_shape for t in ds.targets}
     if len(shapes) != 1:
         raise ValueError(f"probe features need one input shape across the zoo, got {shapes}")
+    (shape,) = shapes
+    fitted = config.setdefault("probe_input_shape", list(shape or ()))
+    if tuple(fitted) != shape:
+        raise ValueError(
+            f"this predictor's probes have input shape {tuple(fitted)}; the zoo's networks "
+            f"take {shape}"
+        )
     return probe_inputs(ds.targets[0], k, seed=0)
 
 

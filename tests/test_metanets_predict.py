@@ -168,6 +168,10 @@ def test_gmn_with_probe_features_fits_saves_and_loads(synthetic, tmp_path):
     assert np.all(np.isfinite(y))
     again = predict.load_predictor(predict.save_predictor(pred, tmp_path / "gmn"))
     np.testing.assert_allclose(again.predict(synthetic, test), y, rtol=1e-6, atol=1e-6)
+    assert again.config["probe_input_shape"] == [8, 8]
+    again.config["probe_input_shape"] = [64]
+    with pytest.raises(ValueError, match="probes have input shape"):
+        again.predict(synthetic, test)
 
 
 def test_perturb_graphs_touches_parameters_only(synthetic):
