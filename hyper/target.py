@@ -200,6 +200,17 @@ def _fans_and_axes(
     return (shape[-1] if nd else 1), 1, None, None
 
 
+def sub_jaxpr(eqn: Any) -> Any:
+    """The one sub-jaxpr (`ClosedJaxpr` or `Jaxpr`) among an equation's params, or None
+    (none, or several: a `cond`'s branches)."""
+    subs = [
+        v
+        for v in eqn.params.values()
+        if isinstance(v, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
+    ]
+    return subs[0] if len(subs) == 1 else None
+
+
 def _first_use(jaxpr: Any) -> list[int]:
     """Position (in a depth-first walk over primitives) of the first read of each input.
 
@@ -213,12 +224,7 @@ def _first_use(jaxpr: Any) -> list[int]:
     def walk(jx, alias):
         nonlocal counter
         for eqn in jx.eqns:
-            subs = [
-                v
-                for v in eqn.params.values()
-                if isinstance(v, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
-            ]
-            inner = subs[0] if len(subs) == 1 else None
+            inner = sub_jaxpr(eqn)
             inner = inner.jaxpr if isinstance(inner, jax.extend.core.ClosedJaxpr) else inner
             if inner is not None and len(inner.invars) == len(eqn.invars):
                 walk(

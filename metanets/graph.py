@@ -47,7 +47,7 @@ import numpy as np
 
 from hyper import population as population_lib
 from hyper.compact import structural_groups
-from hyper.target import Params, Target
+from hyper.target import Params, Target, sub_jaxpr
 
 __all__ = [
     "ACTIVATION_IDS",
@@ -836,18 +836,6 @@ _VIEWS = frozenset(
 _CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
 
 
-def _sub_jaxpr(eqn: Any) -> Any:
-    subs = [
-        v
-        for v in eqn.params.values()
-        if isinstance(v, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
-    ]
-    if eqn.primitive.name not in _INLINE_CALLS or len(subs) != 1:
-        return None
-    sub = subs[0]
-    return sub if isinstance(sub, jax.extend.core.ClosedJaxpr) else None
-
-
 def _eval_recording(jaxpr, consts, args, alias, found):
     """Evaluates `jaxpr`, recording ``found[leaf] = (lhs, out)`` at the first contraction
     (dot_general / conv) that reads a view of kernel leaf `leaf` (`alias`: var -> leaf)."""
@@ -863,8 +851,8 @@ def _eval_recording(jaxpr, consts, args, alias, found):
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         leaves = [alias.get(v) if isinstance(v, jax.extend.core.Var) else None for v in eqn.invars]
-        sub = _sub_jaxpr(eqn)
-        if sub is not None and len(sub.jaxpr.invars) == len(invals):
+        sub = sub_jaxpr(eqn) if eqn.primitive.name in _INLINE_CALLS else None
+        if isinstance(sub, jax.extend.core.ClosedJaxpr) and len(sub.jaxpr.invars) == len(invals):
             inner = {iv: a for iv, a in zip(sub.jaxpr.invars, leaves, strict=True) if a is not None}
             outs = _eval_recording(sub.jaxpr, sub.consts, invals, inner, found)
         else:
@@ -922,17 +910,17 @@ def probe_features(target: Target, population: Params, probes: Any) -> jax.Array
     leaf_index = {s.path: i for i, s in enumerate(target.spec)}
     probes = jnp.asarray(probes, jnp.float32)
     treedef = jax.tree.structure(population)
-    one = jax.tree.map(lambda a: a[0], population)
-    closed = jax.make_jaxpr(lambda leaves, x: target.apply(jax.tree.unflatten(treedef, leaves), x))(
-        jax.tree.leaves(one), probes
+    leaves = jax.tree.leaves(population)
+    closed = jax.make_jaxpr(lambda ls, x: target.apply(jax.tree.unflatten(treedef, ls), x))(
+        [a[0] for a in leaves], probes
     )
     jx = closed.jaxpr
-    n_leaves = len(jax.tree.leaves(one))
+    n_leaves = len(leaves)
 
-    def member(leaves):
+    def member(ls):
         found: dict[int, Any] = {}
         alias = {v: i for i, v in enumerate(jx.invars[:n_leaves])}
-        _eval_recording(jx, closed.consts, [*leaves, probes], alias, found)
+        _eval_recording(jx, closed.consts, [*ls, probes], alias, found)
         cols = []
         for j, k in enumerate(kernels):
             li = leaf_index[k.path]
@@ -948,7 +936,6 @@ def probe_features(target: Target, population: Params, probes: Any) -> jax.Array
         return jnp.concatenate(cols, 0)
 
     fn = jax.jit(jax.vmap(member))
-    leaves = jax.tree.leaves(population)
     n = leaves[0].shape[0]
     chunk = _PROBE_CHUNK
     return jnp.concatenate(
