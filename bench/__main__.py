@@ -24,7 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import REPO, RESULTS, logger, machine  # noqa: E402
 
 log = logger("all")
-_NOT_BENCHES = {"__init__", "__main__", "common", "smoke", "metanet_select", "metanet_seeds"}
+_NOT_BENCHES = {
+    "__init__",
+    "__main__",
+    "common",
+    "smoke",
+    "metanet_select",
+    "metanet_seeds",
+    "metanet_parksize",
+}
 # The order `all` runs them in (others found in bench/ follow, alphabetically).
 ORDER = ["scaling", "zoo", "hypernet", "mip", "merge", "metanet_predict", "metaprune", "assembler"]
 # Goals where lower is better (everything else: measured >= goal).

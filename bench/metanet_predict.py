@@ -239,12 +239,14 @@ def evaluate_models(
     cfg: dict[str, Any],
     extra: dict[str, Any] | None = None,
     seed: int = 0,
+    split: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """Fits `models` on an 80/20 split by run of `ds` (split and fits seeded by `seed`)
-    and evaluates them on the test runs."""
+    and evaluates them on the test runs; `split` gives `(train, test)` sample indices
+    instead."""
     from metanets import predict
 
-    train, test = predict.split_by_run(ds.run, 0.2, seed=seed)
+    train, test = split if split is not None else predict.split_by_run(ds.run, 0.2, seed=seed)
     out: dict[str, Any] = {
         "n_samples": len(ds),
         "n_runs": int(len(np.unique(ds.run))),
@@ -285,26 +287,25 @@ def throughput(
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Forward+backward graphs/s on padded batches of 256 graphs, per zoo of the metanet
-    that zoo's fit uses (`DEFAULTS["gmn"]` with the zoo's `overrides`)."""
+    that zoo's fit uses (`DEFAULTS["gmn"]` with the zoo's `overrides`, built as the fit
+    builds it)."""
     from flax import nnx
 
     from metanets import graph
-    from metanets.models import GraphMetanet
-    from metanets.predict import DEFAULTS
+    from metanets.predict import DEFAULTS, _build_module, _probes
 
     out = {}
     for name, ds in cache_ds.items():
-        bank = graph.GraphBank(list(zip(ds.targets, ds.populations, strict=True)), window=window)
+        cfg = {**DEFAULTS["gmn"], **(overrides or {}).get(name, {}), "window": list(window)}
+        bank = graph.GraphBank(
+            list(zip(ds.targets, ds.populations, strict=True)),
+            window=window,
+            probes=_probes(ds, cfg),
+        )
         rng = np.random.default_rng(0)
         samples = rng.choice(len(bank), size=min(256, len(bank)), replace=len(bank) < 256)
         g = bank.batch(samples, min_graphs=257)
-        cfg = {**DEFAULTS["gmn"], **(overrides or {}).get(name, {})}
-        model = GraphMetanet(
-            window[0] * window[1],
-            hidden=cfg["hidden"],
-            num_layers=cfg["num_layers"],
-            rngs=nnx.Rngs(0),
-        )
+        model = _build_module("gmn", cfg)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p, g, graphdef=graphdef, rest=rest):
@@ -330,6 +331,8 @@ def throughput(
             "window": list(window),
             "hidden": cfg["hidden"],
             "num_layers": cfg["num_layers"],
+            "pool": cfg["pool"],
+            "probes": cfg["probes"],
             "graphs_per_s": len(samples) / best,
             "step_seconds_runs": times,
             "compiled_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
