@@ -23,7 +23,6 @@ fit ~45 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_result  # noqa: E402
 from bench.metanet_predict import (  # noqa: E402
     FULL,
     build_zoo,
@@ -150,9 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_met": {r: bool(m >= 0.05) for r, m in margins.items()},
         "seconds": time.perf_counter() - t0,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    write_result(result, args.out)
     return 0
 
 
