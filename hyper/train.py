@@ -129,10 +129,12 @@ class TrainConfig:
       eval_batch_size: examples per chunk in `evaluate` (bounds memory).
       member_chunk: members that step together in an epoch; the population's chunks run
         one after another, each through all its steps, so large populations stay in cache
-        and their activation memory is bounded by the chunk (same results: members are
-        independent). Default: 64 on CPU (best of 16-1,024 for N=4,096 digits MLPs in
-        `bench/scaling.py`, about 2x all at once), all at once on accelerators. Used only
-        when it divides the population and is a multiple of the device count.
+        and their activation memory is bounded by the chunk (same results, members being
+        independent, bit for bit while each device steps at least two members at a time:
+        XLA's CPU code for a vmapped batch of one can round differently). Default: 64 on
+        CPU (best of 16-1,024 for N=4,096 digits MLPs in `bench/scaling.py`, about 2x
+        all at once), all at once on accelerators. Used only when it divides the
+        population and is a multiple of the device count.
     """
 
     optimizer: str = "adam"

@@ -97,11 +97,12 @@ def test_evaluate_matches_apply_population(run, digits):
     logits = np.asarray(t.apply_population(params, digits.x_test))
     acc = (logits.argmax(-1) == digits.y_test[None]).mean(1)
     np.testing.assert_allclose(run["eval_a"]["test_acc"], acc, atol=1e-6)
+    healthy = np.array(LR_A) < HUGE  # the quarantined member's logits may overflow
+    logits = logits[healthy]
     shifted = logits - logits.max(-1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
     ce = -np.take_along_axis(logp, digits.y_test[None, :, None], -1)[..., 0].mean(1)
-    healthy = np.array(LR_A) < HUGE
-    np.testing.assert_allclose(run["eval_a"]["test_loss"][healthy], ce[healthy], rtol=1e-4)
+    np.testing.assert_allclose(run["eval_a"]["test_loss"][healthy], ce, rtol=1e-4)
 
 
 def test_diverging_member_is_quarantined(run):
@@ -203,16 +204,17 @@ def test_invalid_hyperparameters(run, cnn1d_target, digits):
 
 
 def test_member_chunks_give_the_same_epoch(digits):
-    """16 members stepping in two chunks of 8 (one per fake device) or all at once: the same
-    bits, NaN quarantine included."""
+    """32 members stepping in two chunks of 16 (two per fake device) or all at once: the
+    same bits, NaN quarantine included. (Not one member per device: XLA's CPU code for a
+    vmapped batch of one rounds differently on some CPUs, e.g. AMD Zen 3.)"""
     target = make_target("mlp", input_shape=(8, 8), widths=(8,), out_features=10)
-    lrs = [0.3] * 5 + [HUGE] + [0.1] * 10
+    lrs = [0.3] * 5 + [HUGE] + [0.1] * 26
     results = []
-    for chunk in (8, 16):
+    for chunk in (16, 32):
         config = TrainConfig(optimizer="sgd", batch_size=16, steps_per_epoch=5, member_chunk=chunk)
         trainer = Trainer(target, digits, config)
-        assert trainer._member_chunk(16) == chunk
-        state = trainer.init(jax.random.key(1), 16, learning_rate=lrs)
+        assert trainer._member_chunk(32) == chunk
+        state = trainer.init(jax.random.key(1), 32, learning_rate=lrs)
         state, metrics = trainer.train_epoch(state, 0)
         results.append((_host(state), _host(metrics)))
     (a, ma), (b, mb) = results
@@ -221,6 +223,6 @@ def test_member_chunks_give_the_same_epoch(digits):
     np.testing.assert_array_equal(a.diverged, b.diverged)
     for k in ma:  # epoch means: the reduction may round differently in the last bit
         np.testing.assert_allclose(ma[k], mb[k], rtol=1e-6)
-    assert np.asarray(a.diverged).tolist() == [i == 5 for i in range(16)]
+    assert np.asarray(a.diverged).tolist() == [i == 5 for i in range(32)]
     with pytest.raises(ValueError, match="member_chunk"):
         TrainConfig(member_chunk=0)
