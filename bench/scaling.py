@@ -314,7 +314,8 @@ def metanet_batches(sizes: list[int], repeats: int) -> dict[str, Any] | None:
         "target": target.name,
     }
     for b in sizes:
-        g = bank.batch(np.arange(b), min_graphs=b + 1)
+        parts = 1 if mesh is None else ndev
+        g = bank.batch(np.arange(b), min_graphs=b + parts, parts=parts)
         if mesh is not None:
             g = shard_graphs(g, mesh)
         t0 = time.perf_counter()

@@ -66,6 +66,12 @@ def add_parsers(subparsers: Any) -> None:
         help="gmn: also read each neuron's response to K fixed probe inputs (default 0)",
     )
     t.add_argument("--test-fraction", type=float, default=0.2, help="held-out runs (0.2)")
+    t.add_argument(
+        "--shard",
+        action="store_true",
+        help="--model gmn: split every graph batch over all local devices (one part each; "
+        "predictions match one device bit for bit, training up to float summation order)",
+    )
     t.add_argument("--seed", type=int, default=0)
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace what --out holds")
@@ -78,6 +84,11 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--from", dest="source", required=True, help="a `metanet train` directory")
     p.add_argument("--zoo", required=True, help="zoo directory to predict")
     p.add_argument("--out", default=None, help="write per-checkpoint predictions (JSON lines)")
+    p.add_argument(
+        "--shard",
+        action="store_true",
+        help="a gmn predictor: split every graph batch over all local devices",
+    )
     p.set_defaults(run=_predict)
     _add_prune_train(sub)
     _add_prune(subparsers)
@@ -165,6 +176,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.probes is not None and (args.model != "gmn" or args.probes < 0):
         raise ValueError(f"--probes applies to --model gmn and must be >= 0, got {args.probes}")
     kind = _CLI_MODELS[args.model]
+    if args.shard and kind != "gmn":
+        raise ValueError(f"--shard applies to --model gmn, not {args.model}")
     ds = predict.load_zoos(zoos, task=args.task)
     if kind == "flat" and not ds.homogeneous:
         raise ValueError("--model flat needs zoos of one architecture (a homogeneous zoo)")
@@ -175,6 +188,10 @@ def _train(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     # Checkpoints every evaluation: a killed training continues with --resume.
     checkpoints = os.path.join(out, "checkpoints")
+    if args.shard:
+        from hyper import sharding
+
+        over["mesh"] = sharding.targets_mesh()
     pred = predict.fit(kind, ds, train, seed=args.seed, log=log, checkpoint_dir=checkpoints, **over)
     metrics = {
         "model": args.model,
@@ -199,8 +216,15 @@ def _predict(args: argparse.Namespace) -> int:
     if not os.path.isdir(os.path.join(src, "predictor")):
         raise ValueError(f"--from {src}: no predictor (run `weightspace metanet train` first)")
     pred = predict.load_predictor(os.path.join(src, "predictor"))
+    if args.shard and pred.kind != "gmn":
+        raise ValueError(f"--shard applies to a gmn predictor, not {pred.kind}")
     ds = predict.load_zoos([_check_zoo(args.zoo)], task=pred.config.get("task", "accuracy"))
-    y = pred.predict(ds)
+    mesh = None
+    if args.shard:
+        from hyper import sharding
+
+        mesh = sharding.targets_mesh()
+    y = pred.predict(ds, mesh=mesh)
     tau, r2 = predict.kendall_tau(y, ds.y), predict.r2_score(y, ds.y)
     if args.out:
         with open(args.out, "w") as f:

@@ -62,10 +62,12 @@ __all__ = [
     "GraphTopology",
     "batch_graphs",
     "bucket_size",
+    "graph_parts",
     "graphs_to_population",
     "graphs_to_populations",
     "kernel_window",
     "pad_graphs",
+    "pad_parts",
     "population_to_graphs",
     "probe_features",
     "probe_inputs",
@@ -646,6 +648,91 @@ def pad_graphs(
     )
 
 
+def _check_parts_count(parts: int) -> int:
+    if int(parts) != parts or parts < 1:
+        raise ValueError(f"parts must be a positive integer, got {parts!r}")
+    return int(parts)
+
+
+def _split(n: int, parts: int) -> list[np.ndarray]:
+    """`range(n)` in `parts` contiguous runs of nearly equal length (the first ones longer)."""
+    return np.array_split(np.arange(n), parts)
+
+
+def _slice_graphs(g: jraph.GraphsTuple, start: int, stop: int) -> jraph.GraphsTuple:
+    """Graphs ``start:stop`` of an unpadded batch, with their own node numbering."""
+    n_node, n_edge = np.asarray(g.n_node), np.asarray(g.n_edge)
+    n0, n1 = int(n_node[:start].sum()), int(n_node[:stop].sum())
+    e0, e1 = int(n_edge[:start].sum()), int(n_edge[:stop].sum())
+    return jraph.GraphsTuple(
+        nodes=jax.tree.map(lambda a: a[n0:n1], g.nodes),
+        edges=jax.tree.map(lambda a: a[e0:e1], g.edges),
+        senders=g.senders[e0:e1] - n0,
+        receivers=g.receivers[e0:e1] - n0,
+        n_node=g.n_node[start:stop],
+        n_edge=g.n_edge[start:stop],
+        globals=jax.tree.map(lambda a: a[start:stop], g.globals),
+    )
+
+
+def _part_buckets(
+    sizes: Sequence[tuple[int, int, int]], min_nodes: int, min_edges: int, min_graphs: int
+) -> tuple[int, int, int]:
+    """The common padded (nodes, edges, graphs) of parts of these unpadded sizes; the
+    minimums are for all parts together."""
+    k = len(sizes)
+    return (
+        max(bucket_size(nn_ + 1, -(-min_nodes // k)) for nn_, _, _ in sizes),
+        max(bucket_size(ne, -(-min_edges // k)) for _, ne, _ in sizes),
+        max(bucket_size(ng + 1, -(-min_graphs // k)) for _, _, ng in sizes),
+    )
+
+
+def pad_parts(
+    parts: Sequence[jraph.GraphsTuple],
+    *,
+    min_nodes: int = 1,
+    min_edges: int = 1,
+    min_graphs: int = 1,
+) -> jraph.GraphsTuple:
+    """Unpadded batches padded to common power-of-two buckets (`pad_graphs`) and joined:
+    part ``p`` fills the ``p``-th equal block of every node, edge and graph axis, and its
+    edges stay inside its block (see `shard_graphs`). One part is plain padding. The
+    minimum sizes apply to all parts together."""
+    if not parts:
+        raise ValueError("pad_parts: no parts")
+    sizes = [
+        (int(g.nodes["x"].shape[0]), int(g.edges["w"].shape[0]), int(g.n_node.shape[0]))
+        for g in parts
+    ]
+    pn, pe, pg = _part_buckets(sizes, min_nodes, min_edges, min_graphs)
+    padded = [pad_graphs(g, pn, pe, pg) for g in parts]
+    return padded[0] if len(padded) == 1 else _concat(padded)
+
+
+def graph_parts(graphs: jraph.GraphsTuple, parts: int) -> bool:
+    """Whether `graphs` splits into `parts` equal blocks of nodes, edges and graphs, each
+    block's edges joining only its own nodes and its graphs holding exactly its nodes and
+    edges (as `batch_graphs` / `GraphBank.batch` build with ``parts``)."""
+    nn_, ne, ng = (
+        int(graphs.nodes["x"].shape[0]),
+        int(graphs.edges["w"].shape[0]),
+        int(graphs.n_node.shape[0]),
+    )
+    if nn_ % parts or ne % parts or ng % parts:
+        return False
+    bn, be, bg = nn_ // parts, ne // parts, ng // parts
+    block = np.arange(ne) // be
+    if not (
+        np.array_equal(np.asarray(graphs.senders) // bn, block)
+        and np.array_equal(np.asarray(graphs.receivers) // bn, block)
+    ):
+        return False
+    per_n = np.asarray(graphs.n_node).reshape(parts, bg).sum(1)
+    per_e = np.asarray(graphs.n_edge).reshape(parts, bg).sum(1)
+    return bool(np.all(per_n == bn) and np.all(per_e == be))
+
+
 def batch_graphs(
     pairs: Sequence[tuple[Target, Params]],
     *,
@@ -655,6 +742,7 @@ def batch_graphs(
     min_edges: int = 1,
     min_graphs: int = 1,
     probes: Any = None,
+    parts: int = 1,
 ) -> jraph.GraphsTuple:
     """Populations of (possibly different) targets as one `GraphsTuple`.
 
@@ -668,44 +756,61 @@ def batch_graphs(
       probes: fixed probe inputs `[K, *input_shape]`: adds the ``probe`` node features
         (`probe_features`).
 
+      parts: split the graphs (in order) into this many contiguous parts of nearly equal
+        count, each padded to the same buckets on its own, so part ``p`` is the ``p``-th
+        equal block of every node, edge and graph axis and no edge crosses a block:
+        `shard_graphs` on a mesh of `parts` devices then gives the one-device result
+        bit for bit. The minimum sizes apply to the whole batch.
     Returns:
       the batch; `graphs_to_populations(batch, [(target, n), ...])` inverts it.
     """
     if not pairs:
         raise ValueError("batch_graphs: no populations")
     window = _common_window([t for t, _ in pairs]) if window is None else tuple(window)
+    parts = _check_parts_count(parts)
     g = _concat([population_to_graphs(t, p, window=window, probes=probes) for t, p in pairs])
     if not pad:
+        if parts != 1:
+            raise ValueError("batch_graphs: parts > 1 needs pad=True (every part padded alike)")
         return g
-    nn_, ne, ng = int(g.nodes["x"].shape[0]), int(g.edges["w"].shape[0]), int(g.n_node.shape[0])
-    return pad_graphs(
-        g,
-        bucket_size(nn_ + 1, min_nodes),
-        bucket_size(ne, min_edges),
-        bucket_size(ng + 1, min_graphs),
-    )
+    ng = int(g.n_node.shape[0])
+    chunks = [_slice_graphs(g, c[0], c[-1] + 1) if c.size else None for c in _split(ng, parts)]
+    chunks = [c if c is not None else _slice_graphs(g, 0, 0) for c in chunks]
+    return pad_parts(chunks, min_nodes=min_nodes, min_edges=min_edges, min_graphs=min_graphs)
 
 
 def shard_graphs(graphs: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Places a (padded) graph batch (or a tree of batch arrays, e.g. graphs and labels)
-    across a 1-D mesh (`hyper.sharding.targets_mesh`).
+    """Places a graph batch built in ``parts`` equal to the mesh size (`batch_graphs`,
+    `GraphBank.batch`), or a tree of such batches and per-graph arrays (e.g. labels),
+    across a 1-D mesh (`hyper.sharding.targets_mesh`): device ``p`` holds part ``p``.
 
-    Node and edge arrays are split along their first axis, per-graph arrays
-    (``n_node``, ``n_edge``, ``globals``) too; an axis whose length is not a multiple of
-    the mesh size is replicated instead (`pad_graphs` buckets are powers of two, so a
-    padded batch splits on 2, 4, 8 ... devices). Message passing on the result runs
-    sharded under `jit` (segment sums across devices are inserted by the compiler) and
-    equals the single-device result up to the order of float sums.
+    Message passing then runs sharded under `jit`. No edge crosses a part, so every
+    node's and graph's sums are made on one device, in the one-device order, and
+    predictions and edits equal the one-device ones on the same batch bit for bit.
+    Gradients with respect to shared parameters add up over every device's edges, so
+    those equal the one-device ones to float rounding only.
+
+    Raises:
+      ValueError: a batch not built in `mesh size` parts (an edge or a graph would cross
+        devices), or a leaf whose leading axis the mesh size does not divide.
     """
     from hyper import sharding
 
-    size = mesh.devices.size
-    split, rep = sharding.targets_sharding(mesh), sharding.replicated(mesh)
-
-    def place(a):
-        return sharding.put(a, split if a.ndim and a.shape[0] % size == 0 else rep)
-
-    return jax.tree.map(place, graphs)
+    size = int(mesh.devices.size)
+    is_graphs = lambda x: isinstance(x, jraph.GraphsTuple)
+    for g in jax.tree.leaves(graphs, is_leaf=is_graphs):
+        if is_graphs(g) and not graph_parts(g, size):
+            raise ValueError(
+                f"shard_graphs: the batch is not split into {size} self-contained parts, one "
+                f"per device; build it with parts={size} (batch_graphs / GraphBank.batch)"
+            )
+    for a in jax.tree.leaves(graphs):
+        if np.ndim(a) < 1 or np.shape(a)[0] % size:
+            raise ValueError(
+                f"shard_graphs: an array of shape {np.shape(a)} does not split over {size} "
+                "devices (per-graph arrays need one row per graph of the batch)"
+            )
+    return sharding.put(graphs, sharding.targets_sharding(mesh))
 
 
 class GraphBank:
@@ -756,12 +861,42 @@ class GraphBank:
         min_nodes: int = 1,
         min_edges: int = 1,
         min_graphs: int = 1,
+        parts: int = 1,
     ) -> jraph.GraphsTuple:
         """The graphs of `samples` (indices into the bank, in this order), padded to
-        power-of-two buckets like `batch_graphs`."""
+        power-of-two buckets like `batch_graphs` (and in `parts` like it). The real graphs
+        are where ``globals["mask"]`` is True, in the order of `samples`."""
         samples = np.asarray(samples, np.int64)
         if samples.ndim != 1 or samples.size == 0:
             raise ValueError("GraphBank.batch: need a non-empty 1-D list of samples")
+        parts = _check_parts_count(parts)
+        built = [self._assemble(samples[c]) for c in _split(samples.size, parts)]
+        sizes = [(int(sum(nn_)), int(sum(ne)), len(nn_)) for _, nn_, ne in built]
+        pn, pe, pg = _part_buckets(sizes, min_nodes, min_edges, min_graphs)
+        padded = [_pad_host(cat, nn_, ne, pn, pe, pg) for cat, nn_, ne in built]
+        if parts > 1:  # node numbers of part p start at p * pn
+            for k, g in enumerate(padded):
+                g["senders"] += k * pn
+                g["receivers"] += k * pn
+        host = {k: np.concatenate([g[k] for g in padded]) for k in padded[0]}
+        arr = {k: jnp.asarray(v) for k, v in host.items()}
+        node_keys = ("x", "type", "layer", "io", "act", "mask")
+        return jraph.GraphsTuple(
+            nodes={
+                **{k: arr["n_" + k] for k in node_keys},
+                **({"probe": arr["n_probe"]} if self.probes is not None else {}),
+            },
+            edges={k: arr["e_" + k] for k in ("w", "type", "layer", "mask")},
+            senders=arr["senders"],
+            receivers=arr["receivers"],
+            n_node=arr["n_node"],
+            n_edge=arr["n_edge"],
+            globals={"mask": arr["g_mask"]},
+        )
+
+    def _assemble(self, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list, list]:
+        """The unpadded host arrays of `samples` (node numbers from 0), and per graph its
+        node and edge counts."""
         keys = _BANK_KEYS + (("probe",) if self.probes is not None else ())
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         n_node, n_edge = [], []
@@ -782,40 +917,43 @@ class GraphBank:
             n_node.append(topo.num_nodes)
             n_edge.append(topo.num_edges)
             offset += topo.num_nodes
-        cat = {k: np.concatenate(v) for k, v in parts.items()}
-        nn_, ne, ng = offset, int(sum(n_edge)), len(samples)
-        pn = bucket_size(nn_ + 1, min_nodes)
-        pe = bucket_size(ne, min_edges)
-        pg = bucket_size(ng + 1, min_graphs)
+        if not samples.size:  # an empty part: zero rows of every array
+            first = self._assemble(np.zeros(1, np.int64))[0]
+            return {k: v[:0] for k, v in first.items()}, [], []
+        return {k: np.concatenate(v) for k, v in parts.items()}, n_node, n_edge
 
-        def pad(a, size, fill=0):
-            out = np.full((size, *a.shape[1:]), fill, a.dtype)
-            out[: len(a)] = a
-            return jnp.asarray(out)
 
-        mask = lambda n, size: jnp.asarray(np.arange(size) < n)
-        return jraph.GraphsTuple(
-            nodes={
-                "x": pad(cat["x"], pn),
-                "type": pad(cat["ntype"], pn),
-                "layer": pad(cat["nlayer"], pn),
-                "io": pad(cat["nio"], pn),
-                "act": pad(cat["nact"], pn),
-                "mask": mask(nn_, pn),
-                **({"probe": pad(cat["probe"], pn)} if self.probes is not None else {}),
-            },
-            edges={
-                "w": pad(cat["w"], pe),
-                "type": pad(cat["etype"], pe),
-                "layer": pad(cat["elayer"], pe),
-                "mask": mask(ne, pe),
-            },
-            senders=pad(cat["senders"], pe, nn_),
-            receivers=pad(cat["receivers"], pe, nn_),
-            n_node=jnp.asarray(np.array(n_node + [pn - nn_] + [0] * (pg - ng - 1), np.int32)),
-            n_edge=jnp.asarray(np.array(n_edge + [pe - ne] + [0] * (pg - ng - 1), np.int32)),
-            globals={"mask": mask(ng, pg)},
-        )
+def _pad_host(
+    cat: dict[str, np.ndarray], n_node: list, n_edge: list, pn: int, pe: int, pg: int
+) -> dict[str, np.ndarray]:
+    """`GraphBank._assemble`'s arrays padded like `pad_graphs` (flat host arrays)."""
+    nn_, ne, ng = int(sum(n_node)), int(sum(n_edge)), len(n_node)
+
+    def pad(a, size, fill=0):
+        out = np.full((size, *a.shape[1:]), fill, a.dtype)
+        out[: len(a)] = a
+        return out
+
+    out = {
+        "n_x": pad(cat["x"], pn),
+        "n_type": pad(cat["ntype"], pn),
+        "n_layer": pad(cat["nlayer"], pn),
+        "n_io": pad(cat["nio"], pn),
+        "n_act": pad(cat["nact"], pn),
+        "n_mask": np.arange(pn) < nn_,
+        "e_w": pad(cat["w"], pe),
+        "e_type": pad(cat["etype"], pe),
+        "e_layer": pad(cat["elayer"], pe),
+        "e_mask": np.arange(pe) < ne,
+        "senders": pad(cat["senders"], pe, nn_),
+        "receivers": pad(cat["receivers"], pe, nn_),
+        "n_node": np.array(list(n_node) + [pn - nn_] + [0] * (pg - ng - 1), np.int32),
+        "n_edge": np.array(list(n_edge) + [pe - ne] + [0] * (pg - ng - 1), np.int32),
+        "g_mask": np.arange(pg) < ng,
+    }
+    if "probe" in cat:
+        out["n_probe"] = pad(cat["probe"], pn)
+    return out
 
 
 _BANK_KEYS = ("x", "w", "ntype", "nlayer", "nio", "nact", "etype", "elayer", "senders", "receivers")

@@ -13,6 +13,7 @@ from flax import nnx
 
 __all__ = [
     "EdgeUpdateLayer",
+    "LayerNorm",
     "pna_aggregate",
     "segment_max",
     "segment_mean",
@@ -79,6 +80,32 @@ def pna_aggregate(
     )
 
 
+class LayerNorm(nnx.Module):
+    """Layer normalization over the last axis, ``(x - mean) / sqrt(var + eps) * scale +
+    bias``, with the row statistics taken as matrix products with a ``1/d`` vector.
+
+    Same parameters (``scale``, ``bias``) and epsilon as `nnx.LayerNorm`. The products
+    make a row's statistics independent of how many rows are computed together: XLA's
+    CPU code for a row reduction sums in an order that changes with the row count, so a
+    graph batch split over devices (`graph.shard_graphs`) would not give the one-device
+    result bit for bit.
+    """
+
+    def __init__(self, dim: int, *, epsilon: float = 1e-6, rngs: nnx.Rngs):
+        del rngs  # deterministic initialisation, like nnx.LayerNorm
+        self.epsilon = epsilon
+        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        avg = jnp.full((x.shape[-1],), 1.0 / x.shape[-1], x.dtype)
+        centred = x - (x @ avg)[..., None]
+        var = (centred * centred) @ avg
+        row = (1,) * (x.ndim - 1) + (-1,)
+        scale, bias = self.scale[...].reshape(row), self.bias[...].reshape(row)
+        return centred * jax.lax.rsqrt(var + self.epsilon)[..., None] * scale + bias
+
+
 class EdgeUpdateLayer(nnx.Module):
     """One round of message passing with edge updates, in both edge directions.
 
@@ -98,10 +125,10 @@ class EdgeUpdateLayer(nnx.Module):
     def __init__(self, dim: int, *, rngs: nnx.Rngs):
         self.msg_fwd = nnx.Linear(2 * dim, dim, rngs=rngs)
         self.msg_bwd = nnx.Linear(2 * dim, dim, rngs=rngs)
-        self.node_norm = nnx.LayerNorm(9 * dim, rngs=rngs)
+        self.node_norm = LayerNorm(9 * dim, rngs=rngs)
         self.node_mlp1 = nnx.Linear(9 * dim, dim, rngs=rngs)
         self.node_mlp2 = nnx.Linear(dim, dim, rngs=rngs)
-        self.edge_norm = nnx.LayerNorm(3 * dim, rngs=rngs)
+        self.edge_norm = LayerNorm(3 * dim, rngs=rngs)
         self.edge_mlp1 = nnx.Linear(3 * dim, dim, rngs=rngs)
         self.edge_mlp2 = nnx.Linear(dim, dim, rngs=rngs)
 

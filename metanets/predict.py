@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from hyper import sharding
 from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
 from hyper.target import Params, Target
@@ -239,16 +240,28 @@ class Predictor:
     history: list[dict[str, float]] = dataclasses.field(default_factory=list)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def predict(self, ds: WeightDataset, samples: Sequence[int] | None = None) -> np.ndarray:
-        """Predicted labels `[len(samples)]` (default: every sample)."""
+    def predict(
+        self,
+        ds: WeightDataset,
+        samples: Sequence[int] | None = None,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> np.ndarray:
+        """Predicted labels `[len(samples)]` (default: every sample).
+
+        `mesh`: ``"gmn"`` only: split every batch over this 1-D mesh
+        (`metanets.graph.shard_graphs`); the predictions equal the one-device ones.
+        """
         samples = np.arange(len(ds)) if samples is None else np.asarray(samples)
+        if mesh is not None and self.kind != "gmn":
+            raise ValueError(f"predict: mesh applies to the 'gmn' model, not {self.kind!r}")
         if self.kind == "gmn":
             bank = GraphBank(
                 list(zip(ds.targets, ds.populations, strict=True)),
                 window=tuple(self.config["window"]),
                 probes=_probes(ds, self.config),
             )
-            return _gmn_predict(self.model, bank, samples, self.config)
+            return _gmn_predict(self.model, bank, samples, self.config, mesh)
         x = _vector_features(self.kind, ds, self.config)[samples]
         if self.kind == "statnn_gbm":
             return self.model.predict(x).astype(np.float32)
@@ -471,16 +484,27 @@ def perturb_graphs(graphs: jraph.GraphsTuple, key: jax.Array, sigma: float) -> j
 
 
 def _gmn_predict(
-    model: GraphMetanet, bank: GraphBank, samples: np.ndarray, config: dict[str, Any]
+    model: GraphMetanet,
+    bank: GraphBank,
+    samples: np.ndarray,
+    config: dict[str, Any],
+    mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     graphdef, state = nnx.split(model)
     fn = _gmn_forward(graphdef)
     bs = config["batch_size"]
+    parts = 1 if mesh is None else int(mesh.devices.size)
+    if mesh is not None:
+        state = sharding.put(state, sharding.replicated(mesh))
     out = []
     for i in range(0, len(samples), bs):
         chunk = samples[i : i + bs]
-        g = bank.batch(chunk, min_graphs=bs + 1)
-        out.append(np.asarray(fn(state, g))[: len(chunk)])
+        g = bank.batch(chunk, min_graphs=bs + parts, parts=parts)
+        real = np.asarray(g.globals["mask"])
+        if mesh is not None:
+            g = shard_graphs(g, mesh)
+        y = fn(state, g)
+        out.append((np.asarray(y) if mesh is None else sharding.to_host(y))[real])
     return np.concatenate(out) * config["y_std"] + config["y_mean"]
 
 
@@ -511,10 +535,9 @@ def _fit_gmn(
     tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if mesh is not None:
-        from hyper import sharding
-
         params, rest = sharding.put((params, rest), sharding.replicated(mesh))
     opt_state = tx.init(params)
+    parts = 1 if mesh is None else int(mesh.devices.size)  # one self-contained part per device
     yt = ((y - y_mean) / y_std).astype(np.float32)
 
     traces = [0]
@@ -545,9 +568,9 @@ def _fit_gmn(
         losses = []
         for i in range(steps_per_epoch):
             b = order[i * bs : (i + 1) * bs]
-            g = bank.batch(b, min_graphs=bs + 1)
+            g = bank.batch(b, min_graphs=bs + parts, parts=parts)
             yb = np.zeros(g.n_node.shape[0], np.float32)
-            yb[: len(b)] = yt[b]
+            yb[np.asarray(g.globals["mask"])] = yt[b]
             if mesh is not None:
                 g, yb = shard_graphs((g, yb), mesh)
             params, opt_state, loss = step(params, opt_state, g, jnp.asarray(yb))
@@ -557,7 +580,7 @@ def _fit_gmn(
 
     def val_tau(params):
         tau = kendall_tau(
-            _gmn_predict(nnx.merge(graphdef, params, rest), bank, val, config), y[val]
+            _gmn_predict(nnx.merge(graphdef, params, rest), bank, val, config, mesh), y[val]
         )
         log(f"gmn: val tau {tau:.4f} after {time.perf_counter() - t0:.1f} s")
         return tau

@@ -159,6 +159,30 @@ def test_mixed_batch_is_padded_masked_and_exact(
     same = bank.batch(np.arange(n_graphs))
     for a, c in zip(jax.tree.leaves(b), jax.tree.leaves(same), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    # In parts (one per device for shard_graphs): equal self-contained blocks, real graphs
+    # in order; the bank and batch_graphs agree, and a part may hold padding only.
+    pairs = list(zip(targets, pops, strict=True))
+    for parts in (2, 8, 16):
+        p = graph.batch_graphs(pairs, parts=parts, min_graphs=20)
+        assert graph.graph_parts(p, parts) and not graph.graph_parts(b, parts)
+        assert p.n_node.shape[0] >= 20 and int(p.globals["mask"].sum()) == n_graphs
+        for a, c in zip(
+            jax.tree.leaves(p),
+            jax.tree.leaves(bank.batch(np.arange(n_graphs), parts=parts, min_graphs=20)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+        real = np.flatnonzero(np.asarray(p.globals["mask"]))
+        ends = np.cumsum(np.asarray(p.n_node))
+        for k, j in enumerate(real):  # graph j holds the k-th member's nodes, in order
+            np.testing.assert_array_equal(
+                np.asarray(p.nodes["x"])[ends[j] - p.n_node[j] : ends[j]],
+                np.asarray(b.nodes["x"])[int(b.n_node[:k].sum()) : int(b.n_node[: k + 1].sum())],
+            )
+    with pytest.raises(ValueError, match="parts must be a positive integer"):
+        bank.batch([0, 1], parts=0)
+    with pytest.raises(ValueError, match="pad=True"):
+        graph.batch_graphs(pairs, pad=False, parts=2)
     back = graph.graphs_to_populations(b, [(t, i + 1) for i, t in enumerate(targets)])
     for p, q in zip(pops, back, strict=True):
         assert _same(p, q)
