@@ -774,8 +774,8 @@ def batch_graphs(
             raise ValueError("batch_graphs: parts > 1 needs pad=True (every part padded alike)")
         return g
     ng = int(g.n_node.shape[0])
-    chunks = [_slice_graphs(g, c[0], c[-1] + 1) if c.size else None for c in _split(ng, parts)]
-    chunks = [c if c is not None else _slice_graphs(g, 0, 0) for c in chunks]
+    ends = np.cumsum([0] + [c.size for c in _split(ng, parts)])
+    chunks = [_slice_graphs(g, int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
     return pad_parts(chunks, min_nodes=min_nodes, min_edges=min_edges, min_graphs=min_graphs)
 
 
