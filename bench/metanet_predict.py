@@ -291,21 +291,16 @@ def throughput(
     builds it)."""
     from flax import nnx
 
-    from metanets import graph
-    from metanets.predict import DEFAULTS, _build_module, _probes
+    from metanets.predict import DEFAULTS, build_gmn
 
     out = {}
     for name, ds in cache_ds.items():
-        cfg = {**DEFAULTS["gmn"], **(overrides or {}).get(name, {}), "window": list(window)}
-        bank = graph.GraphBank(
-            list(zip(ds.targets, ds.populations, strict=True)),
-            window=window,
-            probes=_probes(ds, cfg),
-        )
+        kw = (overrides or {}).get(name, {})
+        model, bank = build_gmn(ds, window=window, **kw)
+        cfg = {**DEFAULTS["gmn"], **kw}
         rng = np.random.default_rng(0)
         samples = rng.choice(len(bank), size=min(256, len(bank)), replace=len(bank) < 256)
-        g = bank.batch(samples, min_graphs=257)
-        model = _build_module("gmn", cfg)
+        g = bank.batch(samples, batch_size=256)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
         def loss(p, g, graphdef=graphdef, rest=rest):

@@ -283,7 +283,7 @@ def metanet_batches(sizes: list[int], repeats: int) -> dict[str, Any] | None:
     """Forward+backward graphs/s of a GraphMetanet against the batch size."""
     if not sizes:
         return None
-    from metanets.graph import GraphBank, shard_graphs
+    from metanets.graph import GraphBank
     from metanets.models import GraphMetanet
 
     target = make_target("cnn2d", input_shape=(8, 8), channels=[8, 8, 8], out_features=10)
@@ -314,10 +314,7 @@ def metanet_batches(sizes: list[int], repeats: int) -> dict[str, Any] | None:
         "target": target.name,
     }
     for b in sizes:
-        parts = 1 if mesh is None else ndev
-        g = bank.batch(np.arange(b), min_graphs=b + parts, parts=parts)
-        if mesh is not None:
-            g = shard_graphs(g, mesh)
+        g = bank.batch(np.arange(b), batch_size=b, mesh=mesh)  # one part per device
         t0 = time.perf_counter()
         jax.block_until_ready(step(state, g))
         first = time.perf_counter() - t0

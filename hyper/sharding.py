@@ -239,8 +239,9 @@ def fixed_order_sum(
     of one term per group (e.g. one gradient per group). The sum is then bit-identical
     wherever the compiler emits the same code for one group on one device and inside the
     partitioned program: so for the hypernet trainer on CPU (tested), but not for every
-    function (XLA's CPU code for ``mean(x**2) - mean(x)**2`` over segments, as in the graph
-    metanet's std aggregator, rounds differently in the two programs).
+    function (the graph metanet's forward on one batch part, looped on one device and
+    inside `shard_map` on eight, differs by ~1e-6 on CPU, so its gradients are not summed
+    this way).
 
     Args:
       fn: ``(shared, group) -> (term, kept)``: `term` (a pytree) is summed over groups;

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -862,37 +862,79 @@ class GraphBank:
         min_edges: int = 1,
         min_graphs: int = 1,
         parts: int = 1,
+        batch_size: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        per_graph: Mapping[str, Any] | None = None,
     ) -> jraph.GraphsTuple:
         """The graphs of `samples` (indices into the bank, in this order), padded to
         power-of-two buckets like `batch_graphs` (and in `parts` like it). The real graphs
-        are where ``globals["mask"]`` is True, in the order of `samples`."""
+        are where ``globals["mask"]`` is True, in the order of `samples`.
+
+        Args:
+          batch_size: the largest number of samples a batch of this run holds: the graph
+            axis is padded so every batch of up to `batch_size` samples (in the same
+            number of parts) gets the same graph bucket, i.e. one compiled program.
+          mesh: place the batch across this 1-D mesh (`shard_graphs`), built in one part
+            per device (``parts`` is then the mesh size). The host arrays go to the devices
+            once.
+          per_graph: more per-sample arrays (``[len(samples), ...]``, e.g. labels) carried
+            as ``globals[name]`` in the batch's graph order, zero on padding graphs, so
+            they are placed (and sharded) with their graphs.
+        """
         samples = np.asarray(samples, np.int64)
         if samples.ndim != 1 or samples.size == 0:
             raise ValueError("GraphBank.batch: need a non-empty 1-D list of samples")
         parts = _check_parts_count(parts)
-        built = [self._assemble(samples[c]) for c in _split(samples.size, parts)]
+        if mesh is not None:
+            size = int(mesh.devices.size)
+            if parts not in (1, size):
+                raise ValueError(
+                    f"GraphBank.batch: parts={parts} on a mesh of {size} devices (one part per "
+                    "device: leave parts out)"
+                )
+            parts = size
+        if batch_size is not None:
+            if batch_size < samples.size:
+                raise ValueError(
+                    f"GraphBank.batch: {samples.size} samples exceed batch_size={batch_size}"
+                )
+            # a full batch's graph bucket: its largest part and a padding graph
+            per_part = bucket_size(-(-int(batch_size) // parts) + 1)
+            min_graphs = max(min_graphs, parts * per_part)
+        per_graph = {} if per_graph is None else {k: np.asarray(v) for k, v in per_graph.items()}
+        for k, v in per_graph.items():
+            if v.ndim < 1 or v.shape[0] != samples.size or k == "mask":
+                raise ValueError(
+                    f"GraphBank.batch: per_graph[{k!r}] needs one row per sample "
+                    f"({samples.size}), got shape {v.shape}"
+                    + (" ('mask' is reserved)" if k == "mask" else "")
+                )
+        chunks = _split(samples.size, parts)
+        built = [self._assemble(samples[c]) for c in chunks]
         sizes = [(int(sum(nn_)), int(sum(ne)), len(nn_)) for _, nn_, ne in built]
         pn, pe, pg = _part_buckets(sizes, min_nodes, min_edges, min_graphs)
         padded = [_pad_host(cat, nn_, ne, pn, pe, pg) for cat, nn_, ne in built]
-        if parts > 1:  # node numbers of part p start at p * pn
-            for k, g in enumerate(padded):
-                g["senders"] += k * pn
-                g["receivers"] += k * pn
+        for k, (g, c) in enumerate(zip(padded, chunks, strict=True)):
+            g["senders"] += k * pn  # node numbers of part k start at k * pn
+            g["receivers"] += k * pn
+            for name, v in per_graph.items():
+                g["g_" + name] = np.zeros((pg, *v.shape[1:]), v.dtype)
+                g["g_" + name][: c.size] = v[c]
         host = {k: np.concatenate([g[k] for g in padded]) for k in padded[0]}
-        arr = {k: jnp.asarray(v) for k, v in host.items()}
         node_keys = ("x", "type", "layer", "io", "act", "mask")
-        return jraph.GraphsTuple(
+        graphs = jraph.GraphsTuple(
             nodes={
-                **{k: arr["n_" + k] for k in node_keys},
-                **({"probe": arr["n_probe"]} if self.probes is not None else {}),
+                **{k: host["n_" + k] for k in node_keys},
+                **({"probe": host["n_probe"]} if self.probes is not None else {}),
             },
-            edges={k: arr["e_" + k] for k in ("w", "type", "layer", "mask")},
-            senders=arr["senders"],
-            receivers=arr["receivers"],
-            n_node=arr["n_node"],
-            n_edge=arr["n_edge"],
-            globals={"mask": arr["g_mask"]},
+            edges={k: host["e_" + k] for k in ("w", "type", "layer", "mask")},
+            senders=host["senders"],
+            receivers=host["receivers"],
+            n_node=host["n_node"],
+            n_edge=host["n_edge"],
+            globals={"mask": host["g_mask"], **{k: host["g_" + k] for k in per_graph}},
         )
+        return jax.tree.map(jnp.asarray, graphs) if mesh is None else shard_graphs(graphs, mesh)
 
     def _assemble(self, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list, list]:
         """The unpadded host arrays of `samples` (node numbers from 0), and per graph its

@@ -40,7 +40,6 @@ from metanets.graph import (
     GraphBank,
     _common_window,
     probe_inputs,
-    shard_graphs,
 )
 from metanets.models import GraphMetanet
 
@@ -49,6 +48,7 @@ __all__ = [
     "TASKS",
     "Predictor",
     "WeightDataset",
+    "build_gmn",
     "evaluate",
     "fit",
     "kendall_tau",
@@ -256,16 +256,44 @@ class Predictor:
         if mesh is not None and self.kind != "gmn":
             raise ValueError(f"predict: mesh applies to the 'gmn' model, not {self.kind!r}")
         if self.kind == "gmn":
-            bank = GraphBank(
-                list(zip(ds.targets, ds.populations, strict=True)),
-                window=tuple(self.config["window"]),
-                probes=_probes(ds, self.config),
-            )
+            bank = _gmn_bank(ds, self.config, tuple(self.config["window"]))
             return _gmn_predict(self.model, bank, samples, self.config, mesh)
         x = _vector_features(self.kind, ds, self.config)[samples]
         if self.kind == "statnn_gbm":
             return self.model.predict(x).astype(np.float32)
         return _mlp_predict(self.model, x, self.config)
+
+
+def _gmn_bank(
+    ds: WeightDataset, config: dict[str, Any], window: Sequence[int] | None = None
+) -> GraphBank:
+    """The graphs of every sample of `ds` as the GMN reads them (probe features as
+    `config` asks)."""
+    return GraphBank(
+        list(zip(ds.targets, ds.populations, strict=True)),
+        window=window,
+        probes=_probes(ds, config),
+    )
+
+
+def build_gmn(
+    ds: WeightDataset,
+    *,
+    window: Sequence[int] | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> tuple[GraphMetanet, GraphBank]:
+    """The graph metanet (initial weights from `seed`) and the `GraphBank` of `ds` that
+    ``fit("gmn", ds, ..., **overrides)`` builds, e.g. to measure a training step or to
+    write another loop. `window`: the common edge window (default: the zoo's largest
+    kernel)."""
+    unknown = set(overrides) - set(DEFAULTS["gmn"])
+    if unknown:
+        raise ValueError(f"model 'gmn': unknown hyperparameters {sorted(unknown)}")
+    config = {**DEFAULTS["gmn"], **overrides}
+    bank = _gmn_bank(ds, config, window)
+    config["window"] = list(bank.window)
+    return _build_module("gmn", config, seed=seed), bank
 
 
 def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
@@ -493,18 +521,13 @@ def _gmn_predict(
     graphdef, state = nnx.split(model)
     fn = _gmn_forward(graphdef)
     bs = config["batch_size"]
-    parts = 1 if mesh is None else int(mesh.devices.size)
     if mesh is not None:
         state = sharding.put(state, sharding.replicated(mesh))
     out = []
     for i in range(0, len(samples), bs):
-        chunk = samples[i : i + bs]
-        g = bank.batch(chunk, min_graphs=bs + parts, parts=parts)
-        real = np.asarray(g.globals["mask"])
-        if mesh is not None:
-            g = shard_graphs(g, mesh)
-        y = fn(state, g)
-        out.append((np.asarray(y) if mesh is None else sharding.to_host(y))[real])
+        g = bank.batch(samples[i : i + bs], batch_size=bs, mesh=mesh)
+        y, real = sharding.to_host((fn(state, g), g.globals["mask"]))
+        out.append(y[real])
     return np.concatenate(out) * config["y_std"] + config["y_mean"]
 
 
@@ -537,7 +560,6 @@ def _fit_gmn(
     if mesh is not None:
         params, rest = sharding.put((params, rest), sharding.replicated(mesh))
     opt_state = tx.init(params)
-    parts = 1 if mesh is None else int(mesh.devices.size)  # one self-contained part per device
     yt = ((y - y_mean) / y_std).astype(np.float32)
 
     traces = [0]
@@ -545,9 +567,9 @@ def _fit_gmn(
     noise_key = jax.random.key(config["seed"])
 
     @jax.jit
-    def step(params, opt_state, graphs, yb):
+    def step(params, opt_state, graphs):
         traces[0] += 1  # runs once per compilation (per shape bucket)
-        mask = graphs.globals["mask"]
+        mask, yb = graphs.globals["mask"], graphs.globals["y"]
         if noise > 0.0:
             # The key follows the optimizer's step count, so a resumed fit draws the
             # same noise as an uninterrupted one.
@@ -568,12 +590,9 @@ def _fit_gmn(
         losses = []
         for i in range(steps_per_epoch):
             b = order[i * bs : (i + 1) * bs]
-            g = bank.batch(b, min_graphs=bs + parts, parts=parts)
-            yb = np.zeros(g.n_node.shape[0], np.float32)
-            yb[np.asarray(g.globals["mask"])] = yt[b]
-            if mesh is not None:
-                g, yb = shard_graphs((g, yb), mesh)
-            params, opt_state, loss = step(params, opt_state, g, jnp.asarray(yb))
+            # One part per device when sharded; labels travel as per-graph globals.
+            g = bank.batch(b, batch_size=bs, mesh=mesh, per_graph={"y": yt[b]})
+            params, opt_state, loss = step(params, opt_state, g)
             losses.append(loss)
             seen[0] += len(b)
         return params, opt_state, float(np.mean(losses))
@@ -682,10 +701,7 @@ def fit(
     if mesh is not None and kind != "gmn":
         raise ValueError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
     if kind == "gmn":
-        bank = GraphBank(
-            list(zip(ds.targets, ds.populations, strict=True)), probes=_probes(ds, config)
-        )
-        return _fit_gmn(bank, ds.y, tr, val, config, log, checkpoint_dir, mesh)
+        return _fit_gmn(_gmn_bank(ds, config), ds.y, tr, val, config, log, checkpoint_dir, mesh)
     if kind == "flat":
         config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
     else:

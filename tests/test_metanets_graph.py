@@ -179,6 +179,33 @@ def test_mixed_batch_is_padded_masked_and_exact(
                 np.asarray(p.nodes["x"])[ends[j] - p.n_node[j] : ends[j]],
                 np.asarray(b.nodes["x"])[int(b.n_node[:k].sum()) : int(b.n_node[: k + 1].sum())],
             )
+    # per_graph arrays ride along as globals (zero on padding graphs); batch_size gives
+    # smaller batches the same graph bucket; a mesh places the host arrays once, one part
+    # per device.
+    from hyper import sharding
+
+    mesh = sharding.targets_mesh()
+    lab = np.arange(n_graphs, dtype=np.float32) + 1.0
+    full = bank.batch(np.arange(n_graphs), batch_size=n_graphs, mesh=mesh, per_graph={"y": lab})
+    assert len(full.globals["y"].sharding.device_set) == mesh.devices.size
+    assert graph.graph_parts(full, mesh.devices.size)
+    real = np.asarray(full.globals["mask"])
+    np.testing.assert_array_equal(np.asarray(full.globals["y"])[real], lab)
+    assert not np.any(np.asarray(full.globals["y"])[~real])
+    plain = bank.batch(np.arange(n_graphs), parts=8, min_graphs=n_graphs + 8)  # 4 per part
+    placed = full._replace(globals={"mask": real})
+    for a, c in zip(jax.tree.leaves(plain), jax.tree.leaves(placed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    small = bank.batch(np.arange(3), batch_size=n_graphs, mesh=mesh)
+    assert small.n_node.shape == full.n_node.shape
+    with pytest.raises(ValueError, match="one part per device"):
+        bank.batch([0, 1], parts=2, mesh=mesh)
+    with pytest.raises(ValueError, match="exceed batch_size=2"):
+        bank.batch([0, 1, 2], batch_size=2)
+    with pytest.raises(ValueError, match="one row per sample"):
+        bank.batch([0, 1], per_graph={"y": lab})
+    with pytest.raises(ValueError, match="reserved"):
+        bank.batch([0, 1], per_graph={"mask": lab[:2]})
     with pytest.raises(ValueError, match="parts must be a positive integer"):
         bank.batch([0, 1], parts=0)
     with pytest.raises(ValueError, match="pad=True"):

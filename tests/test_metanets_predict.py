@@ -136,6 +136,18 @@ def test_statnn_models_learn_a_weight_statistic(synthetic, tmp_path):
     assert [h["epoch"] for h in mlp.history] == [0, 10, 20, 30, 39]
 
 
+def test_build_gmn_gives_the_fit_setup(synthetic):
+    model, bank = predict.build_gmn(synthetic, hidden=8, num_layers=1, seed=3)
+    assert len(bank) == len(synthetic) and bank.window == (5, 5)
+    g = bank.batch(np.arange(5), batch_size=8)
+    y = np.asarray(model(g))[np.asarray(g.globals["mask"])]
+    assert y.shape == (5, 1) and np.all(np.isfinite(y))
+    wide, wide_bank = predict.build_gmn(synthetic, window=(7, 7), hidden=8, num_layers=1)
+    assert wide_bank.window == (7, 7) and wide.edge_in.kernel.shape[0] == 49
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        predict.build_gmn(synthetic, hiden=8)
+
+
 def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
     train, test = predict.split_by_run(synthetic.run, 0.25)
     pred = predict.fit("gmn", synthetic, train, epochs=2, batch_size=32, hidden=8, num_layers=1)
