@@ -110,11 +110,13 @@ def state_bytes(trainer: Any, n: int) -> int:
 def zoo_speed(sizes: list[int], repeats: int) -> dict[str, Any]:
     trainer = digits_trainer()
     out: dict[str, Any] = {"n": sizes, "net_steps_per_s": [], "first_epoch_s": []}
+    out["member_chunk"] = []
     for n in sizes:
         epochs = max(1, min(20, 4096 // max(n, 1)))  # at least ~4096 net-epochs per timing
         r = speed_vmapped(trainer, epochs, repeats, n=n)
         out["net_steps_per_s"].append(r["net_steps_per_s"])
         out["first_epoch_s"].append(r["first_epoch_s"])
+        out["member_chunk"].append(r["member_chunk"])
     best = max(out["net_steps_per_s"])
     out["best_net_steps_per_s"] = best
     out["best_n"] = sizes[int(np.argmax(out["net_steps_per_s"]))]
@@ -160,9 +162,10 @@ from bench.zoo import LEARNING_RATE, digits_trainer
 n = int(sys.argv[1])
 trainer = digits_trainer()
 state = trainer.init(jax.random.key(0), n, learning_rate=LEARNING_RATE)
+chunk = trainer.member_chunk(state)
 state, _ = trainer.train_epoch(state, 0)
 jax.block_until_ready(state)
-print(json.dumps({"peak_mb": hwm_mb()}))
+print(json.dumps({"peak_mb": hwm_mb(), "member_chunk": chunk}))
 """
 )
 
@@ -190,7 +193,7 @@ print(json.dumps({"peak_mb": hwm_mb()}))
 )
 
 
-def _child(code: str, arg: int) -> float:
+def _child(code: str, arg: int) -> dict[str, Any]:
     env = dict(os.environ)
     if jax.default_backend() == "cpu":  # keep the child off an accelerator the parent skips
         env.setdefault("JAX_PLATFORMS", "cpu")
@@ -203,7 +206,7 @@ def _child(code: str, arg: int) -> float:
     )
     if r.returncode != 0:
         raise RuntimeError(f"child for {arg} failed: {r.stderr.strip().splitlines()[-1:]}")
-    return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"])
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
@@ -211,7 +214,8 @@ def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
     if not sizes:
         return None
     trainer = digits_trainer()
-    rss = [_child(_CHILD_ZOO, n) for n in sizes]
+    runs = [_child(_CHILD_ZOO, n) for n in sizes]
+    rss = [float(r["peak_mb"]) for r in runs]
     state = [state_bytes(trainer, n) / 2**20 for n in sizes]
     growth = [r - rss[0] for r in rss]
     extra_state = [s - state[0] for s in state]
@@ -220,6 +224,7 @@ def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
     return {
         "n": sizes,
         "measure": memory_measure(),
+        "member_chunk": [r["member_chunk"] for r in runs],
         "peak_mb": rss,
         "state_mb": state,
         "growth_mb": growth,
@@ -268,7 +273,7 @@ def generation(ms: list[int], widths: list[list[int]], repeats: int) -> dict[str
 def gen_eval_memory(ms: list[int]) -> dict[str, Any] | None:
     if not ms:
         return None
-    rss = [_child(_CHILD_GEN_EVAL, m) for m in ms]
+    rss = [float(_child(_CHILD_GEN_EVAL, m)["peak_mb"]) for m in ms]
     for m, r in zip(ms, rss, strict=True):
         log(f"generate_and_evaluate M={m} (chunks of 32): peak {r:.0f} MiB ({memory_measure()})")
     return {

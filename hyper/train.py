@@ -25,6 +25,7 @@ import optax
 from hyper import sharding
 from hyper.conv_matmul import convs_as_matmuls
 from hyper.data import Dataset
+from hyper.population import size_bytes
 from hyper.target import Params, Target
 
 __all__ = [
@@ -131,17 +132,20 @@ class TrainConfig:
         one after another, each through all its steps, so large populations stay in cache
         and their activation memory is bounded by the chunk (same results, members being
         independent, bit for bit while each device steps at least two members at a time:
-        XLA's CPU code for a vmapped batch of one can round differently). Default: 64 on
-        CPU (best of 16-1,024 for N=4,096 digits MLPs in `bench/scaling.py`, about 2x
-        all at once), all at once on accelerators. Used only when it divides the
-        population and is a multiple of the device count.
+        XLA's CPU code for a vmapped batch of one can round differently). Used only when
+        it divides the population and is a multiple of the device count. ``"memory"``:
+        the widest such chunk (two or more members per device) whose temporaries fit in
+        half the population state's own bytes, estimated from one compiled probe chunk
+        (`memory_analysis()`); on accelerators at least 1,024 members (`_MIN_DEVICE_CHUNK`).
+        Default: 64 on CPU (best of 16-1,024 for N=4,096 digits MLPs in
+        `bench/scaling.py`, about 2x all at once); ``"memory"`` on accelerators.
     """
 
     optimizer: str = "adam"
     batch_size: int = 128
     steps_per_epoch: int | None = None
     eval_batch_size: int = 1024
-    member_chunk: int | None = None
+    member_chunk: int | str | None = None
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -152,8 +156,19 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        if self.member_chunk is not None and self.member_chunk < 1:
-            raise ValueError(f"member_chunk must be >= 1, got {self.member_chunk}")
+        chunk = self.member_chunk
+        if (
+            chunk is not None
+            and chunk != "memory"
+            and (isinstance(chunk, str) or int(chunk) != chunk or chunk < 1)
+        ):
+            raise ValueError(f"member_chunk must be >= 1 or 'memory', got {chunk!r}")
+
+
+# The smallest member chunk the "memory" rule uses on an accelerator: on one H100 (stop-13
+# `bench/gpu.sh` run) 1,024 digits MLPs stepping together reached 84% of the best
+# net-steps/s measured (65,536 at once); 64 reached 15%.
+_MIN_DEVICE_CHUNK = 1024
 
 
 class TrainState(NamedTuple):
@@ -307,7 +322,8 @@ class Trainer:
         # Placeholder values: `update` reads each member's hyperparameters from its state.
         self._opt = self._opt_factory(learning_rate=0.0, weight_decay=0.0)
         self._train_apply = _for_populations(target.pure_train_apply)
-        self._epoch_fn = jax.jit(self._epoch, donate_argnums=0)
+        self._epoch_fn = jax.jit(self._epoch, donate_argnums=0, static_argnums=2)
+        self._chunks: dict[int, int] = {}  # members -> members per chunk ("memory" rule)
         self._member_step_fn = jax.jit(self._member_step)
         self._eval_fn = jax.jit(self._evaluate_split)
         # Initialisation runs once per population; on CPU it compiles ~5x faster at LLVM -O1
@@ -463,21 +479,54 @@ class Trainer:
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
         return params, opt_state, loss, acc, diverged | ~finite
 
-    def _member_chunk(self, n: int) -> int:
-        """How many members step together (see `TrainConfig.member_chunk`)."""
+    def member_chunk(self, state: TrainState) -> int:
+        """How many members of `state` step together in `train_epoch` (see
+        `TrainConfig.member_chunk`; the ``"memory"`` rule decides once per population size)."""
+        n = state.diverged.shape[0]
         chunk = self.config.member_chunk
-        if chunk is None:  # CPU caches favour small chunks; accelerators, one wide batch
-            chunk = 64 if jax.default_backend() == "cpu" else n
+        if chunk is None:  # CPU caches favour small chunks; accelerators, bounded memory
+            chunk = 64 if jax.default_backend() == "cpu" else "memory"
+        if chunk == "memory":
+            if n not in self._chunks:
+                self._chunks[n] = self._memory_chunk(state)
+            return self._chunks[n]
         ndev = jax.device_count()
         if chunk >= n or n % chunk or chunk % ndev:
             return n
         return chunk
 
-    def _epoch(self, state: TrainState, epoch: jax.Array):
+    def _memory_chunk(self, state: TrainState) -> int:
+        """The widest usable chunk whose epoch temporaries fit in half the state's bytes
+        (peak memory then stays near 1.5x the state's own size).
+
+        Usable: a divisor of the population, at least two members per device (see
+        `TrainConfig.member_chunk`), or the whole population. One probe chunk (the widest
+        usable one up to 256 members) is compiled, never run; its temporary bytes per
+        member scale the others. On accelerators the chunk is at least `_MIN_DEVICE_CHUNK`
+        members, or the device idles.
+        """
         n = state.diverged.shape[0]
+        ndev = jax.device_count()
+        usable = [c for c in range(2 * ndev, n, ndev) if n % c == 0] + [n]
+        probe = max([c for c in usable if c <= 256] or usable[:1])
+        shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct((probe, *a.shape[1:]), a.dtype), state)
+        epoch = jax.ShapeDtypeStruct((), jnp.int32)
+        compiled = jax.jit(self._epoch_members).lower(shapes, epoch).compile()
+        temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", None)
+        if not temp:  # the backend does not say: all at once
+            return n
+        per_member = temp / probe
+        budget = size_bytes(state) / 2
+        fits = [c for c in usable if c * per_member <= budget]
+        chunk = max(fits) if fits else usable[0]
+        if jax.default_backend() != "cpu":
+            chunk = max(chunk, min(c for c in usable if c >= min(n, _MIN_DEVICE_CHUNK)))
+        return chunk
+
+    def _epoch(self, state: TrainState, epoch: jax.Array, chunk: int):
         # The chunks run one after another, updating the carried (donated) state in place.
         return map_member_chunks(
-            lambda s: self._epoch_members(s, epoch), state, self._member_chunk(n), in_place=True
+            lambda s: self._epoch_members(s, epoch), state, chunk, in_place=True
         )
 
     def _epoch_members(self, state: TrainState, epoch: jax.Array):
@@ -526,7 +575,8 @@ class Trainer:
           the new state and ``{"batch_loss", "batch_acc"}``: per-member means over the epoch's
           minibatches, `[targets]`.
         """
-        return self._epoch_fn(state, jnp.asarray(epoch, jnp.int32))
+        chunk = self.member_chunk(state)
+        return self._epoch_fn(state, jnp.asarray(epoch, jnp.int32), chunk)
 
     def fit(
         self, state: TrainState, epochs: int, *, start_epoch: int = 0, progress: bool = False
