@@ -873,7 +873,8 @@ class GraphBank:
         Args:
           batch_size: the largest number of samples a batch of this run holds: the graph
             axis is padded so every batch of up to `batch_size` samples (in the same
-            number of parts) gets the same graph bucket, i.e. one compiled program.
+            number of parts) gets a full batch's graph bucket (nodes and edges keep their
+            own power-of-two buckets).
           mesh: place the batch across this 1-D mesh (`shard_graphs`), built in one part
             per device (``parts`` is then the mesh size). The host arrays go to the devices
             once.
