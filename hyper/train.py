@@ -325,7 +325,7 @@ class Trainer:
         self._epoch_fn = jax.jit(self._epoch, donate_argnums=0, static_argnums=2)
         self._chunks: dict[int, int] = {}  # members -> members per chunk ("memory" rule)
         self._member_step_fn = jax.jit(self._member_step)
-        self._eval_fn = jax.jit(self._evaluate_split)
+        self._eval_fn = jax.jit(self._evaluate_both)  # both splits: one compile
         # Initialisation runs once per population; on CPU it compiles ~5x faster at LLVM -O1
         # (threefry loops), with the same results. Training keeps the default optimisation.
         once = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
@@ -592,20 +592,22 @@ class Trainer:
 
     # --- evaluation ----------------------------------------------------------------------
 
-    def _evaluate_split(self, params, x, y):
-        return evaluate(self.target, params, x, y, batch_size=self.config.eval_batch_size)
+    def _evaluate_both(self, params, x_train, y_train, x_test, y_test):
+        splits = [(x_train, y_train), (x_test, y_test)]
+        return _evaluate_splits(self.target, params, splits, self.config.eval_batch_size)
 
     def evaluate(self, params: Params) -> dict[str, jax.Array]:
         """Per-member ``train_loss, train_acc, test_loss, test_acc`` (each `[targets]`) on the
         full train and test splits, in evaluation mode."""
         self.target.validate(params, batched=True)
-        tr = self._eval_fn(params, self.x_train, self.y_train)
-        te = self._eval_fn(params, self.x_test, self.y_test)
+        (train_loss, train_acc), (test_loss, test_acc) = self._eval_fn(
+            params, self.x_train, self.y_train, self.x_test, self.y_test
+        )
         return {
-            "train_loss": tr["loss"],
-            "train_acc": tr["acc"],
-            "test_loss": te["loss"],
-            "test_acc": te["acc"],
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
         }
 
 
@@ -619,29 +621,50 @@ def evaluate(
     Returns:
       ``{"loss": [targets], "acc": [targets]}``.
     """
+    ((loss, acc),) = _evaluate_splits(target, population, [(x, y)], batch_size)
+    return {"loss": loss, "acc": acc}
+
+
+def _evaluate_splits(
+    target: Target,
+    population: Params,
+    splits: list[tuple[jax.Array, jax.Array]],
+    batch_size: int,
+) -> list[tuple[jax.Array, jax.Array]]:
+    """`(loss, acc)` per `(x, y)` split, every member, in one pass over all their examples
+    in equal chunks of at most `batch_size` (one program for all splits: a trainer's train
+    and test splits compile once together)."""
+    sizes = [int(x.shape[0]) for x, _ in splits]
+    x = jnp.concatenate([x for x, _ in splits]) if len(splits) > 1 else splits[0][0]
+    y = jnp.concatenate([y for _, y in splits]) if len(splits) > 1 else splits[0][1]
+    split_id = np.repeat(np.arange(len(splits)), sizes)
     n = x.shape[0]
     chunks = max(1, math.ceil(n / batch_size))
     size = math.ceil(n / chunks)
     pad = chunks * size - n
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]) if pad else y
-    valid = (jnp.arange(chunks * size) < n).reshape(chunks, size)
+    # [chunks, splits, size]: which split each example belongs to (none for the padding)
+    member_of = np.concatenate([split_id, np.full(pad, -1)]).reshape(chunks, 1, size)
+    weights = jnp.asarray(member_of == np.arange(len(splits))[None, :, None], jnp.float32)
     xs = xp.reshape(chunks, size, *x.shape[1:])
     ys = yp.reshape(chunks, size)
 
     apply = _for_populations(target.pure_apply)
 
     def chunk(carry, inp):
-        xc, yc, vc = inp
+        xc, yc, wc = inp
         logits = jax.vmap(apply, in_axes=(0, None))(population, xc)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc[None, :])
         correct = jnp.argmax(logits, -1) == yc[None, :]
-        loss_sum, acc_sum = carry
-        vc = vc[None, :]  # explicit rank: works under jax_numpy_rank_promotion="raise"
-        return (loss_sum + jnp.sum(ce * vc, -1), acc_sum + jnp.sum(correct * vc, -1)), None
+        loss_sum, acc_sum = carry  # [splits, targets]
+        # per split, a sum over the chunk's examples (a reduction along the example axis
+        # only: sharded members give the one-device sums)
+        loss = jnp.stack([jnp.sum(ce * w[None, :], -1) for w in wc])
+        acc = jnp.stack([jnp.sum(correct * w[None, :], -1) for w in wc])
+        return (loss_sum + loss, acc_sum + acc), None
 
     t = jax.tree.leaves(population)[0].shape[0]
-    (loss_sum, acc_sum), _ = jax.lax.scan(
-        chunk, (jnp.zeros((t,), jnp.float32), jnp.zeros((t,), jnp.float32)), (xs, ys, valid)
-    )
-    return {"loss": loss_sum / n, "acc": acc_sum / n}
+    zeros = jnp.zeros((len(splits), t), jnp.float32)
+    (loss_sum, acc_sum), _ = jax.lax.scan(chunk, (zeros, zeros), (xs, ys, weights))
+    return [(loss_sum[i] / m, acc_sum[i] / m) for i, m in enumerate(sizes)]

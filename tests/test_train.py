@@ -92,17 +92,22 @@ def test_population_learns_digits(run):
 
 
 def test_evaluate_matches_apply_population(run, digits):
+    # Trainer.evaluate runs both splits in one program: each split's figures are its own.
     t = run["target"]
     params = run["a"].params
-    logits = np.asarray(t.apply_population(params, digits.x_test))
-    acc = (logits.argmax(-1) == digits.y_test[None]).mean(1)
-    np.testing.assert_allclose(run["eval_a"]["test_acc"], acc, atol=1e-6)
     healthy = np.array(LR_A) < HUGE  # the quarantined member's logits may overflow
-    logits = logits[healthy]
-    shifted = logits - logits.max(-1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    ce = -np.take_along_axis(logp, digits.y_test[None, :, None], -1)[..., 0].mean(1)
-    np.testing.assert_allclose(run["eval_a"]["test_loss"][healthy], ce, rtol=1e-4)
+    for split, x, y in (
+        ("test", digits.x_test, digits.y_test),
+        ("train", digits.x_train, digits.y_train),
+    ):
+        logits = np.asarray(t.apply_population(params, x))
+        acc = (logits.argmax(-1) == y[None]).mean(1)
+        np.testing.assert_allclose(run["eval_a"][f"{split}_acc"], acc, atol=1e-6)
+        logits = logits[healthy]
+        shifted = logits - logits.max(-1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        ce = -np.take_along_axis(logp, y[None, :, None], -1)[..., 0].mean(1)
+        np.testing.assert_allclose(run["eval_a"][f"{split}_loss"][healthy], ce, rtol=1e-4)
 
 
 def test_diverging_member_is_quarantined(run):
