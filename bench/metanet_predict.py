@@ -291,13 +291,12 @@ def throughput(
     builds it)."""
     from flax import nnx
 
-    from metanets.predict import DEFAULTS, build_gmn
+    from metanets.predict import build_gmn
 
     out = {}
     for name, ds in cache_ds.items():
         kw = (overrides or {}).get(name, {})
         model, bank = build_gmn(ds, window=window, **kw)
-        cfg = {**DEFAULTS["gmn"], **kw}
         rng = np.random.default_rng(0)
         samples = rng.choice(len(bank), size=min(256, len(bank)), replace=len(bank) < 256)
         g = bank.batch(samples, batch_size=256)
@@ -324,10 +323,10 @@ def throughput(
             "real_nodes": int(g.nodes["mask"].sum()),
             "real_edges": int(g.edges["mask"].sum()),
             "window": list(window),
-            "hidden": cfg["hidden"],
-            "num_layers": cfg["num_layers"],
-            "pool": cfg["pool"],
-            "probes": cfg["probes"],
+            "hidden": model.node_in.out_features,
+            "num_layers": len(model.layers),
+            "pool": model.pool,
+            "probes": model.probe_features,
             "graphs_per_s": len(samples) / best,
             "step_seconds_runs": times,
             "compiled_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),

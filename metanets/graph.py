@@ -794,8 +794,6 @@ def shard_graphs(graphs: Any, mesh: jax.sharding.Mesh) -> Any:
       ValueError: a batch not built in `mesh size` parts (an edge or a graph would cross
         devices), or a leaf whose leading axis the mesh size does not divide.
     """
-    from hyper import sharding
-
     size = int(mesh.devices.size)
     is_graphs = lambda x: isinstance(x, jraph.GraphsTuple)
     for g in jax.tree.leaves(graphs, is_leaf=is_graphs):
@@ -810,6 +808,13 @@ def shard_graphs(graphs: Any, mesh: jax.sharding.Mesh) -> Any:
                 f"shard_graphs: an array of shape {np.shape(a)} does not split over {size} "
                 "devices (per-graph arrays need one row per graph of the batch)"
             )
+    return _place(graphs, mesh)
+
+
+def _place(graphs: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Every leaf split along its leading axis over the 1-D mesh (no checks)."""
+    from hyper import sharding
+
     return sharding.put(graphs, sharding.targets_sharding(mesh))
 
 
@@ -935,7 +940,10 @@ class GraphBank:
             n_edge=host["n_edge"],
             globals={"mask": host["g_mask"], **{k: host["g_" + k] for k in per_graph}},
         )
-        return jax.tree.map(jnp.asarray, graphs) if mesh is None else shard_graphs(graphs, mesh)
+        if mesh is None:
+            return jax.tree.map(jnp.asarray, graphs)
+        # Built in one part per device just above: `shard_graphs`' checks would only repeat it.
+        return _place(graphs, mesh)
 
     def _assemble(self, samples: np.ndarray) -> tuple[dict[str, np.ndarray], list, list]:
         """The unpadded host arrays of `samples` (node numbers from 0), and per graph its
