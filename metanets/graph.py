@@ -786,9 +786,10 @@ def shard_graphs(graphs: Any, mesh: jax.sharding.Mesh) -> Any:
 
     Message passing then runs sharded under `jit`. No edge crosses a part, so every
     node's and graph's sums are made on one device, in the one-device order, and
-    predictions and edits equal the one-device ones on the same batch bit for bit.
-    Gradients with respect to shared parameters add up over every device's edges, so
-    those equal the one-device ones to float rounding only.
+    predictions and edits equal the one-device ones on the same batch bit for bit (as
+    measured for `GraphMetanet` on CPU; XLA's products are not guaranteed to round the
+    same for every row count). Gradients with respect to shared parameters add up over
+    every device's edges, so those equal the one-device ones to float rounding only.
 
     Raises:
       ValueError: a batch not built in `mesh size` parts (an edge or a graph would cross
