@@ -635,8 +635,8 @@ def _evaluate_splits(
     in equal chunks of at most `batch_size` (one program for all splits: a trainer's train
     and test splits compile once together)."""
     sizes = [int(x.shape[0]) for x, _ in splits]
-    x = jnp.concatenate([x for x, _ in splits]) if len(splits) > 1 else splits[0][0]
-    y = jnp.concatenate([y for _, y in splits]) if len(splits) > 1 else splits[0][1]
+    x = jnp.concatenate([x for x, _ in splits])
+    y = jnp.concatenate([y for _, y in splits])
     split_id = np.repeat(np.arange(len(splits)), sizes)
     n = x.shape[0]
     chunks = max(1, math.ceil(n / batch_size))
@@ -644,9 +644,9 @@ def _evaluate_splits(
     pad = chunks * size - n
     xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]) if pad else y
-    # [chunks, splits, size]: which split each example belongs to (none for the padding)
-    member_of = np.concatenate([split_id, np.full(pad, -1)]).reshape(chunks, 1, size)
-    weights = jnp.asarray(member_of == np.arange(len(splits))[None, :, None], jnp.float32)
+    # [chunks, splits, size]: 1 where an example belongs to the split (0 for the padding)
+    owner = np.concatenate([split_id, np.full(pad, -1)]).reshape(chunks, 1, size)
+    weights = jnp.asarray(owner == np.arange(len(splits))[None, :, None], jnp.float32)
     xs = xp.reshape(chunks, size, *x.shape[1:])
     ys = yp.reshape(chunks, size)
 
