@@ -26,7 +26,7 @@ from hyper import sharding
 from hyper.conv_matmul import convs_as_matmuls
 from hyper.data import Dataset
 from hyper.population import size_bytes
-from hyper.target import Params, Target
+from hyper.target import Params, Target, init_compiler_options
 
 __all__ = [
     "OPTIMIZERS",
@@ -326,9 +326,9 @@ class Trainer:
         self._chunks: dict[int, int] = {}  # members -> members per chunk ("memory" rule)
         self._member_step_fn = jax.jit(self._member_step)
         self._eval_fn = jax.jit(self._evaluate_both)  # both splits: one compile
-        # Initialisation runs once per population; on CPU it compiles ~5x faster at LLVM -O1
-        # (threefry loops), with the same results. Training keeps the default optimisation.
-        once = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+        # Initialisation runs once per population: compiled for compile speed (see
+        # `init_compiler_options`). Training keeps the default optimisation.
+        once = init_compiler_options()
         # In chunks of members, like the epochs: the random-number temporaries stay small.
         # Outputs stay split like the inputs (see `place`): no replicated copy of the state.
         self._init_params_fn = jax.jit(
