@@ -392,6 +392,7 @@ def meta_train(
 # A few recent compiled evaluators and fine-tuners (the learning rate is state, not code).
 _EVAL: dict[Any, Callable] = {}
 _TRAINERS: dict[tuple, Trainer] = {}
+_IMPORTANCE: dict[tuple, Callable] = {}
 
 
 def _recent(cache: dict, key: Any, make: Callable[[], Any], limit: int = 8) -> Any:
@@ -483,19 +484,19 @@ def _keep_masks(sizes: Sequence[int], removed: Sequence[tuple[int, int]]) -> lis
 
 
 def _importance(target, params, groups, importance, normalizer, key) -> list[np.ndarray]:
-    if importance == "random":
-        return [
-            np.asarray(s)
-            for s in compact.group_importance(
-                target, params, method="random", groups=groups, key=key
+    """`compact.group_importance` on the host, compiled once per target and method (eager,
+    it ran a dozen small programs per group, each compiled anew for every pruned shape)."""
+    norm = None if importance == "random" else normalizer
+    fn = _recent(
+        _IMPORTANCE,
+        (target, importance, norm, tuple(g.name for g in groups)),
+        lambda: jax.jit(
+            lambda p, k: compact.group_importance(
+                target, p, method=importance, normalizer=norm, groups=groups, key=k
             )
-        ]
-    return [
-        np.asarray(s)
-        for s in compact.group_importance(
-            target, params, method=importance, normalizer=normalizer, groups=groups
-        )
-    ]
+        ),
+    )
+    return [np.asarray(s) for s in fn(params, key)]
 
 
 def _prune_step(target, params, groups, scores, goal, speedup):
