@@ -193,20 +193,45 @@ print(json.dumps({"peak_mb": hwm_mb()}))
 )
 
 
-def _child(code: str, arg: int) -> dict[str, Any]:
+def _children(code: str, args: list[int]) -> list[dict[str, Any]]:
+    """Runs `code` once per arg, each in a fresh process; the JSON each prints last.
+
+    On CPU the children run side by side, as many at once as there are cores: each reports
+    its own peak RSS, which does not depend on what else runs (nothing here is timed). On an
+    accelerator they run one at a time, since they would share the device's memory.
+    """
     env = dict(os.environ)
-    if jax.default_backend() == "cpu":  # keep the child off an accelerator the parent skips
+    cpu = jax.default_backend() == "cpu"
+    if cpu:  # keep the child off an accelerator the parent skips
         env.setdefault("JAX_PLATFORMS", "cpu")
-    r = subprocess.run(
-        [sys.executable, "-c", code, str(arg), str(Path(__file__).resolve().parents[1])],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    if r.returncode != 0:
-        raise RuntimeError(f"child for {arg} failed: {r.stderr.strip().splitlines()[-1:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    width = max(1, os.cpu_count() or 1) if cpu else 1
+    repo = str(Path(__file__).resolve().parents[1])
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(args), width):
+        procs = [
+            (
+                arg,
+                subprocess.Popen(
+                    [sys.executable, "-c", code, str(arg), repo],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                ),
+            )
+            for arg in args[i : i + width]
+        ]
+        for arg, p in procs:
+            try:
+                stdout, stderr = p.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                for _, q in procs:
+                    q.kill()
+                raise
+            if p.returncode != 0:
+                raise RuntimeError(f"child for {arg} failed: {stderr.strip().splitlines()[-1:]}")
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
 
 
 def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
@@ -214,7 +239,7 @@ def zoo_memory(sizes: list[int]) -> dict[str, Any] | None:
     if not sizes:
         return None
     trainer = digits_trainer()
-    runs = [_child(_CHILD_ZOO, n) for n in sizes]
+    runs = _children(_CHILD_ZOO, sizes)
     rss = [float(r["peak_mb"]) for r in runs]
     state = [state_bytes(trainer, n) / 2**20 for n in sizes]
     growth = [r - rss[0] for r in rss]
@@ -273,7 +298,7 @@ def generation(ms: list[int], widths: list[list[int]], repeats: int) -> dict[str
 def gen_eval_memory(ms: list[int]) -> dict[str, Any] | None:
     if not ms:
         return None
-    rss = [float(_child(_CHILD_GEN_EVAL, m)["peak_mb"]) for m in ms]
+    rss = [float(r["peak_mb"]) for r in _children(_CHILD_GEN_EVAL, ms)]
     for m, r in zip(ms, rss, strict=True):
         log(f"generate_and_evaluate M={m} (chunks of 32): peak {r:.0f} MiB ({memory_measure()})")
     return {
