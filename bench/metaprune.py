@@ -78,7 +78,7 @@ SETUPS: dict[str, dict[str, Any]] = {
         "ft_after": 300,
     },
 }
-QUICK = {  # the mechanism end to end in under a minute (one held-out network: a smoke test)
+QUICK = {  # the mechanism end to end (one held-out network: a smoke test); ~100 s on 2 cores
     "digits": {
         "arch": {"arch": "cnn2d", "channels": [16, 16, 16], "out_features": 10},
         "epochs": 8,
