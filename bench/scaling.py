@@ -208,29 +208,35 @@ def _children(code: str, args: list[int]) -> list[dict[str, Any]]:
     repo = str(Path(__file__).resolve().parents[1])
     out: list[dict[str, Any]] = []
     for i in range(0, len(args), width):
+        batch = args[i : i + width]
         procs = [
-            (
-                arg,
-                subprocess.Popen(
-                    [sys.executable, "-c", code, str(arg), repo],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env=env,
-                ),
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(arg), repo],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
             )
-            for arg in args[i : i + width]
+            for arg in batch
         ]
-        for arg, p in procs:
-            try:
+        try:
+            for arg, p in zip(batch, procs, strict=True):
                 stdout, stderr = p.communicate(timeout=600)
-            except subprocess.TimeoutExpired:
-                for _, q in procs:
-                    q.kill()
-                raise
-            if p.returncode != 0:
-                raise RuntimeError(f"child for {arg} failed: {stderr.strip().splitlines()[-1:]}")
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
+                lines = stdout.strip().splitlines()
+                if p.returncode != 0 or not lines:
+                    last = stderr.strip().splitlines()[-1:]
+                    raise RuntimeError(
+                        f"child for {arg} failed (status {p.returncode}): {last or 'no output'}"
+                    )
+                out.append(json.loads(lines[-1]))
+        finally:  # a failed or timed-out child: stop the others of its batch
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                for f in (p.stdout, p.stderr):
+                    if f is not None:
+                        f.close()
+                p.wait()
     return out
 
 

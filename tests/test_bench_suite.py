@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 suite = importlib.import_module("bench.__main__")
@@ -67,3 +69,16 @@ def test_summary_collects_the_latest_results(tmp_path):
     text = suite.summary(runs, False, tmp_path, 7.0, collected=True)
     assert "| zoo | 7 | a | 2 | 1 | yes |" in text and "| merge | 0 | no results |" in text
     assert "collected from the latest result" in text
+
+
+def test_scaling_children_keep_the_order_and_report_failures():
+    """The peak-memory subprocesses of bench/scaling run side by side on CPU: their
+    results come back in the order of their arguments, and a failing child is an error."""
+    from bench.scaling import _children
+
+    code = "import json, sys; print('noise'); print(json.dumps({'arg': int(sys.argv[1])}))"
+    assert [r["arg"] for r in _children(code, [3, 1, 2])] == [3, 1, 2]
+    with pytest.raises(RuntimeError, match="child for 2 failed"):  # a non-zero status
+        _children(code.replace("print('noise'); ", "assert sys.argv[1] != '2'; "), [1, 2, 3])
+    with pytest.raises(RuntimeError, match="child for 1 failed .*no output"):
+        _children("pass", [1])
