@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -267,6 +267,27 @@ def _splits(n: int) -> bool:
     return ndev > 1 and n > 0 and n % ndev == 0
 
 
+def _member_subsets(keys, n_sub, n_train_arange, shard):
+    """Each member's training subset: its first `n_sub` examples in a permutation of its own."""
+
+    def one(k, m):
+        perm = jax.random.permutation(jax.random.fold_in(k, 1), n_train_arange.shape[0])
+        rank = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0]))
+        return rank < m
+
+    # Chunks of members: a vmapped permutation's sort temporaries grow with all of them.
+    chunk = _init_chunk(keys.shape[0])
+    subsets = map_member_chunks(lambda a: jax.vmap(one)(*a), (keys, n_sub), chunk)
+    return _keep_sharded(subsets, shard)
+
+
+@functools.cache
+def _subsets_program() -> Callable:
+    """`_member_subsets` compiled once for every Trainer, like the initialisation (it runs
+    once per population; `init_compiler_options`: on CPU 0.5 s -> 0.3 s, same subsets)."""
+    return jax.jit(_member_subsets, static_argnums=3, compiler_options=init_compiler_options())
+
+
 def _keep_sharded(tree: Any, shard: bool) -> Any:
     """Inside jit: pins per-member leaves to the targets mesh when `shard` and `place` would
     split them (else XLA may replicate outputs, e.g. those that read no sharded input)."""
@@ -438,22 +459,9 @@ class Trainer:
         p = self.target.init(jax.random.fold_in(key, 0))
         return jax.tree.map(lambda v, is_k: v * scale if is_k else v, p, kernel)
 
-    @staticmethod
-    @functools.partial(jax.jit, static_argnums=3)
-    def _subsets_impl(keys, n_sub, n_train_arange, shard):
-        def one(k, m):
-            perm = jax.random.permutation(jax.random.fold_in(k, 1), n_train_arange.shape[0])
-            rank = jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0]))
-            return rank < m
-
-        # Chunks of members: a vmapped permutation's sort temporaries grow with all of them.
-        chunk = _init_chunk(keys.shape[0])
-        subsets = map_member_chunks(lambda a: jax.vmap(one)(*a), (keys, n_sub), chunk)
-        return _keep_sharded(subsets, shard)
-
     def _subsets(self, keys: jax.Array, frac: jax.Array, shard: bool) -> jax.Array:
         n_sub = jnp.maximum(1, jnp.round(frac * self.n_train).astype(jnp.int32))
-        return self._subsets_impl(keys, n_sub, jnp.arange(self.n_train), shard)
+        return _subsets_program()(keys, n_sub, jnp.arange(self.n_train), shard)
 
     # --- training ------------------------------------------------------------------------
 
