@@ -5,15 +5,21 @@
 - ``"mnist1d"``: MNIST-1D generated locally with ``mnist1d.data.make_dataset`` and its
   default arguments (4,000 train / 1,000 test signals of length 40, 10 classes).
 
-Nothing is downloaded. `load(name)` caches each dataset per process.
+Nothing is downloaded. `load(name)` caches each dataset per process; the generated
+MNIST-1D arrays are also kept on disk (``$WEIGHTSPACE_CACHE``, default
+``~/.cache/weightspace``) so other processes skip the 2 s of generation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
+import os
 import random
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -83,17 +89,45 @@ def _digits() -> Dataset:
     return Dataset("digits", x[~test], y[~test], x[test], y[test], 10)
 
 
+def _cache_dir() -> Path:
+    """Where generated datasets are kept between processes: ``$WEIGHTSPACE_CACHE``, else
+    ``$XDG_CACHE_HOME/weightspace`` (default ``~/.cache/weightspace``)."""
+    if os.environ.get("WEIGHTSPACE_CACHE"):
+        return Path(os.environ["WEIGHTSPACE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "weightspace"
+
+
 def _mnist1d() -> Dataset:
+    from importlib.metadata import version
+
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()  # defaults: 5,000 samples, 80% train, seed 42
-    # make_dataset reseeds the global `random` and `np.random` generators; restore them.
-    py_state, np_state = random.getstate(), np.random.get_state()
+    # Generating takes about 2 s: the arrays are kept on disk, under a name that changes
+    # with the generator's version and arguments. A cache that cannot be read or written
+    # is regenerated or skipped, never an error.
+    keys = ("x", "y", "x_test", "y_test")
+    tag = json.dumps([version("mnist1d"), sorted(vars(args).items())], default=str)
+    path = _cache_dir() / f"mnist1d-{hashlib.sha256(tag.encode()).hexdigest()[:16]}.npz"
     try:
-        d = make_dataset(args)
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        with np.load(path) as f:
+            d = {k: f[k] for k in keys}
+    except (OSError, KeyError, ValueError):
+        # make_dataset reseeds the global `random` and `np.random` generators; restore them.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            d = make_dataset(args)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **{k: np.asarray(d[k]) for k in keys})
+            os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+        except OSError:
+            pass
     return Dataset(
         "mnist1d",
         np.asarray(d["x"], np.float32),

@@ -1,5 +1,7 @@
 """Embedded datasets: offline, documented shapes, deterministic, labels in range."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -32,20 +34,33 @@ def test_digits(digits):
         np.testing.assert_array_equal(a, b)
 
 
-def test_mnist1d_deterministic_and_leaves_global_rngs_alone():
+def test_mnist1d_deterministic_and_leaves_global_rngs_alone(tmp_path, monkeypatch):
     import random
 
     d = data.load("mnist1d")
     _check(d, 4000, 1000, (40,))
     assert data.load("mnist1d") is d  # cached per process
-    np.random.seed(123)
-    random.seed(123)
-    np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
-    again = data._REGISTRY["mnist1d"]()  # uncached: a second, independent build
-    np.testing.assert_array_equal(np.random.get_state()[1], np_before)
-    assert random.getstate() == py_before
-    np.testing.assert_array_equal(again.x_train, d.x_train)
-    np.testing.assert_array_equal(again.y_test, d.y_test)
+    import mnist1d.data
+
+    monkeypatch.setenv("WEIGHTSPACE_CACHE", str(tmp_path / "cache"))
+    generate = mnist1d.data.make_dataset
+    for build in ("generated", "read from disk", "regenerated over a broken file"):
+
+        def refuse(args):
+            raise AssertionError("generated again instead of read from the disk cache")
+
+        monkeypatch.setattr(mnist1d.data, "make_dataset", refuse if "disk" in build else generate)
+        np.random.seed(123)
+        random.seed(123)
+        np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
+        again = data._REGISTRY["mnist1d"]()  # not the per-process cache: a second build
+        np.testing.assert_array_equal(np.random.get_state()[1], np_before, err_msg=build)
+        assert random.getstate() == py_before, build
+        for a, b in zip(dataclasses.astuple(again), dataclasses.astuple(d), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=build)
+        (kept,) = (tmp_path / "cache").glob("mnist1d-*.npz")  # one file, no temporaries
+        if build == "read from disk":
+            kept.write_bytes(b"not an npz file")
 
 
 def test_cached_arrays_are_read_only(digits):
