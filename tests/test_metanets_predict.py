@@ -154,6 +154,12 @@ def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
     y = pred.predict(synthetic, test)
     assert y.shape == (len(test),) and np.all(np.isfinite(y))
     assert pred.config["window"] == [5, 5] and len(pred.history) == 2
+    # any number of samples is padded as a full batch: one compiled forward serves them all
+    forward = predict._gmn_forward(nnx.split(pred.model)[0])
+    compiled = forward._cache_size()
+    for n in (1, 3, len(test) - 1):
+        np.testing.assert_allclose(pred.predict(synthetic, test[:n]), y[:n], rtol=1e-5, atol=1e-6)
+    assert forward._cache_size() == compiled
     d = predict.save_predictor(pred, tmp_path / "gmn")
     again = predict.load_predictor(d)
     np.testing.assert_allclose(again.predict(synthetic, test), y, rtol=1e-6, atol=1e-6)
