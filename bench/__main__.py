@@ -87,19 +87,23 @@ def benches() -> list[str]:
     return [b for b in ORDER if b in found] + [b for b in found if b not in ORDER]
 
 
-def lookup(result: Any, path: str) -> Any:
-    """The value at ``a/b/c``; ``*last`` picks the entry with the largest numeric key."""
+_ABSENT = object()
+
+
+def lookup(result: Any, path: str, default: Any = None) -> Any:
+    """The value at ``a/b/c`` (`default` where the path does not exist); ``*last`` picks
+    the entry with the largest numeric key."""
     node = result
     for part in path.split("/"):
         if part == "*last" and isinstance(node, dict):
             numeric = [k for k in node if k.isdigit()]
             if not numeric:
-                return None
+                return default
             node = node[max(numeric, key=int)]
         elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
-            return None
+            return default
     return node
 
 
@@ -132,7 +136,10 @@ def headline_rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str
                 met = "n/a"
             rows.append((key, _fmt(value), _fmt(goal), met))
     for label, path in HEADLINES.get(name, []):
-        rows.append((label, _fmt(lookup(result, path)), "", ""))
+        value = lookup(result, path, _ABSENT)
+        if value is _ABSENT and result.get("quick"):  # a part that quick mode leaves out
+            continue
+        rows.append((label, _fmt(None if value is _ABSENT else value), "", ""))
     if not rows:  # some numbers at least
         for key, value in result.items():
             if isinstance(value, int | float) and not isinstance(value, bool) and key != "wall_s":

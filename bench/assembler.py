@@ -175,7 +175,7 @@ def run_dataset(name: str, quick: bool, seed: int) -> dict[str, Any]:
     k_sub, k_fac, k_scen, k_scr = jax.random.split(key, 4)
     train_pool, held_pool = class_subsets(ds.num_classes, (2, 3, 4, 5), 0.2, k_sub)
     pre_steps, asm_steps, scr_steps, n_scen = (
-        (600, 300, 300, 20) if quick else (3000, 1500, 1000, 60)
+        (400, 200, 300, 12) if quick else (3000, 1500, 1000, 60)
     )
     log(f"[{name}] pretraining {pre_steps} steps, assembler {asm_steps} steps")
     factory, info = make_factory(

@@ -16,8 +16,10 @@ Each dataset is split 80/20 *by training run* (`metanets.predict.split_by_run`);
 model picks its epoch on a validation split carved by run out of the training part. The
 homogeneous zoo also predicts the generalisation gap (train - test accuracy).
 Throughput: graphs/s of a jitted forward+backward of the metanet on a padded batch of 256
-CNN graphs (homogeneous and wild-park graphs), the step's compiled temp memory, the peak
-RSS of the process, and the number of compilations of the training step.
+CNN graphs (homogeneous and wild-park graphs; ``--quick``: homogeneous only), the step's
+compiled temp memory, the peak RSS of the process, and the number of compilations of the
+training step. ``--quick`` is a smoke test of the pipeline (a few dozen samples per zoo):
+its tau and r2 say nothing about the models.
 
 Usage::
 
@@ -109,10 +111,10 @@ QUICK = {
         "weight_decay": [0.0],
         "init_scale": [0.5, 1.0],
         "train_fraction": [0.5, 1.0],
-        "activation": ["relu", "tanh"],
+        "activation": ["relu"],  # one zoo group (each activation is one more compile)
         "dropout": [0.0],
     },
-    "hom_seeds": [0, 1],
+    "hom_seeds": [0, 1, 2, 3],
     "hom_epochs": 3,
     "hom_ckpt": [1, 3],
     "gen_grid": None,
@@ -126,10 +128,10 @@ QUICK = {
         "train_fraction": [0.5, 1.0],
         "dropout": [0.0],
     },
-    "wild_seeds": [0, 1],
+    "wild_seeds": [0],  # 8 runs per architecture: the smoke test of the pipeline, no figures
     "wild_epochs": 2,
     "wild_ckpt": [1, 2],
-    "gmn": {"epochs": 6, "eval_every": 2},
+    "gmn": {"epochs": 6, "eval_every": 2, "num_layers": 2},  # each layer costs ~1 s of compile
     "gmn_gap": None,
     "mlp": {"epochs": 60, "eval_every": 10},
 }
@@ -409,7 +411,8 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
         result["generalisation_gap_homogeneous"] = gap_res
 
     result["throughput"] = throughput(
-        {"homogeneous": hom, "heterogeneous": wild},
+        # quick: one zoo (each is a compile of its own); full: both
+        {"homogeneous": hom} if quick else {"homogeneous": hom, "heterogeneous": wild},
         window=(5, 5),
         reps=2 if quick else 5,
         overrides={"homogeneous": cfg["gmn"], "heterogeneous": cfg.get("gmn_wild") or cfg["gmn"]},
@@ -429,9 +432,9 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
     }
     best_h = max(result["tau"]["homogeneous"][k] for k in ("statnn_mlp", "statnn_gbm"))
     best_w = max(result["tau"]["heterogeneous"][k] for k in ("statnn_mlp", "statnn_gbm"))
-    result["goals_met"] = {
-        "homogeneous": result["tau"]["homogeneous"]["gmn"] >= best_h - 0.01,
-        "heterogeneous": result["tau"]["heterogeneous"]["gmn"] >= best_w + 0.05,
+    result["goals_met"] = {  # quick: a few dozen samples per zoo say nothing of the goals
+        "homogeneous": None if quick else result["tau"]["homogeneous"]["gmn"] >= best_h - 0.01,
+        "heterogeneous": None if quick else result["tau"]["heterogeneous"]["gmn"] >= best_w + 0.05,
     }
     result["seconds"] = time.perf_counter() - t_start
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -466,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="small zoos, few epochs (~2.5 min on 2 cores, zoos not cached)",
+        help="small zoos, few epochs: a smoke test (~70 s on 2 cores, zoos not cached)",
     )
     parser.add_argument("--out", default=None)
     parser.add_argument(

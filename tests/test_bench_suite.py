@@ -36,6 +36,19 @@ def test_goals_are_checked_in_the_right_direction():
     assert rows["nested/acc"][1] == "0.95" and rows["nested/acc"][3] == "yes"
 
 
+def test_quick_headlines_leave_out_only_absent_parts():
+    """A quick run measures less (metaprune: the 3x speed-up only): its absent keys drop out
+    of the table, while a key present with no value (a speed-up never reached) stays."""
+    acc = {m: {"3x": {"mean": 0.5}} for m in ("metaprune", "group_l2", "random")}
+    quick = {"quick": True, "acc": acc, "compact_speedup_measured": None}
+    rows = [r[0] for r in suite.headline_rows("metaprune", quick)]
+    assert "acc metaprune 3x (first data set)" in rows
+    assert not any("2x" in r for r in rows)
+    assert "compact_speedup_measured (3x, first data set)" in rows
+    full = [r[0] for r in suite.headline_rows("metaprune", {**quick, "quick": False})]
+    assert "acc metaprune 2x (first data set)" in full  # shown as missing in a full run
+
+
 def test_summary_lists_failures_and_plots(tmp_path):
     (tmp_path / "scaling_zoo.png").write_bytes(b"")
     runs = [
