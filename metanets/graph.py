@@ -871,6 +871,7 @@ class GraphBank:
         batch_size: int | None = None,
         mesh: jax.sharding.Mesh | None = None,
         per_graph: Mapping[str, Any] | None = None,
+        full: bool = False,
     ) -> jraph.GraphsTuple:
         """The graphs of `samples` (indices into the bank, in this order), padded to
         power-of-two buckets like `batch_graphs` (and in `parts` like it). The real graphs
@@ -881,6 +882,9 @@ class GraphBank:
             axis is padded so every batch of up to `batch_size` samples (in the same
             number of parts) gets a full batch's graph bucket (nodes and edges keep their
             own power-of-two buckets).
+          full: with `batch_size`, nodes and edges are padded too, as a full batch of the
+            bank's largest graphs would be: every batch of the run has one shape (one
+            compiled program), at the cost of padding (used for predictions).
           mesh: place the batch across this 1-D mesh (`shard_graphs`), built in one part
             per device (``parts`` is then the mesh size). The host arrays go to the devices
             once.
@@ -906,8 +910,15 @@ class GraphBank:
                     f"GraphBank.batch: {samples.size} samples exceed batch_size={batch_size}"
                 )
             # a full batch's graph bucket: its largest part and a padding graph
-            per_part = bucket_size(-(-int(batch_size) // parts) + 1)
-            min_graphs = max(min_graphs, parts * per_part)
+            largest_part = -(-int(batch_size) // parts)
+            min_graphs = max(min_graphs, parts * bucket_size(largest_part + 1))
+            if full:  # and its nodes (with a padding node) and edges, of the largest graphs
+                most_nodes = max(t.num_nodes for t in self.topologies)
+                most_edges = max(t.num_edges for t in self.topologies)
+                min_nodes = max(min_nodes, parts * (largest_part * most_nodes + 1))
+                min_edges = max(min_edges, parts * largest_part * most_edges)
+        elif full:
+            raise ValueError("GraphBank.batch: full=True needs batch_size")
         per_graph = {} if per_graph is None else {k: np.asarray(v) for k, v in per_graph.items()}
         for k, v in per_graph.items():
             if v.ndim < 1 or v.shape[0] != samples.size or k == "mask":

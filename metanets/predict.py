@@ -523,17 +523,10 @@ def _gmn_predict(
     bs = config["batch_size"]
     if mesh is not None:
         state = sharding.put(state, sharding.replicated(mesh))
-    # Every batch is padded as a full batch of the bank's largest graphs would be: one
-    # compiled forward per bank and batch size, whatever the number of samples asked for.
-    k = 1 if mesh is None else int(mesh.devices.size)
-    per_part = -(-bs // k)
-    full = {
-        "min_nodes": k * (per_part * max(t.num_nodes for t in bank.topologies) + 1),
-        "min_edges": k * per_part * max(t.num_edges for t in bank.topologies),
-    }
     out = []
     for i in range(0, len(samples), bs):
-        g = bank.batch(samples[i : i + bs], batch_size=bs, mesh=mesh, **full)
+        # full: one shape (one compiled forward) whatever the number of samples asked for
+        g = bank.batch(samples[i : i + bs], batch_size=bs, mesh=mesh, full=True)
         y, real = sharding.to_host((fn(state, g), g.globals["mask"]))
         out.append(y[real])
     return np.concatenate(out) * config["y_std"] + config["y_mean"]

@@ -198,6 +198,21 @@ def test_mixed_batch_is_padded_masked_and_exact(
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
     small = bank.batch(np.arange(3), batch_size=n_graphs, mesh=mesh)
     assert small.n_node.shape == full.n_node.shape
+    # full=True: nodes and edges get a full batch's buckets too, whatever the samples
+    for pt in (1, 2):
+        shapes = {
+            (g.nodes["x"].shape, g.edges["w"].shape, g.n_node.shape)
+            for s in ([0], [1, 2], [n_graphs - 1], [0, 1, 2, 3])
+            for g in [bank.batch(s, batch_size=4, full=True, parts=pt)]
+        }
+        assert len(shapes) == 1, (pt, shapes)  # one shape per number of parts
+    one = bank.batch([0], batch_size=4, full=True)
+    most = max(t.num_nodes for t in bank.topologies), max(t.num_edges for t in bank.topologies)
+    assert one.nodes["x"].shape[0] >= 4 * most[0] + 1 and one.edges["w"].shape[0] >= 4 * most[1]
+    real = np.asarray(one.globals["mask"])
+    assert real.sum() == 1
+    with pytest.raises(ValueError, match="full=True needs batch_size"):
+        bank.batch([0], full=True)
     with pytest.raises(ValueError, match="one part per device"):
         bank.batch([0, 1], parts=2, mesh=mesh)
     with pytest.raises(ValueError, match="exceed batch_size=2"):
