@@ -92,9 +92,24 @@ def put(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     """`jax.device_put` that also works when `sharding` spans devices of other processes
     (multi-host): each process then supplies its own shards from its copy of the value,
     which must be the same on every process (e.g. computed from the same seed)."""
-    if sharding.is_fully_addressable:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda x: _put_global(x, sharding), tree)
+    if not sharding.is_fully_addressable:
+        return jax.tree.map(lambda x: _put_global(x, sharding), tree)
+    if all(d.platform == "cpu" for d in sharding.device_set):
+        return jax.tree.map(lambda x: _put_cpu(x, sharding), tree)
+    return jax.device_put(tree, sharding)
+
+
+def _put_cpu(x: Any, sharding: jax.sharding.Sharding) -> Any:
+    """On CPU devices, moving a device array to another sharding goes through a host copy:
+    `jax.device_put` would compile a small resharding program per shape and dtype (~30 ms
+    each, dozens per zoo or metanet run on 2 cores). The result is a new buffer, never an
+    alias of `x` (callers donate it)."""
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer) or x.sharding == sharding:
+        return jax.device_put(x, sharding)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _put_cpu(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(np.array(x, copy=True), sharding)
 
 
 def _put_global(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:

@@ -136,6 +136,43 @@ def test_sharded_equals_unsharded(run):
         np.testing.assert_allclose(m["batch_loss"][ok], n["batch_loss"][ok], rtol=2e-5)
 
 
+def test_cpu_placement_copies_without_compiling():
+    from hyper import sharding
+
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        mesh = sharding.targets_mesh()
+        tree = {
+            "w": jax.numpy.arange(8 * 3, dtype=jax.numpy.float32).reshape(8, 3) + 0.5,
+            "key": jax.random.split(jax.random.key(1), 8),
+            "ok": jax.numpy.zeros((8,), bool),
+        }
+        jax.block_until_ready(tree)
+        compiles.clear()
+        placed = jax.block_until_ready(sharding.shard_targets(tree, mesh))
+        again = sharding.put(placed, sharding.targets_sharding(mesh))  # already there
+        rep = jax.block_until_ready(sharding.put(tree, sharding.replicated(mesh)))
+        assert compiles == []
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    for t in (placed, rep):
+        np.testing.assert_array_equal(t["w"], tree["w"])
+        np.testing.assert_array_equal(t["ok"], tree["ok"])
+        np.testing.assert_array_equal(
+            jax.random.key_data(t["key"]), jax.random.key_data(tree["key"])
+        )
+    assert len(placed["w"].sharding.device_set) == 8 and again["w"] is placed["w"]
+    # a new buffer: donating the placed copy leaves the original readable
+    jax.jit(lambda x: x * 2, donate_argnums=0)(placed["w"]).block_until_ready()
+    np.testing.assert_array_equal(tree["w"][0], [0.5, 1.5, 2.5])
+
+
 def test_per_member_hyperparameters(run):
     a, b = run["a_sharded"].params, run["b"].params  # both sharded: one program
     # Same seed and same hyperparameters: identical, whatever the other members do.
