@@ -131,10 +131,22 @@ class MLPRegressor(nnx.Module):
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         )
         self.out = nnx.Linear(sizes[-1], out_features, rngs=rngs)
-        mean = np.zeros(in_features, np.float32) if mean is None else np.asarray(mean, np.float32)
-        std = np.ones(in_features, np.float32) if std is None else np.asarray(std, np.float32)
-        self.mean = nnx.Variable(jnp.asarray(mean))
-        self.std = nnx.Variable(jnp.asarray(np.where(std > 1e-8, std, 1.0).astype(np.float32)))
+        self.mean = nnx.Variable(jnp.zeros((in_features,), jnp.float32))
+        self.std = nnx.Variable(jnp.ones((in_features,), jnp.float32))
+        self.set_normalization(mean, std)
+
+    def set_normalization(self, mean: np.ndarray | None, std: np.ndarray | None) -> None:
+        """Sets the per-feature standardisation `[in_features]` (None: 0 and 1; a std
+        below 1e-8 counts as 1)."""
+        n = self.mean[...].shape[0]
+        mean = np.zeros(n, np.float32) if mean is None else np.asarray(mean, np.float32)
+        std = np.ones(n, np.float32) if std is None else np.asarray(std, np.float32)
+        if mean.shape != (n,) or std.shape != (n,):
+            raise ValueError(
+                f"MLPRegressor: mean and std must have shape ({n},), got {mean.shape}, {std.shape}"
+            )
+        self.mean[...] = jnp.asarray(mean)
+        self.std[...] = jnp.asarray(np.where(std > 1e-8, std, 1.0).astype(np.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = (x - self.mean[...][None, :]) / self.std[...][None, :]

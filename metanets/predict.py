@@ -16,6 +16,7 @@ run, out of the training set; the trees use scikit-learn's early stopping.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -32,7 +33,7 @@ from flax import nnx
 from hyper import sharding
 from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
-from hyper.target import Params, Target
+from hyper.target import Params, Target, init_module
 from metanets.baselines import GBMTrees, MLPRegressor, fit_gbm, flat_features, statnn_features
 from metanets.graph import (
     EDGE_WEIGHT,
@@ -195,10 +196,12 @@ def load_zoos(
                     eps.append(e)
                 if keep:
                     sel = np.asarray(keep)
-                    stacked.append(jax.tree.map(lambda a, s=sel: a[s], params))
+                    # on the host: indexing and concatenating device arrays eagerly compiles
+                    # a program per leaf shape and selection size
+                    stacked.append(jax.tree.map(lambda a, s=sel: np.asarray(a)[s], params))
             if stacked:
                 targets.append(g.target)
-                pops.append(jax.tree.map(lambda *a: jnp.concatenate(a), *stacked))
+                pops.append(jax.tree.map(lambda *a: jnp.asarray(np.concatenate(a)), *stacked))
         run_offset += max(m["member"] for m in first.members) + 1
     return WeightDataset(
         targets=targets,
@@ -342,13 +345,31 @@ def _adamw(lr: float, steps: int, weight_decay: float):
     return optax.adamw(schedule, weight_decay=weight_decay)
 
 
+_MLP_ROWS = 4096  # rows per compiled call of a vector-feature regressor
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _mlp_forward(graphdef: Any, state: Any, x: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state)(x)[:, 0]
+
+
+def _mlp_rows(n: int) -> int:
+    """Rows a call of `n` samples is padded to: a power of two (at least 64, at most
+    `_MLP_ROWS`), so every epoch's validation and any later prediction share a few programs."""
+    return min(_MLP_ROWS, max(64, 1 << max(0, n - 1).bit_length()))
+
+
 def _mlp_predict(model: MLPRegressor, x: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    if len(x) == 0:
+        return np.zeros((0,), np.float32)
     graphdef, state = nnx.split(model)
-    fn = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[:, 0])
-    out = np.concatenate(
-        [np.asarray(fn(state, jnp.asarray(x[i : i + 4096]))) for i in range(0, len(x), 4096)]
-    )
-    return out * config["y_std"] + config["y_mean"]
+    out = []
+    for i in range(0, len(x), _MLP_ROWS):
+        part = np.asarray(x[i : i + _MLP_ROWS], np.float32)
+        padded = np.zeros((_mlp_rows(len(part)), *part.shape[1:]), np.float32)
+        padded[: len(part)] = part
+        out.append(np.asarray(_mlp_forward(graphdef, state, jnp.asarray(padded)))[: len(part)])
+    return np.concatenate(out) * config["y_std"] + config["y_mean"]
 
 
 def _leaves(tree: Any) -> dict[str, Any]:
@@ -443,14 +464,8 @@ def _fit_mlp(
     y_mean, y_std = _standardize(y_train)
     config = {**config, "y_mean": y_mean, "y_std": y_std, "in_features": int(x_train.shape[1])}
     mean, std = x_train.mean(0), x_train.std(0)
-    model = MLPRegressor(
-        x_train.shape[1],
-        hidden=config["hidden"],
-        depth=config["depth"],
-        mean=mean,
-        std=std,
-        rngs=nnx.Rngs(config["seed"]),
-    )
+    model = _build_module("statnn_mlp", config, seed=config["seed"])
+    model.set_normalization(mean, std)
     bs = min(config["batch_size"], len(x_train))
     steps_per_epoch = max(1, len(x_train) // bs)
     tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
@@ -735,18 +750,23 @@ def _build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Modul
     """The NNX module a config describes (initialised from `seed`)."""
     if kind == "gmn":
         w = config["window"]
-        return GraphMetanet(
-            w[0] * w[1],
-            hidden=config["hidden"],
-            num_layers=config["num_layers"],
+        return init_module(
+            GraphMetanet,
+            int(w[0]) * int(w[1]),
+            hidden=int(config["hidden"]),
+            num_layers=int(config["num_layers"]),
             readout=config.get("readout", "global"),
             input_transform=config.get("input_transform", "none"),
             pool=config.get("pool", "meanmax"),
-            probe_features=config.get("probes", 0),
-            rngs=nnx.Rngs(seed),
+            probe_features=int(config.get("probes", 0)),
+            seed=seed,
         )
-    return MLPRegressor(
-        config["in_features"], hidden=config["hidden"], depth=config["depth"], rngs=nnx.Rngs(seed)
+    return init_module(
+        MLPRegressor,
+        int(config["in_features"]),
+        hidden=int(config["hidden"]),
+        depth=int(config["depth"]),
+        seed=seed,
     )
 
 

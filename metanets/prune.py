@@ -39,7 +39,7 @@ from flax import nnx
 from hyper import compact
 from hyper.architectures import config_for_params
 from hyper.data import Dataset
-from hyper.target import Params, Target
+from hyper.target import Params, Target, init_module
 from hyper.train import TrainConfig, Trainer, cross_entropy
 from hyper.train import evaluate as evaluate_population
 from metanets.graph import graphs_to_population, kernel_window, population_to_graphs
@@ -239,11 +239,12 @@ class MetaPruner:
 
 
 def _build_metanet(config: MetaPruneConfig, window: Sequence[int]) -> GraphMetanet:
-    return GraphMetanet(
+    return init_module(
+        GraphMetanet,
         int(window[0]) * int(window[1]),
-        hidden=config.hidden,
-        num_layers=config.num_layers,
-        rngs=nnx.Rngs(config.seed),
+        hidden=int(config.hidden),
+        num_layers=int(config.num_layers),
+        seed=config.seed,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -134,6 +135,18 @@ def test_statnn_models_learn_a_weight_statistic(synthetic, tmp_path):
     mlp = predict.fit("statnn_mlp", synthetic, train, epochs=40, eval_every=10)
     assert predict.evaluate(mlp, synthetic, test)["tau"] > 0.6
     assert [h["epoch"] for h in mlp.history] == [0, 10, 20, 30, 39]
+    # predictions are padded to a few row counts: one compiled forward per bucket, the same
+    # values as the unpadded model (validation during fit compiled the bucket already)
+    compiled = predict._mlp_forward._cache_size()
+    y = mlp.predict(synthetic, test)
+    x = predict._vector_features("statnn_mlp", synthetic, mlp.config)[test]
+    direct = np.asarray(mlp.model(jnp.asarray(x))[:, 0]) * mlp.config["y_std"]
+    np.testing.assert_allclose(y, direct + mlp.config["y_mean"], rtol=1e-5, atol=1e-5)
+    for n in (1, 2, 5):
+        np.testing.assert_allclose(mlp.predict(synthetic, test[:n]), y[:n], rtol=1e-6, atol=1e-6)
+    assert predict._mlp_forward._cache_size() <= compiled + 1
+    assert mlp.predict(synthetic, test[:0]).shape == (0,)
+    assert [predict._mlp_rows(n) for n in (1, 64, 65, 4096)] == [64, 64, 128, 4096]
 
 
 def test_build_gmn_gives_the_fit_setup(synthetic):
