@@ -53,6 +53,7 @@ import jax.numpy as jnp  # noqa: E402
 import hyper.sharding  # noqa: E402
 from hyper import align, compact, merge  # noqa: E402
 from hyper import data as data_lib  # noqa: E402
+from hyper import population as pop_ops  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
 from hyper.target import Target  # noqa: E402
 from hyper.train import TrainConfig, Trainer, evaluate  # noqa: E402
@@ -69,10 +70,6 @@ def make_arch(kind: str, width: int) -> Target:
     return make_target(
         "cnn2d", input_shape=(8, 8), channels=(width, width), strides=(1, 2), out_features=10
     )
-
-
-def take(population: Any, idx: Any) -> Any:
-    return jax.tree.map(lambda v: v[np.asarray(idx)], population)
 
 
 def init_population(target: Target, seed: int, n: int) -> Any:
@@ -115,7 +112,10 @@ def barrier_for(
     state = trainer.init(jax.random.key(seed), 2 * pairs, learning_rate=lr, params=init)
     state = trainer.fit(state, epochs)
     params = jax.device_get(state.params)
-    pop_a, pop_b = take(params, range(0, 2 * pairs, 2)), take(params, range(1, 2 * pairs, 2))
+    pop_a, pop_b = (
+        pop_ops.take(params, range(0, 2 * pairs, 2)),
+        pop_ops.take(params, range(1, 2 * pairs, 2)),
+    )
     x_train = jnp.asarray(data.x_train)
 
     t0 = time.time()
@@ -136,8 +136,12 @@ def barrier_for(
         w = alphas.reshape((-1,) + (1,) * a.ndim)
         return (1 - w) * a[None] + w * b[None]
 
-    paths = [jax.tree.map(jax.vmap(path), pop_a, v) for v in versions.values()]
-    stacked = jax.tree.map(lambda *v: jnp.concatenate(v).reshape(-1, *v[0].shape[2:]), *paths)
+    @jax.jit  # one program (eagerly: one per leaf shape and method)
+    def interpolate(pop_a, versions):
+        paths = [jax.tree.map(jax.vmap(path), pop_a, v) for v in versions]
+        return jax.tree.map(lambda *v: jnp.concatenate(v).reshape(-1, *v[0].shape[2:]), *paths)
+
+    stacked = interpolate(pop_a, list(versions.values()))
     ev = jax.jit(lambda p: evaluate(target, p, jnp.asarray(data.x_test), jnp.asarray(data.y_test)))
     res = ev(stacked)
     losses = np.asarray(res["loss"]).reshape(len(versions), pairs, len(ALPHAS))
@@ -223,7 +227,7 @@ def merge_acc_for(
     )
     state = tr.fit(state, base_epochs)
     base_pop = jax.device_get(state.params)
-    base = take(base_pop, 0)
+    base = pop_ops.take(base_pop, 0)
     ft_keys = jnp.stack([jax.random.key(seed + 1 + t) for t in range(len(TASKS))])
     state = tr.init(
         jax.random.key(seed), len(TASKS), learning_rate=ft_lr, params=base_pop, member_keys=ft_keys
@@ -278,7 +282,9 @@ def merge_acc_for(
             cands = fn(target, base, pop, lam=lams, **kw)
         val = score(cands, x_val, y_val)[:, :4].mean(1)
         best = int(np.argmax(val))
-        out[name] = report(score(take(cands, [best]), data.x_test, data.y_test)[0], lams[best])
+        out[name] = report(
+            score(pop_ops.take(cands, [best]), data.x_test, data.y_test)[0], lams[best]
+        )
 
     # Each model's Fisher on its own task's training inputs (the first m of each task, m
     # the smallest task's size, so the four run as one vmapped program).

@@ -94,6 +94,8 @@ FULL = {
         "dropout": [0.0],
     },
     "wild_seeds": [0],
+    "wild_max_depth": 5,
+    "wild_kernels": (3, 5),
     "wild_epochs": 6,
     "wild_ckpt": [1, 3, 6],
     "gmn": {"epochs": 30},
@@ -129,6 +131,9 @@ QUICK = {
         "dropout": [0.0],
     },
     "wild_seeds": [0],  # 8 runs per architecture: the smoke test of the pipeline, no figures
+    # shallow 3x3 networks compile faster (a zoo of 5 layers with 5x5 kernels: ~15 s)
+    "wild_max_depth": 3,
+    "wild_kernels": (3,),
     "wild_epochs": 2,
     "wild_ckpt": [1, 2],
     "gmn": {"epochs": 6, "eval_every": 2, "num_layers": 2},  # each layer costs ~1 s of compile
@@ -142,20 +147,23 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def wild_architectures(n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` distinct wild-park architectures (with an activation each), sampled by `seed`."""
+def wild_architectures(
+    n: int, seed: int, max_depth: int = 5, kernels: tuple[int, ...] = (3, 5)
+) -> list[dict[str, Any]]:
+    """`n` distinct wild-park architectures (with an activation each), sampled by `seed`:
+    2 to `max_depth` conv layers, each with a kernel size from `kernels`."""
     rng = np.random.default_rng(seed)
     out, seen = [], set()
     while len(out) < n:
-        depth = int(rng.integers(2, 6))
+        depth = int(rng.integers(2, max_depth + 1))
         channels = [int(rng.choice([4, 8, 16, 32])) for _ in range(depth)]
-        kernels = [int(rng.choice([3, 5])) for _ in range(depth)]
+        kernel_size = [int(rng.choice(list(kernels))) for _ in range(depth)]
         # Full resolution for two layers, then halve every other layer (8, 8, 4, 4, 2).
         strides = [1, 1, 2, 1, 2][:depth]
         arch = {
             "arch": "cnn2d",
             "channels": channels,
-            "kernel_size": kernels,
+            "kernel_size": kernel_size,
             "strides": strides,
             "batchnorm": bool(rng.random() < 0.5),
             "residual": bool(rng.random() < 0.5),
@@ -210,7 +218,12 @@ def build_zoos(cfg: dict[str, Any], cache: Path) -> dict[str, Any]:
             epochs=cfg["hom_epochs"],
             checkpoint_epochs=cfg["hom_ckpt"],
         )
-    archs = wild_architectures(cfg["wild_archs"] + cfg["wild_unseen_archs"], seed=0)
+    archs = wild_architectures(
+        cfg["wild_archs"] + cfg["wild_unseen_archs"],
+        seed=0,
+        max_depth=cfg["wild_max_depth"],
+        kernels=cfg["wild_kernels"],
+    )
     wild, unseen = [], []
     for i, a in enumerate(archs):
         seen_arch = i < cfg["wild_archs"]

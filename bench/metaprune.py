@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, logger, machine, stdout_to_stderr, write_result  # noqa: E402
 from hyper import compact, data  # noqa: E402
+from hyper import population as pop_ops  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
 from hyper.train import TrainConfig, Trainer  # noqa: E402
 from metanets import prune  # noqa: E402
@@ -94,14 +95,22 @@ QUICK = {  # the mechanism end to end (one held-out network: a smoke test); ~45 
 LRS = (3e-3, 1e-2)
 
 
-def train_networks(target, ds, n, epochs, seed, lrs):
-    """`n` networks, learning rates cycling through `lrs`, seeds from `seed`."""
+def train_networks(target, ds, groups, epochs, lrs):
+    """For each `(n, seed)` of `groups`: `n` networks, learning rates cycling through `lrs`,
+    member `i` from ``fold_in(key(seed), i)``. All groups train as one population (one
+    compiled program); each member's run is its own, whatever it is trained beside."""
     tr = Trainer(target, ds, TrainConfig(batch_size=128))
-    lr = np.asarray([lrs[i % len(lrs)] for i in range(n)], np.float32)
-    state = tr.init(jax.random.key(seed), n, learning_rate=lr)
+    keys = [jax.random.fold_in(jax.random.key(seed), i) for n, seed in groups for i in range(n)]
+    lr = np.asarray([lrs[i % len(lrs)] for n, _ in groups for i in range(n)], np.float32)
+    state = tr.init(jax.random.key(0), len(keys), learning_rate=lr, member_keys=jnp.stack(keys))
     state = tr.fit(state, epochs)
     acc = np.asarray(tr.evaluate(state.params)["test_acc"])
-    return state.params, acc
+    out, start = [], 0
+    for n, _ in groups:
+        idx = np.arange(start, start + n)
+        out.append((pop_ops.take(state.params, idx), acc[idx]))
+        start += n
+    return out
 
 
 def member(pop, i):
@@ -129,9 +138,12 @@ def run_dataset(name: str, setup: dict[str, Any], seed: int) -> dict[str, Any]:
     cfg = dict(setup["arch"])
     target = make_target(cfg.pop("arch"), input_shape=ds.input_shape, **cfg)
     t0 = time.perf_counter()
-    zoo, zoo_acc = train_networks(target, ds, setup["zoo_seeds"], setup["epochs"], seed, LRS)
-    held, held_acc = train_networks(
-        target, ds, setup["held_out"], setup["epochs"], seed + 1000, LRS
+    (zoo, zoo_acc), (held, held_acc) = train_networks(
+        target,
+        ds,
+        [(setup["zoo_seeds"], seed), (setup["held_out"], seed + 1000)],
+        setup["epochs"],
+        LRS,
     )
     t_zoo = time.perf_counter() - t0
     log(
