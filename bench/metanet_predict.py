@@ -18,8 +18,9 @@ homogeneous zoo also predicts the generalisation gap (train - test accuracy).
 Throughput: graphs/s of a jitted forward+backward of the metanet on a padded batch of 256
 CNN graphs (homogeneous and wild-park graphs; ``--quick``: homogeneous only), the step's
 compiled temp memory, the peak RSS of the process, and the number of compilations of the
-training step. ``--quick`` is a smoke test of the pipeline (a few dozen samples per zoo):
-its tau and r2 say nothing about the models.
+training step. ``--quick`` is a smoke test of the pipeline (a few dozen samples per zoo;
+the heterogeneous set is the homogeneous zoo beside one small sampled architecture): its
+tau and r2 say nothing about the models.
 
 Usage::
 
@@ -94,6 +95,7 @@ FULL = {
         "dropout": [0.0],
     },
     "wild_seeds": [0],
+    "wild_with_homogeneous": False,
     "wild_max_depth": 5,
     "wild_kernels": (3, 5),
     "wild_epochs": 6,
@@ -121,7 +123,7 @@ QUICK = {
     "hom_ckpt": [1, 3],
     "gen_grid": None,
     "gen_seeds": [1000],
-    "wild_archs": 2,
+    "wild_archs": 1,
     "wild_unseen_archs": 0,
     "wild_grid": {
         "learning_rate": [3e-3, 3e-2],
@@ -131,6 +133,9 @@ QUICK = {
         "dropout": [0.0],
     },
     "wild_seeds": [0],  # 8 runs per architecture: the smoke test of the pipeline, no figures
+    # the heterogeneous set: the homogeneous zoo and one sampled architecture (each zoo of
+    # another architecture is a compile of its own, ~8 s)
+    "wild_with_homogeneous": True,
     # shallow 3x3 networks compile faster (a zoo of 5 layers with 5x5 kernels: ~15 s)
     "wild_max_depth": 3,
     "wild_kernels": (3,),
@@ -381,10 +386,13 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
             "seeds": cfg["wild_seeds"],
             "epochs": cfg["wild_epochs"],
             "checkpoint_epochs": cfg["wild_ckpt"],
+            "includes_homogeneous_zoo": cfg["wild_with_homogeneous"],
         },
     }
     hom = predict.load_zoos([zoos["homogeneous"]])
-    wild = predict.load_zoos(zoos["wild"])
+    wild = predict.load_zoos(
+        ([zoos["homogeneous"]] if cfg["wild_with_homogeneous"] else []) + zoos["wild"]
+    )
     log(f"datasets: homogeneous {len(hom)} samples, heterogeneous {len(wild)} samples")
 
     hom_res, hom_fit = evaluate_models("homogeneous", hom, list(predict.MODELS), cfg)
