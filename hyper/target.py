@@ -361,15 +361,14 @@ def init_module(cls: Callable[..., Any], /, *args: Any, seed: int = 0, **kwargs:
         program, key = None, None
     if key is not None and program is None:
         program = _MODULE_PROGRAMS[key] = _module_program(cls, args, key[2])
-    if program is None or isinstance(seed, jax.core.Tracer):
+    if program is None:
         return cls(*args, **kwargs, rngs=nnx.Rngs(seed))
     graphdef, fn = program
-    try:
-        return nnx.merge(graphdef, fn(jax.random.key(seed)))
-    except ValueError as e:  # inside another jit, which refuses nested compiler options
-        if "compiler_options" not in str(e):
-            raise
-        return cls(*args, **kwargs, rngs=nnx.Rngs(seed))
+
+    def eager(key: jax.Array) -> Any:
+        return nnx.state(cls(*args, **kwargs, rngs=nnx.Rngs(key)))
+
+    return nnx.merge(graphdef, _once(fn, eager, jax.random.key(seed)))
 
 
 # (id(cls), args, kwargs) -> (graphdef, compiled init); NNX module classes are not hashable.
