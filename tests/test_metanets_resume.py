@@ -20,7 +20,7 @@ from hyper import zoo
 from hyper.cli import main
 from metanets import predict
 
-EPOCHS = 20  # one step per epoch on this tiny zoo; a checkpoint every 2 epochs
+EPOCHS = 12  # one step per epoch on this tiny zoo; a checkpoint every 2 epochs
 
 
 @pytest.fixture(scope="module")
