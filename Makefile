@@ -14,13 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Two pytest workers, one test file each at a time (module fixtures are built once): on 2
-# cores the suite takes ~2/3 of the time of one process, which mostly waits on single-
-# threaded XLA compiles. TEST_WORKERS=0 runs it in this process.
+# Two pytest workers, one test file each at a time (module fixtures are built once), the
+# longest files first (tests/conftest.py): on 2 cores the suite takes ~2/3 of the time of
+# one process, which mostly waits on single-threaded XLA compiles. TEST_WORKERS=0 runs it
+# in this process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
 	$(PY) -m hyper.demo --out demo_out

@@ -868,7 +868,9 @@ def group_importance(
         score has a finite gradient at all-zero units (for sparsity penalties).
 
     Returns:
-      one float32 array `[group.size]` per group. Traceable and differentiable.
+      one float32 array `[group.size]` per group. Weights given as numpy arrays are scored
+      with numpy on the host (``"l2"``/``"l1"``: nothing to compile for each new shape, as
+      when pruning in rounds); JAX arrays with `jax.numpy` (traceable and differentiable).
     """
     if method not in IMPORTANCE_METHODS:
         raise ValueError(f"importance method {method!r}; expected one of {IMPORTANCE_METHODS}")
@@ -883,24 +885,26 @@ def group_importance(
     index = {p: i for i, p in enumerate(target.paths)}
     leaves = jax.tree.leaves(params)
     keys = jax.random.split(key, max(len(groups), 1)) if method == "random" else None
+    on_host = method != "random" and all(isinstance(a, np.ndarray) for a in leaves)
+    xp = np if on_host else jnp
     out = []
     for gi, g in enumerate(groups):
         if method == "random":
             score = jax.random.uniform(keys[gi], (g.size,), jnp.float32)
         else:
-            score = jnp.zeros((g.size,), jnp.float32)
+            score = xp.zeros((g.size,), np.float32)
             for path, ax in g.axes:
                 if target.spec[index[path]].role not in _IMPORTANCE_ROLES:
                     continue
-                a = jnp.moveaxis(jnp.asarray(leaves[index[path]], jnp.float32), ax, 0)
+                a = xp.moveaxis(xp.asarray(leaves[index[path]], np.float32), ax, 0)
                 a = a.reshape(g.size, -1)
-                score = score + (jnp.sum(a * a, 1) if method == "l2" else jnp.sum(jnp.abs(a), 1))
+                score = score + (xp.sum(a * a, 1) if method == "l2" else xp.sum(xp.abs(a), 1))
             if method == "l2":
-                score = jnp.sqrt(score + eps)
+                score = xp.sqrt(score + np.float32(eps))
         if normalizer == "mean":
-            score = score / (jnp.mean(score) + 1e-12)
+            score = score / (xp.mean(score) + np.float32(1e-12))
         elif normalizer == "max":
-            score = score / (jnp.max(score) + 1e-12)
+            score = score / (xp.max(score) + np.float32(1e-12))
         out.append(score)
     return out
 

@@ -485,16 +485,19 @@ def _keep_masks(sizes: Sequence[int], removed: Sequence[tuple[int, int]]) -> lis
 
 
 def _importance(target, params, groups, importance, normalizer, key) -> list[np.ndarray]:
-    """`compact.group_importance` on the host, compiled once per target and method (eager,
-    it ran a dozen small programs per group, each compiled anew for every pruned shape)."""
-    norm = None if importance == "random" else normalizer
+    """`compact.group_importance` as numpy arrays: norms are computed by numpy on host
+    copies of the weights (a compiled program would be new for every pruned shape);
+    random scores by one program per target."""
+    if importance != "random":
+        host = jax.tree.map(np.asarray, params)
+        return compact.group_importance(
+            target, host, method=importance, normalizer=normalizer, groups=groups
+        )
     fn = _recent(
         _IMPORTANCE,
-        (target, importance, norm, tuple(g.name for g in groups)),
+        (target, tuple(g.name for g in groups)),
         lambda: jax.jit(
-            lambda p, k: compact.group_importance(
-                target, p, method=importance, normalizer=norm, groups=groups, key=k
-            )
+            lambda p, k: compact.group_importance(target, p, method="random", groups=groups, key=k)
         ),
     )
     return [np.asarray(s) for s in fn(params, key)]

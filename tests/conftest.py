@@ -121,3 +121,26 @@ def tiny_zoo(tmp_path_factory):
         progress=False,
     )
     return out
+
+
+# Seconds each of the slowest test files takes in one process on 2 cores (pytest
+# --durations, summed per file). `make test` hands whole files to two workers in collection
+# order (xdist --dist loadfile --no-loadscope-reorder); starting with the longest ones lets
+# the workers finish together instead of one of them ending the run alone with a long file.
+_FILE_SECONDS = {
+    "test_notebooks.py": 150,
+    "test_metanets_predict.py": 85,
+    "test_metanets_resume.py": 55,
+    "test_metanets_models.py": 40,
+    "test_reliability.py": 35,
+    "test_multihost.py": 35,
+    "test_hypernet.py": 35,
+    "test_target.py": 30,
+    "test_metanets_graph.py": 25,
+    "test_hypertrain.py": 25,
+    "test_prune.py": 25,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -_FILE_SECONDS.get(item.path.name, 0))  # stable: file order kept

@@ -113,6 +113,17 @@ def test_group_importance_matches_numpy(mlp_target, rescnn_target):
     rp["stem_bn"]["var"] = rp["stem_bn"]["var"] * 5.0
     for a, b in zip(base, compact.group_importance(rescnn_target, rp), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+    # numpy weights are scored on the host (numpy arrays out), as JAX weights are.
+    on_host = jax.tree.map(np.asarray, rp)
+    on_device = jax.tree.map(jax.numpy.asarray, rp)
+    for method, norm in (("l2", "mean"), ("l1", "max"), ("l2", None)):
+        kw = dict(method=method, normalizer=norm, eps=1e-12)
+        host = compact.group_importance(rescnn_target, on_host, **kw)
+        device = compact.group_importance(rescnn_target, on_device, **kw)
+        assert all(type(a) is np.ndarray and a.dtype == np.float32 for a in host)
+        assert all(isinstance(b, jax.Array) for b in device)
+        for a, b in zip(host, device, strict=True):
+            np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6)
     with pytest.raises(ValueError, match="method"):
         compact.group_importance(mlp_target, params, method="l3")
     with pytest.raises(ValueError, match="needs a key"):
