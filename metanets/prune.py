@@ -487,7 +487,7 @@ def _keep_masks(sizes: Sequence[int], removed: Sequence[tuple[int, int]]) -> lis
 def _importance(target, params, groups, importance, normalizer, key) -> list[np.ndarray]:
     """`compact.group_importance` as numpy arrays: norms are computed by numpy on host
     copies of the weights (a compiled program would be new for every pruned shape);
-    random scores by one program per target."""
+    random scores by a jitted draw (compiled again for each pruned shape)."""
     if importance != "random":
         host = jax.tree.map(np.asarray, params)
         return compact.group_importance(
