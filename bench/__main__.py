@@ -32,6 +32,7 @@ _NOT_BENCHES = {
     "metanet_select",
     "metanet_seeds",
     "metanet_parksize",
+    "member_chunk",
 }
 # The order `all` runs them in (others found in bench/ follow, alphabetically).
 ORDER = ["scaling", "zoo", "hypernet", "mip", "merge", "metanet_predict", "metaprune", "assembler"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark suite at GPU sizes on one H100/H200 (about 6 minutes on an H100).
+# The benchmark suite at GPU sizes on one H100/H200 (333 s on an H200, install included).
 #
 #   bash bench/gpu.sh            # on the GPU machine, from anywhere in the repository
 #
@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 REPO=$(pwd)
 PY=${PYTHON:-python3}
 OUT=bench/results/gpu
-BUDGET=${GPU_BUDGET_S:-330}
+# Seconds for the steps after the smoke check; the optional steps add their own.
+BUDGET=${GPU_BUDGET_S:-$(( 330 + 150 * ${GPU_METANET:-0} + 120 * ${GPU_CHUNKS:-0} ))}
 # The memory sections measure fresh child processes: a parent holding JAX's default 75%
 # preallocation of the GPU leaves them none (seen on an H100: CUDA out of memory).
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -74,7 +75,8 @@ step() {
 }
 : > "$OUT/steps.txt"
 # Limits from an H100 run (2026-11-27): scaling ~160 s without and ~55 s for its memory
-# sections, hypernet 29 s, zoo 59 s, smoke 49 s: about 6 minutes in all.
+# sections, hypernet 29 s, zoo 59 s, smoke 49 s. On an H200 (2026-12-04): smoke 50 s,
+# scaling 193 s, hypernet 23 s, zoo 48 s; 333 s for the whole device call.
 # Scaling sweep: zoo N up to 65,536 members (device memory at 1/4,096/65,536), generation
 # M up to 65,536 and 4M-parameter targets, metanet batches up to 16,384 graphs.
 step scaling 250 "$PY" bench/scaling.py --sizes "$sizes" --out "$OUT/scaling.json"
@@ -86,6 +88,10 @@ step zoo 80 "$PY" bench/zoo.py --quick --out "$OUT/zoo.json"
 # the scaling sweep) only when asked for: GPU_METANET=1.
 if [[ "${GPU_METANET:-0}" == "1" ]]; then
   step metanet_predict 150 "$PY" bench/metanet_predict.py --quick --out "$OUT/metanet_predict.json"
+fi
+# Zoo speed and device memory against the member chunk (about 2 minutes): GPU_CHUNKS=1.
+if [[ "${GPU_CHUNKS:-0}" == "1" ]]; then
+  step member_chunk 180 "$PY" bench/member_chunk.py --sizes "$sizes" --out "$OUT/member_chunk.json"
 fi
 
 "$PY" - "$OUT" "$(( $(date +%s) - start ))" "$quick" <<'PYEOF'

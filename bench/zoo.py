@@ -108,9 +108,10 @@ SETTINGS = {
 }
 
 
-def digits_trainer() -> Trainer:
+def digits_trainer(member_chunk: int | str | None = None) -> Trainer:
     target = make_target("mlp", input_shape=(8, 8), widths=[32], out_features=10)
-    return Trainer(target, data.load("digits"), TrainConfig(optimizer="adam", batch_size=BATCH))
+    config = TrainConfig(optimizer="adam", batch_size=BATCH, member_chunk=member_chunk)
+    return Trainer(target, data.load("digits"), config)
 
 
 def speed_vmapped(trainer: Trainer, epochs: int, repeats: int, n: int = N) -> dict[str, Any]:
