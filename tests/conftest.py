@@ -8,7 +8,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compiling dominates these small tests: XLA's CPU backend at optimisation level 0 compiles
 # faster than the default (2) and runs slower, which tiny tests do not notice (`make test`:
-# 570-700 s -> 500-575 s on 2 cores). Child processes (notebooks, the CLI) inherit it. Level 0
+# 570-700 s -> 480-575 s on 2 cores). Child processes (notebooks, the CLI) inherit it. Level 0
 # also rounds differently here and there, and bit-for-bit claims that hang on XLA's code
 # generation (sharded equals one device, chunked equals whole) must hold at the level users
 # run: tests marked ``xla_default`` run in a child pytest at the default level.
