@@ -1,26 +1,8 @@
-"""Test settings: 8 fake CPU devices (set before JAX starts its backend), strict promotion,
-XLA's CPU backend at optimisation level 0 (tests marked ``xla_default`` at the default)."""
+"""Test settings: 8 fake CPU devices (set before JAX starts its backend), strict promotion."""
 
 import os
-import subprocess
-import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compiling dominates these small tests: XLA's CPU backend at optimisation level 0 compiles
-# faster than the default (2) and runs slower, which tiny tests do not notice (`make test`:
-# 570-700 s -> 480-575 s on 2 cores). Child processes (notebooks, the CLI) inherit it. Level 0
-# also rounds differently here and there, and bit-for-bit claims that hang on XLA's code
-# generation (sharded equals one device, chunked equals whole) must hold at the level users
-# run: tests marked ``xla_default`` run in a child pytest at the default level.
-# WEIGHTSPACE_TEST_XLA_OPT=2 runs everything at the default, in one process.
-_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
-_XLA_LEVEL = os.environ.get("WEIGHTSPACE_TEST_XLA_OPT", "0")
-if "xla_backend_optimization_level" in _USER_XLA_FLAGS:
-    _XLA_LEVEL = "user"  # set by hand: used as given, for every test
-else:
-    os.environ["XLA_FLAGS"] = (
-        f"{_USER_XLA_FLAGS} --xla_backend_optimization_level={_XLA_LEVEL}".strip()
-    )
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -162,29 +144,3 @@ _FILE_SECONDS = {
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: -_FILE_SECONDS.get(item.path.name, 0))  # stable: file order kept
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem):
-    """Runs an ``xla_default`` test in a child pytest at XLA's default level (its fixtures
-    are built again there) unless this process already runs at that level."""
-    if _XLA_LEVEL in ("2", "user") or pyfuncitem.get_closest_marker("xla_default") is None:
-        return None
-    env = {**os.environ, "WEIGHTSPACE_TEST_XLA_OPT": "2", "XLA_FLAGS": _USER_XLA_FLAGS}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"]
-    child = subprocess.run(
-        [*cmd, pyfuncitem.nodeid],
-        cwd=pyfuncitem.config.rootpath,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if child.returncode != 0:
-        pytest.fail(
-            f"at XLA's default optimisation level ({' '.join(cmd)} {pyfuncitem.nodeid}), "
-            f"exit {child.returncode}:\n{(child.stdout + child.stderr)[-6000:]}",
-            pytrace=False,
-        )
-    return True

@@ -258,7 +258,6 @@ def test_invalid_hyperparameters(run, cnn1d_target, digits):
         Trainer(cnn1d_target, digits)
 
 
-@pytest.mark.xla_default
 def test_member_chunks_give_the_same_epoch(digits):
     """32 members stepping in two chunks of 16 (two per fake device) or all at once: the
     same bits, NaN quarantine included. (Not one member per device: XLA's CPU code for a
