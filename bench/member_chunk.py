@@ -14,7 +14,9 @@ Usage::
   python bench/member_chunk.py [--sizes gpu|quick] [--out PATH]
 
 Writes ``bench/results/member_chunk.json`` and prints the JSON as one line. The children run
-one at a time (they are timed). ``--sizes quick`` (the default on CPU) takes about a minute.
+one at a time (they are timed). ``--sizes quick`` (the default on CPU) takes about a minute;
+it is a dry run of the script: its states are a few MiB, so compiler memory dominates the
+growth it reports.
 """
 
 from __future__ import annotations
