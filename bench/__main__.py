@@ -29,6 +29,7 @@ _NOT_BENCHES = {
     "__main__",
     "common",
     "smoke",
+    "gpu_results",
     "metanet_select",
     "metanet_seeds",
     "metanet_parksize",

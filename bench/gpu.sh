@@ -11,7 +11,8 @@
 # --quick sizes), and stops with exit 3 when bench/smoke.py fails (packages that don't fit). Each benchmark runs under its own time limit; one that fails or times out
 # is recorded with its exit status and log, and the others still run. Writes
 # bench/results/gpu/*.json, the logs bench/results/gpu/*.log, and
-# bench/results/gpu.json = {"gpu": {bench: result}, "steps": {bench: {rc, seconds}}}.
+# bench/results/gpu.json = {"gpu": {bench: result}, "steps": {bench: {rc, seconds}}}
+# (bench/gpu_results.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -43,8 +44,8 @@ if [[ "$backend" != "gpu" && "${ALLOW_CPU:-0}" != "1" ]]; then
   echo "bench/gpu.sh: JAX backend is '$backend', not gpu (ALLOW_CPU=1 for a dry run)" >&2
   exit 2
 fi
-sizes=gpu; quick=""
-if [[ "$backend" != "gpu" ]]; then sizes=quick; quick="--quick"; fi
+sizes=gpu
+if [[ "$backend" != "gpu" ]]; then sizes=quick; fi
 "$PY" -c "import jax, flax, optax, orbax.checkpoint as o; print('devices:', jax.devices(), \
 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__)"
 
@@ -94,21 +95,4 @@ if [[ "${GPU_CHUNKS:-0}" == "1" ]]; then
   step member_chunk 180 "$PY" bench/member_chunk.py --sizes "$sizes" --out "$OUT/member_chunk.json"
 fi
 
-"$PY" - "$OUT" "$(( $(date +%s) - start ))" "$quick" <<'PYEOF'
-import json, pathlib, sys
-out, wall = pathlib.Path(sys.argv[1]), int(sys.argv[2])
-runs = {}
-for p in sorted(out.glob("*.json")):
-    try:
-        runs[p.stem] = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        runs[p.stem] = {"error": f"unreadable: {e}"}
-steps = {}
-for line in (out / "steps.txt").read_text().split("\n"):
-    if line.strip():
-        name, rc, secs = line.split()
-        steps[name] = {"rc": int(rc), "seconds": int(secs), "timed_out": rc == "124"}
-result = {"gpu": runs, "steps": steps, "wall_s": wall, "dry_run_on_cpu": bool(sys.argv[3])}
-(out.parent / "gpu.json").write_text(json.dumps(result, indent=1) + "\n")
-print(json.dumps({"gpu": sorted(runs), "steps": steps, "wall_s": wall}))
-PYEOF
+"$PY" bench/gpu_results.py "$OUT"   # writes bench/results/gpu.json

@@ -56,16 +56,13 @@ sys.path.insert(0, sys.argv[3])
 from hyper import sharding
 sharding.use_cpu_cores()
 import jax
-from bench.scaling import _HWM
-exec(_HWM)  # defines hwm_mb()
-from bench.zoo import LEARNING_RATE, digits_trainer, speed_vmapped
-from hyper import population
+from bench.scaling import _HWM, state_bytes
+exec(_HWM)  # defines hwm_mb(), as in bench/scaling.py's memory children
+from bench.zoo import digits_trainer, speed_vmapped
 n = int(sys.argv[1])
 chunk = sys.argv[2] if sys.argv[2] == "memory" else int(sys.argv[2])
 trainer = digits_trainer(member_chunk=chunk)
-state = trainer.init(jax.random.key(0), n, learning_rate=LEARNING_RATE, shard=False)
-state_mb = population.size_bytes(state._asdict()) / 2**20
-del state
+state_mb = state_bytes(trainer, n) / 2**20
 epochs = max(1, min(20, 4096 // n))
 r = speed_vmapped(trainer, epochs, 3, n=n)
 print(json.dumps({**r, "peak_mb": hwm_mb(), "state_mb": state_mb}))

@@ -4,6 +4,7 @@ summary table, on hand-made results (the benchmarks themselves run in `bench/`).
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,23 @@ def test_scaling_children_keep_the_order_and_report_failures():
         _children(code.replace("print('noise'); ", "assert sys.argv[1] != '2'; "), [1, 2, 3])
     with pytest.raises(RuntimeError, match="child for 1 failed .*no output"):
         _children("pass", [1])
+
+
+def test_gpu_results_collects_every_result_and_the_steps(tmp_path):
+    """`bench/gpu_results.py` (the end of `bench/gpu.sh`): every result in the folder, the
+    steps with their exit status, the steps' seconds summed, and whether one ran on a CPU."""
+    gpu_results = importlib.import_module("bench.gpu_results")
+    out = tmp_path / "gpu"
+    out.mkdir()
+    (out / "zoo.json").write_text('{"machine": {"backend": "gpu"}, "x": 1}')
+    (out / "extra.json").write_text('{"machine": {"backend": "gpu"}}')  # run by hand
+    (out / "bad.json").write_text("{")
+    (out / "steps.txt").write_text("zoo 0 40\nscaling 124 250\n")
+    assert gpu_results.main([str(out)]) == 0
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert sorted(result["gpu"]) == ["bad", "extra", "zoo"] and result["gpu"]["zoo"]["x"] == 1
+    assert "unreadable" in result["gpu"]["bad"]["error"]
+    assert result["steps"]["scaling"] == {"rc": 124, "seconds": 250, "timed_out": True}
+    assert result["wall_s"] == 290 and result["dry_run_on_cpu"] is False
+    (out / "zoo.json").write_text('{"machine": {"backend": "cpu"}}')
+    assert gpu_results.collect(out)["dry_run_on_cpu"] is True
