@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 demo: $(STAMP)
-	$(PY) -m hyper.demo --out demo_out
+	$(PY) -m hyper.hypernets.demo --out demo_out
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,7 @@
 Task T1 (hyperlight's, ``../shared/peers/hyperlight_digits.py``): one hypernetwork maps
 γ ∈ [0, 1] (one `Continuous` condition ``"gamma"``) to all 26,122 weights of a target MLP
 64-128-128-10 on digits; loss = cross-entropy + γ·1e-3·‖θ‖²
-(`hyper.hypertrain.l2_conditioned_loss`); `HyperNet` with its MIP defaults and hidden
+(`hyper.hypernets.train.l2_conditioned_loss`); `HyperNet` with its MIP defaults and hidden
 sizes [16, 64]; Adam lr 1e-3; batch 128. Data: `hyper.data` digits (stratified 1,347 train /
 450 test) while the peer takes the first 1,400 samples to train and the other 397 to test:
 the same work per training step, 13% more test examples per evaluated target here.
@@ -72,9 +72,9 @@ from flax import nnx
 from bench.common import PEAK_SIZES, logger, machine, matmul_peak, ratio, stdout_to_stderr, timed
 from hyper import data, sharding
 from hyper.architectures import make_target
-from hyper.conditions import Continuous
-from hyper.hypernet import HyperNet, generate_and_evaluate
-from hyper.hypertrain import HyperTrainer, l2_conditioned_loss, make_optimizer
+from hyper.hypernets.conditions import Continuous
+from hyper.hypernets.hypernet import HyperNet, generate_and_evaluate
+from hyper.hypernets.train import HyperTrainer, l2_conditioned_loss, make_optimizer
 
 log = logger("hypernet")
 

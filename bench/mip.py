@@ -4,13 +4,13 @@
 al., ICLR 2024) claims that the cos|sin input encoding plus the residual output
 θ = θ0 + Δθ make hypernetworks converge faster, fail on fewer optimizer settings, and
 generate weights whose norm does not follow the norm of the condition. This benchmark
-trains one `hyper.HyperNet` per (task, arm, optimizer, learning rate, seed) and measures
+trains one `hyper.hypernets.HyperNet` per (task, arm, optimizer, learning rate, seed) and measures
 exactly that.
 
 Tasks (conditions per step M = 8, one shared batch per step):
 
 - **T1** loss-conditioned digits classifier: target MLP 64-128-128-10, γ ∈ [0, 1],
-  loss = cross-entropy + γ·1e-3·‖θ‖² (`hyper.hypertrain.l2_conditioned_loss`), batch 128.
+  loss = cross-entropy + γ·1e-3·‖θ‖² (`hyper.hypernets.train.l2_conditioned_loss`), batch 128.
 - **T2** family of functions: target MLP 1-32-32-1 fits sin(ωx + φ) on 64 points
   x ~ U[-π, π] per step, γ = (ω, φ) rescaled to [0, 1]² with ω ∈ [1, 5], φ ∈ [0, π];
   mean squared error.
@@ -68,9 +68,9 @@ from flax import nnx  # noqa: E402
 import hyper.sharding  # noqa: E402
 from hyper import data as data_lib  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
-from hyper.conditions import Continuous, sample  # noqa: E402
-from hyper.hypernet import HyperNet, norm_slope  # noqa: E402
-from hyper.hypertrain import l2_conditioned_loss, steps_to_threshold  # noqa: E402
+from hyper.hypernets.conditions import Continuous, sample  # noqa: E402
+from hyper.hypernets.hypernet import HyperNet, norm_slope  # noqa: E402
+from hyper.hypernets.train import l2_conditioned_loss, steps_to_threshold  # noqa: E402
 from hyper.target import Target  # noqa: E402
 
 M = 8  # conditions per step
@@ -814,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "final loss; fixed before any run",
             "strict_threshold_rule": f"best + {STRICT_GAP_FRACTION} x (trivial - best)",
             "steps_to_threshold": "first step at which the running mean loss is <= threshold "
-            "(hyper.hypertrain.steps_to_threshold); never reached or diverged -> +inf",
+            "(hyper.hypernets.train.steps_to_threshold); never reached or diverged -> +inf",
             "aggregation": "median over all (optimizer, lr, seed) runs of an arm, with +inf "
             "for runs that never reach the threshold (null when the median itself is +inf); "
             "best_lr: the learning rate with the lowest seed-median steps",
@@ -823,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "stalled": f"not diverged, and the final loss closed less than "
             f"{STALL_FRACTION:.0%} of the gap (trivial - best)",
             "failed": "diverged or stalled",
-            "slope": "hyper.hypernet.norm_slope: slope of log‖θ‖ vs log‖γ‖ over 16 γ in "
+            "slope": "hyper.hypernets.hypernet.norm_slope: slope of log‖θ‖ vs log‖γ‖ over 16 γ in "
             "[0.05, 1] (T2 along γ = (t, t)); init: median over seeds; final: median over "
             "every non-diverged run",
             "curve_median": "per (arm, optimizer, lr): the seed-median running-mean training "

@@ -9,7 +9,7 @@
   the growth over N=1 is compared with the train state's own bytes (params + Adam moments
   + per-member keys, subsets and counters). Goal: at N=4096, peak growth ≤ 2× the state
   (``memory_over_state``).
-- **Hypernet generation** (`hyper.hypernet.generate`, MIP defaults, hidden [16, 64]):
+- **Hypernet generation** (`hyper.hypernets.hypernet.generate`, MIP defaults, hidden [16, 64]):
   targets/s and compile seconds against M conditions (target MLP 64-32-10) and against the
   target's size at M=256 (widths [32], [128, 128], [512, 512]).
 - **Memory-bounded generation**: `generate_and_evaluate` of M = 256 ... 16384 targets
@@ -61,8 +61,8 @@ from bench.common import (
 from bench.zoo import BATCH, LEARNING_RATE, digits_trainer, speed_vmapped
 from hyper import data, population, sharding
 from hyper.architectures import make_target
-from hyper.conditions import Continuous
-from hyper.hypernet import HyperNet, generate
+from hyper.hypernets.conditions import Continuous
+from hyper.hypernets.hypernet import HyperNet, generate
 
 log = logger("scaling")
 
@@ -179,8 +179,8 @@ import jax, jax.numpy as jnp
 from flax import nnx
 from hyper import data
 from hyper.architectures import make_target
-from hyper.conditions import Continuous
-from hyper.hypernet import HyperNet, generate_and_evaluate
+from hyper.hypernets.conditions import Continuous
+from hyper.hypernets.hypernet import HyperNet, generate_and_evaluate
 m = int(sys.argv[1])
 ds = data.load("digits")
 target = make_target("mlp", input_shape=ds.input_shape, widths=[128, 128], out_features=10)

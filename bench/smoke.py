@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.common import stdout_to_stderr
     from hyper import data, zoo
-    from hyper.conditions import Continuous
-    from hyper.hypernet import HyperNet, generate
-    from hyper.hypertrain import HyperTrainer
+    from hyper.hypernets.conditions import Continuous
+    from hyper.hypernets.hypernet import HyperNet, generate
+    from hyper.hypernets.train import HyperTrainer
     from metanets import predict
 
     with stdout_to_stderr(), tempfile.TemporaryDirectory(dir=args.dir) as tmp:

@@ -1,28 +1,20 @@
-"""weightspace core: targets, populations, data, training, zoos, checkpoints, hypernetworks,
-alignment and merging.
+"""weightspace core: targets, populations, data, training, zoos, checkpoints, structural
+symmetries, pruning, alignment and merging, sharding.
 
-Submodules are imported lazily by name (``hyper.zoo``, ``hyper.hypernet``, ...); the core
-types are re-exported here.
+This face imports the target types, the presets and `population`; every other module is
+imported by name (``hyper.zoo``, ``hyper.train``, ...). Hypernetworks live in
+`hyper.hypernets`, which imports the core; the core never imports it.
 """
 
 from hyper import population
 from hyper.architectures import make_target, target_from_config
-from hyper.conditions import Categorical, Continuous, Noise, Vector
-from hyper.hypernet import HyperNet, generate, generate_and_evaluate
 from hyper.target import ROLES, LeafSpec, Params, Target
 
 __all__ = [
     "ROLES",
-    "Categorical",
-    "Continuous",
-    "HyperNet",
     "LeafSpec",
-    "Noise",
     "Params",
     "Target",
-    "Vector",
-    "generate",
-    "generate_and_evaluate",
     "make_target",
     "population",
     "target_from_config",

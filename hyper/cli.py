@@ -58,7 +58,6 @@ def _read_grid(path: str) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hyper import cli_hyper
     from hyper.zoo import PRESETS
 
     p = _Parser(prog="weightspace", description="Neural networks as data.")
@@ -85,15 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a zoo directory")
     i.add_argument("dir")
     i.add_argument("--epoch", type=int, default=None)
-    cli_hyper.add_parsers(sub)
     for plugin in _plugins():
         plugin.add_parsers(sub)
     return p
 
 
 def _plugins() -> list[Any]:
-    """Command modules of the other packages (`metanets`, `generators`), found through the
-    ``weightspace.commands`` entry-point group so that `hyper` never imports them by name.
+    """Command modules of the other packages (`hyper.hypernets`, `metanets`, `generators`),
+    found through the ``weightspace.commands`` entry-point group so that the core never
+    imports them by name.
     Each module has ``add_parsers(subparsers)``, whose parsers ``set_defaults(run=...)``."""
     from importlib.metadata import entry_points
 
@@ -144,10 +143,6 @@ def _run(args: argparse.Namespace) -> int:
         z = zoo.load(args.dir, epoch=args.epoch)
         print(zoo.summarize(z, args.epoch))
         return 0
-    if args.command == "hyper":
-        from hyper import cli_hyper
-
-        return cli_hyper.run(args)
     if callable(getattr(args, "run", None)):
         return int(args.run(args))
     raise _UsageError(f"unknown command {args.command!r}")

@@ -722,7 +722,7 @@ def load(
 
 def summarize(zoo: Zoo, epoch: int | None = None) -> str:
     """Test-accuracy distribution overall and by each varied hyperparameter (by each scalar
-    continuous condition for a generated zoo, `hyper.export`)."""
+    continuous condition for a generated zoo, `hyper.hypernets.export`)."""
     rows = zoo.rows(epoch)
     if not rows:
         return "zoo has no rows"

@@ -25,14 +25,14 @@
 # - **input encoding** `[cos(πγ/2), sin(πγ/2)]`, whose norm does not depend on γ;
 # - **residual output** θ = θ0 + Δθ(γ), with θ0 initialised like an ordinary network.
 #
-# `hyper.hypernet.HyperNet` has both on by default and each switchable. This notebook
+# `hyper.hypernets.hypernet.HyperNet` has both on by default and each switchable. This notebook
 # trains the four arms of the ablation on MIP's task T1 and looks at:
 #
 # 1. convergence curves of the arms over a small Adam learning-rate grid;
 # 2. ‖θ‖ against ‖γ‖ (log-log) for the default parametrization and MIP;
 # 3. the test accuracy of generated networks against γ.
 #
-# **Task T1** (as in `hyper.hypertrain.PRESETS["digits-mip"]`): one hypernet maps
+# **Task T1** (as in `hyper.hypernets.train.PRESETS["digits-mip"]`): one hypernet maps
 # γ ∈ [0, 1] to all weights of a 64-128-128-10 MLP on scikit-learn's digits; each step
 # samples 8 values of γ, and the loss of a generated network is
 # cross-entropy + γ·1e-3·‖θ‖², so γ is a weight-decay strength.
@@ -61,9 +61,9 @@ import optax
 from flax import nnx
 
 from hyper import data, make_target
-from hyper.conditions import Continuous
-from hyper.hypernet import HyperNet, generate, generate_and_evaluate, norm_slope
-from hyper.hypertrain import (
+from hyper.hypernets.conditions import Continuous
+from hyper.hypernets.hypernet import HyperNet, generate, generate_and_evaluate, norm_slope
+from hyper.hypernets.train import (
     HyperTrainer,
     NonFiniteLossError,
     l2_conditioned_loss,
@@ -188,7 +188,7 @@ for lr in LEARNING_RATES:
 # ‖θ‖ (all generated weights) against γ on log-log axes. With raw inputs, no residual and
 # zero biases the hypernet is positively homogeneous at initialisation, so the slope is 1:
 # the networks for small γ have vanishing weights. MIP's slope is near 0.
-# `hyper.hypernet.norm_slope` fits the slope; the legend shows it.
+# `hyper.hypernets.hypernet.norm_slope` fits the slope; the legend shows it.
 
 # %%
 gammas = np.geomspace(1e-3, 1.0, 40).astype(np.float32)

@@ -133,12 +133,12 @@ _FILE_SECONDS = {
     "test_metanets_resume.py": 55,
     "test_metanets_models.py": 40,
     "test_reliability.py": 35,
-    "test_multihost.py": 35,
-    "test_hypernet.py": 35,
-    "test_target.py": 30,
+    "test_hyper_multihost.py": 35,
+    "test_hypernets_hypernet.py": 35,
+    "test_hyper_target.py": 30,
     "test_metanets_graph.py": 25,
-    "test_hypertrain.py": 25,
-    "test_prune.py": 25,
+    "test_hypernets_train.py": 25,
+    "test_metanets_prune.py": 25,
 }
 
 

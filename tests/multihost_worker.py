@@ -1,4 +1,4 @@
-"""One process of the multi-host test (`tests/test_multihost.py`): trains a small zoo
+"""One process of the multi-host test (`tests/test_hyper_multihost.py`): trains a small zoo
 population with `hyper.train.Trainer` and generates networks with a hypernet, sharded over
 a `targets` mesh that spans every process, then writes what it gathered to an ``.npz``.
 
@@ -30,8 +30,8 @@ def main() -> None:
 
     from hyper import data
     from hyper.architectures import make_target
-    from hyper.conditions import Continuous
-    from hyper.hypernet import HyperNet, generate
+    from hyper.hypernets.conditions import Continuous
+    from hyper.hypernets.hypernet import HyperNet, generate
     from hyper.train import TrainConfig, Trainer
 
     assert jax.process_count() == nproc and jax.device_count() == nproc * ndev

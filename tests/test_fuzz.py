@@ -20,10 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hyper import conditions as cond_lib
-from hyper import hypertrain, population, zoo
+from hyper import population, zoo
 from hyper.architectures import make_target
 from hyper.cli import main
+from hyper.hypernets import conditions as cond_lib
+from hyper.hypernets import train as hypertrain
 from hyper.target import _nest
 
 DOCUMENTED = (ValueError, TypeError)

@@ -1,6 +1,6 @@
 """`make demo`: a digits model zoo, then a MIP hypernetwork that writes 256 more networks.
 
-  python -m hyper.demo --out demo_out [--seeds 8] [--epochs 10] [--hyper-steps 500]
+  python -m hyper.hypernets.demo --out demo_out [--seeds 8] [--epochs 10] [--hyper-steps 500]
                        [--generate 256] [--quiet]
 
 The zoo is the ``digits-mlp`` preset (a 64-32-10 MLP on scikit-learn's 8x8 digits) over
@@ -185,9 +185,10 @@ def plot_generated(zoo: Any, path: str | os.PathLike, condition: str = "gamma") 
 
 def _hypernet_part(out: str, steps: int, n: int, quiet: bool) -> None:
     """Trains ``digits-mip`` for `steps` steps and generates `n` networks from it."""
-    from hyper import hypernet, hypertrain
     from hyper.checkpoint import PopulationCheckpointer
-    from hyper.export import export_generated
+    from hyper.hypernets import hypernet
+    from hyper.hypernets import train as hypertrain
+    from hyper.hypernets.export import export_generated
 
     config = hypertrain.resolve_config(
         {**hypertrain.PRESETS["digits-mip"], "steps": steps, "checkpoint_every": steps}
@@ -243,7 +244,7 @@ def _hypernet_part(out: str, steps: int, n: int, quiet: bool) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m hyper.demo",
+        prog="python -m hyper.hypernets.demo",
         description="Build a small digits MLP zoo, print its summary and draw a figure.",
     )
     p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
@@ -265,14 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.seeds < 1 or args.epochs < 1:
         print(
-            f"hyper.demo: error: --seeds and --epochs must be >= 1, got {args.seeds}, "
+            f"hyper.hypernets.demo: error: --seeds and --epochs must be >= 1, got {args.seeds}, "
             f"{args.epochs}",
             file=sys.stderr,
         )
         return 2
     if args.hyper_steps < 0 or args.generate < 1:
         print(
-            f"hyper.demo: error: --hyper-steps must be >= 0 and --generate >= 1, got "
+            f"hyper.hypernets.demo: error: --hyper-steps must be >= 0 and --generate >= 1, got "
             f"{args.hyper_steps}, {args.generate}",
             file=sys.stderr,
         )

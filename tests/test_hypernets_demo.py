@@ -1,4 +1,4 @@
-"""`python -m hyper.demo` at its smallest: one seed, one epoch, a few hypernet steps."""
+"""`python -m hyper.hypernets.demo` at its smallest: one seed, one epoch, a few hypernet steps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import jax
 import pytest
 
-from hyper import demo, zoo
+from hyper import zoo
+from hyper.hypernets import demo
 
 
 @pytest.mark.slow

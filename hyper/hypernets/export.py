@@ -30,8 +30,8 @@ import numpy as np
 from hyper import data as data_lib
 from hyper import zoo as zoo_lib
 from hyper.checkpoint import PopulationCheckpointer
-from hyper.conditions import Categorical, Noise, to_json
-from hyper.hypernet import HyperNet, generate, generate_and_evaluate
+from hyper.hypernets.conditions import Categorical, Noise, to_json
+from hyper.hypernets.hypernet import HyperNet, generate, generate_and_evaluate
 
 __all__ = ["export_generated"]
 
@@ -78,7 +78,7 @@ def export_generated(
         is written; noise conditions left out are sampled from `key`.
       dataset: registry name of the dataset to evaluate on (default:
         ``run_config["dataset"]``).
-      run_config: the hypernet run's config (`hyper.hypertrain.load_run`), stored in
+      run_config: the hypernet run's config (`hyper.hypernets.train.load_run`), stored in
         ``zoo.json``.
       step: the hypernet's training step, used as the checkpoint's step.
       key: samples missing noise conditions (default ``jax.random.key(0)``).

@@ -3,7 +3,7 @@
 `HyperNet` maps a batch of conditions `{name: [M, ...]}` to a population of `M` weight
 sets of its target. Its parts, each switchable for ablation:
 
-- **input encoding** of continuous conditions (`hyper.conditions.ENCODINGS`; MIP:
+- **input encoding** of continuous conditions (`hyper.hypernets.conditions.ENCODINGS`; MIP:
   ``"cos|sin"``), learned embeddings for categorical ids, free vectors and noise as given;
 - **backbone**: an MLP (`hidden` sizes, LeakyReLU by default) with Kaiming fan-out init
   (MIP) or the framework default;
@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hyper import conditions as cond_lib
-from hyper.conditions import Categorical, Condition, Continuous, Noise, Vector
+from hyper.hypernets import conditions as cond_lib
+from hyper.hypernets.conditions import Categorical, Condition, Continuous, Noise, Vector
 from hyper.target import LeafSpec, Params, Target, _flatten_dict, _nest
 
 __all__ = [
@@ -113,7 +113,7 @@ class HyperNet(nnx.Module):
 
     Example:
       >>> from hyper import make_target
-      >>> from hyper.conditions import Continuous
+      >>> from hyper.hypernets.conditions import Continuous
       >>> t = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10)
       >>> h = HyperNet(t, [Continuous("gamma")], hidden=(8,), rngs=nnx.Rngs(0))
       >>> pop = h({"gamma": jnp.array([0.1, 0.9])})
@@ -122,7 +122,7 @@ class HyperNet(nnx.Module):
 
     Args:
       target: the target network.
-      conditions: condition specs (`hyper.conditions`).
+      conditions: condition specs (`hyper.hypernets.conditions`).
       generate: path globs of the leaves to generate (default: every trainable leaf).
       hidden: hidden sizes of the backbone MLP.
       activation: backbone activation (``"leaky_relu"`` as in MIP).
@@ -440,7 +440,7 @@ class HyperNet(nnx.Module):
 
 
 def _fill_noise(hnet: HyperNet, conditions: Mapping[str, Any], key: jax.Array | None, m: int):
-    """Samples the missing noise conditions as `hyper.conditions.sample` does (the key of
+    """Samples the missing noise conditions as `hyper.hypernets.conditions.sample` does (the key of
     spec `i` is ``fold_in(key, i)``): the same key gives the same noise in every process."""
     out = dict(conditions)
     for i, s in enumerate(hnet.specs):

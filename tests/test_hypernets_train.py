@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hyper import hypertrain, zoo
+from hyper import zoo
 from hyper.checkpoint import PopulationCheckpointer
 from hyper.cli import main
-from hyper.conditions import Continuous, Noise
-from hyper.export import export_generated
-from hyper.hypernet import HyperNet, generate
+from hyper.hypernets import train as hypertrain
+from hyper.hypernets.conditions import Continuous, Noise
+from hyper.hypernets.export import export_generated
+from hyper.hypernets.hypernet import HyperNet, generate
 from hyper.train import evaluate
 
 # A 64-16-10 target, an 8-wide hypernet, 6 steps with a checkpoint every 2.

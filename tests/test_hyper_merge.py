@@ -10,7 +10,7 @@ import pytest
 from hyper import compact, merge
 from hyper.architectures import make_target
 from hyper.target import _flatten_dict
-from tests.test_compact import random_params
+from tests.test_hyper_compact import random_params
 
 
 def stack(*trees):

@@ -12,11 +12,11 @@ from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hyper import hypernet as hn
 from hyper.architectures import make_target
-from hyper.conditions import Categorical, Continuous, Noise, Vector
-from hyper.hypernet import Frozen, HyperNet, generate, generate_and_evaluate, norm_slope
-from hyper.hypertrain import HyperTrainer, NonFiniteLossError
+from hyper.hypernets import hypernet as hn
+from hyper.hypernets.conditions import Categorical, Continuous, Noise, Vector
+from hyper.hypernets.hypernet import Frozen, HyperNet, generate, generate_and_evaluate, norm_slope
+from hyper.hypernets.train import HyperTrainer, NonFiniteLossError
 from hyper.target import _flatten_dict, _nest
 from hyper.train import evaluate
 
@@ -609,8 +609,8 @@ def test_trainer_run_scan_matches_run_and_stops_at_divergence(mlp_target, digits
 
 def test_delta_ratio_zero_head_is_zero_and_split_init_is_small():
     from hyper import make_target
-    from hyper.conditions import Continuous
-    from hyper.hypernet import HyperNet, delta_ratio
+    from hyper.hypernets.conditions import Continuous
+    from hyper.hypernets.hypernet import HyperNet, delta_ratio
 
     t = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10)
     conds = {"gamma": jnp.linspace(0.0, 1.0, 4)}

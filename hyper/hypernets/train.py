@@ -25,10 +25,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from hyper import conditions as cond_lib
 from hyper import data as data_lib
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
-from hyper.hypernet import HyperNet
+from hyper.hypernets import conditions as cond_lib
+from hyper.hypernets.hypernet import HyperNet
 from hyper.target import Params, _flatten_dict
 from hyper.train import cross_entropy
 
@@ -102,7 +102,7 @@ class HyperTrainer:
       conditions_per_step: M, conditions sampled (and targets generated) per step.
       batch_size: examples per target per step.
       shared_batch: one batch for all M targets (True) or one per target.
-      sampler: ``(key, M) -> {name: [M, ...]}``; default `hyper.conditions.sample`.
+      sampler: ``(key, M) -> {name: [M, ...]}``; default `hyper.hypernets.conditions.sample`.
       mesh: a 1-D ``targets`` mesh (`hyper.sharding.targets_mesh`, possibly spanning
         several processes): each step's M conditions, the targets generated from them and
         their losses are split across its devices (M must be a multiple of its size); the

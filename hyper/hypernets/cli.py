@@ -4,14 +4,15 @@
   weightspace hyper generate --from DIR --conditions FILE|GRID --out DIR [--step S]
                              [--overwrite] [--quiet]
 
-`train` runs `hyper.hypertrain.train_run` (Orbax checkpoints in ``DIR/checkpoints``,
+`train` runs `hyper.hypernets.train.train_run` (Orbax checkpoints in ``DIR/checkpoints``,
 resumable to the same weights). `generate` loads a trained run (its latest checkpoint, or
 ``--step``), generates one network per condition and writes a zoo-format directory
-(`hyper.export.export_generated`) that `weightspace info` and `hyper.zoo.load` read.
+(`hyper.hypernets.export.export_generated`) that `weightspace info` and `hyper.zoo.load` read.
 ``--conditions`` is a JSON file ``{name: [values]}`` or a grid ``gamma=0:1:256`` (several
 names, comma-separated, take their cross product).
 
-Bad input raises `ValueError`; `hyper.cli.main` prints it as one line and exits with 2.
+A plugin of `hyper.cli` (the ``weightspace.commands`` entry point ``hyper``). Bad input
+raises `ValueError`; `hyper.cli.main` prints it as one line and exits with 2.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ __all__ = ["add_parsers", "run"]
 
 def add_parsers(subparsers: Any) -> None:
     """Adds ``hyper train`` and ``hyper generate`` to the `weightspace` subparsers."""
-    from hyper.hypertrain import PRESETS
+    from hyper.hypernets.train import PRESETS
 
     h = subparsers.add_parser("hyper", help="train hypernetworks and generate networks")
+    h.set_defaults(run=run)
     sub = h.add_subparsers(dest="hyper_command", required=True, metavar="{train,generate}")
 
     t = sub.add_parser("train", help="train a hypernetwork (resumable Orbax checkpoints)")
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from hyper.hypertrain import NonFiniteLossError, train_run
+    from hyper.hypernets.train import NonFiniteLossError, train_run
 
     mesh = None
     if args.shard:
@@ -106,7 +108,7 @@ class _DeclaredConditions:
         self.specs = specs
 
     def validate(self, conditions: Any) -> int:
-        from hyper.conditions import validate
+        from hyper.hypernets.conditions import validate
 
         return validate(self.specs, conditions)
 
@@ -114,9 +116,9 @@ class _DeclaredConditions:
 def _generate(args: argparse.Namespace) -> int:
     from hyper import zoo
     from hyper.checkpoint import CheckpointError, PopulationCheckpointer
-    from hyper.conditions import from_json
-    from hyper.export import export_generated
-    from hyper.hypertrain import load_run, parse_conditions
+    from hyper.hypernets.conditions import from_json
+    from hyper.hypernets.export import export_generated
+    from hyper.hypernets.train import load_run, parse_conditions
 
     src, out = os.path.abspath(args.from_dir), os.path.abspath(args.out)
     real = os.path.realpath(src), os.path.realpath(out)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hyper import conditions as cond_lib
-from hyper.conditions import Categorical, Continuous, Noise, Vector
+from hyper.hypernets import conditions as cond_lib
+from hyper.hypernets.conditions import Categorical, Continuous, Noise, Vector
 
 SPECS = (
     Continuous("lr", (), low=1e-4, high=1e-2),

@@ -1,0 +1,42 @@
+"""Hypernetworks: networks that write the weights of a `hyper.Target`.
+
+Modules: `conditions` (what a hypernet is conditioned on and how it is encoded),
+`hypernet` (`HyperNet`, MIP by default; per-tensor, chunked and low-rank heads; `generate`),
+`train` (`HyperTrainer`, resumable runs and presets), `export` (a generated population
+written as a zoo directory), `cli` (``weightspace hyper ...``, a plugin of `hyper.cli`) and
+`demo` (``make demo``). This package imports the core (`hyper`); the core never imports it.
+"""
+
+from hyper.hypernets.conditions import Categorical, Condition, Continuous, Noise, Vector
+from hyper.hypernets.export import export_generated
+from hyper.hypernets.hypernet import Frozen, HyperNet, generate, generate_and_evaluate, norm_slope
+from hyper.hypernets.train import (
+    PRESETS,
+    HyperTrainer,
+    NonFiniteLossError,
+    build_hypernet,
+    l2_conditioned_loss,
+    load_run,
+    train_run,
+)
+
+__all__ = [
+    "PRESETS",
+    "Categorical",
+    "Condition",
+    "Continuous",
+    "Frozen",
+    "HyperNet",
+    "HyperTrainer",
+    "Noise",
+    "NonFiniteLossError",
+    "Vector",
+    "build_hypernet",
+    "export_generated",
+    "generate",
+    "generate_and_evaluate",
+    "l2_conditioned_loss",
+    "load_run",
+    "norm_slope",
+    "train_run",
+]
