@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyper.target import LeafSpec, Params, Target, _flatten_dict, _nest
+from hyper.target import LeafSpec, Target
+from hyper.tree import Params, flatten_dict, nest
 
 __all__ = [
     "concatenate",
@@ -78,7 +79,7 @@ def num_targets(population: Params) -> int:
         raise ValueError("population has no leaves")
     sizes = {int(np.shape(v)[0]) if np.ndim(v) else -1 for v in leaves}
     if len(sizes) != 1 or -1 in sizes:
-        shapes = {p: tuple(np.shape(v)) for p, v in _flatten_dict(population).items()}
+        shapes = {p: tuple(np.shape(v)) for p, v in flatten_dict(population).items()}
         raise ValueError(f"population leaves disagree on the targets axis: {shapes}")
     return sizes.pop()
 
@@ -87,11 +88,11 @@ def _check_leaves_match(what: str, trees: Sequence[Params], *, lead: int) -> Non
     """Raises ValueError naming the first leaf whose structure, shape (after `lead` axes) or
     dtype differs between ``trees[0]`` and another tree."""
     first = jax.tree.structure(trees[0])
-    ref = _flatten_dict(trees[0])
+    ref = flatten_dict(trees[0])
     for i, t in enumerate(trees[1:], 1):
         if jax.tree.structure(t) != first:
             raise ValueError(f"{what}: [{i}] has a different structure from [0]")
-        for path, b in _flatten_dict(t).items():
+        for path, b in flatten_dict(t).items():
             a = ref[path]
             if np.shape(a)[lead:] != np.shape(b)[lead:]:
                 raise ValueError(
@@ -172,7 +173,7 @@ def flatten(target: Target, population: Params, *, trainable_only: bool = False)
       trainable_only: leave out non-trainable state (running statistics).
     """
     target.validate(population, batched=True)
-    flat = _flatten_dict(population)
+    flat = flatten_dict(population)
     cols = [flat[s.path] for s in target.spec if s.trainable or not trainable_only]
     dtypes = {np.dtype(c.dtype) for c in cols}
     if len(dtypes) > 1:
@@ -210,7 +211,7 @@ def unflatten(
     leaves = _split_rows(matrix, tuple(s.shape for s in specs), tuple(s.dtype for s in specs))
     out: dict[str, Any] = {s.path: v for s, v in zip(specs, leaves, strict=True)}
     if trainable_only:
-        state_flat = _flatten_dict(state) if state is not None else {}
+        state_flat = flatten_dict(state) if state is not None else {}
         for s in target.spec:
             if s.trainable:
                 continue
@@ -227,7 +228,7 @@ def unflatten(
             else:
                 fill = 1.0 if s.path.endswith("var") else 0.0
                 out[s.path] = jnp.full((n,) + s.shape, fill, s.dtype)
-    params = _nest(out)
+    params = nest(out)
     target.validate(params, batched=True)
     return params
 
@@ -236,7 +237,7 @@ def select(target: Target, population: Params, *globs: str) -> dict[str, jax.Arr
     """``{path: leaf}`` for the leaves whose path matches any glob (e.g. ``"*/kernel"``)."""
     if not globs:
         raise ValueError("select: give at least one path glob")
-    flat = _flatten_dict(population)
+    flat = flatten_dict(population)
     out = {p: v for p, v in flat.items() if any(fnmatch.fnmatchcase(p, g) for g in globs)}
     if not out:
         raise ValueError(
@@ -251,7 +252,7 @@ def update(population: Params, leaves: Mapping[str, Any]) -> Params:
     Raises:
       ValueError: an unknown path, or a new leaf whose shape or dtype differs from the old.
     """
-    flat = _flatten_dict(population)
+    flat = flatten_dict(population)
     for path, v in leaves.items():
         if path not in flat:
             raise ValueError(f"update: no leaf {path!r}; leaves are {sorted(flat)}")
@@ -263,7 +264,7 @@ def update(population: Params, leaves: Mapping[str, Any]) -> Params:
         if new_dtype != old_dtype:
             raise ValueError(f"update: leaf {path!r} has dtype {old_dtype}, got {new_dtype}")
         flat[path] = v
-    return _nest(flat)
+    return nest(flat)
 
 
 # ---------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def update(population: Params, leaves: Mapping[str, Any]) -> Params:
 
 def to_numpy(params: Params) -> dict[str, np.ndarray]:
     """``{path: np.ndarray}`` (works for one target or a population)."""
-    return {p: np.asarray(v) for p, v in _flatten_dict(params).items()}
+    return {p: np.asarray(v) for p, v in flatten_dict(params).items()}
 
 
 def from_numpy(target: Target, arrays: Mapping[str, Any], *, batched: bool = False) -> Params:
@@ -293,7 +294,7 @@ def from_numpy(target: Target, arrays: Mapping[str, Any], *, batched: bool = Fal
     bad = [p for p in arrays if not isinstance(p, str)]
     if bad:
         raise TypeError(f"from_numpy: keys must be slash-separated path strings, got {bad}")
-    params = _nest({p: jnp.asarray(v) for p, v in arrays.items()})
+    params = nest({p: jnp.asarray(v) for p, v in arrays.items()})
     target.validate(params, batched=batched)
     return params
 
@@ -370,7 +371,7 @@ def to_torch_state_dict(
     to compute the same function."""
     target.validate(params, batched=batched)
     keys = torch_key_map(target)
-    flat = _flatten_dict(params)
+    flat = flatten_dict(params)
     lead = 1 if batched else 0
     return {
         keys[s.path]: np.ascontiguousarray(_to_torch_layout(s, np.asarray(flat[s.path]), lead))
@@ -429,7 +430,7 @@ def from_torch_state_dict(
                 f"expected {'(targets,) + ' if batched else ''}{want_torch}"
             )
         out[s.path] = jnp.asarray(_from_torch_layout(s, a, lead).astype(s.dtype))
-    params = _nest(out)
+    params = nest(out)
     target.validate(params, batched=batched)
     return params
 

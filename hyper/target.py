@@ -24,8 +24,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-Params = dict[str, Any]
-"""A nested dict of arrays with string keys; one network's weights and state."""
+from hyper.tree import Params, check_str_keys, flatten_dict, leaf_paths, nest, path_str
 
 ROLES = (
     "kernel",
@@ -46,24 +45,6 @@ __all__ = [
     "leaf_paths",
     "path_str",
 ]
-
-
-def path_str(keypath: Sequence[Any]) -> str:
-    """Turns a jax key path into the slash-separated path used in specs ("conv/kernel")."""
-    parts = []
-    for k in keypath:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
-def leaf_paths(tree: Any) -> list[str]:
-    """Slash-separated paths of the leaves of `tree`, in `jax.tree.leaves` order."""
-    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -508,10 +489,10 @@ class Target:
             raise ValueError(f"from_nnx: paths both Param and BatchStat: {sorted(overlap)}")
         p_def, s_def = jax.tree.structure(p_state), jax.tree.structure(s_state)
         p_paths, s_paths = list(p_flat), list(s_flat)
-        params = _nest({**p_flat, **s_flat})
+        params = nest({**p_flat, **s_flat})
 
         def to_states(params):
-            flat = _flatten_dict(params)
+            flat = flatten_dict(params)
             p = jax.tree.unflatten(p_def, [flat[k] for k in p_paths])
             s = jax.tree.unflatten(s_def, [flat[k] for k in s_paths])
             return p, s
@@ -534,9 +515,9 @@ class Target:
                 nnx.reseed(m, default=key, dropout=key, params=key)
             y = m(x)
             _, _, s2, _ = _split(m)
-            new = _flatten_dict(params)
+            new = flatten_dict(params)
             new.update(_pure(s2))
-            return y, _nest(new)
+            return y, nest(new)
 
         target: Target | None = None
         if init is None:
@@ -548,7 +529,7 @@ class Target:
             def init_fn(key):
                 m = init(key)
                 _, p, s, _ = _split(m)
-                return _nest({**_pure(p), **_pure(s)})
+                return nest({**_pure(p), **_pure(s)})
 
         params = jax.tree.map(jnp.asarray, params)
         spec = _build_spec(params, set(s_paths), apply_fn, sample_input, roles)
@@ -656,7 +637,7 @@ class Target:
                 "from_function: params_template must be a nested dict, got "
                 f"{type(params_template).__name__}"
             )
-        _check_str_keys(params_template)
+        check_str_keys(params_template)
         if not jax.tree.leaves(params_template):
             raise ValueError("from_function: params_template has no leaves")
         template = jax.tree.map(lambda a: jnp.zeros(np.shape(a), a.dtype), params_template)
@@ -818,8 +799,8 @@ class Target:
                 f"{self.name}: params must be a nested dict, got {type(params).__name__}"
             )
         try:
-            _check_str_keys(params)
-            flat = _flatten_dict(params)
+            check_str_keys(params)
+            flat = flatten_dict(params)
         except TypeError as e:
             raise TypeError(f"{self.name}: {e}") from None
         expected = set(self._by_path)
@@ -863,11 +844,6 @@ class Target:
         return n
 
 
-# ---------------------------------------------------------------------------------------
-# Helpers shared with population.py
-# ---------------------------------------------------------------------------------------
-
-
 def _materialize(x: Any) -> Any:
     """A zero array (an RNG key for key dtypes) in place of a `jax.ShapeDtypeStruct`."""
     if not isinstance(x, jax.ShapeDtypeStruct):
@@ -878,40 +854,6 @@ def _materialize(x: Any) -> Any:
             raise ValueError(f"cannot make a placeholder RNG key of dtype {x.dtype}")
         return key
     return jnp.asarray(np.zeros(x.shape, x.dtype))
-
-
-def _check_str_keys(tree: Any, where: str = "") -> None:
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            if not isinstance(k, str):
-                raise TypeError(f"params keys must be strings; got {k!r} at {where or '<root>'}")
-            _check_str_keys(v, f"{where}/{k}" if where else k)
-
-
-def _flatten_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"a/b/c": leaf}``."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            if not v:
-                continue
-            out.update(_flatten_dict(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a/b/c": leaf}`` -> nested dict."""
-    out: dict[str, Any] = {}
-    for path, v in flat.items():
-        node = out
-        *parents, last = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
 
 
 def default_init(target: Target, key: jax.Array) -> Params:

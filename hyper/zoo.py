@@ -49,6 +49,7 @@ __all__ = [
     "ZooPreset",
     "build",
     "load",
+    "read_config",
     "summarize",
 ]
 
@@ -494,7 +495,7 @@ def build(
                 f"{directory} is not empty and holds no zoo; use overwrite to replace it"
             )
         else:
-            existing = _read_zoo_json(zoo_json)
+            existing = read_config(zoo_json)
             diff = _zoo_differences(existing, config)
             if diff:
                 raise ValueError(
@@ -617,7 +618,9 @@ def build(
 # ---------------------------------------------------------------------------------------
 
 
-def _read_zoo_json(path: str) -> dict[str, Any]:
+def read_config(path: str) -> dict[str, Any]:
+    """The checked contents of a zoo description file (``zoo.json``); `CheckpointError` when
+    it is unreadable, not a weightspace zoo, or malformed."""
     try:
         with open(path) as f:
             cfg = json.load(f)
@@ -683,7 +686,7 @@ def load(
       CheckpointError: not a zoo, an incomplete zoo, or a missing epoch.
     """
     directory = os.path.abspath(os.fspath(directory))
-    config = _read_zoo_json(os.path.join(directory, "zoo.json"))
+    config = read_config(os.path.join(directory, "zoo.json"))
     if not config.get("complete") and not allow_incomplete:
         raise CheckpointError(f"zoo {directory} is incomplete; resume its build first")
     if epoch is not None and epoch not in config["checkpoint_epochs"]:

@@ -831,7 +831,7 @@ def load_predictor(directory: str | os.PathLike) -> Predictor:
 
 def targets_from_zoo(directory: str) -> list[Target]:
     """The targets of a zoo's groups (without loading weights)."""
-    cfg = zoo_lib._read_zoo_json(os.path.join(os.path.abspath(directory), "zoo.json"))
+    cfg = zoo_lib.read_config(os.path.join(os.path.abspath(directory), "zoo.json"))
     return [target_from_config(g["target"]) for g in cfg["groups"]]
 
 

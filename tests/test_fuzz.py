@@ -25,7 +25,7 @@ from hyper.architectures import make_target
 from hyper.cli import main
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets import train as hypertrain
-from hyper.target import _nest
+from hyper.tree import nest
 
 DOCUMENTED = (ValueError, TypeError)
 
@@ -129,18 +129,18 @@ def bad_population_calls(draw, target):
         else:
             k = next(iter(other))
             other[k] = np.zeros((*other[k].shape, 2), other[k].dtype)
-        return population.stack, ([_nest(one), _nest(other)],), {}
+        return population.stack, ([nest(one), nest(other)],), {}
     if op == "take":
         index = draw(
             st.one_of(st.integers(n, 10), st.integers(-10, -n - 1), st.just(1.5), st.just("0"))
         )
-        return population.take, (_nest(good), index), {}
+        return population.take, (nest(good), index), {}
     if op == "concatenate":
         other = {k: v[:, None] if v.ndim > 1 else v for k, v in good.items()}
         other[next(iter(other))] = np.zeros((n, 1), np.float32)
         return (
             population.concatenate,
-            (draw(st.sampled_from([[], [_nest(good), _nest(other)]])),),
+            (draw(st.sampled_from([[], [nest(good), nest(other)]])),),
             {},
         )
     if op == "unflatten":
@@ -168,7 +168,7 @@ def bad_population_calls(draw, target):
             arrays[k] = 1.0
         return population.from_numpy, (target, arrays), {"batched": True}
     if op == "torch":
-        sd = population.to_torch_state_dict(target, _nest({k: v[0] for k, v in good.items()}))
+        sd = population.to_torch_state_dict(target, nest({k: v[0] for k, v in good.items()}))
         k = draw(st.sampled_from(sorted(sd)))
         fault = draw(st.sampled_from(["missing", "transposed", "extra"]))
         sd = dict(sd)
@@ -184,7 +184,7 @@ def bad_population_calls(draw, target):
     arrays[k] = draw(
         st.sampled_from([np.zeros((2, 2, 2, 2), np.float32), np.zeros((n,), np.float16), "x"])
     )
-    return target.validate, (_nest(arrays),), {"batched": True}
+    return target.validate, (nest(arrays),), {"batched": True}
 
 
 @pytest.fixture(scope="module")
@@ -544,14 +544,14 @@ def bad_graph_calls(draw, target):
         arrays = {p: v[0] for p, v in arrays.items()}
     elif fault == "window":
         window = draw(st.sampled_from([(1, 1), (0, 3), (3,), (-3, -3), (2, 3)]))
-        return graph.population_to_graphs, (target, _nest(arrays)), {"window": window}
+        return graph.population_to_graphs, (target, nest(arrays)), {"window": window}
     elif fault == "empty":
         return graph.batch_graphs, ([],), {}
     else:
-        g = graph.batch_graphs([(target, _nest(arrays))])
+        g = graph.batch_graphs([(target, nest(arrays))])
         counts = draw(st.sampled_from([[3], [None, None], [1]]))
         return graph.graphs_to_populations, (g, [(target, c) for c in counts]), {}
-    return graph.population_to_graphs, (target, _nest(arrays)), {}
+    return graph.population_to_graphs, (target, nest(arrays)), {}
 
 
 @fuzz(30)

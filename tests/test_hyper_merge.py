@@ -9,7 +9,7 @@ import pytest
 
 from hyper import compact, merge
 from hyper.architectures import make_target
-from hyper.target import _flatten_dict
+from hyper.tree import flatten_dict
 from tests.test_hyper_compact import random_params
 
 
@@ -18,7 +18,7 @@ def stack(*trees):
 
 
 def flat(tree) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in _flatten_dict(tree).items()}
+    return {k: np.asarray(v) for k, v in flatten_dict(tree).items()}
 
 
 # --- NumPy references -------------------------------------------------------------------

@@ -17,8 +17,8 @@ from hyper.hypernets import hypernet as hn
 from hyper.hypernets.conditions import Categorical, Continuous, Noise, Vector
 from hyper.hypernets.hypernet import Frozen, HyperNet, generate, generate_and_evaluate, norm_slope
 from hyper.hypernets.train import HyperTrainer, NonFiniteLossError
-from hyper.target import _flatten_dict, _nest
 from hyper.train import evaluate
+from hyper.tree import flatten_dict, nest
 
 GAMMA = [Continuous("gamma")]
 
@@ -119,23 +119,23 @@ def test_zero_head_generates_theta0_exactly(mlp_target, head):
     )
     assert leaves_equal(h.theta0_params(), theta0)
     pop = generate(h, {"gamma": np.array([0.0, 0.3, 1.0], np.float32)})
-    for path, v in _flatten_dict(pop).items():
-        want = np.broadcast_to(_flatten_dict(theta0)[path], v.shape)
+    for path, v in flatten_dict(pop).items():
+        want = np.broadcast_to(flatten_dict(theta0)[path], v.shape)
         np.testing.assert_array_equal(v, want, err_msg=path)
 
 
 def test_default_theta0_is_initialised_by_role(rescnn_target):
     h = HyperNet(rescnn_target, GAMMA, hidden=(8,), rngs=nnx.Rngs(0))
-    t0 = _flatten_dict(h.theta0_params())
+    t0 = flatten_dict(h.theta0_params())
     np.testing.assert_array_equal(t0["stem_bn/scale"], 1.0)  # hyperlight crashes on BN scales
     np.testing.assert_array_equal(t0["dense/bias"], 0.0)
     assert 0.05 < float(np.std(t0["blocks/0/conv1/kernel"])) < 1.0
 
 
 def test_batchnorm_running_stats_are_carried(rescnn_target):
-    theta0 = _flatten_dict(rescnn_target.init(jax.random.key(2)))
+    theta0 = flatten_dict(rescnn_target.init(jax.random.key(2)))
     theta0["stem_bn/mean"] = jnp.full((4,), 0.25)  # as after training
-    h = HyperNet(rescnn_target, GAMMA, hidden=(8,), theta0=_nest(theta0), rngs=nnx.Rngs(0))
+    h = HyperNet(rescnn_target, GAMMA, hidden=(8,), theta0=nest(theta0), rngs=nnx.Rngs(0))
     stats = [s.path for s in rescnn_target.spec if not s.trainable]
     assert stats and set(stats) <= set(h.shared_paths)
     assert not set(stats) & set(h.gen_paths)
@@ -143,7 +143,7 @@ def test_batchnorm_running_stats_are_carried(rescnn_target):
         assert isinstance(v, Frozen) == (p in stats), p  # running stats are never trained
     pop = generate(h, {"gamma": np.linspace(0, 1, 5)})
     assert rescnn_target.validate(pop, batched=True) == 5
-    flat = _flatten_dict(pop)
+    flat = flatten_dict(pop)
     for p in stats:
         np.testing.assert_array_equal(flat[p], np.broadcast_to(theta0[p], flat[p].shape))
     y = rescnn_target.apply_population(pop, jnp.ones((3, 8, 8, 1)))
@@ -234,7 +234,7 @@ def test_heads_generate_valid_populations(cnn_target, head):
     assert cnn_target.validate(pop, batched=True) == 3
     y = cnn_target.apply_population(pop, jnp.ones((2, 8, 8, 1)))
     assert y.shape == (3, 2, 10) and bool(jnp.all(jnp.isfinite(y)))
-    k = _flatten_dict(pop)[h.gen_paths[-1]]
+    k = flatten_dict(pop)[h.gen_paths[-1]]
     assert not np.allclose(k[0], k[2])  # γ matters with every head
 
 

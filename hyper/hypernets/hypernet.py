@@ -35,7 +35,8 @@ from flax import nnx
 
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.conditions import Categorical, Condition, Continuous, Noise, Vector
-from hyper.target import LeafSpec, Params, Target, _flatten_dict, _nest
+from hyper.target import LeafSpec, Target
+from hyper.tree import Params, flatten_dict, nest
 
 __all__ = [
     "HEADS",
@@ -194,7 +195,7 @@ class HyperNet(nnx.Module):
             theta0 = target.init(rngs.params())
         else:
             target.validate(theta0)
-        flat0 = _flatten_dict(theta0)
+        flat0 = flatten_dict(theta0)
 
         self.target = target
         self.specs = specs
@@ -411,13 +412,13 @@ class HyperNet(nnx.Module):
             flat[s.path] = theta.astype(s.dtype)
         for p, v in zip(self.shared_paths, self.shared, strict=True):
             flat[p] = jnp.broadcast_to(v[...][None], (m, *v[...].shape))
-        return _nest({p: flat[p] for p in self.target.paths})
+        return nest({p: flat[p] for p in self.target.paths})
 
     def theta0_params(self) -> Params:
         """θ0 and the shared leaves as one target's params."""
         flat = {p: v[...] for p, v in zip(self.gen_paths, self.theta0, strict=True)}
         flat.update({p: v[...] for p, v in zip(self.shared_paths, self.shared, strict=True)})
-        return _nest({p: flat[p] for p in self.target.paths})
+        return nest({p: flat[p] for p in self.target.paths})
 
     def validate(self, conditions: Mapping[str, Any]) -> int:
         """Checks a batch of conditions against the specs; returns M."""
@@ -592,7 +593,7 @@ def norm_slope(
         else:
             conds[s.name] = jnp.zeros((m, s.dim))
     pop = generate(hnet, conds)
-    flat = _flatten_dict(pop)
+    flat = flatten_dict(pop)
     theta = jnp.concatenate([flat[p].reshape(m, -1) for p in hnet.gen_paths], 1)
     g = (values.reshape(m, -1) - spec.low) / (spec.high - spec.low)
     lg = np.log(np.linalg.norm(g, axis=1) + 1e-12)
@@ -613,7 +614,7 @@ def delta_ratio(hnet: HyperNet, conditions: Mapping[str, Any], *, key: jax.Array
     m = hnet.validate(conditions)
     conds = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
     deltas = hnet.deltas(hnet.features(conds))
-    flat0 = _flatten_dict(hnet.theta0_params())
+    flat0 = flatten_dict(hnet.theta0_params())
     out = {}
     for path, d in zip(hnet.gen_paths, deltas, strict=True):
         num = jnp.linalg.norm(d.reshape(m, -1), axis=1)

@@ -29,8 +29,8 @@ from hyper import data as data_lib
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.hypernet import HyperNet
-from hyper.target import Params, _flatten_dict
 from hyper.train import cross_entropy
+from hyper.tree import Params, flatten_dict
 
 __all__ = [
     "LOSSES",
@@ -204,7 +204,7 @@ class HyperTrainer:
         else:
             logits = jax.vmap(apply)(pop, xb)
             labels = yb
-        gen = {p: v for p, v in _flatten_dict(pop).items() if p in hnet.gen_paths}
+        gen = {p: v for p, v in flatten_dict(pop).items() if p in hnet.gen_paths}
         per = jax.vmap(self.loss_fn)(conds, logits, labels, gen)
         return per.mean(), per
 
