@@ -41,7 +41,7 @@ from generators.supernet import (
     save_supernet,
     supernet_apply,
 )
-from hyper import compact
+from hyper import compact, population
 from hyper.checkpoint import PopulationCheckpointer, load_population, save_population
 from hyper.data import Dataset
 from hyper.target import Params, Target
@@ -373,7 +373,7 @@ def export_model(
     directory: str | os.PathLike, model: CompactModel, *, overwrite: bool = False
 ) -> str:
     """Saves one compact model (Orbax) with the config that rebuilds it."""
-    pop = jax.tree.map(lambda a: jnp.asarray(a)[None], model.params)
+    pop = population.of_one(model.params)
     meta = {"compact": model.config, "cost": model.cost, "fraction": model.fraction}
     return save_population(directory, pop, model.target, metadata=meta, overwrite=overwrite)
 
@@ -385,7 +385,7 @@ def load_model(directory: str | os.PathLike) -> CompactModel:
         raise ValueError(f"{os.fspath(directory)} does not hold a compact model")
     target = compact_target_from_config(meta["compact"])
     _, pop, meta = load_population(directory, target)
-    params = jax.tree.map(lambda a: a[0], pop)
+    params = population.only(pop)
     cfg = meta["compact"]
     return CompactModel(
         target, params, tuple(cfg["classes"]), cfg, int(meta["cost"]), float(meta["fraction"])

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hyper import population
 from hyper.checkpoint import PopulationCheckpointer, load_population, save_population
 from hyper.data import Dataset
 from hyper.target import Params, Target
@@ -319,7 +320,7 @@ def save_supernet(
     overwrite: bool = False,
 ) -> str:
     """Saves supernet weights (Orbax) with its config; `load_supernet` restores both."""
-    pop = jax.tree.map(lambda a: jnp.asarray(a)[None], params)
+    pop = population.of_one(params)
     meta = {"supernet": supernet.config.to_json(), **(metadata or {})}
     return save_population(directory, pop, supernet.target, metadata=meta, overwrite=overwrite)
 
@@ -344,7 +345,7 @@ def load_supernet(directory: str | os.PathLike) -> tuple[Supernet, Params, dict[
     cfg = dict(meta["supernet"])
     supernet = Supernet(SupernetConfig(**cfg))
     _, pop, meta = load_population(directory, supernet.target)
-    return supernet, jax.tree.map(lambda a: a[0], pop), meta
+    return supernet, population.only(pop), meta
 
 
 def module_paths(supernet: Supernet) -> Sequence[str]:

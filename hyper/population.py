@@ -27,6 +27,8 @@ __all__ = [
     "from_numpy",
     "from_torch_state_dict",
     "num_targets",
+    "of_one",
+    "only",
     "select",
     "stack",
     "take",
@@ -121,6 +123,24 @@ def unstack(population: Params) -> list[Params]:
     """Splits a population into a list of single-target params."""
     n = num_targets(population)
     return [_gather(population, jnp.int32(i)) for i in range(n)]
+
+
+def of_one(params: Params) -> Params:
+    """One network's params as a population of one (every leaf ``[1, ...]``), for the
+    functions that take a population; `only` undoes it."""
+    return jax.tree.map(lambda a: jnp.asarray(a)[None], params)
+
+
+def only(population: Params) -> Params:
+    """The params of a population of one, without the `targets` axis (`of_one` undone).
+
+    Raises:
+      ValueError: the population holds more or fewer than one target.
+    """
+    n = num_targets(population)
+    if n != 1:
+        raise ValueError(f"only: expected a population of one target, got {n}")
+    return jax.tree.map(lambda a: a[0], population)
 
 
 def take(population: Params, index: Any) -> Params:
