@@ -51,7 +51,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import hyper.sharding  # noqa: E402
-from hyper import align, compact, merge  # noqa: E402
+from hyper import align, merge, symmetry  # noqa: E402
 from hyper import data as data_lib  # noqa: E402
 from hyper import population as pop_ops  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
@@ -126,8 +126,8 @@ def barrier_for(
     t_a = time.time() - t0
     versions = {
         "naive": pop_b,
-        "weight": compact.permute(target, pop_b, perms_w, batched=True),
-        "activation": compact.permute(target, pop_b, perms_a, batched=True),
+        "weight": symmetry.permute(target, pop_b, perms_w, batched=True),
+        "activation": symmetry.permute(target, pop_b, perms_a, batched=True),
     }
     # Every interpolated network of every pair and method, evaluated in one vmapped call.
     alphas = jnp.asarray(ALPHAS, jnp.float32)

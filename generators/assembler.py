@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 
 from generators.supernet import Supernet
-from hyper import compact
+from hyper import compact, symmetry
 from hyper.data import Dataset
 from hyper.target import Params
 
@@ -197,7 +197,7 @@ def group_l2_scores(supernet: Supernet, params: Params) -> np.ndarray:
     The scores of `hyper.compact.group_importance` for each module's hidden-channel group,
     in the flat channel layout; the pruning baseline ranks channels by them.
     """
-    groups = compact.structural_groups(supernet.target)
+    groups = symmetry.structural_groups(supernet.target)
     by_producer = {g.producers: g for g in groups}
     chosen = [by_producer[(f"{s.path}/up/kernel",)] for s in supernet.slots]
     scores = compact.group_importance(supernet.target, params, normalizer="mean", groups=chosen)

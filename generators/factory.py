@@ -41,7 +41,7 @@ from generators.supernet import (
     save_supernet,
     supernet_apply,
 )
-from hyper import compact, population
+from hyper import compact, population, symmetry
 from hyper.checkpoint import PopulationCheckpointer, load_population, save_population
 from hyper.data import Dataset
 from hyper.target import Params, Target
@@ -127,7 +127,7 @@ class _Cutter:
     def __init__(self, supernet: Supernet, params: Params):
         self.supernet = supernet
         self.params = jax.tree.map(np.asarray, params)
-        groups = compact.structural_groups(supernet.target)
+        groups = symmetry.structural_groups(supernet.target)
         by_producer = {g.producers: g for g in groups}
         self.module_groups = [by_producer[(f"{s.path}/up/kernel",)] for s in supernet.slots]
         self.other_groups = [g for g in groups if g not in self.module_groups]
@@ -161,7 +161,7 @@ class _Cutter:
             "modules": modules,
         }
         name = _name(config)
-        sub_target = compact.derive_target(sn.target, sub, name=name, config=config, check=False)
+        sub_target = sn.target.derive(sub, name=name, config=config, check=False)
         present = set(sub_target.paths)
         for g in self.other_groups:  # the residual stream: kept whole, minus dropped leaves
             axes = tuple(a for a in g.axes if a[0] in present)

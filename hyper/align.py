@@ -1,7 +1,7 @@
 """Permutation alignment of networks: weight matching, activation matching, Sinkhorn.
 
 Two networks of one target that compute the same function can differ by a permutation of
-the hidden units of every structural group (`hyper.compact.structural_groups`). Aligning
+the hidden units of every structural group (`hyper.symmetry.structural_groups`). Aligning
 `b` to `a` finds, per group, the permutation that makes `b`'s weights closest to `a`'s;
 `permute(target, b, perms)` then gives a network that computes exactly the function of
 `b`, in `a`'s unit order. Averages and interpolations of aligned networks stay in one
@@ -13,7 +13,7 @@ basin far more often than naive ones (Git Re-Basin, Ainsworth et al. 2023).
   permutation changes only if the objective strictly improves; stops after a sweep
   without improvement or `max_iter` sweeps.
 - `activation_matching`: per group, the summed Pearson correlation between the hidden
-  activations of `a` and `b` on a data batch (`hyper.compact.group_activations`: the traced
+  activations of `a` and `b` on a data batch (`hyper.symmetry.group_activations`: the traced
   apply is re-evaluated and every value carrying the group is read), then one linear
   assignment per group (groups are independent given activations).
 - `sinkhorn_alignment`: OT-fusion style soft alignment; the same similarities (activations
@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from hyper import compact
-from hyper.compact import Group
+from hyper import symmetry
+from hyper.symmetry import Group
 from hyper.target import Params, Target
 
 __all__ = [
@@ -190,7 +190,7 @@ def pairwise_weight_matching(
     pairs = _pair_populations("weight_matching", target, population_a, population_b)
     if max_iter < 1:
         raise ValueError(f"weight_matching: max_iter must be >= 1, got {max_iter}")
-    groups = tuple(compact.structural_groups(target))
+    groups = tuple(symmetry.structural_groups(target))
     if init is None:
         perms = [np.tile(np.arange(g.size, dtype=np.int32), (pairs, 1)) for g in groups]
     else:
@@ -263,11 +263,11 @@ def _correlation(za: jax.Array, zb: jax.Array) -> jax.Array:
 @functools.lru_cache(maxsize=64)
 def _activation_fn(target: Target, kind: str):
     def one(pa, pb, x):
-        acts_a = compact.group_activations(target, pa, x, kind=kind)
-        acts_b = compact.group_activations(target, pb, x, kind=kind)
+        acts_a = symmetry.group_activations(target, pa, x, kind=kind)
+        acts_b = symmetry.group_activations(target, pb, x, kind=kind)
         out = []
         for za_list, zb_list, g in zip(
-            acts_a, acts_b, compact.structural_groups(target), strict=True
+            acts_a, acts_b, symmetry.structural_groups(target), strict=True
         ):
             if not za_list:
                 out.append(jnp.zeros((g.size, g.size), jnp.float32))
@@ -294,7 +294,7 @@ def activation_similarity(
       population_a, population_b: populations of equal size `pairs`.
       x: an input batch `[batch, ...]` shared by all networks.
       kind: which intermediate values carry a group (see
-        `hyper.compact.group_activations`); ``"both"`` = inputs and outputs of the
+        `hyper.symmetry.group_activations`); ``"both"`` = inputs and outputs of the
         contractions (post-activation features and pre-activations).
 
     Returns:
@@ -304,7 +304,7 @@ def activation_similarity(
     """
     _pair_populations("activation_matching", target, population_a, population_b)
     x = _check_x("activation_matching", target, x)
-    compact.structural_groups(target)
+    symmetry.structural_groups(target)
     return _activation_fn(target, kind)(population_a, population_b, x)
 
 
@@ -402,7 +402,7 @@ def hard_projection(plans: Any) -> Any:
         group, as `sinkhorn_alignment` returns).
 
     Returns:
-      `[..., n]` int32 permutations (for `hyper.compact.permute`), or a list of them.
+      `[..., n]` int32 permutations (for `hyper.symmetry.permute`), or a list of them.
     """
     if isinstance(plans, list | tuple):
         return [hard_projection(p) for p in plans]
@@ -445,7 +445,7 @@ def pairwise_sinkhorn_alignment(
     if x is not None:
         sims = activation_similarity(target, population_a, population_b, x, kind=kind)
     else:
-        groups = tuple(compact.structural_groups(target))
+        groups = tuple(symmetry.structural_groups(target))
         perms = pairwise_weight_matching(
             target, population_a, population_b, key=key, max_iter=max_iter
         )
@@ -486,7 +486,7 @@ def apply_transport(
     """Applies soft permutations: along every axis of group `g`, ``new = T_g @ old``.
 
     With permutation matrices (``T[i, perm[i]] = 1``) this equals
-    ``hyper.compact.permute(target, params, perms)``. With soft plans the result is an
+    ``hyper.symmetry.permute(target, params, perms)``. With soft plans the result is an
     OT-fusion style barycentric mix of units; it is *not* function-preserving in general
     (nonlinearities do not commute with averaging), which is why fusion averages it with
     the reference network.
@@ -499,7 +499,7 @@ def apply_transport(
     Returns:
       params of the same structure.
     """
-    groups = compact.structural_groups(target)
+    groups = symmetry.structural_groups(target)
     if len(plans) != len(groups):
         raise ValueError(f"apply_transport: {len(plans)} plans for {len(groups)} groups")
     for g, t in zip(groups, plans, strict=True):
@@ -588,5 +588,5 @@ def align_population(
             target, ref, population, x=x, reg=reg, key=key, max_iter=max_iter, kind=kind
         )
         return apply_transport(target, population, plans, batched=True), plans
-    aligned = compact.permute(target, population, [jnp.asarray(p) for p in perms], batched=True)
+    aligned = symmetry.permute(target, population, [jnp.asarray(p) for p in perms], batched=True)
     return aligned, perms

@@ -21,11 +21,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jex
+
+from hyper import jaxpr as jaxpr_lib
 
 __all__ = ["conv_as_matmul", "convs_as_matmuls"]
-
-_CALLS = ("pjit", "jit", "closed_call", "core_call")
 
 
 def conv_as_matmul(
@@ -86,57 +85,40 @@ def _is_plain_conv(eqn: Any) -> bool:
     )
 
 
-def _inner(eqn: Any) -> Any:
-    """The closed jaxpr of a call-like equation (jit), or None."""
-    if eqn.primitive.name in _CALLS:
-        inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
-        if isinstance(inner, jex.ClosedJaxpr):
-            return inner
-    return None
-
-
 def _has_conv(jaxpr: Any) -> bool:
-    for eqn in jaxpr.eqns:
-        if _is_plain_conv(eqn):
-            return True
-        inner = _inner(eqn)
-        if inner is not None and _has_conv(inner.jaxpr):
-            return True
-    return False
+    return any(
+        _is_plain_conv(step.eqn)
+        for step in jaxpr_lib.steps(jaxpr, differentiable=True)
+        if step.kind == "eqn"
+    )
 
 
-def _eval(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
-    env: dict[Any, Any] = {}
+def _replace(eqn: Any, invals: list[Any]) -> list[Any] | None:
+    if not _is_plain_conv(eqn):
+        return None
+    p = eqn.params
+    return [
+        conv_as_matmul(
+            *invals,
+            window_strides=p["window_strides"],
+            padding=p["padding"],
+            dimension_numbers=p["dimension_numbers"],
+            precision=p["precision"],
+            preferred_element_type=p["preferred_element_type"],
+        )
+    ]
 
-    def read(v):
-        return v.val if isinstance(v, jex.Literal) else env[v]
 
-    env.update(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        inner = _inner(eqn)
-        if _is_plain_conv(eqn):
-            p = eqn.params
-            outs = [
-                conv_as_matmul(
-                    *invals,
-                    window_strides=p["window_strides"],
-                    padding=p["padding"],
-                    dimension_numbers=p["dimension_numbers"],
-                    precision=p["precision"],
-                    preferred_element_type=p["preferred_element_type"],
-                )
-            ]
-        elif inner is not None and _has_conv(inner.jaxpr):
-            outs = _eval(inner.jaxpr, inner.consts, invals)
-        else:
-            with eqn.ctx.manager:
-                outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
-        env.update(zip(eqn.outvars, outs, strict=True))
-    return [read(v) for v in jaxpr.outvars]
+def _eval(closed: Any, args: Sequence[Any]) -> list[Any]:
+    # Calls are inlined only where a convolution hides (others run as they are), and
+    # never calls with custom derivatives: the result is differentiated when training.
+    return jaxpr_lib.evaluate(
+        closed,
+        args,
+        replace=_replace,
+        differentiable=True,
+        inline=lambda eqn, body: _has_conv(body),
+    )
 
 
 def convs_as_matmuls(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,7 +136,7 @@ def convs_as_matmuls(fn: Callable[..., Any]) -> Callable[..., Any]:
         )(*flat)
         if not _has_conv(closed.jaxpr):
             return fn(*args)
-        outs = _eval(closed.jaxpr, closed.consts, flat)
+        outs = _eval(closed, flat)
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
     return wrapped

@@ -1,14 +1,16 @@
 """`Target`: a network architecture whose weights are data.
 
-A target is a static description of every weight leaf (`LeafSpec`) plus pure functions
-`init(key) -> params` and `apply(params, x) -> y`. Params are a nested dict of arrays
-with string keys (the natural Flax layout); a *population* is the same pytree with a
-leading `targets` axis on every leaf.
+A target is a static description of every weight leaf (`LeafSpec`, see `hyper.spec`) plus
+pure functions `init(key) -> params` and `apply(params, x) -> y`. Params are a nested dict
+of arrays with string keys (the natural Flax layout); a *population* is the same pytree
+with a leading `targets` axis on every leaf.
 
 Targets are built from a Flax NNX module (`Target.from_nnx`), a Flax Linen module and a
 sample input (`Target.from_linen`), or a pure function and a params template
-(`Target.from_function`). Roles, fan-in/out, layer order and neuron axes are derived
-once, here; every other part of weightspace reads them from the spec.
+(`Target.from_function`), or derived from another target with fewer units
+(`Target.derive`). Roles, fan-in/out, layer order and neuron axes are derived once, at
+construction; every other part of weightspace reads them from the spec. Two targets are
+compared in one place: `Target.spec_differences` / `check_same_spec`.
 """
 
 from __future__ import annotations
@@ -20,365 +22,23 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
+from hyper.init_programs import init_compiler_options, run_once
+from hyper.spec import ROLES, LeafSpec, build_spec, fans_and_axes
 from hyper.tree import Params, check_str_keys, flatten_dict, leaf_paths, nest, path_str
-
-ROLES = (
-    "kernel",
-    "bias",
-    "norm_scale",
-    "norm_shift",
-    "running_stat",
-    "embedding",
-    "other",
-)
 
 __all__ = [
     "ROLES",
     "LeafSpec",
     "Params",
     "Target",
-    "init_compiler_options",
+    "check_same_spec",
+    "default_init",
     "leaf_paths",
     "path_str",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class LeafSpec:
-    """What one weight leaf is.
-
-    Attributes:
-      path: slash-separated path in the params tree, e.g. ``"convs/0/kernel"``.
-      shape: shape of the leaf for one target (no `targets` axis).
-      dtype: numpy dtype name, e.g. ``"float32"``.
-      role: one of `ROLES`.
-      fan_in: inputs feeding one output unit (kernel: in-channels x receptive field).
-      fan_out: outputs fed by one input unit (kernel: out-channels x receptive field).
-      layer: index of the layer this leaf belongs to, in forward order.
-      layer_name: path of the layer (the leaf's parent, without a Linen collection such as
-        ``"params"``), e.g. ``"convs/0"``.
-      layer_kind: ``"dense"``, ``"conv"``, ``"norm"``, ``"embedding"`` or ``"other"``.
-      in_axis: axis indexing the layer's input neurons/channels, or None.
-      out_axis: axis indexing the layer's output neurons/channels, or None. Permuting
-        hidden units permutes these axes (the weight-space symmetries).
-      trainable: False for non-trainable state such as BatchNorm running statistics.
-    """
-
-    path: str
-    shape: tuple[int, ...]
-    dtype: str
-    role: str
-    fan_in: int
-    fan_out: int
-    layer: int
-    layer_name: str
-    layer_kind: str
-    in_axis: int | None
-    out_axis: int | None
-    trainable: bool = True
-
-    @property
-    def size(self) -> int:
-        return int(math.prod(self.shape))
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["shape"] = list(self.shape)
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> LeafSpec:
-        d = dict(d)
-        d["shape"] = tuple(int(s) for s in d["shape"])
-        return cls(**d)
-
-
-# ---------------------------------------------------------------------------------------
-# Spec inference
-# ---------------------------------------------------------------------------------------
-
-_STAT_NAMES = ("mean", "var", "running_mean", "running_var")
-_KERNEL_NAMES = ("kernel", "weight")
-_NORM_KINDS = {"running_stat": "norm", "norm_scale": "norm", "norm_shift": "norm"}
-
-
-def _layer_of(path: str, collections: Sequence[str]) -> str:
-    """The layer path of a leaf: its parent, without a leading variable collection."""
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    head, _, rest = parent.partition("/")
-    return rest if head in collections else parent
-
-
-def _infer_roles(
-    paths: Sequence[str],
-    layers: Sequence[str],
-    shapes: Sequence[tuple[int, ...]],
-    stat_mask: Sequence[bool],
-    overrides: Mapping[str, str] | None,
-) -> list[tuple[str, str]]:
-    """(role, layer_kind) per leaf from names, shapes and the other leaves of its layer."""
-    names = [p.rsplit("/", 1)[-1] for p in paths]
-    siblings: dict[str, set[str]] = {}
-    kernel_ndim: dict[str, int] = {}
-    for layer, name, shape in zip(layers, names, shapes, strict=True):
-        siblings.setdefault(layer, set()).add(name)
-        if name in _KERNEL_NAMES and len(shape) >= 2:
-            kernel_ndim.setdefault(layer, len(shape))
-    out = []
-    for layer, name, shape, is_stat in zip(layers, names, shapes, stat_mask, strict=True):
-        sib = siblings[layer]
-        has_kernel = layer in kernel_ndim
-        # A 1-D "weight" is a norm scale in the PyTorch naming ("bn.weight", "bn.bias").
-        has_scale = "scale" in sib or ("weight" in sib and not has_kernel)
-        role, kind = "other", "other"
-        if is_stat or (name in _STAT_NAMES and not has_kernel):
-            role, kind = "running_stat", "norm"
-        elif name in _KERNEL_NAMES and len(shape) >= 2:
-            role, kind = "kernel", ("dense" if len(shape) == 2 else "conv")
-        elif name == "embedding" and len(shape) == 2:
-            role, kind = "embedding", "embedding"
-        elif name in ("scale", "weight") and not has_kernel:
-            role, kind = "norm_scale", "norm"
-        elif name == "bias" and not has_kernel and has_scale:
-            role, kind = "norm_shift", "norm"
-        elif name == "bias":
-            role = "bias"
-            kind = "other" if not has_kernel else ("dense" if kernel_ndim[layer] == 2 else "conv")
-        out.append((role, kind))
-    if overrides:
-        for pattern, r in overrides.items():
-            if r not in ROLES:
-                raise ValueError(f"roles[{pattern!r}]: unknown role {r!r}; expected one of {ROLES}")
-            hits = [i for i, p in enumerate(paths) if fnmatch.fnmatchcase(p, pattern)]
-            if not hits:
-                raise ValueError(f"roles[{pattern!r}] matches no leaf; leaves are {list(paths)}")
-            for i in hits:
-                nd = len(shapes[i])
-                if (r == "kernel" and nd < 2) or (r == "embedding" and nd != 2):
-                    raise ValueError(
-                        f"roles[{pattern!r}]: leaf {paths[i]!r} has shape {shapes[i]}; a {r} "
-                        f"needs {'2 or more axes' if r == 'kernel' else '2 axes'}"
-                    )
-                kind = out[i][1]
-                if r == "kernel":
-                    kind = "dense" if len(shapes[i]) == 2 else "conv"
-                out[i] = (r, _NORM_KINDS.get(r, kind))
-    return out
-
-
-def _fans_and_axes(
-    role: str, shape: tuple[int, ...], kernel_shape: tuple[int, ...] | None
-) -> tuple[int, int, int | None, int | None]:
-    nd = len(shape)
-    if role == "kernel":
-        rf = int(math.prod(shape[:-2]))
-        return shape[-2] * rf, shape[-1] * rf, nd - 2, nd - 1
-    if role == "embedding":
-        return 1, shape[-1], None, nd - 1
-    if role == "bias":
-        if kernel_shape is not None:
-            rf = int(math.prod(kernel_shape[:-2]))
-            return kernel_shape[-2] * rf, kernel_shape[-1] * rf, None, nd - 1
-        return 1, shape[-1] if nd else 1, None, (nd - 1 if nd else None)
-    if role in ("norm_scale", "norm_shift", "running_stat"):
-        return 1, 1, None, (nd - 1 if nd else None)
-    return (shape[-1] if nd else 1), 1, None, None
-
-
-def sub_jaxpr(eqn: Any) -> Any:
-    """The one sub-jaxpr (`ClosedJaxpr` or `Jaxpr`) among an equation's params, or None
-    (none, or several: a `cond`'s branches)."""
-    subs = [
-        v
-        for v in eqn.params.values()
-        if isinstance(v, jax.extend.core.ClosedJaxpr | jax.extend.core.Jaxpr)
-    ]
-    return subs[0] if len(subs) == 1 else None
-
-
-def _first_use(jaxpr: Any) -> list[int]:
-    """Position (in a depth-first walk over primitives) of the first read of each input.
-
-    Calls with one sub-jaxpr (`jit`, `custom_jvp_call`, `scan`, ...) are walked into, so a
-    wrapped or jitted apply still yields the order of the primitives inside it.
-    """
-    never = 10**9
-    first = [never] * len(jaxpr.invars)
-    counter = 0
-
-    def walk(jx, alias):
-        nonlocal counter
-        for eqn in jx.eqns:
-            inner = sub_jaxpr(eqn)
-            inner = inner.jaxpr if isinstance(inner, jax.extend.core.ClosedJaxpr) else inner
-            if inner is not None and len(inner.invars) == len(eqn.invars):
-                walk(
-                    inner,
-                    {
-                        iv: alias[ov]
-                        for iv, ov in zip(inner.invars, eqn.invars, strict=True)
-                        if isinstance(ov, jax.extend.core.Var) and ov in alias
-                    },
-                )
-                continue
-            for v in eqn.invars:
-                if isinstance(v, jax.extend.core.Var) and v in alias:
-                    first[alias[v]] = min(first[alias[v]], counter)
-            counter += 1
-
-    walk(jaxpr, {v: i for i, v in enumerate(jaxpr.invars)})
-    return first
-
-
-def _forward_order(
-    apply_fn: Callable[[Params, Any], Any], params: Params, x: Any, paths: Sequence[str]
-) -> list[int]:
-    """Index of the first primitive that reads each leaf (its position in forward order)."""
-    treedef = jax.tree.structure(params)
-
-    def fn(leaves):
-        return apply_fn(jax.tree.unflatten(treedef, leaves), x)
-
-    leaves = jax.tree.leaves(params)
-    try:
-        jaxpr = jax.make_jaxpr(fn)(leaves).jaxpr
-    except Exception:  # noqa: BLE001 - ordering is best effort; fall back to path order
-        return list(range(len(paths)))
-    return _first_use(jaxpr)
-
-
-def _build_spec(
-    params: Params,
-    stat_paths: set[str],
-    apply_fn: Callable[[Params, Any], Any] | None,
-    sample_x: Any,
-    roles: Mapping[str, str] | None,
-    collections: Sequence[str] = (),
-) -> tuple[LeafSpec, ...]:
-    """One `LeafSpec` per leaf of `params`.
-
-    Args:
-      collections: top-level keys that name variable collections (Linen's ``"params"``,
-        ``"batch_stats"``); they are not part of a layer's name, so a BatchNorm's scale
-        and its running statistics belong to one layer.
-    """
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    paths = [path_str(p) for p, _ in flat]
-    shapes = [tuple(int(s) for s in np.shape(v)) for _, v in flat]
-    dtypes = [str(np.dtype(v.dtype)) for _, v in flat]
-    layers = [_layer_of(p, collections) for p in paths]
-    rk = _infer_roles(paths, layers, shapes, [p in stat_paths for p in paths], roles)
-    if apply_fn is not None and sample_x is not None:
-        first_use = _forward_order(apply_fn, params, sample_x, paths)
-    else:
-        first_use = list(range(len(paths)))
-    layer_first: dict[str, int] = {}
-    for layer, fu in zip(layers, first_use, strict=True):
-        layer_first[layer] = min(layer_first.get(layer, 10**9), fu)
-    # Layers ordered by first use; leaves never read (unused params) go last in path order.
-    layer_order = sorted(layer_first, key=lambda n: (layer_first[n], layers.index(n)))
-    layer_index = {n: i for i, n in enumerate(layer_order)}
-    kernel_shape = {}
-    for layer, shape, (role, _) in zip(layers, shapes, rk, strict=True):
-        if role == "kernel":
-            kernel_shape.setdefault(layer, shape)
-    specs = []
-    for path, layer, shape, dtype, (role, kind) in zip(
-        paths, layers, shapes, dtypes, rk, strict=True
-    ):
-        fan_in, fan_out, in_axis, out_axis = _fans_and_axes(role, shape, kernel_shape.get(layer))
-        specs.append(
-            LeafSpec(
-                path=path,
-                shape=shape,
-                dtype=dtype,
-                role=role,
-                fan_in=int(fan_in),
-                fan_out=int(fan_out),
-                layer=layer_index[layer],
-                layer_name=layer,
-                layer_kind=kind,
-                in_axis=in_axis,
-                out_axis=out_axis,
-                trainable=role != "running_stat",
-            )
-        )
-    return tuple(specs)
-
-
-def init_compiler_options() -> dict[str, Any] | None:
-    """XLA options for programs that run once per population, such as initialisation.
-
-    On CPU, LLVM -O1: random initialisers (threefry rounds, truncated normals) compile
-    2-6x faster than at the default -O2 and give bit-identical weights (checked in
-    `tests/test_target.py`); they run once, so their slightly slower code costs nothing.
-    None (the defaults) on accelerators.
-    """
-    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-
-
-def init_module(cls: Callable[..., Any], /, *args: Any, seed: int = 0, **kwargs: Any) -> Any:
-    """``cls(*args, **kwargs, rngs=nnx.Rngs(seed))`` for a Flax NNX module, its parameters
-    initialised by one compiled program (`init_compiler_options`) instead of eagerly.
-
-    Eager construction compiles one small program per initialiser and shape (a graph
-    metanet: ~40 of them, ~4 s on 2 CPU cores); this compiles one (~2 s) and shares it
-    between every module built with the same arguments, whatever the `seed`. The weights
-    equal the eager ones up to float rounding (fused multiplies: an ulp here and there), and
-    the same arguments and seed always give the same weights. Arguments must be hashable
-    (ints, strings, tuples); otherwise, or under another transform, the module is built
-    eagerly.
-    """
-    from flax import nnx
-
-    key = (id(cls), args, tuple(sorted(kwargs.items())))
-    try:
-        program = _MODULE_PROGRAMS.get(key)
-    except TypeError:  # unhashable arguments
-        program, key = None, None
-    if key is not None and program is None:
-        program = _MODULE_PROGRAMS[key] = _module_program(cls, args, key[2])
-    if program is None:
-        return cls(*args, **kwargs, rngs=nnx.Rngs(seed))
-    graphdef, fn = program
-
-    def eager(key: jax.Array) -> Any:
-        return nnx.state(cls(*args, **kwargs, rngs=nnx.Rngs(key)))
-
-    return nnx.merge(graphdef, _once(fn, eager, jax.random.key(seed)))
-
-
-# (id(cls), args, kwargs) -> (graphdef, compiled init); NNX module classes are not hashable.
-# The program closes over `cls`, which keeps the class (and its id) alive.
-_MODULE_PROGRAMS: dict[tuple, tuple[Any, Callable]] = {}
-
-
-def _module_program(cls: Callable[..., Any], args: tuple, kwargs: tuple) -> tuple[Any, Callable]:
-    from flax import nnx
-
-    def build(key: jax.Array) -> Any:  # nnx.Rngs(seed) is nnx.Rngs(jax.random.key(seed))
-        return cls(*args, **dict(kwargs), rngs=nnx.Rngs(key))
-
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: build(jax.random.key(0))))
-    fn = jax.jit(lambda key: nnx.state(build(key)), compiler_options=init_compiler_options())
-    return graphdef, fn
-
-
-def _once(fast: Callable, nested: Callable, key: jax.Array) -> Any:
-    """`fast` (compiled with `init_compiler_options`) at the top level; under another
-    transform, `nested` (the same program without options, which JAX refuses nested)."""
-    if isinstance(key, jax.core.Tracer):
-        return nested(key)
-    try:
-        return fast(key)
-    except ValueError as e:  # inside a jit, with a key closed over from outside
-        if "compiler_options" not in str(e):
-            raise
-        return nested(key)
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,7 +192,7 @@ class Target:
                 return nest({**_pure(p), **_pure(s)})
 
         params = jax.tree.map(jnp.asarray, params)
-        spec = _build_spec(params, set(s_paths), apply_fn, sample_input, roles)
+        spec = build_spec(params, set(s_paths), apply_fn, sample_input, roles)
         input_shape = None if sample_input is None else tuple(np.shape(sample_input)[1:])
         target = cls(
             name=name or type(module).__name__,
@@ -598,7 +258,7 @@ class Target:
         stat_paths = (
             set(leaf_paths({"batch_stats": variables["batch_stats"]})) if has_stats else set()
         )
-        spec = _build_spec(
+        spec = build_spec(
             variables, stat_paths, apply_fn, sample_input, roles, collections=tuple(variables)
         )
         return cls(
@@ -641,7 +301,7 @@ class Target:
         if not jax.tree.leaves(params_template):
             raise ValueError("from_function: params_template has no leaves")
         template = jax.tree.map(lambda a: jnp.zeros(np.shape(a), a.dtype), params_template)
-        spec = _build_spec(template, set(), apply, sample_input, roles)
+        spec = build_spec(template, set(), apply, sample_input, roles)
         treedef = jax.tree.structure(template)
         target: Target
         if init is None:
@@ -665,13 +325,13 @@ class Target:
 
     def init(self, key: jax.Array) -> Params:
         """Fresh weights (and state) for one target (jitted)."""
-        return _once(self._init_jit, self._init_nested, key)
+        return run_once(self._init_jit, self._init_nested, key)
 
     def init_population(self, key: jax.Array, n: int) -> Params:
         """`n` independently initialised targets, stacked: every leaf `[n, ...]`."""
         if n < 1:
             raise ValueError(f"init_population: n must be >= 1, got {n}")
-        return _once(self._init_pop, self._init_pop_nested, jax.random.split(key, n))
+        return run_once(self._init_pop, self._init_pop_nested, jax.random.split(key, n))
 
     def apply(self, params: Params, x: Any) -> Any:
         """Runs one target in evaluation mode (running statistics, no dropout)."""
@@ -712,6 +372,135 @@ class Target:
         if self._train_apply_fn is None:
             return lambda p, x, k: (self._apply_fn(p, x), p)
         return self._train_apply_fn
+
+    @property
+    def pure_init(self) -> Callable[[jax.Array], Params]:
+        """The unjitted `init(key)`, for use inside user transforms."""
+        return self._init_fn
+
+    def derive(
+        self,
+        params: Params,
+        *,
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        check: bool = True,
+    ) -> Target:
+        """A target for `params`, whose leaves are leaves of this target with possibly fewer
+        units (e.g. after `hyper.compact.remove_units`).
+
+        The new target reuses this target's apply functions (which must accept the smaller
+        arrays, as Flax layers do) and its leaf descriptions with new shapes and fans;
+        nothing is traced unless `check`. Leaves that `params` lacks are dropped (the apply
+        must then tolerate their absence, e.g. a network that loops over the blocks it is
+        given).
+
+        Args:
+          params: one network with the new shapes.
+          name: default ``"<target name>-compact"``.
+          config: stored on the new target (default: ``{"derived_from": self.config}``).
+          check: trace the apply once (`jax.eval_shape`) on `input_shape` and raise if it
+            fails.
+
+        Raises:
+          ValueError: a leaf unknown to this target, a leaf whose number of axes changed,
+            or (with `check`) an apply that does not accept the new shapes.
+        """
+        if not isinstance(params, dict):
+            raise TypeError(
+                f"derive_target: params must be a nested dict, got {type(params).__name__}"
+            )
+        paths = leaf_paths(params)
+        known = self._by_path
+        specs = []
+        for path, leaf in zip(paths, jax.tree.leaves(params), strict=True):
+            if path not in known:
+                raise ValueError(f"derive_target: leaf {path!r} is not a leaf of {self.name}")
+            s = known[path]
+            shape = tuple(int(d) for d in np.shape(leaf))
+            if len(shape) != len(s.shape):
+                raise ValueError(
+                    f"derive_target: leaf {path!r} has shape {shape}; {self.name} has {s.shape}"
+                )
+            specs.append(dataclasses.replace(s, shape=shape))
+        kernel_shape: dict[str, tuple[int, ...]] = {}
+        for s in specs:
+            if s.role == "kernel":
+                kernel_shape.setdefault(s.layer_name, s.shape)
+        renumber = {old: new for new, old in enumerate(sorted({s.layer for s in specs}))}
+        new_specs = []
+        for s in specs:
+            fan_in, fan_out, _, _ = fans_and_axes(s.role, s.shape, kernel_shape.get(s.layer_name))
+            new_specs.append(
+                dataclasses.replace(
+                    s, fan_in=int(fan_in), fan_out=int(fan_out), layer=renumber[s.layer]
+                )
+            )
+        new: Target
+
+        def init_fn(key: jax.Array) -> Params:
+            return default_init(new, key)
+
+        new = Target(
+            name=name or f"{self.name}-compact",
+            spec=tuple(new_specs),
+            treedef=jax.tree.structure(params),
+            init_fn=init_fn,
+            apply_fn=self._apply_fn,
+            train_apply_fn=self._train_apply_fn,
+            input_shape=self.input_shape,
+            config=config if config is not None else {"derived_from": self.config},
+        )
+        if check and self.input_shape is not None:
+            try:
+                jax.eval_shape(
+                    new.pure_apply,
+                    new.abstract_params(),
+                    jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32),
+                )
+            except Exception as e:  # noqa: BLE001 - name the target in any tracing error
+                raise ValueError(f"{new.name}: apply does not accept the new shapes: {e}") from e
+        return new
+
+    # --- comparison ---------------------------------------------------------------------
+
+    def spec_differences(
+        self, other: Target, *, fields: Sequence[str] = ("shape", "dtype", "role")
+    ) -> list[str]:
+        """How the leaves of `other` differ from this target's; empty when they agree.
+
+        Args:
+          other: the target to compare with.
+          fields: the `LeafSpec` fields compared per leaf (paths are always compared).
+
+        Returns:
+          one message per difference: the leaves only one target has, or per leaf and
+          field the two values.
+        """
+        pa, pb = self.paths, other.paths
+        if pa != pb:
+            only_a = sorted(set(pa) - set(pb))
+            only_b = sorted(set(pb) - set(pa))
+            return [
+                f"targets {self.name} and {other.name} have different leaves: "
+                f"only in the first {only_a}, only in the second {only_b}"
+            ]
+        return [
+            f"targets {self.name} and {other.name} differ at leaf {a.path!r}: "
+            f"{field} {getattr(a, field)} vs {getattr(b, field)}"
+            for a, b in zip(self.spec, other.spec, strict=True)
+            for field in fields
+            if getattr(a, field) != getattr(b, field)
+        ]
+
+    def config_differences(self, other: Target) -> list[str]:
+        """Config keys in which two targets compute different functions (dropout aside: it
+        does not change evaluation); empty when they agree or either has no config."""
+        ca = {k: v for k, v in (self.config or {}).items() if k != "dropout"}
+        cb = {k: v for k, v in (other.config or {}).items() if k != "dropout"}
+        if not ca or not cb:
+            return []
+        return sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
 
     # --- description --------------------------------------------------------------------
 
@@ -854,6 +643,15 @@ def _materialize(x: Any) -> Any:
             raise ValueError(f"cannot make a placeholder RNG key of dtype {x.dtype}")
         return key
     return jnp.asarray(np.zeros(x.shape, x.dtype))
+
+
+def check_same_spec(target_a: Target, target_b: Target) -> None:
+    """Raises ValueError naming the first leaf whose path, shape, dtype or role differs
+    (`Target.spec_differences`). Use it before aligning or merging networks given with two
+    `Target`s."""
+    diffs = target_a.spec_differences(target_b)
+    if diffs:
+        raise ValueError(diffs[0])
 
 
 def default_init(target: Target, key: jax.Array) -> Params:

@@ -25,8 +25,9 @@ import optax
 from hyper import sharding
 from hyper.conv_matmul import convs_as_matmuls
 from hyper.data import Dataset
+from hyper.init_programs import init_compiler_options
 from hyper.population import size_bytes
-from hyper.target import Params, Target, init_compiler_options
+from hyper.target import Params, Target
 
 __all__ = [
     "OPTIMIZERS",

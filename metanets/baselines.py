@@ -25,8 +25,7 @@ import numpy as np
 from flax import nnx
 
 from hyper import population as population_lib
-from hyper.compact import check_same_spec
-from hyper.target import Params, Target
+from hyper.target import Params, Target, check_same_spec
 from metanets.graph import NODE_FEATURES, features, topology
 
 __all__ = [

@@ -15,7 +15,7 @@ Nodes carry their type (input/hidden/output), layer depth, activation id and, fo
 and output nodes, their index (those are not permutable); edges their type (weight or
 residual) and layer depth.
 
-The topology comes from the target's spec and its `hyper.compact.structural_groups`
+The topology comes from the target's spec and its `hyper.symmetry.structural_groups`
 (which hidden axes are tied, residuals included): a layer reads the most recent layer, in
 forward order, whose output channels are tied to its input channels; every later producer
 in a residual group gets identity edges from the previous one. Nothing is keyed on
@@ -46,8 +46,9 @@ import jraph
 import numpy as np
 
 from hyper import population as population_lib
-from hyper.compact import structural_groups
-from hyper.target import Params, Target, sub_jaxpr
+from hyper.jaxpr import evaluate
+from hyper.symmetry import structural_groups
+from hyper.target import Params, Target
 
 __all__ = [
     "ACTIVATION_IDS",
@@ -1026,10 +1027,6 @@ _BANK_KEYS = ("x", "w", "ntype", "nlayer", "nio", "nact", "etype", "elayer", "se
 # Probe features: what each neuron computes on fixed inputs
 # ---------------------------------------------------------------------------------------
 
-# Calls whose sub-jaxpr is evaluated inline when recording (their semantics is "call it").
-_INLINE_CALLS = frozenset(
-    {"pjit", "jit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call", "remat"}
-)
 # Primitives that only re-view a kernel (its values, differently laid out or typed).
 _VIEWS = frozenset(
     {"convert_element_type", "reshape", "transpose", "copy", "copy_p", "squeeze", "expand_dims"}
@@ -1040,38 +1037,30 @@ _CONTRACTIONS = frozenset({"dot_general", "conv_general_dilated"})
 def _eval_recording(jaxpr, consts, args, alias, found):
     """Evaluates `jaxpr`, recording ``found[leaf] = (lhs, out)`` at the first contraction
     (dot_general / conv) that reads a view of kernel leaf `leaf` (`alias`: var -> leaf)."""
-    env: dict[Any, Any] = {}
+    views = {((), v): leaf for v, leaf in alias.items()}  # (scope, var) -> leaf
 
-    def read(v):
-        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+    def record(step, invals, outvals):
+        eqn = step.eqn
+        if step.kind == "call":  # the body's inputs view what the call's operands view
+            for iv, ov in zip(step.body.jaxpr.invars, eqn.invars, strict=True):
+                if isinstance(ov, jax.extend.core.Var) and (step.scope, ov) in views:
+                    views[(step.inner, iv)] = views[(step.scope, ov)]
+            return
+        if step.kind != "eqn":
+            return
+        leaves = [
+            views.get((step.scope, v)) if isinstance(v, jax.extend.core.Var) else None
+            for v in eqn.invars
+        ]
+        name = eqn.primitive.name
+        if name in _VIEWS and leaves[0] is not None:
+            views[(step.scope, eqn.outvars[0])] = leaves[0]
+        elif name in _CONTRACTIONS:
+            for i, leaf in enumerate(leaves):
+                if leaf is not None and leaf not in found:
+                    found[leaf] = (invals[1 - i], outvals[0])
 
-    for v, c in zip(jaxpr.constvars, consts, strict=True):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args, strict=True):
-        env[v] = a
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        leaves = [alias.get(v) if isinstance(v, jax.extend.core.Var) else None for v in eqn.invars]
-        sub = sub_jaxpr(eqn) if eqn.primitive.name in _INLINE_CALLS else None
-        if isinstance(sub, jax.extend.core.ClosedJaxpr) and len(sub.jaxpr.invars) == len(invals):
-            inner = {iv: a for iv, a in zip(sub.jaxpr.invars, leaves, strict=True) if a is not None}
-            outs = _eval_recording(sub.jaxpr, sub.consts, invals, inner, found)
-        else:
-            params = eqn.primitive.get_bind_params(eqn.params)
-            subfuns, params = params if isinstance(params, tuple) else ((), params)
-            with eqn.ctx.manager:
-                outs = eqn.primitive.bind(*subfuns, *invals, **params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
-            name = eqn.primitive.name
-            if name in _VIEWS and leaves[0] is not None:
-                alias[eqn.outvars[0]] = leaves[0]
-            elif name in _CONTRACTIONS:
-                for i, leaf in enumerate(leaves):
-                    if leaf is not None and leaf not in found:
-                        found[leaf] = (invals[1 - i], outs[0])
-        for v, o in zip(eqn.outvars, outs, strict=True):
-            env[v] = o
-    return [read(v) for v in jaxpr.outvars]
+    return evaluate(jax.extend.core.ClosedJaxpr(jaxpr, consts), args, record=record)
 
 
 def probe_inputs(target: Target, count: int, seed: int = 0) -> np.ndarray:

@@ -33,7 +33,8 @@ from flax import nnx
 from hyper import sharding
 from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
-from hyper.target import Params, Target, init_module
+from hyper.init_programs import init_module
+from hyper.target import Params, Target, check_same_spec
 from metanets.baselines import GBMTrees, MLPRegressor, fit_gbm, flat_features, statnn_features
 from metanets.graph import (
     EDGE_WEIGHT,
@@ -131,8 +132,6 @@ class WeightDataset:
 
     @property
     def homogeneous(self) -> bool:
-        from hyper.compact import check_same_spec
-
         try:
             for t in self.targets[1:]:
                 check_same_spec(self.targets[0], t)

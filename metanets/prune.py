@@ -36,10 +36,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from hyper import compact
+from hyper import compact, symmetry
 from hyper.architectures import config_for_params
 from hyper.data import Dataset
-from hyper.target import Params, Target, init_module
+from hyper.init_programs import init_module
+from hyper.target import Params, Target
 from hyper.train import TrainConfig, Trainer, cross_entropy
 from hyper.train import evaluate as evaluate_population
 from metanets.graph import graphs_to_population, kernel_window, population_to_graphs
@@ -136,7 +137,7 @@ class MetaPruneConfig:
 
 
 def group_lasso(
-    target: Target, params: Params, *, groups: Sequence[compact.Group] | None = None
+    target: Target, params: Params, *, groups: Sequence[symmetry.Group] | None = None
 ) -> jax.Array:
     """Group-L2 sparsity of one network: the mean over hidden units of the unit's group
     norm (every trainable weight the unit owns, `hyper.compact.group_importance`).
@@ -148,7 +149,7 @@ def group_lasso(
 
 
 def group_norm_ratio(
-    target: Target, params: Params, *, groups: Sequence[compact.Group] | None = None
+    target: Target, params: Params, *, groups: Sequence[symmetry.Group] | None = None
 ) -> jax.Array:
     """Scale-invariant group sparsity of one network: per structural group, the mean of
     the unit group norms over their root-mean-square (1 when all units are alike, about
@@ -316,7 +317,7 @@ def meta_train(
             f"meta_train: target {target.name} takes inputs {target.input_shape}, dataset "
             f"{dataset.name} has {dataset.input_shape}"
         )
-    groups = compact.structural_groups(target)
+    groups = symmetry.structural_groups(target)
     if not groups:
         raise ValueError(f"meta_train: {target.name} has no prunable hidden units")
     window = kernel_window(target)
@@ -457,7 +458,7 @@ def finetune(
 # ---------------------------------------------------------------------------------------
 
 
-def _layer_names(g: compact.Group) -> str:
+def _layer_names(g: symmetry.Group) -> str:
     return ", ".join(p.rsplit("/", 1)[0] for p in g.producers) or g.name
 
 
@@ -532,8 +533,8 @@ def _prune_step(target, params, groups, scores, goal, speedup):
     return compact.remove_units(target, params, masks, groups=groups, check=False)
 
 
-def _check_prunable(target: Target) -> list[compact.Group]:
-    groups = compact.structural_groups(target)
+def _check_prunable(target: Target) -> list[symmetry.Group]:
+    groups = symmetry.structural_groups(target)
     if not groups:
         raise ValueError(f"{target.name} has no prunable hidden units (no structural groups)")
     return groups
@@ -719,7 +720,7 @@ def hidden_widths(target: Target) -> list[int]:
         if key in cfg:
             w = cfg[key]
             return list(w) if isinstance(w, list | tuple) else [int(w)]
-    return [g.size for g in compact.structural_groups(target)]
+    return [g.size for g in symmetry.structural_groups(target)]
 
 
 def _check_metanet(metanet: MetaPruner, target: Target) -> None:

@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from hyper import make_target, zoo  # noqa: E402
-from hyper.compact import check_equivalent, permute, random_permutations  # noqa: E402
+from hyper.symmetry import check_equivalent, permute, random_permutations  # noqa: E402
 from metanets import graph, predict  # noqa: E402
 from metanets.models import GraphMetanet  # noqa: E402
 
@@ -123,7 +123,7 @@ fig.savefig(OUT_DIR / "network_graph.png", dpi=100)
 # %% [markdown]
 # ## 2. Invariance: a permuted network is the same network
 #
-# `hyper.compact.permute` shuffles the hidden channels (residual-tied channels and BN
+# `hyper.symmetry.permute` shuffles the hidden channels (residual-tied channels and BN
 # statistics move together). The function is unchanged, and so is the metanet's
 # prediction; its edit of the weights permutes the same way.
 

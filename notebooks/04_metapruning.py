@@ -60,7 +60,7 @@ import jax  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hyper import compact, data  # noqa: E402
+from hyper import compact, data, symmetry  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
 from hyper.train import TrainConfig, Trainer  # noqa: E402
 from metanets.prune import (  # noqa: E402
@@ -109,7 +109,7 @@ def member(population, i):
 n_meta = N_ZOO - N_HELD
 meta_zoo = jax.tree.map(lambda a: a[:n_meta], state.params)
 held_out = [member(state.params, i) for i in range(n_meta, N_ZOO)]
-groups = compact.structural_groups(target)
+groups = symmetry.structural_groups(target)
 print("structural groups:", [(g.name, g.size) for g in groups])
 print("FLOPs per example:", compact.count_flops(target))
 

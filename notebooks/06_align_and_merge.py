@@ -26,7 +26,7 @@
 # This notebook:
 #
 # 1. derives the permutation symmetries of any target from its traced `apply`
-#    (`hyper.compact.structural_groups`), residual connections and BatchNorm included;
+#    (`hyper.symmetry.structural_groups`), residual connections and BatchNorm included;
 # 2. measures the loss barrier between two independently trained digits MLPs before and
 #    after weight matching and activation matching (`hyper.align`), and shows Sinkhorn
 #    soft alignment;
@@ -57,7 +57,7 @@ import jax.numpy as jnp  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hyper import align, compact, data, make_target, merge  # noqa: E402
+from hyper import align, data, make_target, merge, symmetry  # noqa: E402
 from hyper.train import TrainConfig, Trainer, evaluate  # noqa: E402
 
 SMOKE = os.environ.get("SMOKE") == "1"
@@ -94,7 +94,7 @@ def lecun_init(target, seed, n):
 
 # %%
 res_target = make_target("rescnn", input_shape=(8, 8), channels=8, num_blocks=2, out_features=10)
-groups = compact.structural_groups(res_target, check=True)  # check: verified numerically
+groups = symmetry.structural_groups(res_target, check=True)  # check: verified numerically
 for g in groups:
     print(f"{g.name:40s} {g.size} units, {len(g.axes)} axes: producers {list(g.producers)}")
 
@@ -104,10 +104,10 @@ for g in groups:
 
 # %%
 res_params = jax.tree.map(lambda v: v[0], lecun_init(res_target, 0, 1))
-perms = compact.random_permutations(res_target, jax.random.key(1))
-shuffled = compact.permute(res_target, res_params, perms)
+perms = symmetry.random_permutations(res_target, jax.random.key(1))
+shuffled = symmetry.permute(res_target, res_params, perms)
 x_probe = jax.random.normal(jax.random.key(2), (4, 8, 8))
-print("same function:", compact.check_equivalent(res_target, res_params, shuffled, x_probe))
+print("same function:", symmetry.check_equivalent(res_target, res_params, shuffled, x_probe))
 print("weights moved:", not np.allclose(res_params["stem"]["kernel"], shuffled["stem"]["kernel"]))
 
 # %% [markdown]
@@ -144,11 +144,11 @@ perm_w = align.weight_matching(target, net_a, net_b, key=jax.random.key(0))
 perm_a = align.activation_matching(target, net_a, net_b, digits.x_train)
 versions = {
     "naive": net_b,
-    "weight matching": compact.permute(target, net_b, perm_w),
-    "activation matching": compact.permute(target, net_b, perm_a),
+    "weight matching": symmetry.permute(target, net_b, perm_w),
+    "activation matching": symmetry.permute(target, net_b, perm_a),
 }
 for name, b in versions.items():
-    assert compact.check_equivalent(target, net_b, b, digits.x_test[:32]), name
+    assert symmetry.check_equivalent(target, net_b, b, digits.x_test[:32]), name
 
 alphas = np.linspace(0, 1, 11 if SMOKE else 21)
 paths = [merge.interpolate(target, net_a, b, alphas) for b in versions.values()]

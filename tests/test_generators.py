@@ -21,7 +21,7 @@ from generators import (
     make_factory,
     project_to_budget,
 )
-from hyper import compact
+from hyper import compact, symmetry
 
 TINY = SupernetConfig((8, 8), 10, stem_width=8, module_widths=(4, 6), num_stages=2)
 
@@ -50,7 +50,7 @@ def supernet():
 def test_supernet_costs_match_counts(supernet):
     assert supernet.costs("params")["total"] == supernet.target.num_params
     assert supernet.costs("flops")["total"] == compact.count_flops(supernet.target)
-    names = [g.name for g in compact.structural_groups(supernet.target)]
+    names = [g.name for g in symmetry.structural_groups(supernet.target)]
     assert len(names) == 1 + supernet.num_modules  # the residual stream + one per module
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from hyper import align, compact
+from hyper import align, symmetry
 from hyper.architectures import make_target
 from tests.test_hyper_compact import random_params
 
@@ -28,44 +28,44 @@ def mlp2():
 def test_weight_matching_recovers_a_known_permutation(mlp2, rescnn_target, seed):
     for target in (mlp2, rescnn_target):
         a = random_params(target, seed)
-        b = compact.permute(target, a, compact.random_permutations(target, jax.random.key(seed)))
+        b = symmetry.permute(target, a, symmetry.random_permutations(target, jax.random.key(seed)))
         assert not leaves_equal(a, b)
         perms = align.weight_matching(target, a, b, key=jax.random.key(seed))
-        assert leaves_equal(compact.permute(target, b, perms), a)
+        assert leaves_equal(symmetry.permute(target, b, perms), a)
 
 
 def test_activation_matching_recovers_a_known_permutation(mlp2, rescnn_target):
     for target in (mlp2, rescnn_target):
         a = random_params(target, 3)
-        b = compact.permute(target, a, compact.random_permutations(target, jax.random.key(3)))
+        b = symmetry.permute(target, a, symmetry.random_permutations(target, jax.random.key(3)))
         x = np.random.default_rng(0).standard_normal((32, 8, 8)).astype(np.float32)
         perms = align.activation_matching(target, a, b, x)
-        assert leaves_equal(compact.permute(target, b, perms), a)
+        assert leaves_equal(symmetry.permute(target, b, perms), a)
 
 
 def test_pairwise_matching_is_vmapped_over_pairs(mlp2):
     pop_a = jax.tree.map(lambda *v: jnp.stack(v), *(random_params(mlp2, s) for s in range(3)))
     perms = [
         jnp.stack([jax.random.permutation(jax.random.key(7 * i + j), g.size) for j in range(3)])
-        for i, g in enumerate(compact.structural_groups(mlp2))
+        for i, g in enumerate(symmetry.structural_groups(mlp2))
     ]
-    pop_b = compact.permute(mlp2, pop_a, perms, batched=True)
+    pop_b = symmetry.permute(mlp2, pop_a, perms, batched=True)
     found = align.pairwise_weight_matching(mlp2, pop_a, pop_b, key=jax.random.key(0))
     assert [p.shape for p in found] == [(3, 12), (3, 10)]
-    assert leaves_equal(compact.permute(mlp2, pop_b, found, batched=True), pop_a)
+    assert leaves_equal(symmetry.permute(mlp2, pop_b, found, batched=True), pop_a)
     # Aligning a population to member 0 keeps every member's function.
     aligned, _ = align.align_population(mlp2, pop_b, method="weight")
     x = np.random.default_rng(1).standard_normal((5, 8, 8)).astype(np.float32)
     for j in range(3):
         member = jax.tree.map(lambda v, j=j: v[j], pop_b)
         moved = jax.tree.map(lambda v, j=j: v[j], aligned)
-        assert compact.check_equivalent(mlp2, member, moved, x)
+        assert symmetry.check_equivalent(mlp2, member, moved, x)
 
 
 def test_alignment_brings_independent_networks_closer(mlp2):
     a, b = random_params(mlp2, 10), random_params(mlp2, 11)
     perms = align.weight_matching(mlp2, a, b)
-    moved = compact.permute(mlp2, b, perms)
+    moved = symmetry.permute(mlp2, b, perms)
 
     def dist(u, v):
         return sum(
@@ -90,13 +90,13 @@ def test_sinkhorn_is_doubly_stochastic_and_tends_to_the_assignment():
 
 def test_sinkhorn_alignment_and_transport(mlp2):
     a = random_params(mlp2, 4)
-    perms = compact.random_permutations(mlp2, jax.random.key(4))
-    b = compact.permute(mlp2, a, perms)
+    perms = symmetry.random_permutations(mlp2, jax.random.key(4))
+    b = symmetry.permute(mlp2, a, perms)
     plans = align.sinkhorn_alignment(mlp2, a, b, reg=0.02)
     for t in plans:
         np.testing.assert_allclose(t.sum(0), 1, atol=1e-4)
         np.testing.assert_allclose(t.sum(1), 1, atol=1e-4)
-    assert leaves_equal(compact.permute(mlp2, b, align.hard_projection(plans)), a)
+    assert leaves_equal(symmetry.permute(mlp2, b, align.hard_projection(plans)), a)
     # One-hot plans are permutations: apply_transport == permute.
     onehot = [jax.nn.one_hot(p, p.shape[0]) for p in perms]
     moved = align.apply_transport(mlp2, a, onehot)

@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hyper import compact
-from hyper.compact import Group
-from hyper.target import Target
+from hyper import symmetry
+from hyper.symmetry import Group
+from hyper.target import Target, check_same_spec
 
 
 def random_params(target: Target, seed: int):
     """Params where every leaf varies per unit, running statistics included (eval mode)."""
     return jax.tree.unflatten(
-        target.treedef, compact._scrambled_params(target, np.random.default_rng(seed))
+        target.treedef, symmetry.scrambled_params(target, np.random.default_rng(seed))
     )
 
 
@@ -26,7 +26,7 @@ def axes_of(group: Group) -> set[tuple[str, int]]:
 
 
 def test_mlp_groups(mlp_target):
-    groups = compact.structural_groups(mlp_target, check=True)
+    groups = symmetry.structural_groups(mlp_target, check=True)
     assert [g.size for g in groups] == [16]
     (g,) = groups
     assert axes_of(g) == {("layers/0/kernel", 1), ("layers/0/bias", 0), ("layers/1/kernel", 0)}
@@ -43,7 +43,7 @@ def test_mlp_groups(mlp_target):
 )
 def test_cnn_groups(request, fixture, sizes, first, last):
     target = request.getfixturevalue(fixture)
-    groups = compact.structural_groups(target, check=True)
+    groups = symmetry.structural_groups(target, check=True)
     assert [g.size for g in groups] == sizes
     assert groups[0].name == first and groups[-1].name == last
     # The input channel (in-axis of the first conv) and the output units are never grouped.
@@ -56,7 +56,7 @@ def test_cnn_groups(request, fixture, sizes, first, last):
 
 
 def test_rescnn_residual_group_is_shared(rescnn_target):
-    groups = compact.structural_groups(rescnn_target, check=True)
+    groups = symmetry.structural_groups(rescnn_target, check=True)
     assert [g.size for g in groups] == [4, 4]
     res, inner = groups
     bn = ("bias", "scale", "mean", "var")
@@ -77,7 +77,7 @@ def test_rescnn_residual_group_is_shared(rescnn_target):
 
 
 def test_linen_batchnorm_groups(linen_bn_target):
-    (g,) = compact.structural_groups(linen_bn_target, check=True)
+    (g,) = symmetry.structural_groups(linen_bn_target, check=True)
     assert g.size == 4
     paths = {p for p, _ in g.axes}
     assert {"batch_stats/BatchNorm_0/mean", "batch_stats/BatchNorm_0/var"} <= paths
@@ -97,7 +97,7 @@ def test_pure_function_with_skip_ties_groups():
     template = {k: {"kernel": jnp.zeros(s)} for k, s in shapes.items()}
     template["b"]["bias"] = jnp.zeros(6)
     t = Target.from_function(apply, template, sample_input=jnp.zeros((2, 5)))
-    groups = compact.structural_groups(t, check=True)
+    groups = symmetry.structural_groups(t, check=True)
     assert [g.size for g in groups] == [6, 3]
     assert axes_of(groups[0]) == {
         ("a/kernel", 1),
@@ -126,7 +126,7 @@ def test_flatten_after_conv_blocks_channels():
         "out": {"kernel": jnp.zeros((5, 3))},
     }
     t = Target.from_function(apply, template, sample_input=jnp.zeros((2, 4, 4, 1)))
-    groups = compact.structural_groups(t, check=True)
+    groups = symmetry.structural_groups(t, check=True)
     assert [(g.name, g.size) for g in groups] == [("fc", 5)]
 
 
@@ -139,74 +139,74 @@ ARCHS = ["mlp_target", "cnn_target", "cnn1d_target", "rescnn_target"]
 def test_random_permutations_keep_the_function(request, fixture, seed):
     target = request.getfixturevalue(fixture)
     params = random_params(target, seed)
-    perms = compact.random_permutations(target, jax.random.key(seed))
-    moved = compact.permute(target, params, perms)
+    perms = symmetry.random_permutations(target, jax.random.key(seed))
+    moved = symmetry.permute(target, params, perms)
     x = np.random.default_rng(seed).standard_normal((6, *target.input_shape)).astype(np.float32)
-    assert compact.check_equivalent(target, params, moved, x)
+    assert symmetry.check_equivalent(target, params, moved, x)
     changed = [
         not np.array_equal(a, b)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(moved), strict=True)
     ]
     assert any(changed) or all(np.array_equal(p, np.arange(p.size)) for p in perms)
     # Permuting back with the inverse permutations restores the weights exactly.
-    back = compact.permute(target, moved, [jnp.argsort(p) for p in perms])
+    back = symmetry.permute(target, moved, [jnp.argsort(p) for p in perms])
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
 def test_wrong_group_changes_the_function(mlp_target, rescnn_target):
-    (g,) = compact.structural_groups(mlp_target)
+    (g,) = symmetry.structural_groups(mlp_target)
     missing_consumer = Group(g.name, g.size, g.axes[:-1], g.producers, ())
     with pytest.raises(ValueError, match="changes the function"):
-        compact.verify_groups(mlp_target, jax.random.key(0), groups=[missing_consumer])
+        symmetry.verify_groups(mlp_target, jax.random.key(0), groups=[missing_consumer])
     # Splitting the residual group of a ResNet into its layers breaks the function too.
-    res, inner = compact.structural_groups(rescnn_target)
+    res, inner = symmetry.structural_groups(rescnn_target)
     stem_only = Group("stem", 4, tuple(a for a in res.axes if a[0].startswith("stem")), (), ())
     with pytest.raises(ValueError, match="'stem'"):
-        compact.verify_groups(rescnn_target, jax.random.key(0), groups=[stem_only, inner])
+        symmetry.verify_groups(rescnn_target, jax.random.key(0), groups=[stem_only, inner])
 
 
 def test_permute_population_matches_members(cnn_target):
     pop = jax.tree.map(lambda *xs: jnp.stack(xs), *(random_params(cnn_target, s) for s in range(3)))
     perms = [
         jnp.stack([jax.random.permutation(jax.random.key(10 * i + j), g.size) for j in range(3)])
-        for i, g in enumerate(compact.structural_groups(cnn_target))
+        for i, g in enumerate(symmetry.structural_groups(cnn_target))
     ]
-    out = compact.permute(cnn_target, pop, perms, batched=True)
+    out = symmetry.permute(cnn_target, pop, perms, batched=True)
     for j in range(3):
         member = jax.tree.map(lambda v, j=j: v[j], pop)
-        one = compact.permute(cnn_target, member, [p[j] for p in perms])
+        one = symmetry.permute(cnn_target, member, [p[j] for p in perms])
         for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(out), strict=True):
             np.testing.assert_array_equal(a, b[j])
 
 
 def test_group_activations_are_equivariant(rescnn_target):
     params = random_params(rescnn_target, 0)
-    perms = compact.random_permutations(rescnn_target, jax.random.key(1))
-    moved = compact.permute(rescnn_target, params, perms)
+    perms = symmetry.random_permutations(rescnn_target, jax.random.key(1))
+    moved = symmetry.permute(rescnn_target, params, perms)
     x = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
     for kind in ("inputs", "outputs"):
-        acts = compact.group_activations(rescnn_target, params, x, kind=kind)
-        acts_moved = compact.group_activations(rescnn_target, moved, x, kind=kind)
+        acts = symmetry.group_activations(rescnn_target, params, x, kind=kind)
+        acts_moved = symmetry.group_activations(rescnn_target, moved, x, kind=kind)
         for perm, za, zb in zip(perms, acts, acts_moved, strict=True):
             assert za, "every group has carriers"
             for a, b in zip(za, zb, strict=True):
                 np.testing.assert_allclose(np.asarray(a)[:, perm], b, rtol=1e-4, atol=1e-5)
     # The residual group is read where it enters each contraction: conv1 and the pooled dense.
-    res_inputs = compact.group_activations(rescnn_target, params, x, kind="inputs")[0]
+    res_inputs = symmetry.group_activations(rescnn_target, params, x, kind="inputs")[0]
     assert sorted(a.shape for a in res_inputs) == [(3, 4), (3 * 64, 4)]
 
 
 def test_bad_inputs(mlp_target, cnn_target):
     params = random_params(mlp_target, 0)
     with pytest.raises(ValueError, match="1 groups"):
-        compact.permute(mlp_target, params, [])
+        symmetry.permute(mlp_target, params, [])
     with pytest.raises(ValueError, match="16 units"):
-        compact.permute(mlp_target, params, [jnp.arange(15)])
+        symmetry.permute(mlp_target, params, [jnp.arange(15)])
     with pytest.raises(ValueError, match="layers/0/bias"):
         short_biases = jax.tree.map(lambda v: v[..., :-1] if v.ndim == 1 else v, params)
-        compact.permute(mlp_target, short_biases, [jnp.arange(16)])
+        symmetry.permute(mlp_target, short_biases, [jnp.arange(16)])
     with pytest.raises(ValueError, match="different leaves"):
-        compact.check_same_spec(mlp_target, cnn_target)
+        check_same_spec(mlp_target, cnn_target)
     with pytest.raises(ValueError, match="activations kind"):
-        compact.group_activations(mlp_target, params, np.zeros((2, 8, 8)), kind="hidden")
+        symmetry.group_activations(mlp_target, params, np.zeros((2, 8, 8)), kind="hidden")

@@ -6,17 +6,17 @@ import jax
 import numpy as np
 import pytest
 
-from hyper import compact
+from hyper import compact, symmetry
 from hyper.target import Target
 
 
 def scrambled(target: Target, seed: int):
     return jax.tree.unflatten(
-        target.treedef, compact._scrambled_params(target, np.random.default_rng(seed))
+        target.treedef, symmetry.scrambled_params(target, np.random.default_rng(seed))
     )
 
 
-def zero_units(target: Target, params, group: compact.Group, units: np.ndarray):
+def zero_units(target: Target, params, group: symmetry.Group, units: np.ndarray):
     """Sets every parameter a group's units own to zero (variances to one)."""
     index = {p: i for i, p in enumerate(target.paths)}
     leaves = [np.array(a) for a in jax.tree.leaves(params)]
@@ -32,7 +32,7 @@ def zero_units(target: Target, params, group: compact.Group, units: np.ndarray):
 @pytest.mark.parametrize("fixture", ["mlp_target", "cnn_target", "cnn1d_target", "rescnn_target"])
 def test_removing_zero_units_keeps_the_function(request, fixture):
     target = request.getfixturevalue(fixture)
-    groups = compact.structural_groups(target)
+    groups = symmetry.structural_groups(target)
     rng = np.random.default_rng(1)
     params = scrambled(target, 0)
     keep = []
@@ -48,7 +48,7 @@ def test_removing_zero_units_keeps_the_function(request, fixture):
     assert small.num_params < target.num_params
     assert compact.count_params(small) == small.num_params
     # The compact target is a standalone target: its groups shrank accordingly.
-    assert [g.size for g in compact.structural_groups(small)] == [len(k) for k in keep]
+    assert [g.size for g in symmetry.structural_groups(small)] == [len(k) for k in keep]
     small.validate(small.init(jax.random.key(0)))
 
 
@@ -85,7 +85,7 @@ def test_removing_every_unit_is_refused(mlp_target, rescnn_target):
     with pytest.raises(ValueError, match="out of range"):
         compact.remove_units(mlp_target, params, [np.array([0, 16])])
     rp = scrambled(rescnn_target, 0)
-    groups = compact.structural_groups(rescnn_target)
+    groups = symmetry.structural_groups(rescnn_target)
     keep = [None] * len(groups)
     keep[0] = np.array([], np.int64)
     with pytest.raises(ValueError, match="stem"):
@@ -144,8 +144,8 @@ def test_count_flops(mlp_target, cnn_target):
 def test_derive_target_rejects_unknown_leaves(mlp_target):
     params = scrambled(mlp_target, 0)
     with pytest.raises(ValueError, match="not a leaf"):
-        compact.derive_target(mlp_target, {"other": {"kernel": np.zeros((2, 2))}})
+        mlp_target.derive({"other": {"kernel": np.zeros((2, 2))}})
     bad = jax.tree.map(lambda a: a, params)
     bad["layers"]["1"]["kernel"] = np.zeros((5, 10), np.float32)  # 16 -> 5 inputs: no match
     with pytest.raises(ValueError, match="does not accept"):
-        compact.derive_target(mlp_target, bad)
+        mlp_target.derive(bad)

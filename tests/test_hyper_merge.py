@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyper import compact, merge
+from hyper import merge, symmetry
 from hyper.architectures import make_target
 from hyper.tree import flatten_dict
 from tests.test_hyper_compact import random_params
@@ -209,7 +209,7 @@ def test_diagonal_fisher_matches_per_example_gradients(mlp_target):
 
 def test_aligned_average_of_a_permuted_copy_is_the_network(mlp_target):
     a = random_params(mlp_target, 5)
-    b = compact.permute(mlp_target, a, compact.random_permutations(mlp_target, jax.random.key(5)))
+    b = symmetry.permute(mlp_target, a, symmetry.random_permutations(mlp_target, jax.random.key(5)))
     members = stack(a, b)
     for u, v in zip(
         jax.tree.leaves(merge.aligned_average(mlp_target, members)),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyper.architectures import make_target
-from hyper.compact import check_equivalent, permute, random_permutations
+from hyper.symmetry import check_equivalent, permute, random_permutations
 from hyper.target import Target
 from metanets import graph
 

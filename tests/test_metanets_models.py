@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from hyper.architectures import make_target
-from hyper.compact import check_equivalent, permute, random_permutations
+from hyper.symmetry import check_equivalent, permute, random_permutations
 from metanets import graph, layers
 from metanets.models import GraphMetanet
 

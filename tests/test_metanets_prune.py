@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyper import compact
+from hyper import compact, symmetry
 from hyper.architectures import make_target
 from hyper.checkpoint import CheckpointError, save_population
 from hyper.target import Target
@@ -45,7 +45,7 @@ def _stack(*nets):
     return jax.tree.map(lambda *a: jnp.stack(a), *nets)
 
 
-def zero_units(target: Target, params, group: compact.Group, units):
+def zero_units(target: Target, params, group: symmetry.Group, units):
     """Sets every parameter a group's units own to zero."""
     index = {p: i for i, p in enumerate(target.paths)}
     leaves = [a.copy() for a in _leaves(params)]
@@ -135,7 +135,7 @@ def test_group_lasso_matches_numpy(cnn2d_rect_target, random_params):
 
 def test_group_lasso_gradient_is_finite_at_zero_units(cnn2d_rect_target, random_params):
     t = cnn2d_rect_target
-    groups = compact.structural_groups(t)
+    groups = symmetry.structural_groups(t)
     p = zero_units(t, random_params(t, 1), groups[1], [0, 2])
     grad = jax.grad(lambda q: group_lasso(t, q))(p)
     for path, g, a in zip(t.paths, _leaves(grad), _leaves(p), strict=True):
@@ -167,12 +167,12 @@ def test_meta_train_history_and_sparsity_goes_down(pruner):
 
 
 def test_edit_is_permutation_equivariant(target, pruner, net):
-    perms = compact.random_permutations(target, jax.random.key(5))
+    perms = symmetry.random_permutations(target, jax.random.key(5))
     assert any(np.any(np.asarray(p) != np.arange(len(p))) for p in perms)
-    moved = compact.permute(target, net, perms)
+    moved = symmetry.permute(target, net, perms)
     edited = pruner.edit(_stack(net, moved))
     e_net, e_moved = _member(edited, 0), _member(edited, 1)
-    expected = compact.permute(target, e_net, perms)
+    expected = symmetry.permute(target, e_net, perms)
     for path, a, b in zip(target.paths, _leaves(e_moved), _leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=path)
     # the edit is a real, residual change of every leaf (so equivariance is not vacuous)
@@ -206,7 +206,7 @@ def test_prune_to_speedup_meets_the_goal(target, net, x_batch):
     f0 = compact.count_flops(target)
     small, sp = prune_to_speedup(target, net, 3.0)
     assert compact.count_flops(small) <= f0 / 3.0
-    widths = [g.size for g in compact.structural_groups(small)]
+    widths = [g.size for g in symmetry.structural_groups(small)]
     assert len(widths) == len(CHANNELS) and min(widths) >= 1
     assert sum(widths) < sum(CHANNELS)
     small.validate(sp)
@@ -253,7 +253,7 @@ def test_random_importance_is_deterministic_given_a_key(target, net):
 
 
 def test_all_zero_units_are_removed_first_and_keep_the_function(target, net, x_batch):
-    groups = compact.structural_groups(target)
+    groups = symmetry.structural_groups(target)
     dead = [np.array([1, 4]), np.array([2])]
     p = net
     for g, d in zip(groups, dead, strict=True):
@@ -263,7 +263,7 @@ def test_all_zero_units_are_removed_first_and_keep_the_function(target, net, x_b
     f0, fz = compact.count_flops(target), compact.count_flops(reference)
     # a speed-up that removing exactly the dead units reaches (FLOPs are integers)
     small, sp = prune_to_speedup(target, p, f0 / (fz + 0.5))
-    assert [g.size for g in compact.structural_groups(small)] == [len(k) for k in keep]
+    assert [g.size for g in symmetry.structural_groups(small)] == [len(k) for k in keep]
     k0 = np.asarray(p["convs"]["0"]["kernel"])
     np.testing.assert_array_equal(np.asarray(sp["convs"]["0"]["kernel"]), k0[..., keep[0]])
     k1 = np.asarray(p["convs"]["1"]["kernel"])[:, :, keep[0], :][..., keep[1]]
@@ -383,7 +383,7 @@ def test_group_norm_ratio_is_scale_invariant_and_rewards_separation(target, net)
     assert float(group_norm_ratio(target, scaled)) == pytest.approx(base, rel=1e-5)
     # group_lasso is not: it rewards shrinking every weight alike
     assert float(group_lasso(target, scaled)) == pytest.approx(3 * float(group_lasso(target, net)))
-    g = compact.structural_groups(target)[0]
+    g = symmetry.structural_groups(target)[0]
     sparser = zero_units(target, net, g, np.arange(g.size // 2))
     assert float(group_norm_ratio(target, sparser)) < base - 0.01
     with pytest.raises(ValueError, match="sparsity_kind"):

@@ -1,0 +1,449 @@
+"""Structural groups: the permutable sets of hidden units of a target, and their use.
+
+A *structural group* is one set of hidden units (neurons or channels) that can be permuted
+together without changing the function a network computes: a layer's kernel out-axis and
+bias, the BatchNorm that follows it (scale, shift, running mean and variance), the next
+layer's kernel in-axis, and, through residual additions, every other layer whose channels
+are added to them. Input and output units are never permutable.
+
+The groups are derived, not declared: `structural_groups` traces the target's evaluation
+`apply` and classifies its array axes (`hyper.unit_axes`); each permutable class that
+contains an axis of a weight leaf is one `Group`. No architecture is special-cased;
+`verify_groups` checks the result numerically. `permute` applies permutations of the
+groups, and `group_activations` records the hidden activations that carry each group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyper import jaxpr as jaxpr_lib
+from hyper.target import Params, Target
+from hyper.unit_axes import AxisClasses, analyze_axes
+
+__all__ = [
+    "Group",
+    "check_equivalent",
+    "group_activations",
+    "permute",
+    "random_permutations",
+    "apply_on_leaves",
+    "example_batch",
+    "scrambled_params",
+    "structural_groups",
+    "verify_groups",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """One permutable set of hidden units.
+
+    Attributes:
+      name: the producing layers' names joined by ``"+"`` (e.g. ``"stem+blocks/0/conv2"``).
+      size: number of units (the length of every axis in `axes`).
+      axes: ``(leaf path, axis)`` pairs this group permutes, in spec order.
+      producers: paths of the kernels whose out-axis is in the group.
+      consumers: paths of the kernels whose in-axis is in the group.
+    """
+
+    name: str
+    size: int
+    axes: tuple[tuple[str, int], ...]
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------------------
+# Groups
+# ---------------------------------------------------------------------------------------
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def example_batch(target: Target, x: Any | None = None, batch: int = 2) -> Any:
+    """`x` as an array, or zeros `[batch, *target.input_shape]` (float32) if None."""
+    if x is not None:
+        return jnp.asarray(x)
+    if target.input_shape is None:
+        raise ValueError(f"{target.name}: the target has no input_shape; pass a sample input batch")
+    return jnp.zeros((batch, *target.input_shape), jnp.float32)
+
+
+def apply_on_leaves(target: Target) -> Callable[[list[Any], Any], Any]:
+    """``fn(leaves, x)``: the target's evaluation apply on its leaves in spec order."""
+
+    def fn(leaves, x):
+        return target.pure_apply(jax.tree.unflatten(target.treedef, leaves), x)
+
+    return fn
+
+
+def _analysis(target: Target, x: Any) -> AxisClasses:
+    """The (cached) analysis of `target` traced on inputs shaped like `x`."""
+    per_target = _CACHE.setdefault(target, {})
+    key = ("analysis", tuple(np.shape(x)), str(jnp.asarray(x).dtype))
+    if key not in per_target:
+        leaves = [jax.ShapeDtypeStruct(s.shape, np.dtype(s.dtype)) for s in target.spec]
+        try:
+            per_target[key] = analyze_axes(
+                apply_on_leaves(target), leaves, jax.ShapeDtypeStruct(x.shape, x.dtype)
+            )
+        except Exception as e:  # noqa: BLE001 - name the target in any tracing error
+            raise ValueError(f"{target.name}: cannot trace apply for group analysis: {e}") from e
+    return per_target[key]
+
+
+def _group_roots(target: Target, an: AxisClasses) -> dict[int, list[tuple[int, int]]]:
+    """Unblocked class root -> [(leaf index, axis)] for every class holding a leaf axis."""
+    uf = an.uf
+    blocked = uf.blocked_roots()
+    classes: dict[int, list[tuple[int, int]]] = {}
+    for i, ns in enumerate(an.leaf_nodes):
+        for ax, n in enumerate(ns):
+            r = uf.find(n)
+            if r not in blocked:
+                classes.setdefault(r, []).append((i, ax))
+    return classes
+
+
+def structural_groups(
+    target: Target, *, sample_input: Any = None, check: bool = False
+) -> list[Group]:
+    """The permutable groups of hidden units of `target` (see the module docstring).
+
+    Args:
+      target: any target; its evaluation `apply` is traced (not run).
+      sample_input: an input batch `[batch, ...]`; default zeros of `target.input_shape`.
+      check: verify numerically (`verify_groups`, once per target) that random
+        permutations of the groups keep the function. The analysis is exact by
+        construction; this guards against primitives it models wrongly.
+
+    Returns:
+      the groups, ordered by the forward position of their producing layer. Cached per
+      target.
+
+    Raises:
+      ValueError: the apply cannot be traced, or `check` finds a group that changes the
+        function (a bug in the analysis; please report the target).
+    """
+    per_target = _CACHE.setdefault(target, {})
+    if "groups" not in per_target:
+        x = example_batch(target, sample_input)
+        an = _analysis(target, x)
+        spec = target.spec
+        groups = []
+        for members in _group_roots(target, an).values():
+            members.sort()
+            axes = tuple((spec[i].path, ax) for i, ax in members)
+            size = spec[members[0][0]].shape[members[0][1]]
+            producers = tuple(
+                spec[i].path
+                for i, ax in members
+                if spec[i].role == "kernel" and ax == spec[i].out_axis
+            )
+            consumers = tuple(
+                spec[i].path
+                for i, ax in members
+                if spec[i].role == "kernel" and ax == spec[i].in_axis
+            )
+            named = [spec[i] for i, _ in members if spec[i].path in producers] or [
+                spec[i] for i, _ in members
+            ]
+            name = "+".join(dict.fromkeys(s.layer_name for s in sorted(named, key=_order)))
+            first = min(_order(s) for s in named)
+            groups.append((first, Group(name, int(size), axes, producers, consumers)))
+        per_target["groups"] = [g for _, g in sorted(groups, key=lambda t: t[0])]
+    groups = per_target["groups"]
+    if check and not per_target.get("checked"):
+        verify_groups(target, jax.random.key(0), sample_input=sample_input, groups=groups)
+        per_target["checked"] = True
+    return list(groups)
+
+
+def _order(s: Any) -> tuple[int, str]:
+    return (s.layer, s.path)
+
+
+def _check_perms(groups: Sequence[Group], perms: Sequence[Any], batched: bool) -> None:
+    if len(perms) != len(groups):
+        raise ValueError(f"permute: {len(perms)} permutations for {len(groups)} groups")
+    for g, p in zip(groups, perms, strict=True):
+        shape = tuple(np.shape(p))
+        want = shape[-1:] if batched else shape
+        if want != (g.size,) or len(shape) != 1 + batched:
+            raise ValueError(
+                f"permute: group {g.name!r} has {g.size} units, got a permutation of shape {shape}"
+            )
+
+
+def permute(
+    target: Target,
+    params: Params,
+    perms: Sequence[Any],
+    *,
+    groups: Sequence[Group] | None = None,
+    batched: bool = False,
+) -> Params:
+    """Permutes the hidden units of one network (or of every member of a population).
+
+    Unit ``i`` of group ``g`` in the result is unit ``perms[g][i]`` of the input, along every
+    axis the group lists: ``out[..., i, ...] = params[..., perms[g][i], ...]``.
+
+    Args:
+      target: the target.
+      params: one network, or a population if `batched`.
+      perms: one int array per group, `[size]` (or `[targets, size]` if `batched`).
+      groups: default `structural_groups(target)`.
+      batched: `params` and `perms` have a leading `targets` axis.
+
+    Returns:
+      params of the same structure. Traceable (works under `jit`/`vmap`).
+    """
+    groups = structural_groups(target) if groups is None else groups
+    _check_perms(groups, perms, batched)
+    target.validate(params, batched=batched)
+    if batched:
+        return jax.vmap(lambda p, q: permute(target, p, q, groups=groups))(params, list(perms))
+    index = {p: i for i, p in enumerate(target.paths)}
+    leaves = list(jax.tree.leaves(params))
+    for g, perm in zip(groups, perms, strict=True):
+        perm = jnp.asarray(perm)
+        for path, ax in g.axes:
+            i = index[path]
+            leaves[i] = jnp.take(leaves[i], perm, axis=ax)
+    return jax.tree.unflatten(target.treedef, leaves)
+
+
+def random_permutations(
+    target: Target, key: jax.Array, *, groups: Sequence[Group] | None = None
+) -> list[jax.Array]:
+    """One uniformly random permutation `[size]` (int32) per group."""
+    groups = structural_groups(target) if groups is None else groups
+    keys = jax.random.split(key, max(len(groups), 1))
+    return [jax.random.permutation(k, g.size) for k, g in zip(keys, groups, strict=False)]
+
+
+def check_equivalent(
+    target: Target,
+    params_a: Params,
+    params_b: Params,
+    x: Any,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> bool:
+    """Whether two networks compute the same function on `x`, within tolerance.
+
+    Compares ``apply(params_a, x)`` and ``apply(params_b, x)`` (evaluation mode) with
+    ``|a - b| <= atol + rtol * max|a|``.
+    """
+    ya = np.asarray(target.apply(params_a, x), np.float64)
+    yb = np.asarray(target.apply(params_b, x), np.float64)
+    if ya.shape != yb.shape or not (np.all(np.isfinite(ya)) and np.all(np.isfinite(yb))):
+        return False
+    scale = float(np.max(np.abs(ya))) if ya.size else 0.0
+    return bool(np.all(np.abs(ya - yb) <= atol + rtol * scale))
+
+
+def scrambled_params(target: Target, rng: np.random.Generator) -> list[np.ndarray]:
+    """Random leaves (numpy, spec order) that vary per unit, norm statistics included.
+
+    Leaves that the role-based init sets positive everywhere (variances, scales) stay
+    positive. NumPy randomness: no PRNG program to compile for a check.
+    """
+    out = []
+    for s in target.spec:
+        dt = np.dtype(s.dtype)
+        if not np.issubdtype(dt, np.floating):
+            out.append(np.zeros(s.shape, dt))
+            continue
+        noise = rng.standard_normal(s.shape)
+        if s.role == "norm_scale" or (s.role == "running_stat" and s.path.endswith("var")):
+            v = np.exp(0.3 * noise)
+        elif s.role == "kernel":
+            v = noise / np.sqrt(max(s.fan_in, 1))
+        else:
+            v = 0.3 * noise
+        out.append(v.astype(dt))
+    return out
+
+
+def verify_groups(
+    target: Target,
+    key: jax.Array,
+    *,
+    sample_input: Any = None,
+    groups: Sequence[Group] | None = None,
+    trials: int = 2,
+) -> None:
+    """Checks numerically that a random permutation of each group keeps the function.
+
+    Uses random params in which every leaf (running statistics included) differs per unit,
+    random inputs of the sample's shape, and one vmapped apply for all checks.
+
+    Raises:
+      ValueError: naming the group whose permutation changed the outputs.
+    """
+    groups = structural_groups(target, check=False) if groups is None else list(groups)
+    if not groups:
+        return
+    seed = np.asarray(jax.random.key_data(key)).astype(np.uint64).tolist()
+    rng = np.random.default_rng(seed)
+    x0 = example_batch(target, sample_input, batch=4)
+    index = {p: i for i, p in enumerate(target.paths)}
+    members, xs = [], []
+    for _ in range(trials):
+        leaves = scrambled_params(target, rng)
+        x = (
+            rng.standard_normal(x0.shape).astype(x0.dtype)
+            if jnp.issubdtype(x0.dtype, jnp.floating)
+            else np.asarray(x0)
+        )
+        members.append(leaves)
+        xs.append(x)
+        for g in groups:
+            perm = rng.permutation(g.size)
+            moved = list(leaves)
+            for path, ax in g.axes:
+                moved[index[path]] = np.take(moved[index[path]], perm, axis=ax)
+            members.append(moved)
+            xs.append(x)
+    pop = jax.tree.unflatten(target.treedef, [np.stack(ls) for ls in zip(*members, strict=True)])
+    ys = np.asarray(target.apply_population(pop, np.stack(xs), per_target_inputs=True), np.float64)
+    ys = ys.reshape(trials, 1 + len(groups), -1)
+    ref, moved = ys[:, :1], ys[:, 1:]
+    scale = np.max(np.abs(ref), axis=-1, keepdims=True)
+    bad = np.any(~(np.abs(moved - ref) <= 1e-4 + 1e-3 * scale), axis=(0, 2))
+    for g, b in zip(groups, bad, strict=True):
+        if b:
+            raise ValueError(
+                f"{target.name}: permuting group {g.name!r} ({g.size} units, axes "
+                f"{list(g.axes)}) changes the function; the group analysis is wrong here"
+            )
+
+
+# ---------------------------------------------------------------------------------------
+# Hidden activations per group
+# ---------------------------------------------------------------------------------------
+
+
+def _interpret(closed: Any, leaves: Sequence[Any], x: Any, record: set) -> dict[Any, Any]:
+    """Evaluates `closed` on ``(leaves, x)``; returns the values of the `record` entries.
+
+    Args:
+      record: ``(scope, var)`` pairs as in `AxisClasses.produced`.
+    """
+    args = [*leaves, x]
+    seen = {((), v): a for v, a in zip(closed.jaxpr.invars, args, strict=True) if ((), v) in record}
+
+    def hook(step: jaxpr_lib.Step, invals: list[Any], outvals: list[Any] | None) -> None:
+        if step.kind == "call":
+            named = zip(step.body.jaxpr.invars, invals, strict=True)
+            scope = step.inner
+        else:
+            named = zip(step.eqn.outvars, outvals, strict=True)
+            scope = step.scope
+        for v, val in named:
+            if not jaxpr_lib.is_drop(v) and (scope, v) in record:
+                seen[(scope, v)] = val
+
+    jaxpr_lib.evaluate(closed, args, record=hook)
+    return seen
+
+
+_ACTIVATION_KINDS = ("inputs", "outputs", "both", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Carriers:
+    """Per group: the intermediate values that carry it, as ((scope, var), group axis)."""
+
+    closed: Any
+    per_group: list[list[tuple[Any, int]]]
+
+
+def _carriers(target: Target, x: Any, kind: str) -> _Carriers:
+    if kind not in _ACTIVATION_KINDS:
+        raise ValueError(f"activations kind {kind!r}; expected one of {_ACTIVATION_KINDS}")
+    per_target = _CACHE.setdefault(target, {})
+    key = ("carriers", kind, tuple(np.shape(x)), str(jnp.asarray(x).dtype))
+    if key in per_target:
+        return per_target[key]
+    groups = structural_groups(target)
+    an = _analysis(target, x)
+    uf = an.uf
+    index = {p: i for i, p in enumerate(target.paths)}
+    roots = []
+    for g in groups:
+        path, ax = g.axes[0]
+        roots.append(uf.find(an.leaf_nodes[index[path]][ax]))
+    root_to_group = {r: gi for gi, r in enumerate(roots)}
+    batch = uf.find(an.batch_node) if an.batch_node is not None else None
+    if kind == "all":
+        entries = list(an.produced)
+    else:
+        wanted = {
+            "inputs": an.contraction_in,
+            "outputs": an.contraction_out,
+            "both": an.contraction_in | an.contraction_out,
+        }[kind]
+        entries = [e for e in an.nodes if e in wanted]
+    per_group: list[list[tuple[Any, int]]] = [[] for _ in groups]
+    for entry in dict.fromkeys(entries):
+        ns = an.nodes.get(entry, ())
+        if not ns or not jnp.issubdtype(entry[1].aval.dtype, jnp.floating):
+            continue
+        rs = [uf.find(n) for n in ns]
+        hits = [(i, root_to_group[r]) for i, r in enumerate(rs) if r in root_to_group]
+        if len(hits) == 1 and batch in rs:
+            ax, gi = hits[0]
+            per_group[gi].append((entry, ax))
+    out = _Carriers(an.closed, per_group)
+    per_target[key] = out
+    return out
+
+
+def group_activations(
+    target: Target, params: Params, x: Any, *, kind: str = "inputs"
+) -> list[list[jax.Array]]:
+    """The hidden activations that carry each group, on a batch `x`.
+
+    The traced apply is re-evaluated while recording intermediate values. A value carries a
+    group if it has the batch axis and exactly one axis in the group. Which values count:
+
+    - ``"inputs"`` (default): values fed into a contraction (``dot_general``/conv), i.e.
+      the features the next layers read: post-nonlinearity activations, the residual
+      stream entering each block, globally pooled features;
+    - ``"outputs"``: results of the producing contractions (pre-activations, pre-norm);
+    - ``"both"``: the union of the two;
+    - ``"all"``: every intermediate value carrying the group.
+
+    Each value becomes a matrix `[rows, size]`: the group axis last, batch and spatial axes
+    flattened into rows. Permuting the group permutes the columns of every matrix, so any
+    statistic built from them is permutation-equivariant. Traceable (`jit`/`vmap`).
+
+    Args:
+      target: the target.
+      params: one network.
+      x: inputs `[batch, ...]`.
+      kind: ``"inputs"``, ``"outputs"``, ``"both"`` or ``"all"``.
+
+    Returns:
+      per group, a list of `[rows, size]` arrays (in forward order).
+    """
+    x = jnp.asarray(x)
+    car = _carriers(target, x, kind)
+    record = {v for vs in car.per_group for v, _ in vs}
+    values = _interpret(car.closed, jax.tree.leaves(params), x, record)
+    out = []
+    for vs, g in zip(car.per_group, structural_groups(target), strict=True):
+        out.append([jnp.moveaxis(values[v], ax, -1).reshape(-1, g.size) for v, ax in vs])
+    return out
