@@ -7,7 +7,7 @@ values, the CPU training path replaces convolutions by matmuls, and pruning coun
 They all see the computation through this module, with one rule for what a *call* is:
 
 - `INLINE_CALLS`: call primitives whose body computes their outputs (``jit``,
-  ``custom_jvp_call``, ``checkpoint``, ...). `steps` walks into them, so a wrapped or
+  ``custom_jvp_call``, ``remat2``, ...). `steps` walks into them, so a wrapped or
   jitted apply reads like its primitives; every other equation (``scan``, ``cond``, ...)
   is one opaque step.
 - `PLAIN_CALLS`, a subset: calls that do nothing but evaluate their body. Inlining the
@@ -42,8 +42,9 @@ __all__ = [
 PLAIN_CALLS = frozenset({"pjit", "jit", "closed_call", "core_call"})
 """Call primitives that only evaluate their body: inlining them changes nothing."""
 
+# jax.checkpoint's primitive is "remat2" in JAX 0.10 ("checkpoint"/"remat" in others).
 INLINE_CALLS = PLAIN_CALLS | frozenset(
-    {"custom_jvp_call", "custom_vjp_call", "checkpoint", "remat"}
+    {"custom_jvp_call", "custom_vjp_call", "remat2", "checkpoint", "remat"}
 )
 """Call primitives whose body computes their outputs; walkers and evaluators inline them."""
 

@@ -1,212 +1,141 @@
-"""Structural groups: derived from the traced apply, permutation-invariant, residual-aware."""
+"""Group importance, FLOP/parameter counts and physical removal of hidden units."""
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from hyper import symmetry
-from hyper.symmetry import Group
-from hyper.target import Target, check_same_spec
+from hyper import compact, symmetry
+from hyper.target import Target
 
 
-def random_params(target: Target, seed: int):
-    """Params where every leaf varies per unit, running statistics included (eval mode)."""
+def scrambled(target: Target, seed: int):
     return jax.tree.unflatten(
         target.treedef, symmetry.scrambled_params(target, np.random.default_rng(seed))
     )
 
 
-def axes_of(group: Group) -> set[tuple[str, int]]:
-    return set(group.axes)
+def zero_units(target: Target, params, group: symmetry.Group, units: np.ndarray):
+    """Sets every parameter a group's units own to zero (variances to one)."""
+    index = {p: i for i, p in enumerate(target.paths)}
+    leaves = [np.array(a) for a in jax.tree.leaves(params)]
+    for path, ax in group.axes:
+        i = index[path]
+        value = 1.0 if path.endswith("var") else 0.0
+        sl = [slice(None)] * leaves[i].ndim
+        sl[ax] = units
+        leaves[i][tuple(sl)] = value
+    return jax.tree.unflatten(target.treedef, leaves)
 
 
-def test_mlp_groups(mlp_target):
-    groups = symmetry.structural_groups(mlp_target, check=True)
-    assert [g.size for g in groups] == [16]
-    (g,) = groups
-    assert axes_of(g) == {("layers/0/kernel", 1), ("layers/0/bias", 0), ("layers/1/kernel", 0)}
-    assert g.producers == ("layers/0/kernel",) and g.consumers == ("layers/1/kernel",)
-
-
-@pytest.mark.parametrize(
-    ("fixture", "sizes", "first", "last"),
-    [
-        ("cnn_target", [4, 4], "convs/0", "convs/1"),
-        ("cnn1d_target", [3, 4], "convs/0", "convs/1"),
-        ("cnn2d_rect_target", [3, 4, 5], "convs/0", "convs/2"),
-    ],
-)
-def test_cnn_groups(request, fixture, sizes, first, last):
+@pytest.mark.parametrize("fixture", ["mlp_target", "cnn_target", "cnn1d_target", "rescnn_target"])
+def test_removing_zero_units_keeps_the_function(request, fixture):
     target = request.getfixturevalue(fixture)
-    groups = symmetry.structural_groups(target, check=True)
-    assert [g.size for g in groups] == sizes
-    assert groups[0].name == first and groups[-1].name == last
-    # The input channel (in-axis of the first conv) and the output units are never grouped.
-    grouped = set().union(*(axes_of(g) for g in groups))
-    assert ("convs/0/kernel", target.leaf("convs/0/kernel").in_axis) not in grouped
-    assert ("dense/kernel", 1) not in grouped and ("dense/bias", 0) not in grouped
-    assert ("dense/kernel", 0) in axes_of(groups[-1])
-    # Spatial kernel axes are never units.
-    assert all(ax >= len(target.leaf(p).shape) - 2 for p, ax in grouped if p.endswith("kernel"))
+    groups = symmetry.structural_groups(target)
+    rng = np.random.default_rng(1)
+    params = scrambled(target, 0)
+    keep = []
+    for g in groups:
+        dead = rng.choice(g.size, size=max(1, g.size // 3), replace=False)
+        params = zero_units(target, params, g, dead)
+        keep.append(np.setdiff1d(np.arange(g.size), dead))
+    small, small_params = compact.remove_units(target, params, keep)
+    x = rng.standard_normal((5, *target.input_shape)).astype(np.float32)
+    y_full = np.asarray(target.apply(params, x))
+    y_small = np.asarray(small.apply(small_params, x))
+    np.testing.assert_allclose(y_small, y_full, rtol=1e-4, atol=1e-5)
+    assert small.num_params < target.num_params
+    assert compact.count_params(small) == small.num_params
+    # The compact target is a standalone target: its groups shrank accordingly.
+    assert [g.size for g in symmetry.structural_groups(small)] == [len(k) for k in keep]
+    small.validate(small.init(jax.random.key(0)))
 
 
-def test_rescnn_residual_group_is_shared(rescnn_target):
-    groups = symmetry.structural_groups(rescnn_target, check=True)
-    assert [g.size for g in groups] == [4, 4]
-    res, inner = groups
-    bn = ("bias", "scale", "mean", "var")
-    assert axes_of(res) == {
-        ("stem/kernel", 3),
-        *((f"stem_bn/{n}", 0) for n in bn),
-        ("blocks/0/conv1/kernel", 2),
-        ("blocks/0/conv2/kernel", 3),
-        *((f"blocks/0/bn2/{n}", 0) for n in bn),
-        ("dense/kernel", 0),
-    }
-    assert axes_of(inner) == {
-        ("blocks/0/conv1/kernel", 3),
-        *((f"blocks/0/bn1/{n}", 0) for n in bn),
-        ("blocks/0/conv2/kernel", 2),
-    }
-    assert set(res.producers) == {"stem/kernel", "blocks/0/conv2/kernel"}
+def test_removing_live_units_changes_the_function(mlp_target):
+    params = scrambled(mlp_target, 3)
+    small, sp = compact.remove_units(mlp_target, params, [np.arange(8)])
+    x = np.random.default_rng(0).standard_normal((4, 8, 8)).astype(np.float32)
+    assert not np.allclose(np.asarray(small.apply(sp, x)), np.asarray(mlp_target.apply(params, x)))
 
 
-def test_linen_batchnorm_groups(linen_bn_target):
-    (g,) = symmetry.structural_groups(linen_bn_target, check=True)
-    assert g.size == 4
-    paths = {p for p, _ in g.axes}
-    assert {"batch_stats/BatchNorm_0/mean", "batch_stats/BatchNorm_0/var"} <= paths
-    assert {"params/BatchNorm_0/scale", "params/Conv_0/bias", "params/Dense_0/kernel"} <= paths
+def test_remove_units_shapes_and_fans(mlp_target):
+    params = scrambled(mlp_target, 0)
+    mask = np.zeros(16, bool)
+    mask[[1, 4, 9]] = True
+    small, sp = compact.remove_units(mlp_target, params, {"layers/0": mask})
+    shapes = {s.path: s.shape for s in small.spec}
+    assert shapes["layers/0/kernel"] == (64, 3)
+    assert shapes["layers/0/bias"] == (3,)
+    assert shapes["layers/1/kernel"] == (3, 10)
+    assert small.leaf("layers/1/kernel").fan_in == 3
+    want = np.asarray(params["layers"]["0"]["kernel"])[:, mask]
+    np.testing.assert_array_equal(np.asarray(sp["layers"]["0"]["kernel"]), want)
+    assert small.num_params == 64 * 3 + 3 + 3 * 10 + 10
 
 
-def test_pure_function_with_skip_ties_groups():
-    """A skip connection written by hand (no module system) ties its layers' units."""
-
-    def apply(p, x):
-        h = jax.nn.relu(x @ p["a"]["kernel"])
-        h = h + jnp.tanh(h @ p["b"]["kernel"] + p["b"]["bias"][None])
-        z = jax.nn.relu(h @ p["c"]["kernel"])
-        return z @ p["d"]["kernel"]
-
-    shapes = {"a": (5, 6), "b": (6, 6), "c": (6, 3), "d": (3, 2)}
-    template = {k: {"kernel": jnp.zeros(s)} for k, s in shapes.items()}
-    template["b"]["bias"] = jnp.zeros(6)
-    t = Target.from_function(apply, template, sample_input=jnp.zeros((2, 5)))
-    groups = symmetry.structural_groups(t, check=True)
-    assert [g.size for g in groups] == [6, 3]
-    assert axes_of(groups[0]) == {
-        ("a/kernel", 1),
-        ("b/kernel", 0),
-        ("b/kernel", 1),
-        ("b/bias", 0),
-        ("c/kernel", 0),
-    }
+def test_removing_every_unit_is_refused(mlp_target, rescnn_target):
+    params = scrambled(mlp_target, 0)
+    with pytest.raises(ValueError, match="every unit of group 'layers/0'.*layers/0/kernel"):
+        compact.remove_units(mlp_target, params, [np.zeros(16, bool)])
+    with pytest.raises(ValueError, match="unknown groups"):
+        compact.remove_units(mlp_target, params, {"nope": None})
+    with pytest.raises(ValueError, match="has 16 units"):
+        compact.remove_units(mlp_target, params, [np.ones(5, bool)])
+    with pytest.raises(ValueError, match="out of range"):
+        compact.remove_units(mlp_target, params, [np.array([0, 16])])
+    rp = scrambled(rescnn_target, 0)
+    groups = symmetry.structural_groups(rescnn_target)
+    keep = [None] * len(groups)
+    keep[0] = np.array([], np.int64)
+    with pytest.raises(ValueError, match="stem"):
+        compact.remove_units(rescnn_target, rp, keep)
 
 
-def test_flatten_after_conv_blocks_channels():
-    """A reshape that merges channels with space is not a channel permutation: blocked."""
-
-    def apply(p, x):
-        h = jax.nn.relu(
-            jax.lax.conv_general_dilated(
-                x, p["conv"]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-        )
-        h = jax.nn.relu(h.reshape(h.shape[0], -1) @ p["fc"]["kernel"])
-        return h @ p["out"]["kernel"]
-
-    template = {
-        "conv": {"kernel": jnp.zeros((3, 3, 1, 2))},
-        "fc": {"kernel": jnp.zeros((4 * 4 * 2, 5))},
-        "out": {"kernel": jnp.zeros((5, 3))},
-    }
-    t = Target.from_function(apply, template, sample_input=jnp.zeros((2, 4, 4, 1)))
-    groups = symmetry.structural_groups(t, check=True)
-    assert [(g.name, g.size) for g in groups] == [("fc", 5)]
-
-
-ARCHS = ["mlp_target", "cnn_target", "cnn1d_target", "rescnn_target"]
-
-
-@pytest.mark.parametrize("fixture", ARCHS)
-@settings(max_examples=4, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1))
-def test_random_permutations_keep_the_function(request, fixture, seed):
-    target = request.getfixturevalue(fixture)
-    params = random_params(target, seed)
-    perms = symmetry.random_permutations(target, jax.random.key(seed))
-    moved = symmetry.permute(target, params, perms)
-    x = np.random.default_rng(seed).standard_normal((6, *target.input_shape)).astype(np.float32)
-    assert symmetry.check_equivalent(target, params, moved, x)
-    changed = [
-        not np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(moved), strict=True)
-    ]
-    assert any(changed) or all(np.array_equal(p, np.arange(p.size)) for p in perms)
-    # Permuting back with the inverse permutations restores the weights exactly.
-    back = symmetry.permute(target, moved, [jnp.argsort(p) for p in perms])
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
-        np.testing.assert_array_equal(a, b)
+def test_group_importance_matches_numpy(mlp_target, rescnn_target):
+    params = scrambled(mlp_target, 2)
+    k0 = np.asarray(params["layers"]["0"]["kernel"])
+    b0 = np.asarray(params["layers"]["0"]["bias"])
+    k1 = np.asarray(params["layers"]["1"]["kernel"])
+    l2 = np.sqrt((k0**2).sum(0) + b0**2 + (k1**2).sum(1))
+    l1 = np.abs(k0).sum(0) + np.abs(b0) + np.abs(k1).sum(1)
+    jitted = jax.jit(lambda p: compact.group_importance(mlp_target, p))
+    np.testing.assert_allclose(np.asarray(jitted(params)[0]), l2, rtol=1e-5)
+    (got,) = compact.group_importance(mlp_target, params, method="l1", normalizer="mean")
+    np.testing.assert_allclose(np.asarray(got), l1 / l1.mean(), rtol=1e-5)
+    (got,) = compact.group_importance(mlp_target, params, normalizer="max")
+    np.testing.assert_allclose(np.asarray(got), l2 / l2.max(), rtol=1e-5)
+    (r1,) = compact.group_importance(mlp_target, params, method="random", key=jax.random.key(0))
+    assert r1.shape == (16,) and float(r1.min()) >= 0.0
+    # Running statistics do not count: changing them leaves the scores unchanged.
+    rp = scrambled(rescnn_target, 0)
+    base = compact.group_importance(rescnn_target, rp)
+    rp["stem_bn"]["var"] = rp["stem_bn"]["var"] * 5.0
+    for a, b in zip(base, compact.group_importance(rescnn_target, rp), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+    # numpy weights are scored on the host (numpy arrays out), as JAX weights are.
+    on_host = jax.tree.map(np.asarray, rp)
+    on_device = jax.tree.map(jax.numpy.asarray, rp)
+    for method, norm in (("l2", "mean"), ("l1", "max"), ("l2", None)):
+        kw = dict(method=method, normalizer=norm, eps=1e-12)
+        host = compact.group_importance(rescnn_target, on_host, **kw)
+        device = compact.group_importance(rescnn_target, on_device, **kw)
+        assert all(type(a) is np.ndarray and a.dtype == np.float32 for a in host)
+        assert all(isinstance(b, jax.Array) for b in device)
+        for a, b in zip(host, device, strict=True):
+            np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6)
+    with pytest.raises(ValueError, match="method"):
+        compact.group_importance(mlp_target, params, method="l3")
+    with pytest.raises(ValueError, match="needs a key"):
+        compact.group_importance(mlp_target, params, method="random")
 
 
-def test_wrong_group_changes_the_function(mlp_target, rescnn_target):
-    (g,) = symmetry.structural_groups(mlp_target)
-    missing_consumer = Group(g.name, g.size, g.axes[:-1], g.producers, ())
-    with pytest.raises(ValueError, match="changes the function"):
-        symmetry.verify_groups(mlp_target, jax.random.key(0), groups=[missing_consumer])
-    # Splitting the residual group of a ResNet into its layers breaks the function too.
-    res, inner = symmetry.structural_groups(rescnn_target)
-    stem_only = Group("stem", 4, tuple(a for a in res.axes if a[0].startswith("stem")), (), ())
-    with pytest.raises(ValueError, match="'stem'"):
-        symmetry.verify_groups(rescnn_target, jax.random.key(0), groups=[stem_only, inner])
-
-
-def test_permute_population_matches_members(cnn_target):
-    pop = jax.tree.map(lambda *xs: jnp.stack(xs), *(random_params(cnn_target, s) for s in range(3)))
-    perms = [
-        jnp.stack([jax.random.permutation(jax.random.key(10 * i + j), g.size) for j in range(3)])
-        for i, g in enumerate(symmetry.structural_groups(cnn_target))
-    ]
-    out = symmetry.permute(cnn_target, pop, perms, batched=True)
-    for j in range(3):
-        member = jax.tree.map(lambda v, j=j: v[j], pop)
-        one = symmetry.permute(cnn_target, member, [p[j] for p in perms])
-        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(out), strict=True):
-            np.testing.assert_array_equal(a, b[j])
-
-
-def test_group_activations_are_equivariant(rescnn_target):
-    params = random_params(rescnn_target, 0)
-    perms = symmetry.random_permutations(rescnn_target, jax.random.key(1))
-    moved = symmetry.permute(rescnn_target, params, perms)
-    x = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
-    for kind in ("inputs", "outputs"):
-        acts = symmetry.group_activations(rescnn_target, params, x, kind=kind)
-        acts_moved = symmetry.group_activations(rescnn_target, moved, x, kind=kind)
-        for perm, za, zb in zip(perms, acts, acts_moved, strict=True):
-            assert za, "every group has carriers"
-            for a, b in zip(za, zb, strict=True):
-                np.testing.assert_allclose(np.asarray(a)[:, perm], b, rtol=1e-4, atol=1e-5)
-    # The residual group is read where it enters each contraction: conv1 and the pooled dense.
-    res_inputs = symmetry.group_activations(rescnn_target, params, x, kind="inputs")[0]
-    assert sorted(a.shape for a in res_inputs) == [(3, 4), (3 * 64, 4)]
-
-
-def test_bad_inputs(mlp_target, cnn_target):
-    params = random_params(mlp_target, 0)
-    with pytest.raises(ValueError, match="1 groups"):
-        symmetry.permute(mlp_target, params, [])
-    with pytest.raises(ValueError, match="16 units"):
-        symmetry.permute(mlp_target, params, [jnp.arange(15)])
-    with pytest.raises(ValueError, match="layers/0/bias"):
-        short_biases = jax.tree.map(lambda v: v[..., :-1] if v.ndim == 1 else v, params)
-        symmetry.permute(mlp_target, short_biases, [jnp.arange(16)])
-    with pytest.raises(ValueError, match="different leaves"):
-        check_same_spec(mlp_target, cnn_target)
-    with pytest.raises(ValueError, match="activations kind"):
-        symmetry.group_activations(mlp_target, params, np.zeros((2, 8, 8)), kind="hidden")
+def test_count_flops(mlp_target, cnn_target):
+    assert compact.count_flops(mlp_target) == 2 * (64 * 16 + 16 * 10)
+    # cnn2d channels (4, 4), strides (1, 2), 3x3 'SAME' on 8x8: 8x8 then 4x4 outputs.
+    want = 2 * (8 * 8 * 4 * 9 * 1 + 4 * 4 * 4 * 9 * 4 + 4 * 10)
+    assert compact.count_flops(cnn_target) == want
+    params = scrambled(mlp_target, 0)
+    small, _ = compact.remove_units(mlp_target, params, [np.arange(4)])
+    assert compact.count_flops(small) == 2 * (64 * 4 + 4 * 10)
+    assert compact.count_params(mlp_target) == mlp_target.num_params

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from hyper import population as pop_ops
+from hyper import symmetry
 from hyper.architectures import make_target, target_from_config
-from hyper.target import LeafSpec, Target
+from hyper.target import LeafSpec, Target, check_same_spec
 
 
 def spec_table(target):
@@ -382,3 +383,37 @@ def test_make_target_errors():
         make_target("cnn2d", input_shape=(8, 8), channels=(2, 2, 2), out_features=2, strides=(1, 2))
     with pytest.raises(ValueError, match="needs 'arch' and 'input_shape'"):
         target_from_config({"widths": [3]})
+
+
+# --- derived targets and comparison -------------------------------------------------
+
+
+def test_derive_target_rejects_unknown_leaves(mlp_target):
+    params = jax.tree.unflatten(
+        mlp_target.treedef, symmetry.scrambled_params(mlp_target, np.random.default_rng(0))
+    )
+    with pytest.raises(ValueError, match="not a leaf"):
+        mlp_target.derive({"other": {"kernel": np.zeros((2, 2))}})
+    bad = jax.tree.map(lambda a: a, params)
+    bad["layers"]["1"]["kernel"] = np.zeros((5, 10), np.float32)  # 16 -> 5 inputs: no match
+    with pytest.raises(ValueError, match="does not accept"):
+        mlp_target.derive(bad)
+
+
+def test_spec_differences(mlp_target, cnn_target):
+    assert mlp_target.spec_differences(mlp_target) == []
+    check_same_spec(mlp_target, mlp_target)
+    with pytest.raises(ValueError, match="different leaves"):
+        check_same_spec(mlp_target, cnn_target)
+    narrow = make_target("mlp", input_shape=(8, 8), widths=[8], out_features=10)
+    diffs = mlp_target.spec_differences(narrow)
+    assert diffs == [
+        f"targets {mlp_target.name} and {narrow.name} differ at leaf {p!r}: shape {a} vs {b}"
+        for p, a, b in [
+            ("layers/0/bias", (16,), (8,)),
+            ("layers/0/kernel", (64, 16), (64, 8)),
+            ("layers/1/kernel", (16, 10), (8, 10)),
+        ]
+    ]
+    assert mlp_target.spec_differences(narrow, fields=("role", "dtype")) == []
+    assert mlp_target.config_differences(narrow) == ["widths"]
