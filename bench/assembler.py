@@ -17,7 +17,7 @@ Per data set (digits, MNIST-1D; `--quick`: digits only, shorter runs):
    Baselines on the same scenarios:
    - *scratch*: the same compact architecture (the assembled modules and channel counts,
      the head restricted to the task), freshly initialised (LeCun-normal by the compact
-     fan-in, as `hyper.target.default_init`) and trained on the **whole** training split
+     fan-in, as `hyper.spec.default_init`) and trained on the **whole** training split
      of the task's classes (supernet + assembler data): Adam with a cosine schedule,
      batch 64, `scratch_steps` steps, for each learning rate of {1e-3, 3e-3, 1e-2, 3e-2}; the
      reported scratch accuracy is the best learning rate's mean test accuracy (chosen on

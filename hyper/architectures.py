@@ -23,14 +23,16 @@ from hyper.target import Target
 
 __all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "MLP", "ResCNN", "config_for_params", "make_target"]
 
+# The one activation table of weightspace, in id order: graph metanetworks encode a hidden
+# node's activation as its index in ``("none", *ACTIVATIONS)``, so new entries go last.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "identity": lambda x: x,
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
     "gelu": jax.nn.gelu,
     "silu": jax.nn.silu,
-    "leaky_relu": jax.nn.leaky_relu,
+    "leaky_relu": jax.nn.leaky_relu,  # negative slope 0.01
     "sigmoid": jax.nn.sigmoid,
-    "identity": lambda x: x,
 }
 
 

@@ -5,7 +5,7 @@ traced computation.
 embedding). `build_spec` gives every leaf of a params tree a `LeafSpec`: its role and layer
 kind from its name, shape and siblings; its fan-in/out and neuron axes from its role
 (`fans_and_axes`); its layer index from the order in which the traced apply first reads
-it (`hyper.jaxpr.first_use`).
+it (`hyper.jaxpr.first_use`). `default_init` initialises a target's leaves by role.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hyper import jaxpr as jaxpr_lib
 from hyper.tree import Params, path_str
 
-__all__ = ["ROLES", "LeafSpec", "build_spec", "fans_and_axes"]
+__all__ = ["ROLES", "LeafSpec", "build_spec", "default_init", "fans_and_axes"]
 
 ROLES = (
     "kernel",
@@ -157,6 +158,13 @@ def _infer_roles(
 def fans_and_axes(
     role: str, shape: tuple[int, ...], kernel_shape: tuple[int, ...] | None
 ) -> tuple[int, int, int | None, int | None]:
+    """``(fan_in, fan_out, in_axis, out_axis)`` of a leaf of `role` and `shape`.
+
+    Args:
+      role: one of `ROLES`.
+      shape: the leaf's shape (one target).
+      kernel_shape: the shape of its layer's kernel, if any (a bias takes its fans).
+    """
     nd = len(shape)
     if role == "kernel":
         rf = int(math.prod(shape[:-2]))
@@ -247,3 +255,26 @@ def build_spec(
             )
         )
     return tuple(specs)
+
+
+def default_init(target: Any, key: jax.Array) -> Params:
+    """Initialises one target by role: kernels LeCun-normal by fan-in, embeddings normal,
+    biases and norm shifts and running means 0, norm scales and running variances 1.
+
+    Args:
+      target: a `hyper.target.Target` (read: its `spec` and `treedef`).
+      key: a PRNG key.
+    """
+    keys = jax.random.split(key, len(target.spec))
+    leaves = []
+    for k, s in zip(keys, target.spec, strict=True):
+        dt = np.dtype(s.dtype)
+        if s.role == "kernel":
+            leaves.append(jax.random.normal(k, s.shape, dt) / math.sqrt(max(s.fan_in, 1)))
+        elif s.role == "embedding":
+            leaves.append(jax.random.normal(k, s.shape, dt))
+        elif s.role == "norm_scale" or (s.role == "running_stat" and s.path.endswith("var")):
+            leaves.append(jnp.ones(s.shape, dt))
+        else:
+            leaves.append(jnp.zeros(s.shape, dt))
+    return jax.tree.unflatten(target.treedef, leaves)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper.init_programs import init_compiler_options, run_once
-from hyper.spec import ROLES, LeafSpec, build_spec, fans_and_axes
+from hyper.spec import ROLES, LeafSpec, build_spec, default_init, fans_and_axes
 from hyper.tree import Params, check_str_keys, flatten_dict, leaf_paths, nest, path_str
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "Params",
     "Target",
     "check_same_spec",
-    "default_init",
     "leaf_paths",
     "path_str",
 ]
@@ -652,21 +650,3 @@ def check_same_spec(target_a: Target, target_b: Target) -> None:
     diffs = target_a.spec_differences(target_b)
     if diffs:
         raise ValueError(diffs[0])
-
-
-def default_init(target: Target, key: jax.Array) -> Params:
-    """Initialises one target by role: kernels LeCun-normal by fan-in, embeddings normal,
-    biases and norm shifts and running means 0, norm scales and running variances 1."""
-    keys = jax.random.split(key, len(target.spec))
-    leaves = []
-    for k, s in zip(keys, target.spec, strict=True):
-        dt = np.dtype(s.dtype)
-        if s.role == "kernel":
-            leaves.append(jax.random.normal(k, s.shape, dt) / math.sqrt(max(s.fan_in, 1)))
-        elif s.role == "embedding":
-            leaves.append(jax.random.normal(k, s.shape, dt))
-        elif s.role == "norm_scale" or (s.role == "running_stat" and s.path.endswith("var")):
-            leaves.append(jnp.ones(s.shape, dt))
-        else:
-            leaves.append(jnp.zeros(s.shape, dt))
-    return jax.tree.unflatten(target.treedef, leaves)
