@@ -10,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 
 from hyper import align, symmetry
 from hyper.architectures import make_target
-from tests.test_hyper_compact import random_params
+from tests.test_hyper_symmetry import random_params
 
 
 def leaves_equal(a, b) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from hyper import merge, symmetry
 from hyper.architectures import make_target
 from hyper.tree import flatten_dict
-from tests.test_hyper_compact import random_params
+from tests.test_hyper_symmetry import random_params
 
 
 def stack(*trees):
