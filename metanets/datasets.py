@@ -81,6 +81,12 @@ class WeightDataset:
             return False
         return True
 
+    def per_sample(self, features_of: Callable[[int], np.ndarray]) -> np.ndarray:
+        """Per-sample feature rows `[M, ...]` from per-group feature matrices
+        (``features_of(group)`` gives `[n_group, ...]`)."""
+        feats = [features_of(g) for g in range(len(self.targets))]
+        return np.stack([feats[g][m] for g, m in zip(self.group, self.member, strict=True)])
+
 
 def _label(row: dict[str, Any], task: str) -> float:
     if task == "accuracy":
@@ -154,12 +160,6 @@ def load_zoos(
         epoch=np.asarray(eps, np.int32),
         task=task,
     )
-
-    def per_sample(self, features_of: Callable[[int], np.ndarray]) -> np.ndarray:
-        """Per-sample feature rows `[M, ...]` from per-group feature matrices
-        (``features_of(group)`` gives `[n_group, ...]`)."""
-        feats = [features_of(g) for g in range(len(self.targets))]
-        return np.stack([feats[g][m] for g, m in zip(self.group, self.member, strict=True)])
 
 
 def targets_from_zoo(directory: str) -> list[Target]:

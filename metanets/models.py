@@ -1,6 +1,6 @@
 """Graph metanetworks: encoders, invariant readouts and equivariant decoders (Flax NNX).
 
-`GraphMetanet` reads a batch of network graphs (`metanets.graph`):
+`GraphMetanet` reads a batch of network graphs (`metanets.batching`):
 
 - `__call__(graphs)` -> `[n_graph, out]`: an invariant prediction per graph (masked mean
   and max over nodes and edges, then an MLP); hidden-neuron permutations of an input
