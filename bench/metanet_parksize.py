@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--more-seeds must be distinct and not 0 (the park's), got {args.more_seeds}"
         )
     from hyper import sharding
-    from metanets import predict
+    from metanets import datasets, predict
 
     sharding.use_cpu_cores()  # before any JAX computation: one JAX device per core (zoo builds)
     t0 = time.perf_counter()
@@ -96,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     build_s = time.perf_counter() - t0
-    park = predict.load_zoos(zoos["wild"])
-    ds = predict.load_zoos(zoos["wild"] + more)
+    park = datasets.load_zoos(zoos["wild"])
+    ds = datasets.load_zoos(zoos["wild"] + more)
     # The park's samples come first, in the same order and with the same run ids, so the
     # benchmark's seed-0 split selects the same test samples here.
     n_park = len(park)
     if not np.array_equal(ds.run[:n_park], park.run) or not np.array_equal(ds.y[:n_park], park.y):
         raise RuntimeError("the park's samples moved in the combined dataset")
-    park_train, test = predict.split_by_run(park.run, 0.2, seed=0)
+    park_train, test = datasets.split_by_run(park.run, 0.2, seed=0)
     train = np.concatenate([park_train, np.arange(n_park, len(ds))])
     log(f"park {n_park} samples; +{len(ds) - n_park} added; train {len(train)}, test {len(test)}")
 

@@ -12,7 +12,7 @@ Zoos are built with `hyper.zoo.build` on scikit-learn digits (8x8):
   used in training; and a wild park of architectures never seen in training
   (``wild_unseen_archs``, sampled after the training ones, with other seeds).
 
-Each dataset is split 80/20 *by training run* (`metanets.predict.split_by_run`); every
+Each dataset is split 80/20 *by training run* (`metanets.datasets.split_by_run`); every
 model picks its epoch on a validation split carved by run out of the training part. The
 homogeneous zoo also predicts the generalisation gap (train - test accuracy).
 Throughput: graphs/s of a jitted forward+backward of the metanet on a padded batch of 256
@@ -264,9 +264,9 @@ def evaluate_models(
     """Fits `models` on an 80/20 split by run of `ds` (split and fits seeded by `seed`)
     and evaluates them on the test runs; `split` gives `(train, test)` sample indices
     instead."""
-    from metanets import predict
+    from metanets import datasets, predict
 
-    train, test = split if split is not None else predict.split_by_run(ds.run, 0.2, seed=seed)
+    train, test = split if split is not None else datasets.split_by_run(ds.run, 0.2, seed=seed)
     out: dict[str, Any] = {
         "n_samples": len(ds),
         "n_runs": int(len(np.unique(ds.run))),
@@ -357,7 +357,7 @@ def throughput(
 
 
 def run(quick: bool, cache: Path) -> dict[str, Any]:
-    from metanets import predict
+    from metanets import datasets, predict
 
     cfg = QUICK if quick else FULL
     t_start = time.perf_counter()
@@ -389,8 +389,8 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
             "includes_homogeneous_zoo": cfg["wild_with_homogeneous"],
         },
     }
-    hom = predict.load_zoos([zoos["homogeneous"]])
-    wild = predict.load_zoos(
+    hom = datasets.load_zoos([zoos["homogeneous"]])
+    wild = datasets.load_zoos(
         ([zoos["homogeneous"]] if cfg["wild_with_homogeneous"] else []) + zoos["wild"]
     )
     log(f"datasets: homogeneous {len(hom)} samples, heterogeneous {len(wild)} samples")
@@ -407,13 +407,13 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
 
     generalisation: dict[str, Any] = {}
     if zoos["generalisation"]:
-        gen = predict.load_zoos([zoos["generalisation"]])
+        gen = datasets.load_zoos([zoos["generalisation"]])
         generalisation["homogeneous_disjoint_seeds"] = {
             "n_samples": len(gen),
             **{k: predict.evaluate(p, gen) for k, p in hom_fit.items()},
         }
     if zoos["wild_unseen"]:
-        unseen = predict.load_zoos(zoos["wild_unseen"])
+        unseen = datasets.load_zoos(zoos["wild_unseen"])
         generalisation["heterogeneous_unseen_architectures"] = {"n_samples": len(unseen)}
         for k, p in wild_fit.items():
             try:
@@ -425,7 +425,7 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
     result["generalisation"] = generalisation
 
     if cfg["gmn_gap"] is not None:
-        gap = predict.load_zoos([zoos["homogeneous"]], task="gap")
+        gap = datasets.load_zoos([zoos["homogeneous"]], task="gap")
         gap_res, _ = evaluate_models(
             "gap", gap, ["statnn_mlp", "statnn_gbm", "gmn"], cfg, extra=cfg["gmn_gap"]
         )

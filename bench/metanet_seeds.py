@@ -2,7 +2,7 @@
 
 ``bench/metanet_predict.py`` reports one split and one fit per model. This study refits the
 heterogeneous (wild-park) comparison of that benchmark with other seeds: seed `s` draws
-another 80/20 split by run (`metanets.predict.split_by_run(..., seed=s)`) and fits every
+another 80/20 split by run (`metanets.datasets.split_by_run(..., seed=s)`) and fits every
 model with seed `s` (initialisation, batch order, its validation runs), so each repeat
 varies both the data split and the fit, as the published tables' "± std" do. Seed 0 is the
 benchmark's own run: when ``results/metanet_predict.json`` holds it for the same
@@ -81,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         raise SystemExit(f"--seeds must be distinct, got {args.seeds}")
-    from metanets import predict
+    from metanets import datasets, predict
 
     t0 = time.perf_counter()
     zoos = build_zoos(FULL, Path(args.cache))
-    wild = predict.load_zoos(zoos["wild"])
+    wild = datasets.load_zoos(zoos["wild"])
     gmn_config = {**predict.DEFAULTS["gmn"], **FULL["gmn_wild"]}
     per_seed: dict[int, dict[str, Any]] = {}
     fit_seconds: dict[int, dict[str, float]] = {}

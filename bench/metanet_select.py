@@ -55,7 +55,7 @@ the 24-architecture park, over ``FULL["gmn"]``) compared the defaults with hidde
 layers and sixty epochs, and chose hidden 32; round 2, on the 48-architecture park, adds
 weight-noise augmentation (`metanets.predict.perturb_graphs`) and a readout pooling mean,
 max, min and std (``pool="pna"``); round 3, over that pna model, probe features
-(`metanets.graph.probe_features`, 16 fixed Gaussian probes) and noise 0.05 again (each entry
+(`metanets.probes.probe_features`, 16 fixed Gaussian probes) and noise 0.05 again (each entry
 is a change over the ``FULL["gmn_wild"]`` of its round)."""
 
 
@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="candidate names to fit")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "metanet_select.json"))
     args = p.parse_args(argv)
-    from metanets import predict
+    from metanets import datasets, predict
 
     t0 = time.perf_counter()
     zoos = build_zoos(FULL, Path(args.cache))
-    wild = predict.load_zoos(zoos["wild"])
-    train, test = predict.split_by_run(wild.run, 0.2, seed=0)
+    wild = datasets.load_zoos(zoos["wild"])
+    train, test = datasets.split_by_run(wild.run, 0.2, seed=0)
     names = args.only or list(CANDIDATES)
     result: dict[str, Any] = {
         "benchmark": "metanet_select",

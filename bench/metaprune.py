@@ -6,7 +6,7 @@ speed-up only):
 1. A zoo of networks of one architecture is trained with `hyper.train.Trainer` (seeds x
    learning rates {3e-3, 1e-2}, Adam); ≥ 10 more networks with other seeds are held out
    (never seen by the metanet).
-2. `metanets.prune.meta_train` fits a MetaPruning metanet on the zoo (CE + λ·group-L2 of
+2. `metanets.metaprune.meta_train` fits a MetaPruning metanet on the zoo (CE + λ·group-L2 of
    the edited networks; `MetaPruneConfig` below).
 3. Each held-out network goes through the same pipeline three ways, with identical
    fine-tune budgets (Adam, lr 1e-3, batch 128): ``metaprune`` = metanet edit -> fine-tune
@@ -49,11 +49,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, logger, machine, stdout_to_stderr, write_result  # noqa: E402
-from hyper import compact, data  # noqa: E402
+from hyper import compact, data, prune  # noqa: E402
 from hyper import population as pop_ops  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
 from hyper.train import TrainConfig, Trainer  # noqa: E402
-from metanets import prune  # noqa: E402
+from metanets import metaprune  # noqa: E402
 
 log = logger("metaprune")
 SPEEDUPS = {"2x": 2.0, "3x": 3.0}
@@ -66,7 +66,7 @@ SETUPS: dict[str, dict[str, Any]] = {
         "epochs": 30,
         "zoo_seeds": 24,
         "held_out": 10,
-        "meta": prune.MetaPruneConfig(steps=600, nets_per_step=8, r=0.05, sparsity=1.0),
+        "meta": metaprune.MetaPruneConfig(steps=600, nets_per_step=8, r=0.05, sparsity=1.0),
         "ft_before": 100,
         "ft_after": 300,
     },
@@ -75,7 +75,7 @@ SETUPS: dict[str, dict[str, Any]] = {
         "epochs": 30,
         "zoo_seeds": 16,
         "held_out": 10,
-        "meta": prune.MetaPruneConfig(steps=600, nets_per_step=8, r=0.05, sparsity=1.0),
+        "meta": metaprune.MetaPruneConfig(steps=600, nets_per_step=8, r=0.05, sparsity=1.0),
         "ft_before": 100,
         "ft_after": 300,
     },
@@ -86,7 +86,7 @@ QUICK = {  # the mechanism end to end (one held-out network: a smoke test); ~45 
         "epochs": 8,
         "zoo_seeds": 4,
         "held_out": 1,
-        "meta": prune.MetaPruneConfig(steps=20, nets_per_step=4, r=0.05, sparsity=1.0),
+        "meta": metaprune.MetaPruneConfig(steps=20, nets_per_step=4, r=0.05, sparsity=1.0),
         "ft_before": 10,
         "ft_after": 30,
         "speedups": ("3x",),  # the goal's speed-up only: each pruned shape is a new compile
@@ -152,15 +152,15 @@ def run_dataset(name: str, setup: dict[str, Any], seed: int) -> dict[str, Any]:
         f"{t_zoo:.0f} s"
     )
     t0 = time.perf_counter()
-    mp = prune.meta_train(target, zoo, ds, setup["meta"], log=log, log_every=100)
+    mp = metaprune.meta_train(target, zoo, ds, setup["meta"], log=log, log_every=100)
     t_meta = time.perf_counter() - t0
     # How the edit moves the held-out networks (before any fine-tuning).
     edited = mp.edit(held)
     lasso_before = [
-        float(prune.group_lasso(target, member(held, i))) for i in range(setup["held_out"])
+        float(metaprune.group_lasso(target, member(held, i))) for i in range(setup["held_out"])
     ]
     lasso_after = [
-        float(prune.group_lasso(target, member(edited, i))) for i in range(setup["held_out"])
+        float(metaprune.group_lasso(target, member(edited, i))) for i in range(setup["held_out"])
     ]
     acc_edited = [prune.accuracy(target, member(edited, i), ds) for i in range(setup["held_out"])]
     ft = {"learning_rate": 1e-3, "batch_size": 128}
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated data sets")
     parser.add_argument(
         "--sparsity-kind",
-        choices=prune.SPARSITY_KINDS,
+        choices=metaprune.SPARSITY_KINDS,
         default="group_l2",
         help="the metanet's sparsity term (group_l2: the paper's; ratio: scale-invariant)",
     )

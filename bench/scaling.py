@@ -17,7 +17,7 @@
   (``gen_eval_rss_growth``: peak at the largest M over peak at the smallest).
 - **Metanet batches** (`metanets.models.GraphMetanet`, hidden 32, 3 layers, on graphs of
   digits CNNs 1-8-8-8 padded to power-of-two buckets and split over the devices with
-  `metanets.graph.shard_graphs`): forward+backward graphs/s and compile seconds against
+  `metanets.batching.shard_graphs`): forward+backward graphs/s and compile seconds against
   the batch size.
 - **Fraction of peak**: zoo training's matmul FLOPs (forward + backward ≈ 3 × 2·batch·
   Σ fan_in·fan_out per net-step) at the best N, over this machine's fp32 matmul peak.
@@ -319,7 +319,7 @@ def metanet_batches(sizes: list[int], repeats: int) -> dict[str, Any] | None:
     """Forward+backward graphs/s of a GraphMetanet against the batch size."""
     if not sizes:
         return None
-    from metanets.graph import GraphBank
+    from metanets.batching import GraphBank
     from metanets.models import GraphMetanet
 
     target = make_target("cnn2d", input_shape=(8, 8), channels=[8, 8, 8], out_features=10)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from hyper.hypernets.conditions import Continuous
     from hyper.hypernets.hypernet import HyperNet, generate
     from hyper.hypernets.train import HyperTrainer
-    from metanets import predict
+    from metanets import datasets, predict
 
     with stdout_to_stderr(), tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         z = zoo.build(
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         pop = generate(trainer.hnet, {"gamma": jnp.linspace(0.0, 1.0, 8)})
         assert target.validate(pop, batched=True) == 8
 
-        ds = predict.load_zoos([Path(tmp, "zoo").resolve()])
+        ds = datasets.load_zoos([Path(tmp, "zoo").resolve()])
         pred = predict.fit("gmn", ds, list(range(len(ds))), epochs=1, log=lambda m: None)
         y = predict.evaluate(pred, ds)
     out = {

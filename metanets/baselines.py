@@ -26,7 +26,8 @@ from flax import nnx
 
 from hyper import population as population_lib
 from hyper.target import Params, Target, check_same_spec
-from metanets.graph import NODE_FEATURES, features, topology
+from metanets.graph import features
+from metanets.graph_topology import NODE_FEATURES, topology
 
 __all__ = [
     "STATS",

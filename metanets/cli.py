@@ -21,12 +21,12 @@ command with ``--resume`` continues and ends with the same weights as an uninter
 `predict` applies a saved predictor to every checkpoint of another zoo and reports tau and
 R² against its recorded labels.
 
-`prune-train` fits a MetaPruning metanetwork (`metanets.prune.meta_train`) over a zoo of one
+`prune-train` fits a MetaPruning metanetwork (`metanets.metaprune.meta_train`) over a zoo of one
 architecture and saves it in `--out`. `prune` takes one trained network (member `--member`
 of a zoo, or of a population checkpoint such as one `prune` wrote), optionally edits it
 with a `prune-train` metanet, fine-tunes, prunes whole hidden units to a FLOPs speed-up
 (`--speedup`) or down to a training-accuracy floor (`--floor`), fine-tunes again and writes
-the compact network (`metanets.prune.export_pruned`: it loads without the original, with the
+the compact network (`hyper.prune.export_pruned`: it loads without the original, with the
 pipeline's record, dataset included, in its metadata). Without `--metanet` it is the
 group-L2 baseline with the same fine-tune budget.
 
@@ -41,7 +41,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "zoo_architecture"]
 
 _CLI_MODELS = {"gmn": "gmn", "statnn": "statnn_mlp", "gbm": "statnn_gbm", "flat": "flat"}
 
@@ -155,7 +155,7 @@ def _check_zoo(path: str) -> str:
 def _train(args: argparse.Namespace) -> int:
     import sys
 
-    from metanets import predict
+    from metanets import datasets, predict
 
     zoos = [_check_zoo(z) for z in args.zoo]
     out = os.path.abspath(args.out)
@@ -178,10 +178,10 @@ def _train(args: argparse.Namespace) -> int:
     kind = _CLI_MODELS[args.model]
     if args.shard and kind != "gmn":
         raise ValueError(f"--shard applies to --model gmn, not {args.model}")
-    ds = predict.load_zoos(zoos, task=args.task)
+    ds = datasets.load_zoos(zoos, task=args.task)
     if kind == "flat" and not ds.homogeneous:
         raise ValueError("--model flat needs zoos of one architecture (a homogeneous zoo)")
-    train, test = predict.split_by_run(ds.run, args.test_fraction, args.seed)
+    train, test = datasets.split_by_run(ds.run, args.test_fraction, args.seed)
     over = {} if args.epochs is None else {"epochs": args.epochs}
     if args.probes is not None:
         over["probes"] = args.probes
@@ -210,7 +210,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from metanets import predict
+    from metanets import datasets, metrics, predict
 
     src = os.path.abspath(args.source)
     if not os.path.isdir(os.path.join(src, "predictor")):
@@ -218,14 +218,14 @@ def _predict(args: argparse.Namespace) -> int:
     pred = predict.load_predictor(os.path.join(src, "predictor"))
     if args.shard and pred.kind != "gmn":
         raise ValueError(f"--shard applies to a gmn predictor, not {pred.kind}")
-    ds = predict.load_zoos([_check_zoo(args.zoo)], task=pred.config.get("task", "accuracy"))
+    ds = datasets.load_zoos([_check_zoo(args.zoo)], task=pred.config.get("task", "accuracy"))
     mesh = None
     if args.shard:
         from hyper import sharding
 
         mesh = sharding.targets_mesh()
     y = pred.predict(ds, mesh=mesh)
-    tau, r2 = predict.kendall_tau(y, ds.y), predict.r2_score(y, ds.y)
+    tau, r2 = metrics.kendall_tau(y, ds.y), metrics.r2_score(y, ds.y)
     if args.out:
         with open(args.out, "w") as f:
             for i in range(len(ds)):
@@ -294,7 +294,7 @@ def _prune_train(args: argparse.Namespace) -> int:
 
     from hyper import data
     from hyper import zoo as zoo_lib
-    from metanets.prune import MetaPruneConfig, meta_train
+    from metanets.metaprune import MetaPruneConfig, meta_train
 
     for flag, v in (
         ("--steps", args.steps),
@@ -309,7 +309,7 @@ def _prune_train(args: argparse.Namespace) -> int:
     out = os.path.abspath(args.out)
     _check_out(out, args.overwrite, zoo=src)
     z = zoo_lib.load(src)
-    target = _one_architecture(z)
+    target = zoo_architecture(z)
     population = jax.tree.map(lambda *a: jnp.concatenate(a), *[g.params for g in z.groups])
     # Diverged members (non-finite weights) would make every loss non-finite: leave them out.
     finite = np.logical_and.reduce(
@@ -349,11 +349,16 @@ def _prune_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_architecture(z: Any) -> Any:
-    """The one target of a zoo's groups; groups that would need different targets (other
-    leaves or shapes, or another activation) are refused. Dropout may differ: the metanet's
-    loss applies the networks in evaluation mode."""
-    from metanets.prune import config_differences
+def zoo_architecture(z: Any) -> Any:
+    """The one target of a loaded zoo's groups (`hyper.zoo.load`), as ``prune-train``
+    reads it; groups that would need different targets (other leaves or shapes, or another
+    activation) are refused. Dropout may differ: the metanet's loss applies the networks
+    in evaluation mode.
+
+    Raises:
+      ValueError: several architectures, or groups that compute different functions.
+    """
+    from hyper.prune import config_differences
 
     first = z.groups[0]
 
@@ -419,7 +424,8 @@ def _prune(args: argparse.Namespace) -> int:
 
     from hyper import data
     from hyper.checkpoint import CheckpointError
-    from metanets.prune import export_pruned, hidden_widths, load_metapruner, prune_pipeline
+    from hyper.prune import export_pruned, hidden_widths, prune_pipeline
+    from metanets.metaprune import load_metapruner
 
     if args.speedup is not None:
         _finite("--speedup", args.speedup, low=1, strict=False)
@@ -473,7 +479,7 @@ def _prune(args: argparse.Namespace) -> int:
         dataset,
         speedup=args.speedup,
         accuracy_floor=args.floor,
-        metanet=metanet,
+        edit=None if metanet is None else metanet.edit_for(target),
         importance=args.importance,
         prune_steps=args.prune_steps,
         finetune_before=args.finetune_before,

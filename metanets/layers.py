@@ -1,7 +1,7 @@
 """Message passing over graphs of networks: masked segment aggregators and an NNX layer.
 
 Everything is written over `jax.ops.segment_*` with explicit masks, so that padded
-batches (`metanets.graph.batch_graphs`) and nodes without neighbours (input nodes have no
+batches (`metanets.batching.batch_graphs`) and nodes without neighbours (input nodes have no
 incoming edges) give finite, well-defined results: an empty segment aggregates to 0.
 """
 
@@ -87,7 +87,7 @@ class LayerNorm(nnx.Module):
     Same parameters (``scale``, ``bias``) and epsilon as `nnx.LayerNorm`. The products
     make a row's statistics independent of how many rows are computed together: XLA's
     CPU code for a row reduction sums in an order that changes with the row count, so a
-    graph batch split over devices (`graph.shard_graphs`) would not give the one-device
+    graph batch split over devices (`batching.shard_graphs`) would not give the one-device
     result bit for bit.
     """
 

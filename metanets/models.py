@@ -1,6 +1,6 @@
 """Graph metanetworks: encoders, invariant readouts and equivariant decoders (Flax NNX).
 
-`GraphMetanet` reads a batch of network graphs (`metanets.graph`):
+`GraphMetanet` reads a batch of network graphs (`metanets.batching`):
 
 - `__call__(graphs)` -> `[n_graph, out]`: an invariant prediction per graph (masked mean
   and max over nodes and edges, then an MLP); hidden-neuron permutations of an input
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import jraph
 from flax import nnx
 
-from metanets.graph import ACTIVATION_IDS, NODE_FEATURES, NODE_INPUT, NODE_OUTPUT
+from metanets.graph_topology import ACTIVATION_IDS, NODE_FEATURES, NODE_INPUT, NODE_OUTPUT
 from metanets.layers import EdgeUpdateLayer, pna_aggregate, segment_max, segment_mean
 
 __all__ = ["GraphMetanet", "graph_ids", "masked_graph_pool"]
@@ -61,7 +61,7 @@ class GraphMetanet(nnx.Module):
       pool: the readout's statistics per slot: ``"meanmax"`` (default) or ``"pna"``
         (mean, max, min and standard deviation, `layers.pna_aggregate`).
       probe_features: `K` > 0 reads the nodes' ``probe`` features (`K` per node,
-        `graph.probe_features`; transformed like the weights) into the node states; the
+        `probes.probe_features`; transformed like the weights) into the node states; the
         graphs must then carry them. 0 (default) ignores them.
       rngs: keyword-only NNX RNGs.
     """

@@ -1,16 +1,11 @@
-"""Property prediction from weights: datasets from zoos, run-wise splits, training,
-evaluation (Kendall tau, R²), saving.
-
-A `WeightDataset` holds networks (grouped by target) with one label each: the test
-accuracy (``task="accuracy"``) or the generalisation gap, train minus test accuracy
-(``task="gap"``). Every checkpointed epoch of a run is a sample; `split_by_run` keeps all
-checkpoints of one training run on one side of a split.
+"""Property prediction from weights: four model kinds, fitting, evaluation, saving.
 
 Models (`fit`): ``"gmn"`` (`GraphMetanet` on `GraphBank` batches), ``"statnn_mlp"`` and
 ``"statnn_gbm"`` (StatNN statistics with an MLP head / gradient-boosted trees), ``"flat"``
 (an MLP on the flat parameter vector; one architecture only). The MLP-based models keep
 the parameters of the epoch with the best Kendall tau on a validation split carved, by
-run, out of the training set; the trees use scikit-learn's early stopping.
+run, out of the training set (`metanets.training.train_epochs`); the trees use
+scikit-learn's early stopping. Data: `metanets.datasets`; metrics: `metanets.metrics`.
 """
 
 from __future__ import annotations
@@ -19,6 +14,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,194 +27,41 @@ import optax
 from flax import nnx
 
 from hyper import sharding
-from hyper import zoo as zoo_lib
-from hyper.architectures import target_from_config
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer
 from hyper.init_programs import init_module
-from hyper.target import Params, Target, check_same_spec
-from metanets.baselines import GBMTrees, MLPRegressor, fit_gbm, flat_features, statnn_features
-from metanets.graph import (
-    EDGE_WEIGHT,
-    NODE_DEFAULTS,
-    GraphBank,
-    _common_window,
-    probe_inputs,
+from metanets.baselines import (
+    GBMTrees,
+    MLPRegressor,
+    fit_gbm,
+    flat_features,
+    num_layer_slots,
+    statnn_features,
 )
+from metanets.batching import GraphBank
+from metanets.datasets import WeightDataset, split_by_run
+from metanets.graph_topology import EDGE_WEIGHT, NODE_DEFAULTS
+from metanets.metrics import kendall_tau, r2_score
 from metanets.models import GraphMetanet
+from metanets.probes import probe_inputs
+from metanets.training import train_epochs
 
 __all__ = [
+    "DEFAULTS",
     "MODELS",
-    "TASKS",
     "Predictor",
-    "WeightDataset",
     "build_gmn",
     "evaluate",
     "fit",
-    "kendall_tau",
+    "gmn_forward",
     "load_predictor",
-    "load_zoos",
-    "r2_score",
+    "mlp_forward",
+    "mlp_rows",
+    "perturb_graphs",
     "save_predictor",
-    "split_by_run",
+    "vector_features",
 ]
 
 MODELS = ("gmn", "statnn_mlp", "statnn_gbm", "flat")
-TASKS = ("accuracy", "gap")
-
-
-# ---------------------------------------------------------------------------------------
-# Metrics and splits
-# ---------------------------------------------------------------------------------------
-
-
-def kendall_tau(pred: Any, y: Any) -> float:
-    """Kendall rank correlation (tau-b) between predictions and labels."""
-    from scipy.stats import kendalltau
-
-    pred, y = np.asarray(pred, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-    if pred.shape != y.shape or pred.size < 2:
-        raise ValueError(f"kendall_tau: need two equal-length vectors, got {pred.shape} {y.shape}")
-    tau = kendalltau(pred, y).statistic
-    return float(tau) if np.isfinite(tau) else 0.0
-
-
-def r2_score(pred: Any, y: Any) -> float:
-    """Coefficient of determination ``1 - SS_res / SS_tot``."""
-    pred, y = np.asarray(pred, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    return 1.0 - float(((y - pred) ** 2).sum()) / max(ss_tot, 1e-12)
-
-
-def split_by_run(runs: Any, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Sample indices `(train, test)`: a random `test_fraction` of the *runs* goes to test,
-    with all of their checkpoints."""
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    runs = np.asarray(runs)
-    unique = np.unique(runs)
-    rng = np.random.default_rng(seed)
-    n_test = max(1, int(round(test_fraction * len(unique))))
-    test_runs = rng.permutation(unique)[:n_test]
-    is_test = np.isin(runs, test_runs)
-    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
-
-
-# ---------------------------------------------------------------------------------------
-# Datasets
-# ---------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class WeightDataset:
-    """Networks with labels.
-
-    Attributes:
-      targets / populations: one target and its population `[n_g, ...]` per group.
-      group / member: `[M]` group of sample `i` and its index in the group's population.
-      y: `[M]` labels; run: `[M]` int run ids; epoch: `[M]` checkpoint epochs.
-      task: ``"accuracy"`` or ``"gap"``.
-    """
-
-    targets: list[Target]
-    populations: list[Params]
-    group: np.ndarray
-    member: np.ndarray
-    y: np.ndarray
-    run: np.ndarray
-    epoch: np.ndarray
-    task: str = "accuracy"
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def homogeneous(self) -> bool:
-        try:
-            for t in self.targets[1:]:
-                check_same_spec(self.targets[0], t)
-        except ValueError:
-            return False
-        return True
-
-
-def _label(row: dict[str, Any], task: str) -> float:
-    if task == "accuracy":
-        return float(row["test_acc"])
-    return float(row["train_acc"]) - float(row["test_acc"])
-
-
-def load_zoos(
-    directories: Sequence[str | os.PathLike],
-    *,
-    task: str = "accuracy",
-    epochs: Sequence[int] | None = None,
-) -> WeightDataset:
-    """Every checkpoint of every run of the zoos (diverged runs left out) as a dataset.
-
-    Args:
-      directories: zoo directories (`hyper.zoo.build`); several zoos may hold different
-        architectures (a heterogeneous dataset).
-      task: ``"accuracy"`` (test accuracy) or ``"gap"`` (train - test accuracy).
-      epochs: checkpoint epochs to use (default: all checkpointed epochs of each zoo).
-    """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    if isinstance(directories, str | os.PathLike):
-        directories = [directories]
-    targets, pops, group, member, ys, runs, eps = [], [], [], [], [], [], []
-    run_offset = 0
-    for d in directories:
-        first = zoo_lib.load(d)
-        zoo_epochs = first.checkpoint_epochs
-        use = zoo_epochs if epochs is None else [e for e in epochs if e in zoo_epochs]
-        if not use:
-            raise ValueError(f"zoo {d}: none of the epochs {list(epochs or [])} was checkpointed")
-        rows = {(r["member"], r["epoch"]): r for r in first.metadata}
-        per_group: dict[str, list[tuple[int, Params]]] = {}
-        for e in use:
-            z = first if e == first.groups[0].epoch else zoo_lib.load(d, epoch=e)
-            for g in z.groups:
-                per_group.setdefault(g.id, []).append((e, g.params))
-        for g in first.groups:
-            stacked, gi, count = [], len(targets), 0
-            for e, params in per_group[g.id]:
-                keep = []
-                for i, m in enumerate(g.members):
-                    r = rows[(m["member"], e)]
-                    if r.get("diverged"):
-                        continue
-                    keep.append(i)
-                    group.append(gi)
-                    member.append(count)
-                    count += 1
-                    ys.append(_label(r, task))
-                    runs.append(run_offset + m["member"])
-                    eps.append(e)
-                if keep:
-                    sel = np.asarray(keep)
-                    # on the host: indexing and concatenating device arrays eagerly compiles
-                    # a program per leaf shape and selection size
-                    stacked.append(jax.tree.map(lambda a, s=sel: np.asarray(a)[s], params))
-            if stacked:
-                targets.append(g.target)
-                pops.append(jax.tree.map(lambda *a: jnp.asarray(np.concatenate(a)), *stacked))
-        run_offset += max(m["member"] for m in first.members) + 1
-    return WeightDataset(
-        targets=targets,
-        populations=pops,
-        group=np.asarray(group, np.int32),
-        member=np.asarray(member, np.int32),
-        y=np.asarray(ys, np.float32),
-        run=np.asarray(runs, np.int64),
-        epoch=np.asarray(eps, np.int32),
-        task=task,
-    )
-
-
-def _by_group(ds: WeightDataset, features_of: Callable[[int], np.ndarray]) -> np.ndarray:
-    """Per-sample feature rows `[M, ...]` from per-group feature matrices."""
-    feats = [features_of(g) for g in range(len(ds.targets))]
-    return np.stack([feats[g][m] for g, m in zip(ds.group, ds.member, strict=True)])
-
 
 # ---------------------------------------------------------------------------------------
 # Predictors
@@ -252,7 +95,7 @@ class Predictor:
         """Predicted labels `[len(samples)]` (default: every sample).
 
         `mesh`: ``"gmn"`` only: split every batch over this 1-D mesh
-        (`metanets.graph.shard_graphs`); the predictions equal the one-device ones.
+        (`metanets.batching.shard_graphs`); the predictions equal the one-device ones.
         """
         samples = np.arange(len(ds)) if samples is None else np.asarray(samples)
         if mesh is not None and self.kind != "gmn":
@@ -260,7 +103,7 @@ class Predictor:
         if self.kind == "gmn":
             bank = _gmn_bank(ds, self.config, tuple(self.config["window"]))
             return _gmn_predict(self.model, bank, samples, self.config, mesh)
-        x = _vector_features(self.kind, ds, self.config)[samples]
+        x = vector_features(self.kind, ds, self.config)[samples]
         if self.kind == "statnn_gbm":
             return self.model.predict(x).astype(np.float32)
         return _mlp_predict(self.model, x, self.config)
@@ -299,7 +142,7 @@ def build_gmn(
 
 
 def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
-    """The GMN's fixed probe inputs (`graph.probe_inputs`, seed 0), or None without probes."""
+    """The GMN's fixed probe inputs (`probes.probe_inputs`, seed 0), or None without probes."""
     k = int(config.get("probes", 0))
     if k <= 0:
         return None
@@ -316,18 +159,23 @@ def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
     return probe_inputs(ds.targets[0], k, seed=0)
 
 
-def _vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.ndarray:
+def vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.ndarray:
+    """The input rows `[M, F]` a vector-feature model (``"flat"``, ``"statnn_mlp"``,
+    ``"statnn_gbm"``) with this `config` reads, one per sample of `ds`.
+
+    Raises:
+      ValueError: ``"flat"`` on several architectures, or more layers than the StatNN
+        model was fit on.
+    """
     if kind == "flat":
         if not ds.homogeneous:
             raise ValueError("model 'flat' needs a homogeneous zoo (one architecture)")
         return flat_features(ds.targets, ds.populations)[_flat_order(ds)]
     slots = config["slots"]
-    from metanets.baselines import num_layer_slots
-
     need = num_layer_slots(ds.targets)
     if need > slots:
         raise ValueError(f"the networks have {need} layers; this StatNN model was fit on {slots}")
-    return _by_group(ds, lambda g: statnn_features(ds.targets[g], ds.populations[g], slots))
+    return ds.per_sample(lambda g: statnn_features(ds.targets[g], ds.populations[g], slots))
 
 
 def _flat_order(ds: WeightDataset) -> np.ndarray:
@@ -348,13 +196,15 @@ _MLP_ROWS = 4096  # rows per compiled call of a vector-feature regressor
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _mlp_forward(graphdef: Any, state: Any, x: jax.Array) -> jax.Array:
+def mlp_forward(graphdef: Any, state: Any, x: jax.Array) -> jax.Array:
+    """A vector-feature regressor's predictions `[rows]` on `x` `[rows, F]` (jitted once
+    per graphdef and row count; see `mlp_rows`)."""
     return nnx.merge(graphdef, state)(x)[:, 0]
 
 
-def _mlp_rows(n: int) -> int:
+def mlp_rows(n: int) -> int:
     """Rows a call of `n` samples is padded to: a power of two (at least 64, at most
-    `_MLP_ROWS`), so every epoch's validation and any later prediction share a few programs."""
+    4096), so every epoch's validation and any later prediction share a few programs."""
     return min(_MLP_ROWS, max(64, 1 << max(0, n - 1).bit_length()))
 
 
@@ -365,89 +215,10 @@ def _mlp_predict(model: MLPRegressor, x: np.ndarray, config: dict[str, Any]) -> 
     out = []
     for i in range(0, len(x), _MLP_ROWS):
         part = np.asarray(x[i : i + _MLP_ROWS], np.float32)
-        padded = np.zeros((_mlp_rows(len(part)), *part.shape[1:]), np.float32)
+        padded = np.zeros((mlp_rows(len(part)), *part.shape[1:]), np.float32)
         padded[: len(part)] = part
-        out.append(np.asarray(_mlp_forward(graphdef, state, jnp.asarray(padded)))[: len(part)])
+        out.append(np.asarray(mlp_forward(graphdef, state, jnp.asarray(padded)))[: len(part)])
     return np.concatenate(out) * config["y_std"] + config["y_mean"]
-
-
-def _leaves(tree: Any) -> dict[str, Any]:
-    return {f"{i:05d}": v for i, v in enumerate(jax.tree.leaves(tree))}
-
-
-def _train_epochs(
-    params: Any,
-    opt_state: Any,
-    run_epoch: Callable[[Any, Any, np.ndarray], tuple[Any, Any, float]],
-    val_tau: Callable[[Any], float],
-    order_of: Callable[[np.random.Generator], np.ndarray],
-    config: dict[str, Any],
-    checkpoint_dir: str | os.PathLike | None,
-) -> tuple[float, Any, list[dict[str, Any]]]:
-    """The epochs of an NNX predictor's training, keeping the parameters of the best
-    validation tau. With `checkpoint_dir`, every evaluation is a checkpoint (parameters,
-    optimizer state, best parameters, the data-order RNG, history), and a fit started again
-    on the same directory continues from the last one: a run killed at any point finishes
-    with the same weights as an uninterrupted one.
-
-    Returns:
-      ``(best_tau, best_params, history)``.
-    """
-    rng = np.random.default_rng(config["seed"])
-    best_tau, best, history, start = -2.0, params, [], 0
-    ckpt = None
-    if checkpoint_dir is not None:
-        from hyper.checkpoint import CheckpointError, PopulationCheckpointer
-
-        ckpt = PopulationCheckpointer(checkpoint_dir)
-        last = ckpt.latest_step()
-        if last is not None:
-            abstract = {
-                "params": _leaves(params),
-                "opt": _leaves(opt_state),
-                "best": _leaves(params),
-            }
-            arrays, meta = ckpt.restore(last, abstract)
-            if meta.get("config") != json.loads(json.dumps(config)):
-                ckpt.close()
-                raise CheckpointError(
-                    f"{os.path.abspath(checkpoint_dir)} holds checkpoints of another training "
-                    "run (a different config); start with an empty directory"
-                )
-            tdef_p, tdef_o = jax.tree.structure(params), jax.tree.structure(opt_state)
-            params = jax.tree.unflatten(tdef_p, list(arrays["params"].values()))
-            opt_state = jax.tree.unflatten(tdef_o, list(arrays["opt"].values()))
-            best = jax.tree.unflatten(tdef_p, list(arrays["best"].values()))
-            rng.bit_generator.state = meta["rng"]
-            best_tau, history, start = meta["best_tau"], meta["history"], last + 1
-    try:
-        for epoch in range(start, config["epochs"]):
-            params, opt_state, loss = run_epoch(params, opt_state, order_of(rng))
-            if epoch % config["eval_every"] == 0 or epoch == config["epochs"] - 1:
-                tau = val_tau(params)
-                history.append({"epoch": epoch, "train_loss": float(loss), "val_tau": tau})
-                if tau > best_tau:
-                    best_tau, best = tau, params
-                if ckpt is not None:
-                    ckpt.save(
-                        epoch,
-                        {
-                            "params": _leaves(params),
-                            "opt": _leaves(opt_state),
-                            "best": _leaves(best),
-                        },
-                        meta={
-                            "epoch": epoch,
-                            "best_tau": best_tau,
-                            "history": history,
-                            "rng": rng.bit_generator.state,
-                            "config": config,
-                        },
-                    )
-    finally:
-        if ckpt is not None:
-            ckpt.close()
-    return best_tau, best, history
 
 
 def _fit_mlp(
@@ -493,7 +264,7 @@ def _fit_mlp(
     def val_tau(params):
         return kendall_tau(_mlp_predict(nnx.merge(graphdef, params, rest), x_val, config), y_val)
 
-    best = _train_epochs(
+    best = train_epochs(
         params,
         opt_state,
         run_epoch,
@@ -533,7 +304,7 @@ def _gmn_predict(
     mesh: jax.sharding.Mesh | None = None,
 ) -> np.ndarray:
     graphdef, state = nnx.split(model)
-    fn = _gmn_forward(graphdef)
+    fn = gmn_forward(graphdef)
     bs = config["batch_size"]
     if mesh is not None:
         state = sharding.put(state, sharding.replicated(mesh))
@@ -549,7 +320,9 @@ def _gmn_predict(
 _FORWARDS: dict[Any, Any] = {}
 
 
-def _gmn_forward(graphdef: Any):
+def gmn_forward(graphdef: Any) -> Callable[[Any, jraph.GraphsTuple], jax.Array]:
+    """The jitted forward ``(state, graphs) -> [graphs]`` of a `GraphMetanet` predictor
+    (one per graphdef, so every prediction of a model reuses its compiled programs)."""
     if graphdef not in _FORWARDS:
         _FORWARDS[graphdef] = jax.jit(lambda s, g: nnx.merge(graphdef, s)(g)[:, 0])
     return _FORWARDS[graphdef]
@@ -620,7 +393,7 @@ def _fit_gmn(
         return tau
 
     t0 = time.perf_counter()
-    best = _train_epochs(
+    best = train_epochs(
         params,
         opt_state,
         run_epoch,
@@ -700,7 +473,7 @@ def fit(
         with the same data, model and hyperparameters continues from the last checkpoint
         and ends with the same weights as an uninterrupted fit.
       mesh: ``"gmn"`` only: a 1-D mesh (`hyper.sharding.targets_mesh`) to split every
-        graph batch over (`metanets.graph.shard_graphs`; the model is replicated).
+        graph batch over (`metanets.batching.shard_graphs`; the model is replicated).
       overrides: hyperparameters replacing `DEFAULTS[kind]` (e.g. ``epochs=5``).
     """
     if kind not in MODELS:
@@ -720,10 +493,8 @@ def fit(
     if kind == "flat":
         config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
     else:
-        from metanets.baselines import num_layer_slots
-
         config["slots"] = num_layer_slots(ds.targets)
-    x = _vector_features(kind, ds, config)
+    x = vector_features(kind, ds, config)
     if kind == "statnn_gbm":
         model = fit_gbm(x[train], ds.y[train], seed=seed)
         return Predictor(kind, model, config)
@@ -776,14 +547,10 @@ def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: 
     Raises:
       ValueError: a non-empty directory without `overwrite`.
     """
-    from hyper.checkpoint import PopulationCheckpointer
-
     directory = os.path.abspath(os.fspath(directory))
     if os.path.isdir(directory) and os.listdir(directory):
         if not overwrite:
             raise ValueError(f"{directory} is not empty; pass overwrite=True to replace it")
-        import shutil
-
         shutil.rmtree(directory)
     meta = {
         "format": _FORMAT,
@@ -803,8 +570,6 @@ def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: 
 
 def load_predictor(directory: str | os.PathLike) -> Predictor:
     """Loads what `save_predictor` wrote."""
-    from hyper.checkpoint import CheckpointError, PopulationCheckpointer
-
     with PopulationCheckpointer(directory, read_only=True) as ckpt:
         if not ckpt.steps():
             raise CheckpointError(f"no predictor checkpoint in {os.path.abspath(directory)}")
@@ -826,14 +591,3 @@ def load_predictor(directory: str | os.PathLike) -> Predictor:
     nnx.replace_by_pure_dict(state, arrays["state"])
     nnx.update(model, state)
     return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
-
-
-def targets_from_zoo(directory: str) -> list[Target]:
-    """The targets of a zoo's groups (without loading weights)."""
-    cfg = zoo_lib.read_config(os.path.join(os.path.abspath(directory), "zoo.json"))
-    return [target_from_config(g["target"]) for g in cfg["groups"]]
-
-
-def common_window(ds: WeightDataset) -> tuple[int, int]:
-    """The edge window the dataset's graphs need."""
-    return _common_window(ds.targets)

@@ -54,7 +54,7 @@ from flax import nnx  # noqa: E402
 
 from hyper import make_target, zoo  # noqa: E402
 from hyper.symmetry import check_equivalent, permute, random_permutations  # noqa: E402
-from metanets import graph, predict  # noqa: E402
+from metanets import batching, datasets, graph, graph_topology, metrics, predict  # noqa: E402
 from metanets.models import GraphMetanet  # noqa: E402
 
 SMOKE = os.environ.get("SMOKE") == "1"
@@ -82,7 +82,7 @@ target = make_target(
     out_features=10,
 )
 params = target.init_population(jax.random.key(0), 1)
-topo = graph.topology(target)
+topo = graph_topology.topology(target)
 g = graph.population_to_graphs(target, params)
 print(f"{target.name}: {topo.num_nodes} nodes, {topo.num_edges} edges, window {topo.window}")
 print("node sets:", [(name, size) for name, _, size, _ in topo.node_sets])
@@ -104,7 +104,7 @@ fig, ax = plt.subplots(figsize=(8, 5))
 lim = np.abs(centre[topo.edge_type == 0]).max()
 for e in range(topo.num_edges):
     s, r = topo.senders[e], topo.receivers[e]
-    residual = topo.edge_type[e] == graph.EDGE_RESIDUAL
+    residual = topo.edge_type[e] == graph_topology.EDGE_RESIDUAL
     ax.plot(
         *zip(pos[s], pos[r], strict=True),
         color="k" if residual else plt.cm.coolwarm(0.5 + centre[e] / (2 * lim)),
@@ -134,7 +134,7 @@ moved = permute(target, one, perms)
 x = np.random.default_rng(0).standard_normal((8, 8, 8)).astype(np.float32)
 print("same function after permuting:", check_equivalent(target, one, moved, x))
 both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
-batch = graph.batch_graphs([(target, both)])
+batch = batching.batch_graphs([(target, both)])
 metanet = GraphMetanet(batch.edges["w"].shape[1], hidden=16, num_layers=2, rngs=nnx.Rngs(0))
 y = np.asarray(metanet(batch))[:2, 0]
 print(f"metanet outputs: {y[0]:.6f} vs {y[1]:.6f} (|diff| {abs(y[0] - y[1]):.1e})")
@@ -175,8 +175,8 @@ z = zoo.build(
     progress=False,
     overwrite=True,
 )
-ds = predict.load_zoos([zoo_dir])
-train, test = predict.split_by_run(ds.run, 0.25, seed=0)
+ds = datasets.load_zoos([zoo_dir])
+train, test = datasets.split_by_run(ds.run, 0.25, seed=0)
 print(f"{len(ds)} checkpoints of {z.num_members} runs; {len(test)} held out")
 fits = {
     "statnn_gbm": predict.fit("statnn_gbm", ds, train),
@@ -185,7 +185,7 @@ fits = {
 fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
 for ax, (name, model) in zip(axes, fits.items(), strict=True):
     pred = model.predict(ds, test)
-    tau = predict.kendall_tau(pred, ds.y[test])
+    tau = metrics.kendall_tau(pred, ds.y[test])
     ax.scatter(ds.y[test], pred, s=10)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_title(f"{name}: Kendall tau {tau:.3f}")

@@ -22,7 +22,7 @@
 # owns (its kernel out-slice, bias, and the next layer's in-slice;
 # `hyper.compact.group_importance`).
 #
-# **MetaPruning** (`metanets.prune`) adds one step before pruning: a graph metanetwork
+# **MetaPruning** (`metanets.metaprune`) adds one step before pruning: a graph metanetwork
 # (`metanets.models.GraphMetanet`) reads the trained network as a graph and edits it,
 # ``θ' = θ + r·Δθ``. The metanet is trained over a zoo of networks of one architecture
 # to keep the edited networks accurate (cross-entropy) while making them group-sparse
@@ -62,15 +62,9 @@ import numpy as np  # noqa: E402
 
 from hyper import compact, data, symmetry  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
+from hyper.prune import export_pruned, load_pruned, prune_pipeline  # noqa: E402
 from hyper.train import TrainConfig, Trainer  # noqa: E402
-from metanets.prune import (  # noqa: E402
-    MetaPruneConfig,
-    export_pruned,
-    group_lasso,
-    load_pruned,
-    meta_train,
-    prune_pipeline,
-)
+from metanets.metaprune import MetaPruneConfig, group_lasso, meta_train  # noqa: E402
 
 SMOKE = os.environ.get("SMOKE") == "1"
 OUT_DIR = Path(os.environ.get("OUT_DIR") or tempfile.mkdtemp(prefix="weightspace_metaprune_"))
@@ -119,7 +113,7 @@ print("FLOPs per example:", compact.count_flops(target))
 # Each step samples a few zoo networks and a batch of training examples, edits the
 # networks (graph -> metanet -> graph -> parameters, all differentiable and vmapped over
 # the networks) and minimises their cross-entropy plus ``λ`` times their mean group-L2
-# norm (`metanets.prune.group_lasso`).
+# norm (`metanets.metaprune.group_lasso`).
 
 # %%
 if SMOKE:
@@ -206,7 +200,7 @@ BUDGET = (
     else {"finetune_before": 100, "finetune_after": 300}
 )
 METHODS = {
-    "metaprune": {"metanet": pruner},
+    "metaprune": {"edit": pruner.edit_for(target)},
     "group-L2": {},
     "random": {"importance": "random"},
 }

@@ -136,9 +136,11 @@ _FILE_SECONDS = {
     "test_hyper_multihost.py": 35,
     "test_hypernets_hypernet.py": 35,
     "test_hyper_target.py": 30,
-    "test_metanets_graph.py": 25,
+    "test_metanets_batching.py": 12,
+    "test_metanets_graph.py": 8,
     "test_hypernets_train.py": 25,
-    "test_metanets_prune.py": 25,
+    "test_metanets_metaprune.py": 17,
+    "test_hyper_prune.py": 8,
 }
 
 

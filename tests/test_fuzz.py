@@ -526,7 +526,7 @@ def small_cnn():
 
 @st.composite
 def bad_graph_calls(draw, target):
-    from metanets import graph
+    from metanets import batching, graph
 
     good = population.to_numpy(target.init_population(__import__("jax").random.key(0), 2))
     fault = draw(
@@ -546,9 +546,9 @@ def bad_graph_calls(draw, target):
         window = draw(st.sampled_from([(1, 1), (0, 3), (3,), (-3, -3), (2, 3)]))
         return graph.population_to_graphs, (target, nest(arrays)), {"window": window}
     elif fault == "empty":
-        return graph.batch_graphs, ([],), {}
+        return batching.batch_graphs, ([],), {}
     else:
-        g = graph.batch_graphs([(target, nest(arrays))])
+        g = batching.batch_graphs([(target, nest(arrays))])
         counts = draw(st.sampled_from([[3], [None, None], [1]]))
         return graph.graphs_to_populations, (g, [(target, c) for c in counts]), {}
     return graph.population_to_graphs, (target, nest(arrays)), {}

@@ -12,8 +12,9 @@ from flax import nnx
 
 from hyper.architectures import make_target
 from hyper.symmetry import check_equivalent, permute, random_permutations
-from metanets import graph, layers
+from metanets import batching, graph, layers
 from metanets.models import GraphMetanet
+from metanets.probes import probe_inputs
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +111,7 @@ def test_metanet_is_invariant_and_edit_is_equivariant(
         for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(moved), strict=True)
     )
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
-    g = graph.batch_graphs([(target, both)], window=(5, 5))
+    g = batching.batch_graphs([(target, both)], window=(5, 5))
     y = np.asarray(forward(state, g))
     assert np.all(np.isfinite(y))
     np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)
@@ -134,8 +135,10 @@ def test_padded_and_unpadded_batches_agree(mlp_target, wild_target, metanet, ran
         (wild_target, random_params(wild_target, 4, n=3)),
     ]
     # The MLP has a 1x1 window: batched with the 5x5 conv, its weights sit at the centre.
-    unpadded = graph.batch_graphs(pairs, window=(5, 5), pad=False)
-    padded = graph.batch_graphs(pairs, window=(5, 5), min_nodes=512, min_edges=4096, min_graphs=16)
+    unpadded = batching.batch_graphs(pairs, window=(5, 5), pad=False)
+    padded = batching.batch_graphs(
+        pairs, window=(5, 5), min_nodes=512, min_edges=4096, min_graphs=16
+    )
     assert padded.nodes["x"].shape[0] > unpadded.nodes["x"].shape[0]
     ya = np.asarray(forward(state, unpadded))
     yb = np.asarray(forward(state, padded))
@@ -150,10 +153,12 @@ def test_pna_readout_is_invariant_and_padding_safe(wild_target, mlp_target, rand
     one, moved = _pair(wild_target, random_params(wild_target, 5, n=1), jax.random.key(4))
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
     pairs = [(wild_target, both), (mlp_target, random_params(mlp_target, 6, n=1))]
-    y = np.asarray(forward(graph.batch_graphs(pairs, window=(5, 5), pad=False)))
+    y = np.asarray(forward(batching.batch_graphs(pairs, window=(5, 5), pad=False)))
     np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)
     assert not np.allclose(y[0], y[2])
-    padded = graph.batch_graphs(pairs, window=(5, 5), min_nodes=512, min_edges=4096, min_graphs=8)
+    padded = batching.batch_graphs(
+        pairs, window=(5, 5), min_nodes=512, min_edges=4096, min_graphs=8
+    )
     yp = np.asarray(forward(padded))
     np.testing.assert_allclose(yp[:3], y, atol=1e-5, rtol=1e-5)
     assert np.all(np.isfinite(yp))
@@ -166,15 +171,15 @@ def test_probe_features_keep_the_metanet_invariant(wild_target, random_params):
     forward = jax.jit(lambda g: model(g))
     one, moved = _pair(wild_target, random_params(wild_target, 8, n=1), jax.random.key(6))
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
-    probes = graph.probe_inputs(wild_target, 3)
-    g = graph.batch_graphs([(wild_target, both)], window=(5, 5), probes=probes)
+    probes = probe_inputs(wild_target, 3)
+    g = batching.batch_graphs([(wild_target, both)], window=(5, 5), probes=probes)
     y = np.asarray(forward(g))
     np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)
     # the probes reach the prediction
     other = g._replace(nodes={**g.nodes, "probe": g.nodes["probe"] * 2.0})
     assert not np.allclose(np.asarray(forward(other))[0], y[0])
     with pytest.raises(ValueError, match="3 probe features per node, the graphs carry none"):
-        model(graph.batch_graphs([(wild_target, both)], window=(5, 5)))
+        model(batching.batch_graphs([(wild_target, both)], window=(5, 5)))
 
 
 def test_no_retrace_within_one_bucket(cnn_target, random_params):
@@ -187,7 +192,7 @@ def test_no_retrace_within_one_bucket(cnn_target, random_params):
         return nnx.merge(graphdef, state)(graphs)
 
     # 5 and 6 graphs of this target pad to the same bucket (128 nodes, 512 edges, 8 graphs).
-    bank = graph.GraphBank([(cnn_target, random_params(cnn_target, 5, n=6))])
+    bank = batching.GraphBank([(cnn_target, random_params(cnn_target, 5, n=6))])
     shapes = set()
     for samples in ([0, 1, 2, 3, 4], [5, 4, 3, 2, 1, 0], [1, 2, 3, 4, 5]):
         g = bank.batch(samples, min_graphs=8)
@@ -199,7 +204,7 @@ def test_no_retrace_within_one_bucket(cnn_target, random_params):
 
 def test_window_mismatch_is_an_error(cnn_target, random_params):
     model = GraphMetanet(25, hidden=8, num_layers=1, rngs=nnx.Rngs(0))
-    g = graph.batch_graphs([(cnn_target, random_params(cnn_target, 0, n=1))])  # 3x3 window
+    g = batching.batch_graphs([(cnn_target, random_params(cnn_target, 0, n=1))])  # 3x3 window
     with pytest.raises(ValueError, match="edge features"):
         model(g)
 
@@ -216,11 +221,11 @@ def test_sharded_graph_batch_matches_one_device(mlp_target, wild_target, metanet
     ]
     mesh = sharding.targets_mesh()
     with pytest.raises(ValueError, match="parts=8"):  # edges would cross devices
-        graph.shard_graphs(graph.batch_graphs(pairs, window=(5, 5), min_graphs=8), mesh)
-    g = graph.batch_graphs(pairs, window=(5, 5), parts=8)
+        batching.shard_graphs(batching.batch_graphs(pairs, window=(5, 5), min_graphs=8), mesh)
+    g = batching.batch_graphs(pairs, window=(5, 5), parts=8)
     with pytest.raises(ValueError, match="does not split over 8"):
-        graph.shard_graphs((g, np.zeros(5)), mesh)
-    gs = graph.shard_graphs(g, mesh)
+        batching.shard_graphs((g, np.zeros(5)), mesh)
+    gs = batching.shard_graphs(g, mesh)
     assert len(gs.nodes["x"].sharding.device_set) == mesh.devices.size
     assert gs.nodes["x"].sharding.shard_shape(gs.nodes["x"].shape)[0] == g.nodes["x"].shape[0] // 8
     rep = sharding.put(state, sharding.replicated(mesh))

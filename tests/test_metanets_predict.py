@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from hyper.architectures import make_target
-from metanets import baselines, predict
+from metanets import baselines, datasets, metrics, predict
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +62,7 @@ def synthetic(random_params):
         p["dense"]["kernel"] = p["dense"]["kernel"] * scale[:, None, None]
         pops.append(p)
         ys.append(np.asarray(p["dense"]["kernel"]).std(axis=(1, 2)))
-    return predict.WeightDataset(
+    return datasets.WeightDataset(
         targets=[t1, t2],
         populations=pops,
         group=np.repeat([0, 1], 60).astype(np.int32),
@@ -78,19 +78,19 @@ def test_metrics_match_references():
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal(50), rng.standard_normal(50)
-    assert predict.kendall_tau(a, b) == pytest.approx(kendalltau(a, b).statistic)
-    assert predict.kendall_tau(a, 2 * a + 1) == pytest.approx(1.0)
+    assert metrics.kendall_tau(a, b) == pytest.approx(kendalltau(a, b).statistic)
+    assert metrics.kendall_tau(a, 2 * a + 1) == pytest.approx(1.0)
     assert predict.r2_score(b, b) == pytest.approx(1.0)
     assert predict.r2_score(np.full(50, b.mean()), b) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_split_by_run_keeps_runs_together():
     runs = np.repeat(np.arange(20), 4)
-    train, test = predict.split_by_run(runs, 0.25, seed=3)
+    train, test = datasets.split_by_run(runs, 0.25, seed=3)
     assert len(set(runs[train]) & set(runs[test])) == 0
     assert len(set(runs[test])) == 5 and len(train) + len(test) == 80
     with pytest.raises(ValueError, match="test_fraction"):
-        predict.split_by_run(runs, 1.5)
+        datasets.split_by_run(runs, 1.5)
 
 
 def test_statnn_features_are_per_tensor_statistics(synthetic):
@@ -119,13 +119,13 @@ def test_flat_needs_one_architecture(synthetic):
 
 
 def test_statnn_models_learn_a_weight_statistic(synthetic, tmp_path):
-    train, test = predict.split_by_run(synthetic.run, 0.25)
+    train, test = datasets.split_by_run(synthetic.run, 0.25)
     gbm = predict.fit("statnn_gbm", synthetic, train)
     assert predict.evaluate(gbm, synthetic, test)["tau"] > 0.8
     # the fitted trees as arrays: the same predictions as scikit-learn's, and saveable
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    x = predict._vector_features("statnn_gbm", synthetic, gbm.config)
+    x = predict.vector_features("statnn_gbm", synthetic, gbm.config)
     sk = HistGradientBoostingRegressor(
         max_iter=500, learning_rate=0.05, early_stopping=True, random_state=0
     ).fit(x[train].astype(np.float64), synthetic.y[train].astype(np.float64))
@@ -137,16 +137,16 @@ def test_statnn_models_learn_a_weight_statistic(synthetic, tmp_path):
     assert [h["epoch"] for h in mlp.history] == [0, 10, 20, 30, 39]
     # predictions are padded to a few row counts: one compiled forward per bucket, the same
     # values as the unpadded model (validation during fit compiled the bucket already)
-    compiled = predict._mlp_forward._cache_size()
+    compiled = predict.mlp_forward._cache_size()
     y = mlp.predict(synthetic, test)
-    x = predict._vector_features("statnn_mlp", synthetic, mlp.config)[test]
+    x = predict.vector_features("statnn_mlp", synthetic, mlp.config)[test]
     direct = np.asarray(mlp.model(jnp.asarray(x))[:, 0]) * mlp.config["y_std"]
     np.testing.assert_allclose(y, direct + mlp.config["y_mean"], rtol=1e-5, atol=1e-5)
     for n in (1, 2, 5):
         np.testing.assert_allclose(mlp.predict(synthetic, test[:n]), y[:n], rtol=1e-6, atol=1e-6)
-    assert predict._mlp_forward._cache_size() <= compiled + 1
+    assert predict.mlp_forward._cache_size() <= compiled + 1
     assert mlp.predict(synthetic, test[:0]).shape == (0,)
-    assert [predict._mlp_rows(n) for n in (1, 64, 65, 4096)] == [64, 64, 128, 4096]
+    assert [predict.mlp_rows(n) for n in (1, 64, 65, 4096)] == [64, 64, 128, 4096]
 
 
 def test_build_gmn_gives_the_fit_setup(synthetic):
@@ -162,13 +162,13 @@ def test_build_gmn_gives_the_fit_setup(synthetic):
 
 
 def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
-    train, test = predict.split_by_run(synthetic.run, 0.25)
+    train, test = datasets.split_by_run(synthetic.run, 0.25)
     pred = predict.fit("gmn", synthetic, train, epochs=2, batch_size=32, hidden=8, num_layers=1)
     y = pred.predict(synthetic, test)
     assert y.shape == (len(test),) and np.all(np.isfinite(y))
     assert pred.config["window"] == [5, 5] and len(pred.history) == 2
     # any number of samples is padded as a full batch: one compiled forward serves them all
-    forward = predict._gmn_forward(nnx.split(pred.model)[0])
+    forward = predict.gmn_forward(nnx.split(pred.model)[0])
     compiled = forward._cache_size()
     for n in (1, 3, len(test) - 1):
         np.testing.assert_allclose(pred.predict(synthetic, test[:n]), y[:n], rtol=1e-5, atol=1e-6)
@@ -196,7 +196,7 @@ def test_gmn_fits_saves_and_loads(synthetic, tmp_path):
 
 
 def test_gmn_with_probe_features_fits_saves_and_loads(synthetic, tmp_path):
-    train, test = predict.split_by_run(synthetic.run, 0.25)
+    train, test = datasets.split_by_run(synthetic.run, 0.25)
     kw = dict(epochs=1, batch_size=32, hidden=8, num_layers=1)
     pred = predict.fit("gmn", synthetic, train, probes=2, **kw)
     assert pred.model.probe_features == 2 and pred.config["probes"] == 2
@@ -211,7 +211,8 @@ def test_gmn_with_probe_features_fits_saves_and_loads(synthetic, tmp_path):
 
 
 def test_perturb_graphs_touches_parameters_only(synthetic):
-    from metanets.graph import EDGE_RESIDUAL, NODE_DEFAULTS, GraphBank
+    from metanets.batching import GraphBank
+    from metanets.graph_topology import EDGE_RESIDUAL, NODE_DEFAULTS
 
     bank = GraphBank(list(zip(synthetic.targets, synthetic.populations, strict=True)))
     g = bank.batch(np.array([0, 1, 60, 61]), min_graphs=5)  # both architectures
@@ -230,7 +231,7 @@ def test_perturb_graphs_touches_parameters_only(synthetic):
 
 
 def test_gmn_noise_fit_resumes_to_the_same_weights(synthetic, tmp_path):
-    train, _ = predict.split_by_run(synthetic.run, 0.25)
+    train, _ = datasets.split_by_run(synthetic.run, 0.25)
     kw = dict(epochs=6, eval_every=2, batch_size=32, hidden=8, num_layers=1, noise=0.1)
     ref = predict.fit("gmn", synthetic, train, checkpoint_dir=tmp_path / "ref", **kw)
     plain = predict.fit("gmn", synthetic, train, **{**kw, "noise": 0.0})
@@ -257,7 +258,7 @@ def test_gmn_noise_fit_resumes_to_the_same_weights(synthetic, tmp_path):
 def test_load_zoos_one_sample_per_run_and_epoch(tiny_zoo):
     from hyper import zoo
 
-    ds = predict.load_zoos([tiny_zoo])
+    ds = datasets.load_zoos([tiny_zoo])
     z = zoo.load(tiny_zoo)
     assert len(ds) == z.num_members * 3 and ds.homogeneous
     rows = {(r["member"], r["epoch"]): r["test_acc"] for r in z.metadata}
@@ -268,10 +269,10 @@ def test_load_zoos_one_sample_per_run_and_epoch(tiny_zoo):
     i = int(np.flatnonzero((ds.epoch == 2) & (ds.run == 1))[0])
     got = ds.populations[ds.group[i]]["dense"]["kernel"][ds.member[i]]
     np.testing.assert_array_equal(np.asarray(got), np.asarray(at2[1]))
-    gap = predict.load_zoos([tiny_zoo], task="gap", epochs=[2])
+    gap = datasets.load_zoos([tiny_zoo], task="gap", epochs=[2])
     assert len(gap) == z.num_members and np.all(np.abs(gap.y) < 1)
     with pytest.raises(ValueError, match="task"):
-        predict.load_zoos([tiny_zoo], task="loss")
+        datasets.load_zoos([tiny_zoo], task="loss")
 
 
 def test_cli_train_and_predict(tiny_zoo, tmp_path, capsys):
@@ -290,7 +291,7 @@ def test_cli_train_and_predict(tiny_zoo, tmp_path, capsys):
     rc = main(["metanet", "predict", "--from", str(out), "--zoo", tiny_zoo, "--out", str(preds)])
     assert rc == 0
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
-    assert len(rows) == len(predict.load_zoos([tiny_zoo])) and "prediction" in rows[0]
+    assert len(rows) == len(datasets.load_zoos([tiny_zoo])) and "prediction" in rows[0]
     assert "tau" in capsys.readouterr().out
     # gbm: the trees saved as arrays predict exactly what the fitted ones did
     rc = main(
@@ -299,9 +300,9 @@ def test_cli_train_and_predict(tiny_zoo, tmp_path, capsys):
     assert rc == 0
     fitted = json.loads((tmp_path / "gbm" / "metrics.json").read_text())["test"]
     assert main(["metanet", "predict", "--from", str(tmp_path / "gbm"), "--zoo", tiny_zoo]) == 0
-    ds = predict.load_zoos([tiny_zoo])
+    ds = datasets.load_zoos([tiny_zoo])
     again = predict.load_predictor(tmp_path / "gbm" / "predictor")
-    _, test = predict.split_by_run(ds.run, 0.2, 0)
+    _, test = datasets.split_by_run(ds.run, 0.2, 0)
     assert predict.evaluate(again, ds, test) == fitted
     assert main(["metanet", "train", "--zoo", tiny_zoo, "--model", "gbm", "--epochs", "3",
                  "--out", str(tmp_path / "gbm2")]) == 2  # fmt: skip

@@ -1,6 +1,7 @@
-"""metanets.prune: group-L2 sparsity, MetaPruning metanet training (equivariant edits,
-save/load, the sparsity term going down), progressive structured pruning to a speed-up
-or an accuracy floor, and the pipeline with compact export."""
+"""metanets.metaprune: group-L2 sparsity, MetaPruning metanet training (equivariant edits,
+save/load, the sparsity term going down), and the pruning pipeline with the metanet's
+edit (`hyper.prune.prune_pipeline`) and compact export. Pruning itself:
+tests/test_hyper_prune.py."""
 
 from __future__ import annotations
 
@@ -12,22 +13,19 @@ import pytest
 from hyper import compact, symmetry
 from hyper.architectures import make_target
 from hyper.checkpoint import CheckpointError, save_population
+from hyper.prune import accuracy, export_pruned, load_pruned, prune_pipeline
 from hyper.target import Target
 from hyper.train import TrainConfig, Trainer
-from metanets.prune import (
+from metanets.graph_topology import kernel_window
+from metanets.metaprune import (
     MetaPruneConfig,
-    UnreachableSpeedup,
-    accuracy,
-    check_reachable,
-    export_pruned,
+    MetaPruner,
     group_lasso,
+    group_norm_ratio,
     load_metapruner,
-    load_pruned,
     meta_train,
-    prune_pipeline,
-    prune_to_floor,
-    prune_to_speedup,
 )
+from metanets.models import GraphMetanet
 
 CHANNELS = [6, 6]
 ZOO = 4  # members 0..2 train the metanet, member 3 is held out
@@ -198,108 +196,6 @@ def test_metapruner_save_load_round_trip(tmp_path, target, pruner, zoo):
 
 
 # ---------------------------------------------------------------------------------------
-# prune_to_speedup / prune_to_floor
-# ---------------------------------------------------------------------------------------
-
-
-def test_prune_to_speedup_meets_the_goal(target, net, x_batch):
-    f0 = compact.count_flops(target)
-    small, sp = prune_to_speedup(target, net, 3.0)
-    assert compact.count_flops(small) <= f0 / 3.0
-    widths = [g.size for g in symmetry.structural_groups(small)]
-    assert len(widths) == len(CHANNELS) and min(widths) >= 1
-    assert sum(widths) < sum(CHANNELS)
-    small.validate(sp)
-    assert compact.count_params(small) < compact.count_params(target)
-    shapes = [a.shape for a in _leaves(sp)]
-    assert all(
-        all(d <= e for d, e in zip(s, o.shape, strict=True))
-        for s, o in zip(shapes, target.spec, strict=True)
-    )
-    y = np.asarray(small.apply(sp, x_batch))
-    assert y.shape == (len(x_batch), 10) and np.all(np.isfinite(y))
-
-
-def test_prune_to_speedup_refusals(target, net):
-    with pytest.raises(UnreachableSpeedup, match=r"cannot be reached.*convs/"):
-        prune_to_speedup(target, net, 50.0)
-    with pytest.raises(UnreachableSpeedup, match=r"cannot be reached.*convs/"):
-        check_reachable(target, 50.0)
-    check_reachable(target, 3.0)
-    for bad in (0.5, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="speedup must be"):
-            prune_to_speedup(target, net, bad)
-    with pytest.raises(ValueError, match="importance"):
-        prune_to_speedup(target, net, 2.0, importance="l3")
-    with pytest.raises(ValueError, match="steps"):
-        prune_to_speedup(target, net, 2.0, steps=0)
-
-
-def test_random_importance_is_deterministic_given_a_key(target, net):
-    def run(seed):
-        _, sp = prune_to_speedup(
-            target, net, 2.0, importance="random", steps=1, key=jax.random.key(seed)
-        )
-        return _leaves(sp)
-
-    a, b = run(3), run(3)
-    for u, v in zip(a, b, strict=True):
-        np.testing.assert_array_equal(u, v)
-
-    def same(u, v):
-        return all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(u, v, strict=True))
-
-    assert not all(same(a, run(s)) for s in (4, 5, 6))
-
-
-def test_all_zero_units_are_removed_first_and_keep_the_function(target, net, x_batch):
-    groups = symmetry.structural_groups(target)
-    dead = [np.array([1, 4]), np.array([2])]
-    p = net
-    for g, d in zip(groups, dead, strict=True):
-        p = zero_units(target, p, g, d)
-    keep = [np.setdiff1d(np.arange(g.size), d) for g, d in zip(groups, dead, strict=True)]
-    reference, _ = compact.remove_units(target, p, keep)
-    f0, fz = compact.count_flops(target), compact.count_flops(reference)
-    # a speed-up that removing exactly the dead units reaches (FLOPs are integers)
-    small, sp = prune_to_speedup(target, p, f0 / (fz + 0.5))
-    assert [g.size for g in symmetry.structural_groups(small)] == [len(k) for k in keep]
-    k0 = np.asarray(p["convs"]["0"]["kernel"])
-    np.testing.assert_array_equal(np.asarray(sp["convs"]["0"]["kernel"]), k0[..., keep[0]])
-    k1 = np.asarray(p["convs"]["1"]["kernel"])[:, :, keep[0], :][..., keep[1]]
-    np.testing.assert_array_equal(np.asarray(sp["convs"]["1"]["kernel"]), k1)
-    np.testing.assert_allclose(
-        np.asarray(small.apply(sp, x_batch)),
-        np.asarray(target.apply(p, x_batch)),
-        rtol=1e-5,
-        atol=1e-5,
-    )
-
-
-def test_prune_to_floor_keeps_the_floor(target, net, digits):
-    a0 = accuracy(target, net, digits, split="train")
-    floor = a0 - 0.03
-    small, sp = prune_to_floor(target, net, digits, floor, factor=1.25)
-    assert accuracy(small, sp, digits, split="train") >= floor
-    assert compact.count_flops(small) < compact.count_flops(target)
-    # a floor the first round cannot keep returns the input itself
-    same_t, same_p = prune_to_floor(target, net, digits, 1.0)
-    assert same_t is target and same_p is net
-    with pytest.raises(ValueError, match="floor"):
-        prune_to_floor(target, net, digits, 1.5)
-
-
-def test_prune_to_floor_refuses_bad_arguments(target, net, digits):
-    # not mistaken for "nothing left to remove" (which returns the last network)
-    with pytest.raises(ValueError, match="importance"):
-        prune_to_floor(target, net, digits, 0.0, importance="l3")
-    with pytest.raises(ValueError, match="normalizer"):
-        prune_to_floor(target, net, digits, 0.0, normalizer="median")
-    with pytest.raises(ValueError, match="factor"):
-        prune_to_floor(target, net, digits, 0.0, factor=1.0)
-
-
-# ---------------------------------------------------------------------------------------
 # The pipeline and compact export
 # ---------------------------------------------------------------------------------------
 
@@ -309,7 +205,9 @@ FT = {"finetune_before": 3, "finetune_after": 3, "prune_steps": 1}
 @pytest.fixture(scope="module")
 def results(target, net, digits, pruner):
     return {
-        "metaprune": prune_pipeline(target, net, digits, speedup=2.0, metanet=pruner, **FT),
+        "metaprune": prune_pipeline(
+            target, net, digits, speedup=2.0, edit=pruner.edit_for(target), **FT
+        ),
         "group_l2": prune_pipeline(target, net, digits, speedup=2.0, **FT),
     }
 
@@ -362,22 +260,26 @@ def test_pipeline_refusals(target, net, digits, pruner, mlp_target, random_param
         prune_pipeline(target, net, digits, speedup=2.0, accuracy_floor=0.5)
     with pytest.raises(ValueError, match="metanet edits .*other leaves or shapes"):
         prune_pipeline(
-            mlp_target, random_params(mlp_target, 0), digits, speedup=2.0, metanet=pruner
+            mlp_target,
+            random_params(mlp_target, 0),
+            digits,
+            speedup=2.0,
+            edit=pruner.edit_for(mlp_target),
         )
     wider = make_target("cnn2d", input_shape=(8, 8), channels=[8, 6], out_features=10)
     with pytest.raises(ValueError, match="metanet edits .*other leaves or shapes"):
-        prune_pipeline(wider, random_params(wider, 0), digits, speedup=2.0, metanet=pruner)
+        prune_pipeline(
+            wider, random_params(wider, 0), digits, speedup=2.0, edit=pruner.edit_for(wider)
+        )
     # same leaves and shapes, another function: refused too
     tanh = make_target(
         "cnn2d", input_shape=(8, 8), channels=CHANNELS, out_features=10, activation="tanh"
     )
     with pytest.raises(ValueError, match="activation"):
-        prune_pipeline(tanh, net, digits, speedup=2.0, metanet=pruner)
+        prune_pipeline(tanh, net, digits, speedup=2.0, edit=pruner.edit_for(tanh))
 
 
 def test_group_norm_ratio_is_scale_invariant_and_rewards_separation(target, net):
-    from metanets.prune import group_norm_ratio
-
     base = float(group_norm_ratio(target, net))
     scaled = jax.tree.map(lambda a: 3.0 * a, net)
     assert float(group_norm_ratio(target, scaled)) == pytest.approx(base, rel=1e-5)
@@ -394,10 +296,6 @@ def test_edit_keeps_running_statistics():
     """BatchNorm running mean/variance are node features of the graph, but the edit leaves
     them as they are (an edited variance could turn negative)."""
     from flax import nnx
-
-    from metanets.graph import kernel_window
-    from metanets.models import GraphMetanet
-    from metanets.prune import MetaPruner
 
     t = make_target("cnn2d", input_shape=(8, 8), channels=[3, 3], out_features=10, batchnorm=True)
     p = t.init(jax.random.key(1))

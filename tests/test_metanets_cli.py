@@ -77,7 +77,7 @@ def pruned(zoo_dir, metanet):
 
 def test_prune_train_writes_a_metanet(zoo_dir, metanet):
     from hyper import zoo
-    from metanets.prune import load_metapruner
+    from metanets.metaprune import load_metapruner
 
     d, rc, out = metanet
     assert rc == 0
@@ -91,7 +91,7 @@ def test_prune_train_writes_a_metanet(zoo_dir, metanet):
 
 def test_prune_with_metanet_from_a_zoo_member(zoo_dir, pruned):
     from hyper import data, zoo
-    from metanets.prune import accuracy, load_pruned
+    from hyper.prune import accuracy, load_pruned
 
     d, rc, out = pruned
     assert rc == 0
@@ -117,7 +117,7 @@ def test_prune_with_metanet_from_a_zoo_member(zoo_dir, pruned):
 
 
 def test_prune_again_from_a_population_checkpoint(pruned, tmp_path):
-    from metanets.prune import load_pruned
+    from hyper.prune import load_pruned
 
     src = pruned[0]
     t0, _, _ = load_pruned(src)
@@ -205,16 +205,16 @@ def test_bad_prune_train_arguments_exit_2_with_one_line(zoo_dir, metanet, tmp_pa
 
 def test_prune_train_refuses_mixed_architectures(zoo_dir):
     from hyper import zoo
-    from metanets.cli import _one_architecture
+    from metanets.cli import zoo_architecture
 
     z = zoo.load(zoo_dir)
     g0 = z.groups[0]
     tanh = target_from_config({**g0.target.config, "activation": "tanh"})
     wide = target_from_config({**g0.target.config, "widths": [9]})
-    assert _one_architecture(z) is g0.target  # dropout 0 and 0.2: one function
+    assert zoo_architecture(z) is g0.target  # dropout 0 and 0.2: one function
     mixed = dataclasses.replace(z, groups=[g0, dataclasses.replace(g0, id="gt", target=tanh)])
     with pytest.raises(ValueError, match="different functions"):
-        _one_architecture(mixed)
+        zoo_architecture(mixed)
     mixed = dataclasses.replace(z, groups=[g0, dataclasses.replace(g0, id="gw", target=wide)])
     with pytest.raises(ValueError, match="several architectures"):
-        _one_architecture(mixed)
+        zoo_architecture(mixed)

@@ -1,0 +1,412 @@
+"""The graph of a network: one node per neuron/channel, one edge per weight or kernel.
+
+Neuron/channel-level encoding (Neural Graphs / MetaPruning style, derived from the spec):
+
+- one node per input feature/channel, per hidden neuron/channel and per output;
+- one edge per weight of a dense layer and per kernel of a conv layer (in -> out), its
+  feature the kernel flattened into a `window` (e.g. 5x5), centred and zero-padded, so
+  kernels of several sizes share one feature layout (a dense weight sits at the centre);
+- biases and normalization parameters as node features, `NODE_FEATURES`:
+  ``bias, scale, shift, mean, var`` (absent ones hold the identity values 0, 1, 0, 0, 1);
+- residual additions as identity edges (centre 1) from the channels added in to the
+  channels of the layer they are added to.
+
+Nodes carry their type (input/hidden/output), layer depth, activation id and, for input
+and output nodes, their index (those are not permutable); edges their type (weight or
+residual) and layer depth.
+
+The topology comes from the target's spec and its `hyper.symmetry.structural_groups`
+(which hidden axes are tied, residuals included): a layer reads the most recent layer, in
+forward order, whose output channels are tied to its input channels; every later producer
+in a residual group gets identity edges from the previous one. Nothing is keyed on
+parameter names. A structure this encoding cannot express (a flatten between layers, a
+concatenation, grouped convs, an unknown layer kind) raises a ValueError naming the layer.
+
+`topology` is computed once per target and window (cached); `metanets.graph` maps
+populations onto it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hyper.symmetry import structural_groups
+from hyper.target import Target
+
+__all__ = [
+    "ACTIVATION_IDS",
+    "NODE_DEFAULTS",
+    "NODE_FEATURES",
+    "NODE_HIDDEN",
+    "NODE_INPUT",
+    "NODE_OUTPUT",
+    "EDGE_RESIDUAL",
+    "EDGE_WEIGHT",
+    "GraphTopology",
+    "common_kernel_window",
+    "kernel_window",
+    "topology",
+]
+
+NODE_FEATURES = ("bias", "scale", "shift", "mean", "var")
+NODE_DEFAULTS = np.array([0.0, 1.0, 0.0, 0.0, 1.0], np.float32)
+"""The identity value of each `NODE_FEATURES` entry, held where a node lacks it."""
+NODE_INPUT, NODE_HIDDEN, NODE_OUTPUT = 0, 1, 2
+EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
+ACTIVATION_IDS = (
+    "none",
+    "identity",
+    "relu",
+    "tanh",
+    "gelu",
+    "silu",
+    "leaky_relu",
+    "sigmoid",
+)
+"""Activation ids of hidden nodes (``"none"``: input/output nodes or unknown)."""
+
+_NORM_SLOT = {"norm_scale": 1, "norm_shift": 2}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GraphTopology:
+    """The static graph of one target (shared by every member of its populations).
+
+    Attributes:
+      name: the target's name.
+      num_nodes / num_edges: per graph.
+      window: the kernel window `(h, w)` of edge features (`h * w` features per edge).
+      senders / receivers: `[num_edges]` int32.
+      edge_type: `[num_edges]` int32, `EDGE_WEIGHT` or `EDGE_RESIDUAL`.
+      edge_layer: `[num_edges]` int32, depth of the kernel (residual: of the receiver).
+      node_type: `[num_nodes]` int32, `NODE_INPUT` / `NODE_HIDDEN` / `NODE_OUTPUT`.
+      node_layer: `[num_nodes]` int32: 0 for inputs, k for the outputs of the k-th kernel.
+      node_io: `[num_nodes]` int32: index among the inputs (outputs), -1 for hidden nodes.
+      node_act: `[num_nodes]` int32 index into `ACTIVATION_IDS`.
+      node_base / edge_base: default features `[num_nodes, 5]`, `[num_edges, h*w]`.
+      index: `[P]` int32: where each scalar of `population.flatten` goes in the flat
+        feature vector ``concat(nodes.ravel(), edges.ravel())`` of one graph.
+      node_sets: ``(name, first node, size, type)`` per node set, in forward order.
+    """
+
+    name: str
+    num_nodes: int
+    num_edges: int
+    window: tuple[int, int]
+    senders: np.ndarray
+    receivers: np.ndarray
+    edge_type: np.ndarray
+    edge_layer: np.ndarray
+    node_type: np.ndarray
+    node_layer: np.ndarray
+    node_io: np.ndarray
+    node_act: np.ndarray
+    node_base: np.ndarray
+    edge_base: np.ndarray
+    index: np.ndarray
+    node_sets: tuple[tuple[str, int, int, int], ...]
+
+    @property
+    def edge_features(self) -> int:
+        return self.window[0] * self.window[1]
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _spatial(shape: tuple[int, ...], path: str) -> tuple[int, int]:
+    sp = shape[:-2]
+    if len(sp) == 0:
+        return (1, 1)
+    if len(sp) == 1:
+        return (1, sp[0])
+    if len(sp) == 2:
+        return (sp[0], sp[1])
+    raise ValueError(f"kernel {path!r} has shape {shape}: convs of more than 2 spatial axes")
+
+
+def kernel_window(target: Target) -> tuple[int, int]:
+    """The smallest edge window that holds every kernel of `target`."""
+    hw = [_spatial(s.shape, s.path) for s in target.spec if s.role == "kernel"]
+    if not hw:
+        raise ValueError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
+    return (max(h for h, _ in hw), max(w for _, w in hw))
+
+
+def common_kernel_window(targets: Sequence[Target]) -> tuple[int, int]:
+    """The smallest edge window that holds every kernel of every target (the window a
+    batch of several targets' graphs shares)."""
+    ws = [kernel_window(t) for t in targets]
+    return (max(h for h, _ in ws), max(w for _, w in ws))
+
+
+def _activation_id(target: Target) -> int:
+    act = target.config.get("activation") if target.config else None
+    return ACTIVATION_IDS.index(act) if act in ACTIVATION_IDS else 0
+
+
+def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopology:
+    """The graph of `target` (cached per target and window).
+
+    Args:
+      target: an MLP/CNN-like target: dense and conv kernels (any spatial size), biases,
+        normalization layers and residual additions.
+      window: edge window `(h, w)`; default the target's largest kernel. Batches of
+        several targets need one window (`batch_graphs` takes their maximum).
+
+    Raises:
+      ValueError: naming the layer whose structure the encoding cannot express.
+    """
+    own = kernel_window(target)
+    window = own if window is None else (int(window[0]), int(window[1]))
+    if window[0] < own[0] or window[1] < own[1]:
+        raise ValueError(f"{target.name}: window {window} is smaller than its kernels {own}")
+    per = _CACHE.setdefault(target, {})
+    if window not in per:
+        per[window] = _build_topology(target, window)
+    return per[window]
+
+
+def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
+    spec = target.spec
+    for s in spec:
+        if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
+            raise ValueError(
+                f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
+                f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
+                "kernels, biases and normalization layers"
+            )
+        if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
+            raise ValueError(
+                f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
+                "neither a mean nor a var"
+            )
+    kernels = sorted((s for s in spec if s.role == "kernel"), key=lambda s: (s.layer, s.path))
+    if not kernels:
+        raise ValueError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
+    for k in kernels:
+        _spatial(k.shape, k.path)
+    if len({k.layer_name for k in kernels}) != len(kernels):
+        raise ValueError(f"{target.name}: a layer holds several kernels; not supported")
+    groups = structural_groups(target)
+    axis_group: dict[tuple[str, int], int] = {}
+    for gi, g in enumerate(groups):
+        for path, ax in g.axes:
+            axis_group[(path, ax)] = gi
+    # Every axis a group permutes must be one this encoding reads as a neuron axis.
+    neuron_axes = {(s.path, s.out_axis) for s in spec if s.out_axis is not None} | {
+        (k.path, k.in_axis) for k in kernels
+    }
+    for g in groups:
+        for path, ax in g.axes:
+            if (path, ax) not in neuron_axes:
+                s = target.leaf(path)
+                raise ValueError(
+                    f"{target.name}: layer {s.layer_name!r}: axis {ax} of {path!r} is permutable "
+                    "but is not a neuron axis the graph encoding knows; unsupported connection"
+                )
+
+    act = _activation_id(target)
+    # Node sets: inputs, then one per kernel (its outputs).
+    first = kernels[0]
+    if (first.path, first.in_axis) in axis_group:
+        raise ValueError(
+            f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
+            "tied to another layer's outputs; unsupported connection"
+        )
+    sets: list[tuple[str, int, int, int]] = [("input", 0, first.shape[first.in_axis], NODE_INPUT)]
+    set_of_kernel: dict[str, int] = {}
+    n_nodes = sets[0][2]
+    last = kernels[-1]
+    for k in kernels:
+        size = k.shape[k.out_axis]
+        in_group = (k.path, k.out_axis) in axis_group
+        if k is last:
+            if in_group:
+                raise ValueError(
+                    f"{target.name}: layer {k.layer_name!r} is the last kernel but its outputs "
+                    "are permutable; the network's outputs must be fixed"
+                )
+            kind = NODE_OUTPUT
+        elif not in_group:
+            raise ValueError(
+                f"{target.name}: layer {k.layer_name!r}: its output channels do not reach a "
+                "later layer through a supported connection (e.g. a flatten, a concatenation "
+                "or grouped convolution follows"
+                + (
+                    "; or it is a hidden layer of width 1, which is not supported)"
+                    if size == 1
+                    else ")"
+                )
+            )
+        else:
+            kind = NODE_HIDDEN
+        set_of_kernel[k.path] = len(sets)
+        sets.append((k.layer_name, n_nodes, size, kind))
+        n_nodes += size
+
+    # Which node set each kernel reads: the input set, or the latest earlier producer of the
+    # group its input axis belongs to.
+    producers: dict[int, list[Any]] = {}
+    for k in kernels:
+        gi = axis_group.get((k.path, k.out_axis))
+        if gi is not None:
+            producers.setdefault(gi, []).append(k)
+    reads: dict[str, int] = {}
+    for k in kernels:
+        gi = axis_group.get((k.path, k.in_axis))
+        if gi is None:
+            if k is not first:
+                raise ValueError(
+                    f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
+                    "an earlier layer's outputs (a flatten, reshape, concatenation or a second "
+                    "network input); unsupported connection"
+                )
+            reads[k.path] = 0
+            continue
+        earlier = [p for p in producers.get(gi, []) if p.layer < k.layer]
+        if not earlier:
+            raise ValueError(
+                f"{target.name}: layer {k.layer_name!r} reads channels that no earlier layer "
+                "produces; unsupported connection"
+            )
+        reads[k.path] = set_of_kernel[earlier[-1].path]
+
+    node_type = np.zeros(n_nodes, np.int32)
+    node_layer = np.zeros(n_nodes, np.int32)
+    node_io = np.full(n_nodes, -1, np.int32)
+    node_act = np.zeros(n_nodes, np.int32)
+    for si, (_, start, size, kind) in enumerate(sets):
+        node_type[start : start + size] = kind
+        node_layer[start : start + size] = si
+        if kind in (NODE_INPUT, NODE_OUTPUT):
+            node_io[start : start + size] = np.arange(size)
+        else:
+            node_act[start : start + size] = act
+    nf = len(NODE_FEATURES)
+    node_base = np.tile(NODE_DEFAULTS, (n_nodes, 1))
+
+    wh, ww = window
+    f = wh * ww
+    senders, receivers, etype, elayer = [], [], [], []
+    edge_start: dict[str, int] = {}
+    n_edges = 0
+    for k in kernels:
+        src = sets[reads[k.path]]
+        dst = sets[set_of_kernel[k.path]]
+        n_in, n_out = k.shape[k.in_axis], k.shape[k.out_axis]
+        if n_in != src[2]:
+            raise ValueError(f"{target.name}: layer {k.layer_name!r} reads {n_in} channels")
+        ii, oo = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
+        edge_start[k.path] = n_edges
+        senders.append(src[1] + ii.ravel())
+        receivers.append(dst[1] + oo.ravel())
+        etype.append(np.full(n_in * n_out, EDGE_WEIGHT, np.int32))
+        elayer.append(np.full(n_in * n_out, set_of_kernel[k.path], np.int32))
+        n_edges += n_in * n_out
+    n_weight_edges = n_edges
+    for gi in sorted(producers):
+        ps = producers[gi]
+        for a, b in zip(ps[:-1], ps[1:], strict=True):
+            sa, sb = sets[set_of_kernel[a.path]], sets[set_of_kernel[b.path]]
+            senders.append(sa[1] + np.arange(sa[2]))
+            receivers.append(sb[1] + np.arange(sb[2]))
+            etype.append(np.full(sa[2], EDGE_RESIDUAL, np.int32))
+            elayer.append(np.full(sa[2], set_of_kernel[b.path], np.int32))
+            n_edges += sa[2]
+    edge_base = np.zeros((n_edges, f), np.float32)
+    centre = (wh // 2) * ww + ww // 2
+    edge_base[n_weight_edges:, centre] = 1.0
+
+    # Where every scalar of population.flatten goes.
+    node_size = n_nodes * nf
+    index_parts = []
+    norm_owner: dict[int, str] = {}
+    taken: set[tuple[int, int]] = set()
+    for s in spec:
+        if s.role == "kernel":
+            kh, kw = _spatial(s.shape, s.path)
+            oh, ow = (wh - kh) // 2, (ww - kw) // 2
+            n_in, n_out = s.shape[s.in_axis], s.shape[s.out_axis]
+            hh, wi, ii, oo = np.meshgrid(
+                np.arange(kh), np.arange(kw), np.arange(n_in), np.arange(n_out), indexing="ij"
+            )
+            edge = edge_start[s.path] + ii * n_out + oo
+            slot = (oh + hh) * ww + (ow + wi)
+            idx = node_size + edge * f + slot  # [kh, kw, in, out] = kernel layout (2-D)
+            index_parts.append(idx.reshape(-1))
+            continue
+        # 1-D node-feature leaves: bias of a kernel layer, or a normalization parameter.
+        if len(s.shape) != 1 or s.out_axis != 0:
+            raise ValueError(f"{target.name}: leaf {s.path!r} of shape {s.shape} is not 1-D")
+        if s.role == "bias":
+            owner = next((k for k in kernels if k.layer_name == s.layer_name), None)
+            if owner is None:
+                raise ValueError(f"{target.name}: bias {s.path!r} belongs to no kernel layer")
+            si, slot = set_of_kernel[owner.path], 0
+        else:
+            si = _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel)
+            prev = norm_owner.setdefault(si, s.layer_name)
+            if prev != s.layer_name:
+                raise ValueError(
+                    f"{target.name}: layers {prev!r} and {s.layer_name!r} both normalize the "
+                    f"channels of {sets[si][0]!r}; one normalization per layer is supported"
+                )
+            if s.role == "running_stat":
+                slot = 3 if s.path.endswith("mean") else 4
+            else:
+                slot = _NORM_SLOT[s.role]
+        start, size = sets[si][1], sets[si][2]
+        if s.shape[0] != size:
+            raise ValueError(f"{target.name}: leaf {s.path!r} has {s.shape[0]} units, not {size}")
+        if (si, slot) in taken:
+            raise ValueError(
+                f"{target.name}: leaf {s.path!r} would overwrite node feature "
+                f"{NODE_FEATURES[slot]!r} of {sets[si][0]!r}; unsupported layer structure"
+            )
+        taken.add((si, slot))
+        index_parts.append((start + np.arange(size)) * nf + slot)
+    index = np.concatenate(index_parts).astype(np.int32)
+    assert len(np.unique(index)) == len(index), "graph index must be injective"
+    return GraphTopology(
+        name=target.name,
+        num_nodes=n_nodes,
+        num_edges=n_edges,
+        window=window,
+        senders=np.concatenate(senders).astype(np.int32),
+        receivers=np.concatenate(receivers).astype(np.int32),
+        edge_type=np.concatenate(etype),
+        edge_layer=np.concatenate(elayer),
+        node_type=node_type,
+        node_layer=node_layer,
+        node_io=node_io,
+        node_act=node_act,
+        node_base=node_base,
+        edge_base=edge_base,
+        index=index,
+        node_sets=tuple(sets),
+    )
+
+
+def _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel) -> int:
+    """The node set a normalization leaf belongs to: the latest earlier producer of its
+    channels (the output layer if its channels are the network's outputs)."""
+    gi = axis_group.get((s.path, 0))
+    if gi is not None:
+        earlier = [p for p in producers.get(gi, []) if p.layer < s.layer]
+        if earlier:
+            return set_of_kernel[earlier[-1].path]
+    else:
+        earlier = [k for k in kernels if k.layer < s.layer]
+        if earlier and earlier[-1] is kernels[-1] and kernels[-1].shape[-1] == s.shape[0]:
+            return set_of_kernel[earlier[-1].path]
+    raise ValueError(
+        f"{target.name}: normalization layer {s.layer_name!r} (leaf {s.path!r}) follows no "
+        "layer whose channels it normalizes; unsupported connection"
+        + (" (normalized layers of width 1 are not supported)" if s.shape[0] == 1 else "")
+    )
