@@ -30,6 +30,7 @@ _NOT_BENCHES = {
     "common",
     "smoke",
     "gpu_results",
+    "migrate_results",
     "metanet_select",
     "metanet_seeds",
     "metanet_parksize",
@@ -99,7 +100,7 @@ def _fmt(v: Any) -> str:
 
 
 def _signed(v: float) -> str:
-    return f"+{_fmt(v)}" if v >= 0 else f"-{_fmt(-v)}"
+    return f"+{_fmt(abs(v))}" if v >= 0 else f"-{_fmt(-v)}"
 
 
 def headline_rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
