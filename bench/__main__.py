@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, RESULTS, logger, machine  # noqa: E402
+from bench.common import REPO, RESULTS, goal_margin, logger, lookup, machine  # noqa: E402
 
 log = logger("all")
 _NOT_BENCHES = {
@@ -30,6 +30,7 @@ _NOT_BENCHES = {
     "common",
     "smoke",
     "gpu_results",
+    "migrate_results",
     "metanet_select",
     "metanet_seeds",
     "metanet_parksize",
@@ -37,9 +38,7 @@ _NOT_BENCHES = {
 }
 # The order `all` runs them in (others found in bench/ follow, alphabetically).
 ORDER = ["scaling", "zoo", "hypernet", "mip", "merge", "metanet_predict", "metaprune", "assembler"]
-# Goals where lower is better (everything else: measured >= goal).
-LOWER_IS_BETTER = {"memory_over_state", "acc_gap_vs_scratch", "budget_violations", "ms_per_model"}
-# Headline keys of benchmarks without a "goals" mapping: (label, key path).
+# Headline keys shown beside the goals: (label, key path).
 HEADLINES: dict[str, list[tuple[str, str]]] = {
     "mip": [
         (
@@ -56,11 +55,8 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         for model in ("gmn", "statnn_mlp", "statnn_gbm", "flat")
     ],
     "assembler": [
-        ("ms_per_model (goal < 1000)", "ms_per_model"),
-        ("ms_per_model_batch100 (aim < 50)", "ms_per_model_batch100"),
-        ("acc_gap_vs_scratch (goal <= 0.02)", "acc_gap_vs_scratch"),
-        ("time_ratio_vs_scratch (goal >= 100)", "time_ratio_vs_scratch"),
-        ("budget_violations (goal 0)", "budget_violations"),
+        ("acc_assembled (first data set)", "acc_assembled"),
+        ("acc_group_l2 (same budgets)", "acc_group_l2"),
     ],
     "merge": [
         *(
@@ -92,23 +88,6 @@ def benches() -> list[str]:
 _ABSENT = object()
 
 
-def lookup(result: Any, path: str, default: Any = None) -> Any:
-    """The value at ``a/b/c`` (`default` where the path does not exist); ``*last`` picks
-    the entry with the largest numeric key."""
-    node = result
-    for part in path.split("/"):
-        if part == "*last" and isinstance(node, dict):
-            numeric = [k for k in node if k.isdigit()]
-            if not numeric:
-                return default
-            node = node[max(numeric, key=int)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return default
-    return node
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return str(v)
@@ -120,32 +99,49 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def headline_rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, measured, goal, met) rows for the summary table."""
+def _signed(v: float) -> str:
+    return f"+{_fmt(abs(v))}" if v >= 0 else f"-{_fmt(-v)}"
+
+
+def headline_rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(metric, measured, goal, margin, met) rows for the summary table. Goals are the
+    structured ``{"key", "cmp", "threshold"[, "controls"]}`` a benchmark writes; the value
+    shown is the worst over the key and its controls, the margin is how far it is past the
+    threshold (negative: missed), and "met" is the benchmark's own ``goals_met`` (a quick
+    run's is null: "not judged")."""
     rows = []
-    goals = result.get("goals")
-    if isinstance(goals, dict):
-        for key, goal in goals.items():
-            if isinstance(goal, str):  # a stated goal; the bench says whether it was met
-                met = lookup(result, f"goals_met/{key}")
-                rows.append((key, "", goal, "n/a" if met is None else ("yes" if met else "no")))
-                continue
-            value = lookup(result, key)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                ok = value <= goal if key.split("/")[-1] in LOWER_IS_BETTER else value >= goal
-                met = "yes" if ok else "no"
-            else:
-                met = "n/a"
-            rows.append((key, _fmt(value), _fmt(goal), met))
+    goals = result.get("goals") or {}
+    met_all = result.get("goals_met")
+    for gname, g in goals.items():
+        if not isinstance(g, dict) or "key" not in g:
+            rows.append((gname, "", _fmt(g), "", "unstructured goal"))
+            continue
+        value, margin = goal_margin(g, result)
+        met = None if met_all is None else met_all.get(gname)
+        verdict = "not judged (quick)" if result.get("quick") else "n/a"
+        if met is not None:
+            verdict = "yes" if met else "no"
+        label = gname if gname == g["key"] else f"{gname}: {g['key']}"
+        if g.get("controls"):
+            label += f" (worst of it and {', '.join(g['controls'])})"
+        rows.append(
+            (
+                label,
+                _fmt(value),
+                f"{g['cmp']} {_fmt(g['threshold'])}",
+                "" if margin is None else _signed(margin),
+                verdict,
+            )
+        )
     for label, path in HEADLINES.get(name, []):
         value = lookup(result, path, _ABSENT)
         if value is _ABSENT and result.get("quick"):  # a part that quick mode leaves out
             continue
-        rows.append((label, _fmt(None if value is _ABSENT else value), "", ""))
+        rows.append((label, _fmt(None if value is _ABSENT else value), "", "", ""))
     if not rows:  # some numbers at least
         for key, value in result.items():
             if isinstance(value, int | float) and not isinstance(value, bool) and key != "wall_s":
-                rows.append((key, _fmt(value), "", ""))
+                rows.append((key, _fmt(value), "", "", ""))
             if len(rows) >= 6:
                 break
     return rows
@@ -192,18 +188,19 @@ def summary(
         f"the end {mach['loadavg_start']} (other jobs share the machine: compare ratios). "
         "Each JSON holds its own machine record.",
         "",
-        "| benchmark | wall s | metric | measured | goal | met |",
-        "|---|---:|---|---:|---:|---|",
+        "| benchmark | wall s | metric | measured | goal | margin | met |",
+        "|---|---:|---|---:|---:|---:|---|",
     ]
     for r in runs:
         if not r["ok"]:
             what = r.get("missing") or f"FAILED (status {r['status']})"
-            lines.append(f"| {r['name']} | {r['wall_s']:.0f} | {what} | | | |")
+            lines.append(f"| {r['name']} | {r['wall_s']:.0f} | {what} | | | | |")
             continue
-        rows = headline_rows(r["name"], r["result"]) or [("(no headline keys)", "", "", "")]
-        for i, (metric, value, goal, met) in enumerate(rows):
-            first = f"{r['name']} | {r['wall_s']:.0f}" if i == 0 else " | "
-            lines.append(f"| {first} | {metric} | {value} | {goal} | {met} |")
+        rows = headline_rows(r["name"], r["result"]) or [("(no headline keys)", "", "", "", "")]
+        quick_label = " (QUICK)" if r["result"].get("quick") and not quick else ""
+        for i, (metric, value, goal, margin, met) in enumerate(rows):
+            first = f"{r['name']}{quick_label} | {r['wall_s']:.0f}" if i == 0 else " | "
+            lines.append(f"| {first} | {metric} | {value} | {goal} | {margin} | {met} |")
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
     if pngs:
         lines += ["", "## Plots", ""]
@@ -211,8 +208,10 @@ def summary(
     return "\n".join(lines) + "\n"
 
 
-def collect(names: list[str], out_dir: Path) -> list[dict[str, Any]]:
-    """The latest `<name>.json` of each benchmark in `out_dir`, as `run_one` reports runs."""
+def collect(names: list[str], out_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
+    """The latest `<name>.json` of each benchmark in `out_dir`, as `run_one` reports runs.
+    A full summary (`quick` False) refuses a quick result: it is listed as refused, never
+    read as a full one."""
     runs = []
     for name in names:
         path = out_dir / f"{name}.json"
@@ -220,6 +219,10 @@ def collect(names: list[str], out_dir: Path) -> list[dict[str, Any]]:
             runs.append({"name": name, "ok": False, "wall_s": 0.0, "missing": "no results"})
             continue
         result = json.loads(path.read_text())
+        if result.get("quick") and not quick:
+            what = "REFUSED: a --quick result in a full summary (rerun it at full size)"
+            runs.append({"name": name, "ok": False, "wall_s": 0.0, "missing": what})
+            continue
         wall = result.get("wall_s") or result.get("seconds") or 0.0
         runs.append({"name": name, "ok": True, "wall_s": float(wall), "result": result})
     return runs
@@ -248,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = (
             Path(args.out_dir) if args.out_dir else (RESULTS / "quick" if args.quick else RESULTS)
         )
-        runs = collect(names, out_dir)
+        runs = collect(names, out_dir, quick=args.quick or out_dir.resolve() != RESULTS.resolve())
         total = sum(r["wall_s"] for r in runs)
         (out_dir / "summary.md").write_text(summary(runs, args.quick, out_dir, total, True))
         log(f"wrote {out_dir / 'summary.md'} from {sum(r['ok'] for r in runs)} results")

@@ -42,14 +42,13 @@ Usage::
 
   python bench/assembler.py [--quick] [--out PATH]
 
-Writes ``bench/results/assembler.json`` (``--quick``: ``assembler_quick.json``) and prints
+Writes ``bench/results/assembler.json`` (``--quick``: ``bench/results/quick/``) and prints
 the same JSON as one line on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -64,7 +63,7 @@ import optax
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine  # noqa: E402
+from bench.common import goal, machine, write_result  # noqa: E402
 from generators import Factory, Scenario, class_subsets, make_factory  # noqa: E402
 from generators.assembler import masked_task_loss, task_vector  # noqa: E402
 from hyper import compact, data  # noqa: E402
@@ -167,6 +166,19 @@ def train_scratch(
     wall = time.perf_counter() - t0
     acc = np.asarray(accuracy(trained)).reshape(n_lr, n_s)
     return acc, wall, trained
+
+
+# Version 2: structured goals (were words in the summary's row labels), provenance and
+# goals_met by bench.common.write_result. Keys are the headline (first data set) values;
+# budget_violations sums every data set.
+SCHEMA_VERSION = 2
+GOALS = {
+    "ms_per_model": goal("ms_per_model", "<=", 1000.0),
+    "ms_per_model_batch100": goal("ms_per_model_batch100", "<=", 50.0),
+    "acc_gap_vs_scratch": goal("acc_gap_vs_scratch", "<=", 0.02),
+    "time_ratio_vs_scratch": goal("time_ratio_vs_scratch", ">=", 100.0),
+    "budget_violations": goal("budget_violations", "==", 0),
+}
 
 
 def run_dataset(name: str, quick: bool, seed: int) -> dict[str, Any]:
@@ -298,9 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    out = args.out or str(
-        REPO / "bench" / "results" / ("assembler_quick.json" if args.quick else "assembler.json")
-    )
     t0 = time.perf_counter()
     info = machine()
     per = [
@@ -309,8 +318,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     head = per[0]
     result = {
-        "bench": "assembler",
-        "quick": args.quick,
         # headline keys: digits (the first data set); every data set is under "datasets"
         "ms_per_model": head["ms_per_model"],
         "ms_per_model_batch100": head["ms_per_model_batch100"],
@@ -325,11 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(result, indent=1) + "\n")
-    line = {k: v for k, v in result.items() if k != "datasets"}
-    line["datasets"] = {d["dataset"]: {k: v for k, v in d.items() if k != "scenarios"} for d in per}
-    print(json.dumps(line))
+    write_result(
+        result, args.out, name="assembler", schema=SCHEMA_VERSION, quick=args.quick, goals=GOALS
+    )
     return 0
 
 

@@ -130,9 +130,153 @@ def matmul_peak() -> Callable[[], float]:
     return once
 
 
-def write_result(result: dict[str, Any], out: str | os.PathLike) -> None:
-    """Writes `result` as indented JSON to `out` and prints it as one line on stdout."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result), flush=True)
+# ---------------------------------------------------------------------------------------
+# Results: provenance, goals and the one atomic writer
+# ---------------------------------------------------------------------------------------
+
+QUICK_RESULTS = RESULTS / "quick"
+CMPS = (">=", "<=", "==")
+
+
+def git_state() -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the repository (None outside git)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def goal(key: str, cmp: str, threshold: float, *, controls: list[str] | None = None) -> dict:
+    """A structured goal: ``lookup(result, key) <cmp> threshold``. `controls`: further keys
+    (the same measurement against other control runs) that must meet the threshold too; the
+    goal is met only when every one does, and its value is the worst of them."""
+    if cmp not in CMPS:
+        raise ValueError(f"goal {key!r}: cmp must be one of {CMPS}, got {cmp!r}")
+    g: dict[str, Any] = {"key": key, "cmp": cmp, "threshold": threshold}
+    if controls:
+        g["controls"] = list(controls)
+    return g
+
+
+def lookup(result: Any, path: str, default: Any = None) -> Any:
+    """The value at ``a/b/c`` (`default` where the path does not exist); ``*last`` picks
+    the entry with the largest numeric key."""
+    node = result
+    for part in path.split("/"):
+        if part == "*last" and isinstance(node, dict):
+            numeric = [k for k in node if k.isdigit()]
+            if not numeric:
+                return default
+            node = node[max(numeric, key=int)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return default
+    return node
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, dict) and "value" in v:  # {"value": x, "kind": ...} records
+        v = v["value"]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def goal_margin(g: dict[str, Any], result: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(value, margin) of one structured goal; margin > 0 (or == 0) means met. The value is
+    the worst over the goal's key and its controls; None when any of them is missing."""
+    values = [_number(lookup(result, k)) for k in [g["key"], *g.get("controls", [])]]
+    if any(v is None for v in values):
+        return None, None
+    t = float(g["threshold"])
+    if g["cmp"] == ">=":
+        value = min(values)
+        return value, value - t
+    if g["cmp"] == "<=":
+        value = max(values)
+        return value, t - value
+    value = (
+        values[0] if all(v == values[0] for v in values) else max(values, key=lambda v: abs(v - t))
+    )
+    return value, -abs(value - t)
+
+
+def evaluate_goals(
+    goals: dict[str, dict[str, Any]], result: dict[str, Any], *, quick: bool
+) -> tuple[dict[str, bool | None] | None, dict[str, float | None]]:
+    """(goals_met, margins). goals_met is None for a quick run (smoke sizes say nothing of a
+    goal) and for a study without goals; a goal whose value is missing is None."""
+    margins: dict[str, float | None] = {}
+    met: dict[str, bool | None] = {}
+    for name, g in goals.items():
+        _, margin = goal_margin(g, result)
+        margins[name] = None if margin is None else round(margin, 6)
+        if margin is None:
+            met[name] = None
+        elif g["cmp"] == "==":
+            met[name] = margin == 0
+        else:
+            met[name] = margin >= 0
+    if quick or not goals:
+        return None, margins
+    return met, margins
+
+
+def result_path(name: str, *, quick: bool, out: str | os.PathLike | None = None) -> Path:
+    """Where a run writes: `out`, else ``bench/results[/quick]/<name>.json``. A quick run
+    may not write into ``bench/results/`` outside ``quick/`` (it would pass for a full one)."""
+    path = Path(out) if out else (QUICK_RESULTS if quick else RESULTS) / f"{name}.json"
+    if quick:
+        resolved = path.resolve()
+        if resolved.is_relative_to(RESULTS.resolve()) and not resolved.is_relative_to(
+            QUICK_RESULTS.resolve()
+        ):
+            raise ValueError(
+                f"a --quick run may write only under {QUICK_RESULTS}, not {path} "
+                "(it would replace a full result)"
+            )
+    return path
+
+
+def write_result(
+    result: dict[str, Any],
+    out: str | os.PathLike | None = None,
+    *,
+    name: str,
+    schema: int,
+    quick: bool,
+    goals: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Adds the provenance (benchmark name, schema version, git commit and dirty flag, the
+    quick flag) and the goals (`goals`, `goals_met`, `goal_margins`; ``{}``/None for a study
+    without goals, None for a quick run) to `result`; writes it atomically as indented JSON
+    to `result_path` and prints it as one line on stdout. Returns the path written."""
+    path = result_path(name, quick=quick, out=out)
+    goals = dict(goals or {})
+    met, margins = evaluate_goals(goals, result, quick=quick)
+    result.update(
+        benchmark=name,
+        schema_version=schema,
+        quick=bool(quick),
+        git=git_state(),
+        goals=goals,
+        goals_met=met,
+        goal_margins=margins,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+    return path

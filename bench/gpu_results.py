@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Version 2: provenance (git, schema_version) written by bench.common.write_result.
+SCHEMA_VERSION = 2
 
 
 def collect(out: Path) -> dict[str, Any]:
@@ -48,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0]) if argv else RESULTS / "gpu"
     result = collect(out)
-    (out.parent / "gpu.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(
-        json.dumps(
-            {"gpu": sorted(result["gpu"]), "steps": result["steps"], "wall_s": result["wall_s"]}
-        )
+    sys.path.insert(0, str(RESULTS.parents[1]))
+    from bench.common import write_result
+
+    write_result(
+        result, out.parent / "gpu.json", name="gpu_results", schema=SCHEMA_VERSION, quick=False
     )
     return 0
 

@@ -32,7 +32,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script
 
-from bench.common import RESULTS, logger, machine, stdout_to_stderr, write_result
+from bench.common import logger, machine, stdout_to_stderr, write_result
+
+# Version 2: provenance (git, schema_version) and goals written by bench.common.write_result.
+SCHEMA_VERSION = 2
+
 
 log = logger("member_chunk")
 
@@ -120,17 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", choices=sorted(SIZES), default=None)
     ap.add_argument("--quick", action="store_true", help="the same as --sizes quick")
-    ap.add_argument("--out", default=str(RESULTS / "member_chunk.json"))
+    ap.add_argument("--out", default=None, help="default bench/results[/quick]/member_chunk.json")
     args = ap.parse_args(argv)
     import jax
 
     size = args.sizes or ("quick" if args.quick or jax.default_backend() == "cpu" else "gpu")
     t0 = time.perf_counter()
     with stdout_to_stderr():
-        result = {"bench": "member_chunk", "sizes": size, "machine": machine()}
+        result = {"sizes": size, "machine": machine()}
         result.update(run(SIZES[size]))
     result["wall_s"] = time.perf_counter() - t0
-    write_result(result, args.out)
+    quick = size == "quick"  # a CPU dry run of the GPU sweep
+    write_result(result, args.out, name="member_chunk", schema=SCHEMA_VERSION, quick=quick)
     return 0
 
 

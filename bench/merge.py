@@ -25,14 +25,14 @@ evaluation, as in the merging papers' per-task heads). ``joint_acc`` is the plai
 accuracy on the whole test split.
 
 Usage: ``python bench/merge.py [--quick] [--out FILE]``; writes ``bench/results/merge.json``
-(``--quick`` writes no file unless `--out` is given, so it never overwrites the full
-results) and prints the same content as one JSON line (logs go to stderr).
+(``--quick``: ``bench/results/quick/merge.json``, so it never overwrites the full results)
+with `bench.common.write_result` and prints the same content as one JSON line (logs go to
+stderr). A study without goals: ``goals`` is ``{}`` and ``goals_met`` null.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -43,7 +43,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.common import logger, machine  # noqa: E402
+from bench.common import logger, machine, write_result  # noqa: E402
+
+# Version 2: provenance (git, schema_version) and goals written by bench.common.write_result.
+SCHEMA_VERSION = 2
 
 log = logger("merge")
 
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--out",
         default=None,
-        help="results file (default bench/results/merge.json; --quick writes none unless given)",
+        help="results file (default bench/results/merge.json; --quick: bench/results/quick/)",
     )
     args = parser.parse_args(argv)
     hyper.sharding.use_cpu_cores()
@@ -372,19 +375,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
 
     result = {
-        "bench": "merge",
-        "quick": bool(args.quick),
         "barrier": barrier,
         "merge_acc": merge_acc,
         "machine": mach,
         "wall_s": round(time.time() - t_start, 1),
     }
-    out = args.out or (None if args.quick else os.path.join(HERE, "results", "merge.json"))
-    if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(result, f, indent=1)
-    print(json.dumps(result, separators=(",", ":")))
+    write_result(result, args.out, name="merge", schema=SCHEMA_VERSION, quick=args.quick)
     return result
 
 

@@ -26,7 +26,7 @@ Usage::
 
   python bench/metanet_predict.py [--quick] [--out PATH] [--cache DIR]
 
-Writes ``bench/results/metanet_predict.json`` (``--quick``: ``metanet_predict_quick.json``)
+Writes ``bench/results/metanet_predict.json`` (``--quick``: under ``bench/results/quick/``)
 and prints the same JSON as one line on stdout; progress goes to stderr. Zoos are cached
 in ``--cache`` (default: a folder in the system temp dir) and reused when complete.
 """
@@ -51,17 +51,37 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import machine, stdout_to_stderr  # noqa: E402
+from bench.common import goal, machine, stdout_to_stderr, write_result  # noqa: E402
 from hyper import sharding  # noqa: E402
 
 ANCHORS = {
     "homogeneous (CIFAR-10-GS)": {"statnn": 0.915, "nfn_hnp": 0.934, "ng_gnn": 0.930},
     "heterogeneous (CNN Wild Park)": {"statnn": 0.719, "ng_gnn": 0.804, "ng_t": 0.817},
 }
-GOALS = {
+GOALS_IN_WORDS = {
     "homogeneous": "gmn >= best statnn - 0.01",
     "heterogeneous": "gmn >= best statnn + 0.05",
 }
+# Version 2: structured goals on the measured margin gmn - best StatNN (the summary shows
+# the margin, not only yes/no), provenance and goals_met by bench.common.write_result.
+SCHEMA_VERSION = 2
+GOALS = {
+    "homogeneous": goal("gmn_minus_best_statnn/homogeneous", ">=", -0.01),
+    "heterogeneous": goal("gmn_minus_best_statnn/heterogeneous", ">=", 0.05),
+}
+
+
+def gmn_minus_best_statnn(tau: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
+    """Per zoo: the graph metanet's test tau minus the better StatNN's (None when absent)."""
+    out: dict[str, float | None] = {}
+    for zoo, models in tau.items():
+        stat = [models.get(k) for k in ("statnn_mlp", "statnn_gbm")]
+        if models.get("gmn") is None or any(v is None for v in stat):
+            out[zoo] = None
+        else:
+            out[zoo] = models["gmn"] - max(stat)
+    return out
+
 
 HOM_ARCH = {"arch": "cnn2d", "channels": [8, 8, 8], "out_features": 10}
 FULL = {
@@ -366,7 +386,7 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
         "quick": quick,
         "machine": machine(),
         "anchors_published": ANCHORS,
-        "goals": GOALS,
+        "goals_in_words": GOALS_IN_WORDS,
     }
     zoos = build_zoos(cfg, cache)
     result["zoos"] = {
@@ -451,12 +471,8 @@ def run(quick: bool, cache: Path) -> dict[str, Any]:
         "homogeneous": {k: v["r2"] for k, v in hom_res["models"].items()},
         "heterogeneous": {k: (v["r2"] if v else None) for k, v in wild_res["models"].items()},
     }
-    best_h = max(result["tau"]["homogeneous"][k] for k in ("statnn_mlp", "statnn_gbm"))
-    best_w = max(result["tau"]["heterogeneous"][k] for k in ("statnn_mlp", "statnn_gbm"))
-    result["goals_met"] = {  # quick: a few dozen samples per zoo say nothing of the goals
-        "homogeneous": None if quick else result["tau"]["homogeneous"]["gmn"] >= best_h - 0.01,
-        "heterogeneous": None if quick else result["tau"]["heterogeneous"]["gmn"] >= best_w + 0.05,
-    }
+    # goals_met by write_result (null for quick: a few dozen samples say nothing of them)
+    result["gmn_minus_best_statnn"] = gmn_minus_best_statnn(result["tau"])
     result["seconds"] = time.perf_counter() - t_start
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
@@ -499,8 +515,6 @@ def main(argv: list[str] | None = None) -> int:
         help="zoo cache directory (default: <tmp>/weightspace-metanet-bench[-quick])",
     )
     args = parser.parse_args(argv)
-    name = "metanet_predict_quick.json" if args.quick else "metanet_predict.json"
-    out = Path(args.out or REPO / "bench" / "results" / name)
     cache = Path(
         args.cache
         or Path(tempfile.gettempdir())
@@ -509,12 +523,14 @@ def main(argv: list[str] | None = None) -> int:
     sharding.use_cpu_cores()  # before any JAX computation: one JAX device per core
     with stdout_to_stderr():
         result = run(args.quick, cache)
-    line = json.dumps(result, allow_nan=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, out)
-    print(line, flush=True)
+    write_result(
+        result,
+        args.out,
+        name="metanet_predict",
+        schema=SCHEMA_VERSION,
+        quick=args.quick,
+        goals=GOALS,
+    )
     return 0
 
 

@@ -31,7 +31,6 @@ model on the test runs by 0.003; noise0.05 tied on validation (+0.0005) and led 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -40,7 +39,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, write_result  # noqa: E402
+
+# Version 2: provenance (git, schema_version) and goals written by bench.common.write_result.
+SCHEMA_VERSION = 2
+
 from bench.metanet_predict import FULL, build_zoos, log, stored_wild_run  # noqa: E402
 
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -111,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result["test"] = {chosen: predict.evaluate(fitted[chosen], wild, test)}
     result["seconds"] = time.perf_counter() - t0
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
+    write_result(result, args.out, name="metanet_select", schema=SCHEMA_VERSION, quick=False)
     return 0
 
 

@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, logger, machine, stdout_to_stderr, write_result  # noqa: E402
+from bench.common import goal, logger, machine, stdout_to_stderr, write_result  # noqa: E402
 from hyper import compact, data, prune  # noqa: E402
 from hyper import population as pop_ops  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
@@ -59,6 +59,17 @@ log = logger("metaprune")
 SPEEDUPS = {"2x": 2.0, "3x": 3.0}
 METHODS = ("metaprune", "group_l2", "random")
 GOAL = "acc/metaprune/3x >= acc/group_l2/3x + 0.01"
+# Version 2: structured goals, provenance and goals_met by bench.common.write_result.
+SCHEMA_VERSION = 2
+GOAL_MARGIN = 0.01
+
+
+def goals_for(datasets: list[str]) -> dict[str, dict[str, Any]]:
+    """`GOAL` on every data set run: met only when met on each one (the value shown is the
+    worst of them)."""
+    keys = [f"metaprune_minus_group_l2_3x/{d}" for d in datasets]
+    return {"metaprune_vs_group_l2_3x": goal(keys[0], ">=", GOAL_MARGIN, controls=keys[1:])}
+
 
 SETUPS: dict[str, dict[str, Any]] = {
     "digits": {
@@ -257,7 +268,7 @@ def run_dataset(name: str, setup: dict[str, Any], seed: int) -> dict[str, Any]:
         "metaprune_minus_group_l2_3x": margin,
         "metaprune_wins_3x": int(sum(d > 0 for d in paired)),
         "paired_3x": mean_std(paired),
-        "goal_met": bool(margin >= 0.01),
+        "goal_met": bool(margin >= GOAL_MARGIN),
         "flops_before": f0,
         "params_before": n0,
         "size_after": size,
@@ -291,7 +302,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    out = args.out or str(RESULTS / ("metaprune_quick.json" if args.quick else "metaprune.json"))
     setups = {
         k: {**v, "meta": dataclasses.replace(v["meta"], sparsity_kind=args.sparsity_kind)}
         for k, v in (QUICK if args.quick else SETUPS).items()
@@ -303,17 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         per = [run_dataset(n, setups[n], args.seed) for n in names]
     head = per[0]
     result = {
-        "bench": "metaprune",
-        "quick": args.quick,
         "sparsity_kind": args.sparsity_kind,
         # headline keys: the first data set; every data set is under "datasets"
         "acc": head["acc"],
         "compact_speedup_measured": head["compact_speedup_measured"],
-        "goals": {"metaprune_vs_group_l2_3x": GOAL},
-        # --quick holds one held-out network: too few to say whether the goal is met
-        "goals_met": {
-            "metaprune_vs_group_l2_3x": None if args.quick else all(d["goal_met"] for d in per)
-        },
+        "goal_in_words": GOAL,
         "metaprune_minus_group_l2_3x": {
             d["dataset"]: d["metaprune_minus_group_l2_3x"] for d in per
         },
@@ -321,7 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    write_result(result, out)
+    # --quick holds one held-out network: write_result leaves its goals_met null
+    write_result(
+        result,
+        args.out,
+        name="metaprune",
+        schema=SCHEMA_VERSION,
+        quick=args.quick,
+        goals=goals_for([d["dataset"] for d in per]),
+    )
     return 0
 
 

@@ -36,14 +36,14 @@ all-zero network's loss and the best final loss of any arm.
 40-80 steps; the JSON says ``"quick": true``.
 
 Usage: ``python bench/mip.py [--quick] [--out FILE] [--tasks T1,T2] [--arms ...]``; writes
-``bench/results/mip.json`` and prints the same content as one JSON line (logs on stderr).
+``bench/results/mip.json`` (``--quick``: ``bench/results/quick/mip.json``) and prints the
+same content as one JSON line (logs on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -56,7 +56,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.common import logger, machine  # noqa: E402
+from bench.common import logger, machine, write_result  # noqa: E402
+
+# Version 2: provenance (git, schema_version) and goals written by bench.common.write_result.
+SCHEMA_VERSION = 2
 
 log = logger("mip")
 
@@ -715,7 +718,9 @@ def claims(arms: Mapping[str, Any], steps: int) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small grid, few steps (< 2 min)")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "mip.json"))
+    ap.add_argument(
+        "--out", default=None, help="default bench/results/mip.json (--quick: results/quick/)"
+    )
     ap.add_argument("--tasks", default="T1,T2,T3", help="comma-separated subset of T1,T2,T3")
     ap.add_argument(
         "--arms",
@@ -784,8 +789,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     mach["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result = {
-        "bench": "mip",
-        "quick": bool(args.quick),
         "command": "python bench/mip.py" + (" --quick" if args.quick else ""),
         "wall_s": round(time.perf_counter() - t_start, 1),
         "machine": mach,
@@ -853,13 +856,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for t, o in tasks_out.items()
         },
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, args.out)
-    print(json.dumps(result, ensure_ascii=False, allow_nan=False))
+    write_result(result, args.out, name="mip", schema=SCHEMA_VERSION, quick=args.quick)
     return result
 
 

@@ -50,11 +50,12 @@ import numpy as np
 from flax import nnx
 
 from bench.common import (
-    RESULTS,
+    goal,
     logger,
     machine,
     matmul_peak,
     peak_rss_mb,
+    result_path,
     stdout_to_stderr,
     write_result,
 )
@@ -96,7 +97,12 @@ SIZES = {
         "repeats": 2,
     },
 }
-GOALS = {"no_collapse_ratio": 0.8, "memory_over_state": 2.0}
+# Version 2: structured goals, provenance and goals_met by bench.common.write_result.
+SCHEMA_VERSION = 2
+GOALS = {
+    "no_collapse_ratio": goal("no_collapse_ratio", ">=", 0.8),
+    "memory_over_state": goal("memory_over_state", "<=", 2.0),
+}
 
 
 def state_bytes(trainer: Any, n: int) -> int:
@@ -472,8 +478,6 @@ def run(
     sizes = SIZES[size]
     t0 = time.perf_counter()
     result: dict[str, Any] = {
-        "bench": "scaling",
-        "quick": quick,
         "sizes": size,
         "machine": machine(),
     }
@@ -505,12 +509,6 @@ def run(
     result["no_collapse_ratio"] = z["no_collapse_ratio"]
     result["memory_over_state"] = (result["zoo_memory"] or {}).get("memory_over_state")
     result["gen_eval_rss_growth"] = (result["gen_eval_memory"] or {}).get("gen_eval_rss_growth")
-    result["goals"] = GOALS
-    result["met"] = {
-        "no_collapse_ratio": result["no_collapse_ratio"] >= GOALS["no_collapse_ratio"],
-        "memory_over_state": result["memory_over_state"] is not None
-        and result["memory_over_state"] <= GOALS["memory_over_state"],
-    }
     result["peak_rss_mb_parent"] = peak_rss_mb()
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -519,11 +517,13 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes (about a minute)")
-    ap.add_argument("--out", default=str(RESULTS / "scaling.json"))
+    ap.add_argument("--out", default=None, help="default bench/results[/quick]/scaling.json")
     ap.add_argument("--plots", default=None, help="directory for PNGs (default: beside --out)")
     ap.add_argument("--sizes", choices=sorted(SIZES), default=None, help="override the sizes")
     ap.add_argument("--memory-only", action="store_true", help="only the memory sections")
     args = ap.parse_args(argv)
+    quick = args.quick or args.sizes == "quick"
+    out = result_path("scaling", quick=quick, out=args.out)
     sharding.use_cpu_cores()
     with stdout_to_stderr():
         data.load("digits")  # warm the dataset cache outside the timings
@@ -532,13 +532,10 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({**r, "partial": True}, indent=1) + "\n")
 
-        out = Path(args.out)
-        result = run(args.quick, args.sizes, partial, args.memory_only)
-        if args.memory_only:
-            write_result(result, out)
-            return 0
-        result["plots"] = plots(result, Path(args.plots) if args.plots else out.parent)
-    write_result(result, out)
+        result = run(quick, args.sizes, partial, args.memory_only)
+        if not args.memory_only:
+            result["plots"] = plots(result, Path(args.plots) if args.plots else out.parent)
+    write_result(result, out, name="scaling", schema=SCHEMA_VERSION, quick=quick, goals=GOALS)
     return 0
 
 

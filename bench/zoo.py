@@ -45,7 +45,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import logger, machine, ratio, stdout_to_stderr
+from bench.common import goal, logger, machine, ratio, stdout_to_stderr, write_result
 from hyper import data, sharding
 from hyper.architectures import make_target
 from hyper.train import TrainConfig, Trainer, _shuffled_order
@@ -56,12 +56,14 @@ REPO = Path(__file__).resolve().parents[1]
 N = 512
 BATCH = 128
 LEARNING_RATE = 1e-2  # the PyTorch peer's Adam learning rate
+# Version 2: structured goals, provenance and goals_met by bench.common.write_result.
+SCHEMA_VERSION = 2
 GOALS = {
-    "speedup_vs_loop": 20.0,
-    "speedup_vs_torch_vmap": 1.2,
-    "speedup_vs_torch_seq": 15.0,
-    "best_test_acc/digits-mlp": 0.97,
-    "best_test_acc/mnist1d-cnn": 0.90,
+    "speedup_vs_loop": goal("speedup_vs_loop", ">=", 20.0),
+    "speedup_vs_torch_vmap": goal("speedup_vs_torch_vmap", ">=", 1.2),
+    "speedup_vs_torch_seq": goal("speedup_vs_torch_seq", ">=", 15.0),
+    "best_test_acc/digits-mlp": goal("best_test_acc/digits-mlp", ">=", 0.97),
+    "best_test_acc/mnist1d-cnn": goal("best_test_acc/mnist1d-cnn", ">=", 0.90),
 }
 
 # preset -> (grid overrides, seeds, epochs). Axes left out keep the preset's values.
@@ -303,8 +305,6 @@ def run(quick: bool) -> dict[str, Any]:
     qual = quality(cfg["quality"])
     rate = vm["net_steps_per_s"]
     result: dict[str, Any] = {
-        "benchmark": "zoo",
-        "quick": quick,
         "N": N,
         "arch": "mlp 64-32-10",
         "dataset": "digits",
@@ -319,13 +319,6 @@ def run(quick: bool) -> dict[str, Any]:
         "speedup_vs_torch_seq": ratio(rate, peer["seq"]),
         "best_test_acc": {k: v["best_test_acc"] for k, v in qual.items()},
     }
-    met = {}
-    for key, goal in GOALS.items():
-        head, _, sub = key.partition("/")
-        value = result[head][sub] if sub else result[head]
-        met[key] = None if value is None else bool(value >= goal)
-    result["goals"] = GOALS
-    result["goals_met"] = met
     result["vmapped"] = vm
     result["loop"] = loop
     result["torch_peer"] = peer
@@ -339,18 +332,12 @@ def run(quick: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller zoos, under a minute")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "zoo.json"))
+    parser.add_argument("--out", default=None, help="default bench/results[/quick]/zoo.json")
     args = parser.parse_args(argv)
     sharding.use_cpu_cores()  # before any JAX computation: one JAX device per core
     with stdout_to_stderr():
         result = run(args.quick)
-    line = json.dumps(result, allow_nan=False)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    os.replace(tmp, out)
-    print(line, flush=True)
+    write_result(result, args.out, name="zoo", schema=SCHEMA_VERSION, quick=args.quick, goals=GOALS)
     return 0
 
 

@@ -685,3 +685,54 @@ def test_trainer_with_reduce_groups_is_bit_identical_on_the_mesh(mlp_target, dig
             mesh=sharding.targets_mesh(),
             **{**kw, "reduce_groups": 4},
         )
+
+
+def _np_leaky_relu(x):
+    return np.where(x >= 0, x, 0.01 * x)
+
+
+@pytest.mark.parametrize("head", ["per_tensor", "chunked", "lowrank"])
+def test_head_deltas_match_a_numpy_reference(cnn_target, head):
+    """Δθ = θ - θ0 of every generated leaf, recomputed in float64 NumPy from the last hidden
+    features and the head's weights (per-tensor: a W; low-rank: (a U)(a V) with U
+    ``[h, rows * r]`` and V ``[h, r * cols]``, rows the kernel's leading axes flattened;
+    chunked: leaky-relu(a U_a + E U_e + b) V, chunks laid end to end in leaf order). Low-rank
+    kernels have rank <= r."""
+    rank = 2
+    h = HyperNet(
+        cnn_target, GAMMA, hidden=(8,), head=head, chunk_size=64, rank=rank, rngs=nnx.Rngs(3)
+    )
+    conds = {"gamma": np.array([0.1, 0.5, 0.9], np.float32)}
+    a = np.asarray(h.features(conds), np.float64)
+    m = a.shape[0]
+    pop = flatten_dict(h(conds))
+    theta0 = flatten_dict(h.theta0_params())
+    specs = h._gen_specs
+    if head == "chunked":
+        f64 = lambda v: np.asarray(v[...], np.float64)  # noqa: E731
+        z = _np_leaky_relu(
+            (a @ f64(h.chunk_u_a))[:, None, :]
+            + (f64(h.chunk_emb) @ f64(h.chunk_u_e))[None]
+            + f64(h.chunk_b)[None, None]
+        )
+        flat = (z @ f64(h.chunk_v)).reshape(m, -1)
+        sizes = np.cumsum([0] + [s.size for s in specs])
+        want = [flat[:, sizes[i] : sizes[i + 1]].reshape(m, *s.shape) for i, s in enumerate(specs)]
+    else:
+        want = []
+        for s, w in zip(specs, h.head_w, strict=True):
+            ws = [np.asarray(x[...], np.float64) for x in (w if head == "lowrank" else [w])]
+            if len(ws) == 2:
+                n = s.shape[-1]
+                u = (a @ ws[0]).reshape(m, s.size // n, rank)
+                v = (a @ ws[1]).reshape(m, rank, n)
+                d = np.einsum("mir,mrj->mij", u, v)
+                for k in range(m):  # the rank bound of the low-rank head
+                    assert np.linalg.matrix_rank(d[k], tol=1e-9) <= rank, s.path
+                want.append(d.reshape(m, *s.shape))
+            else:
+                want.append((a @ ws[0]).reshape(m, *s.shape))
+    assert head != "lowrank" or any(len(w) == 2 for w in h.head_w)
+    for s, d in zip(specs, want, strict=True):
+        got = np.asarray(pop[s.path], np.float64) - np.asarray(theta0[s.path], np.float64)[None]
+        np.testing.assert_allclose(got, d, rtol=2e-4, atol=2e-5, err_msg=f"{head} {s.path}")

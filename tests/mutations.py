@@ -1,0 +1,169 @@
+"""Deliberately wrong implementations, each of which a named test must catch.
+
+Run by hand from the repository root (not collected by pytest)::
+
+  PYTHONPATH=$PWD python tests/mutations.py [NAME ...]
+
+For each mutation a child process monkeypatches the wrong version in, then runs the named
+test node with pytest; the mutation is *caught* when that test fails. Prints one line per
+mutation and a final JSON summary; the exit status is 1 if any mutation survived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quick_goals_judged() -> None:
+    """Issue item 1: a quick run's goals_met filled from smoke sizes."""
+    from bench import common
+
+    real = common.evaluate_goals
+    common.evaluate_goals = lambda goals, result, *, quick: real(goals, result, quick=False)
+
+
+def _peer_goal_one_control() -> None:
+    """Item 2: a peer speed goal judged against the 2-thread hyperlight run only."""
+    from bench import common
+
+    real = common.goal_margin
+    common.goal_margin = lambda g, result: real({**g, "controls": []}, result)
+
+
+def _lowrank_factors_reversed() -> None:
+    """Item 7: the low-rank head reads U as [rank, rows] (a transposed factor layout)."""
+    import jax.numpy as jnp
+
+    from hyper.hypernets import hypernet as hn
+
+    real = hn.HyperNet.deltas
+
+    def deltas(self, a):
+        if self.head_kind != "lowrank":
+            return real(self, a)
+        m, rank, out = a.shape[0], self.config["rank"], []
+        for s, ws in zip(self._gen_specs, self.head_w, strict=True):
+            if len(ws) == 2:
+                n = s.shape[-1]
+                u = (a @ ws[0][...]).reshape(m, rank, s.size // n).transpose(0, 2, 1)
+                v = (a @ ws[1][...]).reshape(m, rank, n)
+                out.append(jnp.matmul(u, v).reshape(m, *s.shape))
+            else:
+                out.append((a @ ws[0][...]).reshape(m, *s.shape))
+        return out
+
+    hn.HyperNet.deltas = deltas
+
+
+def _adam_weight_decay_halved() -> None:
+    """Item 8: the trainer's AdamW applies half the member's weight decay."""
+    import optax
+
+    from hyper import train
+
+    def adam(learning_rate, weight_decay, mask):
+        return optax.chain(
+            optax.scale_by_adam(),
+            optax.add_decayed_weights(0.5 * weight_decay, mask=mask),
+            optax.scale_by_learning_rate(learning_rate),
+        )
+
+    train.OPTIMIZERS["adam"] = adam
+
+
+def _gmn_gradient_negated() -> None:
+    """Item 6: the graph metanet steps up its loss (its gradient negated)."""
+    import jax
+
+    from metanets import predict
+
+    class NegatedGrad:
+        def __getattr__(self, name):
+            return getattr(jax, name)
+
+        @staticmethod
+        def value_and_grad(fn, *args, **kwargs):
+            vg = jax.value_and_grad(fn, *args, **kwargs)
+
+            def wrapped(*a, **k):
+                value, grads = vg(*a, **k)
+                return value, jax.tree.map(lambda g: -g, grads)
+
+            return wrapped
+
+    predict.jax = NegatedGrad()
+
+
+MUTATIONS = {
+    "quick_goals_judged": (
+        _quick_goals_judged,
+        "tests/test_bench_suite.py::test_quick_runs_never_pass_for_full_ones",
+    ),
+    "peer_goal_one_control": (
+        _peer_goal_one_control,
+        "tests/test_bench_suite.py::test_peer_speed_goals_need_every_control_run",
+    ),
+    "lowrank_factors_reversed": (
+        _lowrank_factors_reversed,
+        "tests/test_hypernets_hypernet.py::test_head_deltas_match_a_numpy_reference[lowrank]",
+    ),
+    "adam_weight_decay_halved": (
+        _adam_weight_decay_halved,
+        "tests/test_hyper_train.py::test_one_member_matches_a_hand_written_optax_loop",
+    ),
+    "gmn_gradient_negated": (
+        _gmn_gradient_negated,
+        "tests/test_metanets_predict.py::test_gmn_learns_the_synthetic_label",
+    ),
+}
+
+_CHILD = """
+import sys
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import mutations
+mutations.MUTATIONS[{name!r}][0]()
+import pytest
+sys.exit(pytest.main(["-q", "-x", "-p", "no:cacheprovider", {node!r}]))
+"""
+
+
+def run(name: str) -> dict:
+    apply, node = MUTATIONS[name]
+    code = _CHILD.format(repo=str(REPO), tests=str(REPO / "tests"), name=name, node=node)
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env
+    )
+    # pytest exit 1: tests failed (caught); 0: passed (survived); others: an error
+    status = {0: "SURVIVED", 1: "caught"}.get(proc.returncode, f"error {proc.returncode}")
+    return {
+        "mutation": name,
+        "test": node,
+        "status": status,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "tail": proc.stdout.strip().splitlines()[-1:] if status != "caught" else [],
+    }
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(MUTATIONS)
+    rows = []
+    for name in names:
+        row = run(name)
+        rows.append(row)
+        print(f"{row['status']:>9}  {name:28s} {row['test']}  ({row['seconds']} s)", flush=True)
+    caught = sum(r["status"] == "caught" for r in rows)
+    print(json.dumps({"caught": caught, "total": len(rows), "rows": rows}))
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
