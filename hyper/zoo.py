@@ -20,9 +20,7 @@ run to the same final weights and metadata.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 import json
 import os
@@ -35,11 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import data as data_lib
-from hyper import sharding
+from hyper import sharding, zoo_format
 from hyper.architectures import ACTIVATIONS, target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer, safe_join
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer
 from hyper.target import Params, Target
 from hyper.train import OPTIMIZERS, TrainConfig, Trainer
+from hyper.zoo_format import read_config
 
 __all__ = [
     "HPARAMS",
@@ -65,7 +64,6 @@ HPARAMS = (
 """Grid axes. The last three change the program and split members into groups."""
 
 _STRUCTURAL = ("activation", "dropout", "optimizer")
-_FORMAT = "weightspace-zoo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +280,7 @@ def _resolve_config(
     seed: int,
     arch: Mapping[str, Any] | None,
     dataset: str | None,
+    metadata_format: str,
 ) -> dict[str, Any]:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -319,19 +318,18 @@ def _resolve_config(
     ds = dataset or p.dataset
     if ds not in data_lib.available():
         raise ValueError(f"unknown dataset {ds!r}; available: {data_lib.available()}")
-    return {
-        "format": _FORMAT,
-        "version": 1,
-        "preset": preset,
-        "dataset": ds,
-        "arch": dict(arch or p.arch),
-        "grid": full_grid,
-        "seeds": seeds,
-        "epochs": epochs,
-        "checkpoint_epochs": ce,
-        "batch_size": batch_size,
-        "seed": int(seed),
-    }
+    return zoo_format.zoo_config(
+        preset=preset,
+        dataset=ds,
+        arch=arch or p.arch,
+        grid=full_grid,
+        seeds=seeds,
+        epochs=epochs,
+        checkpoint_epochs=ce,
+        batch_size=batch_size,
+        seed=seed,
+        metadata_format=metadata_format,
+    )
 
 
 def _group_members(config: Mapping[str, Any], input_shape: Sequence[int]):
@@ -372,51 +370,6 @@ def _zoo_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         for k in _IDENTITY
         if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
     ]
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_metadata(directory: str, rows: list[dict[str, Any]], fmt: str) -> str:
-    rows = sorted(rows, key=lambda r: (r["member"], r["epoch"]))
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    else:
-        buf = io.StringIO()
-        cols = sorted({k for r in rows for k in r}) if rows else []
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-        text = buf.getvalue()
-    path = os.path.join(directory, f"metadata.{fmt}")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def _rows(members, metrics: Mapping[str, Any], epoch: int, gid: str, diverged) -> list[dict]:
-    m = {k: np.asarray(v) for k, v in metrics.items()}
-    div = np.asarray(diverged)
-    rows = []
-    for i, mem in enumerate(members):
-        rows.append(
-            {
-                **mem,
-                "group": gid,
-                "epoch": int(epoch),
-                **{k: float(v[i]) for k, v in m.items()},
-                "diverged": bool(div[i]),
-            }
-        )
-    return rows
 
 
 def build(
@@ -471,9 +424,17 @@ def build(
     if overwrite and resume:
         raise ValueError("overwrite and resume are mutually exclusive")
     config = _resolve_config(
-        preset, grid, seeds, epochs, checkpoint_epochs, batch_size, seed, arch, dataset
+        preset,
+        grid,
+        seeds,
+        epochs,
+        checkpoint_epochs,
+        batch_size,
+        seed,
+        arch,
+        dataset,
+        metadata_format,
     )
-    config["metadata_format"] = metadata_format
     # Everything that can be wrong with the arguments fails here, before the directory is
     # touched: a bad architecture must not leave a half-described zoo behind.
     dataset_obj = data_lib.load(config["dataset"])
@@ -514,18 +475,15 @@ def build(
             raise ValueError(f"{directory} is not writable")
 
     config["groups"] = [
-        {
-            "id": g["id"],
-            "target": g["target"],
-            "optimizer": g["optimizer"],
-            "members": [m["member"] for m in g["members"]],
-        }
+        zoo_format.group_config(
+            g["id"], g["target"], g["optimizer"], [m["member"] for m in g["members"]]
+        )
         for g in groups
     ]
     config["members"] = members
     config["complete"] = False
     if writer and not os.path.exists(zoo_json):
-        _write_json_atomic(zoo_json, config)
+        zoo_format.write_config(directory, config)
     sharding.barrier("zoo-build-created")
 
     root = jax.random.key(config["seed"])
@@ -555,8 +513,7 @@ def build(
                 init_scale=[m["init_scale"] for m in ms],
                 member_keys=keys,
             )
-            gdir = safe_join(directory, "groups", g["id"])
-            with PopulationCheckpointer(gdir) as ckpt:
+            with PopulationCheckpointer(zoo_format.group_dir(directory, g["id"])) as ckpt:
                 done = ckpt.steps()
                 # Rows of every committed epoch come from the checkpoints themselves, so a
                 # resumed build ends with exactly the rows of an uninterrupted one.
@@ -588,7 +545,7 @@ def build(
                             metrics, diverged = sharding.to_host(
                                 (trainer.evaluate(state.params), state.diverged)
                             )
-                            rows = _rows(ms, metrics, epoch, g["id"], diverged)
+                            rows = zoo_format.metric_rows(ms, metrics, epoch, g["id"], diverged)
                             ckpt.save(
                                 epoch,
                                 {
@@ -602,13 +559,11 @@ def build(
                             )
                             all_rows.extend(rows)
                             if writer:
-                                _write_metadata(directory, all_rows, metadata_format)
+                                zoo_format.write_metadata(directory, all_rows, metadata_format)
     finally:
         bar.close()
     if writer:
-        _write_metadata(directory, all_rows, metadata_format)
-        config["complete"] = True
-        _write_json_atomic(zoo_json, config)
+        zoo_format.finish(directory, config, all_rows)
     sharding.barrier("zoo-build-complete")
     return load(directory)
 
@@ -616,57 +571,6 @@ def build(
 # ---------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------
-
-
-def read_config(path: str) -> dict[str, Any]:
-    """The checked contents of a zoo description file (``zoo.json``); `CheckpointError` when
-    it is unreadable, not a weightspace zoo, or malformed."""
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read zoo description {path}: {e}") from e
-    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not a weightspace zoo description")
-    _check_zoo_json(path, cfg)
-    return cfg
-
-
-def _check_zoo_json(path: str, cfg: Mapping[str, Any]) -> None:
-    """The structure `load` relies on; a hand-edited or foreign file fails here, naming the
-    field, instead of deep inside loading."""
-
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path}: {what}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    members, groups = cfg.get("members"), cfg.get("groups")
-    epochs = cfg.get("checkpoint_epochs")
-    if not isinstance(epochs, list) or not all(is_int(e) and e >= 0 for e in epochs):
-        raise bad("'checkpoint_epochs' must be a list of non-negative ints")
-    if not isinstance(members, list) or not all(
-        isinstance(m, dict) and is_int(m.get("member")) for m in members
-    ):
-        raise bad("'members' must be a list of objects with an int 'member'")
-    known = {m["member"] for m in members}
-    if not isinstance(groups, list) or not groups:
-        raise bad("'groups' must be a non-empty list")
-    for i, g in enumerate(groups):
-        if not isinstance(g, dict):
-            raise bad(f"groups[{i}] is not an object")
-        gid = g.get("id")
-        if not isinstance(gid, str) or not gid or gid in (".", "..") or "/" in gid or "\\" in gid:
-            raise bad(f"groups[{i}].id {gid!r} is not a plain directory name")
-        if not isinstance(g.get("target"), dict):
-            raise bad(f"groups[{i}].target must be an object")
-        ids = g.get("members")
-        if not isinstance(ids, list) or not ids or not all(is_int(m) for m in ids):
-            raise bad(f"groups[{i}].members must be a non-empty list of ints")
-        unknown = sorted(set(ids) - known)
-        if unknown:
-            raise bad(f"groups[{i}] names members {unknown[:5]} missing from 'members'")
 
 
 def load(
@@ -699,7 +603,7 @@ def load(
         target = target_from_config(g["target"])
         ms = [members[i] for i in g["members"]]
         zg = ZooGroup(id=g["id"], target=target, members=ms)
-        gdir = safe_join(directory, "groups", g["id"])
+        gdir = zoo_format.group_dir(directory, g["id"])
         if not os.path.isdir(gdir):
             if allow_incomplete:
                 groups.append(zg)

@@ -33,8 +33,10 @@ __all__ = [
     "Noise",
     "Vector",
     "encode",
+    "fill_noise",
     "from_json",
     "sample",
+    "sample_one",
     "to_json",
     "validate",
 ]
@@ -248,15 +250,42 @@ def encoded_width(specs: Sequence[Condition], encoding: str) -> int:
     return 2 * d if encoding in ("cos|sin", "z|1-z") else d
 
 
+def sample_one(spec: Condition, key: jax.Array, index: int, m: int) -> jax.Array:
+    """`m` values of condition `spec`, the `index`-th of its spec list, drawn from
+    ``fold_in(key, index)``: uniform continuous values in [low, high], uniform ids, normal
+    vectors and noise. The one sampling rule: `sample`, `fill_noise` and the hypernet
+    export all draw through it, so the same key gives the same conditions everywhere.
+
+    Returns:
+      `[m, *spec.shape]`.
+    """
+    k = jax.random.fold_in(key, index)
+    if isinstance(spec, Continuous):
+        return jax.random.uniform(k, (m, *spec.shape), minval=spec.low, maxval=spec.high)
+    if isinstance(spec, Categorical):
+        return jax.random.randint(k, (m,), 0, spec.num_classes)
+    return jax.random.normal(k, (m, spec.dim))
+
+
 def sample(specs: Sequence[Condition], key: jax.Array, m: int) -> dict[str, jax.Array]:
-    """Uniform continuous values in [low, high], uniform ids, normal vectors and noise."""
-    out = {}
+    """`m` values of every condition (see `sample_one`): ``{name: [m, ...]}``."""
+    return {s.name: sample_one(s, key, i, m) for i, s in enumerate(specs)}
+
+
+def fill_noise(
+    specs: Sequence[Condition], conditions: Mapping[str, Any], key: jax.Array | None, m: int
+) -> dict[str, Any]:
+    """`conditions` with the missing `Noise` conditions sampled as `sample` samples them
+    (the key of spec `i` is ``fold_in(key, i)``): the same key gives the same noise in
+    every process.
+
+    Raises:
+      ValueError: a noise condition is missing and `key` is None.
+    """
+    out = dict(conditions)
     for i, s in enumerate(specs):
-        k = jax.random.fold_in(key, i)
-        if isinstance(s, Continuous):
-            out[s.name] = jax.random.uniform(k, (m, *s.shape), minval=s.low, maxval=s.high)
-        elif isinstance(s, Categorical):
-            out[s.name] = jax.random.randint(k, (m,), 0, s.num_classes)
-        else:
-            out[s.name] = jax.random.normal(k, (m, s.dim))
+        if isinstance(s, Noise) and s.name not in out:
+            if key is None:
+                raise ValueError(f"noise condition {s.name!r} not given and no key to sample it")
+            out[s.name] = sample_one(s, key, i, m)
     return out

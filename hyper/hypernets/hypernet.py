@@ -440,18 +440,6 @@ class HyperNet(nnx.Module):
 # ---------------------------------------------------------------------------------------
 
 
-def _fill_noise(hnet: HyperNet, conditions: Mapping[str, Any], key: jax.Array | None, m: int):
-    """Samples the missing noise conditions as `hyper.hypernets.conditions.sample` does (the key of
-    spec `i` is ``fold_in(key, i)``): the same key gives the same noise in every process."""
-    out = dict(conditions)
-    for i, s in enumerate(hnet.specs):
-        if isinstance(s, Noise) and s.name not in out:
-            if key is None:
-                raise ValueError(f"noise condition {s.name!r} not given and no key to sample it")
-            out[s.name] = jax.random.normal(jax.random.fold_in(key, i), (m, s.dim))
-    return out
-
-
 def _check_batch_size(batch_size: int | None) -> None:
     if batch_size is not None and (
         isinstance(batch_size, bool)
@@ -495,7 +483,9 @@ def generate(
     """
     _check_batch_size(batch_size)
     m = hnet.validate(conditions)
-    conditions = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    conditions = cond_lib.fill_noise(
+        hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
+    )
     if mesh is not None:
         from hyper import sharding
 
@@ -540,7 +530,9 @@ def generate_and_evaluate(
         raise ValueError(f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}")
     if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
         raise ValueError(f"labels must be ints of shape ({x.shape[0]},), got {y.dtype}{y.shape}")
-    conditions = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    conditions = cond_lib.fill_noise(
+        hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
+    )
     batch_size = min(int(batch_size), m)  # no padding beyond one chunk of M
     chunks = math.ceil(m / batch_size)
     pad = chunks * batch_size - m
@@ -612,7 +604,9 @@ def delta_ratio(hnet: HyperNet, conditions: Mapping[str, Any], *, key: jax.Array
       ``{leaf path: mean ratio}`` (θ0 norms below 1e-12 count as 1e-12).
     """
     m = hnet.validate(conditions)
-    conds = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    conds = cond_lib.fill_noise(
+        hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
+    )
     deltas = hnet.deltas(hnet.features(conds))
     flat0 = flatten_dict(hnet.theta0_params())
     out = {}
