@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target, path_str
 
 __all__ = [
@@ -45,7 +46,7 @@ _MANIFEST = "manifest"
 _RESERVED = ("meta", _MANIFEST)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightspaceError):
     """A checkpoint is missing, incomplete or does not match what is asked of it."""
 
 

@@ -25,6 +25,7 @@ import optax
 from hyper import sharding
 from hyper.conv_matmul import convs_as_matmuls
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError
 from hyper.population import size_bytes
 from hyper.target import Params, Target, init_compiler_options
 
@@ -149,20 +150,20 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
+            raise WeightspaceError(
                 f"unknown optimizer {self.optimizer!r}; expected one of {sorted(OPTIMIZERS)}"
             )
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise WeightspaceError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+            raise WeightspaceError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         chunk = self.member_chunk
         if (
             chunk is not None
             and chunk != "memory"
             and (isinstance(chunk, str) or int(chunk) != chunk or chunk < 1)
         ):
-            raise ValueError(f"member_chunk must be >= 1 or 'memory', got {chunk!r}")
+            raise WeightspaceError(f"member_chunk must be >= 1 or 'memory', got {chunk!r}")
 
 
 # The smallest member chunk the "memory" rule uses on an accelerator: on one H100 (stop-13
@@ -198,9 +199,9 @@ def _as_member_array(name: str, value: Any, n: int, dtype: Any) -> jax.Array:
     if a.ndim == 0:
         a = np.full((n,), a, dtype)
     if a.shape != (n,):
-        raise ValueError(f"{name}: expected a scalar or shape ({n},), got shape {a.shape}")
+        raise WeightspaceError(f"{name}: expected a scalar or shape ({n},), got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name}: values must be finite, got {a.tolist()}")
+        raise WeightspaceError(f"{name}: values must be finite, got {a.tolist()}")
     return jnp.asarray(a)
 
 
@@ -234,7 +235,7 @@ def map_member_chunks(fn, tree: Any, chunk: int, *, in_place: bool = False) -> A
     if chunk >= n:
         return fn(tree)
     if n % chunk:
-        raise ValueError(f"map_member_chunks: chunk {chunk} does not divide {n} members")
+        raise WeightspaceError(f"map_member_chunks: chunk {chunk} does not divide {n} members")
     c = n // chunk
     grid = jax.tree.map(lambda v: v.reshape(chunk, c, *v.shape[1:]), tree)
 
@@ -322,7 +323,7 @@ class Trainer:
         self.dataset = dataset
         self.config = config or TrainConfig()
         if target.input_shape is not None and tuple(target.input_shape) != dataset.input_shape:
-            raise ValueError(
+            raise WeightspaceError(
                 f"target {target.name} takes inputs {target.input_shape}, dataset {dataset.name} "
                 f"has {dataset.input_shape}"
             )
@@ -404,21 +405,25 @@ class Trainer:
             number (see `hyper.sharding`); results are identical, only placement changes.
         """
         if n < 1:
-            raise ValueError(f"Trainer.init: n must be >= 1, got {n}")
+            raise WeightspaceError(f"Trainer.init: n must be >= 1, got {n}")
         lr = _as_member_array("learning_rate", learning_rate, n, np.float32)
         wd = _as_member_array("weight_decay", weight_decay, n, np.float32)
         frac = _as_member_array("train_fraction", train_fraction, n, np.float32)
         scale = _as_member_array("init_scale", init_scale, n, np.float32)
         if np.any(np.asarray(lr) <= 0):
-            raise ValueError(f"learning_rate must be > 0, got {np.asarray(lr).tolist()}")
+            raise WeightspaceError(f"learning_rate must be > 0, got {np.asarray(lr).tolist()}")
         if np.any(np.asarray(wd) < 0):
-            raise ValueError(f"weight_decay must be >= 0, got {np.asarray(wd).tolist()}")
+            raise WeightspaceError(f"weight_decay must be >= 0, got {np.asarray(wd).tolist()}")
         if np.any((np.asarray(frac) <= 0) | (np.asarray(frac) > 1)):
-            raise ValueError(f"train_fraction must be in (0, 1], got {np.asarray(frac).tolist()}")
+            raise WeightspaceError(
+                f"train_fraction must be in (0, 1], got {np.asarray(frac).tolist()}"
+            )
         if member_keys is not None:
             keys = jnp.array(member_keys)  # a copy: train_epoch donates the state's buffers
             if keys.shape != (n,) or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-                raise ValueError(f"member_keys: expected {n} typed PRNG keys, got {keys.shape}")
+                raise WeightspaceError(
+                    f"member_keys: expected {n} typed PRNG keys, got {keys.shape}"
+                )
         else:
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
         if shard:
@@ -430,7 +435,7 @@ class Trainer:
         else:
             got = self.target.validate(params, batched=True)
             if got != n:
-                raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
+                raise WeightspaceError(f"Trainer.init: params hold {got} targets, n={n}")
             # train_epoch donates the state's buffers: the caller's arrays must survive. A
             # leaf that placing moved is a new buffer already; only the others are copied.
             placed = self.place(params) if shard else params

@@ -36,6 +36,7 @@ from hyper import data as data_lib
 from hyper import sharding, zoo_format
 from hyper.architectures import ACTIVATIONS, target_from_config
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 from hyper.train import OPTIMIZERS, TrainConfig, Trainer
 from hyper.zoo_format import read_config
@@ -153,32 +154,32 @@ def _default_checkpoint_epochs(epochs: int) -> list[int]:
 
 def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
     if not isinstance(grid, Mapping):
-        raise TypeError(
+        raise WeightspaceTypeError(
             f"grid must be a mapping of hyperparameter -> list, got {type(grid).__name__}"
         )
     out: dict[str, list[Any]] = {}
     for k, values in grid.items():
         if k not in HPARAMS:
-            raise ValueError(f"grid: unknown hyperparameter {k!r}; expected one of {HPARAMS}")
+            raise WeightspaceError(f"grid: unknown hyperparameter {k!r}; expected one of {HPARAMS}")
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
             values = [values]
         values = list(values)
         if not values:
-            raise ValueError(f"grid[{k!r}]: empty list of values")
+            raise WeightspaceError(f"grid[{k!r}]: empty list of values")
         for v in values:
             if k == "activation":
                 if not isinstance(v, str) or v not in ACTIVATIONS:
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"grid['activation']: unknown {v!r}; expected one of {sorted(ACTIVATIONS)}"
                     )
             elif k == "optimizer":
                 if not isinstance(v, str) or v not in OPTIMIZERS:
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"grid['optimizer']: unknown {v!r}; expected one of {sorted(OPTIMIZERS)}"
                     )
             else:
                 if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
-                    raise ValueError(f"grid[{k!r}]: {v!r} is not a finite number")
+                    raise WeightspaceError(f"grid[{k!r}]: {v!r} is not a finite number")
                 lo_ok = {
                     "learning_rate": v > 0,
                     "weight_decay": v >= 0,
@@ -187,10 +188,10 @@ def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
                     "dropout": 0 <= v < 1,
                 }[k]
                 if not lo_ok:
-                    raise ValueError(f"grid[{k!r}]: value {v!r} out of range")
+                    raise WeightspaceError(f"grid[{k!r}]: value {v!r} out of range")
         # By value: 1 and 1.0 are the same learning rate.
         if len({v if isinstance(v, str) else float(v) for v in values}) != len(values):
-            raise ValueError(f"grid[{k!r}]: duplicate values {values}")
+            raise WeightspaceError(f"grid[{k!r}]: duplicate values {values}")
         out[k] = values
     return out
 
@@ -283,41 +284,41 @@ def _resolve_config(
     metadata_format: str,
 ) -> dict[str, Any]:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise WeightspaceError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     p = PRESETS[preset]
     full_grid = _validate_grid({**p.grid, **dict(grid or {})})
     for k in HPARAMS:
         if k not in full_grid:
-            raise ValueError(f"grid: missing hyperparameter {k!r}")
+            raise WeightspaceError(f"grid: missing hyperparameter {k!r}")
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
         if seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {seeds}")
+            raise WeightspaceError(f"seeds must be >= 1, got {seeds}")
         seeds = list(range(int(seeds)))
     if isinstance(seeds, str | bytes | bool) or not isinstance(seeds, Sequence):
-        raise ValueError(f"seeds must be a count or a list of ints, got {seeds!r}")
+        raise WeightspaceError(f"seeds must be a count or a list of ints, got {seeds!r}")
     if not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"seeds must be ints, got {list(seeds)}")
+        raise WeightspaceError(f"seeds must be ints, got {list(seeds)}")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
+        raise WeightspaceError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
     epochs = p.epochs if epochs is None else int(epochs)
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise WeightspaceError(f"epochs must be >= 0, got {epochs}")
     if checkpoint_epochs is None:
         checkpoint_epochs = p.checkpoint_epochs or _default_checkpoint_epochs(epochs)
     ce = sorted({int(e) for e in checkpoint_epochs})
     if not ce or ce[0] < 0 or ce[-1] > epochs:
-        raise ValueError(
+        raise WeightspaceError(
             f"checkpoint epochs must lie in [0, {epochs}], got {list(checkpoint_epochs)}"
         )
     if ce[-1] != epochs:
         ce.append(epochs)  # the final weights are always saved
     batch_size = p.batch_size if batch_size is None else int(batch_size)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise WeightspaceError(f"batch_size must be >= 1, got {batch_size}")
     ds = dataset or p.dataset
     if ds not in data_lib.available():
-        raise ValueError(f"unknown dataset {ds!r}; available: {data_lib.available()}")
+        raise WeightspaceError(f"unknown dataset {ds!r}; available: {data_lib.available()}")
     return zoo_format.zoo_config(
         preset=preset,
         dataset=ds,
@@ -420,9 +421,9 @@ def build(
     from tqdm.auto import tqdm
 
     if metadata_format not in ("jsonl", "csv"):
-        raise ValueError(f"metadata_format must be 'jsonl' or 'csv', got {metadata_format!r}")
+        raise WeightspaceError(f"metadata_format must be 'jsonl' or 'csv', got {metadata_format!r}")
     if overwrite and resume:
-        raise ValueError("overwrite and resume are mutually exclusive")
+        raise WeightspaceError("overwrite and resume are mutually exclusive")
     config = _resolve_config(
         preset,
         grid,
@@ -444,7 +445,7 @@ def build(
     directory = os.path.abspath(os.fspath(out_dir))
     zoo_json = os.path.join(directory, "zoo.json")
     if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory} exists and is not a directory")
+        raise WeightspaceError(f"{directory} exists and is not a directory")
     # A build killed while writing zoo.json the first time leaves only its temporary file.
     writer = sharding.is_writer()  # several processes: only process 0 writes files
     if os.path.isdir(directory) and set(os.listdir(directory)) - {"zoo.json.tmp"}:
@@ -452,27 +453,31 @@ def build(
             if writer:
                 shutil.rmtree(directory)
         elif not os.path.exists(zoo_json):
-            raise ValueError(
+            raise WeightspaceError(
                 f"{directory} is not empty and holds no zoo; use overwrite to replace it"
             )
         else:
             existing = read_config(zoo_json)
             diff = _zoo_differences(existing, config)
             if diff:
-                raise ValueError(
+                raise WeightspaceError(
                     f"{directory} already holds a different zoo (differing in {', '.join(diff)}); "
                     "use overwrite to replace it"
                 )
             if not resume:
-                raise ValueError(f"{directory} already holds this zoo; use resume to continue it")
+                raise WeightspaceError(
+                    f"{directory} already holds this zoo; use resume to continue it"
+                )
     sharding.barrier("zoo-build-checked")  # every process has read what was there
     if writer:
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
-            raise ValueError(f"cannot create zoo directory {directory}: {e.strerror or e}") from e
+            raise WeightspaceError(
+                f"cannot create zoo directory {directory}: {e.strerror or e}"
+            ) from e
         if not os.access(directory, os.W_OK):
-            raise ValueError(f"{directory} is not writable")
+            raise WeightspaceError(f"{directory} is not writable")
 
     config["groups"] = [
         zoo_format.group_config(

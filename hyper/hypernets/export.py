@@ -32,6 +32,7 @@ from hyper import train as train_lib
 from hyper import zoo as zoo_lib
 from hyper import zoo_format
 from hyper.checkpoint import PopulationCheckpointer
+from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.conditions import Categorical, to_json
 from hyper.hypernets.hypernet import HyperNet, generate
@@ -112,35 +113,35 @@ def export_generated(
     m = hnet.validate(conditions)
     clash = sorted({s.name for s in specs} & set(_ROW_KEYS))
     if clash:
-        raise ValueError(f"condition names {clash} clash with zoo metadata columns")
+        raise WeightspaceError(f"condition names {clash} clash with zoo metadata columns")
     run_config = dict(run_config or {})
     dataset = dataset or run_config.get("dataset")
     if dataset is None:
-        raise ValueError("export_generated: give dataset= or a run_config with a dataset")
+        raise WeightspaceError("export_generated: give dataset= or a run_config with a dataset")
     if dataset not in data_lib.available():
-        raise ValueError(f"unknown dataset {dataset!r}; available: {data_lib.available()}")
+        raise WeightspaceError(f"unknown dataset {dataset!r}; available: {data_lib.available()}")
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+        raise WeightspaceError(f"step must be a non-negative int, got {step!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise WeightspaceError(f"batch_size must be a positive int, got {batch_size!r}")
     ds = data_lib.load(dataset)
     target = hnet.target
     if "arch" not in target.config or "input_shape" not in target.config:
         # The zoo loader rebuilds the target from its config (`make_target` targets).
-        raise ValueError(
+        raise WeightspaceError(
             f"target {target.name} has no rebuild config (make it with "
             "hyper.architectures.make_target); a zoo directory could not be loaded"
         )
     if target.input_shape is not None and tuple(ds.input_shape) != tuple(target.input_shape):
-        raise ValueError(
+        raise WeightspaceError(
             f"dataset {dataset!r} has inputs {ds.input_shape}, target {target.name} takes "
             f"{target.input_shape}"
         )
     directory = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory} exists and is not a directory")
+        raise WeightspaceError(f"{directory} exists and is not a directory")
     if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
-        raise ValueError(f"{directory} is not empty; use overwrite to replace it")
+        raise WeightspaceError(f"{directory} is not empty; use overwrite to replace it")
 
     # Sample the noise here so the rows hold what the networks were generated from.
     key = jax.random.key(0) if key is None else key
@@ -189,7 +190,7 @@ def export_generated(
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"cannot create directory {directory}: {e.strerror or e}") from e
+        raise WeightspaceError(f"cannot create directory {directory}: {e.strerror or e}") from e
     zoo_format.write_config(directory, config)  # incomplete until the checkpoint commits
     with PopulationCheckpointer(zoo_format.group_dir(directory, "g0")) as ckpt:
         ckpt.save(

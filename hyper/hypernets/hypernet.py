@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.conditions import Categorical, Condition, Continuous, Noise, Vector
 from hyper.target import LeafSpec, Target
@@ -175,19 +176,21 @@ class HyperNet(nnx.Module):
             ("activation", activation, tuple(_ACTIVATIONS)),
         ):
             if value not in allowed:
-                raise ValueError(f"HyperNet: unknown {name} {value!r}; expected one of {allowed}")
+                raise WeightspaceError(
+                    f"HyperNet: unknown {name} {value!r}; expected one of {allowed}"
+                )
         hidden = tuple(int(h) for h in hidden)
         if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"HyperNet: hidden sizes must be positive, got {hidden}")
+            raise WeightspaceError(f"HyperNet: hidden sizes must be positive, got {hidden}")
         if head_init == "zero" and not residual:
-            raise ValueError("HyperNet: head_init='zero' needs residual=True (θ would be 0)")
+            raise WeightspaceError("HyperNet: head_init='zero' needs residual=True (θ would be 0)")
         for name, v in (("chunk_size", chunk_size), ("chunk_dim", chunk_dim), ("rank", rank)):
             if int(v) < 1:
-                raise ValueError(f"HyperNet: {name} must be >= 1, got {v}")
+                raise WeightspaceError(f"HyperNet: {name} must be >= 1, got {v}")
 
         gen = [s for s in target.select(*generate) if s.trainable]
         if not gen:
-            raise ValueError(
+            raise WeightspaceError(
                 f"HyperNet: no trainable leaf of {target.name} matches {list(generate)}; "
                 f"leaves: {target.paths}"
             )
@@ -446,7 +449,7 @@ def _check_batch_size(batch_size: int | None) -> None:
         or not isinstance(batch_size, int | np.integer)
         or batch_size < 1
     ):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise WeightspaceError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 @nnx.jit(static_argnames=("batch_size",))
@@ -490,7 +493,7 @@ def generate(
         from hyper import sharding
 
         if batch_size is not None:
-            raise ValueError("generate: pass either mesh or batch_size, not both")
+            raise WeightspaceError("generate: pass either mesh or batch_size, not both")
         padded, _ = sharding.pad_targets(conditions, mesh.devices.size)
         padded = sharding.shard_targets(padded, mesh)
         graphdef, state = nnx.split(hnet)
@@ -527,9 +530,13 @@ def generate_and_evaluate(
     x, y = jnp.asarray(x), jnp.asarray(y)
     t = hnet.target
     if t.input_shape is not None and tuple(x.shape[1:]) != tuple(t.input_shape):
-        raise ValueError(f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}")
+        raise WeightspaceError(
+            f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}"
+        )
     if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
-        raise ValueError(f"labels must be ints of shape ({x.shape[0]},), got {y.dtype}{y.shape}")
+        raise WeightspaceError(
+            f"labels must be ints of shape ({x.shape[0]},), got {y.dtype}{y.shape}"
+        )
     conditions = cond_lib.fill_noise(
         hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
     )
@@ -569,7 +576,7 @@ def norm_slope(
     """
     spec = {s.name: s for s in hnet.specs}.get(name)
     if not isinstance(spec, Continuous):
-        raise ValueError(f"norm_slope: {name!r} is not a continuous condition")
+        raise WeightspaceError(f"norm_slope: {name!r} is not a continuous condition")
     values = np.asarray(values, np.float32)
     m = values.shape[0]
     conds: dict[str, Any] = {}

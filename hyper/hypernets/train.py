@@ -26,9 +26,12 @@ import optax
 from flax import nnx
 
 from hyper import data as data_lib
+from hyper.architectures import target_from_config
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.hypernet import HyperNet
+from hyper.target import Target
 from hyper.train import cross_entropy
 from hyper.tree import Params, flatten_dict
 
@@ -83,12 +86,12 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, **kw: Any):
     if isinstance(learning_rate, bool) or not (
         isinstance(learning_rate, int | float) and learning_rate > 0
     ):
-        raise ValueError(f"optimizer learning_rate must be > 0, got {learning_rate!r}")
+        raise WeightspaceError(f"optimizer learning_rate must be > 0, got {learning_rate!r}")
     if name == "adam":
         return optax.adam(learning_rate, **kw)
     if name == "sgd":
         return optax.sgd(learning_rate, momentum=kw.pop("momentum", 0.9), **kw)
-    raise ValueError(f"unknown optimizer {name!r}; expected 'adam' or 'sgd'")
+    raise WeightspaceError(f"unknown optimizer {name!r}; expected 'adam' or 'sgd'")
 
 
 class HyperTrainer:
@@ -134,18 +137,18 @@ class HyperTrainer:
         reduce_groups: int | None = None,
     ):
         if conditions_per_step < 1 or batch_size < 1:
-            raise ValueError(
+            raise WeightspaceError(
                 f"conditions_per_step and batch_size must be >= 1, got "
                 f"{conditions_per_step}, {batch_size}"
             )
         x, y = jnp.asarray(x), jnp.asarray(y)
         t = hnet.target
         if t.input_shape is not None and tuple(x.shape[1:]) != tuple(t.input_shape):
-            raise ValueError(
+            raise WeightspaceError(
                 f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}"
             )
         if y.shape != (x.shape[0],):
-            raise ValueError(f"labels have shape {y.shape}, expected ({x.shape[0]},)")
+            raise WeightspaceError(f"labels have shape {y.shape}, expected ({x.shape[0]},)")
         self.x, self.y = x, y
         self.m = int(conditions_per_step)
         self.batch_size = int(batch_size)
@@ -160,12 +163,12 @@ class HyperTrainer:
         if reduce_groups is not None:
             g = reduce_groups
             if isinstance(g, bool) or not isinstance(g, int | np.integer) or g < 1 or self.m % g:
-                raise ValueError(
+                raise WeightspaceError(
                     f"HyperTrainer: reduce_groups must be a positive divisor of "
                     f"conditions_per_step={self.m}, got {reduce_groups!r}"
                 )
             if mesh is not None and g % mesh.devices.size:
-                raise ValueError(
+                raise WeightspaceError(
                     f"HyperTrainer: reduce_groups={g} must be a multiple of the mesh size "
                     f"{mesh.devices.size}"
                 )
@@ -176,7 +179,7 @@ class HyperTrainer:
 
             size = mesh.devices.size
             if self.m % size:
-                raise ValueError(
+                raise WeightspaceError(
                     f"HyperTrainer: conditions_per_step={self.m} must be a multiple of the "
                     f"mesh size {size} to shard the targets"
                 )
@@ -298,7 +301,7 @@ class HyperTrainer:
             step (the later steps of the scan change nothing) and `step_count` counts up to it.
         """
         if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-            raise ValueError(f"run_scan: steps must be a positive int, got {steps!r}")
+            raise WeightspaceError(f"run_scan: steps must be a positive int, got {steps!r}")
         self.params, self.opt_state, losses, finite = self._scan(
             self.params, self.rest, self.opt_state, key, jnp.asarray(start, jnp.int32), int(steps)
         )
@@ -318,18 +321,12 @@ class HyperTrainer:
     def arrays(self) -> dict[str, Any]:
         """Everything a resume needs, as flat name -> array dicts (copies: later steps donate
         the live buffers)."""
-        rest = [
-            v
-            for v in jax.tree.leaves(self.rest)
-            if not jnp.issubdtype(v.dtype, jax.dtypes.prng_key)
-        ]
         out = {
-            "params": {str(i): jnp.copy(v) for i, v in enumerate(jax.tree.leaves(self.params))},
-            "rest": {str(i): jnp.copy(v) for i, v in enumerate(rest)},
-            "opt_state": {
-                str(i): jnp.copy(v) for i, v in enumerate(jax.tree.leaves(self.opt_state))
-            },
+            "params": _indexed(self.params),
+            "rest": _indexed(self.rest, skip_keys=True),
+            "opt_state": _indexed(self.opt_state),
         }
+        out = jax.tree.map(jnp.copy, out)
         return {k: v for k, v in out.items() if v}  # Orbax refuses empty items
 
     def load_arrays(self, arrays: Mapping[str, Any]) -> None:
@@ -339,34 +336,9 @@ class HyperTrainer:
           ValueError: a group has the wrong number of arrays, or an array the wrong shape or
             dtype (e.g. arrays of a hypernet for another target); nothing is loaded then.
         """
-
-        def fill(name, tree, flat, skip_keys=False):
-            flat = dict(flat)
-            leaves, treedef = jax.tree.flatten(tree)
-            want = [v for v in leaves if not (skip_keys and _is_key(v))]
-            if sorted(flat) != sorted(str(j) for j in range(len(want))):
-                raise ValueError(
-                    f"load_arrays: {name!r} holds {len(flat)} arrays, this hypernet has {len(want)}"
-                )
-            out, j = [], 0
-            for v in leaves:
-                if skip_keys and _is_key(v):
-                    out.append(v)
-                    continue
-                a = flat[str(j)]
-                if tuple(np.shape(a)) != tuple(v.shape) or np.dtype(a.dtype) != np.dtype(v.dtype):
-                    raise ValueError(
-                        f"load_arrays: {name}[{j}] has shape {tuple(np.shape(a))} "
-                        f"{np.dtype(a.dtype)}, this hypernet has {tuple(v.shape)} "
-                        f"{np.dtype(v.dtype)}"
-                    )
-                out.append(jnp.array(a, copy=True))
-                j += 1
-            return jax.tree.unflatten(treedef, out)
-
-        params = fill("params", self.params, arrays.get("params", {}))
-        rest = fill("rest", self.rest, arrays.get("rest", {}), skip_keys=True)
-        opt_state = fill("opt_state", self.opt_state, arrays.get("opt_state", {}))
+        params = _filled("params", self.params, arrays.get("params", {}))
+        rest = _filled("rest", self.rest, arrays.get("rest", {}), skip_keys=True)
+        opt_state = _filled("opt_state", self.opt_state, arrays.get("opt_state", {}))
         if self.mesh is not None:  # the weights live replicated on the mesh, like at init
             from hyper import sharding
 
@@ -374,6 +346,40 @@ class HyperTrainer:
                 (params, rest, opt_state), sharding.replicated(self.mesh)
             )
         self.params, self.rest, self.opt_state = params, rest, opt_state
+
+
+def _indexed(tree: Any, skip_keys: bool = False) -> dict[str, Any]:
+    """The leaves of `tree` as ``{"0": leaf, "1": ...}`` (PRNG keys left out with
+    `skip_keys`): the layout of a run's checkpoint items."""
+    leaves = [v for v in jax.tree.leaves(tree) if not (skip_keys and _is_key(v))]
+    return {str(i): v for i, v in enumerate(leaves)}
+
+
+def _filled(name: str, tree: Any, flat: Mapping[str, Any], skip_keys: bool = False) -> Any:
+    """`tree` with its leaves replaced by copies of the arrays of `flat` (`_indexed`'s layout),
+    checked for count, shape and dtype."""
+    flat = dict(flat)
+    leaves, treedef = jax.tree.flatten(tree)
+    want = [v for v in leaves if not (skip_keys and _is_key(v))]
+    if sorted(flat) != sorted(str(j) for j in range(len(want))):
+        raise WeightspaceError(
+            f"load_arrays: {name!r} holds {len(flat)} arrays, this hypernet has {len(want)}"
+        )
+    out, j = [], 0
+    for v in leaves:
+        if skip_keys and _is_key(v):
+            out.append(v)
+            continue
+        a = flat[str(j)]
+        if tuple(np.shape(a)) != tuple(v.shape) or np.dtype(a.dtype) != np.dtype(v.dtype):
+            raise WeightspaceError(
+                f"load_arrays: {name}[{j}] has shape {tuple(np.shape(a))} "
+                f"{np.dtype(a.dtype)}, this hypernet has {tuple(v.shape)} "
+                f"{np.dtype(v.dtype)}"
+            )
+        out.append(jnp.array(a, copy=True))
+        j += 1
+    return jax.tree.unflatten(treedef, out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,44 +424,46 @@ def resolve_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
                 with open(config) as f:
                     config = json.load(f)
             except OSError as e:
-                raise ValueError(
+                raise WeightspaceError(
                     f"config {config!r} is neither a preset {sorted(PRESETS)} nor a readable file: "
                     f"{e.strerror}"
                 ) from None
             except json.JSONDecodeError as e:
-                raise ValueError(f"config {config!r} is not valid JSON: {e}") from None
+                raise WeightspaceError(f"config {config!r} is not valid JSON: {e}") from None
     if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a JSON object, got {type(config).__name__}")
+        raise WeightspaceError(f"config must be a JSON object, got {type(config).__name__}")
     unknown = sorted(set(config) - _RUN_KEYS)
     if unknown:
-        raise ValueError(f"config: unknown keys {unknown}; expected {sorted(_RUN_KEYS)}")
+        raise WeightspaceError(f"config: unknown keys {unknown}; expected {sorted(_RUN_KEYS)}")
     full = copy.deepcopy(PRESETS["digits-mip"])
     full.update(copy.deepcopy(dict(config)))
     for k in ("steps", "conditions_per_step", "batch_size", "checkpoint_every"):
         v = full[k]
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "steps" else 1):
-            raise ValueError(f"config[{k!r}] must be a positive int, got {v!r}")
+            raise WeightspaceError(f"config[{k!r}] must be a positive int, got {v!r}")
     g = full["reduce_groups"]
     if g is not None and (
         isinstance(g, bool) or not isinstance(g, int) or g < 1 or full["conditions_per_step"] % g
     ):
-        raise ValueError(
+        raise WeightspaceError(
             f"config['reduce_groups'] must be null or a positive divisor of "
             f"conditions_per_step={full['conditions_per_step']}, got {g!r}"
         )
     if full["dataset"] not in data_lib.available():
-        raise ValueError(f"config['dataset']: unknown {full['dataset']!r}")
+        raise WeightspaceError(f"config['dataset']: unknown {full['dataset']!r}")
     for k in ("target", "hypernet", "loss", "optimizer"):
         if not isinstance(full[k], Mapping):
-            raise ValueError(f"config[{k!r}] must be a JSON object, got {full[k]!r}")
+            raise WeightspaceError(f"config[{k!r}] must be a JSON object, got {full[k]!r}")
     if not isinstance(full["seed"], int) or isinstance(full["seed"], bool):
-        raise ValueError(f"config['seed'] must be an int, got {full['seed']!r}")
+        raise WeightspaceError(f"config['seed'] must be an int, got {full['seed']!r}")
     if full["loss"].get("kind") not in LOSSES:
-        raise ValueError(f"config['loss']['kind'] must be one of {sorted(LOSSES)}")
+        raise WeightspaceError(f"config['loss']['kind'] must be one of {sorted(LOSSES)}")
     if not isinstance(full["target"].get("arch"), str):
-        raise ValueError("config['target'] needs an 'arch' name")
+        raise WeightspaceError("config['target'] needs an 'arch' name")
     if "input_shape" in full["target"]:
-        raise ValueError("config['target']: 'input_shape' comes from the dataset; leave it out")
+        raise WeightspaceError(
+            "config['target']: 'input_shape' comes from the dataset; leave it out"
+        )
     hnet_args = set(inspect.signature(HyperNet.__init__).parameters) - {
         "self",
         "target",
@@ -465,32 +473,34 @@ def resolve_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
     }
     unknown = sorted(set(full["hypernet"]) - hnet_args)
     if unknown:
-        raise ValueError(
+        raise WeightspaceError(
             f"config['hypernet']: unknown keys {unknown}; expected {sorted(hnet_args)}"
         )
     try:
         make_optimizer(**full["optimizer"])
     except TypeError as e:
-        raise ValueError(f"config['optimizer']: {e}") from None
+        raise WeightspaceError(f"config['optimizer']: {e}") from None
     if not isinstance(full["conditions"], list) or not all(
         isinstance(c, Mapping) for c in full["conditions"]
     ):
-        raise ValueError("config['conditions'] must be a list of JSON objects")
+        raise WeightspaceError("config['conditions'] must be a list of JSON objects")
     try:
         cond_lib.from_json(full["conditions"])  # validates
     except TypeError as e:
-        raise ValueError(f"config['conditions']: {e}") from None
+        raise WeightspaceError(f"config['conditions']: {e}") from None
     return full
 
 
 def build_hypernet(config: Mapping[str, Any]) -> tuple[HyperNet, data_lib.Dataset]:
-    from hyper.architectures import target_from_config
-
+    """The freshly initialised hypernet of a resolved run config, and its dataset."""
     ds = data_lib.load(config["dataset"])
     target = target_from_config({**config["target"], "input_shape": list(ds.input_shape)})
+    return _hypernet(config, target), ds
+
+
+def _hypernet(config: Mapping[str, Any], target: Target) -> HyperNet:
     specs = cond_lib.from_json(config["conditions"])
-    hnet = HyperNet(target, specs, rngs=nnx.Rngs(config["seed"]), **config["hypernet"])
-    return hnet, ds
+    return HyperNet(target, specs, rngs=nnx.Rngs(config["seed"]), **config["hypernet"])
 
 
 def _trainer(
@@ -541,7 +551,7 @@ def train_run(
     config = resolve_config(config)
     for k in ("conditions_per_step", "reduce_groups"):  # refused before anything is written
         if mesh is not None and config[k] and config[k] % mesh.devices.size:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{k}={config[k]} must be a multiple of the {mesh.devices.size} devices to "
                 "shard the targets"
             )
@@ -551,7 +561,9 @@ def train_run(
         if overwrite:
             shutil.rmtree(directory)
         elif not os.path.exists(run_json):
-            raise ValueError(f"{directory} is not empty and holds no hypernet run; use overwrite")
+            raise WeightspaceError(
+                f"{directory} is not empty and holds no hypernet run; use overwrite"
+            )
         else:
             with open(run_json) as f:
                 old = json.load(f)
@@ -560,9 +572,11 @@ def train_run(
             except ValueError:
                 old_config = old.get("config")
             if json.dumps(old_config, sort_keys=True) != json.dumps(config, sort_keys=True):
-                raise ValueError(f"{directory} holds a different hypernet run; use overwrite")
+                raise WeightspaceError(f"{directory} holds a different hypernet run; use overwrite")
             if not resume:
-                raise ValueError(f"{directory} already holds this run; use resume to continue it")
+                raise WeightspaceError(
+                    f"{directory} already holds this run; use resume to continue it"
+                )
     os.makedirs(directory, exist_ok=True)
     hnet, ds = build_hypernet(config)
     trainer = _trainer(config, hnet, ds, mesh)
@@ -622,13 +636,23 @@ def load_run(
     if run.get("format") != "weightspace-hypernet":
         raise CheckpointError(f"{run_json} is not a weightspace hypernet run")
     config = resolve_config(run["config"])
-    hnet, ds = build_hypernet(config)
-    trainer = _trainer(config, hnet, ds)
+    # The hypernet's own config holds the target with its input shape: no dataset to load.
+    target_config = (run.get("hypernet") or {}).get("target")
+    if not isinstance(target_config, Mapping):
+        raise CheckpointError(f"{run_json} has no hypernet target config")
+    hnet = _hypernet(config, target_from_config(target_config))
+    graphdef, params, rest = nnx.split(hnet, nnx.Param, ...)
+    items = {"params": _indexed(params), "rest": _indexed(rest, skip_keys=True)}
+    abstract = {
+        k: jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), v)
+        for k, v in items.items()
+        if v  # an empty item is not stored
+    }
     with PopulationCheckpointer(os.path.join(directory, "checkpoints"), read_only=True) as ckpt:
-        abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), trainer.arrays())
         arrays, _ = ckpt.restore(step, abstract)
-    trainer.load_arrays(arrays)
-    return trainer.hnet, config
+    params = _filled("params", params, arrays.get("params", {}))
+    rest = _filled("rest", rest, arrays.get("rest", {}), skip_keys=True)
+    return nnx.merge(graphdef, params, rest), config
 
 
 def parse_conditions(text: str, hnet: HyperNet) -> dict[str, np.ndarray]:
@@ -641,14 +665,14 @@ def parse_conditions(text: str, hnet: HyperNet) -> dict[str, np.ndarray]:
             with open(text) as f:
                 raw = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--conditions: {text} is not valid JSON: {e}") from None
+            raise WeightspaceError(f"--conditions: {text} is not valid JSON: {e}") from None
         if not isinstance(raw, dict):
-            raise ValueError(f"--conditions: {text} must hold a JSON object of name -> list")
+            raise WeightspaceError(f"--conditions: {text} must hold a JSON object of name -> list")
         out = {}
         for k, v in raw.items():
             a = np.asarray(v)
             if a.dtype.kind not in "iuf":
-                raise ValueError(f"--conditions: {k!r} must be numbers")
+                raise WeightspaceError(f"--conditions: {k!r} must be numbers")
             out[k] = a.astype(np.int32) if a.dtype.kind in "iu" else a.astype(np.float32)
         hnet.validate(out)
         return out
@@ -657,13 +681,15 @@ def parse_conditions(text: str, hnet: HyperNet) -> dict[str, np.ndarray]:
         name, eq, rng = part.partition("=")
         bits = rng.split(":")
         if not eq or len(bits) != 3:
-            raise ValueError(f"--conditions: {part!r} is neither a file nor name=lo:hi:n")
+            raise WeightspaceError(f"--conditions: {part!r} is neither a file nor name=lo:hi:n")
         try:
             lo, hi, n = float(bits[0]), float(bits[1]), int(bits[2])
         except ValueError:
-            raise ValueError(f"--conditions: {part!r}: expected numbers in name=lo:hi:n") from None
+            raise WeightspaceError(
+                f"--conditions: {part!r}: expected numbers in name=lo:hi:n"
+            ) from None
         if n < 1:
-            raise ValueError(f"--conditions: {part!r}: n must be >= 1")
+            raise WeightspaceError(f"--conditions: {part!r}: n must be >= 1")
         axes[name.strip()] = np.linspace(lo, hi, n, dtype=np.float32)
     mesh = np.meshgrid(*axes.values(), indexing="ij")
     out = {k: m.reshape(-1) for k, m in zip(axes, mesh, strict=True)}
