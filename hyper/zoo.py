@@ -24,7 +24,6 @@ import dataclasses
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 from hyper import data as data_lib
 from hyper import sharding, zoo_format
 from hyper.architectures import ACTIVATIONS, target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 from hyper.train import OPTIMIZERS, TrainConfig, Trainer
@@ -444,40 +443,28 @@ def build(
 
     directory = os.path.abspath(os.fspath(out_dir))
     zoo_json = os.path.join(directory, "zoo.json")
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise WeightspaceError(f"{directory} exists and is not a directory")
-    # A build killed while writing zoo.json the first time leaves only its temporary file.
     writer = sharding.is_writer()  # several processes: only process 0 writes files
-    if os.path.isdir(directory) and set(os.listdir(directory)) - {"zoo.json.tmp"}:
-        if overwrite:
-            if writer:
-                shutil.rmtree(directory)
-        elif not os.path.exists(zoo_json):
+    if not overwrite and os.path.exists(zoo_json):  # a zoo is there: continue it or refuse
+        diff = _zoo_differences(read_config(zoo_json), config)
+        if diff:
             raise WeightspaceError(
-                f"{directory} is not empty and holds no zoo; use overwrite to replace it"
+                f"{directory} already holds a different zoo (differing in {', '.join(diff)}); "
+                "use overwrite to replace it"
             )
-        else:
-            existing = read_config(zoo_json)
-            diff = _zoo_differences(existing, config)
-            if diff:
-                raise WeightspaceError(
-                    f"{directory} already holds a different zoo (differing in {', '.join(diff)}); "
-                    "use overwrite to replace it"
-                )
-            if not resume:
-                raise WeightspaceError(
-                    f"{directory} already holds this zoo; use resume to continue it"
-                )
-    sharding.barrier("zoo-build-checked")  # every process has read what was there
-    if writer:
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as e:
-            raise WeightspaceError(
-                f"cannot create zoo directory {directory}: {e.strerror or e}"
-            ) from e
-        if not os.access(directory, os.W_OK):
+        if not resume:
+            raise WeightspaceError(f"{directory} already holds this zoo; use resume to continue it")
+        if writer and not os.access(directory, os.W_OK):
             raise WeightspaceError(f"{directory} is not writable")
+    else:  # a build killed while first writing zoo.json leaves only its temporary file
+        prepare_dir(
+            directory,
+            overwrite=overwrite,
+            holds="zoo",
+            hint="use overwrite",
+            ignore=("zoo.json.tmp",),
+            write=writer,
+        )
+    sharding.barrier("zoo-build-checked")  # every process has read what was there
 
     config["groups"] = [
         zoo_format.group_config(

@@ -117,7 +117,7 @@ class _DeclaredConditions:
 
 def _generate(args: argparse.Namespace) -> int:
     from hyper import zoo
-    from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+    from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
     from hyper.hypernets.conditions import from_json
     from hyper.hypernets.export import export_generated
     from hyper.hypernets.train import load_run, parse_conditions
@@ -128,8 +128,7 @@ def _generate(args: argparse.Namespace) -> int:
         raise WeightspaceError(
             f"--out {out} must lie outside the run directory {src} and not hold it"
         )
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise WeightspaceError(f"{out} is not empty; use overwrite to replace it")
+    prepare_dir(out, overwrite=args.overwrite, hint="use overwrite", write=False)
     try:
         with open(os.path.join(src, "hypernet.json")) as f:
             specs = from_json(json.load(f)["config"]["conditions"])

@@ -19,7 +19,6 @@ alone regenerate the population.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ from hyper import data as data_lib
 from hyper import train as train_lib
 from hyper import zoo as zoo_lib
 from hyper import zoo_format
-from hyper.checkpoint import PopulationCheckpointer
+from hyper.checkpoint import PopulationCheckpointer, prepare_dir
 from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.conditions import Categorical, to_json
@@ -137,11 +136,8 @@ def export_generated(
             f"dataset {dataset!r} has inputs {ds.input_shape}, target {target.name} takes "
             f"{target.input_shape}"
         )
-    directory = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise WeightspaceError(f"{directory} exists and is not a directory")
-    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
-        raise WeightspaceError(f"{directory} is not empty; use overwrite to replace it")
+    # Refused before anything is generated; replaced only once the networks exist.
+    directory = prepare_dir(out_dir, overwrite=overwrite, hint="use overwrite", write=False)
 
     # Sample the noise here so the rows hold what the networks were generated from.
     key = jax.random.key(0) if key is None else key
@@ -185,12 +181,7 @@ def export_generated(
         complete=False,
     )
 
-    if os.path.isdir(directory) and os.listdir(directory):
-        shutil.rmtree(directory)  # overwrite, checked above
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise WeightspaceError(f"cannot create directory {directory}: {e.strerror or e}") from e
+    prepare_dir(directory, overwrite=overwrite, hint="use overwrite")
     zoo_format.write_config(directory, config)  # incomplete until the checkpoint commits
     with PopulationCheckpointer(zoo_format.group_dir(directory, "g0")) as ckpt:
         ckpt.save(

@@ -27,7 +27,7 @@ from flax import nnx
 
 from hyper import data as data_lib
 from hyper.architectures import target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
 from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.hypernet import HyperNet
@@ -544,8 +544,6 @@ def train_run(
       ValueError: bad config, or `out_dir` holds another run and neither flag fits.
       NonFiniteLossError: the loss diverged; the last good checkpoint stays latest.
     """
-    import shutil
-
     from tqdm.auto import tqdm
 
     config = resolve_config(config)
@@ -557,27 +555,18 @@ def train_run(
             )
     directory = os.path.abspath(os.fspath(out_dir))
     run_json = os.path.join(directory, "hypernet.json")
-    if os.path.isdir(directory) and os.listdir(directory):
-        if overwrite:
-            shutil.rmtree(directory)
-        elif not os.path.exists(run_json):
-            raise WeightspaceError(
-                f"{directory} is not empty and holds no hypernet run; use overwrite"
-            )
-        else:
-            with open(run_json) as f:
-                old = json.load(f)
-            try:  # a run written before a key existed has that key's default
-                old_config = resolve_config(old.get("config"))
-            except ValueError:
-                old_config = old.get("config")
-            if json.dumps(old_config, sort_keys=True) != json.dumps(config, sort_keys=True):
-                raise WeightspaceError(f"{directory} holds a different hypernet run; use overwrite")
-            if not resume:
-                raise WeightspaceError(
-                    f"{directory} already holds this run; use resume to continue it"
-                )
-    os.makedirs(directory, exist_ok=True)
+    if not overwrite and os.path.exists(run_json):  # a run is there: continue it or refuse
+        old = _read_run(directory)
+        try:  # a run written before a key existed has that key's default
+            old_config = resolve_config(old.get("config"))
+        except ValueError:
+            old_config = old.get("config")
+        if json.dumps(old_config, sort_keys=True) != json.dumps(config, sort_keys=True):
+            raise WeightspaceError(f"{directory} holds a different hypernet run; use overwrite")
+        if not resume:
+            raise WeightspaceError(f"{directory} already holds this run; use resume to continue it")
+    else:
+        prepare_dir(directory, overwrite=overwrite, holds="hypernet run", hint="use overwrite")
     hnet, ds = build_hypernet(config)
     trainer = _trainer(config, hnet, ds, mesh)
     if not os.path.exists(run_json):
@@ -622,19 +611,30 @@ def train_run(
     return trainer
 
 
-def load_run(
-    directory: str | os.PathLike, step: int | None = None
-) -> tuple[HyperNet, dict[str, Any]]:
-    """The trained hypernet of a run directory (latest or given step) and its run config."""
-    directory = os.path.abspath(os.fspath(directory))
+def _read_run(directory: str) -> dict[str, Any]:
+    """The checked ``hypernet.json`` of a run directory.
+
+    Raises:
+      CheckpointError: missing, unreadable or not a weightspace hypernet run.
+    """
     run_json = os.path.join(directory, "hypernet.json")
     try:
         with open(run_json) as f:
             run = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{directory} holds no readable hypernet run: {e}") from None
-    if run.get("format") != "weightspace-hypernet":
+    if not isinstance(run, dict) or run.get("format") != "weightspace-hypernet":
         raise CheckpointError(f"{run_json} is not a weightspace hypernet run")
+    return run
+
+
+def load_run(
+    directory: str | os.PathLike, step: int | None = None
+) -> tuple[HyperNet, dict[str, Any]]:
+    """The trained hypernet of a run directory (latest or given step) and its run config."""
+    directory = os.path.abspath(os.fspath(directory))
+    run_json = os.path.join(directory, "hypernet.json")
+    run = _read_run(directory)
     config = resolve_config(run["config"])
     # The hypernet's own config holds the target with its input shape: no dataset to load.
     target_config = (run.get("hypernet") or {}).get("target")
