@@ -168,7 +168,10 @@ def prepare_dir(
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
-            raise CheckpointError(f"cannot create directory {directory}: {e.strerror or e}") from e
+            kind = f"{holds} " if holds else ""
+            raise CheckpointError(
+                f"cannot create {kind}directory {directory}: {e.strerror or e}"
+            ) from e
         if not os.access(directory, os.W_OK):
             raise CheckpointError(f"{directory} is not writable")
     return directory

@@ -3,12 +3,15 @@ per-member hyperparameters, gives the same result sharded over 8 devices, and co
 epoch once."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hyper import population as pop_ops
 from hyper.architectures import make_target
-from hyper.train import TrainConfig, Trainer
+from hyper.hypernets import train as hypertrain
+from hyper.train import TrainConfig, Trainer, make_optimizer
 
 N = 8  # a multiple of the 8 fake devices
 EPOCHS = 3
@@ -286,3 +289,100 @@ def test_member_chunks_give_the_same_epoch(digits):
     for bad in (0, 2.5, "auto"):
         with pytest.raises(ValueError, match="member_chunk"):
             TrainConfig(member_chunk=bad)
+
+
+def _reference_chains(steps: int):
+    """Today's optax chains of every training loop, as they were written at their sites, and
+    the `make_optimizer` call that replaces each."""
+    lr, wd = 3e-3, 1e-3
+    mask = {"w": True, "b": False}
+    warmup = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), max(steps, 2))
+    trainer_wd = {"weight_decay": wd, "decay_mask": mask}
+    return {
+        "trainer adam": (
+            optax.chain(
+                optax.scale_by_adam(),
+                optax.add_decayed_weights(wd, mask=mask),
+                optax.scale_by_learning_rate(lr),
+            ),
+            make_optimizer("adam", lr, **trainer_wd),
+        ),
+        "trainer sgd": (
+            optax.chain(optax.add_decayed_weights(wd, mask=mask), optax.scale_by_learning_rate(lr)),
+            make_optimizer("sgd", lr, **trainer_wd),
+        ),
+        "trainer momentum": (
+            optax.chain(
+                optax.add_decayed_weights(wd, mask=mask),
+                optax.trace(decay=0.9),
+                optax.scale_by_learning_rate(lr),
+            ),
+            make_optimizer("momentum", lr, **trainer_wd),
+        ),
+        "trainer rmsprop": (
+            optax.chain(
+                optax.add_decayed_weights(wd, mask=mask),
+                optax.scale_by_rms(decay=0.9),
+                optax.scale_by_learning_rate(lr),
+            ),
+            make_optimizer("rmsprop", lr, **trainer_wd),
+        ),
+        "hypertrain adam": (optax.adam(lr), hypertrain.make_optimizer("adam", lr)),
+        "hypertrain adam b1": (
+            optax.adam(lr, b1=0.8),
+            hypertrain.make_optimizer("adam", lr, b1=0.8),
+        ),
+        "hypertrain sgd": (optax.sgd(lr, momentum=0.9), hypertrain.make_optimizer("sgd", lr)),
+        "hypertrain sgd nesterov": (
+            optax.sgd(lr, momentum=0.5, nesterov=True),
+            hypertrain.make_optimizer("sgd", lr, momentum=0.5, nesterov=True),
+        ),
+        "metanets predict": (
+            optax.adamw(warmup, weight_decay=wd),
+            make_optimizer("adam", lr, schedule="warmup_cosine", steps=steps, weight_decay=wd),
+        ),
+        "metanets meta_train": (
+            optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(warmup, weight_decay=wd)),
+            make_optimizer(
+                "adam", lr, schedule="warmup_cosine", steps=steps, weight_decay=wd, clip_norm=1.0
+            ),
+        ),
+        "generators": (
+            optax.adam(optax.cosine_decay_schedule(lr, steps)),
+            make_optimizer("adam", lr, schedule="cosine", steps=steps),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_reference_chains(6)))
+def test_make_optimizer_equals_each_chain_it_replaces(name):
+    """The same state structure (checkpoints of either restore into the other) and the same
+    updates, bit for bit, over six steps of random gradients."""
+    steps = 6
+    ref, got = _reference_chains(steps)[name]
+    params = {"w": jnp.ones((3, 4)), "b": jnp.full((4,), 0.5)}
+    s_ref, s_got = ref.init(params), got.init(params)
+    assert jax.tree.structure(s_ref) == jax.tree.structure(s_got)
+    for i in range(steps):
+        k = jax.random.key(i)
+        grads = {"w": 3 * jax.random.normal(k, (3, 4)), "b": jax.random.normal(k, (4,))}
+        u_ref, s_ref = jax.jit(ref.update)(grads, s_ref, params)
+        u_got, s_got = jax.jit(got.update)(grads, s_got, params)
+        for a, b in zip(jax.tree.leaves(u_ref), jax.tree.leaves(u_got), strict=True):
+            np.testing.assert_array_equal(a, b)
+        params = optax.apply_updates(params, u_ref)
+
+
+def test_make_optimizer_rejects_bad_options():
+    with pytest.raises(ValueError, match="unknown optimizer 'adagrad'"):
+        make_optimizer("adagrad")
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        make_optimizer("adam", 0.0)
+    with pytest.raises(ValueError, match="needs steps"):
+        make_optimizer("adam", 1e-3, schedule="cosine")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_optimizer("adam", 1e-3, schedule="linear", steps=3)
+    with pytest.raises(TypeError):
+        make_optimizer("sgd", 1e-3, nesterov=True)  # plain sgd has no options
+    with pytest.raises(TypeError):
+        hypertrain.make_optimizer("adam", 1e-3, weight_decay=0.1)  # not a run-config option

@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from hyper import data as data_lib
+from hyper import train as train_lib
 from hyper.architectures import target_from_config
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
 from hyper.errors import WeightspaceError
@@ -82,16 +83,22 @@ LOSSES: dict[str, Callable[..., LossFn]] = {
 
 
 def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, **kw: Any):
-    """``adam`` or ``sgd`` (momentum 0.9 unless given), optax."""
+    """A run config's optimizer: ``adam`` or ``sgd`` (momentum 0.9 unless given), built by
+    `hyper.train.make_optimizer` (equal to ``optax.adam(learning_rate, **kw)`` and
+    ``optax.sgd(learning_rate, momentum, **kw)``); `kw` are options of adam or of the
+    momentum trace (e.g. ``b1``, ``nesterov``)."""
     if isinstance(learning_rate, bool) or not (
         isinstance(learning_rate, int | float) and learning_rate > 0
     ):
         raise WeightspaceError(f"optimizer learning_rate must be > 0, got {learning_rate!r}")
-    if name == "adam":
-        return optax.adam(learning_rate, **kw)
+    if name not in ("adam", "sgd"):
+        raise WeightspaceError(f"unknown optimizer {name!r}; expected 'adam' or 'sgd'")
+    chain_args = sorted(set(kw) & {"schedule", "steps", "weight_decay", "decay_mask", "clip_norm"})
+    if chain_args:  # a run config names options of adam or sgd only
+        raise TypeError(f"make_optimizer() got unexpected keyword arguments {chain_args}")
     if name == "sgd":
-        return optax.sgd(learning_rate, momentum=kw.pop("momentum", 0.9), **kw)
-    raise WeightspaceError(f"unknown optimizer {name!r}; expected 'adam' or 'sgd'")
+        kw["momentum"] = kw.get("momentum", 0.9)
+    return train_lib.make_optimizer(name, learning_rate, **kw)
 
 
 class HyperTrainer:
@@ -155,7 +162,7 @@ class HyperTrainer:
         self.shared_batch = bool(shared_batch)
         self.loss_fn = loss_fn
         self.sampler = sampler or (lambda k, m: cond_lib.sample(hnet.specs, k, m))
-        self.optimizer = optimizer or optax.adam(1e-3)
+        self.optimizer = optimizer or train_lib.make_optimizer("adam", 1e-3)
         self.graphdef, params, self.rest = nnx.split(hnet, nnx.Param, ...)
         # Steps donate `self.params`: own copies, so the caller's `hnet` stays usable.
         self.params = jax.tree.map(jnp.copy, params)
