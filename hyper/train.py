@@ -38,6 +38,10 @@ __all__ = [
     "cross_entropy",
     "evaluate",
     "make_optimizer",
+    "map_member_chunks",
+    "member_subsets",
+    "shuffled_order",
+    "subsets_program",
 ]
 
 
@@ -136,7 +140,7 @@ def make_optimizer(
     return opt
 
 
-def _shuffled_order(key: jax.Array, subset: jax.Array) -> jax.Array:
+def shuffled_order(key: jax.Array, subset: jax.Array) -> jax.Array:
     """The indices of `subset`'s True entries in random order, then the others.
 
     Equals ``argsort(where(subset, uniform(key, subset.shape), 2.0), stable=True)``:
@@ -331,8 +335,20 @@ def _splits(n: int) -> bool:
     return ndev > 1 and n > 0 and n % ndev == 0
 
 
-def _member_subsets(keys, n_sub, n_train_arange, shard):
-    """Each member's training subset: its first `n_sub` examples in a permutation of its own."""
+def member_subsets(
+    keys: jax.Array, n_sub: jax.Array, n_train_arange: jax.Array, shard: bool
+) -> jax.Array:
+    """Each member's training subset: its first `n_sub` examples in a permutation of its own.
+
+    Args:
+      keys: `[targets]` member keys (the permutation uses ``fold_in(key, 1)``).
+      n_sub: `[targets]` int, the subset sizes.
+      n_train_arange: ``arange(n_train)``.
+      shard: keep the result split over the targets mesh (see `Trainer.place`).
+
+    Returns:
+      `[targets, n_train]` bool.
+    """
 
     def one(k, m):
         perm = jax.random.permutation(jax.random.fold_in(k, 1), n_train_arange.shape[0])
@@ -346,10 +362,10 @@ def _member_subsets(keys, n_sub, n_train_arange, shard):
 
 
 @functools.cache
-def _subsets_program() -> Callable:
-    """`_member_subsets` compiled once for every Trainer, like the initialisation (it runs
+def subsets_program() -> Callable:
+    """`member_subsets` compiled once for every Trainer, like the initialisation (it runs
     once per population; `init_compiler_options`: on CPU 0.5 s -> 0.3 s, same subsets)."""
-    return jax.jit(_member_subsets, static_argnums=3, compiler_options=init_compiler_options())
+    return jax.jit(member_subsets, static_argnums=3, compiler_options=init_compiler_options())
 
 
 def _keep_sharded(tree: Any, shard: bool) -> Any:
@@ -410,8 +426,9 @@ class Trainer:
         self._opt = self._opt_factory(learning_rate=0.0, weight_decay=0.0)
         self._train_apply = _for_populations(target.pure_train_apply)
         self._epoch_fn = jax.jit(self._epoch, donate_argnums=0, static_argnums=2)
-        self._chunks: dict[int, int] = {}  # members -> members per chunk ("memory" rule)
-        self._member_step_fn = jax.jit(self._member_step)
+        # members -> members per chunk, as the "memory" rule decided it (once per size)
+        self.memory_chunks: dict[int, int] = {}
+        self._member_step_fn = jax.jit(self.member_step)
         self._eval_fn = jax.jit(self._evaluate_both)  # both splits: one compile
         # Initialisation runs once per population: compiled for compile speed (see
         # `init_compiler_options`). Training keeps the default optimisation.
@@ -531,7 +548,7 @@ class Trainer:
 
     def _subsets(self, keys: jax.Array, frac: jax.Array, shard: bool) -> jax.Array:
         n_sub = jnp.maximum(1, jnp.round(frac * self.n_train).astype(jnp.int32))
-        return _subsets_program()(keys, n_sub, jnp.arange(self.n_train), shard)
+        return subsets_program()(keys, n_sub, jnp.arange(self.n_train), shard)
 
     # --- training ------------------------------------------------------------------------
 
@@ -539,8 +556,19 @@ class Trainer:
         logits, new_params = self._train_apply(params, x, key)
         return cross_entropy(logits, y), (new_params, logits)
 
-    def _member_step(self, params, opt_state, x, y, key, diverged):
-        """One optimisation step of one member; NaN/Inf quarantines the member."""
+    @property
+    def epoch_programs(self) -> int:
+        """How many epoch programs `train_epoch` has compiled (one per state shape, sharding
+        and member chunk)."""
+        return self._epoch_fn._cache_size()
+
+    def member_step(self, params, opt_state, x, y, key, diverged):
+        """One optimisation step of one member (unbatched: `train_epoch` vmaps it); NaN/Inf
+        quarantines the member.
+
+        Returns:
+          ``(params, opt_state, loss, acc, diverged)``.
+        """
         (loss, (new_params, logits)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             params, x, y, key
         )
@@ -565,9 +593,9 @@ class Trainer:
         if chunk is None:  # CPU caches favour small chunks; accelerators, bounded memory
             chunk = 64 if jax.default_backend() == "cpu" else "memory"
         if chunk == "memory":
-            if n not in self._chunks:
-                self._chunks[n] = self._memory_chunk(state)
-            return self._chunks[n]
+            if n not in self.memory_chunks:
+                self.memory_chunks[n] = self._memory_chunk(state)
+            return self.memory_chunks[n]
         ndev = jax.device_count()
         if chunk >= n or n % chunk or chunk % ndev:
             return n
@@ -612,7 +640,7 @@ class Trainer:
         n_sub = jnp.sum(state.subset, axis=1)
 
         def orders(key, subset):
-            return _shuffled_order(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), subset)
+            return shuffled_order(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), subset)
 
         order = jax.vmap(orders)(state.key, state.subset)
 
@@ -625,7 +653,7 @@ class Trainer:
             keys = jax.vmap(
                 lambda k: jax.random.fold_in(jax.random.fold_in(k, 3), epoch * 100003 + j)
             )(state.key)
-            params, opt_state, loss, acc, diverged = jax.vmap(self._member_step)(
+            params, opt_state, loss, acc, diverged = jax.vmap(self.member_step)(
                 params, opt_state, x, y, keys, diverged
             )
             return (params, opt_state, diverged), (loss, acc)

@@ -23,16 +23,6 @@ WD_B = [0, 0, 0, 0.05, 0, 0, 0, 0]  # member 3: weight decay
 FRAC_B = [1, 1, 1, 1, 0.05, 1, 1, 1]  # member 4: 5% of the train split
 
 
-class CountingTrainer(Trainer):
-    """Counts how often the epoch is traced (each trace re-runs this Python body)."""
-
-    traces = 0
-
-    def _epoch(self, state, epoch, chunk):
-        type(self).traces += 1
-        return super()._epoch(state, epoch, chunk)
-
-
 def _host(tree):
     """NumPy copies (the trainer donates device buffers); PRNG keys stay as they are."""
     return jax.tree.map(
@@ -55,20 +45,19 @@ def run(digits):
     # Dropout on: a jitted, vmapped train step of an NNX module with RNG streams.
     target = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10, dropout=0.1)
     config = TrainConfig(optimizer="sgd", batch_size=32, steps_per_epoch=STEPS, eval_batch_size=128)
-    trainer = CountingTrainer(target, digits, config)
+    trainer = Trainer(target, digits, config)
     key = jax.random.key(0)
     out = {"trainer": trainer, "target": target}
     a0 = trainer.init(key, N, learning_rate=LR_A, shard=False)
     out["a_init"] = _host(a0.params)
     out["a"], out["a_metrics"] = _train(trainer, a0)
-    out["traces_unsharded"] = CountingTrainer.traces
-    out["cache_unsharded"] = trainer._epoch_fn._cache_size()
+    out["programs_unsharded"] = trainer.epoch_programs
     # The same members (keys) from the same initial weights; passing them skips compiling
     # the initialiser again.
     sharded = trainer.init(key, N, learning_rate=LR_A, params=out["a_init"], shard=True)
     out["sharding"] = jax.tree.leaves(sharded.params)[0].sharding
     out["a_sharded"], out["a_sharded_metrics"] = _train(trainer, sharded)
-    out["traces_total"] = CountingTrainer.traces
+    out["programs_total"] = trainer.epoch_programs
     hp_b = dict(learning_rate=LR_B, weight_decay=WD_B, train_fraction=FRAC_B)
     b0 = trainer.init(key, N, **hp_b, params=out["a_init"], shard=True)
     out["b_subset_sizes"] = np.asarray(b0.subset).sum(1)
@@ -200,15 +189,14 @@ def test_subsets_compiled_for_speed_are_the_same():
     keys = jax.random.split(jax.random.key(3), 6)
     n_sub = jax.numpy.asarray([1, 5, 50, 99, 100, 37])
     args = (keys, n_sub, jax.numpy.arange(100), False)
-    fast = np.asarray(train._subsets_program()(*args))
-    np.testing.assert_array_equal(fast, jax.jit(train._member_subsets, static_argnums=3)(*args))
+    fast = np.asarray(train.subsets_program()(*args))
+    np.testing.assert_array_equal(fast, jax.jit(train.member_subsets, static_argnums=3)(*args))
     np.testing.assert_array_equal(fast.sum(1), n_sub)
 
 
 def test_epoch_compiles_once(run):
-    assert run["traces_unsharded"] == 1  # three epochs, one trace
-    assert run["cache_unsharded"] == 1
-    assert run["traces_total"] == 2  # sharded inputs: one more program, also for 3 epochs
+    assert run["programs_unsharded"] == 1  # three epochs, one program
+    assert run["programs_total"] == 2  # sharded inputs: one more program, also for 3 epochs
 
 
 @pytest.mark.parametrize("shard", [False, True])
@@ -277,7 +265,7 @@ def test_member_chunks_give_the_same_epoch(digits):
         assert trainer.member_chunk(state) == picked
         state, metrics = trainer.train_epoch(state, 0)
         results.append((_host(state), _host(metrics)))
-    assert trainer._chunks == {32: 16}  # decided once per population size
+    assert trainer.memory_chunks == {32: 16}  # decided once per population size
     (a, ma), *others = results
     for b, mb in others:
         for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):

@@ -198,7 +198,7 @@ def test_per_tensor_head_init_variances(wide_target, init):
     hdim = 64
     h = HyperNet(wide_target, GAMMA, hidden=(hdim,), head_init=init, rngs=nnx.Rngs(0))
     assert len(h.head_w) == len(h.gen_paths)
-    for s, w in zip(h._gen_specs, h.head_w, strict=True):
+    for s, w in zip(h.gen_specs, h.head_w, strict=True):
         w = np.asarray(w[...])
         assert w.shape == (hdim, s.size)
         want = {

@@ -33,6 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hyper import architectures as arch_lib
+from hyper import sharding
+from hyper import train as train_lib
 from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.conditions import Categorical, Condition, Continuous, Noise, Vector
@@ -43,6 +46,7 @@ __all__ = [
     "HEADS",
     "HEAD_INITS",
     "HIDDEN_INITS",
+    "ACTIVATIONS",
     "Frozen",
     "HyperNet",
     "generate",
@@ -54,13 +58,9 @@ __all__ = [
 HEADS = ("per_tensor", "chunked", "lowrank")
 HEAD_INITS = ("split_fan_out", "hyperfan_in", "hyperfan_out", "zero", "default")
 HIDDEN_INITS = ("kaiming_fan_out", "default")
-_ACTIVATIONS = {
-    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
-    "relu": jax.nn.relu,
-    "gelu": jax.nn.gelu,
-    "tanh": jnp.tanh,
-    "silu": jax.nn.silu,
-}
+ACTIVATIONS = ("leaky_relu", "relu", "gelu", "tanh", "silu")
+"""Hidden activations of a hypernet: names of `hyper.architectures.ACTIVATIONS` (leaky ReLU
+with slope 0.01)."""
 _LEAKY_GAIN2 = 2.0 / (1.0 + 0.01**2)
 
 
@@ -173,7 +173,7 @@ class HyperNet(nnx.Module):
             ("head", head, HEADS),
             ("head_init", head_init, HEAD_INITS),
             ("hidden_init", hidden_init, HIDDEN_INITS),
-            ("activation", activation, tuple(_ACTIVATIONS)),
+            ("activation", activation, ACTIVATIONS),
         ):
             if value not in allowed:
                 raise WeightspaceError(
@@ -337,7 +337,7 @@ class HyperNet(nnx.Module):
             )
         if not residual:
             self.head_b = nnx.List([nnx.Param(_zeros(s.shape)) for s in gen])
-        self._gen_specs = tuple(gen)
+        self.gen_specs = tuple(gen)
 
     # --- forward ------------------------------------------------------------------------
 
@@ -362,7 +362,7 @@ class HyperNet(nnx.Module):
 
     def features(self, conditions: Mapping[str, jax.Array]) -> jax.Array:
         """Last hidden activations `[M, H]`."""
-        act = _ACTIVATIONS[self.activation]
+        act = arch_lib.ACTIVATIONS[self.activation]
         a = self.embed(conditions)
         for layer in self.layers:
             a = act(layer(a))
@@ -373,11 +373,11 @@ class HyperNet(nnx.Module):
         m = a.shape[0]
         out = []
         if self.head_kind == "per_tensor":
-            for s, w in zip(self._gen_specs, self.head_w, strict=True):
+            for s, w in zip(self.gen_specs, self.head_w, strict=True):
                 out.append((a @ w[...]).reshape(m, *s.shape))
         elif self.head_kind == "lowrank":
             rank = self.config["rank"]
-            for s, ws in zip(self._gen_specs, self.head_w, strict=True):
+            for s, ws in zip(self.gen_specs, self.head_w, strict=True):
                 if len(ws) == 2:
                     n = s.shape[-1]
                     u = (a @ ws[0][...]).reshape(m, s.size // n, rank)
@@ -386,7 +386,7 @@ class HyperNet(nnx.Module):
                 else:
                     out.append((a @ ws[0][...]).reshape(m, *s.shape))
         else:
-            act = _ACTIVATIONS[self.activation]
+            act = arch_lib.ACTIVATIONS[self.activation]
             z = act(
                 (a @ self.chunk_u_a[...])[:, None, :]
                 + (self.chunk_emb[...] @ self.chunk_u_e[...])[None, :, :]
@@ -394,7 +394,7 @@ class HyperNet(nnx.Module):
             )  # [M, C, G]
             flat = (z @ self.chunk_v[...]).reshape(m, -1)  # [M, C * chunk_size]
             offset = 0
-            for s in self._gen_specs:
+            for s in self.gen_specs:
                 out.append(flat[:, offset : offset + s.size].reshape(m, *s.shape))
                 offset += s.size
         return out
@@ -407,7 +407,7 @@ class HyperNet(nnx.Module):
         a = self.features(conditions)
         m = a.shape[0]
         flat: dict[str, jax.Array] = {}
-        for i, (s, d) in enumerate(zip(self._gen_specs, self.deltas(a), strict=True)):
+        for i, (s, d) in enumerate(zip(self.gen_specs, self.deltas(a), strict=True)):
             if self.residual:
                 theta = self.theta0[i][...][None] + d
             else:
@@ -430,10 +430,8 @@ class HyperNet(nnx.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, rngs: nnx.Rngs) -> HyperNet:
         """Rebuilds a hypernet from `HyperNet.config` (weights freshly initialised)."""
-        from hyper.architectures import target_from_config
-
         c = dict(config)
-        target = target_from_config(c.pop("target"))
+        target = arch_lib.target_from_config(c.pop("target"))
         specs = cond_lib.from_json(c.pop("conditions"))
         return cls(target, specs, rngs=rngs, **c)
 
@@ -490,8 +488,6 @@ def generate(
         hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
     )
     if mesh is not None:
-        from hyper import sharding
-
         if batch_size is not None:
             raise WeightspaceError("generate: pass either mesh or batch_size, not both")
         padded, _ = sharding.pad_targets(conditions, mesh.devices.size)
@@ -552,13 +548,11 @@ def generate_and_evaluate(
 
 @nnx.jit(static_argnames=("batch_size",))
 def _gen_eval_jit(hnet, conditions, x, y, batch_size):
-    from hyper.train import evaluate
-
     chunks = jax.tree.leaves(conditions)[0].shape[0] // batch_size
     cs = jax.tree.map(lambda v: v.reshape(chunks, batch_size, *v.shape[1:]), conditions)
 
     def one(c):
-        return evaluate(hnet.target, hnet(c), x, y)
+        return train_lib.evaluate(hnet.target, hnet(c), x, y)
 
     res = jax.lax.map(one, cs)
     return {k: v.reshape(-1) for k, v in res.items()}

@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from hyper import data as data_lib
+from hyper import sharding
 from hyper import train as train_lib
 from hyper.architectures import target_from_config
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
@@ -182,8 +183,6 @@ class HyperTrainer:
         self.reduce_groups = None if reduce_groups is None else int(reduce_groups)
         self._conds_sharding = None
         if mesh is not None:
-            from hyper import sharding
-
             size = mesh.devices.size
             if self.m % size:
                 raise WeightspaceError(
@@ -221,7 +220,6 @@ class HyperTrainer:
     def _grouped_loss_and_grad(self, params, rest, conds, xb, yb):
         """The mean loss and its gradient, summed over `reduce_groups` groups of targets in a
         fixed order (the same bits on one device and on the mesh)."""
-        from hyper import sharding
 
         def term(shared, group):
             params, rest, *batch = shared
@@ -347,8 +345,6 @@ class HyperTrainer:
         rest = _filled("rest", self.rest, arrays.get("rest", {}), skip_keys=True)
         opt_state = _filled("opt_state", self.opt_state, arrays.get("opt_state", {}))
         if self.mesh is not None:  # the weights live replicated on the mesh, like at init
-            from hyper import sharding
-
             params, rest, opt_state = sharding.put(
                 (params, rest, opt_state), sharding.replicated(self.mesh)
             )
