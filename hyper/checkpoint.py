@@ -47,6 +47,7 @@ __all__ = [
     "safe_join",
     "save_model",
     "save_population",
+    "target_from_stored",
 ]
 
 _MANIFEST = "manifest"
@@ -469,6 +470,19 @@ def _check_like(name: str, tree: Any, abstract: Any) -> None:
             )
 
 
+def target_from_stored(config: Mapping[str, Any], where: str) -> Target:
+    """The target a checkpoint's stored rebuild config describes (`target_from_config`).
+
+    Raises:
+      CheckpointError: the stored config does not build a target (a hand-edited or foreign
+        file); the message names `where` the config was read.
+    """
+    try:
+        return target_from_config(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{where}: the stored target config does not build: {e}") from e
+
+
 def save_population(
     directory: str | os.PathLike,
     population: Params,
@@ -526,7 +540,7 @@ def load_population(
                     f"{_abs(directory)}: target {meta['target']['name']!r} has no rebuild "
                     "config; pass target="
                 )
-            target = target_from_config(config)
+            target = target_from_stored(config, _abs(directory))
         stored = [s["path"] for s in meta["target"]["spec"]]
         if stored != target.paths:
             raise CheckpointError(

@@ -34,7 +34,12 @@ import numpy as np
 from hyper import data as data_lib
 from hyper import sharding, zoo_format
 from hyper.architectures import ACTIVATIONS, target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
+from hyper.checkpoint import (
+    CheckpointError,
+    PopulationCheckpointer,
+    prepare_dir,
+    target_from_stored,
+)
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 from hyper.train import OPTIMIZERS, TrainConfig, Trainer
@@ -592,7 +597,7 @@ def load(
     members = {m["member"]: m for m in config["members"]}
     groups, rows = [], []
     for g in config["groups"]:
-        target = target_from_config(g["target"])
+        target = target_from_stored(g["target"], f"zoo {directory}, group {g['id']}")
         ms = [members[i] for i in g["members"]]
         zg = ZooGroup(id=g["id"], target=target, members=ms)
         gdir = zoo_format.group_dir(directory, g["id"])

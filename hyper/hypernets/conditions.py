@@ -155,10 +155,12 @@ def _is_real(v: Any) -> bool:
 
 
 def to_json(specs: Sequence[Condition]) -> list[dict[str, Any]]:
+    """The specs as JSON objects (``kind`` plus the dataclass fields)."""
     return [{"kind": s.kind, **dataclasses.asdict(s)} for s in specs]
 
 
 def from_json(items: Sequence[Mapping[str, Any]]) -> tuple[Condition, ...]:
+    """The specs `to_json` wrote, checked (`check_specs`)."""
     out = []
     for d in items:
         d = dict(d)
@@ -168,7 +170,12 @@ def from_json(items: Sequence[Mapping[str, Any]]) -> tuple[Condition, ...]:
                 f"unknown condition kind {kind!r}; expected one of {sorted(_KINDS)}"
             )
         if "shape" in d:
-            d["shape"] = tuple(int(x) for x in d["shape"])
+            try:
+                d["shape"] = tuple(int(x) for x in d["shape"])
+            except (TypeError, ValueError):
+                raise WeightspaceError(
+                    f"condition shape must be a list of ints, got {d['shape']!r}"
+                ) from None
         out.append(_KINDS[kind](**d))
     return check_specs(out)
 

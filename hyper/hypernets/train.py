@@ -29,7 +29,12 @@ from hyper import data as data_lib
 from hyper import sharding
 from hyper import train as train_lib
 from hyper.architectures import target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
+from hyper.checkpoint import (
+    CheckpointError,
+    PopulationCheckpointer,
+    prepare_dir,
+    target_from_stored,
+)
 from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.hypernet import HyperNet
@@ -497,13 +502,19 @@ def resolve_config(config: str | Mapping[str, Any]) -> dict[str, Any]:
 def build_hypernet(config: Mapping[str, Any]) -> tuple[HyperNet, data_lib.Dataset]:
     """The freshly initialised hypernet of a resolved run config, and its dataset."""
     ds = data_lib.load(config["dataset"])
-    target = target_from_config({**config["target"], "input_shape": list(ds.input_shape)})
+    try:  # the run config is user input: a target it does not describe is bad input
+        target = target_from_config({**config["target"], "input_shape": list(ds.input_shape)})
+    except (ValueError, TypeError) as e:
+        raise WeightspaceError(f"config['target']: {e}") from e
     return _hypernet(config, target), ds
 
 
 def _hypernet(config: Mapping[str, Any], target: Target) -> HyperNet:
     specs = cond_lib.from_json(config["conditions"])
-    return HyperNet(target, specs, rngs=nnx.Rngs(config["seed"]), **config["hypernet"])
+    try:
+        return HyperNet(target, specs, rngs=nnx.Rngs(config["seed"]), **config["hypernet"])
+    except (ValueError, TypeError) as e:  # the run config's hypernet options are user input
+        raise WeightspaceError(f"config['hypernet']: {e}") from e
 
 
 def _trainer(
@@ -643,7 +654,7 @@ def load_run(
     target_config = (run.get("hypernet") or {}).get("target")
     if not isinstance(target_config, Mapping):
         raise CheckpointError(f"{run_json} has no hypernet target config")
-    hnet = _hypernet(config, target_from_config(target_config))
+    hnet = _hypernet(config, target_from_stored(target_config, run_json))
     graphdef, params, rest = nnx.split(hnet, nnx.Param, ...)
     items = {"params": _indexed(params), "rest": _indexed(rest, skip_keys=True)}
     abstract = {
@@ -673,7 +684,10 @@ def parse_conditions(text: str, hnet: HyperNet) -> dict[str, np.ndarray]:
             raise WeightspaceError(f"--conditions: {text} must hold a JSON object of name -> list")
         out = {}
         for k, v in raw.items():
-            a = np.asarray(v)
+            try:
+                a = np.asarray(v)
+            except ValueError as e:  # ragged lists
+                raise WeightspaceError(f"--conditions: {k!r}: {e}") from None
             if a.dtype.kind not in "iuf":
                 raise WeightspaceError(f"--conditions: {k!r} must be numbers")
             out[k] = a.astype(np.int32) if a.dtype.kind in "iu" else a.astype(np.float32)
