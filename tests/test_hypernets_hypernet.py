@@ -639,7 +639,7 @@ def test_trainer_sharded_over_the_mesh_matches_one_device(mlp_target, digits):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5)
     assert len(jax.tree.leaves(many.params)[0].sharding.device_set) == mesh.devices.size
     # the step's compiled program does split the targets: it has cross-device sums
-    hlo = many._step.lower(many.params, many.rest, many.opt_state, key).compile().as_text()
+    hlo = many.lower_step(key).compile().as_text()
     assert "all-reduce" in hlo
     with pytest.raises(ValueError, match="multiple of the mesh size"):
         HyperTrainer(h, digits.x_train, digits.y_train, mesh=mesh, conditions_per_step=3)
@@ -670,7 +670,7 @@ def test_trainer_with_reduce_groups_is_bit_identical_on_the_mesh(mlp_target, dig
         for a, b in zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the groups run on their own devices: no gradient is all-reduced, terms are gathered
-    hlo = many._step.lower(many.params, many.rest, many.opt_state, key).compile().as_text()
+    hlo = many.lower_step(key).compile().as_text()
     assert "all-gather" in hlo or "collective-permute" in hlo or "all-to-all" in hlo
     # and it trains: the grouped loss follows the ungrouped one closely
     plain = HyperTrainer(h, digits.x_train, digits.y_train, **{**kw, "reduce_groups": None})
