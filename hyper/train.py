@@ -334,6 +334,7 @@ class Trainer:
         self._epoch_fn = jax.jit(self._epoch, donate_argnums=0, static_argnums=2)
         # members -> members per chunk, as the "memory" rule decided it (once per size)
         self.memory_chunks: dict[int, int] = {}
+        self.epoch_traces = 0  # how often the epoch program was traced (compile checks)
         self._member_step_fn = jax.jit(self.member_step)
         self._eval_fn = jax.jit(self._evaluate_both)  # both splits: one compile
         # Initialisation runs once per population: compiled for compile speed (see
@@ -536,6 +537,7 @@ class Trainer:
         return chunk
 
     def _epoch(self, state: TrainState, epoch: jax.Array, chunk: int):
+        self.epoch_traces += 1  # this Python body runs once per trace
         # The chunks run one after another, updating the carried (donated) state in place.
         return map_member_chunks(
             lambda s: self._epoch_members(s, epoch), state, chunk, in_place=True

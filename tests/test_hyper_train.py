@@ -51,13 +51,14 @@ def run(digits):
     a0 = trainer.init(key, N, learning_rate=LR_A, shard=False)
     out["a_init"] = _host(a0.params)
     out["a"], out["a_metrics"] = _train(trainer, a0)
-    out["programs_unsharded"] = trainer.epoch_programs
+    out["traces_unsharded"] = trainer.epoch_traces
+    out["cache_unsharded"] = trainer.epoch_programs
     # The same members (keys) from the same initial weights; passing them skips compiling
     # the initialiser again.
     sharded = trainer.init(key, N, learning_rate=LR_A, params=out["a_init"], shard=True)
     out["sharding"] = jax.tree.leaves(sharded.params)[0].sharding
     out["a_sharded"], out["a_sharded_metrics"] = _train(trainer, sharded)
-    out["programs_total"] = trainer.epoch_programs
+    out["traces_total"] = trainer.epoch_traces
     hp_b = dict(learning_rate=LR_B, weight_decay=WD_B, train_fraction=FRAC_B)
     b0 = trainer.init(key, N, **hp_b, params=out["a_init"], shard=True)
     out["b_subset_sizes"] = np.asarray(b0.subset).sum(1)
@@ -195,8 +196,9 @@ def test_subsets_compiled_for_speed_are_the_same():
 
 
 def test_epoch_compiles_once(run):
-    assert run["programs_unsharded"] == 1  # three epochs, one program
-    assert run["programs_total"] == 2  # sharded inputs: one more program, also for 3 epochs
+    assert run["traces_unsharded"] == 1  # three epochs, one trace
+    assert run["cache_unsharded"] == 1
+    assert run["traces_total"] == 2  # sharded inputs: one more program, also for 3 epochs
 
 
 @pytest.mark.parametrize("shard", [False, True])
