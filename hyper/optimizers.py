@@ -59,7 +59,7 @@ def make_optimizer(
         an optax schedule.
       schedule: None (constant), or a name of `SCHEDULES` applied to `learning_rate` (a
         number) over `steps`.
-      steps: the schedule's length in steps.
+      steps: the schedule's length in steps (>= 1 for cosine, >= 0 for warmup_cosine).
       weight_decay: the decay coefficient; None: no decay transform at all.
       decay_mask: a pytree of bools (or a function of the params giving one): the leaves
         that decay (`optax.add_decayed_weights`'s mask).
@@ -82,8 +82,9 @@ def make_optimizer(
     if schedule is not None:
         if schedule not in SCHEDULES:
             raise WeightspaceError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise WeightspaceError(f"schedule {schedule!r} needs steps >= 1, got {steps!r}")
+        least = 1 if schedule == "cosine" else 0  # warmup_cosine clamps its own lengths
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < least:
+            raise WeightspaceError(f"schedule {schedule!r} needs steps >= {least}, got {steps!r}")
         if schedule == "cosine":
             learning_rate = optax.cosine_decay_schedule(learning_rate, steps)
         else:

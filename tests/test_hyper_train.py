@@ -337,6 +337,10 @@ def _reference_chains(steps: int):
                 "adam", lr, schedule="warmup_cosine", steps=steps, weight_decay=wd, clip_norm=1.0
             ),
         ),
+        "metanets predict, 0 steps": (
+            optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, 1, 2), weight_decay=wd),
+            make_optimizer("adam", lr, schedule="warmup_cosine", steps=0, weight_decay=wd),
+        ),
         "generators": (
             optax.adam(optax.cosine_decay_schedule(lr, steps)),
             make_optimizer("adam", lr, schedule="cosine", steps=steps),
