@@ -211,7 +211,7 @@ def gen_eval_flops(hnet: HyperNet, m: int, n_examples: int) -> dict[str, int]:
     """Matmul FLOPs (2·m·n·k) of generating `m` targets and running them on `n_examples`."""
     sizes = [hnet.layers[0].in_features, *(layer.out_features for layer in hnet.layers)]
     backbone = sum(2 * m * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
-    heads = sum(2 * m * sizes[-1] * s.size for s in hnet._gen_specs)
+    heads = sum(2 * m * sizes[-1] * s.size for s in hnet.gen_specs)
     kernels = [s for s in hnet.target.spec if s.role == "kernel"]
     target = sum(2 * m * n_examples * math.prod(s.shape) for s in kernels)
     return {"backbone": backbone, "heads": heads, "target_forward": target}

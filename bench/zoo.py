@@ -48,7 +48,7 @@ import numpy as np
 from bench.common import goal, logger, machine, ratio, stdout_to_stderr, write_result
 from hyper import data, sharding
 from hyper.architectures import make_target
-from hyper.train import TrainConfig, Trainer, _shuffled_order
+from hyper.train import TrainConfig, Trainer, shuffled_order
 
 log = logger("zoo")
 
@@ -155,13 +155,13 @@ def speed_loop(trainer: Trainer, members: int, epochs: int, repeats: int) -> dic
 
     @jax.jit
     def member_order(key, subset, epoch):
-        return _shuffled_order(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), subset)
+        return shuffled_order(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), subset)
 
     @jax.jit
     def member_step(params, opt_state, diverged, order, n_sub, key, epoch, j):
         idx = order[(j * batch + jnp.arange(batch)) % n_sub]
         k = jax.random.fold_in(jax.random.fold_in(key, 3), epoch * 100003 + j)
-        params, opt_state, _, _, diverged = trainer._member_step(
+        params, opt_state, _, _, diverged = trainer.member_step(
             params, opt_state, x_train[idx], y_train[idx], k, diverged
         )
         return params, opt_state, diverged

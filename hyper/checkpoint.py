@@ -22,30 +22,39 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import nnx
 
+from hyper import sharding
+from hyper.architectures import target_from_config
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target, path_str
 
 __all__ = [
     "CheckpointError",
     "PopulationCheckpointer",
     "abstract_like",
+    "load_model",
     "load_population",
+    "prepare_dir",
+    "read_model_metadata",
     "safe_join",
+    "save_model",
     "save_population",
+    "target_from_stored",
 ]
 
 _MANIFEST = "manifest"
 _RESERVED = ("meta", _MANIFEST)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WeightspaceError):
     """A checkpoint is missing, incomplete or does not match what is asked of it."""
 
 
@@ -114,9 +123,59 @@ def _to_host(tree: Any) -> Any:
     """Gathers (possibly sharded) arrays to host numpy so checkpoints do not depend on the
     device layout they were made on; arrays spanning several processes are gathered from
     all of them (a collective: every process saves)."""
-    from hyper import sharding
-
     return sharding.to_host(tree)
+
+
+def prepare_dir(
+    directory: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    holds: str | None = None,
+    hint: str = "pass overwrite=True",
+    ignore: Sequence[str] = (),
+    write: bool = True,
+) -> str:
+    """Makes `directory` ready to be written: refused if it exists and is not a directory,
+    or holds anything (names in `ignore` aside) unless `overwrite`, which deletes it; then
+    created (with its parents).
+
+    Args:
+      directory: the output directory.
+      overwrite: replace what the directory holds.
+      holds: what the caller writes (``"zoo"``), named in the refusal: "... is not empty and
+        holds no zoo".
+      hint: how the user asks to overwrite, in the refusal (``"use --overwrite"``).
+      ignore: names that do not make the directory non-empty (a killed writer's ``*.tmp``).
+      write: delete and create (False: only the checks, e.g. on processes other than the
+        one that writes).
+
+    Returns:
+      the absolute directory.
+
+    Raises:
+      CheckpointError: the path is a file, the directory is not empty and not `overwrite`,
+        or it cannot be created or written.
+    """
+    directory = _abs(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} exists and is not a directory")
+    if os.path.isdir(directory) and set(os.listdir(directory)) - set(ignore):
+        if not overwrite:
+            what = f" and holds no {holds}" if holds else ""
+            raise CheckpointError(f"{directory} is not empty{what}; {hint} to replace it")
+        if write:
+            shutil.rmtree(directory)
+    if write:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            kind = f"{holds} " if holds else ""
+            raise CheckpointError(
+                f"cannot create {kind}directory {directory}: {e.strerror or e}"
+            ) from e
+        if not os.access(directory, os.W_OK):
+            raise CheckpointError(f"{directory} is not writable")
+    return directory
 
 
 class PopulationCheckpointer:
@@ -411,6 +470,19 @@ def _check_like(name: str, tree: Any, abstract: Any) -> None:
             )
 
 
+def target_from_stored(config: Mapping[str, Any], where: str) -> Target:
+    """The target a checkpoint's stored rebuild config describes (`target_from_config`).
+
+    Raises:
+      CheckpointError: the stored config does not build a target (a hand-edited or foreign
+        file); the message names `where` the config was read.
+    """
+    try:
+        return target_from_config(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{where}: the stored target config does not build: {e}") from e
+
+
 def save_population(
     directory: str | os.PathLike,
     population: Params,
@@ -429,13 +501,7 @@ def save_population(
       the absolute directory.
     """
     n = target.validate(population, batched=True)
-    directory = _abs(directory)
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise CheckpointError(f"{directory} exists and is not a directory")
-    if os.path.isdir(directory) and os.listdir(directory):
-        if not overwrite:
-            raise CheckpointError(f"{directory} is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(directory)
+    directory = prepare_dir(directory, overwrite=overwrite)
     meta = {
         "format": "weightspace-population",
         "version": 1,
@@ -460,8 +526,6 @@ def load_population(
       CheckpointError: the directory holds no population, or its spec does not match
         `target`.
     """
-    from hyper.architectures import target_from_config
-
     with PopulationCheckpointer(directory, read_only=True) as ckpt:
         steps = ckpt.steps()
         if not steps:
@@ -476,7 +540,7 @@ def load_population(
                     f"{_abs(directory)}: target {meta['target']['name']!r} has no rebuild "
                     "config; pass target="
                 )
-            target = target_from_config(config)
+            target = target_from_stored(config, _abs(directory))
         stored = [s["path"] for s in meta["target"]["spec"]]
         if stored != target.paths:
             raise CheckpointError(
@@ -486,3 +550,91 @@ def load_population(
             steps[-1], {"params": target.abstract_params(meta["num_targets"])}
         )
     return target, arrays["params"], meta["metadata"]
+
+
+def save_model(
+    directory: str | os.PathLike,
+    module: nnx.Module,
+    *,
+    format: str,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Saves an NNX module's state with JSON metadata beside it (one step, item ``state``).
+
+    The stored JSON is ``{"format": format, **metadata}``: `load_model` checks the tag and
+    hands the metadata to the function that rebuilds the module.
+
+    Args:
+      directory: the output directory (see `prepare_dir`).
+      module: the model (hypernet, metanet, assembler, ...).
+      format: a tag naming what is stored (``"weightspace-predictor"``).
+      metadata: JSON-able; what rebuilding the module needs (its config) and more.
+      overwrite: replace what `directory` holds.
+
+    Returns:
+      the absolute directory.
+
+    Raises:
+      CheckpointError: `directory` is not empty (without `overwrite`), or `metadata` is not
+        JSON or uses the key ``format``.
+    """
+    metadata = dict(metadata or {})
+    if "format" in metadata:
+        raise CheckpointError("save_model: the metadata key 'format' is reserved")
+    directory = prepare_dir(directory, overwrite=overwrite)
+    state = nnx.to_pure_dict(nnx.state(module))
+    with PopulationCheckpointer(directory) as ckpt:
+        ckpt.save(0, {"state": state}, meta={"format": format, **metadata})
+    return directory
+
+
+def read_model_metadata(
+    directory: str | os.PathLike, *, format: str, what: str | None = None
+) -> dict[str, Any]:
+    """The JSON metadata `save_model` stored (``format`` included), after the tag check.
+
+    Raises:
+      CheckpointError: no checkpoint, or one of another format (named by `what`, default
+        the format tag).
+    """
+    directory = _abs(directory)
+    what = what or format
+    with PopulationCheckpointer(directory, read_only=True) as ckpt:
+        steps = ckpt.steps()
+        if not steps:
+            raise CheckpointError(f"no {what} checkpoint in {directory}")
+        meta = ckpt.restore_meta(steps[-1])
+    if meta.get("format") != format:
+        raise CheckpointError(f"{directory} holds no {what} (format {meta.get('format')!r})")
+    return meta
+
+
+def load_model(
+    directory: str | os.PathLike,
+    build: Callable[[dict[str, Any]], nnx.Module],
+    *,
+    format: str,
+    what: str | None = None,
+) -> tuple[nnx.Module, dict[str, Any]]:
+    """Loads what `save_model` wrote: ``(module, metadata)``.
+
+    Args:
+      directory: the saved model.
+      build: metadata -> a freshly initialised module of the stored structure; its state
+        is the abstract tree the arrays are restored against.
+      format: the expected format tag.
+      what: the model's name in error messages (default: `format`).
+
+    Raises:
+      CheckpointError: no checkpoint, another format, or stored arrays that do not match
+        the built module (leaf paths, shapes, dtypes, checksums).
+    """
+    meta = read_model_metadata(directory, format=format, what=what)
+    module = build(meta)
+    state = nnx.state(module)
+    with PopulationCheckpointer(directory, read_only=True) as ckpt:
+        arrays, _ = ckpt.restore(ckpt.steps()[-1], {"state": nnx.to_pure_dict(state)})
+    nnx.replace_by_pure_dict(state, arrays["state"])
+    nnx.update(module, state)
+    return module, meta

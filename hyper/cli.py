@@ -9,8 +9,9 @@
 Other packages add commands through the ``weightspace.commands`` entry-point group (a module
 with ``add_parsers(subparsers)``), e.g. ``weightspace metanet ...`` from `metanets`.
 
-Bad input (unknown preset, bad grid file, an output directory holding another zoo, ...)
-prints one line on stderr and exits with status 2.
+Bad input (unknown preset, bad grid file, an output directory holding another zoo, ...:
+the errors of `hyper.errors.INPUT_ERRORS`) prints one line on stderr and exits with status 2;
+any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main"]
+from hyper.errors import INPUT_ERRORS, WeightspaceError
+
+__all__ = ["UsageError", "main"]
 
 
-class _UsageError(ValueError):
-    pass
+class UsageError(WeightspaceError):
+    """Bad command-line usage (argparse's complaint), reported like any bad input."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        raise _UsageError(message)
+        raise UsageError(message)
 
 
 def _int_list(text: str) -> list[int]:
@@ -49,11 +52,11 @@ def _read_grid(path: str) -> dict[str, Any]:
         with open(path) as f:
             grid = json.load(f)
     except OSError as e:
-        raise ValueError(f"--grid: cannot read {path}: {e.strerror}") from None
+        raise WeightspaceError(f"--grid: cannot read {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"--grid: {path} is not valid JSON: {e}") from None
+        raise WeightspaceError(f"--grid: {path} is not valid JSON: {e}") from None
     if not isinstance(grid, dict):
-        raise ValueError(f"--grid: {path} must hold a JSON object of hyperparameter -> list")
+        raise WeightspaceError(f"--grid: {path} must hold a JSON object of hyperparameter -> list")
     return grid
 
 
@@ -120,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "zoo":
         grid = _read_grid(args.grid) if args.grid else None
         if args.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+            raise WeightspaceError(f"--seeds must be >= 1, got {args.seeds}")
         z = zoo.build(
             args.out,
             args.preset,
@@ -145,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if callable(getattr(args, "run", None)):
         return int(args.run(args))
-    raise _UsageError(f"unknown command {args.command!r}")
+    raise UsageError(f"unknown command {args.command!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         return _run(args)
-    except (_UsageError, ValueError, TypeError, KeyError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    except INPUT_ERRORS as e:  # bad input only: a bug keeps its traceback
+        msg = str(e)
         print(
             f"weightspace: error: {msg.splitlines()[0] if msg else type(e).__name__}",
             file=sys.stderr,

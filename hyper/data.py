@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hyper.errors import WeightspaceError
+
 __all__ = ["Dataset", "available", "load", "register"]
 
 
@@ -47,12 +49,12 @@ class Dataset:
     def __post_init__(self):
         n_tr, n_te = len(self.x_train), len(self.x_test)
         if len(self.y_train) != n_tr or len(self.y_test) != n_te:
-            raise ValueError(
+            raise WeightspaceError(
                 f"Dataset {self.name!r}: {n_tr} train inputs for {len(self.y_train)} labels, "
                 f"{n_te} test inputs for {len(self.y_test)} labels"
             )
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(
+            raise WeightspaceError(
                 f"Dataset {self.name!r}: train inputs {self.x_train.shape[1:]}, "
                 f"test inputs {self.x_test.shape[1:]}"
             )
@@ -144,7 +146,7 @@ _REGISTRY: dict[str, Callable[[], Dataset]] = {"digits": _digits, "mnist1d": _mn
 def register(name: str, factory: Callable[[], Dataset]) -> None:
     """Adds a dataset factory to the registry (must be offline and deterministic)."""
     if not name or not isinstance(name, str):
-        raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
+        raise WeightspaceError(f"dataset name must be a non-empty string, got {name!r}")
     _REGISTRY[name] = factory
     load.cache_clear()
 
@@ -157,5 +159,5 @@ def available() -> list[str]:
 def load(name: str) -> Dataset:
     """The dataset registered under `name` (``"digits"``, ``"mnist1d"``, ...)."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; available: {available()}")
+        raise WeightspaceError(f"unknown dataset {name!r}; available: {available()}")
     return _REGISTRY[name]()

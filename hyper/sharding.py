@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from hyper.errors import WeightspaceError
+
 __all__ = [
     "barrier",
     "fixed_order_sum",
@@ -81,7 +83,7 @@ def shard_targets(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     for leaf in jax.tree.leaves(tree):
         n = leaf.shape[0] if getattr(leaf, "ndim", 0) else None
         if n is None or n % size:
-            raise ValueError(
+            raise WeightspaceError(
                 f"shard_targets: a leaf with shape {getattr(leaf, 'shape', None)} cannot be split "
                 f"over {size} devices (the targets axis must be a multiple of {size})"
             )
@@ -160,19 +162,21 @@ def initialize_multihost(
     """
     for name, v in (("num_processes", num_processes), ("process_id", process_id)):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{name} must be an int, got {v!r}")
+            raise WeightspaceError(f"{name} must be an int, got {v!r}")
     if num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+        raise WeightspaceError(f"num_processes must be >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id must lie in [0, {num_processes}), got {process_id}")
+        raise WeightspaceError(f"process_id must lie in [0, {num_processes}), got {process_id}")
     host, _, port = str(coordinator_address).rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"coordinator_address must be 'host:port', got {coordinator_address!r}")
+        raise WeightspaceError(
+            f"coordinator_address must be 'host:port', got {coordinator_address!r}"
+        )
     if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] == "cpu":
         use_cpu_cores(cpu_devices, force=cpu_devices is not None)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
-        raise ValueError(f"timeout_s must be a positive int, got {timeout_s!r}")
+        raise WeightspaceError(f"timeout_s must be a positive int, got {timeout_s!r}")
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
@@ -182,7 +186,7 @@ def initialize_multihost(
         )
     except Exception as e:  # noqa: BLE001 - JAX raises runtime errors of several types
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ValueError(
+        raise WeightspaceError(
             f"process {process_id} of {num_processes} could not join the run at "
             f"{coordinator_address} within {timeout_s} s: every process must be started with "
             f"the same num_processes and coordinator address and its own process_id "
@@ -196,7 +200,7 @@ def initialize_multihost(
         multihost_utils.process_allgather(np.asarray([num_processes], np.int32))
     ).reshape(-1)
     if jax.process_count() != num_processes or np.any(told != told[0]):
-        raise ValueError(
+        raise WeightspaceError(
             f"joined a run of {jax.process_count()} processes, but its processes were started "
             f"with num_processes {sorted(told.tolist())} (this one: {num_processes}); start "
             "every process with the same count"
@@ -209,10 +213,10 @@ def pad_targets(tree: Any, multiple: int) -> tuple[Any, int]:
     tree and the original count `n`; ``mask = arange(n_padded) < n`` marks real targets."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
-        raise ValueError("pad_targets: empty tree")
+        raise WeightspaceError("pad_targets: empty tree")
     n = int(np.shape(leaves[0])[0]) if np.ndim(leaves[0]) else 0
     if n < 1 or any(np.ndim(v) < 1 or np.shape(v)[0] != n for v in leaves):
-        raise ValueError("pad_targets: every leaf needs the same non-empty leading axis")
+        raise WeightspaceError("pad_targets: every leaf needs the same non-empty leading axis")
     padded = -(-n // multiple) * multiple
     if padded == n:
         return tree, n
@@ -270,9 +274,11 @@ def fixed_order_sum(
     leaves = jax.tree.leaves(per_item)
     n = int(leaves[0].shape[0])
     if groups < 1 or n % groups or any(v.shape[0] != n for v in leaves):
-        raise ValueError(f"fixed_order_sum: {n} items cannot be split into {groups} equal groups")
+        raise WeightspaceError(
+            f"fixed_order_sum: {n} items cannot be split into {groups} equal groups"
+        )
     if mesh is not None and groups % mesh.devices.size:
-        raise ValueError(
+        raise WeightspaceError(
             f"fixed_order_sum: {groups} groups cannot be split over {mesh.devices.size} devices"
         )
     split = jax.tree.map(lambda v: v.reshape(groups, n // groups, *v.shape[1:]), per_item)

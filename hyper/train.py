@@ -25,57 +25,29 @@ import optax
 from hyper import sharding
 from hyper.conv_matmul import convs_as_matmuls
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError
 from hyper.init_programs import init_compiler_options
+from hyper.optimizers import OPTIMIZERS, SCHEDULES, make_optimizer
 from hyper.population import size_bytes
 from hyper.target import Params, Target
 
 __all__ = [
     "OPTIMIZERS",
+    "SCHEDULES",
     "TrainConfig",
     "TrainState",
     "Trainer",
     "cross_entropy",
     "evaluate",
+    "make_optimizer",
+    "map_member_chunks",
+    "member_subsets",
+    "shuffled_order",
+    "subsets_program",
 ]
 
 
-def _adam(learning_rate, weight_decay, mask):
-    return optax.chain(
-        optax.scale_by_adam(),
-        optax.add_decayed_weights(weight_decay, mask=mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
-def _sgd(learning_rate, weight_decay, mask):
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=mask),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
-def _momentum(learning_rate, weight_decay, mask):
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=mask),
-        optax.trace(decay=0.9),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
-def _rmsprop(learning_rate, weight_decay, mask):
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=mask),
-        optax.scale_by_rms(decay=0.9),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-
-
-OPTIMIZERS = {"adam": _adam, "sgd": _sgd, "momentum": _momentum, "rmsprop": _rmsprop}
-"""Optimizer families: ``adam`` is AdamW (decoupled decay); the others use L2 decay.
-Weight decay applies to kernels and embeddings only."""
-
-
-def _shuffled_order(key: jax.Array, subset: jax.Array) -> jax.Array:
+def shuffled_order(key: jax.Array, subset: jax.Array) -> jax.Array:
     """The indices of `subset`'s True entries in random order, then the others.
 
     Equals ``argsort(where(subset, uniform(key, subset.shape), 2.0), stable=True)``:
@@ -125,7 +97,7 @@ class TrainConfig:
     """What all members of a trained population share.
 
     Attributes:
-      optimizer: a key of `OPTIMIZERS`.
+      optimizer: a family of `OPTIMIZERS` (`make_optimizer`).
       batch_size: examples per step and member.
       steps_per_epoch: default ``ceil(n_train / batch_size)``.
       eval_batch_size: examples per chunk in `evaluate` (bounds memory).
@@ -150,20 +122,20 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
+            raise WeightspaceError(
                 f"unknown optimizer {self.optimizer!r}; expected one of {sorted(OPTIMIZERS)}"
             )
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise WeightspaceError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+            raise WeightspaceError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         chunk = self.member_chunk
         if (
             chunk is not None
             and chunk != "memory"
             and (isinstance(chunk, str) or int(chunk) != chunk or chunk < 1)
         ):
-            raise ValueError(f"member_chunk must be >= 1 or 'memory', got {chunk!r}")
+            raise WeightspaceError(f"member_chunk must be >= 1 or 'memory', got {chunk!r}")
 
 
 # The smallest member chunk the "memory" rule uses on an accelerator: on one H100 (stop-13
@@ -199,9 +171,9 @@ def _as_member_array(name: str, value: Any, n: int, dtype: Any) -> jax.Array:
     if a.ndim == 0:
         a = np.full((n,), a, dtype)
     if a.shape != (n,):
-        raise ValueError(f"{name}: expected a scalar or shape ({n},), got shape {a.shape}")
+        raise WeightspaceError(f"{name}: expected a scalar or shape ({n},), got shape {a.shape}")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name}: values must be finite, got {a.tolist()}")
+        raise WeightspaceError(f"{name}: values must be finite, got {a.tolist()}")
     return jnp.asarray(a)
 
 
@@ -235,7 +207,7 @@ def map_member_chunks(fn, tree: Any, chunk: int, *, in_place: bool = False) -> A
     if chunk >= n:
         return fn(tree)
     if n % chunk:
-        raise ValueError(f"map_member_chunks: chunk {chunk} does not divide {n} members")
+        raise WeightspaceError(f"map_member_chunks: chunk {chunk} does not divide {n} members")
     c = n // chunk
     grid = jax.tree.map(lambda v: v.reshape(chunk, c, *v.shape[1:]), tree)
 
@@ -270,8 +242,20 @@ def _splits(n: int) -> bool:
     return ndev > 1 and n > 0 and n % ndev == 0
 
 
-def _member_subsets(keys, n_sub, n_train_arange, shard):
-    """Each member's training subset: its first `n_sub` examples in a permutation of its own."""
+def member_subsets(
+    keys: jax.Array, n_sub: jax.Array, n_train_arange: jax.Array, shard: bool
+) -> jax.Array:
+    """Each member's training subset: its first `n_sub` examples in a permutation of its own.
+
+    Args:
+      keys: `[targets]` member keys (the permutation uses ``fold_in(key, 1)``).
+      n_sub: `[targets]` int, the subset sizes.
+      n_train_arange: ``arange(n_train)``.
+      shard: keep the result split over the targets mesh (see `Trainer.place`).
+
+    Returns:
+      `[targets, n_train]` bool.
+    """
 
     def one(k, m):
         perm = jax.random.permutation(jax.random.fold_in(k, 1), n_train_arange.shape[0])
@@ -285,10 +269,10 @@ def _member_subsets(keys, n_sub, n_train_arange, shard):
 
 
 @functools.cache
-def _subsets_program() -> Callable:
-    """`_member_subsets` compiled once for every Trainer, like the initialisation (it runs
+def subsets_program() -> Callable:
+    """`member_subsets` compiled once for every Trainer, like the initialisation (it runs
     once per population; `init_compiler_options`: on CPU 0.5 s -> 0.3 s, same subsets)."""
-    return jax.jit(_member_subsets, static_argnums=3, compiler_options=init_compiler_options())
+    return jax.jit(member_subsets, static_argnums=3, compiler_options=init_compiler_options())
 
 
 def _keep_sharded(tree: Any, shard: bool) -> Any:
@@ -323,7 +307,7 @@ class Trainer:
         self.dataset = dataset
         self.config = config or TrainConfig()
         if target.input_shape is not None and tuple(target.input_shape) != dataset.input_shape:
-            raise ValueError(
+            raise WeightspaceError(
                 f"target {target.name} takes inputs {target.input_shape}, dataset {dataset.name} "
                 f"has {dataset.input_shape}"
             )
@@ -339,16 +323,20 @@ class Trainer:
             target.treedef, [s.role in ("kernel", "embedding") for s in target.spec]
         )
         self._trainable = jax.tree.unflatten(target.treedef, [s.trainable for s in target.spec])
-        make = OPTIMIZERS[self.config.optimizer]
+        family = self.config.optimizer
         self._opt_factory = optax.inject_hyperparams(
-            lambda learning_rate, weight_decay: make(learning_rate, weight_decay, decay_mask)
+            lambda learning_rate, weight_decay: make_optimizer(
+                family, learning_rate, weight_decay=weight_decay, decay_mask=decay_mask
+            )
         )
         # Placeholder values: `update` reads each member's hyperparameters from its state.
         self._opt = self._opt_factory(learning_rate=0.0, weight_decay=0.0)
         self._train_apply = _for_populations(target.pure_train_apply)
         self._epoch_fn = jax.jit(self._epoch, donate_argnums=0, static_argnums=2)
-        self._chunks: dict[int, int] = {}  # members -> members per chunk ("memory" rule)
-        self._member_step_fn = jax.jit(self._member_step)
+        # members -> members per chunk, as the "memory" rule decided it (once per size)
+        self.memory_chunks: dict[int, int] = {}
+        self.epoch_traces = 0  # how often the epoch program was traced (compile checks)
+        self._member_step_fn = jax.jit(self.member_step)
         self._eval_fn = jax.jit(self._evaluate_both)  # both splits: one compile
         # Initialisation runs once per population: compiled for compile speed (see
         # `init_compiler_options`). Training keeps the default optimisation.
@@ -405,21 +393,25 @@ class Trainer:
             number (see `hyper.sharding`); results are identical, only placement changes.
         """
         if n < 1:
-            raise ValueError(f"Trainer.init: n must be >= 1, got {n}")
+            raise WeightspaceError(f"Trainer.init: n must be >= 1, got {n}")
         lr = _as_member_array("learning_rate", learning_rate, n, np.float32)
         wd = _as_member_array("weight_decay", weight_decay, n, np.float32)
         frac = _as_member_array("train_fraction", train_fraction, n, np.float32)
         scale = _as_member_array("init_scale", init_scale, n, np.float32)
         if np.any(np.asarray(lr) <= 0):
-            raise ValueError(f"learning_rate must be > 0, got {np.asarray(lr).tolist()}")
+            raise WeightspaceError(f"learning_rate must be > 0, got {np.asarray(lr).tolist()}")
         if np.any(np.asarray(wd) < 0):
-            raise ValueError(f"weight_decay must be >= 0, got {np.asarray(wd).tolist()}")
+            raise WeightspaceError(f"weight_decay must be >= 0, got {np.asarray(wd).tolist()}")
         if np.any((np.asarray(frac) <= 0) | (np.asarray(frac) > 1)):
-            raise ValueError(f"train_fraction must be in (0, 1], got {np.asarray(frac).tolist()}")
+            raise WeightspaceError(
+                f"train_fraction must be in (0, 1], got {np.asarray(frac).tolist()}"
+            )
         if member_keys is not None:
             keys = jnp.array(member_keys)  # a copy: train_epoch donates the state's buffers
             if keys.shape != (n,) or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-                raise ValueError(f"member_keys: expected {n} typed PRNG keys, got {keys.shape}")
+                raise WeightspaceError(
+                    f"member_keys: expected {n} typed PRNG keys, got {keys.shape}"
+                )
         else:
             keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
         if shard:
@@ -431,7 +423,7 @@ class Trainer:
         else:
             got = self.target.validate(params, batched=True)
             if got != n:
-                raise ValueError(f"Trainer.init: params hold {got} targets, n={n}")
+                raise WeightspaceError(f"Trainer.init: params hold {got} targets, n={n}")
             # train_epoch donates the state's buffers: the caller's arrays must survive. A
             # leaf that placing moved is a new buffer already; only the others are copied.
             placed = self.place(params) if shard else params
@@ -464,7 +456,7 @@ class Trainer:
 
     def _subsets(self, keys: jax.Array, frac: jax.Array, shard: bool) -> jax.Array:
         n_sub = jnp.maximum(1, jnp.round(frac * self.n_train).astype(jnp.int32))
-        return _subsets_program()(keys, n_sub, jnp.arange(self.n_train), shard)
+        return subsets_program()(keys, n_sub, jnp.arange(self.n_train), shard)
 
     # --- training ------------------------------------------------------------------------
 
@@ -472,8 +464,19 @@ class Trainer:
         logits, new_params = self._train_apply(params, x, key)
         return cross_entropy(logits, y), (new_params, logits)
 
-    def _member_step(self, params, opt_state, x, y, key, diverged):
-        """One optimisation step of one member; NaN/Inf quarantines the member."""
+    @property
+    def epoch_programs(self) -> int:
+        """How many epoch programs `train_epoch` has compiled (one per state shape, sharding
+        and member chunk)."""
+        return self._epoch_fn._cache_size()
+
+    def member_step(self, params, opt_state, x, y, key, diverged):
+        """One optimisation step of one member (unbatched: `train_epoch` vmaps it); NaN/Inf
+        quarantines the member.
+
+        Returns:
+          ``(params, opt_state, loss, acc, diverged)``.
+        """
         (loss, (new_params, logits)), grads = jax.value_and_grad(self._loss, has_aux=True)(
             params, x, y, key
         )
@@ -498,9 +501,9 @@ class Trainer:
         if chunk is None:  # CPU caches favour small chunks; accelerators, bounded memory
             chunk = 64 if jax.default_backend() == "cpu" else "memory"
         if chunk == "memory":
-            if n not in self._chunks:
-                self._chunks[n] = self._memory_chunk(state)
-            return self._chunks[n]
+            if n not in self.memory_chunks:
+                self.memory_chunks[n] = self._memory_chunk(state)
+            return self.memory_chunks[n]
         ndev = jax.device_count()
         if chunk >= n or n % chunk or chunk % ndev:
             return n
@@ -535,6 +538,7 @@ class Trainer:
         return chunk
 
     def _epoch(self, state: TrainState, epoch: jax.Array, chunk: int):
+        self.epoch_traces += 1  # this Python body runs once per trace
         # The chunks run one after another, updating the carried (donated) state in place.
         return map_member_chunks(
             lambda s: self._epoch_members(s, epoch), state, chunk, in_place=True
@@ -545,7 +549,7 @@ class Trainer:
         n_sub = jnp.sum(state.subset, axis=1)
 
         def orders(key, subset):
-            return _shuffled_order(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), subset)
+            return shuffled_order(jax.random.fold_in(jax.random.fold_in(key, 2), epoch), subset)
 
         order = jax.vmap(orders)(state.key, state.subset)
 
@@ -558,7 +562,7 @@ class Trainer:
             keys = jax.vmap(
                 lambda k: jax.random.fold_in(jax.random.fold_in(k, 3), epoch * 100003 + j)
             )(state.key)
-            params, opt_state, loss, acc, diverged = jax.vmap(self._member_step)(
+            params, opt_state, loss, acc, diverged = jax.vmap(self.member_step)(
                 params, opt_state, x, y, keys, diverged
             )
             return (params, opt_state, diverged), (loss, acc)

@@ -20,13 +20,10 @@ run to the same final weights and metadata.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,11 +32,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import data as data_lib
-from hyper import sharding
+from hyper import sharding, zoo_format
 from hyper.architectures import ACTIVATIONS, target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer, safe_join
+from hyper.checkpoint import (
+    CheckpointError,
+    PopulationCheckpointer,
+    prepare_dir,
+    target_from_stored,
+)
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 from hyper.train import OPTIMIZERS, TrainConfig, Trainer
+from hyper.zoo_format import read_config
 
 __all__ = [
     "HPARAMS",
@@ -65,7 +69,6 @@ HPARAMS = (
 """Grid axes. The last three change the program and split members into groups."""
 
 _STRUCTURAL = ("activation", "dropout", "optimizer")
-_FORMAT = "weightspace-zoo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,32 +158,32 @@ def _default_checkpoint_epochs(epochs: int) -> list[int]:
 
 def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
     if not isinstance(grid, Mapping):
-        raise TypeError(
+        raise WeightspaceTypeError(
             f"grid must be a mapping of hyperparameter -> list, got {type(grid).__name__}"
         )
     out: dict[str, list[Any]] = {}
     for k, values in grid.items():
         if k not in HPARAMS:
-            raise ValueError(f"grid: unknown hyperparameter {k!r}; expected one of {HPARAMS}")
+            raise WeightspaceError(f"grid: unknown hyperparameter {k!r}; expected one of {HPARAMS}")
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
             values = [values]
         values = list(values)
         if not values:
-            raise ValueError(f"grid[{k!r}]: empty list of values")
+            raise WeightspaceError(f"grid[{k!r}]: empty list of values")
         for v in values:
             if k == "activation":
                 if not isinstance(v, str) or v not in ACTIVATIONS:
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"grid['activation']: unknown {v!r}; expected one of {sorted(ACTIVATIONS)}"
                     )
             elif k == "optimizer":
                 if not isinstance(v, str) or v not in OPTIMIZERS:
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"grid['optimizer']: unknown {v!r}; expected one of {sorted(OPTIMIZERS)}"
                     )
             else:
                 if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
-                    raise ValueError(f"grid[{k!r}]: {v!r} is not a finite number")
+                    raise WeightspaceError(f"grid[{k!r}]: {v!r} is not a finite number")
                 lo_ok = {
                     "learning_rate": v > 0,
                     "weight_decay": v >= 0,
@@ -189,10 +192,10 @@ def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
                     "dropout": 0 <= v < 1,
                 }[k]
                 if not lo_ok:
-                    raise ValueError(f"grid[{k!r}]: value {v!r} out of range")
+                    raise WeightspaceError(f"grid[{k!r}]: value {v!r} out of range")
         # By value: 1 and 1.0 are the same learning rate.
         if len({v if isinstance(v, str) else float(v) for v in values}) != len(values):
-            raise ValueError(f"grid[{k!r}]: duplicate values {values}")
+            raise WeightspaceError(f"grid[{k!r}]: duplicate values {values}")
         out[k] = values
     return out
 
@@ -282,56 +285,56 @@ def _resolve_config(
     seed: int,
     arch: Mapping[str, Any] | None,
     dataset: str | None,
+    metadata_format: str,
 ) -> dict[str, Any]:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        raise WeightspaceError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     p = PRESETS[preset]
     full_grid = _validate_grid({**p.grid, **dict(grid or {})})
     for k in HPARAMS:
         if k not in full_grid:
-            raise ValueError(f"grid: missing hyperparameter {k!r}")
+            raise WeightspaceError(f"grid: missing hyperparameter {k!r}")
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
         if seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {seeds}")
+            raise WeightspaceError(f"seeds must be >= 1, got {seeds}")
         seeds = list(range(int(seeds)))
     if isinstance(seeds, str | bytes | bool) or not isinstance(seeds, Sequence):
-        raise ValueError(f"seeds must be a count or a list of ints, got {seeds!r}")
+        raise WeightspaceError(f"seeds must be a count or a list of ints, got {seeds!r}")
     if not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"seeds must be ints, got {list(seeds)}")
+        raise WeightspaceError(f"seeds must be ints, got {list(seeds)}")
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
+        raise WeightspaceError(f"seeds must be a non-empty list of distinct ints, got {seeds}")
     epochs = p.epochs if epochs is None else int(epochs)
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise WeightspaceError(f"epochs must be >= 0, got {epochs}")
     if checkpoint_epochs is None:
         checkpoint_epochs = p.checkpoint_epochs or _default_checkpoint_epochs(epochs)
     ce = sorted({int(e) for e in checkpoint_epochs})
     if not ce or ce[0] < 0 or ce[-1] > epochs:
-        raise ValueError(
+        raise WeightspaceError(
             f"checkpoint epochs must lie in [0, {epochs}], got {list(checkpoint_epochs)}"
         )
     if ce[-1] != epochs:
         ce.append(epochs)  # the final weights are always saved
     batch_size = p.batch_size if batch_size is None else int(batch_size)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise WeightspaceError(f"batch_size must be >= 1, got {batch_size}")
     ds = dataset or p.dataset
     if ds not in data_lib.available():
-        raise ValueError(f"unknown dataset {ds!r}; available: {data_lib.available()}")
-    return {
-        "format": _FORMAT,
-        "version": 1,
-        "preset": preset,
-        "dataset": ds,
-        "arch": dict(arch or p.arch),
-        "grid": full_grid,
-        "seeds": seeds,
-        "epochs": epochs,
-        "checkpoint_epochs": ce,
-        "batch_size": batch_size,
-        "seed": int(seed),
-    }
+        raise WeightspaceError(f"unknown dataset {ds!r}; available: {data_lib.available()}")
+    return zoo_format.zoo_config(
+        preset=preset,
+        dataset=ds,
+        arch=arch or p.arch,
+        grid=full_grid,
+        seeds=seeds,
+        epochs=epochs,
+        checkpoint_epochs=ce,
+        batch_size=batch_size,
+        seed=seed,
+        metadata_format=metadata_format,
+    )
 
 
 def _group_members(config: Mapping[str, Any], input_shape: Sequence[int]):
@@ -372,51 +375,6 @@ def _zoo_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
         for k in _IDENTITY
         if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)
     ]
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_metadata(directory: str, rows: list[dict[str, Any]], fmt: str) -> str:
-    rows = sorted(rows, key=lambda r: (r["member"], r["epoch"]))
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    else:
-        buf = io.StringIO()
-        cols = sorted({k for r in rows for k in r}) if rows else []
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-        text = buf.getvalue()
-    path = os.path.join(directory, f"metadata.{fmt}")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def _rows(members, metrics: Mapping[str, Any], epoch: int, gid: str, diverged) -> list[dict]:
-    m = {k: np.asarray(v) for k, v in metrics.items()}
-    div = np.asarray(diverged)
-    rows = []
-    for i, mem in enumerate(members):
-        rows.append(
-            {
-                **mem,
-                "group": gid,
-                "epoch": int(epoch),
-                **{k: float(v[i]) for k, v in m.items()},
-                "diverged": bool(div[i]),
-            }
-        )
-    return rows
 
 
 def build(
@@ -467,13 +425,21 @@ def build(
     from tqdm.auto import tqdm
 
     if metadata_format not in ("jsonl", "csv"):
-        raise ValueError(f"metadata_format must be 'jsonl' or 'csv', got {metadata_format!r}")
+        raise WeightspaceError(f"metadata_format must be 'jsonl' or 'csv', got {metadata_format!r}")
     if overwrite and resume:
-        raise ValueError("overwrite and resume are mutually exclusive")
+        raise WeightspaceError("overwrite and resume are mutually exclusive")
     config = _resolve_config(
-        preset, grid, seeds, epochs, checkpoint_epochs, batch_size, seed, arch, dataset
+        preset,
+        grid,
+        seeds,
+        epochs,
+        checkpoint_epochs,
+        batch_size,
+        seed,
+        arch,
+        dataset,
+        metadata_format,
     )
-    config["metadata_format"] = metadata_format
     # Everything that can be wrong with the arguments fails here, before the directory is
     # touched: a bad architecture must not leave a half-described zoo behind.
     dataset_obj = data_lib.load(config["dataset"])
@@ -482,50 +448,39 @@ def build(
 
     directory = os.path.abspath(os.fspath(out_dir))
     zoo_json = os.path.join(directory, "zoo.json")
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory} exists and is not a directory")
-    # A build killed while writing zoo.json the first time leaves only its temporary file.
     writer = sharding.is_writer()  # several processes: only process 0 writes files
-    if os.path.isdir(directory) and set(os.listdir(directory)) - {"zoo.json.tmp"}:
-        if overwrite:
-            if writer:
-                shutil.rmtree(directory)
-        elif not os.path.exists(zoo_json):
-            raise ValueError(
-                f"{directory} is not empty and holds no zoo; use overwrite to replace it"
+    if not overwrite and os.path.exists(zoo_json):  # a zoo is there: continue it or refuse
+        diff = _zoo_differences(read_config(zoo_json), config)
+        if diff:
+            raise WeightspaceError(
+                f"{directory} already holds a different zoo (differing in {', '.join(diff)}); "
+                "use overwrite to replace it"
             )
-        else:
-            existing = read_config(zoo_json)
-            diff = _zoo_differences(existing, config)
-            if diff:
-                raise ValueError(
-                    f"{directory} already holds a different zoo (differing in {', '.join(diff)}); "
-                    "use overwrite to replace it"
-                )
-            if not resume:
-                raise ValueError(f"{directory} already holds this zoo; use resume to continue it")
+        if not resume:
+            raise WeightspaceError(f"{directory} already holds this zoo; use resume to continue it")
+        if writer and not os.access(directory, os.W_OK):
+            raise WeightspaceError(f"{directory} is not writable")
+    else:  # a build killed while first writing zoo.json leaves only its temporary file
+        prepare_dir(
+            directory,
+            overwrite=overwrite,
+            holds="zoo",
+            hint="use overwrite",
+            ignore=("zoo.json.tmp",),
+            write=writer,
+        )
     sharding.barrier("zoo-build-checked")  # every process has read what was there
-    if writer:
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot create zoo directory {directory}: {e.strerror or e}") from e
-        if not os.access(directory, os.W_OK):
-            raise ValueError(f"{directory} is not writable")
 
     config["groups"] = [
-        {
-            "id": g["id"],
-            "target": g["target"],
-            "optimizer": g["optimizer"],
-            "members": [m["member"] for m in g["members"]],
-        }
+        zoo_format.group_config(
+            g["id"], g["target"], g["optimizer"], [m["member"] for m in g["members"]]
+        )
         for g in groups
     ]
     config["members"] = members
     config["complete"] = False
     if writer and not os.path.exists(zoo_json):
-        _write_json_atomic(zoo_json, config)
+        zoo_format.write_config(directory, config)
     sharding.barrier("zoo-build-created")
 
     root = jax.random.key(config["seed"])
@@ -555,8 +510,7 @@ def build(
                 init_scale=[m["init_scale"] for m in ms],
                 member_keys=keys,
             )
-            gdir = safe_join(directory, "groups", g["id"])
-            with PopulationCheckpointer(gdir) as ckpt:
+            with PopulationCheckpointer(zoo_format.group_dir(directory, g["id"])) as ckpt:
                 done = ckpt.steps()
                 # Rows of every committed epoch come from the checkpoints themselves, so a
                 # resumed build ends with exactly the rows of an uninterrupted one.
@@ -588,7 +542,7 @@ def build(
                             metrics, diverged = sharding.to_host(
                                 (trainer.evaluate(state.params), state.diverged)
                             )
-                            rows = _rows(ms, metrics, epoch, g["id"], diverged)
+                            rows = zoo_format.metric_rows(ms, metrics, epoch, g["id"], diverged)
                             ckpt.save(
                                 epoch,
                                 {
@@ -602,13 +556,11 @@ def build(
                             )
                             all_rows.extend(rows)
                             if writer:
-                                _write_metadata(directory, all_rows, metadata_format)
+                                zoo_format.write_metadata(directory, all_rows, metadata_format)
     finally:
         bar.close()
     if writer:
-        _write_metadata(directory, all_rows, metadata_format)
-        config["complete"] = True
-        _write_json_atomic(zoo_json, config)
+        zoo_format.finish(directory, config, all_rows)
     sharding.barrier("zoo-build-complete")
     return load(directory)
 
@@ -616,57 +568,6 @@ def build(
 # ---------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------
-
-
-def read_config(path: str) -> dict[str, Any]:
-    """The checked contents of a zoo description file (``zoo.json``); `CheckpointError` when
-    it is unreadable, not a weightspace zoo, or malformed."""
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read zoo description {path}: {e}") from e
-    if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not a weightspace zoo description")
-    _check_zoo_json(path, cfg)
-    return cfg
-
-
-def _check_zoo_json(path: str, cfg: Mapping[str, Any]) -> None:
-    """The structure `load` relies on; a hand-edited or foreign file fails here, naming the
-    field, instead of deep inside loading."""
-
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path}: {what}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    members, groups = cfg.get("members"), cfg.get("groups")
-    epochs = cfg.get("checkpoint_epochs")
-    if not isinstance(epochs, list) or not all(is_int(e) and e >= 0 for e in epochs):
-        raise bad("'checkpoint_epochs' must be a list of non-negative ints")
-    if not isinstance(members, list) or not all(
-        isinstance(m, dict) and is_int(m.get("member")) for m in members
-    ):
-        raise bad("'members' must be a list of objects with an int 'member'")
-    known = {m["member"] for m in members}
-    if not isinstance(groups, list) or not groups:
-        raise bad("'groups' must be a non-empty list")
-    for i, g in enumerate(groups):
-        if not isinstance(g, dict):
-            raise bad(f"groups[{i}] is not an object")
-        gid = g.get("id")
-        if not isinstance(gid, str) or not gid or gid in (".", "..") or "/" in gid or "\\" in gid:
-            raise bad(f"groups[{i}].id {gid!r} is not a plain directory name")
-        if not isinstance(g.get("target"), dict):
-            raise bad(f"groups[{i}].target must be an object")
-        ids = g.get("members")
-        if not isinstance(ids, list) or not ids or not all(is_int(m) for m in ids):
-            raise bad(f"groups[{i}].members must be a non-empty list of ints")
-        unknown = sorted(set(ids) - known)
-        if unknown:
-            raise bad(f"groups[{i}] names members {unknown[:5]} missing from 'members'")
 
 
 def load(
@@ -696,10 +597,10 @@ def load(
     members = {m["member"]: m for m in config["members"]}
     groups, rows = [], []
     for g in config["groups"]:
-        target = target_from_config(g["target"])
+        target = target_from_stored(g["target"], f"zoo {directory}, group {g['id']}")
         ms = [members[i] for i in g["members"]]
         zg = ZooGroup(id=g["id"], target=target, members=ms)
-        gdir = safe_join(directory, "groups", g["id"])
+        gdir = zoo_format.group_dir(directory, g["id"])
         if not os.path.isdir(gdir):
             if allow_incomplete:
                 groups.append(zg)

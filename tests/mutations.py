@@ -49,7 +49,7 @@ def _lowrank_factors_reversed() -> None:
         if self.head_kind != "lowrank":
             return real(self, a)
         m, rank, out = a.shape[0], self.config["rank"], []
-        for s, ws in zip(self._gen_specs, self.head_w, strict=True):
+        for s, ws in zip(self.gen_specs, self.head_w, strict=True):
             if len(ws) == 2:
                 n = s.shape[-1]
                 u = (a @ ws[0][...]).reshape(m, rank, s.size // n).transpose(0, 2, 1)

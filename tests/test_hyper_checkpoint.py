@@ -8,13 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from hyper import sharding
 from hyper.checkpoint import (
     CheckpointError,
     PopulationCheckpointer,
     abstract_like,
+    load_model,
     load_population,
+    prepare_dir,
+    read_model_metadata,
+    save_model,
     save_population,
 )
 
@@ -262,3 +267,49 @@ def test_sharded_population_round_trip(tmp_path, mlp_target):
     save_population(tmp_path / "pop", sharded, mlp_target)
     _, got, _ = load_population(tmp_path / "pop")
     _assert_trees_equal(got, pop)
+
+
+def test_prepare_dir_refuses_files_and_content_unless_overwrite(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(CheckpointError, match="exists and is not a directory"):
+        prepare_dir(afile)
+    with pytest.raises(CheckpointError, match="cannot create"):
+        prepare_dir(afile / "sub")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not empty and holds no zoo; use --overwrite"):
+        prepare_dir(full, holds="zoo", hint="use --overwrite")
+    assert prepare_dir(full, ignore=("notes.txt",)) == str(full)  # ignored names don't count
+    assert prepare_dir(full, overwrite=True, write=False) == str(full)  # checks only
+    assert (full / "notes.txt").exists()
+    assert prepare_dir(full, overwrite=True) == str(full)
+    assert os.listdir(full) == []
+    assert os.path.isdir(prepare_dir(tmp_path / "a" / "b"))  # parents created
+
+
+def test_save_model_and_load_model_round_trip_with_a_format_check(tmp_path):
+    def build(meta):
+        return nnx.Linear(meta["features"], 3, rngs=nnx.Rngs(0))
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(7))
+    out = save_model(tmp_path / "m", model, format="test-linear", metadata={"features": 2})
+    assert out == str(tmp_path / "m")
+    got, meta = load_model(out, build, format="test-linear")
+    assert meta == {"format": "test-linear", "features": 2}
+    assert read_model_metadata(out, format="test-linear") == meta
+    np.testing.assert_array_equal(got.kernel[...], model.kernel[...])
+    np.testing.assert_array_equal(got.bias[...], model.bias[...])
+    with pytest.raises(CheckpointError, match="holds no linear layer"):
+        load_model(out, build, format="other", what="linear layer")
+    with pytest.raises(CheckpointError, match="not empty"):
+        save_model(out, model, format="test-linear")
+    with pytest.raises(CheckpointError, match="reserved"):
+        save_model(tmp_path / "r", model, format="x", metadata={"format": "y"})
+    # A module of another shape is refused, naming the leaf.
+    with pytest.raises(CheckpointError, match="kernel"):
+        load_model(out, lambda meta: nnx.Linear(4, 3, rngs=nnx.Rngs(0)), format="test-linear")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no model checkpoint"):
+        load_model(tmp_path / "empty", build, format="x", what="model")

@@ -15,6 +15,7 @@ import pytest
 
 from hyper import zoo
 from hyper.cli import main
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 
 # One group (the structural hyperparameters are fixed), two members: a small, fast zoo.
 GRID = {
@@ -225,3 +226,24 @@ def test_console_script_error_end_to_end(tmp_path):
         f"weightspace: error: --grid: cannot read {tmp_path / 'missing.json'}: "
         "No such file or directory"
     ]
+
+
+@pytest.mark.parametrize("error", [KeyError("k"), ValueError("v"), TypeError("t")])
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path, error):
+    """Only `hyper.errors.INPUT_ERRORS` mean bad input; any other exception propagates."""
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(zoo, "load", broken)
+    with pytest.raises(type(error)):
+        main(["info", str(tmp_path)])
+
+
+@pytest.mark.parametrize("error", [WeightspaceError("bad value"), WeightspaceTypeError("bad type")])
+def test_input_errors_are_one_line_and_status_2(monkeypatch, capsys, tmp_path, error):
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(zoo, "load", refuse)
+    _assert_usage_error(capsys, ["info", str(tmp_path)], str(error))

@@ -11,7 +11,8 @@ import pytest
 
 from hyper import population as pop_ops
 from hyper.architectures import make_target
-from hyper.train import TrainConfig, Trainer
+from hyper.hypernets import train as hypertrain
+from hyper.train import TrainConfig, Trainer, make_optimizer, shuffled_order
 
 N = 8  # a multiple of the 8 fake devices
 EPOCHS = 3
@@ -21,16 +22,6 @@ LR_A = [0.5, 0.5, 0.2, 0.2, 0.5, HUGE, 0.5, 0.5]
 LR_B = [0.5, 0.5, 0.05, 0.2, 0.5, HUGE, 0.5, 0.5]  # member 2: another learning rate
 WD_B = [0, 0, 0, 0.05, 0, 0, 0, 0]  # member 3: weight decay
 FRAC_B = [1, 1, 1, 1, 0.05, 1, 1, 1]  # member 4: 5% of the train split
-
-
-class CountingTrainer(Trainer):
-    """Counts how often the epoch is traced (each trace re-runs this Python body)."""
-
-    traces = 0
-
-    def _epoch(self, state, epoch, chunk):
-        type(self).traces += 1
-        return super()._epoch(state, epoch, chunk)
 
 
 def _host(tree):
@@ -55,20 +46,20 @@ def run(digits):
     # Dropout on: a jitted, vmapped train step of an NNX module with RNG streams.
     target = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10, dropout=0.1)
     config = TrainConfig(optimizer="sgd", batch_size=32, steps_per_epoch=STEPS, eval_batch_size=128)
-    trainer = CountingTrainer(target, digits, config)
+    trainer = Trainer(target, digits, config)
     key = jax.random.key(0)
     out = {"trainer": trainer, "target": target}
     a0 = trainer.init(key, N, learning_rate=LR_A, shard=False)
     out["a_init"] = _host(a0.params)
     out["a"], out["a_metrics"] = _train(trainer, a0)
-    out["traces_unsharded"] = CountingTrainer.traces
-    out["cache_unsharded"] = trainer._epoch_fn._cache_size()
+    out["traces_unsharded"] = trainer.epoch_traces
+    out["cache_unsharded"] = trainer.epoch_programs
     # The same members (keys) from the same initial weights; passing them skips compiling
     # the initialiser again.
     sharded = trainer.init(key, N, learning_rate=LR_A, params=out["a_init"], shard=True)
     out["sharding"] = jax.tree.leaves(sharded.params)[0].sharding
     out["a_sharded"], out["a_sharded_metrics"] = _train(trainer, sharded)
-    out["traces_total"] = CountingTrainer.traces
+    out["traces_total"] = trainer.epoch_traces
     hp_b = dict(learning_rate=LR_B, weight_decay=WD_B, train_fraction=FRAC_B)
     b0 = trainer.init(key, N, **hp_b, params=out["a_init"], shard=True)
     out["b_subset_sizes"] = np.asarray(b0.subset).sum(1)
@@ -200,8 +191,8 @@ def test_subsets_compiled_for_speed_are_the_same():
     keys = jax.random.split(jax.random.key(3), 6)
     n_sub = jax.numpy.asarray([1, 5, 50, 99, 100, 37])
     args = (keys, n_sub, jax.numpy.arange(100), False)
-    fast = np.asarray(train._subsets_program()(*args))
-    np.testing.assert_array_equal(fast, jax.jit(train._member_subsets, static_argnums=3)(*args))
+    fast = np.asarray(train.subsets_program()(*args))
+    np.testing.assert_array_equal(fast, jax.jit(train.member_subsets, static_argnums=3)(*args))
     np.testing.assert_array_equal(fast.sum(1), n_sub)
 
 
@@ -277,7 +268,7 @@ def test_member_chunks_give_the_same_epoch(digits):
         assert trainer.member_chunk(state) == picked
         state, metrics = trainer.train_epoch(state, 0)
         results.append((_host(state), _host(metrics)))
-    assert trainer._chunks == {32: 16}  # decided once per population size
+    assert trainer.memory_chunks == {32: 16}  # decided once per population size
     (a, ma), *others = results
     for b, mb in others:
         for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
@@ -295,8 +286,6 @@ def test_one_member_matches_a_hand_written_optax_loop(mlp_target, digits):
     """The update rule against an independent reference: a plain optax AdamW loop over the
     same batches (the member's data order from its key, as `train_epoch` documents), with
     weight decay on the kernels only, gives member 0's weights to 1e-6."""
-    from hyper.train import _shuffled_order
-
     batch, steps, epochs, lr, wd = 32, 4, 2, 1e-2, 0.1
     trainer = Trainer(mlp_target, digits, TrainConfig(batch_size=batch, steps_per_epoch=steps))
     state = trainer.init(
@@ -321,7 +310,7 @@ def test_one_member_matches_a_hand_written_optax_loop(mlp_target, digits):
         opt_state = tx.init(params)
         for e in range(epochs):
             order = np.asarray(
-                _shuffled_order(jax.random.fold_in(jax.random.fold_in(key0, 2), e), subset0)
+                shuffled_order(jax.random.fold_in(jax.random.fold_in(key0, 2), e), subset0)
             )
             for j in range(steps):
                 idx = order[(j * batch + np.arange(batch)) % n_sub]
@@ -334,3 +323,104 @@ def test_one_member_matches_a_hand_written_optax_loop(mlp_target, digits):
     # the weight decay is part of what is checked: without it the weights end elsewhere
     with pytest.raises(AssertionError):
         chex.assert_trees_all_close(got, reference(0.0), atol=1e-6, rtol=1e-6)
+
+
+def _reference_chains(steps: int):
+    """Today's optax chains of every training loop, as they were written at their sites, and
+    the `make_optimizer` call that replaces each."""
+    lr, wd = 3e-3, 1e-3
+    mask = {"w": True, "b": False}
+    warmup = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), max(steps, 2))
+    trainer_wd = {"weight_decay": wd, "decay_mask": mask}
+    return {
+        "trainer adam": (
+            optax.chain(
+                optax.scale_by_adam(),
+                optax.add_decayed_weights(wd, mask=mask),
+                optax.scale_by_learning_rate(lr),
+            ),
+            make_optimizer("adam", lr, **trainer_wd),
+        ),
+        "trainer sgd": (
+            optax.chain(optax.add_decayed_weights(wd, mask=mask), optax.scale_by_learning_rate(lr)),
+            make_optimizer("sgd", lr, **trainer_wd),
+        ),
+        "trainer momentum": (
+            optax.chain(
+                optax.add_decayed_weights(wd, mask=mask),
+                optax.trace(decay=0.9),
+                optax.scale_by_learning_rate(lr),
+            ),
+            make_optimizer("momentum", lr, **trainer_wd),
+        ),
+        "trainer rmsprop": (
+            optax.chain(
+                optax.add_decayed_weights(wd, mask=mask),
+                optax.scale_by_rms(decay=0.9),
+                optax.scale_by_learning_rate(lr),
+            ),
+            make_optimizer("rmsprop", lr, **trainer_wd),
+        ),
+        "hypertrain adam": (optax.adam(lr), hypertrain.make_optimizer("adam", lr)),
+        "hypertrain adam b1": (
+            optax.adam(lr, b1=0.8),
+            hypertrain.make_optimizer("adam", lr, b1=0.8),
+        ),
+        "hypertrain sgd": (optax.sgd(lr, momentum=0.9), hypertrain.make_optimizer("sgd", lr)),
+        "hypertrain sgd nesterov": (
+            optax.sgd(lr, momentum=0.5, nesterov=True),
+            hypertrain.make_optimizer("sgd", lr, momentum=0.5, nesterov=True),
+        ),
+        "metanets predict": (
+            optax.adamw(warmup, weight_decay=wd),
+            make_optimizer("adam", lr, schedule="warmup_cosine", steps=steps, weight_decay=wd),
+        ),
+        "metanets meta_train": (
+            optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(warmup, weight_decay=wd)),
+            make_optimizer(
+                "adam", lr, schedule="warmup_cosine", steps=steps, weight_decay=wd, clip_norm=1.0
+            ),
+        ),
+        "metanets predict, 0 steps": (
+            optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, 1, 2), weight_decay=wd),
+            make_optimizer("adam", lr, schedule="warmup_cosine", steps=0, weight_decay=wd),
+        ),
+        "generators": (
+            optax.adam(optax.cosine_decay_schedule(lr, steps)),
+            make_optimizer("adam", lr, schedule="cosine", steps=steps),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_reference_chains(6)))
+def test_make_optimizer_equals_each_chain_it_replaces(name):
+    """The same state structure (checkpoints of either restore into the other) and the same
+    updates, bit for bit, over six steps of random gradients."""
+    steps = 6
+    ref, got = _reference_chains(steps)[name]
+    params = {"w": jnp.ones((3, 4)), "b": jnp.full((4,), 0.5)}
+    s_ref, s_got = ref.init(params), got.init(params)
+    assert jax.tree.structure(s_ref) == jax.tree.structure(s_got)
+    for i in range(steps):
+        k = jax.random.key(i)
+        grads = {"w": 3 * jax.random.normal(k, (3, 4)), "b": jax.random.normal(k, (4,))}
+        u_ref, s_ref = jax.jit(ref.update)(grads, s_ref, params)
+        u_got, s_got = jax.jit(got.update)(grads, s_got, params)
+        for a, b in zip(jax.tree.leaves(u_ref), jax.tree.leaves(u_got), strict=True):
+            np.testing.assert_array_equal(a, b)
+        params = optax.apply_updates(params, u_ref)
+
+
+def test_make_optimizer_rejects_bad_options():
+    with pytest.raises(ValueError, match="unknown optimizer 'adagrad'"):
+        make_optimizer("adagrad")
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        make_optimizer("adam", 0.0)
+    with pytest.raises(ValueError, match="needs steps"):
+        make_optimizer("adam", 1e-3, schedule="cosine")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_optimizer("adam", 1e-3, schedule="linear", steps=3)
+    with pytest.raises(TypeError):
+        make_optimizer("sgd", 1e-3, nesterov=True)  # plain sgd has no options
+    with pytest.raises(TypeError):
+        hypertrain.make_optimizer("adam", 1e-3, weight_decay=0.1)  # not a run-config option

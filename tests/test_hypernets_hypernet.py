@@ -198,7 +198,7 @@ def test_per_tensor_head_init_variances(wide_target, init):
     hdim = 64
     h = HyperNet(wide_target, GAMMA, hidden=(hdim,), head_init=init, rngs=nnx.Rngs(0))
     assert len(h.head_w) == len(h.gen_paths)
-    for s, w in zip(h._gen_specs, h.head_w, strict=True):
+    for s, w in zip(h.gen_specs, h.head_w, strict=True):
         w = np.asarray(w[...])
         assert w.shape == (hdim, s.size)
         want = {
@@ -639,7 +639,7 @@ def test_trainer_sharded_over_the_mesh_matches_one_device(mlp_target, digits):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=2e-5)
     assert len(jax.tree.leaves(many.params)[0].sharding.device_set) == mesh.devices.size
     # the step's compiled program does split the targets: it has cross-device sums
-    hlo = many._step.lower(many.params, many.rest, many.opt_state, key).compile().as_text()
+    hlo = many.lower_step(key).compile().as_text()
     assert "all-reduce" in hlo
     with pytest.raises(ValueError, match="multiple of the mesh size"):
         HyperTrainer(h, digits.x_train, digits.y_train, mesh=mesh, conditions_per_step=3)
@@ -670,7 +670,7 @@ def test_trainer_with_reduce_groups_is_bit_identical_on_the_mesh(mlp_target, dig
         for a, b in zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the groups run on their own devices: no gradient is all-reduced, terms are gathered
-    hlo = many._step.lower(many.params, many.rest, many.opt_state, key).compile().as_text()
+    hlo = many.lower_step(key).compile().as_text()
     assert "all-gather" in hlo or "collective-permute" in hlo or "all-to-all" in hlo
     # and it trains: the grouped loss follows the ungrouped one closely
     plain = HyperTrainer(h, digits.x_train, digits.y_train, **{**kw, "reduce_groups": None})
@@ -707,7 +707,7 @@ def test_head_deltas_match_a_numpy_reference(cnn_target, head):
     m = a.shape[0]
     pop = flatten_dict(h(conds))
     theta0 = flatten_dict(h.theta0_params())
-    specs = h._gen_specs
+    specs = h.gen_specs
     if head == "chunked":
         f64 = lambda v: np.asarray(v[...], np.float64)  # noqa: E731
         z = _np_leaky_relu(

@@ -22,6 +22,8 @@ import json
 import os
 from typing import Any
 
+from hyper.errors import WeightspaceError
+
 __all__ = ["add_parsers", "run"]
 
 
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return _train(args)
     if args.hyper_command == "generate":
         return _generate(args)
-    raise ValueError(f"unknown hyper command {args.hyper_command!r}")
+    raise WeightspaceError(f"unknown hyper command {args.hyper_command!r}")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -94,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
             mesh=mesh,
         )
     except NonFiniteLossError as e:  # a diverged run is reported like bad input
-        raise ValueError(str(e)) from None
+        raise WeightspaceError(str(e)) from None
     if not args.quiet:
         print(f"trained {trainer.step_count} steps; wrote {os.path.abspath(args.out)}")
     return 0
@@ -115,7 +117,7 @@ class _DeclaredConditions:
 
 def _generate(args: argparse.Namespace) -> int:
     from hyper import zoo
-    from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+    from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir
     from hyper.hypernets.conditions import from_json
     from hyper.hypernets.export import export_generated
     from hyper.hypernets.train import load_run, parse_conditions
@@ -123,9 +125,10 @@ def _generate(args: argparse.Namespace) -> int:
     src, out = os.path.abspath(args.from_dir), os.path.abspath(args.out)
     real = os.path.realpath(src), os.path.realpath(out)
     if os.path.commonpath(real) in real:  # --overwrite would delete the run
-        raise ValueError(f"--out {out} must lie outside the run directory {src} and not hold it")
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise ValueError(f"{out} is not empty; use overwrite to replace it")
+        raise WeightspaceError(
+            f"--out {out} must lie outside the run directory {src} and not hold it"
+        )
+    prepare_dir(out, overwrite=args.overwrite, hint="use overwrite", write=False)
     try:
         with open(os.path.join(src, "hypernet.json")) as f:
             specs = from_json(json.load(f)["config"]["conditions"])

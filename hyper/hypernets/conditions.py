@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyper.errors import WeightspaceError, WeightspaceTypeError
+
 __all__ = [
     "ENCODINGS",
     "Categorical",
@@ -33,8 +35,10 @@ __all__ = [
     "Noise",
     "Vector",
     "encode",
+    "fill_noise",
     "from_json",
     "sample",
+    "sample_one",
     "to_json",
     "validate",
 ]
@@ -61,7 +65,7 @@ class Continuous:
     def __post_init__(self):
         shape = (self.shape,) if _is_int(self.shape) else self.shape
         if not isinstance(shape, tuple | list) or not all(_is_int(d) for d in shape):
-            raise TypeError(
+            raise WeightspaceTypeError(
                 f"condition {self.name!r}: shape must be a tuple of ints, got {self.shape!r}"
             )
         object.__setattr__(self, "shape", tuple(int(d) for d in shape))
@@ -115,30 +119,30 @@ def check_specs(specs: Sequence[Condition]) -> tuple[Condition, ...]:
         specs = (specs,)
     specs = tuple(specs)
     if not specs:
-        raise ValueError("a hypernetwork needs at least one condition")
+        raise WeightspaceError("a hypernetwork needs at least one condition")
     for s in specs:
         if not isinstance(s, Continuous | Categorical | Vector | Noise):
-            raise TypeError(f"not a condition spec: {s!r}")
+            raise WeightspaceTypeError(f"not a condition spec: {s!r}")
         if not isinstance(s.name, str) or not s.name:
-            raise ValueError(f"condition name must be a non-empty string, got {s.name!r}")
+            raise WeightspaceError(f"condition name must be a non-empty string, got {s.name!r}")
         if isinstance(s, Continuous):
             if any(d < 1 for d in s.shape):
-                raise ValueError(f"condition {s.name!r}: shape {s.shape} must be positive")
+                raise WeightspaceError(f"condition {s.name!r}: shape {s.shape} must be positive")
             if not all(_is_real(v) for v in (s.low, s.high)) or not s.low < s.high:
-                raise ValueError(
+                raise WeightspaceError(
                     f"condition {s.name!r}: need finite low < high, got {s.low!r}, {s.high!r}"
                 )
         elif isinstance(s, Categorical):
             if not (_is_int(s.num_classes) and _is_int(s.dim) and min(s.num_classes, s.dim) >= 1):
-                raise ValueError(
+                raise WeightspaceError(
                     f"condition {s.name!r}: num_classes and dim must be ints >= 1, got "
                     f"{s.num_classes!r}, {s.dim!r}"
                 )
         elif not (_is_int(s.dim) and s.dim >= 1):
-            raise ValueError(f"condition {s.name!r}: dim must be an int >= 1, got {s.dim!r}")
+            raise WeightspaceError(f"condition {s.name!r}: dim must be an int >= 1, got {s.dim!r}")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"condition names must be unique, got {names}")
+        raise WeightspaceError(f"condition names must be unique, got {names}")
     return specs
 
 
@@ -151,18 +155,27 @@ def _is_real(v: Any) -> bool:
 
 
 def to_json(specs: Sequence[Condition]) -> list[dict[str, Any]]:
+    """The specs as JSON objects (``kind`` plus the dataclass fields)."""
     return [{"kind": s.kind, **dataclasses.asdict(s)} for s in specs]
 
 
 def from_json(items: Sequence[Mapping[str, Any]]) -> tuple[Condition, ...]:
+    """The specs `to_json` wrote, checked (`check_specs`)."""
     out = []
     for d in items:
         d = dict(d)
         kind = d.pop("kind", None)
         if kind not in _KINDS:
-            raise ValueError(f"unknown condition kind {kind!r}; expected one of {sorted(_KINDS)}")
+            raise WeightspaceError(
+                f"unknown condition kind {kind!r}; expected one of {sorted(_KINDS)}"
+            )
         if "shape" in d:
-            d["shape"] = tuple(int(x) for x in d["shape"])
+            try:
+                d["shape"] = tuple(int(x) for x in d["shape"])
+            except (TypeError, ValueError):
+                raise WeightspaceError(
+                    f"condition shape must be a list of ints, got {d['shape']!r}"
+                ) from None
         out.append(_KINDS[kind](**d))
     return check_specs(out)
 
@@ -178,54 +191,58 @@ def validate(
         continuous value outside [low, high], or a categorical id outside its range.
     """
     if not isinstance(conditions, Mapping):
-        raise TypeError(f"conditions must be a dict of arrays, got {type(conditions).__name__}")
+        raise WeightspaceTypeError(
+            f"conditions must be a dict of arrays, got {type(conditions).__name__}"
+        )
     known = {s.name for s in specs}
     unknown = sorted(set(conditions) - known)
     if unknown:
-        raise ValueError(f"unknown conditions {unknown}; declared: {sorted(known)}")
+        raise WeightspaceError(f"unknown conditions {unknown}; declared: {sorted(known)}")
     m = None
     for s in specs:
         if s.name not in conditions:
             if isinstance(s, Noise) and allow_missing_noise:
                 continue
-            raise ValueError(f"missing condition {s.name!r}")
+            raise WeightspaceError(f"missing condition {s.name!r}")
         v = conditions[s.name]
         shape = tuple(np.shape(v))
         want = tuple(s.shape)
         if len(shape) != len(want) + 1 or shape[1:] != want:
-            raise ValueError(
+            raise WeightspaceError(
                 f"condition {s.name!r} has shape {shape}, expected {('M', *want)} "
                 f"(a leading batch axis M)".replace("'M'", "M")
             )
         if m is None:
             m = shape[0]
         elif shape[0] != m:
-            raise ValueError(f"condition {s.name!r} has batch {shape[0]}, others have {m}")
+            raise WeightspaceError(f"condition {s.name!r} has batch {shape[0]}, others have {m}")
         if isinstance(v, jax.core.Tracer):
             continue
         a = np.asarray(v)
         if isinstance(s, Categorical):
             if not np.issubdtype(a.dtype, np.integer):
-                raise ValueError(f"condition {s.name!r}: ids must be integers, got {a.dtype}")
+                raise WeightspaceError(f"condition {s.name!r}: ids must be integers, got {a.dtype}")
             if a.size and (a.min() < 0 or a.max() >= s.num_classes):
-                raise ValueError(
+                raise WeightspaceError(
                     f"condition {s.name!r}: ids must lie in [0, {s.num_classes}), got "
                     f"ids in [{a.min()}, {a.max()}]"
                 )
         else:
             if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype, jnp.integer)):
-                raise ValueError(f"condition {s.name!r}: expected real numbers, got {a.dtype}")
+                raise WeightspaceError(
+                    f"condition {s.name!r}: expected real numbers, got {a.dtype}"
+                )
             if not np.all(np.isfinite(a)):
-                raise ValueError(f"condition {s.name!r}: values must be finite")
+                raise WeightspaceError(f"condition {s.name!r}: values must be finite")
             if isinstance(s, Continuous) and a.size and (a.min() < s.low or a.max() > s.high):
-                raise ValueError(
+                raise WeightspaceError(
                     f"condition {s.name!r}: values must lie in [{s.low}, {s.high}], got "
                     f"values in [{a.min():.4g}, {a.max():.4g}]"
                 )
     if m is None:
-        raise ValueError("no conditions given")
+        raise WeightspaceError("no conditions given")
     if m < 1:
-        raise ValueError("empty batch of conditions (M = 0)")
+        raise WeightspaceError("empty batch of conditions (M = 0)")
     return m
 
 
@@ -239,7 +256,7 @@ def encode(gamma: jax.Array, encoding: str) -> jax.Array:
         return gamma
     if encoding == "normalize":
         return gamma / jnp.maximum(jnp.linalg.norm(gamma, axis=-1, keepdims=True), 1e-6)
-    raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+    raise WeightspaceError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
 
 
 def encoded_width(specs: Sequence[Condition], encoding: str) -> int:
@@ -248,15 +265,44 @@ def encoded_width(specs: Sequence[Condition], encoding: str) -> int:
     return 2 * d if encoding in ("cos|sin", "z|1-z") else d
 
 
+def sample_one(spec: Condition, key: jax.Array, index: int, m: int) -> jax.Array:
+    """`m` values of condition `spec`, the `index`-th of its spec list, drawn from
+    ``fold_in(key, index)``: uniform continuous values in [low, high], uniform ids, normal
+    vectors and noise. The one sampling rule: `sample`, `fill_noise` and the hypernet
+    export all draw through it, so the same key gives the same conditions everywhere.
+
+    Returns:
+      `[m, *spec.shape]`.
+    """
+    k = jax.random.fold_in(key, index)
+    if isinstance(spec, Continuous):
+        return jax.random.uniform(k, (m, *spec.shape), minval=spec.low, maxval=spec.high)
+    if isinstance(spec, Categorical):
+        return jax.random.randint(k, (m,), 0, spec.num_classes)
+    return jax.random.normal(k, (m, spec.dim))
+
+
 def sample(specs: Sequence[Condition], key: jax.Array, m: int) -> dict[str, jax.Array]:
-    """Uniform continuous values in [low, high], uniform ids, normal vectors and noise."""
-    out = {}
+    """`m` values of every condition (see `sample_one`): ``{name: [m, ...]}``."""
+    return {s.name: sample_one(s, key, i, m) for i, s in enumerate(specs)}
+
+
+def fill_noise(
+    specs: Sequence[Condition], conditions: Mapping[str, Any], key: jax.Array | None, m: int
+) -> dict[str, Any]:
+    """`conditions` with the missing `Noise` conditions sampled as `sample` samples them
+    (the key of spec `i` is ``fold_in(key, i)``): the same key gives the same noise in
+    every process.
+
+    Raises:
+      ValueError: a noise condition is missing and `key` is None.
+    """
+    out = dict(conditions)
     for i, s in enumerate(specs):
-        k = jax.random.fold_in(key, i)
-        if isinstance(s, Continuous):
-            out[s.name] = jax.random.uniform(k, (m, *s.shape), minval=s.low, maxval=s.high)
-        elif isinstance(s, Categorical):
-            out[s.name] = jax.random.randint(k, (m,), 0, s.num_classes)
-        else:
-            out[s.name] = jax.random.normal(k, (m, s.dim))
+        if isinstance(s, Noise) and s.name not in out:
+            if key is None:
+                raise WeightspaceError(
+                    f"noise condition {s.name!r} not given and no key to sample it"
+                )
+            out[s.name] = sample_one(s, key, i, m)
     return out

@@ -29,6 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from hyper import population, sharding
+from hyper import zoo as zoo_lib
+from hyper.checkpoint import PopulationCheckpointer
+from hyper.hypernets import hypernet
+from hyper.hypernets import train as hypertrain
+from hyper.hypernets.export import export_generated
+
 __all__ = ["main", "plot_generated", "plot_zoo"]
 
 PRESET = "digits-mlp"
@@ -156,8 +163,6 @@ def plot_generated(zoo: Any, path: str | os.PathLike, condition: str = "gamma") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hyper import population
-
     rows = zoo.rows()
     g = np.array([r[condition] for r in rows])
     order = np.argsort(g)
@@ -185,10 +190,6 @@ def plot_generated(zoo: Any, path: str | os.PathLike, condition: str = "gamma") 
 
 def _hypernet_part(out: str, steps: int, n: int, quiet: bool) -> None:
     """Trains ``digits-mip`` for `steps` steps and generates `n` networks from it."""
-    from hyper.checkpoint import PopulationCheckpointer
-    from hyper.hypernets import hypernet
-    from hyper.hypernets import train as hypertrain
-    from hyper.hypernets.export import export_generated
 
     config = hypertrain.resolve_config(
         {**hypertrain.PRESETS["digits-mip"], "steps": steps, "checkpoint_every": steps}
@@ -279,12 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    from hyper import sharding
-
     sharding.use_cpu_cores()  # one device per core, unless a count was chosen already
     import jax
-
-    from hyper import zoo as zoo_lib
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)

@@ -19,7 +19,6 @@ alone regenerate the population.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,10 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import data as data_lib
+from hyper import train as train_lib
 from hyper import zoo as zoo_lib
-from hyper.checkpoint import PopulationCheckpointer
-from hyper.hypernets.conditions import Categorical, Noise, to_json
-from hyper.hypernets.hypernet import HyperNet, generate, generate_and_evaluate
+from hyper import zoo_format
+from hyper.checkpoint import PopulationCheckpointer, prepare_dir
+from hyper.errors import WeightspaceError
+from hyper.hypernets import conditions as cond_lib
+from hyper.hypernets.conditions import Categorical, to_json
+from hyper.hypernets.hypernet import HyperNet, generate
 
 __all__ = ["export_generated"]
 
@@ -55,6 +58,19 @@ def _json_value(spec: Any, value: np.ndarray) -> Any:
         return int(value)
     flat = [float(str(np.float32(v))) for v in np.asarray(value, np.float32).reshape(-1)]
     return flat[0] if np.ndim(value) == 0 else np.asarray(flat).reshape(np.shape(value)).tolist()
+
+
+def _in_chunks(fn: Any, tree: Any, size: int) -> Any:
+    """``fn(tree)`` applied `size` members at a time (the last chunk padded with copies of
+    its last member, so every call has one shape), gathered to host numpy."""
+    m = len(jax.tree.leaves(tree)[0])
+    out = []
+    for start in range(0, m, size):
+        n = min(size, m - start)
+        rows = np.minimum(np.arange(start, start + size), m - 1)  # the padding repeats row m-1
+        c = jax.tree.map(lambda v, rows=rows: np.asarray(v)[rows], tree)
+        out.append(jax.tree.map(lambda v, n=n: np.asarray(v[:n]), fn(c)))
+    return jax.tree.map(lambda *vs: np.concatenate(vs), *out)
 
 
 def export_generated(
@@ -96,121 +112,80 @@ def export_generated(
     m = hnet.validate(conditions)
     clash = sorted({s.name for s in specs} & set(_ROW_KEYS))
     if clash:
-        raise ValueError(f"condition names {clash} clash with zoo metadata columns")
+        raise WeightspaceError(f"condition names {clash} clash with zoo metadata columns")
     run_config = dict(run_config or {})
     dataset = dataset or run_config.get("dataset")
     if dataset is None:
-        raise ValueError("export_generated: give dataset= or a run_config with a dataset")
+        raise WeightspaceError("export_generated: give dataset= or a run_config with a dataset")
     if dataset not in data_lib.available():
-        raise ValueError(f"unknown dataset {dataset!r}; available: {data_lib.available()}")
+        raise WeightspaceError(f"unknown dataset {dataset!r}; available: {data_lib.available()}")
     if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+        raise WeightspaceError(f"step must be a non-negative int, got {step!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise WeightspaceError(f"batch_size must be a positive int, got {batch_size!r}")
     ds = data_lib.load(dataset)
     target = hnet.target
     if "arch" not in target.config or "input_shape" not in target.config:
         # The zoo loader rebuilds the target from its config (`make_target` targets).
-        raise ValueError(
+        raise WeightspaceError(
             f"target {target.name} has no rebuild config (make it with "
             "hyper.architectures.make_target); a zoo directory could not be loaded"
         )
     if target.input_shape is not None and tuple(ds.input_shape) != tuple(target.input_shape):
-        raise ValueError(
+        raise WeightspaceError(
             f"dataset {dataset!r} has inputs {ds.input_shape}, target {target.name} takes "
             f"{target.input_shape}"
         )
-    directory = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"{directory} exists and is not a directory")
-    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
-        raise ValueError(f"{directory} is not empty; use overwrite to replace it")
+    # Refused before anything is generated; replaced only once the networks exist.
+    directory = prepare_dir(out_dir, overwrite=overwrite, hint="use overwrite", write=False)
 
     # Sample the noise here so the rows hold what the networks were generated from.
     key = jax.random.key(0) if key is None else key
-    conds = {k: np.asarray(v) for k, v in conditions.items()}
-    for i, s in enumerate(specs):
-        if isinstance(s, Noise) and s.name not in conds:
-            conds[s.name] = np.asarray(jax.random.normal(jax.random.fold_in(key, i), (m, s.dim)))
+    conds = cond_lib.fill_noise(specs, {k: np.asarray(v) for k, v in conditions.items()}, key, m)
+    conds = {k: np.asarray(v) for k, v in conds.items()}
 
-    # Chunks of `bs` conditions, the last padded like `generate_and_evaluate` pads it: the
-    # same program shapes, so the stored weights are the ones the metrics were computed on.
+    # Generated once, in chunks of `bs` conditions (the last padded: one program shape);
+    # the stored population is the one evaluated.
     bs = min(int(batch_size), m)
-    chunks = []
-    for start in range(0, m, bs):
-        c = {k: v[start : start + bs] for k, v in conds.items()}
-        n = len(next(iter(c.values())))
-        if n < bs:
-            c = {k: np.concatenate([v, np.repeat(v[-1:], bs - n, 0)]) for k, v in c.items()}
-        chunks.append(jax.tree.map(lambda v, n=n: np.asarray(v[:n]), generate(hnet, c)))
-    population = jax.tree.map(lambda *vs: np.concatenate(vs), *chunks)
-    x_tr, y_tr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-    x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-    train = generate_and_evaluate(hnet, conds, x_tr, y_tr, batch_size=bs)
-    test = generate_and_evaluate(hnet, conds, x_te, y_te, batch_size=bs)
-    metrics = {
-        "train_loss": np.asarray(train["loss"]),
-        "train_acc": np.asarray(train["acc"]),
-        "test_loss": np.asarray(test["loss"]),
-        "test_acc": np.asarray(test["acc"]),
-    }
+    population = _in_chunks(lambda c: generate(hnet, c), conds, bs)
+    evaluate = jax.jit(lambda pop, x, y: train_lib.evaluate(target, pop, x, y))
+    splits = {"train": (ds.x_train, ds.y_train), "test": (ds.x_test, ds.y_test)}
+    metrics = {}
+    for split, (x, y) in splits.items():
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        res = _in_chunks(lambda pop, x=x, y=y: evaluate(pop, x, y), population, bs)
+        metrics[f"{split}_loss"], metrics[f"{split}_acc"] = res["loss"], res["acc"]
     diverged = ~(np.isfinite(metrics["train_loss"]) & np.isfinite(metrics["test_loss"]))
 
     members = [
         {"member": i, **{s.name: _json_value(s, conds[s.name][i]) for s in specs}} for i in range(m)
     ]
     step = int(step)
-    rows = [
-        {
-            **mem,
-            "group": "g0",
-            "epoch": step,
-            **{k: float(v[i]) for k, v in metrics.items()},
-            "diverged": bool(diverged[i]),
-        }
-        for i, mem in enumerate(members)
-    ]
-    config = {
-        "format": zoo_lib._FORMAT,
-        "version": 1,
-        "preset": "generated",
-        "dataset": dataset,
-        "arch": dict(target.config),
-        "grid": {},
-        "seeds": [],
-        "epochs": step,
-        "checkpoint_epochs": [step],
-        "batch_size": run_config.get("batch_size"),
-        "seed": int(run_config.get("seed", 0)),
-        "metadata_format": "jsonl",
-        "conditions": to_json(specs),
-        "hypernet": dict(hnet.config),
-        "run": run_config,
-        "groups": [
-            {
-                "id": "g0",
-                "target": dict(target.config),
-                "optimizer": None,
-                "members": list(range(m)),
-            }
-        ],
-        "members": members,
-        "complete": False,
-    }
+    rows = zoo_format.metric_rows(members, metrics, step, "g0", diverged)
+    config = zoo_format.zoo_config(
+        preset="generated",
+        dataset=dataset,
+        arch=target.config,
+        grid={},
+        seeds=[],
+        epochs=step,
+        checkpoint_epochs=[step],
+        batch_size=run_config.get("batch_size"),
+        seed=int(run_config.get("seed", 0)),
+        metadata_format="jsonl",
+        conditions=to_json(specs),
+        hypernet=dict(hnet.config),
+        run=run_config,
+        groups=[zoo_format.group_config("g0", target.config, None, range(m))],
+        members=members,
+        complete=False,
+    )
 
-    if os.path.isdir(directory) and os.listdir(directory):
-        shutil.rmtree(directory)  # overwrite, checked above
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create directory {directory}: {e.strerror or e}") from e
-    zoo_json = os.path.join(directory, "zoo.json")
-    zoo_lib._write_json_atomic(zoo_json, config)  # incomplete until the checkpoint commits
-    with PopulationCheckpointer(os.path.join(directory, "groups", "g0")) as ckpt:
+    prepare_dir(directory, overwrite=overwrite, hint="use overwrite")
+    zoo_format.write_config(directory, config)  # incomplete until the checkpoint commits
+    with PopulationCheckpointer(zoo_format.group_dir(directory, "g0")) as ckpt:
         ckpt.save(
             step, {"params": population}, meta={"rows": rows}, specs={"params": target.spec_json()}
         )
-    zoo_lib._write_metadata(directory, rows, "jsonl")
-    config["complete"] = True
-    zoo_lib._write_json_atomic(zoo_json, config)
+    zoo_format.finish(directory, config, rows)
     return zoo_lib.load(directory)

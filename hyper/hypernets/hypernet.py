@@ -33,6 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hyper import architectures as arch_lib
+from hyper import sharding
+from hyper import train as train_lib
+from hyper.errors import WeightspaceError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.conditions import Categorical, Condition, Continuous, Noise, Vector
 from hyper.target import LeafSpec, Target
@@ -42,6 +46,7 @@ __all__ = [
     "HEADS",
     "HEAD_INITS",
     "HIDDEN_INITS",
+    "ACTIVATIONS",
     "Frozen",
     "HyperNet",
     "generate",
@@ -53,13 +58,9 @@ __all__ = [
 HEADS = ("per_tensor", "chunked", "lowrank")
 HEAD_INITS = ("split_fan_out", "hyperfan_in", "hyperfan_out", "zero", "default")
 HIDDEN_INITS = ("kaiming_fan_out", "default")
-_ACTIVATIONS = {
-    "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),
-    "relu": jax.nn.relu,
-    "gelu": jax.nn.gelu,
-    "tanh": jnp.tanh,
-    "silu": jax.nn.silu,
-}
+ACTIVATIONS = ("leaky_relu", "relu", "gelu", "tanh", "silu")
+"""Hidden activations of a hypernet: names of `hyper.architectures.ACTIVATIONS` (leaky ReLU
+with slope 0.01)."""
 _LEAKY_GAIN2 = 2.0 / (1.0 + 0.01**2)
 
 
@@ -172,22 +173,24 @@ class HyperNet(nnx.Module):
             ("head", head, HEADS),
             ("head_init", head_init, HEAD_INITS),
             ("hidden_init", hidden_init, HIDDEN_INITS),
-            ("activation", activation, tuple(_ACTIVATIONS)),
+            ("activation", activation, ACTIVATIONS),
         ):
             if value not in allowed:
-                raise ValueError(f"HyperNet: unknown {name} {value!r}; expected one of {allowed}")
+                raise WeightspaceError(
+                    f"HyperNet: unknown {name} {value!r}; expected one of {allowed}"
+                )
         hidden = tuple(int(h) for h in hidden)
         if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"HyperNet: hidden sizes must be positive, got {hidden}")
+            raise WeightspaceError(f"HyperNet: hidden sizes must be positive, got {hidden}")
         if head_init == "zero" and not residual:
-            raise ValueError("HyperNet: head_init='zero' needs residual=True (θ would be 0)")
+            raise WeightspaceError("HyperNet: head_init='zero' needs residual=True (θ would be 0)")
         for name, v in (("chunk_size", chunk_size), ("chunk_dim", chunk_dim), ("rank", rank)):
             if int(v) < 1:
-                raise ValueError(f"HyperNet: {name} must be >= 1, got {v}")
+                raise WeightspaceError(f"HyperNet: {name} must be >= 1, got {v}")
 
         gen = [s for s in target.select(*generate) if s.trainable]
         if not gen:
-            raise ValueError(
+            raise WeightspaceError(
                 f"HyperNet: no trainable leaf of {target.name} matches {list(generate)}; "
                 f"leaves: {target.paths}"
             )
@@ -334,7 +337,7 @@ class HyperNet(nnx.Module):
             )
         if not residual:
             self.head_b = nnx.List([nnx.Param(_zeros(s.shape)) for s in gen])
-        self._gen_specs = tuple(gen)
+        self.gen_specs = tuple(gen)
 
     # --- forward ------------------------------------------------------------------------
 
@@ -359,7 +362,7 @@ class HyperNet(nnx.Module):
 
     def features(self, conditions: Mapping[str, jax.Array]) -> jax.Array:
         """Last hidden activations `[M, H]`."""
-        act = _ACTIVATIONS[self.activation]
+        act = arch_lib.ACTIVATIONS[self.activation]
         a = self.embed(conditions)
         for layer in self.layers:
             a = act(layer(a))
@@ -370,11 +373,11 @@ class HyperNet(nnx.Module):
         m = a.shape[0]
         out = []
         if self.head_kind == "per_tensor":
-            for s, w in zip(self._gen_specs, self.head_w, strict=True):
+            for s, w in zip(self.gen_specs, self.head_w, strict=True):
                 out.append((a @ w[...]).reshape(m, *s.shape))
         elif self.head_kind == "lowrank":
             rank = self.config["rank"]
-            for s, ws in zip(self._gen_specs, self.head_w, strict=True):
+            for s, ws in zip(self.gen_specs, self.head_w, strict=True):
                 if len(ws) == 2:
                     n = s.shape[-1]
                     u = (a @ ws[0][...]).reshape(m, s.size // n, rank)
@@ -383,7 +386,7 @@ class HyperNet(nnx.Module):
                 else:
                     out.append((a @ ws[0][...]).reshape(m, *s.shape))
         else:
-            act = _ACTIVATIONS[self.activation]
+            act = arch_lib.ACTIVATIONS[self.activation]
             z = act(
                 (a @ self.chunk_u_a[...])[:, None, :]
                 + (self.chunk_emb[...] @ self.chunk_u_e[...])[None, :, :]
@@ -391,7 +394,7 @@ class HyperNet(nnx.Module):
             )  # [M, C, G]
             flat = (z @ self.chunk_v[...]).reshape(m, -1)  # [M, C * chunk_size]
             offset = 0
-            for s in self._gen_specs:
+            for s in self.gen_specs:
                 out.append(flat[:, offset : offset + s.size].reshape(m, *s.shape))
                 offset += s.size
         return out
@@ -404,7 +407,7 @@ class HyperNet(nnx.Module):
         a = self.features(conditions)
         m = a.shape[0]
         flat: dict[str, jax.Array] = {}
-        for i, (s, d) in enumerate(zip(self._gen_specs, self.deltas(a), strict=True)):
+        for i, (s, d) in enumerate(zip(self.gen_specs, self.deltas(a), strict=True)):
             if self.residual:
                 theta = self.theta0[i][...][None] + d
             else:
@@ -427,10 +430,8 @@ class HyperNet(nnx.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, rngs: nnx.Rngs) -> HyperNet:
         """Rebuilds a hypernet from `HyperNet.config` (weights freshly initialised)."""
-        from hyper.architectures import target_from_config
-
         c = dict(config)
-        target = target_from_config(c.pop("target"))
+        target = arch_lib.target_from_config(c.pop("target"))
         specs = cond_lib.from_json(c.pop("conditions"))
         return cls(target, specs, rngs=rngs, **c)
 
@@ -440,25 +441,13 @@ class HyperNet(nnx.Module):
 # ---------------------------------------------------------------------------------------
 
 
-def _fill_noise(hnet: HyperNet, conditions: Mapping[str, Any], key: jax.Array | None, m: int):
-    """Samples the missing noise conditions as `hyper.hypernets.conditions.sample` does (the key of
-    spec `i` is ``fold_in(key, i)``): the same key gives the same noise in every process."""
-    out = dict(conditions)
-    for i, s in enumerate(hnet.specs):
-        if isinstance(s, Noise) and s.name not in out:
-            if key is None:
-                raise ValueError(f"noise condition {s.name!r} not given and no key to sample it")
-            out[s.name] = jax.random.normal(jax.random.fold_in(key, i), (m, s.dim))
-    return out
-
-
 def _check_batch_size(batch_size: int | None) -> None:
     if batch_size is not None and (
         isinstance(batch_size, bool)
         or not isinstance(batch_size, int | np.integer)
         or batch_size < 1
     ):
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise WeightspaceError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 @nnx.jit(static_argnames=("batch_size",))
@@ -495,12 +484,12 @@ def generate(
     """
     _check_batch_size(batch_size)
     m = hnet.validate(conditions)
-    conditions = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    conditions = cond_lib.fill_noise(
+        hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
+    )
     if mesh is not None:
-        from hyper import sharding
-
         if batch_size is not None:
-            raise ValueError("generate: pass either mesh or batch_size, not both")
+            raise WeightspaceError("generate: pass either mesh or batch_size, not both")
         padded, _ = sharding.pad_targets(conditions, mesh.devices.size)
         padded = sharding.shard_targets(padded, mesh)
         graphdef, state = nnx.split(hnet)
@@ -537,10 +526,16 @@ def generate_and_evaluate(
     x, y = jnp.asarray(x), jnp.asarray(y)
     t = hnet.target
     if t.input_shape is not None and tuple(x.shape[1:]) != tuple(t.input_shape):
-        raise ValueError(f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}")
+        raise WeightspaceError(
+            f"inputs have shape {x.shape[1:]}, target {t.name} takes {t.input_shape}"
+        )
     if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
-        raise ValueError(f"labels must be ints of shape ({x.shape[0]},), got {y.dtype}{y.shape}")
-    conditions = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+        raise WeightspaceError(
+            f"labels must be ints of shape ({x.shape[0]},), got {y.dtype}{y.shape}"
+        )
+    conditions = cond_lib.fill_noise(
+        hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
+    )
     batch_size = min(int(batch_size), m)  # no padding beyond one chunk of M
     chunks = math.ceil(m / batch_size)
     pad = chunks * batch_size - m
@@ -553,13 +548,11 @@ def generate_and_evaluate(
 
 @nnx.jit(static_argnames=("batch_size",))
 def _gen_eval_jit(hnet, conditions, x, y, batch_size):
-    from hyper.train import evaluate
-
     chunks = jax.tree.leaves(conditions)[0].shape[0] // batch_size
     cs = jax.tree.map(lambda v: v.reshape(chunks, batch_size, *v.shape[1:]), conditions)
 
     def one(c):
-        return evaluate(hnet.target, hnet(c), x, y)
+        return train_lib.evaluate(hnet.target, hnet(c), x, y)
 
     res = jax.lax.map(one, cs)
     return {k: v.reshape(-1) for k, v in res.items()}
@@ -577,7 +570,7 @@ def norm_slope(
     """
     spec = {s.name: s for s in hnet.specs}.get(name)
     if not isinstance(spec, Continuous):
-        raise ValueError(f"norm_slope: {name!r} is not a continuous condition")
+        raise WeightspaceError(f"norm_slope: {name!r} is not a continuous condition")
     values = np.asarray(values, np.float32)
     m = values.shape[0]
     conds: dict[str, Any] = {}
@@ -612,7 +605,9 @@ def delta_ratio(hnet: HyperNet, conditions: Mapping[str, Any], *, key: jax.Array
       ``{leaf path: mean ratio}`` (θ0 norms below 1e-12 count as 1e-12).
     """
     m = hnet.validate(conditions)
-    conds = _fill_noise(hnet, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m)
+    conds = cond_lib.fill_noise(
+        hnet.specs, {k: jnp.asarray(v) for k, v in conditions.items()}, key, m
+    )
     deltas = hnet.deltas(hnet.features(conds))
     flat0 = flatten_dict(hnet.theta0_params())
     out = {}
