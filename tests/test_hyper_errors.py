@@ -36,7 +36,10 @@ def mlp():
         (lambda t: population.stack([]), hyper.WeightspaceError),
         (lambda t: population.unflatten(t, np.zeros((1, 2), bool)), hyper.WeightspaceTypeError),
         (lambda t: symmetry.permute(t, t.init(jax.random.key(0)), []), hyper.WeightspaceError),
-        (lambda t: compact.group_importance(t, t.init(jax.random.key(0)), method="nope"), hyper.WeightspaceError),
+        (
+            lambda t: compact.group_importance(t, t.init(jax.random.key(0)), method="nope"),
+            hyper.WeightspaceError,
+        ),
         (lambda t: align.sinkhorn(jnp.zeros((2, 3))), hyper.WeightspaceError),
         (lambda t: merge.loss_barrier([1.0]), hyper.WeightspaceError),
     ],
