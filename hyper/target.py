@@ -345,7 +345,9 @@ class Target:
         return self._train_apply_jit(params, x, key)
 
     def apply_population(self, population: Params, x: Any, *, per_target_inputs: bool = False):
-        """Runs every target of a population on `x` (one jitted vmap).
+        """Runs every target of a population on `x` (one jitted vmap): the plain forward pass.
+        For the loss and accuracy of a population use `hyper.train.evaluate` (in chunks of
+        examples, with the fast CPU convolutions).
 
         Args:
           population: params with a leading `targets` axis.
