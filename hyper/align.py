@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from hyper import population as pop
 from hyper import symmetry
 from hyper.errors import WeightspaceError
 from hyper.symmetry import Group
@@ -87,6 +88,13 @@ def _pair_populations(fn: str, target: Target, population_a: Params, population_
     if na != nb:
         raise WeightspaceError(f"{fn}: population_a has {na} targets, population_b has {nb}")
     return int(na)
+
+
+def _one_pair(fn: str, target: Target, params_a: Params, params_b: Params) -> tuple[Params, Params]:
+    """Two networks, validated, as populations of one (for the one-pair cases)."""
+    _validate(fn, "params_a", target, params_a, batched=False)
+    _validate(fn, "params_b", target, params_b, batched=False)
+    return pop.of_one(params_a), pop.of_one(params_b)
 
 
 def _check_x(fn: str, target: Target, x: Any) -> jax.Array:
@@ -238,9 +246,7 @@ def weight_matching(
 
     See `pairwise_weight_matching`; this is the one-pair case.
     """
-    _validate("weight_matching", "params_a", target, params_a, batched=False)
-    _validate("weight_matching", "params_b", target, params_b, batched=False)
-    pa, pb = (jax.tree.map(lambda v: v[None], p) for p in (params_a, params_b))
+    pa, pb = _one_pair("weight_matching", target, params_a, params_b)
     perms = pairwise_weight_matching(target, pa, pb, key=key, max_iter=max_iter)
     return [p[0] for p in perms]
 
@@ -334,9 +340,7 @@ def activation_matching(
     target: Target, params_a: Params, params_b: Params, x: Any, *, kind: str = "both"
 ) -> list[np.ndarray]:
     """Permutations (one `[size]` array per group) aligning `b` to `a` by activations on `x`."""
-    _validate("activation_matching", "params_a", target, params_a, batched=False)
-    _validate("activation_matching", "params_b", target, params_b, batched=False)
-    pa, pb = (jax.tree.map(lambda v: v[None], p) for p in (params_a, params_b))
+    pa, pb = _one_pair("activation_matching", target, params_a, params_b)
     return [p[0] for p in pairwise_activation_matching(target, pa, pb, x, kind=kind)]
 
 
@@ -474,9 +478,7 @@ def sinkhorn_alignment(
 
     See `pairwise_sinkhorn_alignment`; this is the one-pair case.
     """
-    _validate("sinkhorn_alignment", "params_a", target, params_a, batched=False)
-    _validate("sinkhorn_alignment", "params_b", target, params_b, batched=False)
-    pa, pb = (jax.tree.map(lambda v: v[None], p) for p in (params_a, params_b))
+    pa, pb = _one_pair("sinkhorn_alignment", target, params_a, params_b)
     plans = pairwise_sinkhorn_alignment(
         target, pa, pb, x=x, reg=reg, num_iters=num_iters, key=key, max_iter=max_iter
     )

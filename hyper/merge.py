@@ -102,7 +102,7 @@ def _task_merge(
     if rank is not None:
         deltas = _low_rank(target, deltas, rank)
     taus = pop.flatten(target, deltas, trainable_only=True).astype(jnp.float32)
-    base_row = pop.flatten(target, jax.tree.map(lambda v: v[None], base), trainable_only=True)
+    base_row = pop.flatten(target, pop.of_one(base), trainable_only=True)
     if rule == "sum":
         merged = jnp.sum(taus, 0)
     elif rule == "ties":
