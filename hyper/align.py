@@ -38,7 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from hyper import population as pop
 from hyper import symmetry
+from hyper.errors import WeightspaceError
 from hyper.symmetry import Group
 from hyper.target import Params, Target
 
@@ -76,7 +78,7 @@ def _is_population(target: Target, params: Params) -> bool:
     """Whether `params` carries a leading `targets` axis (judged on the first leaf)."""
     leaves = jax.tree.leaves(params)
     if not leaves:
-        raise ValueError(f"{target.name}: params have no leaves")
+        raise WeightspaceError(f"{target.name}: params have no leaves")
     return np.ndim(leaves[0]) == len(target.spec[0].shape) + 1
 
 
@@ -84,14 +86,21 @@ def _pair_populations(fn: str, target: Target, population_a: Params, population_
     na = _validate(fn, "population_a", target, population_a, batched=True)
     nb = _validate(fn, "population_b", target, population_b, batched=True)
     if na != nb:
-        raise ValueError(f"{fn}: population_a has {na} targets, population_b has {nb}")
+        raise WeightspaceError(f"{fn}: population_a has {na} targets, population_b has {nb}")
     return int(na)
+
+
+def _one_pair(fn: str, target: Target, params_a: Params, params_b: Params) -> tuple[Params, Params]:
+    """Two networks, validated, as populations of one (for the one-pair cases)."""
+    _validate(fn, "params_a", target, params_a, batched=False)
+    _validate(fn, "params_b", target, params_b, batched=False)
+    return pop.of_one(params_a), pop.of_one(params_b)
 
 
 def _check_x(fn: str, target: Target, x: Any) -> jax.Array:
     x = jnp.asarray(x)
     if target.input_shape is not None and tuple(x.shape[1:]) != tuple(target.input_shape):
-        raise ValueError(
+        raise WeightspaceError(
             f"{fn}: inputs have shape {tuple(x.shape)}, {target.name} takes "
             f"(batch, {', '.join(map(str, target.input_shape))})"
         )
@@ -189,13 +198,15 @@ def pairwise_weight_matching(
     """
     pairs = _pair_populations("weight_matching", target, population_a, population_b)
     if max_iter < 1:
-        raise ValueError(f"weight_matching: max_iter must be >= 1, got {max_iter}")
+        raise WeightspaceError(f"weight_matching: max_iter must be >= 1, got {max_iter}")
     groups = tuple(symmetry.structural_groups(target))
     if init is None:
         perms = [np.tile(np.arange(g.size, dtype=np.int32), (pairs, 1)) for g in groups]
     else:
         if len(init) != len(groups):
-            raise ValueError(f"weight_matching: init has {len(init)} entries, {len(groups)} groups")
+            raise WeightspaceError(
+                f"weight_matching: init has {len(init)} entries, {len(groups)} groups"
+            )
         perms = [
             np.array(p, np.int32).reshape(pairs, g.size) for p, g in zip(init, groups, strict=True)
         ]
@@ -235,9 +246,7 @@ def weight_matching(
 
     See `pairwise_weight_matching`; this is the one-pair case.
     """
-    _validate("weight_matching", "params_a", target, params_a, batched=False)
-    _validate("weight_matching", "params_b", target, params_b, batched=False)
-    pa, pb = (jax.tree.map(lambda v: v[None], p) for p in (params_a, params_b))
+    pa, pb = _one_pair("weight_matching", target, params_a, params_b)
     perms = pairwise_weight_matching(target, pa, pb, key=key, max_iter=max_iter)
     return [p[0] for p in perms]
 
@@ -331,9 +340,7 @@ def activation_matching(
     target: Target, params_a: Params, params_b: Params, x: Any, *, kind: str = "both"
 ) -> list[np.ndarray]:
     """Permutations (one `[size]` array per group) aligning `b` to `a` by activations on `x`."""
-    _validate("activation_matching", "params_a", target, params_a, batched=False)
-    _validate("activation_matching", "params_b", target, params_b, batched=False)
-    pa, pb = (jax.tree.map(lambda v: v[None], p) for p in (params_a, params_b))
+    pa, pb = _one_pair("activation_matching", target, params_a, params_b)
     return [p[0] for p in pairwise_activation_matching(target, pa, pb, x, kind=kind)]
 
 
@@ -365,7 +372,7 @@ def sinkhorn(
     """
     scores = jnp.asarray(scores, jnp.float32)
     if scores.ndim < 2 or scores.shape[-1] != scores.shape[-2]:
-        raise ValueError(f"sinkhorn: scores must be [..., n, n], got shape {scores.shape}")
+        raise WeightspaceError(f"sinkhorn: scores must be [..., n, n], got shape {scores.shape}")
     # Potentials in the units of `scores`, so they carry over while epsilon shrinks
     # (epsilon scaling: start at the scores' spread, decay to `reg`; far fewer iterations
     # than running at a small `reg` from the start).
@@ -441,7 +448,7 @@ def pairwise_sinkhorn_alignment(
     """
     pairs = _pair_populations("sinkhorn_alignment", target, population_a, population_b)
     if reg <= 0:
-        raise ValueError(f"sinkhorn_alignment: reg must be > 0, got {reg}")
+        raise WeightspaceError(f"sinkhorn_alignment: reg must be > 0, got {reg}")
     if x is not None:
         sims = activation_similarity(target, population_a, population_b, x, kind=kind)
     else:
@@ -471,9 +478,7 @@ def sinkhorn_alignment(
 
     See `pairwise_sinkhorn_alignment`; this is the one-pair case.
     """
-    _validate("sinkhorn_alignment", "params_a", target, params_a, batched=False)
-    _validate("sinkhorn_alignment", "params_b", target, params_b, batched=False)
-    pa, pb = (jax.tree.map(lambda v: v[None], p) for p in (params_a, params_b))
+    pa, pb = _one_pair("sinkhorn_alignment", target, params_a, params_b)
     plans = pairwise_sinkhorn_alignment(
         target, pa, pb, x=x, reg=reg, num_iters=num_iters, key=key, max_iter=max_iter
     )
@@ -501,11 +506,11 @@ def apply_transport(
     """
     groups = symmetry.structural_groups(target)
     if len(plans) != len(groups):
-        raise ValueError(f"apply_transport: {len(plans)} plans for {len(groups)} groups")
+        raise WeightspaceError(f"apply_transport: {len(plans)} plans for {len(groups)} groups")
     for g, t in zip(groups, plans, strict=True):
         want = (g.size, g.size)
         if tuple(np.shape(t))[-2:] != want or np.ndim(t) != 2 + batched:
-            raise ValueError(
+            raise WeightspaceError(
                 f"apply_transport: group {g.name!r} needs a {want} plan"
                 f"{' per target' if batched else ''}, got shape {tuple(np.shape(t))}"
             )
@@ -565,20 +570,22 @@ def align_population(
         `target` (the message names the leaf and shapes).
     """
     if method not in METHODS:
-        raise ValueError(f"align_population: unknown method {method!r}; expected {METHODS}")
+        raise WeightspaceError(f"align_population: unknown method {method!r}; expected {METHODS}")
     n = _validate("align_population", "population", target, population, batched=True)
     if reference is None:
         ref = jax.tree.map(lambda v: jnp.broadcast_to(v[0], v.shape), population)
     elif _is_population(target, reference):
         m = _validate("align_population", "reference", target, reference, batched=True)
         if m != n:
-            raise ValueError(f"align_population: reference has {m} targets, population has {n}")
+            raise WeightspaceError(
+                f"align_population: reference has {m} targets, population has {n}"
+            )
         ref = reference
     else:
         _validate("align_population", "reference", target, reference, batched=False)
         ref = jax.tree.map(lambda v: jnp.broadcast_to(v, (n, *np.shape(v))), reference)
     if method == "activation" and x is None:
-        raise ValueError("align_population: method='activation' needs an input batch x")
+        raise WeightspaceError("align_population: method='activation' needs an input batch x")
     if method == "weight":
         perms = pairwise_weight_matching(target, ref, population, key=key, max_iter=max_iter)
     elif method == "activation":

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Target
 
 __all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "MLP", "ResCNN", "config_for_params", "make_target"]
@@ -38,14 +39,16 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
     if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+        raise WeightspaceError(
+            f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
+        )
     return ACTIVATIONS[name]
 
 
 def _check_widths(name: str, widths: Sequence[int]) -> tuple[int, ...]:
     widths = tuple(int(w) for w in widths)
     if any(w < 1 for w in widths):
-        raise ValueError(f"{name}: widths must be positive, got {widths}")
+        raise WeightspaceError(f"{name}: widths must be positive, got {widths}")
     return widths
 
 
@@ -114,14 +117,14 @@ class CNN2d(nnx.Module):
         channels = _check_widths("CNN", channels)
         strides = tuple(strides) if strides is not None else (1,) + (2,) * (len(channels) - 1)
         if len(strides) != len(channels):
-            raise ValueError(f"CNN: {len(strides)} strides for {len(channels)} conv layers")
+            raise WeightspaceError(f"CNN: {len(strides)} strides for {len(channels)} conv layers")
         kernels = (
             (int(kernel_size),) * len(channels)
             if isinstance(kernel_size, int)
             else tuple(int(k) for k in kernel_size)
         )
         if len(kernels) != len(channels) or any(k < 1 for k in kernels):
-            raise ValueError(f"CNN: kernel sizes {kernels} for {len(channels)} conv layers")
+            raise WeightspaceError(f"CNN: kernel sizes {kernels} for {len(channels)} conv layers")
         sizes = (in_channels, *channels)
         self.ndim = ndim
         self.convs = nnx.List(
@@ -194,7 +197,7 @@ class ResCNN(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if channels < 1 or num_blocks < 0:
-            raise ValueError(f"ResCNN: channels={channels}, num_blocks={num_blocks}")
+            raise WeightspaceError(f"ResCNN: channels={channels}, num_blocks={num_blocks}")
         act = _activation(activation)
         self.stem = nnx.Conv(
             in_channels, channels, (3, 3), padding="SAME", use_bias=False, rngs=rngs
@@ -286,17 +289,21 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
       2410
     """
     if not isinstance(arch, str) or arch not in _BUILDERS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {sorted(_BUILDERS)}")
+        raise WeightspaceError(
+            f"unknown architecture {arch!r}; expected one of {sorted(_BUILDERS)}"
+        )
     input_shape = _positive_ints("input_shape", input_shape)
     cfg = dict(config)
     unknown = sorted(set(cfg) - _KEYS[arch])
     if unknown:
-        raise ValueError(
+        raise WeightspaceError(
             f"make_target({arch!r}): unknown config keys {unknown}; expected {sorted(_KEYS[arch])}"
         )
     dropout = cfg.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
-        raise ValueError(f"make_target({arch!r}): dropout must lie in [0, 1), got {dropout!r}")
+        raise WeightspaceError(
+            f"make_target({arch!r}): dropout must lie in [0, 1), got {dropout!r}"
+        )
     if arch == "mlp":
         size = 1
         for s in input_shape:
@@ -322,7 +329,7 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
     try:
         args, kwargs = to_args(cfg)
     except KeyError as e:
-        raise ValueError(f"make_target({arch!r}): missing config {e.args[0]!r}") from None
+        raise WeightspaceError(f"make_target({arch!r}): missing config {e.args[0]!r}") from None
 
     def build(key: jax.Array) -> nnx.Module:
         return cls(*args, **kwargs, rngs=nnx.Rngs(params=key, dropout=key))
@@ -338,21 +345,21 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
 def _positive_ints(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:
     """A sequence of positive ints (numpy ints too; no bools, floats or strings)."""
     if isinstance(value, str | bytes) or not isinstance(value, Sequence | np.ndarray):
-        raise TypeError(f"make_target: {name} must be a sequence of ints, got {value!r}")
+        raise WeightspaceTypeError(f"make_target: {name} must be a sequence of ints, got {value!r}")
     out = []
     for v in list(value):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"make_target: {name} must be positive ints, got {value!r}")
+            raise WeightspaceError(f"make_target: {name} must be positive ints, got {value!r}")
         out.append(int(v))
     if not out and not allow_empty:
-        raise ValueError(f"make_target: {name} must not be empty")
+        raise WeightspaceError(f"make_target: {name} must not be empty")
     return tuple(out)
 
 
 def target_from_config(config: dict[str, Any]) -> Target:
     """Rebuilds a target from its ``config`` (as stored in zoos and checkpoints)."""
     if not isinstance(config, dict) or "arch" not in config or "input_shape" not in config:
-        raise ValueError(f"target config needs 'arch' and 'input_shape', got {config!r}")
+        raise WeightspaceError(f"target config needs 'arch' and 'input_shape', got {config!r}")
     cfg = dict(config)
     return make_target(cfg.pop("arch"), input_shape=cfg.pop("input_shape"), **cfg)
 

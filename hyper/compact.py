@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import jaxpr as jaxpr_lib
+from hyper.errors import WeightspaceError
 from hyper.symmetry import Group, apply_on_leaves, example_batch, structural_groups
 from hyper.target import Params, Target
 
@@ -71,13 +72,15 @@ def group_importance(
       when pruning in rounds); JAX arrays with `jax.numpy` (traceable and differentiable).
     """
     if method not in IMPORTANCE_METHODS:
-        raise ValueError(f"importance method {method!r}; expected one of {IMPORTANCE_METHODS}")
+        raise WeightspaceError(
+            f"importance method {method!r}; expected one of {IMPORTANCE_METHODS}"
+        )
     if normalizer not in IMPORTANCE_NORMALIZERS:
-        raise ValueError(
+        raise WeightspaceError(
             f"importance normalizer {normalizer!r}; expected one of {IMPORTANCE_NORMALIZERS}"
         )
     if method == "random" and key is None:
-        raise ValueError("importance method 'random' needs a key")
+        raise WeightspaceError("importance method 'random' needs a key")
     groups = structural_groups(target) if groups is None else groups
     target.validate(params)
     index = {p: i for i, p in enumerate(target.paths)}
@@ -130,7 +133,7 @@ def count_flops(target: Target, sample_input: Any = None) -> int:
             leaves, jax.ShapeDtypeStruct(x.shape, x.dtype)
         )
     except Exception as e:  # noqa: BLE001 - name the target in any tracing error
-        raise ValueError(f"{target.name}: cannot trace apply to count FLOPs: {e}") from e
+        raise WeightspaceError(f"{target.name}: cannot trace apply to count FLOPs: {e}") from e
 
     total = 0
     for eqn in jaxpr_lib.all_eqns(closed):  # every branch and loop body counted once
@@ -153,24 +156,24 @@ def _keep_indices(g: Group, k: Any) -> np.ndarray:
     k = np.asarray(k)
     if k.dtype == bool:
         if k.shape != (g.size,):
-            raise ValueError(
+            raise WeightspaceError(
                 f"remove_units: group {g.name!r} has {g.size} units, got a mask of shape {k.shape}"
             )
         idx = np.flatnonzero(k)
     else:
         if k.ndim != 1 or not np.issubdtype(k.dtype, np.integer):
-            raise ValueError(
+            raise WeightspaceError(
                 f"remove_units: group {g.name!r}: keep a bool mask [{g.size}] or 1-D int "
                 f"indices, got {k.dtype} {k.shape}"
             )
         idx = np.unique(k)
         if idx.size and (idx[0] < 0 or idx[-1] >= g.size):
-            raise ValueError(
+            raise WeightspaceError(
                 f"remove_units: group {g.name!r} has {g.size} units, got indices out of range"
             )
     if idx.size == 0:
         layer = ", ".join(g.producers) or g.name
-        raise ValueError(
+        raise WeightspaceError(
             f"remove_units: removing every unit of group {g.name!r} (layer {layer}) would "
             "disconnect the network; keep at least one unit"
         )
@@ -214,11 +217,13 @@ def remove_units(
         names = {g.name for g in groups}
         unknown = sorted(set(keep) - names)
         if unknown:
-            raise ValueError(f"remove_units: unknown groups {unknown}; groups are {sorted(names)}")
+            raise WeightspaceError(
+                f"remove_units: unknown groups {unknown}; groups are {sorted(names)}"
+            )
         keep = [keep.get(g.name) for g in groups]
     keep = list(keep)
     if len(keep) != len(groups):
-        raise ValueError(f"remove_units: {len(keep)} keep entries for {len(groups)} groups")
+        raise WeightspaceError(f"remove_units: {len(keep)} keep entries for {len(groups)} groups")
     target.validate(params)
     index = {p: i for i, p in enumerate(target.paths)}
     leaves = [np.asarray(a) for a in jax.tree.leaves(params)]
@@ -228,7 +233,9 @@ def remove_units(
         idx = _keep_indices(g, k)
         for path, ax in g.axes:
             if path not in index:
-                raise ValueError(f"remove_units: group {g.name!r} names unknown leaf {path!r}")
+                raise WeightspaceError(
+                    f"remove_units: group {g.name!r} names unknown leaf {path!r}"
+                )
             leaves[index[path]] = np.take(leaves[index[path]], idx, axis=ax)
     # device_put, not jnp.asarray: the latter compiles a copy for every new shape
     new_params = jax.tree.unflatten(target.treedef, [jax.device_put(a) for a in leaves])

@@ -24,7 +24,7 @@ import numpy as np
 
 from hyper.errors import WeightspaceError
 
-__all__ = ["Dataset", "available", "load", "register"]
+__all__ = ["Dataset", "available", "build", "load", "register", "unregister"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,13 +151,28 @@ def register(name: str, factory: Callable[[], Dataset]) -> None:
     load.cache_clear()
 
 
+def unregister(name: str) -> None:
+    """Removes a dataset registered under `name` (and forgets its cached copy)."""
+    if name not in _REGISTRY:
+        raise WeightspaceError(f"unknown dataset {name!r}; available: {available()}")
+    del _REGISTRY[name]
+    load.cache_clear()
+
+
 def available() -> list[str]:
+    """The names of the registered datasets, sorted."""
     return sorted(_REGISTRY)
+
+
+def build(name: str) -> Dataset:
+    """The dataset registered under `name`, built anew (`load` keeps one copy per process)."""
+    if name not in _REGISTRY:
+        raise WeightspaceError(f"unknown dataset {name!r}; available: {available()}")
+    return _REGISTRY[name]()
 
 
 @functools.cache
 def load(name: str) -> Dataset:
-    """The dataset registered under `name` (``"digits"``, ``"mnist1d"``, ...)."""
-    if name not in _REGISTRY:
-        raise WeightspaceError(f"unknown dataset {name!r}; available: {available()}")
-    return _REGISTRY[name]()
+    """The dataset registered under `name` (``"digits"``, ``"mnist1d"``, ...), built once per
+    process."""
+    return build(name)

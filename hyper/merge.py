@@ -39,6 +39,7 @@ import numpy as np
 
 from hyper import align
 from hyper import population as pop
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 
 __all__ = [
@@ -74,7 +75,7 @@ def _lams(fn: str, lam: Any) -> tuple[np.ndarray, bool]:
     """`lam` as a 1-D float array and whether it was a scalar."""
     a = np.asarray(lam, np.float32)
     if a.ndim > 1 or a.size == 0 or not np.all(np.isfinite(a)):
-        raise ValueError(f"{fn}: lam must be a finite scalar or 1-D sequence, got {lam!r}")
+        raise WeightspaceError(f"{fn}: lam must be a finite scalar or 1-D sequence, got {lam!r}")
     return a.reshape(-1), a.ndim == 0
 
 
@@ -82,7 +83,7 @@ def _check_task_inputs(fn: str, target: Target, base: Params, population: Params
     _validate(fn, "base", target, base, batched=False)
     _validate(fn, "population", target, population, batched=True)
     if rank is not None and (not isinstance(rank, int | np.integer) or rank < 1):
-        raise ValueError(f"{fn}: rank must be a positive integer or None, got {rank!r}")
+        raise WeightspaceError(f"{fn}: rank must be a positive integer or None, got {rank!r}")
 
 
 @functools.partial(jax.jit, static_argnames=("target", "rule", "option", "rank"))
@@ -101,7 +102,7 @@ def _task_merge(
     if rank is not None:
         deltas = _low_rank(target, deltas, rank)
     taus = pop.flatten(target, deltas, trainable_only=True).astype(jnp.float32)
-    base_row = pop.flatten(target, jax.tree.map(lambda v: v[None], base), trainable_only=True)
+    base_row = pop.flatten(target, pop.of_one(base), trainable_only=True)
     if rule == "sum":
         merged = jnp.sum(taus, 0)
     elif rule == "ties":
@@ -180,10 +181,12 @@ def loss_barrier(losses: Any, alphas: Any = None) -> float:
     """
     losses = np.asarray(losses, np.float64).reshape(-1)
     if losses.size < 2:
-        raise ValueError(f"loss_barrier: need at least 2 losses, got {losses.size}")
+        raise WeightspaceError(f"loss_barrier: need at least 2 losses, got {losses.size}")
     alphas = np.linspace(0, 1, losses.size) if alphas is None else np.asarray(alphas, np.float64)
     if alphas.shape != losses.shape:
-        raise ValueError(f"loss_barrier: {alphas.shape[0]} alphas for {losses.shape[0]} losses")
+        raise WeightspaceError(
+            f"loss_barrier: {alphas.shape[0]} alphas for {losses.shape[0]} losses"
+        )
     line = (1 - alphas) * losses[0] + alphas * losses[-1]
     return float(np.max(losses - line))
 
@@ -197,7 +200,7 @@ def average(target: Target, population: Params, weights: Any = None) -> Params:
     n = _validate("average", "population", target, population, batched=True)
     w = np.full((n,), 1.0 / n) if weights is None else np.asarray(weights, np.float64)
     if w.shape != (n,) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-        raise ValueError(f"average: weights must be {n} nonnegative numbers, got {weights!r}")
+        raise WeightspaceError(f"average: weights must be {n} nonnegative numbers, got {weights!r}")
     w = jnp.asarray(w / w.sum(), jnp.float32)
     return jax.tree.map(
         lambda v: jnp.tensordot(w, v.astype(jnp.float32), axes=1).astype(v.dtype), population
@@ -248,7 +251,7 @@ def low_rank(target: Target, deltas: Params, rank: int) -> Params:
       rank: kept singular values (>= 1); at least the matrix rank reproduces it exactly.
     """
     if not isinstance(rank, int | np.integer) or rank < 1:
-        raise ValueError(f"low_rank: rank must be a positive integer, got {rank!r}")
+        raise WeightspaceError(f"low_rank: rank must be a positive integer, got {rank!r}")
     _validate("low_rank", "deltas", target, deltas, batched=True)
     return jax.jit(_low_rank, static_argnums=(0, 2))(target, deltas, int(rank))
 
@@ -306,9 +309,9 @@ def ties_vectors(taus: jax.Array, density: float = 0.2) -> jax.Array:
     """
     taus = jnp.asarray(taus)
     if taus.ndim != 2:
-        raise ValueError(f"ties_vectors: taus must be [tasks, P], got shape {taus.shape}")
+        raise WeightspaceError(f"ties_vectors: taus must be [tasks, P], got shape {taus.shape}")
     if not 0 < density <= 1:
-        raise ValueError(f"ties: density must be in (0, 1], got {density}")
+        raise WeightspaceError(f"ties: density must be in (0, 1], got {density}")
     d = taus.shape[1]
     keep = int(d * density)
     if keep >= d:
@@ -345,7 +348,7 @@ def ties_merge(
       one network, or `[len(lam), ...]` networks.
     """
     if not 0 < density <= 1:
-        raise ValueError(f"ties_merge: density must be in (0, 1], got {density}")
+        raise WeightspaceError(f"ties_merge: density must be in (0, 1], got {density}")
     return _run_task_merge("ties_merge", target, base, population, lam, "ties", density, rank)
 
 
@@ -373,9 +376,9 @@ def pcb_vectors(taus: jax.Array, ratio: float = 0.1, outlier: float = 1e-4) -> j
     """
     taus = jnp.asarray(taus)
     if taus.ndim != 2:
-        raise ValueError(f"pcb_vectors: taus must be [tasks, P], got shape {taus.shape}")
+        raise WeightspaceError(f"pcb_vectors: taus must be [tasks, P], got shape {taus.shape}")
     if not 0 < ratio <= 1:
-        raise ValueError(f"pcb: ratio must be in (0, 1], got {ratio}")
+        raise WeightspaceError(f"pcb: ratio must be in (0, 1], got {ratio}")
     n = taus.shape[0]
     mag = _clamp_quantiles(jnp.abs(taus), outlier, outlier)
     clamped = jnp.sign(taus) * mag
@@ -406,7 +409,7 @@ def pcb_merge(
       one network, or `[len(lam), ...]` networks.
     """
     if not 0 < ratio <= 1:
-        raise ValueError(f"pcb_merge: ratio must be in (0, 1], got {ratio}")
+        raise WeightspaceError(f"pcb_merge: ratio must be in (0, 1], got {ratio}")
     return _run_task_merge("pcb_merge", target, base, population, lam, "pcb", ratio, rank)
 
 
@@ -456,30 +459,30 @@ def diagonal_fisher(
       a population of the same structure: the diagonal Fisher of each member.
     """
     if mode not in FISHER_MODES:
-        raise ValueError(f"diagonal_fisher: unknown mode {mode!r}; expected {FISHER_MODES}")
+        raise WeightspaceError(f"diagonal_fisher: unknown mode {mode!r}; expected {FISHER_MODES}")
     t = _validate("diagonal_fisher", "population", target, population, batched=True)
     x = jnp.asarray(x)
     lead = (t,) if per_target_inputs else ()
     if per_target_inputs and x.shape[:1] != lead:
-        raise ValueError(
+        raise WeightspaceError(
             f"diagonal_fisher: per-target inputs have shape {tuple(x.shape)}, expected "
             f"({t}, batch, ...) for {t} targets"
         )
     ex_shape = tuple(x.shape[len(lead) + 1 :])
     if target.input_shape is not None and ex_shape != tuple(target.input_shape):
-        raise ValueError(
+        raise WeightspaceError(
             f"diagonal_fisher: inputs have shape {tuple(x.shape)}, {target.name} takes "
             f"({'targets, ' if lead else ''}batch, {', '.join(map(str, target.input_shape))})"
         )
     n = x.shape[len(lead)]
     if mode == "empirical":
         if labels is None or np.shape(labels) != (*lead, n):
-            raise ValueError(f"diagonal_fisher: mode='empirical' needs {[*lead, n]} labels")
+            raise WeightspaceError(f"diagonal_fisher: mode='empirical' needs {[*lead, n]} labels")
         y = jnp.asarray(labels, jnp.int32)
     else:
         y = jnp.zeros((*lead, n), jnp.int32)
     if mode == "sampled" and key is None:
-        raise ValueError("diagonal_fisher: mode='sampled' needs a key")
+        raise WeightspaceError("diagonal_fisher: mode='sampled' needs a key")
     key = jax.random.key(0) if key is None else key
     chunks = max(1, math.ceil(n / chunk_size))
     size = math.ceil(n / chunks)
@@ -553,12 +556,14 @@ def fisher_merge(
     n = _validate("fisher_merge", "population", target, population, batched=True)
     m = _validate("fisher_merge", "fishers", target, fishers, batched=True)
     if m != n:
-        raise ValueError(f"fisher_merge: {m} Fishers for {n} networks")
+        raise WeightspaceError(f"fisher_merge: {m} Fishers for {n} networks")
     c = np.full((n,), 1.0 / n) if coeffs is None else np.asarray(coeffs, np.float64)
     if c.shape != (n,) or np.any(c < 0) or not np.isfinite(c).all():
-        raise ValueError(f"fisher_merge: coeffs must be {n} nonnegative numbers, got {coeffs!r}")
+        raise WeightspaceError(
+            f"fisher_merge: coeffs must be {n} nonnegative numbers, got {coeffs!r}"
+        )
     if not floor > 0:
-        raise ValueError(f"fisher_merge: floor must be > 0, got {floor}")
+        raise WeightspaceError(f"fisher_merge: floor must be > 0, got {floor}")
     c = jnp.asarray(c, jnp.float32)
     if normalize:
         norms = jnp.sqrt(

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import optax
 
-from hyper.errors import WeightspaceError
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "make_optimizer"]
 
@@ -102,7 +102,7 @@ def make_optimizer(
     elif momentum is not None:
         direction = [optax.trace(decay=momentum, **options)]
     elif options:
-        raise TypeError(f"plain sgd takes no options, got {sorted(options)}")
+        raise WeightspaceTypeError(f"plain sgd takes no options, got {sorted(options)}")
     else:
         direction = []
     decay = [] if weight_decay is None else [optax.add_decayed_weights(weight_decay, decay_mask)]

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import LeafSpec, Target
 from hyper.tree import Params, flatten_dict, nest
 
@@ -78,11 +79,11 @@ def num_targets(population: Params) -> int:
     """Size of the leading `targets` axis; raises if leaves disagree or the tree is empty."""
     leaves = jax.tree.leaves(population)
     if not leaves:
-        raise ValueError("population has no leaves")
+        raise WeightspaceError("population has no leaves")
     sizes = {int(np.shape(v)[0]) if np.ndim(v) else -1 for v in leaves}
     if len(sizes) != 1 or -1 in sizes:
         shapes = {p: tuple(np.shape(v)) for p, v in flatten_dict(population).items()}
-        raise ValueError(f"population leaves disagree on the targets axis: {shapes}")
+        raise WeightspaceError(f"population leaves disagree on the targets axis: {shapes}")
     return sizes.pop()
 
 
@@ -93,16 +94,16 @@ def _check_leaves_match(what: str, trees: Sequence[Params], *, lead: int) -> Non
     ref = flatten_dict(trees[0])
     for i, t in enumerate(trees[1:], 1):
         if jax.tree.structure(t) != first:
-            raise ValueError(f"{what}: [{i}] has a different structure from [0]")
+            raise WeightspaceError(f"{what}: [{i}] has a different structure from [0]")
         for path, b in flatten_dict(t).items():
             a = ref[path]
             if np.shape(a)[lead:] != np.shape(b)[lead:]:
-                raise ValueError(
+                raise WeightspaceError(
                     f"{what}: leaf {path!r} has shape {np.shape(a)} in [0] and "
                     f"{np.shape(b)} in [{i}]"
                 )
             if np.dtype(a.dtype) != np.dtype(b.dtype):
-                raise ValueError(
+                raise WeightspaceError(
                     f"{what}: leaf {path!r} has dtype {a.dtype} in [0] and {b.dtype} in [{i}]"
                 )
 
@@ -114,7 +115,7 @@ def stack(params_list: Sequence[Params]) -> Params:
       ValueError: an empty list, or params whose structure, leaf shapes or dtypes differ.
     """
     if len(params_list) == 0:
-        raise ValueError("stack: empty list of params")
+        raise WeightspaceError("stack: empty list of params")
     _check_leaves_match("stack", params_list, lead=0)
     return _stack(list(params_list))
 
@@ -139,7 +140,7 @@ def only(population: Params) -> Params:
     """
     n = num_targets(population)
     if n != 1:
-        raise ValueError(f"only: expected a population of one target, got {n}")
+        raise WeightspaceError(f"only: expected a population of one target, got {n}")
     return jax.tree.map(lambda a: a[0], population)
 
 
@@ -162,24 +163,26 @@ def take(population: Params, index: Any) -> Params:
     if idx.size == 0 and idx.dtype != bool:
         idx = idx.astype(np.int64)
     if idx.dtype != bool and not np.issubdtype(idx.dtype, np.integer):
-        raise ValueError(f"take: index must be integers or a boolean mask, got dtype {idx.dtype}")
+        raise WeightspaceError(
+            f"take: index must be integers or a boolean mask, got dtype {idx.dtype}"
+        )
     if idx.ndim > 1:
-        raise ValueError(f"take: index must be a scalar or 1-D, got shape {idx.shape}")
+        raise WeightspaceError(f"take: index must be a scalar or 1-D, got shape {idx.shape}")
     if idx.dtype == bool:
         if idx.shape != (n,):
-            raise ValueError(
+            raise WeightspaceError(
                 f"take: boolean mask has shape {idx.shape}, population has {n} targets"
             )
         idx = np.nonzero(idx)[0]
     if idx.size and (idx.max() >= n or idx.min() < -n):
-        raise ValueError(f"take: index out of range for {n} targets: {idx.tolist()}")
+        raise WeightspaceError(f"take: index out of range for {n} targets: {idx.tolist()}")
     return _gather(population, jnp.asarray(idx % n if idx.size else idx, jnp.int32))
 
 
 def concatenate(populations: Sequence[Params]) -> Params:
     """Concatenates populations of one target along the `targets` axis."""
     if len(populations) == 0:
-        raise ValueError("concatenate: no populations")
+        raise WeightspaceError("concatenate: no populations")
     for p in populations:
         num_targets(p)
     _check_leaves_match("concatenate", populations, lead=1)
@@ -197,7 +200,7 @@ def flatten(target: Target, population: Params, *, trainable_only: bool = False)
     cols = [flat[s.path] for s in target.spec if s.trainable or not trainable_only]
     dtypes = {np.dtype(c.dtype) for c in cols}
     if len(dtypes) > 1:
-        raise ValueError(f"flatten: leaves have several dtypes {sorted(map(str, dtypes))}")
+        raise WeightspaceError(f"flatten: leaves have several dtypes {sorted(map(str, dtypes))}")
     return _rows(cols)
 
 
@@ -218,12 +221,12 @@ def unflatten(
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) or (
         dtype == np.bool_
     ):
-        raise TypeError(f"unflatten: matrix must hold real numbers, got dtype {dtype}")
+        raise WeightspaceTypeError(f"unflatten: matrix must hold real numbers, got dtype {dtype}")
     matrix = jnp.asarray(matrix)
     specs = [s for s in target.spec if s.trainable or not trainable_only]
     p_total = sum(s.size for s in specs)
     if matrix.ndim != 2 or matrix.shape[1] != p_total:
-        raise ValueError(
+        raise WeightspaceError(
             f"unflatten: matrix has shape {matrix.shape}, expected (targets, {p_total}) "
             f"for {target.name}"
         )
@@ -237,10 +240,10 @@ def unflatten(
                 continue
             if state is not None:
                 if s.path not in state_flat:
-                    raise ValueError(f"unflatten: state has no leaf {s.path!r}")
+                    raise WeightspaceError(f"unflatten: state has no leaf {s.path!r}")
                 v = state_flat[s.path]
                 if tuple(np.shape(v)) != (n,) + s.shape:
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"unflatten: state leaf {s.path!r} has shape {tuple(np.shape(v))}, "
                         f"expected {(n,) + s.shape}"
                     )
@@ -256,11 +259,11 @@ def unflatten(
 def select(target: Target, population: Params, *globs: str) -> dict[str, jax.Array]:
     """``{path: leaf}`` for the leaves whose path matches any glob (e.g. ``"*/kernel"``)."""
     if not globs:
-        raise ValueError("select: give at least one path glob")
+        raise WeightspaceError("select: give at least one path glob")
     flat = flatten_dict(population)
     out = {p: v for p, v in flat.items() if any(fnmatch.fnmatchcase(p, g) for g in globs)}
     if not out:
-        raise ValueError(
+        raise WeightspaceError(
             f"select: no leaf of {target.name} matches {list(globs)}; leaves: {target.paths}"
         )
     return out
@@ -275,14 +278,14 @@ def update(population: Params, leaves: Mapping[str, Any]) -> Params:
     flat = flatten_dict(population)
     for path, v in leaves.items():
         if path not in flat:
-            raise ValueError(f"update: no leaf {path!r}; leaves are {sorted(flat)}")
+            raise WeightspaceError(f"update: no leaf {path!r}; leaves are {sorted(flat)}")
         if np.shape(v) != np.shape(flat[path]):
-            raise ValueError(
+            raise WeightspaceError(
                 f"update: leaf {path!r} has shape {np.shape(flat[path])}, got {np.shape(v)}"
             )
         old_dtype, new_dtype = np.dtype(flat[path].dtype), np.dtype(getattr(v, "dtype", None))
         if new_dtype != old_dtype:
-            raise ValueError(f"update: leaf {path!r} has dtype {old_dtype}, got {new_dtype}")
+            raise WeightspaceError(f"update: leaf {path!r} has dtype {old_dtype}, got {new_dtype}")
         flat[path] = v
     return nest(flat)
 
@@ -308,12 +311,14 @@ def from_numpy(target: Target, arrays: Mapping[str, Any], *, batched: bool = Fal
       ValueError: a missing or extra path, or a wrong shape or dtype (see `Target.validate`).
     """
     if not isinstance(arrays, Mapping):
-        raise TypeError(
+        raise WeightspaceTypeError(
             f"from_numpy: expected a mapping of path -> array, got {type(arrays).__name__}"
         )
     bad = [p for p in arrays if not isinstance(p, str)]
     if bad:
-        raise TypeError(f"from_numpy: keys must be slash-separated path strings, got {bad}")
+        raise WeightspaceTypeError(
+            f"from_numpy: keys must be slash-separated path strings, got {bad}"
+        )
     params = nest({p: jnp.asarray(v) for p, v in arrays.items()})
     target.validate(params, batched=batched)
     return params
@@ -352,7 +357,7 @@ def torch_key_map(target: Target) -> dict[str, str]:
     inverse: dict[str, str] = {}
     for ours, theirs in out.items():
         if theirs in inverse:
-            raise ValueError(
+            raise WeightspaceError(
                 f"torch_key_map: {ours!r} and {inverse[theirs]!r} both map to {theirs!r}"
             )
         inverse[theirs] = ours
@@ -422,19 +427,19 @@ def from_torch_state_dict(
         the key, our path and both shapes.
     """
     if not isinstance(state_dict, Mapping):
-        raise TypeError(
+        raise WeightspaceTypeError(
             f"from_torch_state_dict: expected a mapping, got {type(state_dict).__name__}"
         )
     keys = dict(key_map) if key_map is not None else torch_key_map(target)
     unmapped = [s.path for s in target.spec if s.path not in keys]
     if unmapped:
-        raise ValueError(f"from_torch_state_dict: key_map has no entry for {unmapped}")
+        raise WeightspaceError(f"from_torch_state_dict: key_map has no entry for {unmapped}")
     sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     wanted = {keys[s.path] for s in target.spec}
     missing = sorted(wanted - set(sd))
     extra = sorted(set(sd) - wanted)
     if missing or extra:
-        raise ValueError(
+        raise WeightspaceError(
             f"from_torch_state_dict: state_dict does not match {target.name}: "
             f"missing keys {missing}, unexpected keys {extra}"
         )
@@ -445,7 +450,7 @@ def from_torch_state_dict(
         want_torch = tuple(_to_torch_layout(s, np.empty(s.shape, np.int8), 0).shape)
         got = a.shape[lead:]
         if len(a.shape) != len(s.shape) + lead or got != want_torch:
-            raise ValueError(
+            raise WeightspaceError(
                 f"from_torch_state_dict: {keys[s.path]!r} (our {s.path!r}) has shape {a.shape}, "
                 f"expected {'(targets,) + ' if batched else ''}{want_torch}"
             )

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import jaxpr as jaxpr_lib
+from hyper.errors import WeightspaceError
 from hyper.tree import Params, path_str
 
 __all__ = ["ROLES", "LeafSpec", "build_spec", "default_init", "fans_and_axes"]
@@ -137,14 +138,18 @@ def _infer_roles(
     if overrides:
         for pattern, r in overrides.items():
             if r not in ROLES:
-                raise ValueError(f"roles[{pattern!r}]: unknown role {r!r}; expected one of {ROLES}")
+                raise WeightspaceError(
+                    f"roles[{pattern!r}]: unknown role {r!r}; expected one of {ROLES}"
+                )
             hits = [i for i, p in enumerate(paths) if fnmatch.fnmatchcase(p, pattern)]
             if not hits:
-                raise ValueError(f"roles[{pattern!r}] matches no leaf; leaves are {list(paths)}")
+                raise WeightspaceError(
+                    f"roles[{pattern!r}] matches no leaf; leaves are {list(paths)}"
+                )
             for i in hits:
                 nd = len(shapes[i])
                 if (r == "kernel" and nd < 2) or (r == "embedding" and nd != 2):
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"roles[{pattern!r}]: leaf {paths[i]!r} has shape {shapes[i]}; a {r} "
                         f"needs {'2 or more axes' if r == 'kernel' else '2 axes'}"
                     )

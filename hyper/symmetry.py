@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import jaxpr as jaxpr_lib
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 from hyper.unit_axes import AxisClasses, analyze_axes
 
@@ -73,7 +74,9 @@ def example_batch(target: Target, x: Any | None = None, batch: int = 2) -> Any:
     if x is not None:
         return jnp.asarray(x)
     if target.input_shape is None:
-        raise ValueError(f"{target.name}: the target has no input_shape; pass a sample input batch")
+        raise WeightspaceError(
+            f"{target.name}: the target has no input_shape; pass a sample input batch"
+        )
     return jnp.zeros((batch, *target.input_shape), jnp.float32)
 
 
@@ -97,7 +100,9 @@ def _analysis(target: Target, x: Any) -> AxisClasses:
                 apply_on_leaves(target), leaves, jax.ShapeDtypeStruct(x.shape, x.dtype)
             )
         except Exception as e:  # noqa: BLE001 - name the target in any tracing error
-            raise ValueError(f"{target.name}: cannot trace apply for group analysis: {e}") from e
+            raise WeightspaceError(
+                f"{target.name}: cannot trace apply for group analysis: {e}"
+            ) from e
     return per_target[key]
 
 
@@ -174,12 +179,12 @@ def _order(s: Any) -> tuple[int, str]:
 
 def _check_perms(groups: Sequence[Group], perms: Sequence[Any], batched: bool) -> None:
     if len(perms) != len(groups):
-        raise ValueError(f"permute: {len(perms)} permutations for {len(groups)} groups")
+        raise WeightspaceError(f"permute: {len(perms)} permutations for {len(groups)} groups")
     for g, p in zip(groups, perms, strict=True):
         shape = tuple(np.shape(p))
         want = shape[-1:] if batched else shape
         if want != (g.size,) or len(shape) != 1 + batched:
-            raise ValueError(
+            raise WeightspaceError(
                 f"permute: group {g.name!r} has {g.size} units, got a permutation of shape {shape}"
             )
 
@@ -324,7 +329,7 @@ def verify_groups(
     bad = np.any(~(np.abs(moved - ref) <= 1e-4 + 1e-3 * scale), axis=(0, 2))
     for g, b in zip(groups, bad, strict=True):
         if b:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{target.name}: permuting group {g.name!r} ({g.size} units, axes "
                 f"{list(g.axes)}) changes the function; the group analysis is wrong here"
             )
@@ -372,7 +377,7 @@ class _Carriers:
 
 def _carriers(target: Target, x: Any, kind: str) -> _Carriers:
     if kind not in _ACTIVATION_KINDS:
-        raise ValueError(f"activations kind {kind!r}; expected one of {_ACTIVATION_KINDS}")
+        raise WeightspaceError(f"activations kind {kind!r}; expected one of {_ACTIVATION_KINDS}")
     per_target = _CACHE.setdefault(target, {})
     key = ("carriers", kind, tuple(np.shape(x)), str(jnp.asarray(x).dtype))
     if key in per_target:

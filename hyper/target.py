@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.init_programs import init_compiler_options, run_once
 from hyper.spec import ROLES, LeafSpec, build_spec, default_init, fans_and_axes
 from hyper.tree import Params, check_str_keys, flatten_dict, leaf_paths, nest, path_str
@@ -141,10 +142,10 @@ class Target:
 
         p_flat, s_flat = _pure(p_state), _pure(s_state)
         if not p_flat:
-            raise ValueError("from_nnx: the module has no nnx.Param leaves")
+            raise WeightspaceError("from_nnx: the module has no nnx.Param leaves")
         overlap = set(p_flat) & set(s_flat)
         if overlap:
-            raise ValueError(f"from_nnx: paths both Param and BatchStat: {sorted(overlap)}")
+            raise WeightspaceError(f"from_nnx: paths both Param and BatchStat: {sorted(overlap)}")
         p_def, s_def = jax.tree.structure(p_state), jax.tree.structure(s_state)
         p_paths, s_paths = list(p_flat), list(s_flat)
         params = nest({**p_flat, **s_flat})
@@ -232,7 +233,7 @@ class Target:
         variables = module.init(jax.random.key(0), sample_input, **eval_kwargs)
         unknown = set(variables) - {"params", "batch_stats"}
         if unknown:
-            raise ValueError(
+            raise WeightspaceError(
                 f"from_linen: unsupported variable collections {sorted(unknown)}; "
                 "expected 'params' and optionally 'batch_stats'"
             )
@@ -291,13 +292,13 @@ class Target:
             fan-in, biases and norm shifts are 0, norm scales 1.
         """
         if not isinstance(params_template, Mapping):
-            raise TypeError(
+            raise WeightspaceTypeError(
                 "from_function: params_template must be a nested dict, got "
                 f"{type(params_template).__name__}"
             )
         check_str_keys(params_template)
         if not jax.tree.leaves(params_template):
-            raise ValueError("from_function: params_template has no leaves")
+            raise WeightspaceError("from_function: params_template has no leaves")
         template = jax.tree.map(lambda a: jnp.zeros(np.shape(a), a.dtype), params_template)
         spec = build_spec(template, set(), apply, sample_input, roles)
         treedef = jax.tree.structure(template)
@@ -328,7 +329,7 @@ class Target:
     def init_population(self, key: jax.Array, n: int) -> Params:
         """`n` independently initialised targets, stacked: every leaf `[n, ...]`."""
         if n < 1:
-            raise ValueError(f"init_population: n must be >= 1, got {n}")
+            raise WeightspaceError(f"init_population: n must be >= 1, got {n}")
         return run_once(self._init_pop, self._init_pop_nested, jax.random.split(key, n))
 
     def apply(self, params: Params, x: Any) -> Any:
@@ -344,7 +345,9 @@ class Target:
         return self._train_apply_jit(params, x, key)
 
     def apply_population(self, population: Params, x: Any, *, per_target_inputs: bool = False):
-        """Runs every target of a population on `x` (one jitted vmap).
+        """Runs every target of a population on `x` (one jitted vmap): the plain forward pass.
+        For the loss and accuracy of a population use `hyper.train.evaluate` (in chunks of
+        examples, with the fast CPU convolutions).
 
         Args:
           population: params with a leading `targets` axis.
@@ -405,7 +408,7 @@ class Target:
             or (with `check`) an apply that does not accept the new shapes.
         """
         if not isinstance(params, dict):
-            raise TypeError(
+            raise WeightspaceTypeError(
                 f"derive_target: params must be a nested dict, got {type(params).__name__}"
             )
         paths = leaf_paths(params)
@@ -413,11 +416,11 @@ class Target:
         specs = []
         for path, leaf in zip(paths, jax.tree.leaves(params), strict=True):
             if path not in known:
-                raise ValueError(f"derive_target: leaf {path!r} is not a leaf of {self.name}")
+                raise WeightspaceError(f"derive_target: leaf {path!r} is not a leaf of {self.name}")
             s = known[path]
             shape = tuple(int(d) for d in np.shape(leaf))
             if len(shape) != len(s.shape):
-                raise ValueError(
+                raise WeightspaceError(
                     f"derive_target: leaf {path!r} has shape {shape}; {self.name} has {s.shape}"
                 )
             specs.append(dataclasses.replace(s, shape=shape))
@@ -457,7 +460,9 @@ class Target:
                     jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32),
                 )
             except Exception as e:  # noqa: BLE001 - name the target in any tracing error
-                raise ValueError(f"{new.name}: apply does not accept the new shapes: {e}") from e
+                raise WeightspaceError(
+                    f"{new.name}: apply does not accept the new shapes: {e}"
+                ) from e
         return new
 
     # --- comparison ---------------------------------------------------------------------
@@ -531,7 +536,7 @@ class Target:
         if roles is not None:
             bad = set(roles) - set(ROLES)
             if bad:
-                raise ValueError(f"select: unknown roles {sorted(bad)}; expected {ROLES}")
+                raise WeightspaceError(f"select: unknown roles {sorted(bad)}; expected {ROLES}")
         out = [
             s
             for s in self.spec
@@ -582,14 +587,14 @@ class Target:
             `targets` axes; the message names the leaf path and both shapes.
         """
         if not isinstance(params, Mapping):
-            raise TypeError(
+            raise WeightspaceTypeError(
                 f"{self.name}: params must be a nested dict, got {type(params).__name__}"
             )
         try:
             check_str_keys(params)
             flat = flatten_dict(params)
         except TypeError as e:
-            raise TypeError(f"{self.name}: {e}") from None
+            raise WeightspaceTypeError(f"{self.name}: {e}") from None
         expected = set(self._by_path)
         missing = sorted(expected - set(flat))
         extra = sorted(set(flat) - expected)
@@ -599,32 +604,36 @@ class Target:
                 parts.append(f"missing leaves {missing}")
             if extra:
                 parts.append(f"unexpected leaves {extra}")
-            raise ValueError(f"{self.name}: params do not match the target: " + "; ".join(parts))
+            raise WeightspaceError(
+                f"{self.name}: params do not match the target: " + "; ".join(parts)
+            )
         n = None
         for s in self.spec:
             v = flat[s.path]
             if not hasattr(v, "shape") or not hasattr(v, "dtype"):
-                raise TypeError(f"{self.name}: leaf {s.path!r} is {type(v).__name__}, not an array")
+                raise WeightspaceTypeError(
+                    f"{self.name}: leaf {s.path!r} is {type(v).__name__}, not an array"
+                )
             shape = tuple(v.shape)
             if batched:
                 if len(shape) != len(s.shape) + 1 or shape[1:] != s.shape:
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"{self.name}: leaf {s.path!r} has shape {shape}, expected "
                         f"(targets, {', '.join(map(str, s.shape))}) i.e. (n,)+{s.shape}"
                     )
                 if n is None:
                     n = shape[0]
                 elif shape[0] != n:
-                    raise ValueError(
+                    raise WeightspaceError(
                         f"{self.name}: leaf {s.path!r} has {shape[0]} targets, "
                         f"other leaves have {n}"
                     )
             elif shape != s.shape:
-                raise ValueError(
+                raise WeightspaceError(
                     f"{self.name}: leaf {s.path!r} has shape {shape}, expected {s.shape}"
                 )
             if np.dtype(v.dtype) != np.dtype(s.dtype):
-                raise ValueError(
+                raise WeightspaceError(
                     f"{self.name}: leaf {s.path!r} has dtype {np.dtype(v.dtype)}, "
                     f"expected {s.dtype}"
                 )
@@ -638,7 +647,7 @@ def _materialize(x: Any) -> Any:
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         key = jnp.broadcast_to(jax.random.key(0), x.shape)
         if key.dtype != x.dtype:
-            raise ValueError(f"cannot make a placeholder RNG key of dtype {x.dtype}")
+            raise WeightspaceError(f"cannot make a placeholder RNG key of dtype {x.dtype}")
         return key
     return jnp.asarray(np.zeros(x.shape, x.dtype))
 
@@ -649,4 +658,4 @@ def check_same_spec(target_a: Target, target_b: Target) -> None:
     `Target`s."""
     diffs = target_a.spec_differences(target_b)
     if diffs:
-        raise ValueError(diffs[0])
+        raise WeightspaceError(diffs[0])

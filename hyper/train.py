@@ -613,7 +613,8 @@ class Trainer:
 
     def evaluate(self, params: Params) -> dict[str, jax.Array]:
         """Per-member ``train_loss, train_acc, test_loss, test_acc`` (each `[targets]`) on the
-        full train and test splits, in evaluation mode."""
+        full train and test splits, in evaluation mode: `evaluate` over both splits in one
+        pass (one compiled program; its chunks of examples span the two splits)."""
         self.target.validate(params, batched=True)
         (train_loss, train_acc), (test_loss, test_acc) = self._eval_fn(
             params, self.x_train, self.y_train, self.x_test, self.y_test
@@ -631,6 +632,10 @@ def evaluate(
 ) -> Mapping[str, jax.Array]:
     """Mean cross-entropy and accuracy of every member on `(x, y)`, in chunks of examples.
 
+    The one evaluation of a population in weightspace: `Trainer.evaluate` (both splits in
+    one pass), `hyper.hypernets.generate_and_evaluate`, the hypernet export and
+    `hyper.prune.accuracy` all run it. On XLA:CPU the targets' convolutions run as patch
+    matmuls (`hyper.conv_matmul`); `Target.apply_population` is the plain forward pass.
     Pure and traceable (call it inside `jax.jit`).
 
     Returns:

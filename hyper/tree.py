@@ -8,6 +8,8 @@ from typing import Any
 
 import jax
 
+from hyper.errors import WeightspaceTypeError
+
 Params = dict[str, Any]
 """A nested dict of arrays with string keys; one network's weights and state."""
 
@@ -37,7 +39,9 @@ def check_str_keys(tree: Any, where: str = "") -> None:
     if isinstance(tree, Mapping):
         for k, v in tree.items():
             if not isinstance(k, str):
-                raise TypeError(f"params keys must be strings; got {k!r} at {where or '<root>'}")
+                raise WeightspaceTypeError(
+                    f"params keys must be strings; got {k!r} at {where or '<root>'}"
+                )
             check_str_keys(v, f"{where}/{k}" if where else k)
 
 

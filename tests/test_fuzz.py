@@ -26,6 +26,7 @@ from hyper.cli import main
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets import train as hypertrain
 from hyper.tree import nest
+from metanets import batching, graph
 
 DOCUMENTED = (ValueError, TypeError)
 
@@ -526,8 +527,6 @@ def small_cnn():
 
 @st.composite
 def bad_graph_calls(draw, target):
-    from metanets import batching, graph
-
     good = population.to_numpy(target.init_population(__import__("jax").random.key(0), 2))
     fault = draw(
         st.sampled_from(["missing", "shape", "dtype", "unbatched", "window", "empty", "counts"])

@@ -25,7 +25,7 @@ def test_digits(digits):
     # Stratified: 25% of each class (rounded) is in the test split.
     counts = np.bincount(np.concatenate([digits.y_train, digits.y_test]), minlength=10)
     np.testing.assert_array_equal(np.bincount(digits.y_test), np.round(0.25 * counts))
-    again = data._REGISTRY["digits"]()  # uncached: a second, independent build
+    again = data.build("digits")  # uncached: a second, independent build
     for a, b in zip(
         (digits.x_train, digits.y_train, digits.x_test, digits.y_test),
         (again.x_train, again.y_train, again.x_test, again.y_test),
@@ -53,7 +53,7 @@ def test_mnist1d_deterministic_and_leaves_global_rngs_alone(tmp_path, monkeypatc
         np.random.seed(123)
         random.seed(123)
         np_before, py_before = np.random.get_state()[1].copy(), random.getstate()
-        again = data._REGISTRY["mnist1d"]()  # not the per-process cache: a second build
+        again = data.build("mnist1d")  # not the per-process cache: a second build
         np.testing.assert_array_equal(np.random.get_state()[1], np_before, err_msg=build)
         assert random.getstate() == py_before, build
         for a, b in zip(dataclasses.astuple(again), dataclasses.astuple(d), strict=True):
@@ -84,5 +84,5 @@ def test_registry_errors_and_register():
     try:
         assert data.load("tiny").input_shape == (3,)
     finally:
-        del data._REGISTRY["tiny"]
-        data.load.cache_clear()
+        data.unregister("tiny")
+    assert "tiny" not in data.available()

@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from hyper import population as pop_ops
+from hyper import sharding, train
 from hyper.architectures import make_target
 from hyper.hypernets import train as hypertrain
 from hyper.train import TrainConfig, Trainer, make_optimizer, shuffled_order
@@ -131,8 +132,6 @@ def test_sharded_equals_unsharded(run):
 
 
 def test_cpu_placement_copies_without_compiling():
-    from hyper import sharding
-
     compiles = []
 
     def listen(event, duration, **kw):
@@ -186,8 +185,6 @@ def test_per_member_hyperparameters(run):
 def test_subsets_compiled_for_speed_are_the_same():
     """The training subsets come from a program compiled like the initialisation
     (`init_compiler_options`): the same subsets as at the default optimisation level."""
-    from hyper import train
-
     keys = jax.random.split(jax.random.key(3), 6)
     n_sub = jax.numpy.asarray([1, 5, 50, 99, 100, 37])
     args = (keys, n_sub, jax.numpy.arange(100), False)

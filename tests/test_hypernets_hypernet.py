@@ -12,10 +12,18 @@ from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hyper import sharding
 from hyper.architectures import make_target
 from hyper.hypernets import hypernet as hn
 from hyper.hypernets.conditions import Categorical, Continuous, Noise, Vector
-from hyper.hypernets.hypernet import Frozen, HyperNet, generate, generate_and_evaluate, norm_slope
+from hyper.hypernets.hypernet import (
+    Frozen,
+    HyperNet,
+    delta_ratio,
+    generate,
+    generate_and_evaluate,
+    norm_slope,
+)
 from hyper.hypernets.train import HyperTrainer, NonFiniteLossError
 from hyper.train import evaluate
 from hyper.tree import flatten_dict, nest
@@ -608,10 +616,6 @@ def test_trainer_run_scan_matches_run_and_stops_at_divergence(mlp_target, digits
 
 
 def test_delta_ratio_zero_head_is_zero_and_split_init_is_small():
-    from hyper import make_target
-    from hyper.hypernets.conditions import Continuous
-    from hyper.hypernets.hypernet import HyperNet, delta_ratio
-
     t = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10)
     conds = {"gamma": jnp.linspace(0.0, 1.0, 4)}
     zero = HyperNet(t, [Continuous("gamma")], hidden=(8,), head_init="zero", rngs=nnx.Rngs(0))
@@ -625,8 +629,6 @@ def test_delta_ratio_zero_head_is_zero_and_split_init_is_small():
 def test_trainer_sharded_over_the_mesh_matches_one_device(mlp_target, digits):
     """Hypernet training with the M targets of each step split over the 8 test devices
     gives the single-device losses and weights (up to the order of float sums)."""
-    from hyper import sharding
-
     h = HyperNet(mlp_target, GAMMA, hidden=(8,), rngs=nnx.Rngs(0))
     mesh = sharding.targets_mesh()
     key = jax.random.key(5)
@@ -649,8 +651,6 @@ def test_trainer_sharded_over_the_mesh_matches_one_device(mlp_target, digits):
 def test_trainer_with_reduce_groups_is_bit_identical_on_the_mesh(mlp_target, digits, shared_batch):
     """With `reduce_groups`, the gradient is summed group by group in a fixed order: one
     device, 8 devices (one group each) and 4 devices (two each) give the same bits."""
-    from hyper import sharding
-
     h = HyperNet(mlp_target, GAMMA, hidden=(8,), rngs=nnx.Rngs(0))
     key = jax.random.key(5)
     kw = dict(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hyper import zoo
+from hyper import sharding, zoo
 from hyper.checkpoint import PopulationCheckpointer
 from hyper.cli import main
 from hyper.hypernets import train as hypertrain
@@ -122,8 +122,6 @@ def test_sharded_run_matches_and_resumes(config_file: Path, tmp_path: Path, caps
     ref, half = tmp_path / "ref", tmp_path / "half"
     base = ["hyper", "train", "--config", str(wide), "--quiet"]
     assert main([*base, "--out", str(ref)]) == 0
-    from hyper import sharding
-
     hypertrain.train_run(
         str(wide), half, stop_after_steps=3, progress=False, mesh=sharding.targets_mesh()
     )

@@ -25,6 +25,7 @@ import hyper
 from hyper import zoo
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer, safe_join
 from hyper.cli import main
+from hyper.hypernets import train as hypertrain
 
 PARAMS = {
     "dense": {
@@ -333,8 +334,6 @@ def _steps(directory: Path) -> list[int]:
 def test_killed_hypernet_run_resumes_to_the_same_weights(tmp_path: Path):
     from flax import nnx
 
-    from hyper.hypernets import train as hypertrain
-
     config = tmp_path / "run.json"
     config.write_text(json.dumps(RUN))
     env = _env(tmp_path / "cache")
@@ -377,8 +376,6 @@ def test_killed_hypernet_run_resumes_to_the_same_weights(tmp_path: Path):
 
 
 def test_diverging_hypernet_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, capsys):
-    from hyper.hypernets import train as hypertrain
-
     # Adam at 1e-3 for 8 steps (2 checkpoints), then the same run at a huge SGD rate.
     good = {**RUN, "steps": 8}
     out = tmp_path / "run"

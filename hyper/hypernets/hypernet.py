@@ -516,7 +516,8 @@ def generate_and_evaluate(
 ) -> dict[str, jax.Array]:
     """Generates and evaluates `M` targets on `(x, y)` chunk by chunk; never holds more than
     `batch_size` generated networks at once (small chunks stay in cache: on a 2-core CPU,
-    chunks of 8-32 ran about 1.8x faster than 256 in `bench/hypernet.py`).
+    chunks of 8-32 ran about 1.8x faster than 256 in `bench/hypernet.py`). Each chunk is
+    evaluated by `hyper.train.evaluate`.
 
     Returns:
       ``{"loss": [M], "acc": [M]}``.

@@ -19,7 +19,7 @@ from flax import nnx
 
 from hyper import sharding
 from hyper import train as train_lib
-from hyper.errors import WeightspaceError
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.hypernet import HyperNet
 from hyper.train import cross_entropy
@@ -85,7 +85,9 @@ def make_optimizer(name: str = "adam", learning_rate: float = 1e-3, **kw: Any):
         raise WeightspaceError(f"unknown optimizer {name!r}; expected 'adam' or 'sgd'")
     chain_args = sorted(set(kw) & {"schedule", "steps", "weight_decay", "decay_mask", "clip_norm"})
     if chain_args:  # a run config names options of adam or sgd only
-        raise TypeError(f"make_optimizer() got unexpected keyword arguments {chain_args}")
+        raise WeightspaceTypeError(
+            f"make_optimizer() got unexpected keyword arguments {chain_args}"
+        )
     if name == "sgd":
         kw["momentum"] = kw.get("momentum", 0.9)
     return train_lib.make_optimizer(name, learning_rate, **kw)
