@@ -35,6 +35,7 @@ from flax import nnx
 from generators.supernet import Supernet
 from hyper import compact, symmetry
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params
 
 __all__ = [
@@ -66,7 +67,9 @@ class Scenario:
         try:
             classes = tuple(sorted({int(c) for c in self.classes}))
         except (TypeError, ValueError):
-            raise TypeError(f"scenario classes must be integers, got {self.classes!r}") from None
+            raise WeightspaceTypeError(
+                f"scenario classes must be integers, got {self.classes!r}"
+            ) from None
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "budget", float(self.budget))
 
@@ -92,18 +95,18 @@ def validate_scenario(supernet: Supernet, scenario: Scenario, kind: str = "param
     """
     n = supernet.config.num_classes
     if not scenario.classes:
-        raise ValueError("scenario: no classes given")
+        raise WeightspaceError("scenario: no classes given")
     bad = [c for c in scenario.classes if not 0 <= c < n]
     if bad:
-        raise ValueError(
+        raise WeightspaceError(
             f"scenario: classes {bad} are outside the supernet's label space 0..{n - 1}"
         )
     if not 0.0 < scenario.budget <= 1.0:
-        raise ValueError(f"scenario: budget must be in (0, 1], got {scenario.budget}")
+        raise WeightspaceError(f"scenario: budget must be in (0, 1], got {scenario.budget}")
     c = supernet.costs(kind)
     smallest = c["stem"] + c["head_per_class"] * len(scenario.classes)
     if np.floor(scenario.budget * c["total"]) < smallest:
-        raise ValueError(
+        raise WeightspaceError(
             f"scenario: budget {scenario.budget:g} is below the smallest assemblable model for "
             f"{len(scenario.classes)} classes (stem + head = {smallest} {kind}, "
             f"{smallest / c['total']:.4f} of the supernet's {c['total']})"
@@ -214,7 +217,7 @@ def class_subsets(
     subsets = [c for n in sizes for c in itertools.combinations(range(num_classes), n)]
     perm = np.asarray(jax.random.permutation(key, len(subsets)))
     if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"class_subsets: holdout must be in [0, 1), got {holdout}")
+        raise WeightspaceError(f"class_subsets: holdout must be in [0, 1), got {holdout}")
     n_out = max(1, round(holdout * len(subsets))) if holdout > 0 else 0
     held = sorted(subsets[i] for i in perm[:n_out])
     train = sorted(subsets[i] for i in perm[n_out:])
@@ -274,7 +277,7 @@ def train_assembler(
       the mean task loss and budget penalty over the last 50 steps.
     """
     if not subsets:
-        raise ValueError("train_assembler: no class subsets to train on")
+        raise WeightspaceError("train_assembler: no class subsets to train on")
     lo, hi = budget_range
     c = supernet.costs(kind)
     n_cls = supernet.config.num_classes

@@ -44,6 +44,7 @@ from generators.supernet import (
 from hyper import compact, population, symmetry
 from hyper.checkpoint import PopulationCheckpointer, load_population, save_population
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 
 __all__ = [
@@ -200,7 +201,7 @@ def build_compact(
     """
     mask = np.asarray(mask, bool)
     if mask.shape != (supernet.num_channels,):
-        raise ValueError(f"mask must have shape ({supernet.num_channels},), got {mask.shape}")
+        raise WeightspaceError(f"mask must have shape ({supernet.num_channels},), got {mask.shape}")
     return _Cutter(supernet, params).cut(classes, mask, kind)
 
 
@@ -313,7 +314,9 @@ class Factory:
             path = os.path.join(directory, "assembler")
             if os.path.isdir(path) and os.listdir(path):
                 if not overwrite:
-                    raise ValueError(f"{path} is not empty; pass overwrite=True to replace it")
+                    raise WeightspaceError(
+                        f"{path} is not empty; pass overwrite=True to replace it"
+                    )
                 import shutil
 
                 shutil.rmtree(path)
@@ -329,10 +332,10 @@ def _as_scenario(s: Any) -> Scenario:
         try:
             return Scenario(tuple(s["classes"]), float(s["budget"]))
         except KeyError as e:
-            raise ValueError(f"scenario needs 'classes' and 'budget', missing {e}") from None
+            raise WeightspaceError(f"scenario needs 'classes' and 'budget', missing {e}") from None
     if isinstance(s, tuple | list) and len(s) == 2:
         return Scenario(tuple(s[0]), float(s[1]))
-    raise TypeError(f"not a scenario: {s!r}")
+    raise WeightspaceTypeError(f"not a scenario: {s!r}")
 
 
 def load_factory(directory: str | os.PathLike, *, kind: str | None = None) -> Factory:
@@ -354,7 +357,7 @@ def load_factory(directory: str | os.PathLike, *, kind: str | None = None) -> Fa
         with PopulationCheckpointer(a_dir, read_only=True) as ckpt:
             am = ckpt.restore_meta(0)
             if am.get("format") != "weightspace-assembler":
-                raise ValueError(f"{a_dir} is not an assembler checkpoint")
+                raise WeightspaceError(f"{a_dir} is not an assembler checkpoint")
             assembler = Assembler(
                 am["num_classes"], am["module_widths"], hidden=am["hidden"], rngs=nnx.Rngs(0)
             )
@@ -382,7 +385,7 @@ def load_model(directory: str | os.PathLike) -> CompactModel:
     """Restores a model written by `export_model` (the supernet is not needed)."""
     meta = read_metadata(directory)
     if "compact" not in meta:
-        raise ValueError(f"{os.fspath(directory)} does not hold a compact model")
+        raise WeightspaceError(f"{os.fspath(directory)} does not hold a compact model")
     target = compact_target_from_config(meta["compact"])
     _, pop, meta = load_population(directory, target)
     params = population.only(pop)
@@ -401,7 +404,7 @@ def split_for_assembler(
     own (memorised) training examples almost every choice of modules looks perfect.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"assembler data fraction must be in (0, 1), got {fraction}")
+        raise WeightspaceError(f"assembler data fraction must be in (0, 1), got {fraction}")
     perm = np.asarray(jax.random.permutation(key, len(dataset.y_train)))
     n = max(1, round(fraction * len(perm)))
     a, b = np.sort(perm[n:]), np.sort(perm[:n])

@@ -33,6 +33,7 @@ from hyper import compact, symmetry
 from hyper.architectures import target_from_config
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
 from hyper.population import of_one, only
 from hyper.prune import config_differences
@@ -91,22 +92,26 @@ class MetaPruneConfig:
 
     def __post_init__(self):
         if self.sparsity_kind not in SPARSITY_KINDS:
-            raise ValueError(
+            raise WeightspaceError(
                 f"MetaPruneConfig.sparsity_kind {self.sparsity_kind!r}; expected one of "
                 f"{SPARSITY_KINDS}"
             )
         for name in ("hidden", "num_layers", "steps", "nets_per_step", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MetaPruneConfig.{name} must be an int >= 1, got {v!r}")
+                raise WeightspaceError(f"MetaPruneConfig.{name} must be an int >= 1, got {v!r}")
         for name in ("r", "learning_rate"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise ValueError(f"MetaPruneConfig.{name} must be a finite number > 0, got {v!r}")
+                raise WeightspaceError(
+                    f"MetaPruneConfig.{name} must be a finite number > 0, got {v!r}"
+                )
         for name in ("sparsity", "weight_decay"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"MetaPruneConfig.{name} must be a finite number >= 0, got {v!r}")
+                raise WeightspaceError(
+                    f"MetaPruneConfig.{name} must be a finite number >= 0, got {v!r}"
+                )
 
 
 def group_lasso(
@@ -173,7 +178,7 @@ class MetaPruner:
         """Edited networks ``θ + r·Δθ`` of a population (leading `targets` axis)."""
         n = self.target.validate(population, batched=True)
         if n < 1:
-            raise ValueError("MetaPruner.edit: empty population")
+            raise WeightspaceError("MetaPruner.edit: empty population")
         r = self.config.r if r is None else float(r)
         return self._edit(self._state, population, jnp.float32(r))
 
@@ -188,13 +193,13 @@ class MetaPruner:
         networks like those it was trained on."""
         mine = [(s.path, s.shape) for s in self.target.spec]
         if mine != [(s.path, s.shape) for s in target.spec]:
-            raise ValueError(
+            raise WeightspaceError(
                 f"prune_pipeline: the metanet edits {self.target.name}; {target.name} has "
                 "other leaves or shapes"
             )
         diff = config_differences(self.target, target)
         if diff:
-            raise ValueError(
+            raise WeightspaceError(
                 f"prune_pipeline: the metanet was trained on {self.target.name}; "
                 f"{target.name} differs in {diff}"
             )
@@ -217,10 +222,12 @@ class MetaPruner:
         directory = os.path.abspath(os.fspath(directory))
         if os.path.isdir(directory) and os.listdir(directory):
             if not overwrite:
-                raise ValueError(f"{directory} is not empty; pass overwrite=True to replace it")
+                raise WeightspaceError(
+                    f"{directory} is not empty; pass overwrite=True to replace it"
+                )
             shutil.rmtree(directory)
         if not self.target.config:
-            raise ValueError(
+            raise WeightspaceError(
                 f"MetaPruner.save: target {self.target.name} has no rebuild config "
                 "(use a make_target architecture)"
             )
@@ -306,15 +313,15 @@ def meta_train(
     config = config or MetaPruneConfig()
     n = target.validate(population, batched=True)
     if n < 1:
-        raise ValueError("meta_train: the zoo is empty")
+        raise WeightspaceError("meta_train: the zoo is empty")
     if target.input_shape is not None and tuple(target.input_shape) != dataset.input_shape:
-        raise ValueError(
+        raise WeightspaceError(
             f"meta_train: target {target.name} takes inputs {target.input_shape}, dataset "
             f"{dataset.name} has {dataset.input_shape}"
         )
     groups = symmetry.structural_groups(target)
     if not groups:
-        raise ValueError(f"meta_train: {target.name} has no prunable hidden units")
+        raise WeightspaceError(f"meta_train: {target.name} has no prunable hidden units")
     window = kernel_window(target)
     model = _build_metanet(config, window)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -28,6 +28,7 @@ from flax import nnx
 
 from hyper import sharding
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
 from metanets.baselines import (
     GBMTrees,
@@ -99,7 +100,7 @@ class Predictor:
         """
         samples = np.arange(len(ds)) if samples is None else np.asarray(samples)
         if mesh is not None and self.kind != "gmn":
-            raise ValueError(f"predict: mesh applies to the 'gmn' model, not {self.kind!r}")
+            raise WeightspaceError(f"predict: mesh applies to the 'gmn' model, not {self.kind!r}")
         if self.kind == "gmn":
             bank = _gmn_bank(ds, self.config, tuple(self.config["window"]))
             return _gmn_predict(self.model, bank, samples, self.config, mesh)
@@ -134,7 +135,7 @@ def build_gmn(
     kernel)."""
     unknown = set(overrides) - set(DEFAULTS["gmn"])
     if unknown:
-        raise ValueError(f"model 'gmn': unknown hyperparameters {sorted(unknown)}")
+        raise WeightspaceError(f"model 'gmn': unknown hyperparameters {sorted(unknown)}")
     config = {**DEFAULTS["gmn"], **overrides}
     bank = _gmn_bank(ds, config, window)
     config["window"] = list(bank.window)
@@ -148,11 +149,11 @@ def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
         return None
     shapes = {t.input_shape for t in ds.targets}
     if len(shapes) != 1:
-        raise ValueError(f"probe features need one input shape across the zoo, got {shapes}")
+        raise WeightspaceError(f"probe features need one input shape across the zoo, got {shapes}")
     (shape,) = shapes
     fitted = config.setdefault("probe_input_shape", list(shape or ()))
     if tuple(fitted) != shape:
-        raise ValueError(
+        raise WeightspaceError(
             f"this predictor's probes have input shape {tuple(fitted)}; the zoo's networks "
             f"take {shape}"
         )
@@ -169,12 +170,14 @@ def vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.
     """
     if kind == "flat":
         if not ds.homogeneous:
-            raise ValueError("model 'flat' needs a homogeneous zoo (one architecture)")
+            raise WeightspaceError("model 'flat' needs a homogeneous zoo (one architecture)")
         return flat_features(ds.targets, ds.populations)[_flat_order(ds)]
     slots = config["slots"]
     need = num_layer_slots(ds.targets)
     if need > slots:
-        raise ValueError(f"the networks have {need} layers; this StatNN model was fit on {slots}")
+        raise WeightspaceError(
+            f"the networks have {need} layers; this StatNN model was fit on {slots}"
+        )
     return ds.per_sample(lambda g: statnn_features(ds.targets[g], ds.populations[g], slots))
 
 
@@ -477,17 +480,17 @@ def fit(
       overrides: hyperparameters replacing `DEFAULTS[kind]` (e.g. ``epochs=5``).
     """
     if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; expected one of {MODELS}")
+        raise WeightspaceError(f"unknown model {kind!r}; expected one of {MODELS}")
     unknown = set(overrides) - set(DEFAULTS[kind])
     if unknown:
-        raise ValueError(f"model {kind!r}: unknown hyperparameters {sorted(unknown)}")
+        raise WeightspaceError(f"model {kind!r}: unknown hyperparameters {sorted(unknown)}")
     log = log or (lambda msg: None)
     config = {**DEFAULTS[kind], **overrides, "seed": int(seed), "task": ds.task}
     train = np.asarray(train)
     tr_rel, val_rel = split_by_run(ds.run[train], val_fraction, seed + 1)
     tr, val = train[tr_rel], train[val_rel]
     if mesh is not None and kind != "gmn":
-        raise ValueError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
+        raise WeightspaceError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
     if kind == "gmn":
         return _fit_gmn(_gmn_bank(ds, config), ds.y, tr, val, config, log, checkpoint_dir, mesh)
     if kind == "flat":
@@ -550,7 +553,7 @@ def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: 
     directory = os.path.abspath(os.fspath(directory))
     if os.path.isdir(directory) and os.listdir(directory):
         if not overwrite:
-            raise ValueError(f"{directory} is not empty; pass overwrite=True to replace it")
+            raise WeightspaceError(f"{directory} is not empty; pass overwrite=True to replace it")
         shutil.rmtree(directory)
     meta = {
         "format": _FORMAT,
