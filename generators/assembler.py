@@ -37,6 +37,7 @@ from hyper import compact, symmetry
 from hyper.data import Dataset
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params
+from hyper.train import make_optimizer
 
 __all__ = [
     "Assembler",
@@ -285,7 +286,7 @@ def train_assembler(
     table, counts = (jnp.asarray(a) for a in _class_index_table(dataset.y_train, n_cls))
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     graphdef, state = nnx.split(assembler)
-    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+    opt = make_optimizer("adam", learning_rate, schedule="cosine", steps=steps)
     frozen = jax.lax.stop_gradient(params)
 
     def scenario_loss(scores, task, budget, k):

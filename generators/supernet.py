@@ -39,6 +39,7 @@ from hyper.checkpoint import PopulationCheckpointer, load_population, save_popul
 from hyper.data import Dataset
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
+from hyper.train import make_optimizer
 
 __all__ = [
     "Supernet",
@@ -281,7 +282,7 @@ def pretrain(
         )
     key, k_init = jax.random.split(key)
     params = supernet.init(k_init) if params is None else params
-    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+    opt = make_optimizer("adam", learning_rate, schedule="cosine", steps=steps)
     x_train = jnp.asarray(dataset.x_train)
     y_train = jnp.asarray(dataset.y_train)
 

@@ -38,7 +38,7 @@ from hyper.init_programs import init_module
 from hyper.population import of_one, only
 from hyper.prune import config_differences
 from hyper.target import Params, Target
-from hyper.train import cross_entropy
+from hyper.train import cross_entropy, make_optimizer
 from metanets.graph import graphs_to_population, population_to_graphs
 from metanets.graph_topology import kernel_window
 from metanets.models import GraphMetanet
@@ -325,11 +325,13 @@ def meta_train(
     window = kernel_window(target)
     model = _build_metanet(config, window)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(1, config.steps // 20), max(config.steps, 2)
-    )
-    opt = optax.chain(
-        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay)
+    opt = make_optimizer(
+        "adam",
+        config.learning_rate,
+        schedule="warmup_cosine",
+        steps=config.steps,
+        weight_decay=config.weight_decay,
+        clip_norm=1.0,
     )
     opt_state = opt.init(params)
     x_train = jnp.asarray(dataset.x_train)

@@ -30,6 +30,7 @@ from hyper import sharding
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
 from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
+from hyper.train import make_optimizer
 from metanets.baselines import (
     GBMTrees,
     MLPRegressor,
@@ -190,11 +191,6 @@ def _standardize(y: np.ndarray) -> tuple[float, float]:
     return float(y.mean()), float(max(y.std(), 1e-6))
 
 
-def _adamw(lr: float, steps: int, weight_decay: float):
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), max(steps, 2))
-    return optax.adamw(schedule, weight_decay=weight_decay)
-
-
 _MLP_ROWS = 4096  # rows per compiled call of a vector-feature regressor
 
 
@@ -241,7 +237,13 @@ def _fit_mlp(
     model.set_normalization(mean, std)
     bs = min(config["batch_size"], len(x_train))
     steps_per_epoch = max(1, len(x_train) // bs)
-    tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
+    tx = make_optimizer(
+        "adam",
+        config["lr"],
+        schedule="warmup_cosine",
+        steps=steps_per_epoch * config["epochs"],
+        weight_decay=config["weight_decay"],
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = tx.init(params)
     yt = (y_train - y_mean) / y_std
@@ -346,7 +348,13 @@ def _fit_gmn(
     model = _build_module("gmn", config, seed=config["seed"])
     bs = min(config["batch_size"], len(train))
     steps_per_epoch = max(1, len(train) // bs)
-    tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
+    tx = make_optimizer(
+        "adam",
+        config["lr"],
+        schedule="warmup_cosine",
+        steps=steps_per_epoch * config["epochs"],
+        weight_decay=config["weight_decay"],
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if mesh is not None:
         params, rest = sharding.put((params, rest), sharding.replicated(mesh))
