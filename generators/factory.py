@@ -41,13 +41,14 @@ from generators.supernet import (
     save_supernet,
     supernet_apply,
 )
-from hyper import compact, population, symmetry
-from hyper.checkpoint import PopulationCheckpointer, load_population, save_population
+from hyper import checkpoint, compact, population, symmetry
+from hyper.checkpoint import load_population, save_population
 from hyper.data import Dataset
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 
 __all__ = [
+    "ASSEMBLER_FORMAT",
     "CompactModel",
     "Factory",
     "build_compact",
@@ -58,6 +59,9 @@ __all__ = [
     "make_factory",
     "split_for_assembler",
 ]
+
+ASSEMBLER_FORMAT = "weightspace-assembler"
+"""The format tag of a factory's ``assembler/`` checkpoint (`hyper.checkpoint.save_model`)."""
 
 
 @dataclasses.dataclass
@@ -304,24 +308,15 @@ class Factory:
         )
         if self.assembler is not None:
             a = self.assembler
-            state = nnx.to_pure_dict(nnx.state(a, nnx.Param))
             meta = {
-                "format": "weightspace-assembler",
                 "num_classes": a.num_classes,
                 "module_widths": list(a.module_widths),
                 "hidden": a.body1.out_features,
             }
             path = os.path.join(directory, "assembler")
-            if os.path.isdir(path) and os.listdir(path):
-                if not overwrite:
-                    raise WeightspaceError(
-                        f"{path} is not empty; pass overwrite=True to replace it"
-                    )
-                import shutil
-
-                shutil.rmtree(path)
-            with PopulationCheckpointer(path) as ckpt:
-                ckpt.save(0, {"state": state}, meta=meta)
+            checkpoint.save_model(
+                path, a, format=ASSEMBLER_FORMAT, metadata=meta, overwrite=overwrite
+            )
         return directory
 
 
@@ -354,21 +349,15 @@ def load_factory(directory: str | os.PathLike, *, kind: str | None = None) -> Fa
     a_dir = os.path.join(directory, "assembler")
     assembler = None
     if os.path.isdir(a_dir):
-        with PopulationCheckpointer(a_dir, read_only=True) as ckpt:
-            am = ckpt.restore_meta(0)
-            if am.get("format") != "weightspace-assembler":
-                raise WeightspaceError(f"{a_dir} is not an assembler checkpoint")
-            assembler = Assembler(
+
+        def build(am: dict) -> Assembler:
+            return Assembler(
                 am["num_classes"], am["module_widths"], hidden=am["hidden"], rngs=nnx.Rngs(0)
             )
-            abstract = jax.tree.map(
-                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                nnx.to_pure_dict(nnx.state(assembler, nnx.Param)),
-            )
-            arrays, _ = ckpt.restore(0, {"state": abstract})
-        st = nnx.state(assembler, nnx.Param)
-        nnx.replace_by_pure_dict(st, arrays["state"])
-        nnx.update(assembler, st)
+
+        assembler, _ = checkpoint.load_model(
+            a_dir, build, format=ASSEMBLER_FORMAT, what="assembler"
+        )
     return Factory(supernet, params, assembler, kind=kind)
 
 

@@ -161,16 +161,9 @@ def _train(args: argparse.Namespace) -> int:
 
     zoos = [_check_zoo(z) for z in args.zoo]
     out = os.path.abspath(args.out)
-    if os.path.isdir(out) and os.listdir(out):
-        if args.overwrite:
-            import shutil
-
-            shutil.rmtree(out)
-        elif not (args.resume and os.path.isdir(os.path.join(out, "checkpoints"))):
-            raise WeightspaceError(
-                f"--out {out} is not empty; pass --overwrite to replace it"
-                + ("" if args.resume else " or --resume to continue it")
-            )
+    if not (args.resume and os.path.isdir(os.path.join(out, "checkpoints"))):
+        more = "" if args.resume else " or --resume to continue it"
+        _prepare_out(out, args.overwrite, write=args.overwrite, more=more)
     if args.epochs is not None and args.epochs < 1:
         raise WeightspaceError(f"--epochs must be >= 1, got {args.epochs}")
     if args.epochs is not None and args.model == "gbm":
@@ -281,8 +274,19 @@ def _check_out(out: str, overwrite: bool, **inputs: str | None) -> None:
     for flag, path in inputs.items():
         if path is not None and _inside(path, out):
             raise WeightspaceError(f"--out {out} holds --{flag} {path}; choose another directory")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise WeightspaceError(f"--out {out} is not empty; pass --overwrite to replace it")
+    _prepare_out(out, overwrite, write=False)
+
+
+def _prepare_out(out: str, overwrite: bool, *, write: bool, more: str = "") -> None:
+    """`hyper.checkpoint.prepare_dir` for --out, its refusal naming the flags: "--out DIR is
+    not empty; pass --overwrite to replace it" (then `more`)."""
+    from hyper.checkpoint import CheckpointError, prepare_dir
+
+    try:
+        prepare_dir(out, overwrite=overwrite, hint="pass --overwrite", write=write)
+    except CheckpointError as e:
+        tail = more if "not empty" in str(e) else ""
+        raise WeightspaceError(f"--out {e}{tail}") from None
 
 
 def _arithmetic(fn, *args, **kwargs):

@@ -16,10 +16,8 @@ The recipe ("Meta Pruning via Graph Metanetworks"; `../shared/research/metanets.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,7 +29,7 @@ from flax import nnx
 
 from hyper import compact, symmetry
 from hyper.architectures import target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.checkpoint import load_model, save_model
 from hyper.data import Dataset
 from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
@@ -219,29 +217,18 @@ class MetaPruner:
 
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Saves the metanet (Orbax arrays + JSON config and target); returns the path."""
-        directory = os.path.abspath(os.fspath(directory))
-        if os.path.isdir(directory) and os.listdir(directory):
-            if not overwrite:
-                raise WeightspaceError(
-                    f"{directory} is not empty; pass overwrite=True to replace it"
-                )
-            shutil.rmtree(directory)
         if not self.target.config:
             raise WeightspaceError(
                 f"MetaPruner.save: target {self.target.name} has no rebuild config "
                 "(use a make_target architecture)"
             )
         meta = {
-            "format": _FORMAT,
             "config": dataclasses.asdict(self.config),
             "target": self.target.config,
             "window": list(self.window),
             "history": self.history,
         }
-        meta = json.loads(json.dumps(meta))
-        with PopulationCheckpointer(directory) as ckpt:
-            ckpt.save(0, {"state": nnx.to_pure_dict(nnx.state(self.model))}, meta=meta)
-        return directory
+        return save_model(directory, self.model, format=_FORMAT, metadata=meta, overwrite=overwrite)
 
 
 def _build_metanet(config: MetaPruneConfig, window: Sequence[int]) -> GraphMetanet:
@@ -256,19 +243,13 @@ def _build_metanet(config: MetaPruneConfig, window: Sequence[int]) -> GraphMetan
 
 def load_metapruner(directory: str | os.PathLike) -> MetaPruner:
     """Loads what `MetaPruner.save` wrote."""
-    directory = os.path.abspath(os.fspath(directory))
-    with PopulationCheckpointer(directory, read_only=True) as ckpt:
-        if not ckpt.steps():
-            raise CheckpointError(f"no MetaPruning metanet in {directory}")
-        meta = ckpt.restore_meta(0)
-        if meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{directory} holds no MetaPruning metanet")
+
+    def build(meta: dict) -> GraphMetanet:
         config = MetaPruneConfig(**meta["config"])
-        model = nnx.eval_shape(lambda: _build_metanet(config, meta["window"]))
-        arrays, _ = ckpt.restore(0, {"state": nnx.to_pure_dict(nnx.state(model))})
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, arrays["state"])
-    nnx.update(model, state)
+        return nnx.eval_shape(lambda: _build_metanet(config, meta["window"]))
+
+    model, meta = load_model(directory, build, format=_FORMAT, what="MetaPruning metanet")
+    config = MetaPruneConfig(**meta["config"])
     target = target_from_config(meta["target"])
     return MetaPruner(target, model, config, tuple(meta["window"]), meta.get("history"))
 

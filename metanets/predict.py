@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,7 +26,13 @@ import optax
 from flax import nnx
 
 from hyper import sharding
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.checkpoint import (
+    PopulationCheckpointer,
+    load_model,
+    prepare_dir,
+    read_model_metadata,
+    save_model,
+)
 from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
 from hyper.train import make_optimizer
@@ -555,50 +560,45 @@ def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: 
     """Saves a predictor (Orbax arrays + JSON config; the trees of ``statnn_gbm`` as
     `GBMTrees` arrays, never pickled); returns the absolute path.
 
+    The layout is `hyper.checkpoint.save_model`'s (one step, item ``state``); a
+    ``statnn_gbm`` predictor stores its tree arrays as that item, with their shapes and
+    dtypes in the metadata (``tree_arrays``).
+
     Raises:
-      ValueError: a non-empty directory without `overwrite`.
+      CheckpointError: a non-empty directory without `overwrite`.
     """
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.isdir(directory) and os.listdir(directory):
-        if not overwrite:
-            raise WeightspaceError(f"{directory} is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(directory)
     meta = {
-        "format": _FORMAT,
         "kind": pred.kind,
         "config": json.loads(json.dumps(pred.config)),
         "history": pred.history,
     }
-    if pred.kind == "statnn_gbm":
-        state = pred.model.to_arrays()
-        meta["tree_arrays"] = {k: [list(v.shape), str(v.dtype)] for k, v in state.items()}
-    else:
-        state = nnx.to_pure_dict(nnx.state(pred.model))
+    if pred.kind != "statnn_gbm":
+        return save_model(directory, pred.model, format=_FORMAT, metadata=meta, overwrite=overwrite)
+    state = pred.model.to_arrays()
+    meta["tree_arrays"] = {k: [list(v.shape), str(v.dtype)] for k, v in state.items()}
+    directory = prepare_dir(directory, overwrite=overwrite)
     with PopulationCheckpointer(directory) as ckpt:
-        ckpt.save(0, {"state": state}, meta=meta)
+        ckpt.save(0, {"state": state}, meta={"format": _FORMAT, **meta})
     return directory
 
 
 def load_predictor(directory: str | os.PathLike) -> Predictor:
-    """Loads what `save_predictor` wrote."""
+    """Loads what `save_predictor` wrote.
+
+    Raises:
+      CheckpointError: no checkpoint, or one that holds no metanet predictor.
+    """
+    what = "metanet predictor"
+    meta = read_model_metadata(directory, format=_FORMAT, what=what)
+    if meta["kind"] != "statnn_gbm":
+        build = lambda m: _build_module(m["kind"], m["config"])  # noqa: E731
+        model, meta = load_model(directory, build, format=_FORMAT, what=what)
+        return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
+    abstract = {
+        k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+        for k, (shape, dtype) in meta["tree_arrays"].items()
+    }
     with PopulationCheckpointer(directory, read_only=True) as ckpt:
-        if not ckpt.steps():
-            raise CheckpointError(f"no predictor checkpoint in {os.path.abspath(directory)}")
-        meta = ckpt.restore_meta(0)
-        if meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{os.path.abspath(directory)} holds no metanet predictor")
-        if meta["kind"] == "statnn_gbm":
-            abstract = {
-                k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
-                for k, (shape, dtype) in meta["tree_arrays"].items()
-            }
-            arrays, _ = ckpt.restore(0, {"state": abstract})
-            model = GBMTrees.from_arrays(arrays["state"])
-            return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
-        model = _build_module(meta["kind"], meta["config"])
-        abstract = nnx.to_pure_dict(nnx.state(model))
-        arrays, _ = ckpt.restore(0, {"state": abstract})
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, arrays["state"])
-    nnx.update(model, state)
+        arrays, _ = ckpt.restore(ckpt.steps()[-1], {"state": abstract})
+    model = GBMTrees.from_arrays(arrays["state"])
     return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
