@@ -43,7 +43,6 @@ __all__ = [
     "UnreachableSpeedup",
     "accuracy",
     "check_reachable",
-    "config_differences",
     "export_pruned",
     "finetune",
     "hidden_widths",
@@ -377,16 +376,6 @@ def _standalone(target: Target, params: Params) -> tuple[Target, dict[str, Any] 
     if cfg is None:
         return target, None
     return target_from_config(cfg), cfg
-
-
-def config_differences(a: Target, b: Target) -> list[str]:
-    """Config keys in which two targets compute different functions (dropout aside: it does
-    not change evaluation); empty when they agree or either has no config."""
-    ca = {k: v for k, v in (a.config or {}).items() if k != "dropout"}
-    cb = {k: v for k, v in (b.config or {}).items() if k != "dropout"}
-    if not ca or not cb:
-        return []
-    return sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
 
 
 def hidden_widths(target: Target) -> list[int]:

@@ -370,20 +370,14 @@ def zoo_architecture(z: Any) -> Any:
     Raises:
       ValueError: several architectures, or groups that compute different functions.
     """
-    from hyper.prune import config_differences
-
     first = z.groups[0]
-
-    def shapes(t):
-        return t.paths, [s.shape for s in t.spec]
-
     for g in z.groups[1:]:
-        if shapes(g.target) != shapes(first.target):
+        if g.target.spec_differences(first.target, fields=("shape",)):
             raise WeightspaceError(
                 f"--zoo {z.directory} holds several architectures ({first.id}: "
                 f"{first.target.name}, {g.id}: {g.target.name}); prune-train needs one"
             )
-        if config_differences(g.target, first.target):
+        if g.target.config_differences(first.target):
             raise WeightspaceError(
                 f"--zoo {z.directory}: groups {first.id} ({first.target.name}) and {g.id} "
                 f"({g.target.name}) compute different functions; prune-train needs one "

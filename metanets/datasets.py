@@ -20,7 +20,7 @@ import numpy as np
 from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
 from hyper.errors import WeightspaceError
-from hyper.target import Params, Target, check_same_spec
+from hyper.target import Params, Target
 from metanets.graph_topology import common_kernel_window
 
 __all__ = [
@@ -74,12 +74,10 @@ class WeightDataset:
 
     @property
     def homogeneous(self) -> bool:
-        try:
-            for t in self.targets[1:]:
-                check_same_spec(self.targets[0], t)
-        except ValueError:
-            return False
-        return True
+        """Whether every group's target has the first's leaves, shapes, dtypes and roles
+        (`Target.spec_differences`)."""
+        first = self.targets[0]
+        return not any(first.spec_differences(t) for t in self.targets[1:])
 
     def per_sample(self, features_of: Callable[[int], np.ndarray]) -> np.ndarray:
         """Per-sample feature rows `[M, ...]` from per-group feature matrices

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from hyper.architectures import ACTIVATIONS
 from hyper.errors import WeightspaceError
 from hyper.symmetry import structural_groups
 from hyper.target import Target
@@ -59,17 +60,10 @@ NODE_DEFAULTS = np.array([0.0, 1.0, 0.0, 0.0, 1.0], np.float32)
 """The identity value of each `NODE_FEATURES` entry, held where a node lacks it."""
 NODE_INPUT, NODE_HIDDEN, NODE_OUTPUT = 0, 1, 2
 EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
-ACTIVATION_IDS = (
-    "none",
-    "identity",
-    "relu",
-    "tanh",
-    "gelu",
-    "silu",
-    "leaky_relu",
-    "sigmoid",
-)
-"""Activation ids of hidden nodes (``"none"``: input/output nodes or unknown)."""
+ACTIVATION_IDS = ("none", *ACTIVATIONS)
+"""Activation ids of hidden nodes: ``"none"`` (input/output nodes or unknown), then
+`hyper.architectures.ACTIVATIONS` in its order (ids index a trained metanet's embedding:
+that table only ever grows at its end)."""
 
 _NORM_SLOT = {"norm_scale": 1, "norm_shift": 2}
 

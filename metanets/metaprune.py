@@ -34,7 +34,6 @@ from hyper.data import Dataset
 from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
 from hyper.population import of_one, only
-from hyper.prune import config_differences
 from hyper.target import Params, Target
 from hyper.train import cross_entropy, make_optimizer
 from metanets.graph import graphs_to_population, population_to_graphs
@@ -187,15 +186,14 @@ class MetaPruner:
 
     def check_target(self, target: Target) -> None:
         """Raises ValueError unless `target` has this metanet's leaves and shapes and the
-        same function family (`hyper.prune.config_differences`): the metanet edits only
+        same function family (`Target.config_differences`): the metanet edits only
         networks like those it was trained on."""
-        mine = [(s.path, s.shape) for s in self.target.spec]
-        if mine != [(s.path, s.shape) for s in target.spec]:
+        if self.target.spec_differences(target, fields=("shape",)):
             raise WeightspaceError(
                 f"prune_pipeline: the metanet edits {self.target.name}; {target.name} has "
                 "other leaves or shapes"
             )
-        diff = config_differences(self.target, target)
+        diff = self.target.config_differences(target)
         if diff:
             raise WeightspaceError(
                 f"prune_pipeline: the metanet was trained on {self.target.name}; "
