@@ -43,9 +43,12 @@ __all__ = [
     "Assembler",
     "Scenario",
     "allowed_cost",
+    "class_index_table",
     "class_subsets",
     "group_l2_scores",
+    "masked_task_loss",
     "project_to_budget",
+    "sample_task_batch",
     "task_vector",
     "train_assembler",
     "validate_scenario",
@@ -225,8 +228,9 @@ def class_subsets(
     return train, held
 
 
-def _class_index_table(y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """`[classes, max_count]` example indices per class (padded) and `[classes]` counts."""
+def class_index_table(y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """`[classes, max_count]` example indices per class (zero-padded) and `[classes]` counts
+    of the labels `y` `[examples]`: the table `sample_task_batch` draws from."""
     counts = np.bincount(y, minlength=num_classes)
     table = np.zeros((num_classes, max(int(counts.max()), 1)), np.int32)
     for c in range(num_classes):
@@ -283,7 +287,7 @@ def train_assembler(
     c = supernet.costs(kind)
     n_cls = supernet.config.num_classes
     tasks = jnp.asarray(np.stack([task_vector(s, n_cls) for s in subsets]))
-    table, counts = (jnp.asarray(a) for a in _class_index_table(dataset.y_train, n_cls))
+    table, counts = (jnp.asarray(a) for a in class_index_table(dataset.y_train, n_cls))
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     graphdef, state = nnx.split(assembler)
     opt = make_optimizer("adam", learning_rate, schedule="cosine", steps=steps)

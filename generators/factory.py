@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,15 +29,18 @@ from generators.assembler import (
     Assembler,
     Scenario,
     allowed_cost,
+    class_subsets,
     group_l2_scores,
     project_to_budget,
     task_vector,
+    train_assembler,
     validate_scenario,
 )
 from generators.supernet import (
     Supernet,
     SupernetConfig,
     load_supernet,
+    pretrain,
     read_metadata,
     save_supernet,
     supernet_apply,
@@ -259,6 +263,11 @@ class Factory:
 
         self._choose = jax.jit(choose)
 
+    @property
+    def choose_compilations(self) -> int:
+        """How many programs `choose` has compiled (one per scenario-count bucket)."""
+        return self._choose._cache_size()
+
     def choose(self, scenarios: Sequence[Scenario]) -> np.ndarray:
         """Channel masks `[scenarios, channels]` (bool) in one jitted, vmapped call.
 
@@ -441,11 +450,6 @@ def make_factory(
       ``(factory, info)``: info has the pretraining and assembler training summaries and
       their wall times in seconds.
     """
-    import time
-
-    from generators.assembler import class_subsets, train_assembler
-    from generators.supernet import pretrain
-
     config = config or SupernetConfig(dataset.input_shape, dataset.num_classes)
     supernet = Supernet(config)
     k_split, k_pre, k_asm = jax.random.split(key, 3)
