@@ -92,7 +92,7 @@ def allowed_cost(supernet: Supernet, budget: Any, n_classes: Any, kind: str = "p
 
 
 def validate_scenario(supernet: Supernet, scenario: Scenario, kind: str = "params") -> None:
-    """Raises ValueError for classes outside the label space or a budget too small.
+    """Raises WeightspaceError for classes outside the label space or a budget too small.
 
     The smallest assemblable model for a task is the stem and the head restricted to its
     classes (every stage the identity).

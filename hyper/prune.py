@@ -278,8 +278,8 @@ def prune_to_speedup(
       standalone config).
 
     Raises:
-      ValueError: a speed-up below 1, an unknown importance, or a target with no hidden
-        units; `UnreachableSpeedup` (a ValueError) naming the layer that would lose every
+      WeightspaceError: a speed-up below 1, an unknown importance, or a target with no hidden
+        units; `UnreachableSpeedup` (a WeightspaceError) naming the layer that would lose every
         channel.
     """
     _check_prune_args(speedup, steps, importance, normalizer)

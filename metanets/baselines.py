@@ -95,7 +95,7 @@ def flat_features(targets: Sequence[Target], populations: Sequence[Params]) -> n
     """All parameters as one vector per network `[n, P]`; every target must share one spec.
 
     Raises:
-      ValueError: the targets differ (a flat vector needs one architecture).
+      WeightspaceError: the targets differ (a flat vector needs one architecture).
     """
     for t in targets[1:]:
         try:
@@ -201,7 +201,7 @@ class GBMTrees:
 
     @classmethod
     def from_sklearn(cls, model: Any) -> GBMTrees:
-        """Raises ValueError for a model this form does not cover (categorical splits,
+        """Raises WeightspaceError for a model this form does not cover (categorical splits,
         several trees per iteration, a loss with a non-identity link)."""
         from sklearn._loss.link import IdentityLink
 

@@ -249,7 +249,7 @@ def shard_graphs(graphs: Any, mesh: jax.sharding.Mesh) -> Any:
     every device's edges, so those equal the one-device ones to float rounding only.
 
     Raises:
-      ValueError: a batch not built in `mesh size` parts (an edge or a graph would cross
+      WeightspaceError: a batch not built in `mesh size` parts (an edge or a graph would cross
         devices), or a leaf whose leading axis the mesh size does not divide.
     """
     size = int(mesh.devices.size)

@@ -30,7 +30,7 @@ the compact network (`hyper.prune.export_pruned`: it loads without the original,
 pipeline's record, dataset included, in its metadata). Without `--metanet` it is the
 group-L2 baseline with the same fine-tune budget.
 
-Registered through the ``weightspace.commands`` entry point; bad input raises ValueError
+Registered through the ``weightspace.commands`` entry point; bad input raises WeightspaceError
 (the `weightspace` command prints one line and exits with status 2).
 """
 
@@ -290,7 +290,7 @@ def _prepare_out(out: str, overwrite: bool, *, write: bool, more: str = "") -> N
 
 
 def _arithmetic(fn, *args, **kwargs):
-    """`fn`; a divergence (FloatingPointError) becomes a one-line ValueError."""
+    """`fn`; a divergence (FloatingPointError) becomes a one-line WeightspaceError."""
     try:
         return fn(*args, **kwargs)
     except FloatingPointError as e:
@@ -368,7 +368,7 @@ def zoo_architecture(z: Any) -> Any:
     in evaluation mode.
 
     Raises:
-      ValueError: several architectures, or groups that compute different functions.
+      WeightspaceError: several architectures, or groups that compute different functions.
     """
     first = z.groups[0]
     for g in z.groups[1:]:

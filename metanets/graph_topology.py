@@ -155,7 +155,7 @@ def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopolo
         several targets need one window (`batch_graphs` takes their maximum).
 
     Raises:
-      ValueError: naming the layer whose structure the encoding cannot express.
+      WeightspaceError: naming the layer whose structure the encoding cannot express.
     """
     own = kernel_window(target)
     window = own if window is None else (int(window[0]), int(window[1]))

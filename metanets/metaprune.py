@@ -185,7 +185,7 @@ class MetaPruner:
         return only(self.edit(of_one(params), r=r))
 
     def check_target(self, target: Target) -> None:
-        """Raises ValueError unless `target` has this metanet's leaves and shapes and the
+        """Raises WeightspaceError unless `target` has this metanet's leaves and shapes and the
         same function family (`Target.config_differences`): the metanet edits only
         networks like those it was trained on."""
         if self.target.spec_differences(target, fields=("shape",)):

@@ -171,7 +171,7 @@ def vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.
     ``"statnn_gbm"``) with this `config` reads, one per sample of `ds`.
 
     Raises:
-      ValueError: ``"flat"`` on several architectures, or more layers than the StatNN
+      WeightspaceError: ``"flat"`` on several architectures, or more layers than the StatNN
         model was fit on.
     """
     if kind == "flat":

@@ -87,7 +87,7 @@ def probe_features(target: Target, population: Params, probes: Any) -> jax.Array
     supports is covered; they move with the nodes under hidden-unit permutations.
 
     Raises:
-      ValueError: a kernel whose contraction (dot/conv) cannot be located in the forward
+      WeightspaceError: a kernel whose contraction (dot/conv) cannot be located in the forward
         pass, or whose output does not hold its channels last.
     """
     topo = topology(target)
