@@ -65,7 +65,12 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import goal, machine, write_result  # noqa: E402
 from generators import Factory, Scenario, class_subsets, make_factory  # noqa: E402
-from generators.assembler import masked_task_loss, task_vector  # noqa: E402
+from generators.assembler import (  # noqa: E402
+    class_index_table,
+    masked_task_loss,
+    sample_task_batch,
+    task_vector,
+)
 from hyper import compact, data  # noqa: E402
 
 SCRATCH_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -106,8 +111,6 @@ def train_scratch(
     lrs: tuple[float, ...] = SCRATCH_LRS,
 ) -> tuple[np.ndarray, float, Any]:
     """Test accuracy `[lrs, scenarios]` of the masked compact nets trained from scratch."""
-    from generators.assembler import _class_index_table, sample_task_batch
-
     sn = factory.supernet
     ncls = sn.config.num_classes
     n_s, n_lr = len(scenarios), len(lrs)
@@ -117,7 +120,7 @@ def train_scratch(
     gates_all = sn.gates_from_mask(masks_all)
     lr_all = jnp.asarray(np.repeat(lrs, n_s), jnp.float32)
     params = scratch_init(factory, np.tile(masks, (n_lr, 1)), key)
-    table, counts = (jnp.asarray(a) for a in _class_index_table(ds.y_train, ncls))
+    table, counts = (jnp.asarray(a) for a in class_index_table(ds.y_train, ncls))
     x_tr, y_tr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     sched = optax.cosine_decay_schedule(1.0, steps)
     opt = optax.scale_by_adam()

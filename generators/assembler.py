@@ -35,15 +35,20 @@ from flax import nnx
 from generators.supernet import Supernet
 from hyper import compact, symmetry
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params
+from hyper.train import make_optimizer
 
 __all__ = [
     "Assembler",
     "Scenario",
     "allowed_cost",
+    "class_index_table",
     "class_subsets",
     "group_l2_scores",
+    "masked_task_loss",
     "project_to_budget",
+    "sample_task_batch",
     "task_vector",
     "train_assembler",
     "validate_scenario",
@@ -66,7 +71,9 @@ class Scenario:
         try:
             classes = tuple(sorted({int(c) for c in self.classes}))
         except (TypeError, ValueError):
-            raise TypeError(f"scenario classes must be integers, got {self.classes!r}") from None
+            raise WeightspaceTypeError(
+                f"scenario classes must be integers, got {self.classes!r}"
+            ) from None
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "budget", float(self.budget))
 
@@ -85,25 +92,25 @@ def allowed_cost(supernet: Supernet, budget: Any, n_classes: Any, kind: str = "p
 
 
 def validate_scenario(supernet: Supernet, scenario: Scenario, kind: str = "params") -> None:
-    """Raises ValueError for classes outside the label space or a budget too small.
+    """Raises WeightspaceError for classes outside the label space or a budget too small.
 
     The smallest assemblable model for a task is the stem and the head restricted to its
     classes (every stage the identity).
     """
     n = supernet.config.num_classes
     if not scenario.classes:
-        raise ValueError("scenario: no classes given")
+        raise WeightspaceError("scenario: no classes given")
     bad = [c for c in scenario.classes if not 0 <= c < n]
     if bad:
-        raise ValueError(
+        raise WeightspaceError(
             f"scenario: classes {bad} are outside the supernet's label space 0..{n - 1}"
         )
     if not 0.0 < scenario.budget <= 1.0:
-        raise ValueError(f"scenario: budget must be in (0, 1], got {scenario.budget}")
+        raise WeightspaceError(f"scenario: budget must be in (0, 1], got {scenario.budget}")
     c = supernet.costs(kind)
     smallest = c["stem"] + c["head_per_class"] * len(scenario.classes)
     if np.floor(scenario.budget * c["total"]) < smallest:
-        raise ValueError(
+        raise WeightspaceError(
             f"scenario: budget {scenario.budget:g} is below the smallest assemblable model for "
             f"{len(scenario.classes)} classes (stem + head = {smallest} {kind}, "
             f"{smallest / c['total']:.4f} of the supernet's {c['total']})"
@@ -214,15 +221,16 @@ def class_subsets(
     subsets = [c for n in sizes for c in itertools.combinations(range(num_classes), n)]
     perm = np.asarray(jax.random.permutation(key, len(subsets)))
     if not 0.0 <= holdout < 1.0:
-        raise ValueError(f"class_subsets: holdout must be in [0, 1), got {holdout}")
+        raise WeightspaceError(f"class_subsets: holdout must be in [0, 1), got {holdout}")
     n_out = max(1, round(holdout * len(subsets))) if holdout > 0 else 0
     held = sorted(subsets[i] for i in perm[:n_out])
     train = sorted(subsets[i] for i in perm[n_out:])
     return train, held
 
 
-def _class_index_table(y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """`[classes, max_count]` example indices per class (padded) and `[classes]` counts."""
+def class_index_table(y: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """`[classes, max_count]` example indices per class (zero-padded) and `[classes]` counts
+    of the labels `y` `[examples]`: the table `sample_task_batch` draws from."""
     counts = np.bincount(y, minlength=num_classes)
     table = np.zeros((num_classes, max(int(counts.max()), 1)), np.int32)
     for c in range(num_classes):
@@ -274,15 +282,15 @@ def train_assembler(
       the mean task loss and budget penalty over the last 50 steps.
     """
     if not subsets:
-        raise ValueError("train_assembler: no class subsets to train on")
+        raise WeightspaceError("train_assembler: no class subsets to train on")
     lo, hi = budget_range
     c = supernet.costs(kind)
     n_cls = supernet.config.num_classes
     tasks = jnp.asarray(np.stack([task_vector(s, n_cls) for s in subsets]))
-    table, counts = (jnp.asarray(a) for a in _class_index_table(dataset.y_train, n_cls))
+    table, counts = (jnp.asarray(a) for a in class_index_table(dataset.y_train, n_cls))
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     graphdef, state = nnx.split(assembler)
-    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+    opt = make_optimizer("adam", learning_rate, schedule="cosine", steps=steps)
     frozen = jax.lax.stop_gradient(params)
 
     def scenario_loss(scores, task, budget, k):

@@ -12,6 +12,8 @@ import argparse
 import json
 from typing import Any
 
+from hyper.errors import WeightspaceError
+
 __all__ = ["add_parsers"]
 
 
@@ -82,7 +84,7 @@ def _supernet(args: argparse.Namespace) -> int:
     from hyper import data
 
     if args.pretrain_steps < 1 or args.assembler_steps < 1:
-        raise ValueError("--pretrain-steps and --assembler-steps must be >= 1")
+        raise WeightspaceError("--pretrain-steps and --assembler-steps must be >= 1")
     ds = data.load(args.dataset)
     factory, info = make_factory(
         ds,

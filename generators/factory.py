@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,25 +29,30 @@ from generators.assembler import (
     Assembler,
     Scenario,
     allowed_cost,
+    class_subsets,
     group_l2_scores,
     project_to_budget,
     task_vector,
+    train_assembler,
     validate_scenario,
 )
 from generators.supernet import (
     Supernet,
     SupernetConfig,
     load_supernet,
+    pretrain,
     read_metadata,
     save_supernet,
     supernet_apply,
 )
-from hyper import compact, population, symmetry
-from hyper.checkpoint import PopulationCheckpointer, load_population, save_population
+from hyper import checkpoint, compact, population, symmetry
+from hyper.checkpoint import load_population, save_population
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 
 __all__ = [
+    "ASSEMBLER_FORMAT",
     "CompactModel",
     "Factory",
     "build_compact",
@@ -57,6 +63,9 @@ __all__ = [
     "make_factory",
     "split_for_assembler",
 ]
+
+ASSEMBLER_FORMAT = "weightspace-assembler"
+"""The format tag of a factory's ``assembler/`` checkpoint (`hyper.checkpoint.save_model`)."""
 
 
 @dataclasses.dataclass
@@ -200,7 +209,7 @@ def build_compact(
     """
     mask = np.asarray(mask, bool)
     if mask.shape != (supernet.num_channels,):
-        raise ValueError(f"mask must have shape ({supernet.num_channels},), got {mask.shape}")
+        raise WeightspaceError(f"mask must have shape ({supernet.num_channels},), got {mask.shape}")
     return _Cutter(supernet, params).cut(classes, mask, kind)
 
 
@@ -254,6 +263,11 @@ class Factory:
 
         self._choose = jax.jit(choose)
 
+    @property
+    def choose_compilations(self) -> int:
+        """How many programs `choose` has compiled (one per scenario-count bucket)."""
+        return self._choose._cache_size()
+
     def choose(self, scenarios: Sequence[Scenario]) -> np.ndarray:
         """Channel masks `[scenarios, channels]` (bool) in one jitted, vmapped call.
 
@@ -303,22 +317,15 @@ class Factory:
         )
         if self.assembler is not None:
             a = self.assembler
-            state = nnx.to_pure_dict(nnx.state(a, nnx.Param))
             meta = {
-                "format": "weightspace-assembler",
                 "num_classes": a.num_classes,
                 "module_widths": list(a.module_widths),
                 "hidden": a.body1.out_features,
             }
             path = os.path.join(directory, "assembler")
-            if os.path.isdir(path) and os.listdir(path):
-                if not overwrite:
-                    raise ValueError(f"{path} is not empty; pass overwrite=True to replace it")
-                import shutil
-
-                shutil.rmtree(path)
-            with PopulationCheckpointer(path) as ckpt:
-                ckpt.save(0, {"state": state}, meta=meta)
+            checkpoint.save_model(
+                path, a, format=ASSEMBLER_FORMAT, metadata=meta, overwrite=overwrite
+            )
         return directory
 
 
@@ -329,10 +336,10 @@ def _as_scenario(s: Any) -> Scenario:
         try:
             return Scenario(tuple(s["classes"]), float(s["budget"]))
         except KeyError as e:
-            raise ValueError(f"scenario needs 'classes' and 'budget', missing {e}") from None
+            raise WeightspaceError(f"scenario needs 'classes' and 'budget', missing {e}") from None
     if isinstance(s, tuple | list) and len(s) == 2:
         return Scenario(tuple(s[0]), float(s[1]))
-    raise TypeError(f"not a scenario: {s!r}")
+    raise WeightspaceTypeError(f"not a scenario: {s!r}")
 
 
 def load_factory(directory: str | os.PathLike, *, kind: str | None = None) -> Factory:
@@ -351,21 +358,15 @@ def load_factory(directory: str | os.PathLike, *, kind: str | None = None) -> Fa
     a_dir = os.path.join(directory, "assembler")
     assembler = None
     if os.path.isdir(a_dir):
-        with PopulationCheckpointer(a_dir, read_only=True) as ckpt:
-            am = ckpt.restore_meta(0)
-            if am.get("format") != "weightspace-assembler":
-                raise ValueError(f"{a_dir} is not an assembler checkpoint")
-            assembler = Assembler(
+
+        def build(am: dict) -> Assembler:
+            return Assembler(
                 am["num_classes"], am["module_widths"], hidden=am["hidden"], rngs=nnx.Rngs(0)
             )
-            abstract = jax.tree.map(
-                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                nnx.to_pure_dict(nnx.state(assembler, nnx.Param)),
-            )
-            arrays, _ = ckpt.restore(0, {"state": abstract})
-        st = nnx.state(assembler, nnx.Param)
-        nnx.replace_by_pure_dict(st, arrays["state"])
-        nnx.update(assembler, st)
+
+        assembler, _ = checkpoint.load_model(
+            a_dir, build, format=ASSEMBLER_FORMAT, what="assembler"
+        )
     return Factory(supernet, params, assembler, kind=kind)
 
 
@@ -382,7 +383,7 @@ def load_model(directory: str | os.PathLike) -> CompactModel:
     """Restores a model written by `export_model` (the supernet is not needed)."""
     meta = read_metadata(directory)
     if "compact" not in meta:
-        raise ValueError(f"{os.fspath(directory)} does not hold a compact model")
+        raise WeightspaceError(f"{os.fspath(directory)} does not hold a compact model")
     target = compact_target_from_config(meta["compact"])
     _, pop, meta = load_population(directory, target)
     params = population.only(pop)
@@ -401,7 +402,7 @@ def split_for_assembler(
     own (memorised) training examples almost every choice of modules looks perfect.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"assembler data fraction must be in (0, 1), got {fraction}")
+        raise WeightspaceError(f"assembler data fraction must be in (0, 1), got {fraction}")
     perm = np.asarray(jax.random.permutation(key, len(dataset.y_train)))
     n = max(1, round(fraction * len(perm)))
     a, b = np.sort(perm[n:]), np.sort(perm[:n])
@@ -449,11 +450,6 @@ def make_factory(
       ``(factory, info)``: info has the pretraining and assembler training summaries and
       their wall times in seconds.
     """
-    import time
-
-    from generators.assembler import class_subsets, train_assembler
-    from generators.supernet import pretrain
-
     config = config or SupernetConfig(dataset.input_shape, dataset.num_classes)
     supernet = Supernet(config)
     k_split, k_pre, k_asm = jax.random.split(key, 3)

@@ -37,7 +37,9 @@ import optax
 from hyper import population
 from hyper.checkpoint import PopulationCheckpointer, load_population, save_population
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
+from hyper.train import make_optimizer
 
 __all__ = [
     "Supernet",
@@ -92,9 +94,9 @@ class SupernetConfig:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "module_widths", tuple(int(w) for w in self.module_widths))
         if self.num_classes < 2 or self.stem_width < 1 or self.num_stages < 1:
-            raise ValueError(f"SupernetConfig: bad sizes {self}")
+            raise WeightspaceError(f"SupernetConfig: bad sizes {self}")
         if not self.module_widths or min(self.module_widths) < 1:
-            raise ValueError(f"SupernetConfig: module_widths must be positive, got {self}")
+            raise WeightspaceError(f"SupernetConfig: module_widths must be positive, got {self}")
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -182,7 +184,7 @@ class Supernet:
         elif kind == "flops":
             c = {"stem": 2 * n_in * d, "channel": 4 * d, "module": 0, "head_per_class": 2 * d}
         else:
-            raise ValueError(f"budget kind {kind!r}; expected 'params' or 'flops'")
+            raise WeightspaceError(f"budget kind {kind!r}; expected 'params' or 'flops'")
         c["total"] = (
             c["stem"]
             + c["channel"] * self.num_channels
@@ -270,15 +272,17 @@ def pretrain(
       ``(params, info)`` with the final training loss and the full network's test accuracy.
     """
     if dataset.input_shape != supernet.config.input_shape:
-        raise ValueError(
+        raise WeightspaceError(
             f"pretrain: dataset {dataset.name} has inputs {dataset.input_shape}, the supernet "
             f"{supernet.config.input_shape}"
         )
     if steps < 1 or batch_size < 1 or gate_samples < 1:
-        raise ValueError(f"pretrain: steps={steps}, batch_size={batch_size}, gates={gate_samples}")
+        raise WeightspaceError(
+            f"pretrain: steps={steps}, batch_size={batch_size}, gates={gate_samples}"
+        )
     key, k_init = jax.random.split(key)
     params = supernet.init(k_init) if params is None else params
-    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+    opt = make_optimizer("adam", learning_rate, schedule="cosine", steps=steps)
     x_train = jnp.asarray(dataset.x_train)
     y_train = jnp.asarray(dataset.y_train)
 
@@ -329,11 +333,11 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     """The user metadata stored beside a population checkpoint (no arrays are read)."""
     directory = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(directory):
-        raise ValueError(f"no checkpoint directory {directory}")
+        raise WeightspaceError(f"no checkpoint directory {directory}")
     with PopulationCheckpointer(directory, read_only=True) as ckpt:
         steps = ckpt.steps()
         if not steps:
-            raise ValueError(f"no checkpoint in {directory}")
+            raise WeightspaceError(f"no checkpoint in {directory}")
         return dict(ckpt.restore_meta(steps[-1]).get("metadata", {}))
 
 
@@ -341,7 +345,7 @@ def load_supernet(directory: str | os.PathLike) -> tuple[Supernet, Params, dict[
     """Restores ``(supernet, params, metadata)`` written by `save_supernet`."""
     meta = read_metadata(directory)
     if "supernet" not in meta:
-        raise ValueError(f"{os.fspath(directory)} does not hold a supernet checkpoint")
+        raise WeightspaceError(f"{os.fspath(directory)} does not hold a supernet checkpoint")
     cfg = dict(meta["supernet"])
     supernet = Supernet(SupernetConfig(**cfg))
     _, pop, meta = load_population(directory, supernet.target)

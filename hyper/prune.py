@@ -31,6 +31,7 @@ from hyper import compact, symmetry
 from hyper.architectures import config_for_params, target_from_config
 from hyper.checkpoint import CheckpointError, load_population, save_population
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError
 from hyper.population import of_one, only
 from hyper.target import Params, Target
 from hyper.train import TrainConfig, Trainer
@@ -42,7 +43,6 @@ __all__ = [
     "UnreachableSpeedup",
     "accuracy",
     "check_reachable",
-    "config_differences",
     "export_pruned",
     "finetune",
     "hidden_widths",
@@ -57,7 +57,7 @@ Edit = Callable[[Target, Params], Params]
 no `targets` axis; e.g. `metanets.metaprune.MetaPruner.edit_for`)."""
 
 
-class UnreachableSpeedup(ValueError):
+class UnreachableSpeedup(WeightspaceError):
     """A FLOPs speed-up that would remove every unit of some layer."""
 
 
@@ -85,7 +85,7 @@ def _recent(cache: dict, key: Any, make: Callable[[], Any], limit: int = 8) -> A
 def accuracy(target: Target, params: Params, dataset: Dataset, *, split: str = "test") -> float:
     """Accuracy of one network on a split (``"test"`` or ``"train"``), evaluation mode."""
     if split not in ("test", "train"):
-        raise ValueError(f"accuracy: split must be 'test' or 'train', got {split!r}")
+        raise WeightspaceError(f"accuracy: split must be 'test' or 'train', got {split!r}")
     x, y = (
         (dataset.x_test, dataset.y_test) if split == "test" else (dataset.x_train, dataset.y_train)
     )
@@ -107,7 +107,7 @@ def finetune(
 ) -> Params:
     """`steps` Adam steps of one network on the train split (`hyper.train.Trainer`)."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"finetune: steps must be an int >= 0, got {steps!r}")
+        raise WeightspaceError(f"finetune: steps must be an int >= 0, got {steps!r}")
     if steps == 0:
         return params
     tr = _recent(
@@ -213,7 +213,7 @@ def _prune_step(target, params, groups, scores, goal, speedup):
 def _check_prunable(target: Target) -> list[symmetry.Group]:
     groups = symmetry.structural_groups(target)
     if not groups:
-        raise ValueError(f"{target.name} has no prunable hidden units (no structural groups)")
+        raise WeightspaceError(f"{target.name} has no prunable hidden units (no structural groups)")
     return groups
 
 
@@ -221,13 +221,15 @@ def _check_prune_args(speedup, steps, importance, normalizer) -> None:
     if speedup is not None and not (
         isinstance(speedup, int | float) and math.isfinite(speedup) and speedup >= 1
     ):
-        raise ValueError(f"speedup must be a finite number >= 1, got {speedup!r}")
+        raise WeightspaceError(f"speedup must be a finite number >= 1, got {speedup!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"prune steps must be an int >= 1, got {steps!r}")
+        raise WeightspaceError(f"prune steps must be an int >= 1, got {steps!r}")
     if importance not in compact.IMPORTANCE_METHODS:
-        raise ValueError(f"importance {importance!r}; expected one of {compact.IMPORTANCE_METHODS}")
+        raise WeightspaceError(
+            f"importance {importance!r}; expected one of {compact.IMPORTANCE_METHODS}"
+        )
     if normalizer not in compact.IMPORTANCE_NORMALIZERS:
-        raise ValueError(
+        raise WeightspaceError(
             f"normalizer {normalizer!r}; expected one of {compact.IMPORTANCE_NORMALIZERS}"
         )
 
@@ -276,8 +278,8 @@ def prune_to_speedup(
       standalone config).
 
     Raises:
-      ValueError: a speed-up below 1, an unknown importance, or a target with no hidden
-        units; `UnreachableSpeedup` (a ValueError) naming the layer that would lose every
+      WeightspaceError: a speed-up below 1, an unknown importance, or a target with no hidden
+        units; `UnreachableSpeedup` (a WeightspaceError) naming the layer that would lose every
         channel.
     """
     _check_prune_args(speedup, steps, importance, normalizer)
@@ -311,9 +313,9 @@ def prune_to_floor(
     (no fine-tuning between rounds) stays >= `floor`; returns the last network above it
     (the input itself if the first round already falls below)."""
     if not (isinstance(floor, int | float) and 0 <= floor <= 1):
-        raise ValueError(f"accuracy floor must lie in [0, 1], got {floor!r}")
+        raise WeightspaceError(f"accuracy floor must lie in [0, 1], got {floor!r}")
     if not (isinstance(factor, int | float) and factor > 1):
-        raise ValueError(f"factor must be > 1, got {factor!r}")
+        raise WeightspaceError(f"factor must be > 1, got {factor!r}")
     _check_prune_args(factor, 1, importance, normalizer)
     t, p = target, params
     for i in range(max_rounds):
@@ -376,16 +378,6 @@ def _standalone(target: Target, params: Params) -> tuple[Target, dict[str, Any] 
     return target_from_config(cfg), cfg
 
 
-def config_differences(a: Target, b: Target) -> list[str]:
-    """Config keys in which two targets compute different functions (dropout aside: it does
-    not change evaluation); empty when they agree or either has no config."""
-    ca = {k: v for k, v in (a.config or {}).items() if k != "dropout"}
-    cb = {k: v for k, v in (b.config or {}).items() if k != "dropout"}
-    if not ca or not cb:
-        return []
-    return sorted(k for k in set(ca) | set(cb) if ca.get(k) != cb.get(k))
-
-
 def hidden_widths(target: Target) -> list[int]:
     """Hidden widths of a network: its rebuild config's ``widths``/``channels`` when it has
     them (exact even where a 1-unit layer splits a structural group), else the sizes of
@@ -425,15 +417,15 @@ def prune_pipeline(
     is the group-L2 baseline (``importance="random"``: the random one).
     """
     if (speedup is None) == (accuracy_floor is None):
-        raise ValueError("prune_pipeline: give exactly one of speedup and accuracy_floor")
+        raise WeightspaceError("prune_pipeline: give exactly one of speedup and accuracy_floor")
     if accuracy_floor is not None and not (
         isinstance(accuracy_floor, int | float) and 0 <= accuracy_floor <= 1
     ):
-        raise ValueError(f"accuracy floor must lie in [0, 1], got {accuracy_floor!r}")
+        raise WeightspaceError(f"accuracy floor must lie in [0, 1], got {accuracy_floor!r}")
     _check_prune_args(speedup, prune_steps, importance, normalizer)
     for name, v in (("finetune_before", finetune_before), ("finetune_after", finetune_after)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"prune_pipeline: {name} must be an int >= 0, got {v!r}")
+            raise WeightspaceError(f"prune_pipeline: {name} must be an int >= 0, got {v!r}")
     target.validate(params)
     _check_prunable(target)
     if speedup is not None:  # before any fine-tuning

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from hyper import population as population_lib
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target, check_same_spec
 from metanets.graph import features
 from metanets.graph_topology import NODE_FEATURES, topology
@@ -73,7 +74,9 @@ def statnn_features(target: Target, population: Params, slots: int | None = None
     n_layers = len(topo.node_sets) - 1
     slots = n_layers if slots is None else int(slots)
     if slots < n_layers:
-        raise ValueError(f"statnn_features: {target.name} has {n_layers} layers > {slots} slots")
+        raise WeightspaceError(
+            f"statnn_features: {target.name} has {n_layers} layers > {slots} slots"
+        )
     nodes = np.asarray(features(target, population)[0])
     kernels = sorted(target.select(roles=["kernel"]), key=lambda s: (s.layer, s.path))
     flat = population_lib.select(target, population, "*")
@@ -92,13 +95,15 @@ def flat_features(targets: Sequence[Target], populations: Sequence[Params]) -> n
     """All parameters as one vector per network `[n, P]`; every target must share one spec.
 
     Raises:
-      ValueError: the targets differ (a flat vector needs one architecture).
+      WeightspaceError: the targets differ (a flat vector needs one architecture).
     """
     for t in targets[1:]:
         try:
             check_same_spec(targets[0], t)
         except ValueError as e:
-            raise ValueError(f"flat features need one architecture (homogeneous zoo): {e}") from e
+            raise WeightspaceError(
+                f"flat features need one architecture (homogeneous zoo): {e}"
+            ) from e
     return np.concatenate(
         [
             np.asarray(population_lib.flatten(t, p))
@@ -142,7 +147,7 @@ class MLPRegressor(nnx.Module):
         mean = np.zeros(n, np.float32) if mean is None else np.asarray(mean, np.float32)
         std = np.ones(n, np.float32) if std is None else np.asarray(std, np.float32)
         if mean.shape != (n,) or std.shape != (n,):
-            raise ValueError(
+            raise WeightspaceError(
                 f"MLPRegressor: mean and std must have shape ({n},), got {mean.shape}, {std.shape}"
             )
         self.mean[...] = jnp.asarray(mean)
@@ -196,17 +201,17 @@ class GBMTrees:
 
     @classmethod
     def from_sklearn(cls, model: Any) -> GBMTrees:
-        """Raises ValueError for a model this form does not cover (categorical splits,
+        """Raises WeightspaceError for a model this form does not cover (categorical splits,
         several trees per iteration, a loss with a non-identity link)."""
         from sklearn._loss.link import IdentityLink
 
         trees = [t for it in model._predictors for t in it]
         if any(len(it) != 1 for it in model._predictors):
-            raise ValueError("GBMTrees: one tree per iteration (regression) only")
+            raise WeightspaceError("GBMTrees: one tree per iteration (regression) only")
         if not isinstance(model._loss.link, IdentityLink):
-            raise ValueError("GBMTrees: losses with an identity link only")
+            raise WeightspaceError("GBMTrees: losses with an identity link only")
         if any(np.any(t.nodes["is_categorical"]) for t in trees):
-            raise ValueError("GBMTrees: categorical splits are not supported")
+            raise WeightspaceError("GBMTrees: categorical splits are not supported")
         k = max(len(t.nodes) for t in trees)
         idx = np.arange(k)
 

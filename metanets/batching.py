@@ -20,6 +20,7 @@ import jraph
 import numpy as np
 
 from hyper import sharding
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 from metanets.graph import features, population_to_graphs
 from metanets.graph_topology import common_kernel_window, topology
@@ -78,7 +79,7 @@ def pad_graphs(
         int(graphs.n_node.shape[0]),
     )
     if n_node < nn_ + 1 or n_edge < ne or n_graph < ng + 1:
-        raise ValueError(
+        raise WeightspaceError(
             f"pad_graphs: cannot pad ({nn_} nodes, {ne} edges, {ng} graphs) to "
             f"({n_node}, {n_edge}, {n_graph}); padding needs one extra node and graph"
         )
@@ -104,7 +105,7 @@ def pad_graphs(
 
 def _check_parts_count(parts: int) -> int:
     if int(parts) != parts or parts < 1:
-        raise ValueError(f"parts must be a positive integer, got {parts!r}")
+        raise WeightspaceError(f"parts must be a positive integer, got {parts!r}")
     return int(parts)
 
 
@@ -154,7 +155,7 @@ def pad_parts(
     edges stay inside its block (see `shard_graphs`). One part is plain padding. The
     minimum sizes apply to all parts together."""
     if not parts:
-        raise ValueError("pad_parts: no parts")
+        raise WeightspaceError("pad_parts: no parts")
     sizes = [
         (int(g.nodes["x"].shape[0]), int(g.edges["w"].shape[0]), int(g.n_node.shape[0]))
         for g in parts
@@ -219,13 +220,15 @@ def batch_graphs(
       the batch; `graphs_to_populations(batch, [(target, n), ...])` inverts it.
     """
     if not pairs:
-        raise ValueError("batch_graphs: no populations")
+        raise WeightspaceError("batch_graphs: no populations")
     window = common_kernel_window([t for t, _ in pairs]) if window is None else tuple(window)
     parts = _check_parts_count(parts)
     g = _concat([population_to_graphs(t, p, window=window, probes=probes) for t, p in pairs])
     if not pad:
         if parts != 1:
-            raise ValueError("batch_graphs: parts > 1 needs pad=True (every part padded alike)")
+            raise WeightspaceError(
+                "batch_graphs: parts > 1 needs pad=True (every part padded alike)"
+            )
         return g
     ng = int(g.n_node.shape[0])
     ends = np.cumsum([0] + [c.size for c in _split(ng, parts)])
@@ -246,20 +249,20 @@ def shard_graphs(graphs: Any, mesh: jax.sharding.Mesh) -> Any:
     every device's edges, so those equal the one-device ones to float rounding only.
 
     Raises:
-      ValueError: a batch not built in `mesh size` parts (an edge or a graph would cross
+      WeightspaceError: a batch not built in `mesh size` parts (an edge or a graph would cross
         devices), or a leaf whose leading axis the mesh size does not divide.
     """
     size = int(mesh.devices.size)
     is_graphs = lambda x: isinstance(x, jraph.GraphsTuple)
     for g in jax.tree.leaves(graphs, is_leaf=is_graphs):
         if is_graphs(g) and not graph_parts(g, size):
-            raise ValueError(
+            raise WeightspaceError(
                 f"shard_graphs: the batch is not split into {size} self-contained parts, one "
                 f"per device; build it with parts={size} (batch_graphs / GraphBank.batch)"
             )
     for a in jax.tree.leaves(graphs):
         if np.ndim(a) < 1 or np.shape(a)[0] % size:
-            raise ValueError(
+            raise WeightspaceError(
                 f"shard_graphs: an array of shape {np.shape(a)} does not split over {size} "
                 "devices (per-graph arrays need one row per graph of the batch)"
             )
@@ -294,7 +297,7 @@ class GraphBank:
         probes: Any = None,
     ):
         if not pairs:
-            raise ValueError("GraphBank: no populations")
+            raise WeightspaceError("GraphBank: no populations")
         self.window = (
             common_kernel_window([t for t, _ in pairs]) if window is None else tuple(window)
         )
@@ -348,19 +351,19 @@ class GraphBank:
         """
         samples = np.asarray(samples, np.int64)
         if samples.ndim != 1 or samples.size == 0:
-            raise ValueError("GraphBank.batch: need a non-empty 1-D list of samples")
+            raise WeightspaceError("GraphBank.batch: need a non-empty 1-D list of samples")
         parts = _check_parts_count(parts)
         if mesh is not None:
             size = int(mesh.devices.size)
             if parts not in (1, size):
-                raise ValueError(
+                raise WeightspaceError(
                     f"GraphBank.batch: parts={parts} on a mesh of {size} devices (one part per "
                     "device: leave parts out)"
                 )
             parts = size
         if batch_size is not None:
             if batch_size < samples.size:
-                raise ValueError(
+                raise WeightspaceError(
                     f"GraphBank.batch: {samples.size} samples exceed batch_size={batch_size}"
                 )
             # a full batch's graph bucket: its largest part and a padding graph
@@ -372,11 +375,11 @@ class GraphBank:
                 min_nodes = max(min_nodes, parts * (largest_part * most_nodes + 1))
                 min_edges = max(min_edges, parts * largest_part * most_edges)
         elif full:
-            raise ValueError("GraphBank.batch: full=True needs batch_size")
+            raise WeightspaceError("GraphBank.batch: full=True needs batch_size")
         per_graph = {} if per_graph is None else {k: np.asarray(v) for k, v in per_graph.items()}
         for k, v in per_graph.items():
             if v.ndim < 1 or v.shape[0] != samples.size or k == "mask":
-                raise ValueError(
+                raise WeightspaceError(
                     f"GraphBank.batch: per_graph[{k!r}] needs one row per sample "
                     f"({samples.size}), got shape {v.shape}"
                     + (" ('mask' is reserved)" if k == "mask" else "")

@@ -30,7 +30,7 @@ the compact network (`hyper.prune.export_pruned`: it loads without the original,
 pipeline's record, dataset included, in its metadata). Without `--metanet` it is the
 group-L2 baseline with the same fine-tune budget.
 
-Registered through the ``weightspace.commands`` entry point; bad input raises ValueError
+Registered through the ``weightspace.commands`` entry point; bad input raises WeightspaceError
 (the `weightspace` command prints one line and exits with status 2).
 """
 
@@ -40,6 +40,8 @@ import argparse
 import json
 import os
 from typing import Any
+
+from hyper.errors import WeightspaceError
 
 __all__ = ["add_parsers", "zoo_architecture"]
 
@@ -148,7 +150,7 @@ def _add_prune(subparsers: Any) -> None:
 
 def _check_zoo(path: str) -> str:
     if not os.path.isfile(os.path.join(path, "zoo.json")):
-        raise ValueError(f"--zoo {path}: not a zoo directory (no zoo.json)")
+        raise WeightspaceError(f"--zoo {path}: not a zoo directory (no zoo.json)")
     return os.path.abspath(path)
 
 
@@ -159,28 +161,25 @@ def _train(args: argparse.Namespace) -> int:
 
     zoos = [_check_zoo(z) for z in args.zoo]
     out = os.path.abspath(args.out)
-    if os.path.isdir(out) and os.listdir(out):
-        if args.overwrite:
-            import shutil
-
-            shutil.rmtree(out)
-        elif not (args.resume and os.path.isdir(os.path.join(out, "checkpoints"))):
-            raise ValueError(
-                f"--out {out} is not empty; pass --overwrite to replace it"
-                + ("" if args.resume else " or --resume to continue it")
-            )
+    if not (args.resume and os.path.isdir(os.path.join(out, "checkpoints"))):
+        more = "" if args.resume else " or --resume to continue it"
+        _prepare_out(out, args.overwrite, write=args.overwrite, more=more)
     if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+        raise WeightspaceError(f"--epochs must be >= 1, got {args.epochs}")
     if args.epochs is not None and args.model == "gbm":
-        raise ValueError("--epochs does not apply to --model gbm (boosting stops on validation)")
+        raise WeightspaceError(
+            "--epochs does not apply to --model gbm (boosting stops on validation)"
+        )
     if args.probes is not None and (args.model != "gmn" or args.probes < 0):
-        raise ValueError(f"--probes applies to --model gmn and must be >= 0, got {args.probes}")
+        raise WeightspaceError(
+            f"--probes applies to --model gmn and must be >= 0, got {args.probes}"
+        )
     kind = _CLI_MODELS[args.model]
     if args.shard and kind != "gmn":
-        raise ValueError(f"--shard applies to --model gmn, not {args.model}")
+        raise WeightspaceError(f"--shard applies to --model gmn, not {args.model}")
     ds = datasets.load_zoos(zoos, task=args.task)
     if kind == "flat" and not ds.homogeneous:
-        raise ValueError("--model flat needs zoos of one architecture (a homogeneous zoo)")
+        raise WeightspaceError("--model flat needs zoos of one architecture (a homogeneous zoo)")
     train, test = datasets.split_by_run(ds.run, args.test_fraction, args.seed)
     over = {} if args.epochs is None else {"epochs": args.epochs}
     if args.probes is not None:
@@ -214,10 +213,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     src = os.path.abspath(args.source)
     if not os.path.isdir(os.path.join(src, "predictor")):
-        raise ValueError(f"--from {src}: no predictor (run `weightspace metanet train` first)")
+        raise WeightspaceError(
+            f"--from {src}: no predictor (run `weightspace metanet train` first)"
+        )
     pred = predict.load_predictor(os.path.join(src, "predictor"))
     if args.shard and pred.kind != "gmn":
-        raise ValueError(f"--shard applies to a gmn predictor, not {pred.kind}")
+        raise WeightspaceError(f"--shard applies to a gmn predictor, not {pred.kind}")
     ds = datasets.load_zoos([_check_zoo(args.zoo)], task=pred.config.get("task", "accuracy"))
     mesh = None
     if args.shard:
@@ -247,7 +248,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _at_least(flag: str, value: int, low: int) -> None:
     if value < low:
-        raise ValueError(f"{flag} must be an int >= {low}, got {value}")
+        raise WeightspaceError(f"{flag} must be an int >= {low}, got {value}")
 
 
 def _finite(flag: str, value: float, *, low: float, strict: bool) -> None:
@@ -255,7 +256,7 @@ def _finite(flag: str, value: float, *, low: float, strict: bool) -> None:
 
     ok = math.isfinite(value) and (value > low if strict else value >= low)
     if not ok:
-        raise ValueError(
+        raise WeightspaceError(
             f"{flag} must be a finite number {'>' if strict else '>='} {low:g}, got {value:g}"
         )
 
@@ -269,20 +270,31 @@ def _inside(path: str, root: str) -> bool:
 def _check_out(out: str, overwrite: bool, **inputs: str | None) -> None:
     """--out must be empty (or --overwrite given) and must not hold an input."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} exists and is not a directory")
+        raise WeightspaceError(f"--out {out} exists and is not a directory")
     for flag, path in inputs.items():
         if path is not None and _inside(path, out):
-            raise ValueError(f"--out {out} holds --{flag} {path}; choose another directory")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
+            raise WeightspaceError(f"--out {out} holds --{flag} {path}; choose another directory")
+    _prepare_out(out, overwrite, write=False)
+
+
+def _prepare_out(out: str, overwrite: bool, *, write: bool, more: str = "") -> None:
+    """`hyper.checkpoint.prepare_dir` for --out, its refusal naming the flags: "--out DIR is
+    not empty; pass --overwrite to replace it" (then `more`)."""
+    from hyper.checkpoint import CheckpointError, prepare_dir
+
+    try:
+        prepare_dir(out, overwrite=overwrite, hint="pass --overwrite", write=write)
+    except CheckpointError as e:
+        tail = more if "not empty" in str(e) else ""
+        raise WeightspaceError(f"--out {e}{tail}") from None
 
 
 def _arithmetic(fn, *args, **kwargs):
-    """`fn`; a divergence (FloatingPointError) becomes a one-line ValueError."""
+    """`fn`; a divergence (FloatingPointError) becomes a one-line WeightspaceError."""
     try:
         return fn(*args, **kwargs)
     except FloatingPointError as e:
-        raise ValueError(str(e)) from None
+        raise WeightspaceError(str(e)) from None
 
 
 def _prune_train(args: argparse.Namespace) -> int:
@@ -319,7 +331,7 @@ def _prune_train(args: argparse.Namespace) -> int:
         ]
     )
     if not finite.any():
-        raise ValueError(f"--zoo {src}: every network has non-finite weights (diverged)")
+        raise WeightspaceError(f"--zoo {src}: every network has non-finite weights (diverged)")
     if not finite.all():
         keep = np.flatnonzero(finite)
         population = jax.tree.map(lambda a: a[keep], population)
@@ -356,23 +368,17 @@ def zoo_architecture(z: Any) -> Any:
     in evaluation mode.
 
     Raises:
-      ValueError: several architectures, or groups that compute different functions.
+      WeightspaceError: several architectures, or groups that compute different functions.
     """
-    from hyper.prune import config_differences
-
     first = z.groups[0]
-
-    def shapes(t):
-        return t.paths, [s.shape for s in t.spec]
-
     for g in z.groups[1:]:
-        if shapes(g.target) != shapes(first.target):
-            raise ValueError(
+        if g.target.spec_differences(first.target, fields=("shape",)):
+            raise WeightspaceError(
                 f"--zoo {z.directory} holds several architectures ({first.id}: "
                 f"{first.target.name}, {g.id}: {g.target.name}); prune-train needs one"
             )
-        if config_differences(g.target, first.target):
-            raise ValueError(
+        if g.target.config_differences(first.target):
+            raise WeightspaceError(
                 f"--zoo {z.directory}: groups {first.id} ({first.target.name}) and {g.id} "
                 f"({g.target.name}) compute different functions; prune-train needs one "
                 "architecture (build a zoo with one activation)"
@@ -399,18 +405,18 @@ def _load_network(
                     where = f"member {member} of zoo {src} (epoch {g.epoch})"
                     return g.target, params, z.config.get("dataset"), where, g.epoch
         ids = sorted(m["member"] for m in z.members)
-        raise ValueError(
+        raise WeightspaceError(
             f"--member {member}: zoo {src} has members {ids[0]}..{ids[-1]} ({len(ids)})"
         )
     if epoch is not None:
-        raise ValueError(f"--epoch applies to zoo directories; {src} holds no zoo.json")
+        raise WeightspaceError(f"--epoch applies to zoo directories; {src} holds no zoo.json")
     try:
         target, population, meta = load_population(src)
     except CheckpointError as e:
-        raise ValueError(f"--from: {e}") from None
+        raise WeightspaceError(f"--from: {e}") from None
     n = int(jax.tree.leaves(population)[0].shape[0])
     if member >= n:
-        raise ValueError(f"--member {member}: {src} holds {n} network(s)")
+        raise WeightspaceError(f"--member {member}: {src} holds {n} network(s)")
     params = jax.tree.map(lambda a: a[member], population)
     info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
     name = meta.get("dataset") or info.get("dataset")
@@ -430,7 +436,7 @@ def _prune(args: argparse.Namespace) -> int:
     if args.speedup is not None:
         _finite("--speedup", args.speedup, low=1, strict=False)
     if args.floor is not None and not 0 <= args.floor <= 1:
-        raise ValueError(f"--floor must lie in [0, 1], got {args.floor:g}")
+        raise WeightspaceError(f"--floor must lie in [0, 1], got {args.floor:g}")
     _at_least("--member", args.member, 0)
     _at_least("--prune-steps", args.prune_steps, 1)
     _at_least("--finetune-before", args.finetune_before, 0)
@@ -439,13 +445,13 @@ def _prune(args: argparse.Namespace) -> int:
     src = os.path.abspath(args.source)
     if not os.path.isdir(src):
         what = "not a directory" if os.path.exists(src) else "no such directory"
-        raise ValueError(f"--from {src}: {what}")
+        raise WeightspaceError(f"--from {src}: {what}")
     mdir = None
     if args.metanet is not None:
         mdir = os.path.abspath(args.metanet)
         if not os.path.isdir(mdir):
             what = "not a directory" if os.path.exists(mdir) else "no such directory"
-            raise ValueError(f"--metanet {mdir}: {what}")
+            raise WeightspaceError(f"--metanet {mdir}: {what}")
     out = os.path.abspath(args.out)
     # Re-pruning a pruned checkpoint in place is allowed (it is read before --out is written);
     # a zoo or a metanet is never replaced.
@@ -456,21 +462,21 @@ def _prune(args: argparse.Namespace) -> int:
     target, params, recorded, where, epoch = _load_network(src, args.member, args.epoch)
     name = args.dataset or recorded
     if not name:
-        raise ValueError(f"--from {src} records no dataset; pass --dataset")
+        raise WeightspaceError(f"--from {src} records no dataset; pass --dataset")
     dataset = data.load(name)
     if target.input_shape is not None and tuple(target.input_shape) != dataset.input_shape:
-        raise ValueError(
+        raise WeightspaceError(
             f"--dataset {name}: inputs {dataset.input_shape}, but {target.name} takes "
             f"{tuple(target.input_shape)}"
         )
     if not all(bool(np.all(np.isfinite(a))) for a in jax.tree.leaves(params)):
-        raise ValueError(f"{where} has non-finite weights (it diverged)")
+        raise WeightspaceError(f"{where} has non-finite weights (it diverged)")
     metanet = None
     if mdir is not None:
         try:
             metanet = load_metapruner(mdir)
         except CheckpointError as e:
-            raise ValueError(f"--metanet: {e}") from None
+            raise WeightspaceError(f"--metanet: {e}") from None
     widths0 = hidden_widths(target)
     result = _arithmetic(
         prune_pipeline,

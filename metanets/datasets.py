@@ -19,7 +19,8 @@ import numpy as np
 
 from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
-from hyper.target import Params, Target, check_same_spec
+from hyper.errors import WeightspaceError
+from hyper.target import Params, Target
 from metanets.graph_topology import common_kernel_window
 
 __all__ = [
@@ -38,7 +39,7 @@ def split_by_run(runs: Any, test_fraction: float, seed: int = 0) -> tuple[np.nda
     """Sample indices `(train, test)`: a random `test_fraction` of the *runs* goes to test,
     with all of their checkpoints."""
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+        raise WeightspaceError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     runs = np.asarray(runs)
     unique = np.unique(runs)
     rng = np.random.default_rng(seed)
@@ -73,12 +74,10 @@ class WeightDataset:
 
     @property
     def homogeneous(self) -> bool:
-        try:
-            for t in self.targets[1:]:
-                check_same_spec(self.targets[0], t)
-        except ValueError:
-            return False
-        return True
+        """Whether every group's target has the first's leaves, shapes, dtypes and roles
+        (`Target.spec_differences`)."""
+        first = self.targets[0]
+        return not any(first.spec_differences(t) for t in self.targets[1:])
 
     def per_sample(self, features_of: Callable[[int], np.ndarray]) -> np.ndarray:
         """Per-sample feature rows `[M, ...]` from per-group feature matrices
@@ -108,7 +107,7 @@ def load_zoos(
       epochs: checkpoint epochs to use (default: all checkpointed epochs of each zoo).
     """
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+        raise WeightspaceError(f"unknown task {task!r}; expected one of {TASKS}")
     if isinstance(directories, str | os.PathLike):
         directories = [directories]
     targets, pops, group, member, ys, runs, eps = [], [], [], [], [], [], []
@@ -118,7 +117,9 @@ def load_zoos(
         zoo_epochs = first.checkpoint_epochs
         use = zoo_epochs if epochs is None else [e for e in epochs if e in zoo_epochs]
         if not use:
-            raise ValueError(f"zoo {d}: none of the epochs {list(epochs or [])} was checkpointed")
+            raise WeightspaceError(
+                f"zoo {d}: none of the epochs {list(epochs or [])} was checkpointed"
+            )
         rows = {(r["member"], r["epoch"]): r for r in first.metadata}
         per_group: dict[str, list[tuple[int, Params]]] = {}
         for e in use:

@@ -19,6 +19,7 @@ import jraph
 import numpy as np
 
 from hyper import population as population_lib
+from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 from metanets.graph_topology import NODE_FEATURES, GraphTopology, common_kernel_window, topology
 from metanets.probes import probe_features
@@ -126,11 +127,11 @@ def _layout(graphs: jraph.GraphsTuple, pairs, topos) -> list[int]:
     unknown = [i for i, (_, n) in enumerate(pairs) if n is None]
     counts = [n for _, n in pairs]
     if len(unknown) > 1:
-        raise ValueError("graphs_to_populations: at most one count may be None")
+        raise WeightspaceError("graphs_to_populations: at most one count may be None")
     mask = graphs.globals["mask"]
     if isinstance(mask, jax.core.Tracer):  # under jit: the mask has no value to count
         if unknown:
-            raise ValueError(
+            raise WeightspaceError(
                 "graphs_to_populations: inside jit/grad every count must be given (the "
                 "graph mask is traced)"
             )
@@ -139,7 +140,7 @@ def _layout(graphs: jraph.GraphsTuple, pairs, topos) -> list[int]:
     if unknown:
         counts[unknown[0]] = total - known
     if sum(counts) != total:
-        raise ValueError(f"graphs_to_populations: counts {counts} != {total} real graphs")
+        raise WeightspaceError(f"graphs_to_populations: counts {counts} != {total} real graphs")
     return counts
 
 
@@ -164,7 +165,7 @@ def graphs_to_populations(
     counts = _layout(graphs, pairs, topos)
     x, w = graphs.nodes["x"], graphs.edges["w"]
     if w.shape[-1] != window[0] * window[1]:
-        raise ValueError(
+        raise WeightspaceError(
             f"graphs have {w.shape[-1]} edge features; window {window} needs "
             f"{window[0] * window[1]}"
         )

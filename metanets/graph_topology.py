@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from hyper.architectures import ACTIVATIONS
+from hyper.errors import WeightspaceError
 from hyper.symmetry import structural_groups
 from hyper.target import Target
 
@@ -58,17 +60,10 @@ NODE_DEFAULTS = np.array([0.0, 1.0, 0.0, 0.0, 1.0], np.float32)
 """The identity value of each `NODE_FEATURES` entry, held where a node lacks it."""
 NODE_INPUT, NODE_HIDDEN, NODE_OUTPUT = 0, 1, 2
 EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
-ACTIVATION_IDS = (
-    "none",
-    "identity",
-    "relu",
-    "tanh",
-    "gelu",
-    "silu",
-    "leaky_relu",
-    "sigmoid",
-)
-"""Activation ids of hidden nodes (``"none"``: input/output nodes or unknown)."""
+ACTIVATION_IDS = ("none", *ACTIVATIONS)
+"""Activation ids of hidden nodes: ``"none"`` (input/output nodes or unknown), then
+`hyper.architectures.ACTIVATIONS` in its order (ids index a trained metanet's embedding:
+that table only ever grows at its end)."""
 
 _NORM_SLOT = {"norm_scale": 1, "norm_shift": 2}
 
@@ -127,14 +122,14 @@ def _spatial(shape: tuple[int, ...], path: str) -> tuple[int, int]:
         return (1, sp[0])
     if len(sp) == 2:
         return (sp[0], sp[1])
-    raise ValueError(f"kernel {path!r} has shape {shape}: convs of more than 2 spatial axes")
+    raise WeightspaceError(f"kernel {path!r} has shape {shape}: convs of more than 2 spatial axes")
 
 
 def kernel_window(target: Target) -> tuple[int, int]:
     """The smallest edge window that holds every kernel of `target`."""
     hw = [_spatial(s.shape, s.path) for s in target.spec if s.role == "kernel"]
     if not hw:
-        raise ValueError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
+        raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
     return (max(h for h, _ in hw), max(w for _, w in hw))
 
 
@@ -160,12 +155,12 @@ def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopolo
         several targets need one window (`batch_graphs` takes their maximum).
 
     Raises:
-      ValueError: naming the layer whose structure the encoding cannot express.
+      WeightspaceError: naming the layer whose structure the encoding cannot express.
     """
     own = kernel_window(target)
     window = own if window is None else (int(window[0]), int(window[1]))
     if window[0] < own[0] or window[1] < own[1]:
-        raise ValueError(f"{target.name}: window {window} is smaller than its kernels {own}")
+        raise WeightspaceError(f"{target.name}: window {window} is smaller than its kernels {own}")
     per = _CACHE.setdefault(target, {})
     if window not in per:
         per[window] = _build_topology(target, window)
@@ -176,23 +171,23 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     spec = target.spec
     for s in spec:
         if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
-            raise ValueError(
+            raise WeightspaceError(
                 f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
                 f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
                 "kernels, biases and normalization layers"
             )
         if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
-            raise ValueError(
+            raise WeightspaceError(
                 f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
                 "neither a mean nor a var"
             )
     kernels = sorted((s for s in spec if s.role == "kernel"), key=lambda s: (s.layer, s.path))
     if not kernels:
-        raise ValueError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
+        raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
     for k in kernels:
         _spatial(k.shape, k.path)
     if len({k.layer_name for k in kernels}) != len(kernels):
-        raise ValueError(f"{target.name}: a layer holds several kernels; not supported")
+        raise WeightspaceError(f"{target.name}: a layer holds several kernels; not supported")
     groups = structural_groups(target)
     axis_group: dict[tuple[str, int], int] = {}
     for gi, g in enumerate(groups):
@@ -206,7 +201,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         for path, ax in g.axes:
             if (path, ax) not in neuron_axes:
                 s = target.leaf(path)
-                raise ValueError(
+                raise WeightspaceError(
                     f"{target.name}: layer {s.layer_name!r}: axis {ax} of {path!r} is permutable "
                     "but is not a neuron axis the graph encoding knows; unsupported connection"
                 )
@@ -215,7 +210,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     # Node sets: inputs, then one per kernel (its outputs).
     first = kernels[0]
     if (first.path, first.in_axis) in axis_group:
-        raise ValueError(
+        raise WeightspaceError(
             f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
             "tied to another layer's outputs; unsupported connection"
         )
@@ -228,13 +223,13 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         in_group = (k.path, k.out_axis) in axis_group
         if k is last:
             if in_group:
-                raise ValueError(
+                raise WeightspaceError(
                     f"{target.name}: layer {k.layer_name!r} is the last kernel but its outputs "
                     "are permutable; the network's outputs must be fixed"
                 )
             kind = NODE_OUTPUT
         elif not in_group:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{target.name}: layer {k.layer_name!r}: its output channels do not reach a "
                 "later layer through a supported connection (e.g. a flatten, a concatenation "
                 "or grouped convolution follows"
@@ -262,7 +257,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         gi = axis_group.get((k.path, k.in_axis))
         if gi is None:
             if k is not first:
-                raise ValueError(
+                raise WeightspaceError(
                     f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
                     "an earlier layer's outputs (a flatten, reshape, concatenation or a second "
                     "network input); unsupported connection"
@@ -271,7 +266,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             continue
         earlier = [p for p in producers.get(gi, []) if p.layer < k.layer]
         if not earlier:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{target.name}: layer {k.layer_name!r} reads channels that no earlier layer "
                 "produces; unsupported connection"
             )
@@ -301,7 +296,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         dst = sets[set_of_kernel[k.path]]
         n_in, n_out = k.shape[k.in_axis], k.shape[k.out_axis]
         if n_in != src[2]:
-            raise ValueError(f"{target.name}: layer {k.layer_name!r} reads {n_in} channels")
+            raise WeightspaceError(f"{target.name}: layer {k.layer_name!r} reads {n_in} channels")
         ii, oo = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
         edge_start[k.path] = n_edges
         senders.append(src[1] + ii.ravel())
@@ -343,17 +338,17 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             continue
         # 1-D node-feature leaves: bias of a kernel layer, or a normalization parameter.
         if len(s.shape) != 1 or s.out_axis != 0:
-            raise ValueError(f"{target.name}: leaf {s.path!r} of shape {s.shape} is not 1-D")
+            raise WeightspaceError(f"{target.name}: leaf {s.path!r} of shape {s.shape} is not 1-D")
         if s.role == "bias":
             owner = next((k for k in kernels if k.layer_name == s.layer_name), None)
             if owner is None:
-                raise ValueError(f"{target.name}: bias {s.path!r} belongs to no kernel layer")
+                raise WeightspaceError(f"{target.name}: bias {s.path!r} belongs to no kernel layer")
             si, slot = set_of_kernel[owner.path], 0
         else:
             si = _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel)
             prev = norm_owner.setdefault(si, s.layer_name)
             if prev != s.layer_name:
-                raise ValueError(
+                raise WeightspaceError(
                     f"{target.name}: layers {prev!r} and {s.layer_name!r} both normalize the "
                     f"channels of {sets[si][0]!r}; one normalization per layer is supported"
                 )
@@ -363,9 +358,11 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
                 slot = _NORM_SLOT[s.role]
         start, size = sets[si][1], sets[si][2]
         if s.shape[0] != size:
-            raise ValueError(f"{target.name}: leaf {s.path!r} has {s.shape[0]} units, not {size}")
+            raise WeightspaceError(
+                f"{target.name}: leaf {s.path!r} has {s.shape[0]} units, not {size}"
+            )
         if (si, slot) in taken:
-            raise ValueError(
+            raise WeightspaceError(
                 f"{target.name}: leaf {s.path!r} would overwrite node feature "
                 f"{NODE_FEATURES[slot]!r} of {sets[si][0]!r}; unsupported layer structure"
             )
@@ -405,7 +402,7 @@ def _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel) -> int
         earlier = [k for k in kernels if k.layer < s.layer]
         if earlier and earlier[-1] is kernels[-1] and kernels[-1].shape[-1] == s.shape[0]:
             return set_of_kernel[earlier[-1].path]
-    raise ValueError(
+    raise WeightspaceError(
         f"{target.name}: normalization layer {s.layer_name!r} (leaf {s.path!r}) follows no "
         "layer whose channels it normalizes; unsupported connection"
         + (" (normalized layers of width 1 are not supported)" if s.shape[0] == 1 else "")

@@ -16,10 +16,8 @@ The recipe ("Meta Pruning via Graph Metanetworks"; `../shared/research/metanets.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -31,13 +29,13 @@ from flax import nnx
 
 from hyper import compact, symmetry
 from hyper.architectures import target_from_config
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.checkpoint import load_model, save_model
 from hyper.data import Dataset
+from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
 from hyper.population import of_one, only
-from hyper.prune import config_differences
 from hyper.target import Params, Target
-from hyper.train import cross_entropy
+from hyper.train import cross_entropy, make_optimizer
 from metanets.graph import graphs_to_population, population_to_graphs
 from metanets.graph_topology import kernel_window
 from metanets.models import GraphMetanet
@@ -91,22 +89,26 @@ class MetaPruneConfig:
 
     def __post_init__(self):
         if self.sparsity_kind not in SPARSITY_KINDS:
-            raise ValueError(
+            raise WeightspaceError(
                 f"MetaPruneConfig.sparsity_kind {self.sparsity_kind!r}; expected one of "
                 f"{SPARSITY_KINDS}"
             )
         for name in ("hidden", "num_layers", "steps", "nets_per_step", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MetaPruneConfig.{name} must be an int >= 1, got {v!r}")
+                raise WeightspaceError(f"MetaPruneConfig.{name} must be an int >= 1, got {v!r}")
         for name in ("r", "learning_rate"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise ValueError(f"MetaPruneConfig.{name} must be a finite number > 0, got {v!r}")
+                raise WeightspaceError(
+                    f"MetaPruneConfig.{name} must be a finite number > 0, got {v!r}"
+                )
         for name in ("sparsity", "weight_decay"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"MetaPruneConfig.{name} must be a finite number >= 0, got {v!r}")
+                raise WeightspaceError(
+                    f"MetaPruneConfig.{name} must be a finite number >= 0, got {v!r}"
+                )
 
 
 def group_lasso(
@@ -173,7 +175,7 @@ class MetaPruner:
         """Edited networks ``θ + r·Δθ`` of a population (leading `targets` axis)."""
         n = self.target.validate(population, batched=True)
         if n < 1:
-            raise ValueError("MetaPruner.edit: empty population")
+            raise WeightspaceError("MetaPruner.edit: empty population")
         r = self.config.r if r is None else float(r)
         return self._edit(self._state, population, jnp.float32(r))
 
@@ -183,18 +185,17 @@ class MetaPruner:
         return only(self.edit(of_one(params), r=r))
 
     def check_target(self, target: Target) -> None:
-        """Raises ValueError unless `target` has this metanet's leaves and shapes and the
-        same function family (`hyper.prune.config_differences`): the metanet edits only
+        """Raises WeightspaceError unless `target` has this metanet's leaves and shapes and the
+        same function family (`Target.config_differences`): the metanet edits only
         networks like those it was trained on."""
-        mine = [(s.path, s.shape) for s in self.target.spec]
-        if mine != [(s.path, s.shape) for s in target.spec]:
-            raise ValueError(
+        if self.target.spec_differences(target, fields=("shape",)):
+            raise WeightspaceError(
                 f"prune_pipeline: the metanet edits {self.target.name}; {target.name} has "
                 "other leaves or shapes"
             )
-        diff = config_differences(self.target, target)
+        diff = self.target.config_differences(target)
         if diff:
-            raise ValueError(
+            raise WeightspaceError(
                 f"prune_pipeline: the metanet was trained on {self.target.name}; "
                 f"{target.name} differs in {diff}"
             )
@@ -214,27 +215,18 @@ class MetaPruner:
 
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Saves the metanet (Orbax arrays + JSON config and target); returns the path."""
-        directory = os.path.abspath(os.fspath(directory))
-        if os.path.isdir(directory) and os.listdir(directory):
-            if not overwrite:
-                raise ValueError(f"{directory} is not empty; pass overwrite=True to replace it")
-            shutil.rmtree(directory)
         if not self.target.config:
-            raise ValueError(
+            raise WeightspaceError(
                 f"MetaPruner.save: target {self.target.name} has no rebuild config "
                 "(use a make_target architecture)"
             )
         meta = {
-            "format": _FORMAT,
             "config": dataclasses.asdict(self.config),
             "target": self.target.config,
             "window": list(self.window),
             "history": self.history,
         }
-        meta = json.loads(json.dumps(meta))
-        with PopulationCheckpointer(directory) as ckpt:
-            ckpt.save(0, {"state": nnx.to_pure_dict(nnx.state(self.model))}, meta=meta)
-        return directory
+        return save_model(directory, self.model, format=_FORMAT, metadata=meta, overwrite=overwrite)
 
 
 def _build_metanet(config: MetaPruneConfig, window: Sequence[int]) -> GraphMetanet:
@@ -249,19 +241,13 @@ def _build_metanet(config: MetaPruneConfig, window: Sequence[int]) -> GraphMetan
 
 def load_metapruner(directory: str | os.PathLike) -> MetaPruner:
     """Loads what `MetaPruner.save` wrote."""
-    directory = os.path.abspath(os.fspath(directory))
-    with PopulationCheckpointer(directory, read_only=True) as ckpt:
-        if not ckpt.steps():
-            raise CheckpointError(f"no MetaPruning metanet in {directory}")
-        meta = ckpt.restore_meta(0)
-        if meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{directory} holds no MetaPruning metanet")
+
+    def build(meta: dict) -> GraphMetanet:
         config = MetaPruneConfig(**meta["config"])
-        model = nnx.eval_shape(lambda: _build_metanet(config, meta["window"]))
-        arrays, _ = ckpt.restore(0, {"state": nnx.to_pure_dict(nnx.state(model))})
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, arrays["state"])
-    nnx.update(model, state)
+        return nnx.eval_shape(lambda: _build_metanet(config, meta["window"]))
+
+    model, meta = load_model(directory, build, format=_FORMAT, what="MetaPruning metanet")
+    config = MetaPruneConfig(**meta["config"])
     target = target_from_config(meta["target"])
     return MetaPruner(target, model, config, tuple(meta["window"]), meta.get("history"))
 
@@ -306,23 +292,25 @@ def meta_train(
     config = config or MetaPruneConfig()
     n = target.validate(population, batched=True)
     if n < 1:
-        raise ValueError("meta_train: the zoo is empty")
+        raise WeightspaceError("meta_train: the zoo is empty")
     if target.input_shape is not None and tuple(target.input_shape) != dataset.input_shape:
-        raise ValueError(
+        raise WeightspaceError(
             f"meta_train: target {target.name} takes inputs {target.input_shape}, dataset "
             f"{dataset.name} has {dataset.input_shape}"
         )
     groups = symmetry.structural_groups(target)
     if not groups:
-        raise ValueError(f"meta_train: {target.name} has no prunable hidden units")
+        raise WeightspaceError(f"meta_train: {target.name} has no prunable hidden units")
     window = kernel_window(target)
     model = _build_metanet(config, window)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, max(1, config.steps // 20), max(config.steps, 2)
-    )
-    opt = optax.chain(
-        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay)
+    opt = make_optimizer(
+        "adam",
+        config.learning_rate,
+        schedule="warmup_cosine",
+        steps=config.steps,
+        weight_decay=config.weight_decay,
+        clip_norm=1.0,
     )
     opt_state = opt.init(params)
     x_train = jnp.asarray(dataset.x_train)

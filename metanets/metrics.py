@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from hyper.errors import WeightspaceError
+
 __all__ = ["kendall_tau", "r2_score"]
 
 
@@ -15,7 +17,9 @@ def kendall_tau(pred: Any, y: Any) -> float:
 
     pred, y = np.asarray(pred, np.float64).ravel(), np.asarray(y, np.float64).ravel()
     if pred.shape != y.shape or pred.size < 2:
-        raise ValueError(f"kendall_tau: need two equal-length vectors, got {pred.shape} {y.shape}")
+        raise WeightspaceError(
+            f"kendall_tau: need two equal-length vectors, got {pred.shape} {y.shape}"
+        )
     tau = kendalltau(pred, y).statistic
     return float(tau) if np.isfinite(tau) else 0.0
 

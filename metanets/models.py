@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import jraph
 from flax import nnx
 
+from hyper.errors import WeightspaceError
 from metanets.graph_topology import ACTIVATION_IDS, NODE_FEATURES, NODE_INPUT, NODE_OUTPUT
 from metanets.layers import EdgeUpdateLayer, pna_aggregate, segment_max, segment_mean
 
@@ -83,13 +84,15 @@ class GraphMetanet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if input_transform not in ("asinh", "none"):
-            raise ValueError(f"input_transform must be 'asinh' or 'none', got {input_transform!r}")
+            raise WeightspaceError(
+                f"input_transform must be 'asinh' or 'none', got {input_transform!r}"
+            )
         self.input_transform = input_transform
         if readout not in ("layer", "global"):
-            raise ValueError(f"readout must be 'layer' or 'global', got {readout!r}")
+            raise WeightspaceError(f"readout must be 'layer' or 'global', got {readout!r}")
         self.readout = readout
         if pool not in ("meanmax", "pna"):
-            raise ValueError(f"pool must be 'meanmax' or 'pna', got {pool!r}")
+            raise WeightspaceError(f"pool must be 'meanmax' or 'pna', got {pool!r}")
         self.pool = pool
         self.readout_layers = readout_layers if readout == "layer" else 1
         self.edge_features = edge_features
@@ -121,7 +124,7 @@ class GraphMetanet(nnx.Module):
         """Node states `[N, hidden]` and edge states `[E, hidden]` after message passing."""
         nodes, edges = graphs.nodes, graphs.edges
         if edges["w"].shape[-1] != self.edge_features:
-            raise ValueError(
+            raise WeightspaceError(
                 f"GraphMetanet: graphs have {edges['w'].shape[-1]} edge features, the model "
                 f"{self.edge_features}; build the batch with the model's window"
             )
@@ -142,7 +145,7 @@ class GraphMetanet(nnx.Module):
             probe = nodes.get("probe")
             if probe is None or probe.shape[-1] != self.probe_features:
                 got = "none" if probe is None else probe.shape[-1]
-                raise ValueError(
+                raise WeightspaceError(
                     f"GraphMetanet: the model reads {self.probe_features} probe features per "
                     f"node, the graphs carry {got}; build them with that many probes"
                 )

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,8 +26,16 @@ import optax
 from flax import nnx
 
 from hyper import sharding
-from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.checkpoint import (
+    PopulationCheckpointer,
+    load_model,
+    prepare_dir,
+    read_model_metadata,
+    save_model,
+)
+from hyper.errors import WeightspaceError
 from hyper.init_programs import init_module
+from hyper.train import make_optimizer
 from metanets.baselines import (
     GBMTrees,
     MLPRegressor,
@@ -99,7 +106,7 @@ class Predictor:
         """
         samples = np.arange(len(ds)) if samples is None else np.asarray(samples)
         if mesh is not None and self.kind != "gmn":
-            raise ValueError(f"predict: mesh applies to the 'gmn' model, not {self.kind!r}")
+            raise WeightspaceError(f"predict: mesh applies to the 'gmn' model, not {self.kind!r}")
         if self.kind == "gmn":
             bank = _gmn_bank(ds, self.config, tuple(self.config["window"]))
             return _gmn_predict(self.model, bank, samples, self.config, mesh)
@@ -134,7 +141,7 @@ def build_gmn(
     kernel)."""
     unknown = set(overrides) - set(DEFAULTS["gmn"])
     if unknown:
-        raise ValueError(f"model 'gmn': unknown hyperparameters {sorted(unknown)}")
+        raise WeightspaceError(f"model 'gmn': unknown hyperparameters {sorted(unknown)}")
     config = {**DEFAULTS["gmn"], **overrides}
     bank = _gmn_bank(ds, config, window)
     config["window"] = list(bank.window)
@@ -148,11 +155,11 @@ def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
         return None
     shapes = {t.input_shape for t in ds.targets}
     if len(shapes) != 1:
-        raise ValueError(f"probe features need one input shape across the zoo, got {shapes}")
+        raise WeightspaceError(f"probe features need one input shape across the zoo, got {shapes}")
     (shape,) = shapes
     fitted = config.setdefault("probe_input_shape", list(shape or ()))
     if tuple(fitted) != shape:
-        raise ValueError(
+        raise WeightspaceError(
             f"this predictor's probes have input shape {tuple(fitted)}; the zoo's networks "
             f"take {shape}"
         )
@@ -164,17 +171,19 @@ def vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.
     ``"statnn_gbm"``) with this `config` reads, one per sample of `ds`.
 
     Raises:
-      ValueError: ``"flat"`` on several architectures, or more layers than the StatNN
+      WeightspaceError: ``"flat"`` on several architectures, or more layers than the StatNN
         model was fit on.
     """
     if kind == "flat":
         if not ds.homogeneous:
-            raise ValueError("model 'flat' needs a homogeneous zoo (one architecture)")
+            raise WeightspaceError("model 'flat' needs a homogeneous zoo (one architecture)")
         return flat_features(ds.targets, ds.populations)[_flat_order(ds)]
     slots = config["slots"]
     need = num_layer_slots(ds.targets)
     if need > slots:
-        raise ValueError(f"the networks have {need} layers; this StatNN model was fit on {slots}")
+        raise WeightspaceError(
+            f"the networks have {need} layers; this StatNN model was fit on {slots}"
+        )
     return ds.per_sample(lambda g: statnn_features(ds.targets[g], ds.populations[g], slots))
 
 
@@ -185,11 +194,6 @@ def _flat_order(ds: WeightDataset) -> np.ndarray:
 
 def _standardize(y: np.ndarray) -> tuple[float, float]:
     return float(y.mean()), float(max(y.std(), 1e-6))
-
-
-def _adamw(lr: float, steps: int, weight_decay: float):
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, steps // 20), max(steps, 2))
-    return optax.adamw(schedule, weight_decay=weight_decay)
 
 
 _MLP_ROWS = 4096  # rows per compiled call of a vector-feature regressor
@@ -238,7 +242,13 @@ def _fit_mlp(
     model.set_normalization(mean, std)
     bs = min(config["batch_size"], len(x_train))
     steps_per_epoch = max(1, len(x_train) // bs)
-    tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
+    tx = make_optimizer(
+        "adam",
+        config["lr"],
+        schedule="warmup_cosine",
+        steps=steps_per_epoch * config["epochs"],
+        weight_decay=config["weight_decay"],
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     opt_state = tx.init(params)
     yt = (y_train - y_mean) / y_std
@@ -343,7 +353,13 @@ def _fit_gmn(
     model = _build_module("gmn", config, seed=config["seed"])
     bs = min(config["batch_size"], len(train))
     steps_per_epoch = max(1, len(train) // bs)
-    tx = _adamw(config["lr"], steps_per_epoch * config["epochs"], config["weight_decay"])
+    tx = make_optimizer(
+        "adam",
+        config["lr"],
+        schedule="warmup_cosine",
+        steps=steps_per_epoch * config["epochs"],
+        weight_decay=config["weight_decay"],
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if mesh is not None:
         params, rest = sharding.put((params, rest), sharding.replicated(mesh))
@@ -477,17 +493,17 @@ def fit(
       overrides: hyperparameters replacing `DEFAULTS[kind]` (e.g. ``epochs=5``).
     """
     if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; expected one of {MODELS}")
+        raise WeightspaceError(f"unknown model {kind!r}; expected one of {MODELS}")
     unknown = set(overrides) - set(DEFAULTS[kind])
     if unknown:
-        raise ValueError(f"model {kind!r}: unknown hyperparameters {sorted(unknown)}")
+        raise WeightspaceError(f"model {kind!r}: unknown hyperparameters {sorted(unknown)}")
     log = log or (lambda msg: None)
     config = {**DEFAULTS[kind], **overrides, "seed": int(seed), "task": ds.task}
     train = np.asarray(train)
     tr_rel, val_rel = split_by_run(ds.run[train], val_fraction, seed + 1)
     tr, val = train[tr_rel], train[val_rel]
     if mesh is not None and kind != "gmn":
-        raise ValueError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
+        raise WeightspaceError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
     if kind == "gmn":
         return _fit_gmn(_gmn_bank(ds, config), ds.y, tr, val, config, log, checkpoint_dir, mesh)
     if kind == "flat":
@@ -544,50 +560,45 @@ def save_predictor(pred: Predictor, directory: str | os.PathLike, *, overwrite: 
     """Saves a predictor (Orbax arrays + JSON config; the trees of ``statnn_gbm`` as
     `GBMTrees` arrays, never pickled); returns the absolute path.
 
+    The layout is `hyper.checkpoint.save_model`'s (one step, item ``state``); a
+    ``statnn_gbm`` predictor stores its tree arrays as that item, with their shapes and
+    dtypes in the metadata (``tree_arrays``).
+
     Raises:
-      ValueError: a non-empty directory without `overwrite`.
+      CheckpointError: a non-empty directory without `overwrite`.
     """
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.isdir(directory) and os.listdir(directory):
-        if not overwrite:
-            raise ValueError(f"{directory} is not empty; pass overwrite=True to replace it")
-        shutil.rmtree(directory)
     meta = {
-        "format": _FORMAT,
         "kind": pred.kind,
         "config": json.loads(json.dumps(pred.config)),
         "history": pred.history,
     }
-    if pred.kind == "statnn_gbm":
-        state = pred.model.to_arrays()
-        meta["tree_arrays"] = {k: [list(v.shape), str(v.dtype)] for k, v in state.items()}
-    else:
-        state = nnx.to_pure_dict(nnx.state(pred.model))
+    if pred.kind != "statnn_gbm":
+        return save_model(directory, pred.model, format=_FORMAT, metadata=meta, overwrite=overwrite)
+    state = pred.model.to_arrays()
+    meta["tree_arrays"] = {k: [list(v.shape), str(v.dtype)] for k, v in state.items()}
+    directory = prepare_dir(directory, overwrite=overwrite)
     with PopulationCheckpointer(directory) as ckpt:
-        ckpt.save(0, {"state": state}, meta=meta)
+        ckpt.save(0, {"state": state}, meta={"format": _FORMAT, **meta})
     return directory
 
 
 def load_predictor(directory: str | os.PathLike) -> Predictor:
-    """Loads what `save_predictor` wrote."""
+    """Loads what `save_predictor` wrote.
+
+    Raises:
+      CheckpointError: no checkpoint, or one that holds no metanet predictor.
+    """
+    what = "metanet predictor"
+    meta = read_model_metadata(directory, format=_FORMAT, what=what)
+    if meta["kind"] != "statnn_gbm":
+        build = lambda m: _build_module(m["kind"], m["config"])  # noqa: E731
+        model, meta = load_model(directory, build, format=_FORMAT, what=what)
+        return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
+    abstract = {
+        k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
+        for k, (shape, dtype) in meta["tree_arrays"].items()
+    }
     with PopulationCheckpointer(directory, read_only=True) as ckpt:
-        if not ckpt.steps():
-            raise CheckpointError(f"no predictor checkpoint in {os.path.abspath(directory)}")
-        meta = ckpt.restore_meta(0)
-        if meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{os.path.abspath(directory)} holds no metanet predictor")
-        if meta["kind"] == "statnn_gbm":
-            abstract = {
-                k: jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype))
-                for k, (shape, dtype) in meta["tree_arrays"].items()
-            }
-            arrays, _ = ckpt.restore(0, {"state": abstract})
-            model = GBMTrees.from_arrays(arrays["state"])
-            return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
-        model = _build_module(meta["kind"], meta["config"])
-        abstract = nnx.to_pure_dict(nnx.state(model))
-        arrays, _ = ckpt.restore(0, {"state": abstract})
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, arrays["state"])
-    nnx.update(model, state)
+        arrays, _ = ckpt.restore(ckpt.steps()[-1], {"state": abstract})
+    model = GBMTrees.from_arrays(arrays["state"])
     return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))

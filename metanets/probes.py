@@ -15,6 +15,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
+from hyper.errors import WeightspaceError
 from hyper.jaxpr import evaluate
 from hyper.target import Params, Target
 from metanets.graph_topology import topology
@@ -60,7 +61,7 @@ def _eval_recording(jaxpr, consts, args, alias, found):
 def probe_inputs(target: Target, count: int, seed: int = 0) -> np.ndarray:
     """`count` fixed probe inputs for `target`: standard normal, `[count, *input_shape]`."""
     if target.input_shape is None:
-        raise ValueError(f"{target.name}: input shape unknown; cannot make probe inputs")
+        raise WeightspaceError(f"{target.name}: input shape unknown; cannot make probe inputs")
     rng = np.random.default_rng(seed)
     return rng.standard_normal((int(count), *target.input_shape)).astype(np.float32)
 
@@ -68,7 +69,7 @@ def probe_inputs(target: Target, count: int, seed: int = 0) -> np.ndarray:
 def _channel_means(a: jax.Array, size: int, what: str) -> jax.Array:
     """`[K, ..., C]` -> `[C, K]`: the mean of every channel over its positions."""
     if a.shape[-1] != size:
-        raise ValueError(
+        raise WeightspaceError(
             f"probe features: {what} has shape {a.shape}; expected {size} channels last"
         )
     return jnp.moveaxis(a.reshape(a.shape[0], -1, size).mean(1), 0, 1)
@@ -86,7 +87,7 @@ def probe_features(target: Target, population: Params, probes: Any) -> jax.Array
     supports is covered; they move with the nodes under hidden-unit permutations.
 
     Raises:
-      ValueError: a kernel whose contraction (dot/conv) cannot be located in the forward
+      WeightspaceError: a kernel whose contraction (dot/conv) cannot be located in the forward
         pass, or whose output does not hold its channels last.
     """
     topo = topology(target)
@@ -109,7 +110,7 @@ def probe_features(target: Target, population: Params, probes: Any) -> jax.Array
         for j, k in enumerate(kernels):
             li = leaf_index[k.path]
             if li not in found:
-                raise ValueError(
+                raise WeightspaceError(
                     f"probe features: {target.name}: layer {k.layer_name!r}: no dot/conv in "
                     "the forward pass reads its kernel"
                 )

@@ -256,7 +256,7 @@ def test_assembler_shapes():
 def test_choose_compiles_once_per_bucket(trained):
     factory, _, held = trained
     factory.choose([Scenario(held[0], 0.8)] * 5)
-    before = factory._choose._cache_size()
+    before = factory.choose_compilations
     for n in (6, 7, 8):  # all in the bucket of 8
         factory.choose([Scenario(held[i], 0.8) for i in range(n)])
-    assert factory._choose._cache_size() == before
+    assert factory.choose_compilations == before
