@@ -101,6 +101,36 @@ def _gmn_gradient_negated() -> None:
     predict.jax = NegatedGrad()
 
 
+def _graph_wiring_transposed() -> None:
+    """Item 9: each kernel scattered transposed onto its edges (edge i->j gets the weight of
+    j->i, a one-to-one index, so params -> graph -> params stays exact)."""
+    import dataclasses
+
+    import numpy as np
+
+    from metanets import graph_topology as gt
+
+    real = gt._build_topology
+
+    def build(target, window):
+        topo = real(target, window)
+        index, f = topo.index.copy(), window[0] * window[1]
+        node_size, start = topo.num_nodes * len(gt.NODE_FEATURES), 0
+        for s in target.spec:
+            if s.role == "kernel":
+                n_in, n_out = s.shape[-2], s.shape[-1]
+                block = index[start : start + s.size] - node_size
+                edge, slot = block // f, block % f
+                first = edge.min()
+                i, j = divmod(edge - first, n_out)
+                index[start : start + s.size] = node_size + (first + j * n_in + i) * f + slot
+            start += s.size
+        assert len(np.unique(index)) == len(index)
+        return dataclasses.replace(topo, index=index)
+
+    gt._build_topology = build
+
+
 MUTATIONS = {
     "quick_goals_judged": (
         _quick_goals_judged,
@@ -121,6 +151,14 @@ MUTATIONS = {
     "gmn_gradient_negated": (
         _gmn_gradient_negated,
         "tests/test_metanets_predict.py::test_gmn_learns_the_synthetic_label",
+    ),
+    "graph_wiring_transposed": (
+        _graph_wiring_transposed,
+        "tests/test_metanets_graph.py::test_edge_i_to_j_carries_kernel_i_j",
+    ),
+    "graph_conv_wiring_transposed": (
+        _graph_wiring_transposed,
+        "tests/test_metanets_graph.py::test_conv_edge_c_to_d_carries_the_kernel_window",
     ),
 }
 
