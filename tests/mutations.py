@@ -131,6 +131,48 @@ def _graph_wiring_transposed() -> None:
     gt._build_topology = build
 
 
+def _tau_misaligned() -> None:
+    """Item 11: the predictor's reported tau pairs predictions with the wrong labels."""
+    import numpy as np
+
+    from metanets import predict
+
+    real = predict.kendall_tau
+    predict.kendall_tau = lambda p, y: real(np.asarray(p)[::-1], y)
+
+
+def _pruned_inputs_misaligned() -> None:
+    """Item 11: removing units slices each consumer's input channels in reversed order
+    (shapes and FLOPs unchanged; the function is not the original's with units zeroed)."""
+    import jax
+    import numpy as np
+
+    from hyper import compact, symmetry
+
+    real = compact.remove_units
+
+    def remove_units(target, params, keep, **kwargs):
+        t, p = real(target, params, keep, **kwargs)
+        index = {path: i for i, path in enumerate(t.paths)}
+        leaves = [np.asarray(a) for a in jax.tree.leaves(p)]
+        for g in symmetry.structural_groups(t):
+            for path, ax in g.axes:
+                s = t.leaf(path)
+                if s.role == "kernel" and ax == s.in_axis:
+                    leaves[index[path]] = np.flip(leaves[index[path]], ax)
+        return t, jax.tree.unflatten(t.treedef, leaves)
+
+    compact.remove_units = remove_units
+
+
+def _zoo_load_skips_complete() -> None:
+    """Item 11: `zoo.load` no longer refuses a zoo whose build has not finished."""
+    from hyper import zoo
+
+    real = zoo.read_config
+    zoo.read_config = lambda path: {**real(path), "complete": True}
+
+
 MUTATIONS = {
     "quick_goals_judged": (
         _quick_goals_judged,
@@ -159,6 +201,18 @@ MUTATIONS = {
     "graph_conv_wiring_transposed": (
         _graph_wiring_transposed,
         "tests/test_metanets_graph.py::test_conv_edge_c_to_d_carries_the_kernel_window",
+    ),
+    "tau_misaligned": (
+        _tau_misaligned,
+        "tests/test_metanets_predict.py::test_cli_train_and_predict",
+    ),
+    "pruned_inputs_misaligned": (
+        _pruned_inputs_misaligned,
+        "tests/test_hyper_prune.py::test_prune_to_speedup_meets_the_goal",
+    ),
+    "zoo_load_skips_complete": (
+        _zoo_load_skips_complete,
+        "tests/test_fuzz.py::test_edited_zoo_descriptions_load_or_fail_cleanly",
     ),
 }
 
