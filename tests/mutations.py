@@ -173,6 +173,19 @@ def _zoo_load_skips_complete() -> None:
     zoo.read_config = lambda path: {**real(path), "complete": True}
 
 
+def _factory_ignores_assembler() -> None:
+    """Item 11: the factory ranks channels by the group-L2 prior, not its trained assembler."""
+    from generators import factory
+
+    real = factory.Factory.__init__
+
+    def init(self, supernet, params, assembler=None, *, kind="params"):
+        real(self, supernet, params, None, kind=kind)
+        self.assembler = assembler
+
+    factory.Factory.__init__ = init
+
+
 MUTATIONS = {
     "quick_goals_judged": (
         _quick_goals_judged,
@@ -213,6 +226,10 @@ MUTATIONS = {
     "zoo_load_skips_complete": (
         _zoo_load_skips_complete,
         "tests/test_fuzz.py::test_edited_zoo_descriptions_load_or_fail_cleanly",
+    ),
+    "factory_ignores_assembler": (
+        _factory_ignores_assembler,
+        "tests/test_generators.py::test_assembler_against_random_and_group_l2_at_one_budget",
     ),
 }
 

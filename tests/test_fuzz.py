@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hyper import population, zoo
@@ -432,6 +432,8 @@ def _stored(tiny_zoo):
 
 @fuzz(40)
 @given(_mutations())
+@example([("complete", False)])  # refused: the build has not finished
+@example([("complete", 1), ("dataset", "x")])  # benign: loads the stored zoo
 def test_edited_zoo_descriptions_load_or_fail_cleanly(tiny_zoo, tmp_path_factory, edits):
     """An edit of a field `zoo.load` does not read (or ``complete`` to another true value)
     is benign: the zoo loads with its stored weights and table. Any other edit fails with a
