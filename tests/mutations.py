@@ -186,6 +186,14 @@ def _factory_ignores_assembler() -> None:
     factory.Factory.__init__ = init
 
 
+def _choose_not_bucketed() -> None:
+    """Item 12: `Factory.choose` pads scenario batches to their own size (one program per
+    batch size instead of per power-of-two bucket)."""
+    from generators import factory
+
+    factory._bucket = lambda n: n
+
+
 MUTATIONS = {
     "quick_goals_judged": (
         _quick_goals_judged,
@@ -230,6 +238,10 @@ MUTATIONS = {
     "factory_ignores_assembler": (
         _factory_ignores_assembler,
         "tests/test_generators.py::test_assembler_against_random_and_group_l2_at_one_budget",
+    ),
+    "choose_not_bucketed": (
+        _choose_not_bucketed,
+        "tests/test_generators.py::test_choose_compiles_once_per_bucket",
     ),
 }
 

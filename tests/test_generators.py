@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import generators.factory
 from generators import (
     Assembler,
     Factory,
@@ -294,10 +296,17 @@ def test_assembler_shapes():
     assert out.shape == (3, 14)
 
 
-def test_choose_compiles_once_per_bucket(trained):
+def test_choose_compiles_once_per_bucket(trained, monkeypatch):
+    """5 to 8 scenarios pad to one bucket of 8: `choose` traces its program once."""
     factory, _, held = trained
-    factory.choose([Scenario(held[0], 0.8)] * 5)
-    before = factory._choose._cache_size()
-    for n in (6, 7, 8):  # all in the bucket of 8
-        factory.choose([Scenario(held[i], 0.8) for i in range(n)])
-    assert factory._choose._cache_size() == before
+    # `choose` projects inside its jitted program: count the traces of that call.
+    monkeypatch.setattr(
+        generators.factory, "project_to_budget", chex.assert_max_traces(project_to_budget, n=1)
+    )
+    fresh = Factory(factory.supernet, factory.params, factory.assembler)
+    try:
+        fresh.choose([Scenario(held[0], 0.8)] * 5)
+        for n in (6, 7, 8):  # all in the bucket of 8
+            fresh.choose([Scenario(held[i], 0.8) for i in range(n)])
+    finally:
+        chex.clear_trace_counter()
