@@ -194,6 +194,46 @@ def _choose_not_bucketed() -> None:
     factory._bucket = lambda n: n
 
 
+def _in_subprocesses(name: str) -> None:
+    """Applies mutation `name` in every Python process started from this one as well (the
+    notebook test runs each notebook as a script): a `sitecustomize` on PYTHONPATH."""
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="mutation-")
+    Path(d, "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        f"import mutations\nmutations.{name}()\n"
+    )
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [d, os.environ.get("PYTHONPATH")]))
+
+
+def _permute_leaves_biases() -> None:
+    """Item 10: `permute` moves every hidden unit's weights but leaves the biases in place
+    (a different function; notebook 03 says "same function after permuting")."""
+    from hyper import symmetry
+
+    real = symmetry.permute
+
+    def keep_biases(orig, moved):
+        if isinstance(orig, dict):
+            return {k: orig[k] if k == "bias" else keep_biases(orig[k], moved[k]) for k in orig}
+        return moved
+
+    def permute(target, params, perms, *args, **kwargs):
+        return keep_biases(params, real(target, params, perms, *args, **kwargs))
+
+    symmetry.permute = permute
+
+
+def _raw_encoding_shifted() -> None:
+    """Item 10: the raw encoding feeds γ + 0.1 (the default hypernet is no longer positively
+    homogeneous at initialisation; notebook 02's slope 1 breaks)."""
+    from hyper.hypernets import conditions
+
+    real = conditions.encode
+    conditions.encode = lambda g, e: real(g, e) + 0.1 if e == "raw" else real(g, e)
+
+
 MUTATIONS = {
     "quick_goals_judged": (
         _quick_goals_judged,
@@ -242,6 +282,14 @@ MUTATIONS = {
     "choose_not_bucketed": (
         _choose_not_bucketed,
         "tests/test_generators.py::test_choose_compiles_once_per_bucket",
+    ),
+    "notebook_permute_leaves_biases": (
+        lambda: _in_subprocesses("_permute_leaves_biases"),
+        "tests/test_notebooks.py::test_notebook_runs_in_smoke_mode[03_graph_metanetworks.py]",
+    ),
+    "notebook_raw_encoding_shifted": (
+        lambda: _in_subprocesses("_raw_encoding_shifted"),
+        "tests/test_notebooks.py::test_notebook_runs_in_smoke_mode[02_mip_hypernetworks.py]",
     ),
 }
 
