@@ -92,6 +92,7 @@ exact = all(
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True)
 )
 print("params -> graph -> params exact:", exact)
+assert exact  # bit for bit, every leaf
 
 pos = np.zeros((topo.num_nodes, 2))
 for si, (_, start, size, _) in enumerate(topo.node_sets):
@@ -132,12 +133,15 @@ one = jax.tree.map(lambda a: a[0], params)
 perms = random_permutations(target, jax.random.key(1))
 moved = permute(target, one, perms)
 x = np.random.default_rng(0).standard_normal((8, 8, 8)).astype(np.float32)
-print("same function after permuting:", check_equivalent(target, one, moved, x))
+same = check_equivalent(target, one, moved, x)
+print("same function after permuting:", same)
+assert same
 both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
 batch = batching.batch_graphs([(target, both)])
 metanet = GraphMetanet(batch.edges["w"].shape[1], hidden=16, num_layers=2, rngs=nnx.Rngs(0))
 y = np.asarray(metanet(batch))[:2, 0]
 print(f"metanet outputs: {y[0]:.6f} vs {y[1]:.6f} (|diff| {abs(y[0] - y[1]):.1e})")
+assert abs(y[0] - y[1]) < 1e-4  # invariant up to float32 summation order
 edited = graph.graphs_to_populations(metanet.edit(batch, 0.1), [(target, 2)])[0]
 e0 = permute(target, jax.tree.map(lambda a: a[0], edited), perms)
 e1 = jax.tree.map(lambda a: a[1], edited)
@@ -146,6 +150,7 @@ gap = max(
     for a, b in zip(jax.tree.leaves(e0), jax.tree.leaves(e1), strict=True)
 )
 print(f"equivariant edit: max |permute(edit(net)) - edit(permute(net))| = {gap:.1e}")
+assert gap < 1e-4  # equivariant up to float32 summation order
 
 # %% [markdown]
 # ## 3. Predicting test accuracy from weights

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import generators.factory
 from generators import (
     Assembler,
     Factory,
@@ -160,6 +162,47 @@ def test_pretrain_and_assembler_train(trained, digits):
     assert acc > 1.0 / len(m.classes)
 
 
+def test_assembler_against_random_and_group_l2_at_one_budget(trained, digits):
+    """At budget 0.7 on eight of its training tasks, the trained assembler's choice, the
+    group-L2 ranking's and a random ranking's all fit the budget; the assembler's is its own
+    (not the group-L2 prior's, not random) and its networks are above chance. At these tiny
+    sizes (40 assembler steps) it does NOT beat the random choice on accuracy (measured
+    mean train accuracy 0.61 vs 0.69 at 0.7), so that is not asserted."""
+    factory, _, _ = trained
+    subsets, _ = class_subsets(10, (2, 3), 0.3, jax.random.key(5))  # the fixture's pool
+    sn, budget = factory.supernet, 0.7
+    c = sn.costs("params")
+    l2 = Factory(sn, factory.params, None)
+    rng = np.random.default_rng(3)
+    accs, chance, differs_l2, differs_random = [], [], 0, 0
+    for classes in subsets[:8]:
+        s = Scenario(classes, budget)
+        allowed = np.floor(budget * c["total"]) - c["stem"] - c["head_per_class"] * len(classes)
+        random_scores = jnp.asarray(rng.standard_normal(sn.num_channels), jnp.float32)
+        masks = {
+            "assembler": factory.choose([s])[0],
+            "group_l2": l2.choose([s])[0],
+            "random": np.asarray(
+                project_to_budget(
+                    random_scores, allowed, sn.module_of_channel, sn.num_modules,
+                    c["channel"], c["module"],
+                )
+            ),
+        }  # fmt: skip
+        models = {k: build_compact(sn, factory.params, classes, m) for k, m in masks.items()}
+        for m in models.values():
+            assert m.cost == compact.count_params(m.target) <= np.floor(budget * c["total"])
+        differs_l2 += not np.array_equal(masks["assembler"], masks["group_l2"])
+        differs_random += not np.array_equal(masks["assembler"], masks["random"])
+        sel = np.isin(digits.y_train, classes)
+        accs.append(
+            np.mean(models["assembler"].predict(digits.x_train[sel]) == digits.y_train[sel])
+        )
+        chance.append(np.bincount(digits.y_train[sel]).max() / sel.sum())
+    assert differs_l2 >= 6 and differs_random == 8  # measured: 8 and 8
+    assert np.mean(accs) > np.mean(chance) + 0.15  # measured: 0.62 vs 0.34
+
+
 def test_bad_scenarios(trained):
     factory = trained[0]
     with pytest.raises(ValueError, match="below the smallest assemblable model"):
@@ -253,10 +296,17 @@ def test_assembler_shapes():
     assert out.shape == (3, 14)
 
 
-def test_choose_compiles_once_per_bucket(trained):
+def test_choose_compiles_once_per_bucket(trained, monkeypatch):
+    """5 to 8 scenarios pad to one bucket of 8: `choose` traces its program once."""
     factory, _, held = trained
-    factory.choose([Scenario(held[0], 0.8)] * 5)
-    before = factory.choose_compilations
-    for n in (6, 7, 8):  # all in the bucket of 8
-        factory.choose([Scenario(held[i], 0.8) for i in range(n)])
-    assert factory.choose_compilations == before
+    # `choose` projects inside its jitted program: count the traces of that call.
+    monkeypatch.setattr(
+        generators.factory, "project_to_budget", chex.assert_max_traces(project_to_budget, n=1)
+    )
+    fresh = Factory(factory.supernet, factory.params, factory.assembler)
+    try:
+        fresh.choose([Scenario(held[0], 0.8)] * 5)
+        for n in (6, 7, 8):  # all in the bucket of 8
+            fresh.choose([Scenario(held[i], 0.8) for i in range(n)])
+    finally:
+        chex.clear_trace_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,8 +141,7 @@ def test_running_statistics_are_averaged(rescnn_target):
 def test_low_rank_deltas(mlp_target):
     deltas = stack(*(random_params(mlp_target, s) for s in (1, 2)))
     exact = merge.low_rank(mlp_target, deltas, 64)
-    for a, b in zip(jax.tree.leaves(exact), jax.tree.leaves(deltas), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(exact, deltas, rtol=1e-4, atol=1e-5)
     r1 = flat(merge.low_rank(mlp_target, deltas, 1))
     for s in mlp_target.spec:
         if s.role == "kernel":
@@ -152,8 +152,7 @@ def test_low_rank_deltas(mlp_target):
     members = jax.tree.map(lambda b, d: b[None] + d, base, deltas)
     full = merge.task_arithmetic(mlp_target, base, members, 1.0, rank=64)
     plain = merge.task_arithmetic(mlp_target, base, members, 1.0)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(plain), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(full, plain, rtol=1e-4, atol=1e-4)
 
 
 # --- Fisher -----------------------------------------------------------------------------

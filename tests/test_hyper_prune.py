@@ -97,6 +97,15 @@ def test_prune_to_speedup_meets_the_goal(target, net, x_batch):
     )
     y = np.asarray(small.apply(sp, x_batch))
     assert y.shape == (len(x_batch), 10) and np.all(np.isfinite(y))
+    # Removal is exact: the small network computes what the original computes with the
+    # removed units zeroed. The kept units are found by their (distinct) trained biases.
+    zeroed = net
+    for i, g in enumerate(symmetry.structural_groups(target)):
+        b0, b1 = np.asarray(net["convs"][str(i)]["bias"]), np.asarray(sp["convs"][str(i)]["bias"])
+        assert len(np.unique(b0)) == len(b0)
+        kept = [int(np.flatnonzero(b0 == b)[0]) for b in b1]
+        zeroed = zero_units(target, zeroed, g, np.setdiff1d(np.arange(g.size), kept))
+    np.testing.assert_allclose(y, np.asarray(target.apply(zeroed, x_batch)), rtol=1e-5, atol=1e-5)
 
 
 def test_prune_to_speedup_refusals(target, net):

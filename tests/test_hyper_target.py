@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,7 +237,7 @@ def test_linen_target_apply_and_train(linen_bn_target, rng):
     np.testing.assert_array_equal(y, t.apply(p, x))  # eval: no dropout
     yt, new = t.train_apply(p, x, jax.random.key(2))
     assert yt.shape == (3, 3)
-    jax.tree.map(np.testing.assert_array_equal, new["params"], p["params"])
+    chex.assert_trees_all_equal(new["params"], p["params"])
     assert not np.allclose(new["batch_stats"]["BatchNorm_0"]["mean"], 0.0)
     assert not np.allclose(new["batch_stats"]["BatchNorm_0"]["var"], 1.0)
     yt2, _ = t.train_apply(p, x, jax.random.key(3))
@@ -275,7 +276,7 @@ def test_function_target(jit, rng):
         return
     y, same = t.train_apply(p, x, jax.random.key(2))
     np.testing.assert_allclose(y, _fn_apply(p, x), rtol=1e-6)
-    jax.tree.map(np.testing.assert_array_equal, same, p)
+    chex.assert_trees_all_equal(same, p)
     ys = t.apply_population(pop, x)
     for i, m in enumerate(pop_ops.unstack(pop)):
         np.testing.assert_allclose(ys[i], _fn_apply(m, x), rtol=1e-5, atol=1e-6)

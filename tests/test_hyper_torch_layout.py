@@ -15,6 +15,7 @@ The reference below follows the XLA convention.
 
 import re
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -200,7 +201,7 @@ def test_export_import_roundtrip_exact(name, request):
         assert out[k].shape == sd[k].shape and out[k].dtype == np.float32, k
         np.testing.assert_array_equal(out[k], sd[k], err_msg=k)
     again = pop_ops.from_torch_state_dict(t, out)
-    jax.tree.map(np.testing.assert_array_equal, again, params)
+    chex.assert_trees_all_equal(again, params)
 
 
 @pytest.mark.parametrize("name", ["cnn2d_rect_target", "rescnn_target"])
@@ -251,7 +252,7 @@ def test_custom_key_map(mlp_target):
     renamed = {k.replace("layers.", "fc"): v for k, v in sd.items()}
     key_map = {p: k.replace("layers.", "fc") for p, k in pop_ops.torch_key_map(mlp_target).items()}
     a = pop_ops.from_torch_state_dict(mlp_target, renamed, key_map=key_map)
-    jax.tree.map(np.testing.assert_array_equal, a, pop_ops.from_torch_state_dict(mlp_target, sd))
+    chex.assert_trees_all_equal(a, pop_ops.from_torch_state_dict(mlp_target, sd))
     partial = dict(list(key_map.items())[:-1])
     with pytest.raises(ValueError, match="key_map has no entry for"):
         pop_ops.from_torch_state_dict(mlp_target, renamed, key_map=partial)

@@ -3,6 +3,7 @@ generation, bad input before compilation, and HyperTrainer."""
 
 from unittest import mock
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -325,9 +326,7 @@ def test_chunked_generation_equals_unchunked(multi, m, batch_size):
     key = jax.random.key(4)
     full = generate(multi, c, key=key)
     chunked = generate(multi, c, key=key, batch_size=batch_size)
-    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(chunked), strict=True):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(full, chunked, rtol=1e-5, atol=1e-6)
 
 
 def test_generate_and_evaluate_equals_generate_then_evaluate(multi, mlp_target, digits):

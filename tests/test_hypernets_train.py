@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -163,8 +164,7 @@ def test_generate_writes_a_zoo_whose_metadata_matches_reevaluation(
     assert z.config["conditions"][0]["name"] == "gamma" and z.config["run"]["steps"] == 6
     group = z.groups[0]
     expected = generate(trained, {"gamma": np.linspace(0, 1, 5, dtype=np.float32)})
-    for a, b in zip(jax.tree.leaves(group.params), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_array_equal(a, b)
+    chex.assert_trees_all_equal(group.params, expected)
     again = evaluate(group.target, group.params, jnp.asarray(digits.x_test), digits.y_test)
     rows = z.rows()
     np.testing.assert_allclose([r["test_loss"] for r in rows], again["loss"], rtol=1e-6)
@@ -235,8 +235,7 @@ def test_export_stores_sampled_noise_and_refuses_shadowing_names(mlp_target, tmp
     noise = np.array([m["z"] for m in z.members], np.float32)
     assert noise.shape == (3, 2)
     again = generate(hnet, {"gamma": gamma, "z": noise})
-    for a, b in zip(jax.tree.leaves(z.groups[0].params), jax.tree.leaves(again), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(z.groups[0].params, again, rtol=1e-6, atol=1e-6)
 
     clash = HyperNet(mlp_target, [Continuous("test_acc")], hidden=(4,), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="clash with zoo metadata columns"):

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from hyper.architectures import make_target
 from hyper.symmetry import check_equivalent, permute, random_permutations
+from hyper.tree import flatten_dict
 from metanets import graph, graph_topology
 
 
@@ -102,3 +103,71 @@ def test_permuting_hidden_units_relabels_graph(rescnn_target, random_params):
     np.testing.assert_array_equal(
         np.sort(np.asarray(ga.edges["w"]), axis=0), np.sort(np.asarray(gb.edges["w"]), axis=0)
     )
+
+
+def _node_offsets(target) -> dict[str, int]:
+    """First node of each kernel's outputs, written from the kernels alone: the inputs come
+    first, then each kernel's output units in layer order (no residual here)."""
+    kernels = sorted(target.select(roles=["kernel"]), key=lambda s: s.layer)
+    off, out = kernels[0].shape[-2], {}
+    for k in kernels:
+        out[k.layer_name] = off
+        off += k.shape[-1]
+    return out
+
+
+def _edge_of(topo, sender: int, receiver: int) -> int:
+    hits = np.flatnonzero((topo.senders == sender) & (topo.receivers == receiver))
+    assert len(hits) == 1, (sender, receiver, hits)
+    return int(hits[0])
+
+
+def test_edge_i_to_j_carries_kernel_i_j(random_params):
+    """The wiring, checked against the kernels (the round trip holds for any one-to-one
+    index, a transposed one included): in an MLP the edge from input unit i of a layer to
+    its output unit j carries `kernel[i, j]`."""
+    t = make_target("mlp", input_shape=(3,), widths=(4, 5), out_features=2)
+    pop = random_params(t, 0, n=1)
+    topo = graph_topology.topology(t)
+    w = np.asarray(graph.population_to_graphs(t, pop).edges["w"])
+    assert w.shape[1] == 1  # a dense weight is a 1x1 window
+    offsets = _node_offsets(t)
+    kernels = sorted(t.select(roles=["kernel"]), key=lambda s: s.layer)
+    src = 0  # the first layer reads the input nodes
+    for k in kernels:
+        kernel = np.asarray(flatten_dict(pop)[k.path][0])
+        dst = offsets[k.layer_name]
+        for i in range(kernel.shape[0]):
+            for j in range(kernel.shape[1]):
+                assert w[_edge_of(topo, src + i, dst + j), 0] == kernel[i, j], (k.path, i, j)
+        src = dst
+
+
+def test_conv_edge_c_to_d_carries_the_kernel_window(random_params):
+    """A conv edge from input channel c to output channel d carries `kernel[:, :, c, d]`,
+    centred in the graph's window (a 3x3 kernel inside the 5x5 window of a 5x5 layer)."""
+    t = make_target(
+        "cnn2d", input_shape=(6, 6), channels=(2, 3), kernel_size=(5, 3), out_features=2
+    )
+    pop = random_params(t, 1, n=1)
+    topo = graph_topology.topology(t)
+    assert topo.window == (5, 5)
+    w = np.asarray(graph.population_to_graphs(t, pop).edges["w"]).reshape(-1, 5, 5)
+    offsets = _node_offsets(t)
+    convs = sorted(t.select(roles=["kernel"]), key=lambda s: s.layer)
+    src = 0
+    for k in convs[:2]:
+        kernel = np.asarray(flatten_dict(pop)[k.path][0])
+        kh, kw, n_in, n_out = kernel.shape
+        top, left = (5 - kh) // 2, (5 - kw) // 2
+        dst = offsets[k.layer_name]
+        for c in range(n_in):
+            for d in range(n_out):
+                win = w[_edge_of(topo, src + c, dst + d)]
+                np.testing.assert_array_equal(
+                    win[top : top + kh, left : left + kw], kernel[..., c, d]
+                )
+                outside = np.ones((5, 5), bool)
+                outside[top : top + kh, left : left + kw] = False
+                assert not win[outside].any()  # zero padding around a smaller kernel
+        src = dst
