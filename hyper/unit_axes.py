@@ -51,7 +51,8 @@ _ELEMENTWISE = frozenset(
     abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp conj convert_element_type
     copy copy_p cos cosh div eq erf erf_inv erfc exp exp2 expm1 floor ge gt imag integer_pow
     is_finite le lgamma digamma log log1p logistic lt max min mul ne neg nextafter not or pow
-    real reduce_precision rem round rsqrt select_n sign sin sinh sqrt square sub tan tanh xor
+    real reduce_precision rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan
+    tanh xor
     """.split()
 )
 _REDUCTIONS = frozenset(
