@@ -336,6 +336,7 @@ def left_out(target: Target, sample_input: Any = None) -> list[LeftOut]:
     an = _analysis(target, example_batch(target, sample_input))
     uf = an.uf
     blocked = uf.blocked_roots()
+    io = {uf.find(n) for n in an.io_nodes}
     out = []
     for i, s in enumerate(target.spec):
         if s.role != "kernel":
@@ -344,7 +345,7 @@ def left_out(target: Target, sample_input: Any = None) -> list[LeftOut]:
             if s.shape[ax] <= 1:
                 continue
             exp = uf.expand(an.leaf_nodes[i][ax])
-            if any(r not in blocked for r in exp):
+            if any(r not in blocked or r in io for r in exp):
                 continue
             reasons = [why for r in exp for why in uf.reasons(r)]
             if any(why.primitive in ("input", "output") for why in reasons):

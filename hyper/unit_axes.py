@@ -242,6 +242,10 @@ class AxisClasses:
     contraction_in: set
     contraction_out: set
     channel_nodes: list[int] = dataclasses.field(default_factory=list)
+    io_nodes: set = dataclasses.field(default_factory=set)
+    """Nodes of values computed from the input alone, or that reach the output through
+    weight-free primitives only (no contraction): their classes are the network's input or
+    output side, not hidden units, even where no union ties them to the input/output."""
 
 
 def analyze_axes(fn: Callable, leaves: Sequence[Any], x: Any) -> AxisClasses:
@@ -285,7 +289,8 @@ def analyze_axes(fn: Callable, leaves: Sequence[Any], x: Any) -> AxisClasses:
     uf.block(*xn, reason=_INPUT)
     # Per scope, the outputs of its jaxpr: values a primitive did not produce there.
     body_outs: dict[tuple, set] = {(): set()}
-    for step in jaxpr_lib.steps(jaxpr):
+    walk = list(jaxpr_lib.steps(jaxpr))
+    for step in walk:
         scope, eqn = step.scope, step.eqn
         inner_outs = body_outs[scope]
         ins = [get(scope, v) for v in eqn.invars]
@@ -321,6 +326,7 @@ def analyze_axes(fn: Callable, leaves: Sequence[Any], x: Any) -> AxisClasses:
     for v in jaxpr.outvars:
         uf.block(*get((), v), reason=_OUTPUT)
     uf.close()
+    io_nodes = _io_nodes(walk, jaxpr, nodes, x_var)
     return AxisClasses(
         closed=closed,
         uf=uf,
@@ -331,7 +337,37 @@ def analyze_axes(fn: Callable, leaves: Sequence[Any], x: Any) -> AxisClasses:
         contraction_in=contraction_in,
         contraction_out=contraction_out,
         channel_nodes=channel_nodes,
+        io_nodes=io_nodes,
     )
+
+
+def _io_nodes(walk: list, jaxpr: Any, nodes: dict, x_var: Any) -> set:
+    """`AxisClasses.io_nodes`: a forward pass from the input, a backward one from the output."""
+    vars_in = {((), x_var)}
+    for step in walk:
+        ins = [(step.scope, v) for v in step.eqn.invars if isinstance(v, jcore.Var)]
+        if step.kind == "call":
+            pairs = zip(step.body.jaxpr.invars, step.eqn.invars, strict=True)
+            vars_in |= {(step.inner, iv) for iv, v in pairs if (step.scope, v) in vars_in}
+        elif step.kind == "return":
+            pairs = zip(step.body.jaxpr.outvars, step.eqn.outvars, strict=True)
+            vars_in |= {(step.scope, v) for iv, v in pairs if (step.inner, iv) in vars_in}
+        elif ins and all(v in vars_in for v in ins):
+            vars_in |= {(step.scope, v) for v in step.eqn.outvars}
+    vars_out = {((), v) for v in jaxpr.outvars if isinstance(v, jcore.Var)}
+    for step in reversed(walk):
+        outs = [(step.scope, v) for v in step.eqn.outvars]
+        if step.kind == "return":
+            pairs = zip(step.body.jaxpr.outvars, step.eqn.outvars, strict=True)
+            vars_out |= {(step.inner, iv) for iv, v in pairs if (step.scope, v) in vars_out}
+        elif step.kind == "call":
+            pairs = zip(step.body.jaxpr.invars, step.eqn.invars, strict=True)
+            vars_out |= {(step.scope, v) for iv, v in pairs if (step.inner, iv) in vars_out}
+        elif step.eqn.primitive.name not in ("dot_general", "conv_general_dilated") and any(
+            v in vars_out for v in outs
+        ):
+            vars_out |= {(step.scope, v) for v in step.eqn.invars if isinstance(v, jcore.Var)}
+    return {n for key in vars_in | vars_out for n in nodes.get(key, ())}
 
 
 def _reshape(uf: _UnionFind, src: Sequence[int], out: Sequence[int]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hyper import align, symmetry
+from hyper import align, compact, symmetry
 from hyper.symmetry import StridedAxis
 from hyper.target import Target
 
@@ -95,6 +95,27 @@ def test_lenet_alignment_recovers_a_permutation_and_activations_are_equivariant(
     soft = align.apply_transport(lenet, a, plans)
     for u, v in zip(jax.tree.leaves(b), jax.tree.leaves(soft), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6)
+
+
+def test_lenet_remove_units_through_the_flatten(lenet):
+    """Removing conv2 channels drops the matching fc1 rows (H, W, C) = (2, 2, 4) -> 8 rows;
+    the compact network equals the original with those units' weights zeroed."""
+    params = random_params(lenet, 0)
+    conv2 = symmetry.structural_groups(lenet)[1]
+    scores = compact.group_importance(lenet, params)
+    assert scores[1].shape == (4,)
+    new, new_params = compact.remove_units(
+        lenet, params, [None, np.array([True, False, True, False]), None]
+    )
+    assert new_params["fc1"]["kernel"].shape == (8, 5)
+    masked = jax.tree.map(np.array, params)
+    for e in symmetry.entries(conv2):
+        layer, leaf = e[0].split("/")
+        units = symmetry.units_first(masked[layer][leaf], e).copy()
+        units[[1, 3]] = 0
+        masked[layer][leaf] = symmetry.units_restore(units, e, masked[layer][leaf].shape)
+    x = np.random.default_rng(1).standard_normal((3, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(new.apply(new_params, x), lenet.apply(masked, x), atol=1e-5)
 
 
 class PoolCNN(nnx.Module):
@@ -216,6 +237,14 @@ def test_reshape_refines_factorisations_and_blocks_crossings():
         ]
         with pytest.warns(UserWarning, match=f"a/kernel.*{prim}"):
             align.weight_matching(t, random_params(t, 0), random_params(t, 1))
+
+    def sort_at_the_ends(p, x):  # input and output sides: not hidden, so not left out
+        h = jax.nn.relu(jnp.sort(x, axis=-1) @ p["a"]["kernel"])
+        return jnp.sort(h @ p["b"]["kernel"], axis=-1)
+
+    t = target(sort_at_the_ends, 4)
+    assert [g.size for g in symmetry.structural_groups(t)] == [4]
+    assert symmetry.left_out(t) == []
 
 
 class Block(nnx.Module):
