@@ -384,9 +384,7 @@ def _reshape(uf: _UnionFind, src: Sequence[int], out: Sequence[int]) -> None:
                 before = [j for j in big if j < i]
                 after = [j for j in big if j > i]
                 anchor = before[-1] if before else (after[0] if after else None)
-                if anchor is None:
-                    uf.block(n, reason=Reason("reshape", "a size-1 axis"))
-                else:
+                if anchor is not None:  # else all axes have size 1: nothing to tie
                     uf.ties.append((n, ns[anchor]))
     uf.unify(src, out, Reason("reshape", "merges and splits axes across their boundaries"))
 
