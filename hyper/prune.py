@@ -503,9 +503,17 @@ def export_pruned(
     return save_population(directory, pop, result.target, metadata=meta, overwrite=overwrite)
 
 
-def load_pruned(directory: str | os.PathLike) -> tuple[Target, Params, dict[str, Any]]:
-    """``(target, params, record)`` of a network written by `export_pruned`."""
-    target, pop, meta = load_population(directory)
+def load_pruned(
+    directory: str | os.PathLike, target: Target | None = None
+) -> tuple[Target, Params, dict[str, Any]]:
+    """``(target, params, record)`` of a network written by `export_pruned`.
+
+    Args:
+      target: needed only when the pruned network's original has no rebuild config (a
+        network you built yourself): that original (or the compact target itself); the
+        compact target is derived from it at the stored sizes.
+    """
+    target, pop, meta = load_population(directory, target)
     if meta.get("format") != _PRUNED:
         raise CheckpointError(f"{os.path.abspath(os.fspath(directory))} holds no pruned network")
     return target, only(pop), meta

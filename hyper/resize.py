@@ -127,6 +127,7 @@ class Resized:
         self.what = what
         self.extra_unions = extra_unions
         self._plans: dict[Any, _Plan] = {}
+        self._traced: dict[Any, tuple[AxisClasses, Any]] = {}
 
     # --- planning -------------------------------------------------------------------
 
@@ -140,14 +141,7 @@ class Resized:
             raise WeightspaceError(
                 f"{self.what}: {len(new_shapes)} leaves given, the original has {len(self.leaves)}"
             )
-        xs = jax.ShapeDtypeStruct(np.shape(x), x.dtype)
-        try:
-            an = analyze_axes(self.fn, self.leaves, xs)
-            out_tree = jax.tree.structure(jax.eval_shape(self.fn, self.leaves, xs))
-        except Exception as e:  # noqa: BLE001 - name the computation in any tracing error
-            raise WeightspaceError(f"{self.what}: cannot trace the original: {e}") from e
-        if self.extra_unions:
-            _tie_same_shapes(an)
+        an, out_tree = self._analysis(x)
         uf = an.uf
         sizes: dict[int, int] = {}
         where: dict[int, list[str]] = {}
@@ -195,6 +189,22 @@ class Resized:
         plan = _Plan(an, sizes, text, out_tree)
         self._plans[key] = plan
         return plan
+
+    def _analysis(self, x: Any) -> tuple[AxisClasses, Any]:
+        """The original traced on `x`'s shape, its axis classes and output tree (cached:
+        pruning in rounds asks for many new sizes at one input shape)."""
+        key = (tuple(np.shape(x)), str(x.dtype))
+        if key not in self._traced:
+            xs = jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+            try:
+                an = analyze_axes(self.fn, self.leaves, xs)
+                out_tree = jax.tree.structure(jax.eval_shape(self.fn, self.leaves, xs))
+            except Exception as e:  # noqa: BLE001 - name the computation in any tracing error
+                raise WeightspaceError(f"{self.what}: cannot trace the original: {e}") from e
+            if self.extra_unions:
+                _tie_same_shapes(an)
+            self._traced[key] = (an, out_tree)
+        return self._traced[key]
 
     # --- evaluation -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 from flax import linen, nnx
 
 from hyper import compact, symmetry
+from hyper.checkpoint import CheckpointError, load_population, save_population
 from hyper.target import Target
 
 
@@ -355,3 +356,29 @@ def test_pure_function_mlp_compact_equals_masked(x5):
     }
     target = Target.from_function(apply, template, sample_input=x5, roles={"g": "norm_scale"})
     assert_compact_is_masked(target, scrambled(target, 5), x5)
+
+
+def test_compact_targets_save_and_load(tmp_path, mlp_target, x5):
+    # A preset: the compact target is rebuilt from the original's config, then derived.
+    params = scrambled(mlp_target, 0)
+    small, sp = compact.remove_units(mlp_target, params, [np.arange(5)])
+    assert small.config == {"derived_from": mlp_target.config}
+    save_population(tmp_path / "mlp", jax.tree.map(lambda a: a[None], sp), small)
+    t, pop, _ = load_population(tmp_path / "mlp")
+    assert t.paths == small.paths and [s.shape for s in t.spec] == [s.shape for s in small.spec]
+    x = np.random.default_rng(0).standard_normal((3, 8, 8)).astype(np.float32)
+    first = jax.tree.map(lambda a: a[0], pop)
+    np.testing.assert_allclose(np.asarray(t.apply(first, x)), np.asarray(small.apply(sp, x)))
+    # A network without a config: refused clearly, or derived from the given original.
+    target = Target.from_nnx(LayerNormMLP(nnx.Rngs(0)), sample_input=x5)
+    lp = scrambled(target, 1)
+    lsmall, lsp = compact.remove_units(target, lp, [np.array([1, 4])])
+    save_population(tmp_path / "ln", jax.tree.map(lambda a: a[None], lsp), lsmall)
+    with pytest.raises(CheckpointError, match="no rebuild config.*pass target="):
+        load_population(tmp_path / "ln")
+    t2, pop2, _ = load_population(tmp_path / "ln", target=target)
+    np.testing.assert_allclose(
+        np.asarray(t2.apply(jax.tree.map(lambda a: a[0], pop2), x5)),
+        np.asarray(lsmall.apply(lsp, x5)),
+        atol=1e-6,
+    )
