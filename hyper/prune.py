@@ -214,6 +214,16 @@ def _check_prunable(target: Target) -> list[symmetry.Group]:
     groups = symmetry.structural_groups(target)
     if not groups:
         raise WeightspaceError(f"{target.name} has no prunable hidden units (no structural groups)")
+    left = symmetry.left_out(target)
+    if left:  # pruning would silently cover only the other layers
+        lines = "; ".join(
+            f"layer {o.layer!r} ({o.path} axis {o.axis}): {o.primitive} {o.reason}" for o in left
+        )
+        raise WeightspaceError(
+            f"{target.name}: cannot prune: layers with weights are left out of the structural "
+            f"groups: {lines}. Rewrite those layers without the named primitive, or prune "
+            "chosen groups yourself with hyper.compact.remove_units"
+        )
     return groups
 
 

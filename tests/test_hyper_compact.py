@@ -10,6 +10,7 @@ from flax import linen, nnx
 
 from hyper import compact, symmetry
 from hyper.checkpoint import CheckpointError, load_population, save_population
+from hyper.prune import prune_to_speedup
 from hyper.target import Target
 
 
@@ -156,11 +157,19 @@ def masked(target: Target, params, groups, keep):
     for g, k in zip(groups, keep, strict=True):
         if k is None:
             continue
-        dead = np.setdiff1d(np.arange(g.size), k)
-        for path, ax in g.axes:
-            sl = [slice(None)] * leaves[index[path]].ndim
-            sl[ax] = dead
-            leaves[index[path]][tuple(sl)] = 0.0
+        alive = np.isin(np.arange(g.size), k).astype(np.float32)
+        for entry in symmetry.entries(g):
+            a = leaves[index[entry[0]]]
+            if isinstance(entry, symmetry.StridedAxis):  # a flatten's channel sub-axis
+                ax, view, sub = entry.axis, entry.shape, entry.sub
+                b = a.reshape(a.shape[:ax] + tuple(view) + a.shape[ax + 1 :])
+                shape = [1] * b.ndim
+                shape[ax + sub] = g.size
+                leaves[index[entry[0]]] = (b * alive.reshape(shape)).reshape(a.shape)
+            else:
+                shape = [1] * a.ndim
+                shape[entry[1]] = g.size
+                leaves[index[entry[0]]] = a * alive.reshape(shape)
     return jax.tree.unflatten(target.treedef, leaves)
 
 
@@ -248,6 +257,15 @@ class LinenMLP(linen.Module):
         return linen.Dense(3)(linen.tanh(linen.Dense(6)(x)))
 
 
+class LinenFlattenCNN(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        x = linen.relu(linen.Conv(3, (3, 3))(x))
+        x = linen.max_pool(x, (2, 2), strides=(2, 2))
+        x = linen.relu(linen.Conv(4, (3, 3))(x))
+        return linen.Dense(3)(x.reshape(x.shape[0], -1))
+
+
 class LinenCNN(linen.Module):
     @linen.compact
     def __call__(self, x):
@@ -270,6 +288,13 @@ def test_linen_mlp_and_cnn_compact_equal_masked():
     groups = symmetry.structural_groups(cnn)
     assert any("Conv_1/kernel" in g.producers[0] for g in groups)
     assert_compact_is_masked(cnn, scrambled(cnn, 1), xi, groups=groups)
+    # A flatten between the last conv and the dense layer: its channels are a strided
+    # sub-axis of the dense kernel's rows.
+    flat = Target.from_linen(LinenFlattenCNN(), xi)
+    groups = symmetry.structural_groups(flat)
+    assert any(g.strided for g in groups)
+    small, _ = assert_compact_is_masked(flat, scrambled(flat, 2), xi, groups=groups)
+    assert small.leaf("params/Dense_0/kernel").shape[0] < 4 * 4 * 4
 
 
 class Block(nnx.Module):
@@ -382,3 +407,20 @@ def test_compact_targets_save_and_load(tmp_path, mlp_target, x5):
         np.asarray(lsmall.apply(lsp, x5)),
         atol=1e-6,
     )
+
+
+def test_pruning_refuses_a_network_with_left_out_layers():
+    def apply(p, x):
+        h = jnp.sort(x @ p["w1"], axis=-1)  # sorting hidden units: no permutation symmetry
+        return jnp.tanh(h @ p["w2"]) @ p["w3"]
+
+    template = {
+        "w1": np.zeros((5, 4), np.float32),
+        "w2": np.zeros((4, 6), np.float32),
+        "w3": np.zeros((6, 2), np.float32),
+    }
+    x = np.zeros((2, 5), np.float32)
+    target = Target.from_function(apply, template, sample_input=x, roles={"w*": "kernel"})
+    params = scrambled(target, 0)
+    with pytest.raises(ValueError, match="left out.*sort.*remove_units"):
+        prune_to_speedup(target, params, 1.2)
