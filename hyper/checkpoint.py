@@ -483,6 +483,36 @@ def target_from_stored(config: Mapping[str, Any], where: str) -> Target:
         raise CheckpointError(f"{where}: the stored target config does not build: {e}") from e
 
 
+def _stored_target(stored: Mapping[str, Any], target: Target | None, where: str) -> Target:
+    """The target to restore against: `target`, or rebuilt from the stored config. A
+    network with fewer units (``{"derived_from": config}``, `Target.derive`) is its
+    original rebuilt (or `target` when given at the original sizes), derived at the
+    stored shapes."""
+    config = stored.get("config") or {}
+    root = config
+    while isinstance(root, Mapping) and "derived_from" in root:
+        root = root["derived_from"]
+    if target is None:
+        if not root:
+            what = "a network derived from one" if root is not config else "it"
+            raise CheckpointError(
+                f"{where}: target {stored['name']!r} has no rebuild config ({what} without "
+                "a config); pass target= (the target, or its original)"
+            )
+        target = target_from_stored(dict(root), where)
+    shapes = {s["path"]: tuple(s["shape"]) for s in stored["spec"]}
+    if list(shapes) == target.paths and any(shapes[s.path] != s.shape for s in target.spec):
+        abstract = jax.tree.unflatten(
+            target.treedef,
+            [jax.ShapeDtypeStruct(shapes[s.path], np.dtype(s.dtype)) for s in target.spec],
+        )
+        try:
+            target = target.derive(abstract, name=stored["name"], config=dict(config), check=False)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: the stored shapes do not fit the target: {e}") from e
+    return target
+
+
 def save_population(
     directory: str | os.PathLike,
     population: Params,
@@ -533,14 +563,7 @@ def load_population(
         meta = ckpt.restore_meta(steps[-1])
         if meta.get("format") != "weightspace-population":
             raise CheckpointError(f"{_abs(directory)} is not a weightspace population checkpoint")
-        if target is None:
-            config = meta["target"].get("config")
-            if not config:
-                raise CheckpointError(
-                    f"{_abs(directory)}: target {meta['target']['name']!r} has no rebuild "
-                    "config; pass target="
-                )
-            target = target_from_stored(config, _abs(directory))
+        target = _stored_target(meta["target"], target, _abs(directory))
         stored = [s["path"] for s in meta["target"]["spec"]]
         if stored != target.paths:
             raise CheckpointError(

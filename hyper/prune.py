@@ -214,6 +214,16 @@ def _check_prunable(target: Target) -> list[symmetry.Group]:
     groups = symmetry.structural_groups(target)
     if not groups:
         raise WeightspaceError(f"{target.name} has no prunable hidden units (no structural groups)")
+    left = symmetry.left_out(target)
+    if left:  # pruning would silently cover only the other layers
+        lines = "; ".join(
+            f"layer {o.layer!r} ({o.path} axis {o.axis}): {o.primitive} {o.reason}" for o in left
+        )
+        raise WeightspaceError(
+            f"{target.name}: cannot prune: layers with weights are left out of the structural "
+            f"groups: {lines}. Rewrite those layers without the named primitive, or prune "
+            "chosen groups yourself with hyper.compact.remove_units"
+        )
     return groups
 
 
@@ -503,9 +513,17 @@ def export_pruned(
     return save_population(directory, pop, result.target, metadata=meta, overwrite=overwrite)
 
 
-def load_pruned(directory: str | os.PathLike) -> tuple[Target, Params, dict[str, Any]]:
-    """``(target, params, record)`` of a network written by `export_pruned`."""
-    target, pop, meta = load_population(directory)
+def load_pruned(
+    directory: str | os.PathLike, target: Target | None = None
+) -> tuple[Target, Params, dict[str, Any]]:
+    """``(target, params, record)`` of a network written by `export_pruned`.
+
+    Args:
+      target: needed only when the pruned network's original has no rebuild config (a
+        network you built yourself): that original (or the compact target itself); the
+        compact target is derived from it at the stored sizes.
+    """
+    target, pop, meta = load_population(directory, target)
     if meta.get("format") != _PRUNED:
         raise CheckpointError(f"{os.path.abspath(os.fspath(directory))} holds no pruned network")
     return target, only(pop), meta

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyper import resize
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.init_programs import init_compiler_options, run_once
 from hyper.spec import ROLES, LeafSpec, build_spec, default_init, fans_and_axes
@@ -78,6 +79,8 @@ class Target:
         self.input_shape = input_shape
         self.config = dict(config or {})
         self._by_path = {s.path: s for s in spec}
+        # Set by `derive`: the original computation a target with fewer units re-evaluates.
+        self._resize_source: resize.Source | None = None
         self._apply_pop = jax.jit(jax.vmap(self._apply_fn, in_axes=(0, None)))
         self._apply_pop_x = jax.jit(jax.vmap(self._apply_fn, in_axes=(0, 0)))
         self._apply_jit = jax.jit(self._apply_fn)
@@ -390,11 +393,15 @@ class Target:
         """A target for `params`, whose leaves are leaves of this target with possibly fewer
         units (e.g. after `hyper.compact.remove_units`).
 
-        The new target reuses this target's apply functions (which must accept the smaller
-        arrays, as Flax layers do) and its leaf descriptions with new shapes and fans;
-        nothing is traced unless `check`. Leaves that `params` lacks are dropped (the apply
-        must then tolerate their absence, e.g. a network that loops over the blocks it is
-        given).
+        The new target keeps this target's leaf descriptions with new shapes and fans. When
+        `params` has every leaf of this target and some are smaller, its apply and
+        train_apply re-evaluate this target's traced computation at the new sizes
+        (`hyper.resize`): any network works (Linen, NNX attention, plain functions), and the
+        result equals this target on the params with the removed units' slices zeroed
+        (norm statistics included; a sum over the units that would change is refused).
+        Leaves that `params` lacks are dropped and this target's apply functions are reused
+        (the apply must then tolerate their absence, e.g. a network that loops over the
+        blocks it is given). Nothing is traced unless `check`.
 
         Args:
           params: one network with the new shapes.
@@ -442,27 +449,47 @@ class Target:
         def init_fn(key: jax.Array) -> Params:
             return default_init(new, key)
 
+        apply_fn, train_fn, source = self._apply_fn, self._train_apply_fn, None
+        if paths == self.paths and any(
+            a.shape != b.shape for a, b in zip(specs, self.spec, strict=True)
+        ):
+            source = self._resize_source or resize.source(
+                self._apply_fn,
+                self._train_apply_fn,
+                self.treedef,
+                [jax.ShapeDtypeStruct(s.shape, np.dtype(s.dtype)) for s in self.spec],
+                self.paths,
+                what=self.name,
+            )
+            apply_fn, train_fn = source.functions()
         new = Target(
             name=name or f"{self.name}-compact",
             spec=tuple(new_specs),
             treedef=jax.tree.structure(params),
             init_fn=init_fn,
-            apply_fn=self._apply_fn,
-            train_apply_fn=self._train_apply_fn,
+            apply_fn=apply_fn,
+            train_apply_fn=train_fn,
             input_shape=self.input_shape,
             config=config if config is not None else {"derived_from": self.config},
         )
+        new._resize_source = source
         if check and self.input_shape is not None:
+            x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
             try:
-                jax.eval_shape(
-                    new.pure_apply,
-                    new.abstract_params(),
-                    jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32),
-                )
+                y_new = jax.eval_shape(new.pure_apply, new.abstract_params(), x)
+                y_old = jax.eval_shape(self.pure_apply, self.abstract_params(), x)
+            except WeightspaceError:
+                raise
             except Exception as e:  # noqa: BLE001 - name the target in any tracing error
                 raise WeightspaceError(
                     f"{new.name}: apply does not accept the new shapes: {e}"
                 ) from e
+            if jax.tree.map(np.shape, y_new) != jax.tree.map(np.shape, y_old):
+                raise WeightspaceError(
+                    f"{new.name}: the output shape changed with the new sizes "
+                    f"({jax.tree.map(np.shape, y_old)} -> {jax.tree.map(np.shape, y_new)}); "
+                    "remove hidden units only"
+                )
         return new
 
     # --- comparison ---------------------------------------------------------------------
