@@ -353,9 +353,9 @@ def respec(spec: LeafSpec, shape: tuple[int, ...], kernel: LeafSpec | None = Non
 
 def _trace(
     apply_fn: Callable[[Params, Any], Any], params: Params, x: Any, shapes: Sequence[tuple]
-) -> tuple[list[int], dict[int, LeafUse]] | None:
-    """(first use of each leaf, its deciding use) from the traced apply; None if the apply
-    cannot be traced (spec inference then reads names only)."""
+) -> tuple[list[int], dict[int, LeafUse]] | str:
+    """(first use of each leaf, its deciding use) from the traced apply, or why the apply
+    could not be traced (spec inference then reads names only)."""
     treedef = jax.tree.structure(params)
 
     def fn(leaves):
@@ -364,8 +364,8 @@ def _trace(
     leaves = jax.tree.leaves(params)
     try:
         jaxpr = jax.make_jaxpr(fn)(leaves).jaxpr
-    except Exception:  # noqa: BLE001 - the trace is best effort; fall back to names
-        return None
+    except Exception as e:  # noqa: BLE001 - the trace is best effort; fall back to names
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return jaxpr_lib.first_use(jaxpr), leaf_uses(jaxpr, len(leaves), shapes)
 
 
@@ -395,15 +395,10 @@ def _layer_names(
     return names
 
 
-def _warn_all_other(paths: Sequence[str], roles: Sequence[tuple[str, str]], traced: bool) -> None:
+def _warn_all_other(paths: Sequence[str], roles: Sequence[tuple[str, str]], how: str) -> None:
     if any(r != "other" for r, _ in roles):
         return
     shown = list(paths[:8]) + (["..."] if len(paths) > 8 else [])
-    how = (
-        "the traced computation uses none of them as a kernel, bias or embedding"
-        if traced
-        else "no sample input was given, so roles come from names only"
-    )
     warnings.warn(
         f"every leaf has role 'other' ({shown}): {how}. default_init sets 'other' leaves to "
         "zero, so every network computes the same constant and does not train. Pass "
@@ -442,14 +437,19 @@ def build_spec(
     dtypes = [str(np.dtype(v.dtype)) for _, v in flat]
     parents = [_layer_of(p, collections) for p in paths]
     stat_mask = [p in stat_paths for p in paths]
-    traced = None
+    traced: Any = "no sample input was given, so roles come from names only"
     if apply_fn is not None and sample_x is not None:
         traced = _trace(apply_fn, params, sample_x, shapes)
-    first_use, uses = traced if traced is not None else (list(range(len(paths))), {})
+    if isinstance(traced, str):
+        how = traced if traced.startswith("no sample") else f"the apply did not trace ({traced})"
+        first_use, uses = list(range(len(paths))), {}
+    else:
+        how = "the traced computation uses none of them as a kernel, bias or embedding"
+        first_use, uses = traced
     rk = _traced_roles(_names_roles(paths, parents, shapes, stat_mask), uses, shapes, stat_mask)
     if roles:
         rk = _override_roles(rk, paths, shapes, roles, uses)
-    _warn_all_other(paths, rk, traced is not None)
+    _warn_all_other(paths, rk, how)
     layers = _layer_names(paths, parents, rk, uses, collections)
     layer_first: dict[str, int] = {}
     for layer, fu in zip(layers, first_use, strict=True):
