@@ -96,17 +96,23 @@ def torch_key_map(target: Target) -> dict[str, str]:
 
 class TorchLayout:
     """How one leaf maps to its PyTorch array: reshape to `split` (each leaf axis viewed as
-    its sub-axes), transpose by `perm`, reshape to `torch_shape`; import inverts it."""
+    its sub-axes), transpose by `perm`, reshape to `torch_shape`; import inverts it.
+
+    Args:
+      s: the leaf's spec.
+      views: ``{axis: (sub-axis shape, first channel sub-axis)}`` for the leaf's axes that
+        flatten a feature map; the sub-axes from the channel on move to the front.
+    """
 
     def __init__(self, s: LeafSpec, views: Mapping[int, tuple[tuple[int, ...], int]]):
-        # Sub-axes of each leaf axis, in PyTorch order (a flattened feature map: channel first).
+        # Sub-axes of each leaf axis, in PyTorch order (a flattened feature map: channels first).
         split: list[int] = []
         sub: list[list[int]] = []
         for ax, n in enumerate(s.shape):
             shape, channel = views.get(ax, ((n,), 0))
             first = len(split)
             split.extend(shape)
-            order = [channel] + [k for k in range(len(shape)) if k != channel]
+            order = list(range(channel, len(shape))) + list(range(channel))
             sub.append([first + k for k in order])
         self.split = tuple(split)
         if s.role == "kernel":
@@ -142,17 +148,38 @@ class TorchLayout:
 
 def _flatten_views(target: Target) -> dict[tuple[str, int], tuple[tuple[int, ...], int]]:
     """``{(path, axis): (split shape, channel sub-axis)}`` for the leaf axes that flatten a
-    convolution's feature map (read from `hyper.symmetry.axis_views`)."""
-    # TODO(wt-axes): `symmetry.axis_views` (INTERFACES item 1) is written on branch
-    # wt-axes; until it is merged this finds no flattened axes.
-    axis_views = getattr(symmetry, "axis_views", None)
-    if axis_views is None or target.input_shape is None:
-        return {}
-    return {
-        key: (tuple(v.shape), int(v.channel))
-        for key, v in axis_views(target).items()
-        if v.channel is not None
+    convolution's feature map (read from `hyper.symmetry.axis_views`).
+
+    Raises:
+      ValueError: a target with convolutions but no input shape (its flattens are unknown).
+    """
+    if not any(s.role == "kernel" and s.layer_kind == "conv" for s in target.spec):
+        return {}  # no feature map, nothing flattened in another order
+    if target.input_shape is None:
+        raise WeightspaceError(
+            f"{target.name}: the PyTorch layout needs the target's input shape (to find the "
+            "flattened feature maps): build the target with sample_input="
+        )
+    widths = {
+        math.prod(s.shape[a] for a in s.out_axes)
+        for s in target.spec
+        if s.role == "kernel" and s.layer_kind == "conv"
     }
+    out = {}
+    for (path, ax), v in symmetry.axis_views(target).items():
+        if v.channel is None:
+            continue
+        # The channels are the trailing sub-axes from `channel` on: a channels-last flatten
+        # (H, W, C) or, for a depthwise conv's composite channels, (H, W, C, m).
+        if math.prod(v.shape[v.channel :]) not in widths:
+            raise WeightspaceError(
+                f"{target.name}: axis {ax} of {path!r} flattens a feature map viewed as "
+                f"{tuple(v.shape)} whose channels (from sub-axis {v.channel}) match no "
+                "convolution's output channels; its PyTorch (C-H-W) order is unknown. Flatten "
+                "[B, H, W, C] or [B, C, H, W] feature maps"
+            )
+        out[(path, ax)] = (tuple(v.shape), int(v.channel))
+    return out
 
 
 def torch_layouts(target: Target) -> dict[str, TorchLayout]:

@@ -443,13 +443,15 @@ def test_attention_kernels_axes_and_fans():
     ``(heads, head_dim, out)`` fan-in heads*head_dim (not the 3-axis conv reading)."""
     from flax import nnx
 
-    mha = nnx.MultiHeadAttention(
-        num_heads=2,
-        in_features=8,
-        qkv_features=12,
-        out_features=5,
-        decode=False,
-        rngs=nnx.Rngs(0),
+    mha = nnx.eval_shape(  # abstract: the spec needs shapes only
+        lambda: nnx.MultiHeadAttention(
+            num_heads=2,
+            in_features=8,
+            qkv_features=12,
+            out_features=5,
+            decode=False,
+            rngs=nnx.Rngs(0),
+        )
     )
     t = Target.from_nnx(mha, sample_input=jnp.zeros((2, 3, 8)))
     for name in ("query", "key", "value"):
@@ -495,7 +497,8 @@ def test_position_embedding_role_and_init(use_bias):
         def __call__(self, x):
             return (self.proj(x) + self.pos[...]).mean(1)
 
-    t = Target.from_nnx(Tokens(nnx.Rngs(0)), sample_input=jnp.zeros((2, 5, 4)))
+    module = nnx.eval_shape(lambda: Tokens(nnx.Rngs(0)))
+    t = Target.from_nnx(module, sample_input=jnp.zeros((2, 5, 4)))
     s = t.leaf("pos")
     assert (s.role, s.layer_kind, s.out_axes, s.layer_name) == ("embedding", "position", (2,), "")
     assert s.layer == 1 and t.leaf("proj/kernel").layer == 0
