@@ -12,6 +12,7 @@ import pytest
 from hyper import population as pop_ops
 from hyper import symmetry
 from hyper.architectures import make_target, target_from_config
+from hyper.spec import respec
 from hyper.target import LeafSpec, Target, check_same_spec
 
 
@@ -481,6 +482,11 @@ def test_attention_kernels_axes_and_fans():
         5,
     )
     assert "axes(in=0, out=(1, 2))" in t.describe()
+    # Fewer heads (a pruned network): `respec` recomputes the fans from the same axes.
+    q = respec(t.leaf("query/kernel"), (8, 1, 6))
+    o = respec(t.leaf("out/kernel"), (1, 6, 5))
+    assert (q.fan_in, q.fan_out, o.fan_in, o.fan_out) == (8, 6, 6, 5)
+    assert respec(t.leaf("query/bias"), (1, 6), q).fan_in == 8
 
 
 @pytest.mark.parametrize("use_bias", [True, False])

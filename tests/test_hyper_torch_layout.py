@@ -352,6 +352,13 @@ def ref_lenet(sd, x):
     return linear(relu(linear(h, sd, "fc1")), sd, "fc2")
 
 
+def ref_linen_cnn(sd, x):
+    h = relu(conv(x[:, None], sd["Conv_0.weight"], sd["Conv_0.bias"], 1))
+    b, c, hh, ww = h.shape
+    h = h.reshape(b, c, hh // 2, 2, ww // 2, 2).mean(axis=(3, 5))  # avg_pool 2x2
+    return linear(h.reshape(b, -1), sd, "Dense_0")
+
+
 def ref_depthwise(sd, x):
     h = relu(conv(x[:, None], sd["c1.weight"], sd["c1.bias"], 1))
     h = maxpool2(relu(grouped_conv(h, sd["dw.weight"], sd["dw.bias"], 4)))
@@ -370,6 +377,7 @@ def ref_flat_mlp(sd, x):
 
 
 def _user_targets():
+    import flax.linen as linen
     from flax import nnx
 
     class LeNet(nnx.Module):
@@ -416,6 +424,13 @@ def _user_targets():
             h = h + self.mlp2(jax.nn.gelu(self.mlp1(self.ln2(h))))
             return self.head(h.mean(1))
 
+    class LinenCNN(linen.Module):  # the Flax tutorial's style: avg_pool, flatten
+        @linen.compact
+        def __call__(self, x):
+            h = linen.relu(linen.Conv(4, (3, 3))(x[..., None]))
+            h = linen.avg_pool(h, (2, 2), (2, 2))
+            return linen.Dense(10)(h.reshape(h.shape[0], -1))
+
     def flat_mlp(p, x):
         h = jnp.tanh(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
         return h @ p["w2"] + p["b2"][None]
@@ -430,6 +445,7 @@ def _user_targets():
     return {
         "lenet": Target.from_nnx(abstract(LeNet), sample_input=x),
         "depthwise": Target.from_nnx(abstract(Depthwise), sample_input=x),
+        "linen_cnn": Target.from_linen(LinenCNN(), x),
         "vit": Target.from_nnx(abstract(ViT), sample_input=x),
         "flat_mlp": Target.from_function(flat_mlp, flat, sample_input=x),
     }
@@ -445,6 +461,12 @@ USER_TORCH_SHAPES = {
         "fc1.bias": (6,),
         "fc2.weight": (10, 6),
         "fc2.bias": (10,),
+    },
+    "linen_cnn": {  # Conv2d(1,4,3,p=1), AvgPool2d(2), Linear(64,10)
+        "Conv_0.weight": (4, 1, 3, 3),
+        "Conv_0.bias": (4,),
+        "Dense_0.weight": (10, 64),
+        "Dense_0.bias": (10,),
     },
     "depthwise": {  # Conv2d(1,4,3) Conv2d(4,8,3,groups=4) Linear(128,10)
         "c1.weight": (4, 1, 3, 3),
@@ -482,6 +504,7 @@ USER_TORCH_SHAPES = {
 USER_REFERENCES = {
     "lenet": ref_lenet,
     "depthwise": ref_depthwise,
+    "linen_cnn": ref_linen_cnn,
     "vit": ref_vit,
     "flat_mlp": ref_flat_mlp,
 }
