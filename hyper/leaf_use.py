@@ -46,8 +46,9 @@ class LeafUse(NamedTuple):
 
     Attributes:
       role: ``"kernel"``, ``"bias"``, ``"embedding"`` or ``"additive"``.
-      kind: layer kind: ``"dense"`` (a ``dot_general`` kernel and its bias), ``"conv"``,
-        ``"embedding"`` or ``"other"`` (additive).
+      kind: layer kind of a kernel (``"dense"`` for ``dot_general``, ``"conv"``), an
+        embedding (``"embedding"``) or an additive leaf (``"other"``); ``""`` for a bias,
+        whose kind is its kernel's.
       in_axes: a kernel's input-neuron axes (contracted / input features), sorted.
       out_axes: a kernel's output-neuron axes, or the axes of a bias along its kernel's
         output axes, sorted.
