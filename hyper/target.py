@@ -27,7 +27,7 @@ import numpy as np
 from hyper import resize
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.init_programs import init_compiler_options, run_once
-from hyper.spec import ROLES, LeafSpec, build_spec, default_init, fans_and_axes
+from hyper.spec import ROLES, LeafSpec, build_spec, default_init, respec
 from hyper.tree import Params, check_str_keys, flatten_dict, leaf_paths, nest, path_str
 
 __all__ = [
@@ -431,19 +431,17 @@ class Target:
                     f"derive_target: leaf {path!r} has shape {shape}; {self.name} has {s.shape}"
                 )
             specs.append(dataclasses.replace(s, shape=shape))
-        kernel_shape: dict[str, tuple[int, ...]] = {}
+        kernels: dict[str, LeafSpec] = {}
         for s in specs:
             if s.role == "kernel":
-                kernel_shape.setdefault(s.layer_name, s.shape)
+                kernels.setdefault(s.layer_name, respec(s, s.shape))
         renumber = {old: new for new, old in enumerate(sorted({s.layer for s in specs}))}
-        new_specs = []
-        for s in specs:
-            fan_in, fan_out, _, _ = fans_and_axes(s.role, s.shape, kernel_shape.get(s.layer_name))
-            new_specs.append(
-                dataclasses.replace(
-                    s, fan_in=int(fan_in), fan_out=int(fan_out), layer=renumber[s.layer]
-                )
+        new_specs = [
+            dataclasses.replace(
+                respec(s, s.shape, kernels.get(s.layer_name)), layer=renumber[s.layer]
             )
+            for s in specs
+        ]
         new: Target
 
         def init_fn(key: jax.Array) -> Params:
