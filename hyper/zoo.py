@@ -149,6 +149,51 @@ PRESETS: dict[str, ZooPreset] = {
         },
         epochs=30,
     ),
+    "digits-vit": ZooPreset(
+        dataset="digits",
+        arch={
+            "arch": "transformer",
+            "patch_size": [2, 2],
+            "width": 32,
+            "depth": 2,
+            "heads": 2,
+            "mlp_dim": 64,
+            "out_features": 10,
+        },
+        grid={
+            "learning_rate": [1e-3, 3e-3],
+            "weight_decay": [0.0, 1e-3],
+            "init_scale": [1.0],
+            "train_fraction": [0.5, 1.0],
+            "activation": ["gelu"],
+            "dropout": [0.0],
+            "optimizer": ["adam"],
+        },
+        epochs=20,
+        batch_size=64,
+    ),
+    "mnist1d-transformer": ZooPreset(
+        dataset="mnist1d",
+        arch={
+            "arch": "transformer",
+            "patch_size": [1],
+            "width": 32,
+            "depth": 2,
+            "heads": 2,
+            "mlp_dim": 64,
+            "out_features": 10,
+        },
+        grid={
+            "learning_rate": [1e-3, 3e-3],
+            "weight_decay": [0.0],
+            "init_scale": [1.0],
+            "train_fraction": [1.0],
+            "activation": ["gelu"],
+            "dropout": [0.0],
+            "optimizer": ["adam"],
+        },
+        epochs=30,
+    ),
 }
 
 
