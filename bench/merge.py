@@ -36,7 +36,9 @@ correlation) applied to `theta_B` with `hyper.align.apply_transport`, which is *
 method: the loss barrier, and the accuracy of the fused network
 ``merge.fuse(theta_A, theta_B, method=m)``, which is the path's midpoint (checked on the
 first pair), against the two parents (``parents_acc``: mean of both, ``best_parent_acc``:
-mean over pairs of the better one).
+mean over pairs of the better one); then every fused network is fine-tuned for a few epochs
+(Adam 1e-3, ``fused_finetuned_acc``) next to the parents continuing for as long
+(``parents_finetuned_acc``, the control), as the OT-fusion paper does.
 
 Usage: ``python bench/merge.py [--quick] [--out FILE]``; writes ``bench/results/merge.json``
 (``--quick``: ``bench/results/quick/merge.json``, so it never overwrites the full results)
@@ -190,7 +192,13 @@ def barrier_for(
 # ---------------------------------------------------------------------------------------
 
 VIT_LR = 3e-3
+VIT_FT_LR = 1e-3
 SINKHORN_REG = 0.05
+
+
+def stacked_paths(stacked: Any, points: int) -> Any:
+    """`[paths * points, ...]` -> `[paths, points, ...]`."""
+    return jax.tree.map(lambda v: v.reshape(-1, points, *v.shape[1:]), stacked)
 
 
 def vit_target() -> Target:
@@ -198,7 +206,9 @@ def vit_target() -> Target:
     return make_target(PRESETS["digits-vit"].arch["arch"], input_shape=(8, 8), **cfg)
 
 
-def vit_fusion(data: data_lib.Dataset, *, pairs: int, epochs: int, seed: int) -> dict[str, Any]:
+def vit_fusion(
+    data: data_lib.Dataset, *, pairs: int, epochs: int, ft_epochs: int, seed: int
+) -> dict[str, Any]:
     target = vit_target()
     trainer = Trainer(target, data, TrainConfig(batch_size=64))
     t0 = time.time()
@@ -277,6 +287,26 @@ def vit_fusion(data: data_lib.Dataset, *, pairs: int, epochs: int, seed: int) ->
         if name != "sinkhorn":  # a permutation keeps theta_B's function
             assert np.allclose(losses[m, :, -1], losses[0, :, -1], rtol=1e-3, atol=1e-4), name
     out["sinkhorn_end_acc"] = round(float(accs[3, :, -1].mean()), 4)
+    # A short fine-tune of every fused network, the parents continuing as the control (a
+    # fresh Adam state for all), in populations of 2 * pairs: the training program again.
+    t0 = time.time()
+    fused_pop = jax.tree.map(lambda v: v[:, mid], stacked_paths(stacked, len(ALPHAS)))
+    members = jax.tree.map(lambda f, p: jnp.concatenate([f, p]), fused_pop, params)
+    tuned = []
+    for c in range(0, (len(versions) + 2) * pairs, 2 * pairs):
+        chunk = pop_ops.take(members, range(c, c + 2 * pairs))
+        st = trainer.init(
+            jax.random.key(seed + 1 + c), 2 * pairs, learning_rate=VIT_FT_LR, params=chunk
+        )
+        tuned.append(np.asarray(trainer.evaluate(trainer.fit(st, ft_epochs).params)["test_acc"]))
+    tuned = np.concatenate(tuned)
+    seconds["finetune"] = round(time.time() - t0, 1)
+    out["finetune"] = {"epochs": ft_epochs, "learning_rate": VIT_FT_LR}
+    out["fused_finetuned_acc"] = {
+        name: round(float(tuned[m * pairs : (m + 1) * pairs].mean()), 4)
+        for m, name in enumerate(versions)
+    }
+    out["parents_finetuned_acc"] = round(float(tuned[len(versions) * pairs :].mean()), 4)
     out["seconds"] = seconds
     out["curves"] = {
         name: [round(float(v), 4) for v in losses[m].mean(0)] for m, name in enumerate(versions)
@@ -287,6 +317,9 @@ def vit_fusion(data: data_lib.Dataset, *, pairs: int, epochs: int, seed: int) ->
         + " | fused acc "
         + " ".join(f"{k}={out['fused_acc'][k]:.3f}" for k in versions)
         + f" | parents {out['parents_acc']:.3f} (best {out['best_parent_acc']:.3f})"
+        + f" | after {ft_epochs} epochs: "
+        + " ".join(f"{k}={out['fused_finetuned_acc'][k]:.3f}" for k in versions)
+        + f" parents={out['parents_finetuned_acc']:.3f}"
     )
     return out
 
@@ -450,13 +483,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pairs, epochs = 1, {"mlp": 8, "cnn": 8}
         merge_archs = {"mlp": 64}
         base_epochs, ft_epochs = {"mlp": 2}, 4
-        vit_pairs, vit_epochs = 1, 8
+        vit_pairs, vit_epochs, vit_ft = 1, 8, 1
     else:
         widths = {"mlp": [16, 64, 256], "cnn": [8, 16, 32]}
         pairs, epochs = 3, {"mlp": 40, "cnn": 80}
         merge_archs = {"mlp": 64, "cnn": 16}
         base_epochs, ft_epochs = {"mlp": 3, "cnn": 10}, 15
-        vit_pairs, vit_epochs = 3, 20
+        vit_pairs, vit_epochs, vit_ft = 3, 20, 2
 
     barrier: dict[str, Any] = {
         "split": "test",
@@ -497,7 +530,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seed=100,
         )
 
-    digits_vit = vit_fusion(data, pairs=vit_pairs, epochs=vit_epochs, seed=7)
+    digits_vit = vit_fusion(data, pairs=vit_pairs, epochs=vit_epochs, ft_epochs=vit_ft, seed=7)
 
     result = {
         "barrier": barrier,
