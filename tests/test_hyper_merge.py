@@ -11,6 +11,7 @@ import pytest
 from hyper import merge, symmetry
 from hyper.architectures import make_target
 from hyper.tree import flatten_dict
+from hyper.zoo_presets import PRESETS
 from tests.test_hyper_symmetry import random_params
 
 
@@ -239,8 +240,6 @@ def test_interpolation_and_barrier(mlp_target):
 def vit(digits):
     """The digits-vit preset, two random networks, a permuted copy of the first and an
     input batch."""
-    from hyper.zoo import PRESETS
-
     cfg = {k: v for k, v in PRESETS["digits-vit"].arch.items() if k != "arch"}
     t = make_target("transformer", input_shape=(8, 8), **cfg)
     a, b = random_params(t, 0), random_params(t, 1)
