@@ -12,6 +12,7 @@ import pytest
 
 from hyper import data, zoo
 from hyper.architectures import config_for_params, make_target, target_from_config
+from hyper.cli import main
 from hyper.errors import WeightspaceError
 
 PRESETS = {"digits-vit": (8, 8), "mnist1d-transformer": (40,)}
@@ -119,6 +120,12 @@ def test_config_for_params_reads_narrower_blocks():
 def test_transformer_config_errors(kw, match):
     with pytest.raises(WeightspaceError, match=match):
         make_target("transformer", input_shape=(8, 8), out_features=10, **kw)
+
+
+def test_cli_offers_the_presets(capsys, tmp_path):
+    assert main(["zoo", "--preset", "imagenet-vit", "--out", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert "'digits-vit'" in err and "'mnist1d-transformer'" in err
 
 
 def test_digits_vit_zoo_trains(tmp_path):
