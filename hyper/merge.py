@@ -251,7 +251,9 @@ def fuse(
 
     The alignment covers every structural group (`hyper.symmetry.structural_groups`): for
     a transformer the residual stream (one group across all blocks, with its LayerNorms),
-    the query/key and value/output dimensions of the attention heads and the MLP units.
+    the query/key and value/output dimensions of the attention heads (one permutation
+    shared by all heads of a layer) and the MLP units; heads themselves are aligned where
+    the groups include them.
 
     - ``"weight"``: weight matching (`hyper.align.weight_matching`); `b'` is `b` permuted,
       the same function as `b`.
