@@ -577,16 +577,15 @@ def config_for_params(config: dict[str, Any], params: Any) -> dict[str, Any] | N
                 int(np.shape(convs[str(i)]["kernel"])[-1]) for i in range(len(convs))
             ]
         elif cfg["arch"] == "transformer":
-            cfg.update(_transformer_sizes(params))
-            heads, dims = cfg["heads"], cfg["head_dim"]
-            if config.get("head_dim") is None and dims == (
-                cfg["width"] // heads
-                if isinstance(heads, int)
-                else [cfg["width"] // h for h in heads]
-            ):
-                cfg["head_dim"] = config.get("head_dim")  # the default, as given
-                if "head_dim" not in config:
-                    del cfg["head_dim"]
+            if not _transformer_resizable(cfg, params):
+                return None
+            sizes = _transformer_sizes(params)
+            if sizes["heads"] != config.get("heads", 2) and config.get("head_dim") is None:
+                # The default head_dim is width // heads: keep the original dims explicitly.
+                sizes["head_dim"] = int(
+                    np.shape(params["blocks"]["0"]["attn"]["query"]["kernel"])[-1]
+                )
+            cfg.update(sizes)
         else:
             cfg["channels"] = int(np.shape(params["stem"]["kernel"])[-1])
         rebuilt = target_from_config(cfg)
@@ -599,18 +598,30 @@ def config_for_params(config: dict[str, Any], params: Any) -> dict[str, Any] | N
 
 
 def _transformer_sizes(params: Any) -> dict[str, Any]:
-    """`width`, `depth` and the per-block sizes of `Transformer` params (one int where all
-    blocks agree)."""
+    """`heads` and `mlp_dim` of `Transformer` params, one int where all blocks agree."""
+    blocks = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
+    out = {
+        "heads": [int(np.shape(b["attn"]["query"]["kernel"])[1]) for b in blocks],
+        "mlp_dim": [int(np.shape(b["mlp1"]["kernel"])[-1]) for b in blocks],
+    }
+    return {k: v[0] if len(set(v)) == 1 else v for k, v in out.items()}
+
+
+def _transformer_resizable(config: dict[str, Any], params: Any) -> bool:
+    """Whether `params` differ from `config`'s transformer in whole heads and MLP units only.
+
+    A compact model with fewer residual units or head dims computes the original's
+    LayerNorm statistics over the original width and its attention scale
+    ``1 / sqrt(head_dim)`` with the original `head_dim` (`hyper.compact.remove_units`:
+    the masked original); a narrower `Transformer` would compute both at the new sizes,
+    another function, so no config describes it.
+    """
+    shapes = {s.path: s.shape for s in target_from_config(config).spec}
     blocks = params["blocks"]
-    depth = len(blocks)
-    out: dict[str, Any] = {"width": int(np.shape(params["patch"]["kernel"])[-1]), "depth": depth}
-    per = {"heads": [], "head_dim": [], "mlp_dim": []}
-    for i in range(depth):
-        b = blocks[str(i)]
-        _, heads, head_dim = np.shape(b["attn"]["query"]["kernel"])
-        per["heads"].append(int(heads))
-        per["head_dim"].append(int(head_dim))
-        per["mlp_dim"].append(int(np.shape(b["mlp1"]["kernel"])[-1]))
-    for k, v in per.items():
-        out[k] = v[0] if len(set(v)) == 1 else v
-    return out
+    same_dims = all(
+        np.shape(blocks[str(i)]["attn"][n]["kernel"])[-1]
+        == shapes[f"blocks/{i}/attn/{n}/kernel"][-1]
+        for i in range(len(blocks))
+        for n in ("query", "key", "value")
+    )
+    return same_dims and np.shape(params["patch"]["kernel"])[-1] == shapes["patch/kernel"][-1]

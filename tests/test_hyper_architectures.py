@@ -75,31 +75,28 @@ def test_config_round_trip(preset):
 
 
 def test_config_for_params_reads_narrower_blocks():
-    """A network whose blocks lost heads, head dims or MLP units (as after pruning) is
-    rebuilt from the sizes in its kernels, one entry per block."""
+    """A network whose blocks lost whole heads or MLP units (as after pruning) is rebuilt
+    from the sizes in its kernels, one entry per block. Fewer residual units or head dims
+    give no config: the compact model keeps the original's LayerNorm statistics and
+    attention scale, which a narrower `Transformer` would not."""
     base = make_target("transformer", input_shape=(8, 8), patch_size=(2, 2), out_features=10)
-    narrow = make_target(
-        "transformer",
-        input_shape=(8, 8),
-        patch_size=(2, 2),
-        out_features=10,
-        width=24,
-        heads=[2, 1],
-        head_dim=[8, 8],
-        mlp_dim=[64, 40],
-    )
-    params = _random_params(narrow, 0)
+
+    def narrow(**kw):
+        cfg = dict(width=32, heads=[2, 1], head_dim=16, mlp_dim=[64, 40])
+        cfg.update(kw)
+        t = make_target(
+            "transformer", input_shape=(8, 8), patch_size=(2, 2), out_features=10, **cfg
+        )
+        return t, _random_params(t, 0)
+
+    t, params = narrow()
     cfg = config_for_params(base.config, params)
     assert cfg is not None
-    assert (cfg["width"], cfg["heads"], cfg["head_dim"], cfg["mlp_dim"]) == (
-        24,
-        [2, 1],
-        8,
-        [64, 40],
-    )
+    assert cfg == {**base.config, "heads": [2, 1], "head_dim": 16, "mlp_dim": [64, 40]}
     rebuilt = target_from_config(cfg)
-    assert [s.shape for s in rebuilt.spec] == [s.shape for s in narrow.spec]
-    # Not a transformer's params: no config.
+    assert [s.shape for s in rebuilt.spec] == [s.shape for s in t.spec]
+    assert config_for_params(base.config, narrow(width=24)[1]) is None
+    assert config_for_params(base.config, narrow(head_dim=[16, 12])[1]) is None
     assert config_for_params(base.config, {"blocks": {}}) is None
 
 
