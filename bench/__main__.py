@@ -68,6 +68,12 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
             for how in ("naive", "weight", "activation")
         ),
         ("MLP merged accuracy (TIES)", "merge_acc/mlp/ties/mean"),
+        *(
+            (f"digits-vit {what}, {how}", f"digits_vit/{key}/{how}")
+            for what, key in (("loss barrier", "barrier"), ("fused accuracy", "fused_acc"))
+            for how in ("naive", "weight", "activation", "sinkhorn")
+        ),
+        ("digits-vit parents' accuracy", "digits_vit/parents_acc"),
     ],
     "metaprune": [
         *(

@@ -24,6 +24,22 @@ prediction is the argmax of the logits over that task's classes only (task-aware
 evaluation, as in the merging papers' per-task heads). ``joint_acc`` is the plain 10-way
 accuracy on the whole test split.
 
+**digits_vit** (transformer fusion, issue 28): pairs of `digits-vit` networks (the zoo
+preset: 16 patches of 2x2, width 32, 2 pre-LN blocks with 2 heads, MLP 64, gelu) trained
+from different seeds (init and data order), Adam, batch 64. Four versions of `theta_B`
+along the same 21-point test path: ``naive``; ``weight`` and ``activation`` (permutations
+of every structural group: residual stream, query/key and value/output head dims, MLP
+units; `theta_B`'s function kept); ``sinkhorn``: OT-fusion soft alignment (entropic plans
+from the activation correlations on the training inputs, ``reg`` relative to the largest
+correlation) applied to `theta_B` with `hyper.align.apply_transport`, which is *not*
+`theta_B`'s function, so its path ends elsewhere (``sinkhorn_end_acc``). Reported per
+method: the loss barrier, and the accuracy of the fused network
+``merge.fuse(theta_A, theta_B, method=m)``, which is the path's midpoint (checked on the
+first pair), against the two parents (``parents_acc``: mean of both, ``best_parent_acc``:
+mean over pairs of the better one); then every fused network is fine-tuned for a few epochs
+(Adam 1e-3, ``fused_finetuned_acc``) next to the parents continuing for as long
+(``parents_finetuned_acc``, the control), as the OT-fusion paper does.
+
 Usage: ``python bench/merge.py [--quick] [--out FILE]``; writes ``bench/results/merge.json``
 (``--quick``: ``bench/results/quick/merge.json``, so it never overwrites the full results)
 with `bench.common.write_result` and prints the same content as one JSON line (logs go to
@@ -60,6 +76,7 @@ from hyper import population as pop_ops  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
 from hyper.target import Target  # noqa: E402
 from hyper.train import TrainConfig, Trainer, evaluate  # noqa: E402
+from hyper.zoo import PRESETS  # noqa: E402
 
 TASKS = ((0, 1, 2), (3, 4, 5), (6, 7), (8, 9))
 ALPHAS = np.linspace(0.0, 1.0, 21)
@@ -166,6 +183,143 @@ def barrier_for(
     log(
         f"barrier {kind} width={width}: naive={out['naive']:.3f} weight={out['weight']:.3f} "
         f"activation={out['activation']:.3f} (endpoint acc {out['test_acc_endpoints']:.3f})"
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# digits_vit: transformer fusion
+# ---------------------------------------------------------------------------------------
+
+VIT_LR = 3e-3
+VIT_FT_LR = 1e-3
+SINKHORN_REG = 0.05
+
+
+def stacked_paths(stacked: Any, points: int) -> Any:
+    """`[paths * points, ...]` -> `[paths, points, ...]`."""
+    return jax.tree.map(lambda v: v.reshape(-1, points, *v.shape[1:]), stacked)
+
+
+def vit_target() -> Target:
+    cfg = {k: v for k, v in PRESETS["digits-vit"].arch.items() if k != "arch"}
+    return make_target(PRESETS["digits-vit"].arch["arch"], input_shape=(8, 8), **cfg)
+
+
+def vit_fusion(
+    data: data_lib.Dataset, *, pairs: int, epochs: int, ft_epochs: int, seed: int
+) -> dict[str, Any]:
+    target = vit_target()
+    trainer = Trainer(target, data, TrainConfig(batch_size=64))
+    t0 = time.time()
+    state = trainer.init(jax.random.key(seed), 2 * pairs, learning_rate=VIT_LR)
+    params = jax.device_get(trainer.fit(state, epochs).params)
+    t_train = time.time() - t0
+    pop_a = pop_ops.take(params, range(0, 2 * pairs, 2))
+    pop_b = pop_ops.take(params, range(1, 2 * pairs, 2))
+    x_train = jnp.asarray(data.x_train)
+    seconds = {"train": round(t_train, 1)}
+
+    t0 = time.time()
+    perms_w = align.pairwise_weight_matching(target, pop_a, pop_b, key=jax.random.key(seed))
+    seconds["weight_matching"] = round(time.time() - t0, 2)
+    t0 = time.time()
+    perms_a = align.pairwise_activation_matching(target, pop_a, pop_b, x_train)
+    seconds["activation_matching"] = round(time.time() - t0, 2)
+    t0 = time.time()
+    plans = align.pairwise_sinkhorn_alignment(target, pop_a, pop_b, x=x_train, reg=SINKHORN_REG)
+    seconds["sinkhorn"] = round(time.time() - t0, 2)
+    versions = {
+        "naive": pop_b,
+        "weight": symmetry.permute(target, pop_b, perms_w, batched=True),
+        "activation": symmetry.permute(target, pop_b, perms_a, batched=True),
+        "sinkhorn": align.apply_transport(target, pop_b, plans, batched=True),
+    }
+    alphas = jnp.asarray(ALPHAS, jnp.float32)
+    paths = [
+        merge.interpolate(target, pop_ops.take(pop_a, p), pop_ops.take(v, p), alphas)
+        for v in versions.values()
+        for p in range(pairs)
+    ]
+    stacked = jax.tree.map(lambda *v: jnp.concatenate(v), *paths)
+    ev = jax.jit(lambda p: evaluate(target, p, jnp.asarray(data.x_test), jnp.asarray(data.y_test)))
+    res = ev(stacked)
+    losses = np.asarray(res["loss"]).reshape(len(versions), pairs, len(ALPHAS))
+    accs = np.asarray(res["acc"]).reshape(len(versions), pairs, len(ALPHAS))
+    mid = len(ALPHAS) // 2
+    assert ALPHAS[mid] == 0.5
+    # merge.fuse is the midpoint of each method's path (first pair).
+    a0, b0 = pop_ops.take(pop_a, 0), pop_ops.take(pop_b, 0)
+    for m, name in enumerate(versions):
+        method = "none" if name == "naive" else name
+        fused = merge.fuse(
+            target,
+            a0,
+            b0,
+            method=method,
+            x=x_train if method in ("activation", "sinkhorn") else None,
+            key=jax.random.key(seed),
+            reg=SINKHORN_REG,
+        )
+        midpoint = jax.tree.map(lambda v: v[mid], paths[m * pairs])
+        for u, v in zip(jax.tree.leaves(fused), jax.tree.leaves(midpoint), strict=True):
+            assert np.allclose(u, v, rtol=1e-4, atol=1e-5), name
+    parents = np.stack([accs[0, :, 0], accs[0, :, -1]])  # [2, pairs]
+    out: dict[str, Any] = {
+        "target": target.name,
+        "num_params": target.num_params,
+        "groups": [f"{g.name}[{g.size}]" for g in symmetry.structural_groups(target)],
+        "pairs": pairs,
+        "epochs": epochs,
+        "learning_rate": VIT_LR,
+        "sinkhorn": {"similarity": "activations on the training inputs", "reg": SINKHORN_REG},
+        "parents_acc": round(float(parents.mean()), 4),
+        "best_parent_acc": round(float(parents.max(0).mean()), 4),
+        "barrier": {},
+        "fused_acc": {},
+    }
+    for m, name in enumerate(versions):
+        b = [merge.loss_barrier(losses[m, p], ALPHAS) for p in range(pairs)]
+        out["barrier"][name] = round(float(np.mean(b)), 4)
+        out["barrier"][f"{name}_std"] = round(float(np.std(b)), 4)
+        out["fused_acc"][name] = round(float(accs[m, :, mid].mean()), 4)
+        out["fused_acc"][f"{name}_std"] = round(float(accs[m, :, mid].std()), 4)
+        if name != "sinkhorn":  # a permutation keeps theta_B's function
+            assert np.allclose(losses[m, :, -1], losses[0, :, -1], rtol=1e-3, atol=1e-4), name
+    out["sinkhorn_end_acc"] = round(float(accs[3, :, -1].mean()), 4)
+    # A short fine-tune of every fused network, the parents continuing as the control (a
+    # fresh Adam state for all), in populations of 2 * pairs: the training program again.
+    t0 = time.time()
+    fused_pop = jax.tree.map(lambda v: v[:, mid], stacked_paths(stacked, len(ALPHAS)))
+    members = jax.tree.map(lambda f, p: jnp.concatenate([f, p]), fused_pop, params)
+    tuned = []
+    for c in range(0, (len(versions) + 2) * pairs, 2 * pairs):
+        chunk = pop_ops.take(members, range(c, c + 2 * pairs))
+        st = trainer.init(
+            jax.random.key(seed + 1 + c), 2 * pairs, learning_rate=VIT_FT_LR, params=chunk
+        )
+        tuned.append(np.asarray(trainer.evaluate(trainer.fit(st, ft_epochs).params)["test_acc"]))
+    tuned = np.concatenate(tuned)
+    seconds["finetune"] = round(time.time() - t0, 1)
+    out["finetune"] = {"epochs": ft_epochs, "learning_rate": VIT_FT_LR}
+    out["fused_finetuned_acc"] = {
+        name: round(float(tuned[m * pairs : (m + 1) * pairs].mean()), 4)
+        for m, name in enumerate(versions)
+    }
+    out["parents_finetuned_acc"] = round(float(tuned[len(versions) * pairs :].mean()), 4)
+    out["seconds"] = seconds
+    out["curves"] = {
+        name: [round(float(v), 4) for v in losses[m].mean(0)] for m, name in enumerate(versions)
+    }
+    log(
+        "digits-vit: barrier "
+        + " ".join(f"{k}={out['barrier'][k]:.3f}" for k in versions)
+        + " | fused acc "
+        + " ".join(f"{k}={out['fused_acc'][k]:.3f}" for k in versions)
+        + f" | parents {out['parents_acc']:.3f} (best {out['best_parent_acc']:.3f})"
+        + f" | after {ft_epochs} epochs: "
+        + " ".join(f"{k}={out['fused_finetuned_acc'][k]:.3f}" for k in versions)
+        + f" parents={out['parents_finetuned_acc']:.3f}"
     )
     return out
 
@@ -329,11 +483,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pairs, epochs = 1, {"mlp": 8, "cnn": 8}
         merge_archs = {"mlp": 64}
         base_epochs, ft_epochs = {"mlp": 2}, 4
+        vit_pairs, vit_epochs, vit_ft = 1, 8, 1
     else:
         widths = {"mlp": [16, 64, 256], "cnn": [8, 16, 32]}
         pairs, epochs = 3, {"mlp": 40, "cnn": 80}
         merge_archs = {"mlp": 64, "cnn": 16}
         base_epochs, ft_epochs = {"mlp": 3, "cnn": 10}, 15
+        vit_pairs, vit_epochs, vit_ft = 3, 20, 2
 
     barrier: dict[str, Any] = {
         "split": "test",
@@ -374,9 +530,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seed=100,
         )
 
+    digits_vit = vit_fusion(data, pairs=vit_pairs, epochs=vit_epochs, ft_epochs=vit_ft, seed=7)
+
     result = {
         "barrier": barrier,
         "merge_acc": merge_acc,
+        "digits_vit": digits_vit,
         "machine": mach,
         "wall_s": round(time.time() - t_start, 1),
     }

@@ -4,6 +4,7 @@
 - `CNN2d`: a 3x3 conv stack + global average pooling + dense, Small-CNN-Zoo style (digits).
 - `CNN1d`: the same for 1-D signals (MNIST-1D).
 - `ResCNN`: a residual CNN with BatchNorm.
+- `Transformer`: a pre-LN vision/sequence transformer over patches (digits ViT, MNIST-1D).
 
 `make_target(arch, **config)` builds a `Target` whose `config` rebuilds it exactly, so
 zoos and checkpoints can restore a target without the code that made it.
@@ -22,7 +23,18 @@ from flax import nnx
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Target
 
-__all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "MLP", "ResCNN", "config_for_params", "make_target"]
+__all__ = [
+    "ACTIVATIONS",
+    "CNN1d",
+    "CNN2d",
+    "MLP",
+    "ResCNN",
+    "Transformer",
+    "TransformerBlock",
+    "config_for_params",
+    "make_target",
+    "target_from_config",
+]
 
 # The one activation table of weightspace, in id order: graph metanetworks encode a hidden
 # node's activation as its index in ``("none", *ACTIVATIONS)``, so new entries go last.
@@ -216,6 +228,126 @@ class ResCNN(nnx.Module):
         return self.dense(x.mean(axis=(1, 2)))
 
 
+def _per_block(name: str, value: int | Sequence[int], depth: int) -> tuple[int, ...]:
+    """One positive int per block: an int for every block, or a list of `depth` ints."""
+    vals = (value,) * depth if isinstance(value, int | np.integer) else tuple(value)
+    if len(vals) != depth or any(
+        isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1 for v in vals
+    ):
+        raise WeightspaceError(
+            f"Transformer: {name} must be a positive int or {depth} positive ints, got {value!r}"
+        )
+    return tuple(int(v) for v in vals)
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-LN block: ``x + attn(ln1(x))``, then ``x + mlp2(act(mlp1(ln2(x))))``."""
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        head_dim: int,
+        mlp_dim: int,
+        act: Callable,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(
+            heads,
+            width,
+            qkv_features=heads * head_dim,
+            out_features=width,
+            decode=False,
+            keep_rngs=False,
+            rngs=rngs,
+        )
+        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+        self.mlp1 = nnx.Linear(width, mlp_dim, rngs=rngs)
+        self.mlp2 = nnx.Linear(mlp_dim, width, rngs=rngs)
+        self.act = act
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp2(self.act(self.mlp1(self.norm2(x))))
+
+
+class Transformer(nnx.Module):
+    """A pre-LN transformer over non-overlapping patches (ViT style), for images or signals.
+
+    Input `[batch, *spatial]` or `[batch, *spatial, C]`; ``len(patch_size)`` spatial axes,
+    each divisible by its patch size. A conv with kernel = stride = `patch_size` projects
+    every patch to `width` (a dense layer on each flattened patch); the patches, row-major,
+    are the tokens, plus a learned position embedding `pos` `[tokens, width]` (normal,
+    std 0.02). Then `depth` `TransformerBlock`s (LayerNorm, `nnx.MultiHeadAttention` with
+    `heads` heads of `head_dim`, LayerNorm, MLP `width -> mlp_dim -> width`), a final
+    LayerNorm, the mean over tokens, optional dropout, and a dense head.
+
+    `heads`, `head_dim` and `mlp_dim` are one int for every block or one per block (a
+    pruned network's blocks may differ).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        spatial: Sequence[int],
+        patch_size: Sequence[int],
+        out_features: int,
+        *,
+        width: int = 32,
+        depth: int = 2,
+        heads: int | Sequence[int] = 2,
+        head_dim: int | Sequence[int] | None = None,
+        mlp_dim: int | Sequence[int] = 64,
+        activation: str = "gelu",
+        dropout: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        spatial, patch = tuple(spatial), tuple(patch_size)
+        if len(patch) != len(spatial) or any(n % p for n, p in zip(spatial, patch, strict=True)):
+            raise WeightspaceError(
+                f"Transformer: patch_size {list(patch)} does not tile the input {list(spatial)} "
+                "(one patch size per spatial axis, each dividing it)"
+            )
+        heads = _per_block("heads", heads, depth)
+        if head_dim is None:
+            if any(width % h for h in heads):
+                raise WeightspaceError(
+                    f"Transformer: width {width} is not divisible by heads {list(heads)}; "
+                    "give head_dim"
+                )
+            head_dim = [width // h for h in heads]
+        head_dim = _per_block("head_dim", head_dim, depth)
+        mlp_dim = _per_block("mlp_dim", mlp_dim, depth)
+        tokens = int(np.prod([n // p for n, p in zip(spatial, patch, strict=True)]))
+        self.ndim = len(spatial)
+        self.patch = nnx.Conv(in_channels, width, patch, strides=patch, padding="VALID", rngs=rngs)
+        self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (tokens, width)))
+        act = _activation(activation)
+        self.blocks = nnx.List(
+            [
+                TransformerBlock(width, h, d, m, act, rngs=rngs)
+                for h, d, m in zip(heads, head_dim, mlp_dim, strict=True)
+            ]
+        )
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        self.head = nnx.Linear(width, out_features, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim == self.ndim + 1:
+            x = x[..., None]
+        h = self.patch(x)
+        h = h.reshape(h.shape[0], -1, h.shape[-1]) + self.pos[None]
+        for block in self.blocks:
+            h = block(h)
+        h = self.norm(h).mean(axis=1)
+        if self.dropout is not None:
+            h = self.dropout(h)
+        return self.head(h)
+
+
 _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
     "mlp": (
         MLP,
@@ -257,6 +389,21 @@ _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
             {"num_blocks": c.get("num_blocks", 2), "activation": c.get("activation", "relu")},
         ),
     ),
+    "transformer": (
+        Transformer,
+        lambda c: (
+            (c.get("in_channels", 1), c["spatial"], c["patch_size"], c["out_features"]),
+            {
+                "width": c.get("width", 32),
+                "depth": c.get("depth", 2),
+                "heads": c.get("heads", 2),
+                "head_dim": c.get("head_dim"),
+                "mlp_dim": c.get("mlp_dim", 64),
+                "activation": c.get("activation", "gelu"),
+                "dropout": c.get("dropout", 0.0),
+            },
+        ),
+    ),
 }
 
 
@@ -266,14 +413,30 @@ _KEYS: dict[str, set[str]] = {
     "cnn2d": _CONV_KEYS | {"dropout", "batchnorm", "residual"},
     "cnn1d": _CONV_KEYS | {"dropout"},
     "rescnn": {"in_channels", "channels", "out_features", "num_blocks", "activation"},
+    "transformer": {
+        "in_channels",
+        "patch_size",
+        "out_features",
+        "width",
+        "depth",
+        "heads",
+        "head_dim",
+        "mlp_dim",
+        "activation",
+        "dropout",
+    },
 }
+_PER_BLOCK = ("heads", "head_dim", "mlp_dim")  # an int, or one int per transformer block
 
 
 def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Target:
     """Builds a `Target` for one of the platform's architectures.
 
     Args:
-      arch: ``"mlp"``, ``"cnn2d"``, ``"cnn1d"`` or ``"rescnn"``.
+      arch: ``"mlp"``, ``"cnn2d"``, ``"cnn1d"``, ``"rescnn"`` or ``"transformer"``
+        (`Transformer`: ``patch_size`` per spatial axis, ``width``, ``depth``, ``heads``,
+        ``head_dim``, ``mlp_dim``; `input_shape` is the spatial shape, optionally with a
+        trailing channel axis of ``in_channels``).
       input_shape: shape of one example, e.g. ``(8, 8)`` for digits, ``(40,)`` for MNIST-1D.
       **config: the module's arguments (``widths``/``channels``, ``out_features``,
         ``activation``, ``dropout``, ...). For ``"mlp"``, ``in_features`` defaults to the
@@ -309,9 +472,19 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
         for s in input_shape:
             size *= s
         cfg.setdefault("in_features", size)
-    for k in ("in_features", "in_channels", "out_features", "kernel_size"):
+    for k in ("in_features", "in_channels", "out_features", "kernel_size", "width", "depth"):
         if k in cfg and not isinstance(cfg[k], list | tuple):
             cfg[k] = _positive_ints(k, [cfg[k]])[0]
+    for k in _PER_BLOCK:
+        if cfg.get(k) is not None:
+            if isinstance(cfg[k], int | np.integer) and not isinstance(cfg[k], bool):
+                cfg[k] = _positive_ints(k, [cfg[k]])[0]
+            else:
+                cfg[k] = list(_positive_ints(k, cfg[k]))
+    spatial = input_shape
+    if arch == "transformer" and "patch_size" in cfg:
+        cfg["patch_size"] = list(_positive_ints("patch_size", cfg["patch_size"]))
+        spatial = _transformer_spatial(input_shape, cfg)
     if "num_blocks" in cfg:  # 0 blocks: stem and head only
         cfg["num_blocks"] = _positive_ints("num_blocks", [cfg["num_blocks"] + 1])[0] - 1
     if "widths" in cfg:
@@ -327,7 +500,7 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
         cfg["kernel_size"] = list(_positive_ints("kernel_size", cfg["kernel_size"]))
     cls, to_args = _BUILDERS[arch]
     try:
-        args, kwargs = to_args(cfg)
+        args, kwargs = to_args({**cfg, "spatial": spatial})
     except KeyError as e:
         raise WeightspaceError(f"make_target({arch!r}): missing config {e.args[0]!r}") from None
 
@@ -340,6 +513,21 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
     full_config = {"arch": arch, "input_shape": list(input_shape), **cfg}
     name = f"{arch}(" + ",".join(f"{k}={v}" for k, v in cfg.items() if k != "in_features") + ")"
     return Target.from_nnx(module, sample_input=sample, name=name, config=full_config, init=build)
+
+
+def _transformer_spatial(input_shape: tuple[int, ...], cfg: dict[str, Any]) -> tuple[int, ...]:
+    """The spatial axes of a transformer's `input_shape` (a trailing channel axis dropped)."""
+    n = len(cfg["patch_size"])
+    channels = cfg.get("in_channels", 1)
+    if len(input_shape) == n + 1 and input_shape[-1] == channels:
+        return input_shape[:-1]
+    if len(input_shape) == n and channels == 1:
+        return input_shape
+    raise WeightspaceError(
+        f"make_target('transformer'): input_shape {list(input_shape)} does not match "
+        f"patch_size {cfg['patch_size']} ({n} spatial axes) and in_channels {channels}; expected "
+        f"{n} spatial axes, optionally followed by {channels} channels"
+    )
 
 
 def _positive_ints(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:
@@ -388,6 +576,16 @@ def config_for_params(config: dict[str, Any], params: Any) -> dict[str, Any] | N
             cfg["channels"] = [
                 int(np.shape(convs[str(i)]["kernel"])[-1]) for i in range(len(convs))
             ]
+        elif cfg["arch"] == "transformer":
+            if not _transformer_resizable(cfg, params):
+                return None
+            sizes = _transformer_sizes(params)
+            if sizes["heads"] != config.get("heads", 2) and config.get("head_dim") is None:
+                # The default head_dim is width // heads: keep the original dims explicitly.
+                sizes["head_dim"] = int(
+                    np.shape(params["blocks"]["0"]["attn"]["query"]["kernel"])[-1]
+                )
+            cfg.update(sizes)
         else:
             cfg["channels"] = int(np.shape(params["stem"]["kernel"])[-1])
         rebuilt = target_from_config(cfg)
@@ -397,3 +595,33 @@ def config_for_params(config: dict[str, Any], params: Any) -> dict[str, Any] | N
     if jax.tree.structure(params) != rebuilt.treedef or shapes != [s.shape for s in rebuilt.spec]:
         return None
     return rebuilt.config
+
+
+def _transformer_sizes(params: Any) -> dict[str, Any]:
+    """`heads` and `mlp_dim` of `Transformer` params, one int where all blocks agree."""
+    blocks = [params["blocks"][str(i)] for i in range(len(params["blocks"]))]
+    out = {
+        "heads": [int(np.shape(b["attn"]["query"]["kernel"])[1]) for b in blocks],
+        "mlp_dim": [int(np.shape(b["mlp1"]["kernel"])[-1]) for b in blocks],
+    }
+    return {k: v[0] if len(set(v)) == 1 else v for k, v in out.items()}
+
+
+def _transformer_resizable(config: dict[str, Any], params: Any) -> bool:
+    """Whether `params` differ from `config`'s transformer in whole heads and MLP units only.
+
+    A compact model with fewer residual units or head dims computes the original's
+    LayerNorm statistics over the original width and its attention scale
+    ``1 / sqrt(head_dim)`` with the original `head_dim` (`hyper.compact.remove_units`:
+    the masked original); a narrower `Transformer` would compute both at the new sizes,
+    another function, so no config describes it.
+    """
+    shapes = {s.path: s.shape for s in target_from_config(config).spec}
+    blocks = params["blocks"]
+    same_dims = all(
+        np.shape(blocks[str(i)]["attn"][n]["kernel"])[-1]
+        == shapes[f"blocks/{i}/attn/{n}/kernel"][-1]
+        for i in range(len(blocks))
+        for n in ("query", "key", "value")
+    )
+    return same_dims and np.shape(params["patch"]["kernel"])[-1] == shapes["patch/kernel"][-1]

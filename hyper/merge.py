@@ -23,7 +23,9 @@ is the plain mean of the members. Every task-vector merge takes ``rank=r`` to me
 low-rank deltas instead: each kernel's delta is replaced by its truncated SVD of rank `r`
 (`low_rank`; a kernel ``[..., in, out]`` is seen as a matrix ``[prod(...) * in, out]``).
 
-`interpolate` and `loss_barrier` measure linear mode connectivity.
+`fuse` merges two independently trained networks (OT fusion, Imfeld et al. 2024 for
+transformers; Git Re-Basin): align `b` to `a` (hard permutations or a soft Sinkhorn plan),
+then average. `interpolate` and `loss_barrier` measure linear mode connectivity.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyper import align
+from hyper import align, symmetry
 from hyper import population as pop
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
@@ -47,6 +49,7 @@ __all__ = [
     "average",
     "diagonal_fisher",
     "fisher_merge",
+    "fuse",
     "interpolate",
     "loss_barrier",
     "low_rank",
@@ -226,6 +229,99 @@ def aligned_average(
         target, population, method=method, x=x, key=key, max_iter=max_iter, reg=reg
     )
     return average(target, aligned, weights)
+
+
+FUSE_METHODS = ("weight", "activation", "sinkhorn", "none")
+
+
+def fuse(
+    target: Target,
+    params_a: Params,
+    params_b: Params,
+    *,
+    method: str = "weight",
+    x: Any = None,
+    weight: float = 0.5,
+    key: jax.Array | None = None,
+    max_iter: int = 100,
+    reg: float = 0.05,
+    kind: str = "both",
+) -> Params:
+    """Fuses two networks of one target: aligns `b` to `a`, then ``a + weight * (b' - a)``.
+
+    The alignment covers every structural group (`hyper.symmetry.structural_groups`): for
+    a transformer the residual stream (one group across all blocks, with its LayerNorms),
+    the query/key and value/output dimensions of the attention heads (one permutation
+    shared by all heads of a layer) and the MLP units; heads themselves are aligned where
+    the groups include them.
+
+    - ``"weight"``: weight matching (`hyper.align.weight_matching`); `b'` is `b` permuted,
+      the same function as `b`.
+    - ``"activation"``: activation matching on the batch `x`
+      (`hyper.align.activation_matching`); `b'` is `b` permuted.
+    - ``"sinkhorn"``: OT fusion with soft alignment: entropic transport plans per group
+      (`hyper.align.sinkhorn_alignment`; similarities of activations on `x` if given, else
+      of weights after weight matching, `reg` relative to the largest), and `b'` is `b`
+      transported onto `a`'s units (`hyper.align.apply_transport`: each unit of `b'` a
+      barycentric mix of `b`'s units, not the function of `b` in general). As ``reg -> 0``
+      the plans become the permutations of ``"weight"`` (or ``"activation"``).
+    - ``"none"``: no alignment (vanilla averaging, the baseline).
+
+    Every leaf is mixed, non-trainable state (BatchNorm statistics) included. Computed as
+    ``a + weight * (b' - a)``, so a `b` that is a permuted copy of `a` fuses back to `a`
+    exactly with ``"weight"``.
+
+    Args:
+      target: the target of both networks.
+      params_a: the reference network (its unit order is kept).
+      params_b: the network aligned to `a`.
+      method: ``"weight"``, ``"activation"``, ``"sinkhorn"`` or ``"none"``.
+      x: an input batch `[batch, ...]` (needed by ``"activation"``; optional for
+        ``"sinkhorn"``).
+      weight: the share of `b` in [0, 1] (0 returns `a`; 0.5 the midpoint).
+      key: randomness of weight matching's group order.
+      max_iter: weight matching sweeps.
+      reg: Sinkhorn regularisation (> 0, relative; 0.05 nearly hard, 1 nearly uniform).
+      kind: which activations carry a group (see `hyper.align.activation_similarity`).
+
+    Returns:
+      one network of `target`.
+
+    Raises:
+      WeightspaceError: an unknown method, ``"activation"`` without `x`, a `weight`
+        outside [0, 1], inputs of the wrong shape, or networks that do not match `target`
+        (the message names the argument, the leaf and the shapes).
+    """
+    if method not in FUSE_METHODS:
+        raise WeightspaceError(f"fuse: unknown method {method!r}; expected one of {FUSE_METHODS}")
+    try:
+        w = float("nan") if isinstance(weight, bool | str) else float(weight)
+    except (TypeError, ValueError):
+        w = float("nan")
+    if not 0.0 <= w <= 1.0:
+        raise WeightspaceError(f"fuse: weight must be a number in [0, 1], got {weight!r}")
+    _validate("fuse", "params_a", target, params_a, batched=False)
+    _validate("fuse", "params_b", target, params_b, batched=False)
+    if method == "activation" and x is None:
+        raise WeightspaceError("fuse: method='activation' needs an input batch x")
+    if method == "weight":
+        perms = align.weight_matching(target, params_a, params_b, key=key, max_iter=max_iter)
+        aligned = symmetry.permute(target, params_b, [jnp.asarray(p) for p in perms])
+    elif method == "activation":
+        perms = align.activation_matching(target, params_a, params_b, x, kind=kind)
+        aligned = symmetry.permute(target, params_b, [jnp.asarray(p) for p in perms])
+    elif method == "sinkhorn":
+        plans = align.sinkhorn_alignment(
+            target, params_a, params_b, x=x, reg=reg, key=key, max_iter=max_iter
+        )
+        aligned = align.apply_transport(target, params_b, plans)
+    else:
+        aligned = params_b
+    return jax.tree.map(
+        lambda a, b: (a + w * (jnp.asarray(b, a.dtype) - a)).astype(a.dtype),
+        jax.tree.map(jnp.asarray, params_a),
+        aligned,
+    )
 
 
 # ---------------------------------------------------------------------------------------

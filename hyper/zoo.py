@@ -44,6 +44,7 @@ from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.target import Params, Target
 from hyper.train import OPTIMIZERS, TrainConfig, Trainer
 from hyper.zoo_format import read_config
+from hyper.zoo_presets import PRESETS, ZooPreset
 
 __all__ = [
     "HPARAMS",
@@ -69,87 +70,6 @@ HPARAMS = (
 """Grid axes. The last three change the program and split members into groups."""
 
 _STRUCTURAL = ("activation", "dropout", "optimizer")
-
-
-@dataclasses.dataclass(frozen=True)
-class ZooPreset:
-    """A named zoo recipe.
-
-    Attributes:
-      dataset: registry name in `hyper.data`.
-      arch: `make_target` config without activation/dropout (those come from the grid).
-      grid: hyperparameter -> list of values (keys from `HPARAMS`).
-      epochs: default number of epochs.
-      batch_size: examples per step.
-      checkpoint_epochs: default epochs to save (0 = initialisation).
-    """
-
-    dataset: str
-    arch: Mapping[str, Any]
-    grid: Mapping[str, Sequence[Any]]
-    epochs: int
-    batch_size: int = 128
-    checkpoint_epochs: tuple[int, ...] | None = None
-
-
-PRESETS: dict[str, ZooPreset] = {
-    "digits-mlp": ZooPreset(
-        dataset="digits",
-        arch={"arch": "mlp", "widths": [32], "out_features": 10},
-        grid={
-            "learning_rate": [3e-3, 1e-2, 3e-2],
-            "weight_decay": [0.0, 1e-3],
-            "init_scale": [0.5, 1.0],
-            "train_fraction": [0.5, 1.0],
-            "activation": ["relu", "tanh"],
-            "dropout": [0.0],
-            "optimizer": ["adam"],
-        },
-        epochs=20,
-    ),
-    "digits-cnn": ZooPreset(
-        dataset="digits",
-        arch={"arch": "cnn2d", "channels": [8, 8, 8], "out_features": 10},
-        grid={
-            "learning_rate": [3e-3, 1e-2],
-            "weight_decay": [0.0, 1e-3],
-            "init_scale": [0.5, 1.0],
-            "train_fraction": [0.5, 1.0],
-            "activation": ["relu", "tanh"],
-            "dropout": [0.0, 0.2],
-            "optimizer": ["adam"],
-        },
-        epochs=20,
-    ),
-    "mnist1d-mlp": ZooPreset(
-        dataset="mnist1d",
-        arch={"arch": "mlp", "widths": [100, 100], "out_features": 10},
-        grid={
-            "learning_rate": [1e-3, 3e-3, 1e-2],
-            "weight_decay": [0.0, 1e-3],
-            "init_scale": [1.0],
-            "train_fraction": [0.5, 1.0],
-            "activation": ["relu", "tanh"],
-            "dropout": [0.0],
-            "optimizer": ["adam"],
-        },
-        epochs=30,
-    ),
-    "mnist1d-cnn": ZooPreset(
-        dataset="mnist1d",
-        arch={"arch": "cnn1d", "channels": [32, 32, 32], "kernel_size": 5, "out_features": 10},
-        grid={
-            "learning_rate": [3e-3, 1e-2],
-            "weight_decay": [0.0],
-            "init_scale": [1.0],
-            "train_fraction": [1.0],
-            "activation": ["relu"],
-            "dropout": [0.0],
-            "optimizer": ["adam"],
-        },
-        epochs=30,
-    ),
-}
 
 
 def _default_checkpoint_epochs(epochs: int) -> list[int]:

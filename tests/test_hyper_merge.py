@@ -11,6 +11,7 @@ import pytest
 from hyper import merge, symmetry
 from hyper.architectures import make_target
 from hyper.tree import flatten_dict
+from hyper.zoo_presets import PRESETS
 from tests.test_hyper_symmetry import random_params
 
 
@@ -230,6 +231,82 @@ def test_interpolation_and_barrier(mlp_target):
     assert merge.loss_barrier([1.0, 2.0, 3.0]) == pytest.approx(0.0)
     assert merge.loss_barrier([1.0, 3.0, 1.0]) == pytest.approx(2.0)
     assert merge.loss_barrier([1.0, 1.0, 3.0], alphas=[0.0, 0.5, 1.0]) == pytest.approx(0.0)
+
+
+# --- fusion of two transformers (digits-vit) -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vit(digits):
+    """The digits-vit preset, two random networks, a permuted copy of the first and an
+    input batch."""
+    cfg = {k: v for k, v in PRESETS["digits-vit"].arch.items() if k != "arch"}
+    t = make_target("transformer", input_shape=(8, 8), **cfg)
+    a, b = random_params(t, 0), random_params(t, 1)
+    rng = np.random.default_rng(3)  # host permutations: no PRNG program to compile
+    perms = [jnp.asarray(rng.permutation(g.size)) for g in symmetry.structural_groups(t)]
+    return t, a, b, symmetry.permute(t, a, perms), jnp.asarray(digits.x_train[:64])
+
+
+def _max_diff(u, v) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(p) - np.asarray(q))))
+        for p, q in zip(jax.tree.leaves(u), jax.tree.leaves(v), strict=True)
+    )
+
+
+def test_fuse_of_a_permuted_transformer_is_the_network(vit):
+    """Weight and activation matching find the permutation of every group (residual
+    stream, query/key and value/output head dims, MLP units) exactly; the Sinkhorn plan
+    is nearly hard; averaging without alignment is far off."""
+    t, a, _, pa, x = vit
+    groups = symmetry.structural_groups(t)
+    residual = [g for g in groups if ("blocks/1/mlp2/kernel", 1) in g.axes]
+    assert len(residual) == 1 and ("blocks/0/attn/out/kernel", 2) in residual[0].axes
+    assert sorted(g.size for g in groups if g.size > 2) == [16, 16, 16, 16, 32, 64, 64]
+    for method in ("weight", "activation"):
+        fused = merge.fuse(t, a, pa, method=method, x=x)
+        for u, v in zip(jax.tree.leaves(fused), jax.tree.leaves(a), strict=True):
+            np.testing.assert_array_equal(u, v)
+    assert _max_diff(merge.fuse(t, a, pa, method="sinkhorn", weight=0.5), a) < 1e-2
+    assert _max_diff(merge.fuse(t, a, pa, method="none"), a) > 0.3
+
+
+def test_fuse_each_method(vit, digits):
+    """Every method returns a network of the target (weight 0: `a` itself); hard
+    alignments keep `b`'s function (weight 1); the fused networks' accuracy is finite."""
+    t, a, b, _, x = vit
+    xt = jnp.asarray(digits.x_test[:200])
+    logits_b = np.asarray(t.apply(b, xt))
+    for method in merge.FUSE_METHODS:
+        x_m = x if method in ("activation", "sinkhorn") else None
+        fused = merge.fuse(t, a, b, method=method, x=x_m)
+        t.validate(fused)
+        assert [u.dtype for u in jax.tree.leaves(fused)] == [s.dtype for s in t.spec]
+        logits = np.asarray(t.apply(fused, xt))
+        acc = np.mean(np.argmax(logits, -1) == digits.y_test[:200])
+        assert np.isfinite(logits).all() and 0 <= acc <= 1
+        assert _max_diff(fused, a) > 0.1  # b contributes
+        if method in ("weight", "activation", "none"):
+            b_aligned = merge.fuse(t, a, b, method=method, x=x_m, weight=1.0)
+            np.testing.assert_allclose(t.apply(b_aligned, xt), logits_b, rtol=1e-4, atol=1e-4)
+    zero = merge.fuse(t, a, b, method="sinkhorn", weight=0.0)
+    assert _max_diff(zero, a) == 0.0
+
+
+def test_fuse_bad_inputs(vit, mlp_target):
+    t, a, b, _, x = vit
+    with pytest.raises(ValueError, match=r"unknown method 'ot'.*'weight', 'activation'"):
+        merge.fuse(t, a, b, method="ot")
+    with pytest.raises(ValueError, match="method='activation' needs an input batch x"):
+        merge.fuse(t, a, b, method="activation")
+    for w in (1.5, -0.1, "half", True, float("nan"), [0.5]):
+        with pytest.raises(ValueError, match="weight must be a number in"):
+            merge.fuse(t, a, b, weight=w)
+    with pytest.raises(ValueError, match=r"fuse: params_b: .*'blocks/0/attn/key/bias'"):
+        merge.fuse(t, a, random_params(mlp_target, 0))
+    with pytest.raises(ValueError, match=r"inputs have shape \(64, 64\)"):
+        merge.fuse(t, a, b, method="activation", x=x.reshape(64, 64))
 
 
 # --- bad input --------------------------------------------------------------------------

@@ -307,7 +307,8 @@ def test_grid_errors_name_the_key(tmp_path, grid, key):
         ({"checkpoint_epochs": [-1]}, "checkpoint epochs"),
         ({"batch_size": 0}, "batch_size"),
         ({"metadata_format": "parquet"}, "metadata_format"),
-        ({"arch": {"arch": "transformer", "out_features": 10}}, "unknown architecture"),
+        ({"arch": {"arch": "lstm", "out_features": 10}}, "unknown architecture"),
+        ({"arch": {"arch": "transformer", "out_features": 10}}, "missing config 'patch_size'"),
         ({"arch": {"arch": "mlp", "out_features": 10}}, "widths"),
     ],
 )
