@@ -296,7 +296,9 @@ def check_reachable(target: Target, speedup: float, *, round_to: int = 1) -> Non
     if f_min > goal:
         g = groups[blocked]
         raise UnreachableSpeedup(
-            f"speed-up {speedup:g}x cannot be reached: even one unit per group leaves "
+            f"speed-up {speedup:g}x cannot be reached"
+            f"{f' with widths rounded to multiples of {round_to}' if round_to > 1 else ''}: "
+            f"even the fewest units per group leave "
             f"{f_min:,} FLOPs > {int(goal):,}; it would remove every channel of layer "
             f"{_layer_names(g)} (group {g.name!r})"
         )
