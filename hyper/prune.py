@@ -6,7 +6,9 @@ pruning by group norm to a FLOPs speed-up (`prune_to_speedup`) or down to an acc
 (`prune_to_floor`) -> fine-tune -> a compact standalone network
 (`hyper.compact.remove_units`: smaller arrays, not masks). Without `edit` it is the
 group-L2 baseline; ``importance="random"`` is the random baseline. `edit` is where a
-network editor plugs in, e.g. a MetaPruning metanet (`metanets.metaprune`).
+network editor plugs in, e.g. a MetaPruning metanet (`metanets.metaprune`). Fewer FLOPs
+is not less time: ``round_to`` keeps widths at multiples the hardware runs fast, and
+``latency=`` prunes against a latency model instead of FLOPs (`hyper.latency`).
 
 `export_pruned` / `load_pruned`: an Orbax checkpoint whose target description rebuilds
 the compact model without the original (built-in architectures get a plain `make_target`
@@ -201,10 +203,36 @@ def _masks_for(sizes, order, widths) -> list[np.ndarray]:
     return masks
 
 
+def _refill(widths, sizes, order, scores, round_to, fits) -> tuple[int, ...]:
+    """With rounding, one candidate to the next can drop a whole multiple and overshoot the
+    goal: restore removed units, a multiple at a time (one at a time in a group smaller
+    than `round_to`), the best-scored removed units of the group whose restored units
+    score highest first, while ``fits(widths)`` holds."""
+    removed: list[list[int]] = [[] for _ in sizes]
+    for gi, u in order:
+        removed[gi].append(u)
+    w = list(widths)
+    while True:
+        best = None
+        for gi, s in enumerate(sizes):
+            if w[gi] >= s:
+                continue
+            nw = min(s, w[gi] + (round_to if s >= round_to else 1))
+            gone = s - w[gi]  # the first `gone` of removed[gi] are removed
+            gain = float(sum(scores[gi][u] for u in removed[gi][gone - (nw - w[gi]) : gone]))
+            cand = (*w[:gi], nw, *w[gi + 1 :])
+            if (best is None or gain > best[0]) and fits(cand):
+                best = (gain, gi, nw)
+        if best is None:
+            return tuple(w)
+        w[best[1]] = best[2]
+
+
 def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, latency=None):
     """Removes the fewest lowest-ranked units so that the cost <= goal: FLOPs (a binary
     search: FLOPs fall as units go) or ``latency(widths)`` (a scan in ranking order: a
-    measured latency need not fall monotonically). Widths rounded by `rounded_width`."""
+    measured latency need not fall monotonically). Widths rounded by `rounded_width`, then
+    refilled (`_refill`) up to the goal."""
     order, blocked = _removal_order(scores)
     sizes = [g.size for g in groups]
     along = _widths_along(sizes, order, round_to)
@@ -214,44 +242,44 @@ def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, laten
         masks = _masks_for(sizes, order, widths)
         return compact.remove_units(target, params, masks, groups=groups, check=False)
 
+    cost_at: dict[tuple[int, ...], float] = {}
+
+    def cost(w):
+        if w not in cost_at:
+            cost_at[w] = float(latency(w)) if latency else compact.count_flops(cut(w)[0])
+        return cost_at[w]
+
+    def done(w):
+        if round_to > 1:
+            w = _refill(w, sizes, order, scores, round_to, lambda c: cost(c) <= goal)
+        return cut(w)
+
     if latency is not None:
-        seen: dict[tuple[int, ...], float] = {}
         for w in along:
-            if w not in seen:
-                seen[w] = float(latency(w))
-                if seen[w] <= goal:
-                    return cut(w)
-        best = min(seen, key=seen.get)
+            if cost(w) <= goal:
+                return done(w)
+        best = min(cost_at, key=cost_at.get)
         raise UnreachableSpeedup(
             f"latency speed-up {speedup:g}x cannot be reached{rounding}: the fastest "
-            f"candidate widths {list(best)} take {seen[best]:.4g} s > {goal:.4g} s "
+            f"candidate widths {list(best)} take {cost_at[best]:.4g} s > {goal:.4g} s "
             f"(groups {[g.name for g in groups]})"
         )
-
-    flops_at: dict[tuple[int, ...], int] = {}
-
-    def flops(k):
-        w = along[k]
-        if w not in flops_at:
-            flops_at[w] = compact.count_flops(cut(w)[0])
-        return flops_at[w]
-
-    f_all = flops(len(order))
+    f_all = cost(along[-1])
     if f_all > goal:
         g = groups[blocked]
         raise UnreachableSpeedup(
             f"speed-up {speedup:g}x cannot be reached{rounding}: even the fewest units per "
-            f"group leave {f_all:,} FLOPs > {int(goal):,}; it would remove every channel of "
-            f"layer {_layer_names(g)} (group {g.name!r})"
+            f"group leave {int(f_all):,} FLOPs > {int(goal):,}; it would remove every channel "
+            f"of layer {_layer_names(g)} (group {g.name!r})"
         )
-    lo, hi = 0, len(order)  # flops(hi) <= goal
+    lo, hi = 0, len(order)  # cost(along[hi]) <= goal
     while lo < hi:
         mid = (lo + hi) // 2
-        if flops(mid) <= goal:
+        if cost(along[mid]) <= goal:
             hi = mid
         else:
             lo = mid + 1
-    return cut(along[lo])
+    return done(along[lo])
 
 
 def _check_prunable(target: Target) -> list[symmetry.Group]:

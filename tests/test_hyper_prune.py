@@ -256,6 +256,12 @@ def test_round_to_keeps_multiples_and_counts_flops_after_rounding(target, net):
         widths = _widths(small)
         assert set(widths) <= {4, 6} and widths != [6, 6]
         assert compact.count_flops(small) <= f0 / s  # counted on the rounded network
+        # no overshoot: widening any group by one multiple (or to its size) misses the goal
+        for i, w in enumerate(widths):
+            if w < 6:
+                wider = [np.arange(min(v + 4, 6) if j == i else v) for j, v in enumerate(widths)]
+                t, _ = compact.remove_units(target, net, wider)
+                assert compact.count_flops(t) > f0 / s
         scores = compact.group_importance(target, net, method="l2", normalizer="mean")
         for i, w in enumerate(widths):
             b0, b1 = (
