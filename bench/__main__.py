@@ -37,7 +37,17 @@ _NOT_BENCHES = {
     "member_chunk",
 }
 # The order `all` runs them in (others found in bench/ follow, alphabetically).
-ORDER = ["scaling", "zoo", "hypernet", "mip", "merge", "metanet_predict", "metaprune", "assembler"]
+ORDER = [
+    "scaling",
+    "zoo",
+    "hypernet",
+    "mip",
+    "merge",
+    "metanet_predict",
+    "metaprune",
+    "prune_speed",
+    "assembler",
+]
 # Headline keys shown beside the goals: (label, key path).
 HEADLINES: dict[str, list[tuple[str, str]]] = {
     "mip": [
@@ -82,6 +92,15 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
             for method in ("metaprune", "group_l2", "random")
         ),
         ("compact_speedup_measured (3x, first data set)", "compact_speedup_measured"),
+    ],
+    "prune_speed": [
+        (
+            f"compact_speedup_measured {arch} {s} round_to {r}",
+            f"compact_speedup_measured/{arch}/{s}/round_to_{r}",
+        )
+        for arch in ("digits-cnn", "mnist1d-cnn")
+        for s in ("2x", "3x")
+        for r in (1, 8)
     ],
 }
 

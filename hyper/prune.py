@@ -6,7 +6,9 @@ pruning by group norm to a FLOPs speed-up (`prune_to_speedup`) or down to an acc
 (`prune_to_floor`) -> fine-tune -> a compact standalone network
 (`hyper.compact.remove_units`: smaller arrays, not masks). Without `edit` it is the
 group-L2 baseline; ``importance="random"`` is the random baseline. `edit` is where a
-network editor plugs in, e.g. a MetaPruning metanet (`metanets.metaprune`).
+network editor plugs in, e.g. a MetaPruning metanet (`metanets.metaprune`). Fewer FLOPs
+is not less time: ``round_to`` keeps widths at multiples the hardware runs fast, and
+``latency=`` prunes against a latency model instead of FLOPs (`hyper.latency`).
 
 `export_pruned` / `load_pruned`: an Orbax checkpoint whose target description rebuilds
 the compact model without the original (built-in architectures get a plain `make_target`
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import compact, symmetry
+from hyper import latency as latency_lib
 from hyper.architectures import config_for_params, target_from_config
 from hyper.checkpoint import CheckpointError, load_population, save_population
 from hyper.data import Dataset
@@ -155,13 +158,6 @@ def _removal_order(scores: Sequence[np.ndarray]) -> tuple[list[tuple[int, int]],
     return order, blocked if blocked is not None else 0
 
 
-def _keep_masks(sizes: Sequence[int], removed: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-    masks = [np.ones(s, bool) for s in sizes]
-    for gi, u in removed:
-        masks[gi][u] = False
-    return masks
-
-
 def _importance(target, params, groups, importance, normalizer, key) -> list[np.ndarray]:
     """`compact.group_importance` as numpy arrays: norms are computed by numpy on host
     copies of the weights (a compiled program would be new for every pruned shape);
@@ -181,33 +177,109 @@ def _importance(target, params, groups, importance, normalizer, key) -> list[np.
     return [np.asarray(s) for s in fn(params, key)]
 
 
-def _prune_step(target, params, groups, scores, goal, speedup):
-    """Removes the fewest lowest-ranked units so that FLOPs <= goal (binary search)."""
+def _widths_along(sizes, order, round_to) -> list[tuple[int, ...]]:
+    """The kept widths after removing the first k units of `order`, for k = 0..len(order)
+    (rounded; non-increasing in k for every group)."""
+    left = list(sizes)
+    out = [tuple(sizes)]
+    for gi, _ in order:
+        left[gi] -= 1
+        out.append(
+            tuple(
+                latency_lib.rounded_width(n, s, round_to) for n, s in zip(left, sizes, strict=True)
+            )
+        )
+    return out
+
+
+def _masks_for(sizes, order, widths) -> list[np.ndarray]:
+    """Keep masks removing the lowest-ranked ``size - width`` units of each group."""
+    todo = [s - w for s, w in zip(sizes, widths, strict=True)]
+    masks = [np.ones(s, bool) for s in sizes]
+    for gi, u in order:
+        if todo[gi] > 0:
+            masks[gi][u] = False
+            todo[gi] -= 1
+    return masks
+
+
+def _refill(widths, sizes, order, scores, round_to, fits) -> tuple[int, ...]:
+    """With rounding, one candidate to the next can drop a whole multiple and overshoot the
+    goal: restore removed units, a multiple at a time (one at a time in a group smaller
+    than `round_to`), the best-scored removed units of the group whose restored units
+    score highest first, while ``fits(widths)`` holds."""
+    removed: list[list[int]] = [[] for _ in sizes]
+    for gi, u in order:
+        removed[gi].append(u)
+    w = list(widths)
+    while True:
+        best = None
+        for gi, s in enumerate(sizes):
+            if w[gi] >= s:
+                continue
+            nw = min(s, w[gi] + (round_to if s >= round_to else 1))
+            gone = s - w[gi]  # the first `gone` of removed[gi] are removed
+            gain = float(sum(scores[gi][u] for u in removed[gi][gone - (nw - w[gi]) : gone]))
+            cand = (*w[:gi], nw, *w[gi + 1 :])
+            if (best is None or gain > best[0]) and fits(cand):
+                best = (gain, gi, nw)
+        if best is None:
+            return tuple(w)
+        w[best[1]] = best[2]
+
+
+def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, latency=None):
+    """Removes the fewest lowest-ranked units so that the cost <= goal: FLOPs (a binary
+    search: FLOPs fall as units go) or ``latency(widths)`` (a scan in ranking order: a
+    measured latency need not fall monotonically). Widths rounded by `rounded_width`, then
+    refilled (`_refill`) up to the goal."""
     order, blocked = _removal_order(scores)
     sizes = [g.size for g in groups]
+    along = _widths_along(sizes, order, round_to)
+    rounding = f" with widths rounded to multiples of {round_to}" if round_to > 1 else ""
 
-    def flops(k):
-        masks = _keep_masks(sizes, order[:k])
-        t, p = compact.remove_units(target, params, masks, groups=groups, check=False)
-        return compact.count_flops(t), t, p
+    def cut(widths):
+        masks = _masks_for(sizes, order, widths)
+        return compact.remove_units(target, params, masks, groups=groups, check=False)
 
-    f_all = flops(len(order))[0]
+    cost_at: dict[tuple[int, ...], float] = {}
+
+    def cost(w):
+        if w not in cost_at:
+            cost_at[w] = float(latency(w)) if latency else compact.count_flops(cut(w)[0])
+        return cost_at[w]
+
+    def done(w):
+        if round_to > 1:
+            w = _refill(w, sizes, order, scores, round_to, lambda c: cost(c) <= goal)
+        return cut(w)
+
+    if latency is not None:
+        for w in along:
+            if cost(w) <= goal:
+                return done(w)
+        best = min(cost_at, key=cost_at.get)
+        raise UnreachableSpeedup(
+            f"latency speed-up {speedup:g}x cannot be reached{rounding}: the fastest "
+            f"candidate widths {list(best)} take {cost_at[best]:.4g} s > {goal:.4g} s "
+            f"(groups {[g.name for g in groups]})"
+        )
+    f_all = cost(along[-1])
     if f_all > goal:
         g = groups[blocked]
         raise UnreachableSpeedup(
-            f"speed-up {speedup:g}x cannot be reached: even one unit per group leaves "
-            f"{f_all:,} FLOPs > {int(goal):,}; it would remove every channel of layer "
-            f"{_layer_names(g)} (group {g.name!r})"
+            f"speed-up {speedup:g}x cannot be reached{rounding}: even the fewest units per "
+            f"group leave {int(f_all):,} FLOPs > {int(goal):,}; it would remove every channel "
+            f"of layer {_layer_names(g)} (group {g.name!r})"
         )
-    lo, hi = 0, len(order)  # flops(hi) <= goal
+    lo, hi = 0, len(order)  # cost(along[hi]) <= goal
     while lo < hi:
         mid = (lo + hi) // 2
-        if flops(mid)[0] <= goal:
+        if cost(along[mid]) <= goal:
             hi = mid
         else:
             lo = mid + 1
-    masks = _keep_masks(sizes, order[:lo])
-    return compact.remove_units(target, params, masks, groups=groups, check=False)
+    return done(along[lo])
 
 
 def _check_prunable(target: Target) -> list[symmetry.Group]:
@@ -244,25 +316,35 @@ def _check_prune_args(speedup, steps, importance, normalizer) -> None:
         )
 
 
-def check_reachable(target: Target, speedup: float) -> None:
+def check_reachable(target: Target, speedup: float, *, round_to: int = 1) -> None:
     """Raises `UnreachableSpeedup` (naming the layer) if keeping one unit in every group
-    still leaves more than ``FLOPs / speedup``; cheap (no weights needed)."""
+    (`rounded_width` of it with `round_to`) still leaves more than ``FLOPs / speedup``;
+    cheap (no weights needed)."""
     _check_prune_args(speedup, 1, "l2", None)
+    _check_round_to(round_to)
     groups = _check_prunable(target)
     params = jax.tree.unflatten(target.treedef, [np.zeros(s.shape, s.dtype) for s in target.spec])
     scores = [np.arange(g.size, dtype=np.float32) for g in groups]
     order, blocked = _removal_order(scores)
-    masks = _keep_masks([g.size for g in groups], order)
+    sizes = [g.size for g in groups]
+    masks = _masks_for(sizes, order, _widths_along(sizes, order, round_to)[-1])
     t, _ = compact.remove_units(target, params, masks, groups=groups, check=False)
     goal = compact.count_flops(target) / speedup
     f_min = compact.count_flops(t)
     if f_min > goal:
         g = groups[blocked]
         raise UnreachableSpeedup(
-            f"speed-up {speedup:g}x cannot be reached: even one unit per group leaves "
+            f"speed-up {speedup:g}x cannot be reached"
+            f"{f' with widths rounded to multiples of {round_to}' if round_to > 1 else ''}: "
+            f"even the fewest units per group leave "
             f"{f_min:,} FLOPs > {int(goal):,}; it would remove every channel of layer "
             f"{_layer_names(g)} (group {g.name!r})"
         )
+
+
+def _check_round_to(round_to) -> None:
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise WeightspaceError(f"round_to must be an int >= 1, got {round_to!r}")
 
 
 def prune_to_speedup(
@@ -274,6 +356,8 @@ def prune_to_speedup(
     normalizer: str | None = "mean",
     steps: int = 4,
     key: jax.Array | None = None,
+    round_to: int = 1,
+    latency: latency_lib.Latency | None = None,
 ) -> tuple[Target, Params]:
     """Progressive global structured pruning to ``FLOPs <= FLOPs_0 / speedup``.
 
@@ -282,6 +366,17 @@ def prune_to_speedup(
     ``"l2"``, ``"l1"`` or ``"random"``, normalised per group by `normalizer` so groups
     compare on one ranking), then physically removes the fewest lowest-ranked units that
     meet the round's goal. Every group keeps at least one unit.
+
+    With `round_to` > 1 every kept width is a multiple of `round_to` (`rounded_width`: a
+    group left whole keeps its width; a group smaller than `round_to` is not rounded and
+    keeps >= 1 unit); FLOPs are counted on the rounded network. On this project's CPU
+    (XLA, `bench/prune_speed.py`) a conv with 17 output channels takes about twice as long
+    as one with 16, so unrounded widths can make a network with fewer FLOPs slower.
+
+    With `latency` (`Latency`: a callable ``widths -> seconds`` or a measured table) the
+    goal is ``latency(widths) <= latency(widths_0) / speedup`` instead of FLOPs: each
+    round keeps the ranking and takes the first candidate (fewest units removed, rounded
+    as above) that meets it. A table restricts the candidates to its width vectors.
 
     Returns:
       ``(compact_target, compact_params)`` (a derived target; `export_pruned` gives it a
@@ -293,9 +388,20 @@ def prune_to_speedup(
         channel.
     """
     _check_prune_args(speedup, steps, importance, normalizer)
+    _check_round_to(round_to)
+    cost = latency_lib.as_latency_model(latency)
     if importance == "random" and key is None:
         key = jax.random.key(0)
-    f0 = compact.count_flops(target)
+    if cost is None:
+        f0 = compact.count_flops(target)
+    else:
+        w0 = tuple(g.size for g in _check_prunable(target))
+        f0 = float(cost(w0))
+        if not (math.isfinite(f0) and f0 > 0):
+            raise WeightspaceError(
+                f"latency of the unpruned widths {list(w0)} is {f0!r}: the latency model "
+                "must give a finite time > 0 for them (a table must hold them)"
+            )
     final = f0 / speedup
     t, p = target, params
     for s in range(1, steps + 1):
@@ -303,7 +409,7 @@ def prune_to_speedup(
         ks = None if key is None else jax.random.fold_in(key, s)
         scores = _importance(t, p, groups, importance, normalizer, ks)
         goal = final if s == steps else f0 / speedup ** (s / steps)
-        t, p = _prune_step(t, p, groups, scores, goal, speedup)
+        t, p = _prune_step(t, p, groups, scores, goal, speedup, round_to, cost)
     return t, p
 
 
@@ -318,8 +424,11 @@ def prune_to_floor(
     factor: float = 1.1,
     max_rounds: int = 50,
     key: jax.Array | None = None,
+    round_to: int = 1,
+    latency: latency_lib.Latency | None = None,
 ) -> tuple[Target, Params]:
-    """Prunes in rounds of `factor`x FLOPs speed-up while the training-split accuracy
+    """Prunes in rounds of `factor`x FLOPs speed-up (latency speed-up with `latency`;
+    widths rounded by `round_to`, as `prune_to_speedup`) while the training-split accuracy
     (no fine-tuning between rounds) stays >= `floor`; returns the last network above it
     (the input itself if the first round already falls below)."""
     if not (isinstance(floor, int | float) and 0 <= floor <= 1):
@@ -327,12 +436,21 @@ def prune_to_floor(
     if not (isinstance(factor, int | float) and factor > 1):
         raise WeightspaceError(f"factor must be > 1, got {factor!r}")
     _check_prune_args(factor, 1, importance, normalizer)
+    _check_round_to(round_to)
     t, p = target, params
     for i in range(max_rounds):
         ks = None if key is None else jax.random.fold_in(key, i)
         try:
             nt, np_ = prune_to_speedup(
-                t, p, factor, importance=importance, normalizer=normalizer, steps=1, key=ks
+                t,
+                p,
+                factor,
+                importance=importance,
+                normalizer=normalizer,
+                steps=1,
+                key=ks,
+                round_to=round_to,
+                latency=latency,
             )
         except UnreachableSpeedup:
             break  # nothing left to remove
@@ -416,6 +534,8 @@ def prune_pipeline(
     learning_rate: float = 1e-3,
     batch_size: int = 128,
     seed: int = 0,
+    round_to: int = 1,
+    latency: latency_lib.Latency | None = None,
 ) -> PruneResult:
     """Trained network -> [edit] -> fine-tune -> prune -> fine-tune -> compact.
 
@@ -424,7 +544,9 @@ def prune_pipeline(
     MetaPruning metanet's `metanets.metaprune.MetaPruner.edit_for`) is applied to the
     trained network first. The fine-tune budget (`finetune_before`, `finetune_after` steps
     of Adam at `learning_rate`) is the same with and without `edit`, so the run without it
-    is the group-L2 baseline (``importance="random"``: the random one).
+    is the group-L2 baseline (``importance="random"``: the random one). `round_to` and
+    `latency` are those of `prune_to_speedup` (with `latency`, `speedup` is a latency
+    ratio).
     """
     if (speedup is None) == (accuracy_floor is None):
         raise WeightspaceError("prune_pipeline: give exactly one of speedup and accuracy_floor")
@@ -433,13 +555,15 @@ def prune_pipeline(
     ):
         raise WeightspaceError(f"accuracy floor must lie in [0, 1], got {accuracy_floor!r}")
     _check_prune_args(speedup, prune_steps, importance, normalizer)
+    _check_round_to(round_to)
+    latency_lib.as_latency_model(latency)  # refuse a wrong type before any fine-tuning
     for name, v in (("finetune_before", finetune_before), ("finetune_after", finetune_after)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise WeightspaceError(f"prune_pipeline: {name} must be an int >= 0, got {v!r}")
     target.validate(params)
     _check_prunable(target)
-    if speedup is not None:  # before any fine-tuning
-        check_reachable(target, speedup)
+    if speedup is not None and latency is None:  # before any fine-tuning
+        check_reachable(target, speedup, round_to=round_to)
     key = jax.random.key(seed)
     t0 = time.perf_counter()
     acc = {"original": accuracy(target, params, dataset)}
@@ -460,6 +584,8 @@ def prune_pipeline(
             normalizer=normalizer,
             steps=prune_steps,
             key=kp,
+            round_to=round_to,
+            latency=latency,
         )
     else:
         t, p = prune_to_floor(
@@ -470,6 +596,8 @@ def prune_pipeline(
             importance=importance,
             normalizer=normalizer,
             key=kp,
+            round_to=round_to,
+            latency=latency,
         )
     t, cfg = _standalone(t, p)
     acc["pruned"] = accuracy(t, p, dataset)
@@ -482,6 +610,8 @@ def prune_pipeline(
         "importance": importance,
         "normalizer": normalizer,
         "prune_steps": prune_steps,
+        "round_to": round_to,
+        "cost": "flops" if latency is None else "latency",
         "finetune_before": finetune_before,
         "finetune_after": finetune_after,
         "learning_rate": learning_rate,

@@ -193,3 +193,24 @@ def test_gpu_results_collects_every_result_and_the_steps(tmp_path):
     assert result["wall_s"] == 290 and result["dry_run_on_cpu"] is False
     (out / "zoo.json").write_text('{"machine": {"backend": "cpu"}}')
     assert gpu_results.collect(out)["dry_run_on_cpu"] is True
+
+
+def test_prune_speed_times_interleaved_and_reports_a_missing_vit(monkeypatch):
+    """bench/prune_speed: timings go round-robin (so load changes hit every network alike),
+    the width sweep reports each width against the multiple of 8 below it, and the
+    digits-vit row says "not available" when the preset is missing (never a faked row)."""
+    prune_speed = importlib.import_module("bench.prune_speed")
+    calls = []
+    med = prune_speed.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3
+    )
+    assert calls == ["a", "b"] * 4 and set(med) == {"a", "b"}
+    sweep = prune_speed.width_sweep([8, 9], batch=2, repeats=1, in_channels=2)
+    assert sweep["out_channels"] == [8, 9] and len(sweep["ms"]) == 2
+    assert set(sweep["ratio_to_multiple_of_8_below"]) == {"9"}
+    assert len(sweep["loadavg"]["before"]) == 3
+    zoo = importlib.import_module("hyper.zoo")
+    monkeypatch.delitem(zoo.PRESETS, "digits-vit", raising=False)
+    row = prune_speed.vit_row({}, 0)
+    assert row["available"] is False and "digits-vit" in row["reason"]
+    assert "prune_speed" in suite.benches() and "prune_speed" in suite.HEADLINES

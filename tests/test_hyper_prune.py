@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyper import compact, symmetry
+from hyper import compact, latency, symmetry
 from hyper.architectures import make_target
 from hyper.checkpoint import CheckpointError, save_population
 from hyper.prune import (
@@ -209,9 +209,11 @@ def test_pipeline_without_edit_exports_a_standalone_network(tmp_path, target, ne
         return jax.tree.map(lambda a: 0.5 * a, params)
 
     e = prune_pipeline(
-        target, net, digits, speedup=2.0, edit=edit, finetune_before=0, finetune_after=0
+        target, net, digits, speedup=1.5, edit=edit, finetune_before=0, finetune_after=0, round_to=4
     )
     assert seen == [target]
+    # round_to reaches the pipeline: widths 4 or 6, FLOPs counted after rounding
+    assert e.info["round_to"] == 4 and set(e.info["widths"]) <= {4, 6} and e.speedup >= 1.5
     half = jax.tree.map(lambda a: 0.5 * a, net)
     assert e.acc["edited"] == pytest.approx(accuracy(target, half, digits))
     with pytest.raises(ValueError, match="exactly one"):
@@ -219,3 +221,115 @@ def test_pipeline_without_edit_exports_a_standalone_network(tmp_path, target, ne
     save_population(tmp_path / "zoo", zoo, target)
     with pytest.raises(CheckpointError, match="no pruned network"):
         load_pruned(tmp_path / "zoo")
+
+
+# ---------------------------------------------------------------------------------------
+# Width rounding and latency models (issue 28 item 7: pruning that pays)
+# ---------------------------------------------------------------------------------------
+
+
+def _widths(t: Target) -> list[int]:
+    return [g.size for g in symmetry.structural_groups(t)]
+
+
+def test_rounded_width_rule():
+    """Kept widths round up to a multiple of round_to, never past the group's size; a group
+    smaller than round_to is not rounded and keeps >= 1 unit."""
+    assert [latency.rounded_width(k, 32, 8) for k in (0, 1, 8, 9, 16, 17, 31, 32)] == [
+        8, 8, 8, 16, 16, 24, 32, 32
+    ]  # fmt: skip
+    assert [latency.rounded_width(k, 20, 8) for k in (1, 9, 17, 20)] == [8, 16, 20, 20]
+    assert [latency.rounded_width(k, 6, 8) for k in (0, 1, 5, 6)] == [1, 1, 5, 6]
+    assert [latency.rounded_width(k, 6, 1) for k in (0, 3, 6)] == [1, 3, 6]
+    assert latency.width_grid([20, 4], 8) == [
+        (w, v) for w in (20, 16, 8) for v in (4, 3, 2, 1)
+    ]  # fmt: skip
+
+
+def test_round_to_keeps_multiples_and_counts_flops_after_rounding(target, net):
+    """round_to=4 on 6/6 channels: every kept width is 4 or 6 (the whole group), the
+    rounded network meets the FLOPs goal, and the kept units are each group's best-scored
+    ones (one round: the scores of the original)."""
+    f0 = compact.count_flops(target)
+    for s in (1.2, 1.5, 1.8):  # [4, 4] is 1.87x
+        small, sp = prune_to_speedup(target, net, s, round_to=4, steps=1)
+        widths = _widths(small)
+        assert set(widths) <= {4, 6} and widths != [6, 6]
+        assert compact.count_flops(small) <= f0 / s  # counted on the rounded network
+        # no overshoot: widening any group by one multiple (or to its size) misses the goal
+        for i, w in enumerate(widths):
+            if w < 6:
+                wider = [np.arange(min(v + 4, 6) if j == i else v) for j, v in enumerate(widths)]
+                t, _ = compact.remove_units(target, net, wider)
+                assert compact.count_flops(t) > f0 / s
+        scores = compact.group_importance(target, net, method="l2", normalizer="mean")
+        for i, w in enumerate(widths):
+            b0, b1 = (
+                np.asarray(net["convs"][str(i)]["bias"]),
+                np.asarray(sp["convs"][str(i)]["bias"]),
+            )
+            best = np.sort(np.argsort(-np.asarray(scores[i]), kind="stable")[:w])
+            np.testing.assert_array_equal(b1, b0[best])
+    # without rounding, the same goal leaves widths rounding forbids
+    unrounded = _widths(prune_to_speedup(target, net, 1.8, steps=1)[0])
+    assert not set(unrounded) <= {4, 6}
+    # a goal reachable at widths 1/1 but not at 4/4 is refused only with rounding
+    small4, _ = compact.remove_units(target, net, [np.arange(4), np.arange(4)])
+    s = f0 / compact.count_flops(small4) + 0.5
+    check_reachable(target, s)
+    with pytest.raises(UnreachableSpeedup, match="rounded to multiples of 4"):
+        check_reachable(target, s, round_to=4)
+    with pytest.raises(UnreachableSpeedup, match="rounded to multiples of 4"):
+        prune_to_speedup(target, net, s, round_to=4, steps=1)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="round_to"):
+            prune_to_speedup(target, net, 2.0, round_to=bad)
+
+
+def test_a_latency_table_steers_pruning(target, net, x_batch):
+    """With an injected latency model the goal is latency(widths) <= latency(6, 6) / speedup:
+    a model in which only the first layer's width costs prunes the first layer down to the
+    first width meeting the goal, one in which only the second costs prunes the second;
+    a table gives what the same function gives, and the same run twice is identical."""
+
+    def first(w):
+        return 1.0 if w[0] > 2 else 0.1
+
+    def second(w):
+        return 1.0 if w[1] > 2 else 0.1
+
+    t1, p1 = prune_to_speedup(target, net, 2.0, latency=first, steps=1)
+    t2, _ = prune_to_speedup(target, net, 2.0, latency=second, steps=1)
+    assert _widths(t1)[0] == 2 and _widths(t2)[1] == 2
+    # the first candidate in ranking order: group 0 has lost 4 units (6 -> 2), group 1 the
+    # units ranked below group 0's 4th-lowest (never its best one)
+    scores = compact.group_importance(target, net, method="l2", normalizer="mean")
+    s0, s1 = np.sort(np.asarray(scores[0])), np.asarray(scores[1])
+    assert _widths(t1)[1] == 6 - min(5, int(np.sum(s1 < s0[3])))
+    table = {(a, b): first((a, b)) for a in range(1, 7) for b in range(1, 7)}
+    t3, p3 = prune_to_speedup(target, net, 2.0, latency=table, steps=1)
+    assert _widths(t3) == _widths(t1)
+    for u, v in zip(_leaves(p1), _leaves(p3), strict=True):
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_allclose(
+        np.asarray(t3.apply(p3, x_batch)), np.asarray(t1.apply(p1, x_batch)), rtol=1e-6
+    )
+    # a table restricts the candidates to its width vectors
+    only = {(6, 6): 1.0, (6, 3): 0.9, (3, 3): 0.4}
+    t4, _ = prune_to_speedup(target, net, 2.0, latency=only, steps=1)
+    assert _widths(t4) == [3, 3]
+    with pytest.raises(UnreachableSpeedup, match=r"latency speed-up 5x .*\[3, 3\]"):
+        prune_to_speedup(target, net, 5.0, latency=only, steps=1)
+    with pytest.raises(ValueError, match=r"unpruned widths \[6, 6\]"):
+        prune_to_speedup(target, net, 2.0, latency={(3, 3): 0.1})
+    with pytest.raises(ValueError, match="latency must be"):
+        prune_to_speedup(target, net, 2.0, latency=[1.0])
+
+
+def test_measure_table_times_narrowed_networks(target):
+    table = latency.measure_table(target, [(6, 6), (2, 4)], batch=8, repeats=2)
+    assert set(table) == {(6, 6), (2, 4)} and all(0 < v < 10 for v in table.values())
+    with pytest.raises(ValueError, match="2 structural groups"):
+        latency.measure_table(target, [(6,)], batch=8, repeats=1)
+    with pytest.raises(ValueError, match="width 7"):
+        latency.measure_table(target, [(7, 6)], batch=8, repeats=1)
