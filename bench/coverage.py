@@ -14,7 +14,9 @@ issue requires OK are OK, no refusal outside the documented ones) and the table
 
 Usage::
 
-  python bench/coverage.py [--quick] [--only lenet,vit] [--out FILE]
+  python bench/coverage.py [--quick] [--only lenet,vit] [--out FILE] [--strict]
+
+``--strict`` (used by ``.ci/run``) exits with status 1 when a goal is not met.
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="width 4, 10 training steps")
     ap.add_argument("--only", default=None, help="comma-separated network names")
     ap.add_argument("--out", default=None, help="results file (default bench/results/...)")
+    ap.add_argument("--strict", action="store_true", help="exit with status 1 if a goal is unmet")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     mach = machine()
@@ -233,6 +236,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(markdown(matrix, summary, meta) + "\n")
     log(f"wrote {path} and {doc} in {wall:.0f} s")
+    unmet = [k for k, v in (result["goals_met"] or {}).items() if not v]
+    if args.strict and unmet:
+        log(f"goals not met: {unmet}")
+        raise SystemExit(1)
     return result
 
 

@@ -125,9 +125,13 @@ def _nnx(cls: type) -> Callable[[int, Any], Built]:
         target = Target.from_nnx(module, sample_input=x, name=cls.__name__)
         own = nnx_weights(module)
 
+        @nnx.jit
+        def call(module, x):
+            return module(x)
+
         def reference(x):
             module.eval()  # from_nnx leaves the module in training mode
-            return module(x)
+            return call(module, x)
 
         return Built(target, own, reference)
 
@@ -139,7 +143,7 @@ def _linen(cls: type) -> Callable[[int, Any], Built]:
         module = cls(width)
         target = Target.from_linen(module, x, name=cls.__name__)
         own = dict(module.init(jax.random.key(1), x))
-        return Built(target, own, lambda x: module.apply(own, x))
+        return Built(target, own, jax.jit(lambda x: module.apply(own, x)))
 
     return build
 
@@ -656,7 +660,7 @@ def _function(nested: bool) -> Callable[[int, Any], Built]:
             own, fn, name = flat, _flat_mlp, "flat_function"
         template = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), own)
         target = Target.from_function(fn, template, sample_input=x, name=name)
-        return Built(target, own, lambda x: fn(own, x))
+        return Built(target, own, jax.jit(lambda x: fn(own, x)))
 
     return build
 
