@@ -44,7 +44,7 @@ TEST_NETS = (
     "function_flat",  # Target.from_function with {w1, b1, w2, b2}
     "shared_weight",  # one weight used by two layers: refused or OK, never wrong
 )
-SIZES = Sizes(width=4, batch=8, members=4, train_steps=8, train_batch=32)
+SIZES = Sizes(width=4, batch=32, members=4, train_steps=100, train_batch=32)
 REQUIRED = set(REQUIRED_OK)
 
 
