@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bench.coverage_checks import Case, Sizes
@@ -122,7 +122,13 @@ def _case(kind, layers, head) -> Case:
     return Case(net, Sizes(width=0, batch=4, members=2))
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# No shrinking: each example compiles a network; the failing example is printed as drawn.
+@settings(
+    max_examples=6,
+    deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(stacks())
 def test_random_stacks_round_trip_graphs_and_keep_the_function_when_permuted(stack):
     case = _case(*stack)
