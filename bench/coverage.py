@@ -72,8 +72,9 @@ How each column is checked (`bench/coverage_checks.py`):
   after shown.
 - **d hyper**: `HyperNet` + `generate` for 4 values of gamma; the generated networks
   apply to finite outputs.
-- **e graph**: `population_to_graphs` -> `graphs_to_population` is bit-exact, and the
-  hidden nodes' activations are known (not all "none").
+- **e graph**: `population_to_graphs` -> `graphs_to_population` is bit-exact, the
+  hidden nodes' activations are known (not all "none"), and a kernel that several layers
+  use has weight edges for every use (else the graph drops a layer).
 - **f prune**: `structural_groups` (+ `verify_groups`); every hidden kernel's output axis
   is in a group (else PART, or refused where the package says which layer and why);
   `remove_units` keeping half of each group equals the masked original (every group
