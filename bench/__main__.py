@@ -28,6 +28,8 @@ _NOT_BENCHES = {
     "__init__",
     "__main__",
     "common",
+    "coverage_checks",
+    "coverage_nets",
     "smoke",
     "gpu_results",
     "migrate_results",

@@ -256,6 +256,8 @@ def test_the_rules_catch_violations():
 PROJECT_TESTS = {
     "test_architecture.py",
     "test_bench_suite.py",
+    "test_coverage.py",
+    "test_coverage_properties.py",
     "test_fuzz.py",
     "test_notebooks.py",
     "test_reliability.py",
