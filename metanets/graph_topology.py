@@ -11,16 +11,20 @@ Neuron/channel-level encoding (Neural Graphs / MetaPruning style, derived from t
 - residual additions as identity edges (centre 1) from the channels added in to the
   channels of the layer they are added to.
 
-Nodes carry their type (input/hidden/output), layer depth, activation id and, for input
-and output nodes, their index (those are not permutable); edges their type (weight or
-residual) and layer depth.
+Nodes carry their type (input/hidden/output), layer depth, activation id, normalization
+id and, for input and output nodes, their index (those are not permutable); edges their
+type (weight or residual) and layer depth. The activation of a layer's nodes and the kind
+of the normalization on them (`NORM_IDS`: a LayerNorm's scale and shift sit in the same
+feature slots as a BatchNorm's, the id tells them apart) are read from the traced
+computation (`hyper.layer_ops`), never from a config or a name.
 
 The topology comes from the target's spec and its `hyper.symmetry.structural_groups`
 (which hidden axes are tied, residuals included): a layer reads the most recent layer, in
 forward order, whose output channels are tied to its input channels; every later producer
 in a residual group gets identity edges from the previous one. Nothing is keyed on
-parameter names. A structure this encoding cannot express (a flatten between layers, a
-concatenation, grouped convs, an unknown layer kind) raises a ValueError naming the layer.
+parameter names. A structure this encoding cannot express raises a ValueError naming the
+layer, the primitives of the traced computation that block it
+(`hyper.layer_ops.structural_ops`) and what to change.
 
 `topology` is computed once per target and window (cached); `metanets.graph` maps
 populations onto it.
@@ -35,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from hyper import layer_ops
 from hyper.architectures import ACTIVATIONS
 from hyper.errors import WeightspaceError
 from hyper.symmetry import structural_groups
@@ -47,10 +52,12 @@ __all__ = [
     "NODE_HIDDEN",
     "NODE_INPUT",
     "NODE_OUTPUT",
+    "NORM_IDS",
     "EDGE_RESIDUAL",
     "EDGE_WEIGHT",
     "GraphTopology",
     "common_kernel_window",
+    "blocking_ops",
     "kernel_window",
     "topology",
 ]
@@ -63,7 +70,12 @@ EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
 ACTIVATION_IDS = ("none", *ACTIVATIONS)
 """Activation ids of hidden nodes: ``"none"`` (input/output nodes or unknown), then
 `hyper.architectures.ACTIVATIONS` in its order (ids index a trained metanet's embedding:
-that table only ever grows at its end)."""
+that table only ever grows at its end). A traced activation outside this table
+(``softplus``, ``elu``, ``sin``, ...) gets ``"none"``: growing the table would change the
+embedding shape of every saved metanet."""
+NORM_IDS = ("none", *layer_ops.NORM_KINDS)
+"""Normalization ids of nodes (``nodes["norm"]``): ``"none"``, then
+`hyper.layer_ops.NORM_KINDS` in order (new kinds go last)."""
 
 _NORM_SLOT = {"norm_scale": 1, "norm_shift": 2}
 
@@ -83,6 +95,7 @@ class GraphTopology:
       node_layer: `[num_nodes]` int32: 0 for inputs, k for the outputs of the k-th kernel.
       node_io: `[num_nodes]` int32: index among the inputs (outputs), -1 for hidden nodes.
       node_act: `[num_nodes]` int32 index into `ACTIVATION_IDS`.
+      node_norm: `[num_nodes]` int32 index into `NORM_IDS` (the norm on the node's values).
       node_base / edge_base: default features `[num_nodes, 5]`, `[num_edges, h*w]`.
       index: `[P]` int32: where each scalar of `population.flatten` goes in the flat
         feature vector ``concat(nodes.ravel(), edges.ravel())`` of one graph.
@@ -101,6 +114,7 @@ class GraphTopology:
     node_layer: np.ndarray
     node_io: np.ndarray
     node_act: np.ndarray
+    node_norm: np.ndarray
     node_base: np.ndarray
     edge_base: np.ndarray
     index: np.ndarray
@@ -140,9 +154,48 @@ def common_kernel_window(targets: Sequence[Target]) -> tuple[int, int]:
     return (max(h for h, _ in ws), max(w for _, w in ws))
 
 
-def _activation_id(target: Target) -> int:
-    act = target.config.get("activation") if target.config else None
-    return ACTIVATION_IDS.index(act) if act in ACTIVATION_IDS else 0
+def _activation_ids(target: Target) -> dict[str, int]:
+    """Layer name -> `ACTIVATION_IDS` index of the activation on its outputs (traced)."""
+    acts = layer_ops.activations(target)
+    return {k: ACTIVATION_IDS.index(v) if v in ACTIVATION_IDS else 0 for k, v in acts.items()}
+
+
+_FIXES = (
+    (
+        "reduce_window",
+        "pooling: pool over spatial windows only (window and stride 1 on the batch and "
+        "channel axes), or pool globally (x.mean(axis=(1, 2)))",
+    ),
+    (
+        "reshape",
+        "a reshape that merges or splits the channel axis: keep the channels as one axis "
+        "up to the dense layer that reads a flatten, or pool globally before it",
+    ),
+    (
+        "concatenate",
+        "a concatenation of layer outputs is not one set of neurons: add the branches, "
+        "or convert each branch as its own network",
+    ),
+    (
+        "feature_group_count",
+        "a grouped or depthwise convolution whose groups the structural analysis cannot follow",
+    ),
+    ("gather", "indexing the channels (gather): slice with static bounds, or drop it"),
+)
+
+
+def blocking_ops(target: Target, layer: str) -> str:
+    """What the traced computation does to `layer`'s outputs (`layer_ops.INPUT`: to the
+    network input) that the graph encoding cannot follow, and what to change; ``""`` if
+    nothing there is structural."""
+    ops = layer_ops.structural_ops(target).get(layer, ())
+    if not ops:
+        return ""
+    where = "the network input" if layer == layer_ops.INPUT else "its outputs"
+    hints = [fix for key, fix in _FIXES if any(key in op for op in ops)]
+    if not hints:
+        hints = ["a primitive the structural analysis (hyper.unit_axes) does not follow"]
+    return f"; the traced computation applies {', '.join(ops)} to {where} ({'; '.join(hints)})"
 
 
 def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopology:
@@ -202,17 +255,21 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             if (path, ax) not in neuron_axes:
                 s = target.leaf(path)
                 raise WeightspaceError(
-                    f"{target.name}: layer {s.layer_name!r}: axis {ax} of {path!r} is permutable "
-                    "but is not a neuron axis the graph encoding knows; unsupported connection"
+                    f"{target.name}: layer {s.layer_name!r}: axis {ax} of {path!r} (shape "
+                    f"{s.shape}) is permutable but is not an input or output neuron axis of a "
+                    "dense or conv kernel; the graph encoding cannot place it"
+                    + blocking_ops(target, s.layer_name)
                 )
 
-    act = _activation_id(target)
+    acts = _activation_ids(target)
+    norm_kinds = layer_ops.norms(target)
     # Node sets: inputs, then one per kernel (its outputs).
     first = kernels[0]
     if (first.path, first.in_axis) in axis_group:
         raise WeightspaceError(
             f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
-            "tied to another layer's outputs; unsupported connection"
+            "tied to another layer's outputs, so the network inputs are not fixed nodes"
+            + (blocking_ops(target, layer_ops.INPUT) or "; unsupported connection")
         )
     sets: list[tuple[str, int, int, int]] = [("input", 0, first.shape[first.in_axis], NODE_INPUT)]
     set_of_kernel: dict[str, int] = {}
@@ -229,15 +286,13 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
                 )
             kind = NODE_OUTPUT
         elif not in_group:
+            why = blocking_ops(target, k.layer_name)
+            if not why and size == 1:
+                why = "; it is a hidden layer of width 1, which the encoding does not support"
             raise WeightspaceError(
                 f"{target.name}: layer {k.layer_name!r}: its output channels do not reach a "
-                "later layer through a supported connection (e.g. a flatten, a concatenation "
-                "or grouped convolution follows"
-                + (
-                    "; or it is a hidden layer of width 1, which is not supported)"
-                    if size == 1
-                    else ")"
-                )
+                "later layer through a connection the structural analysis can follow, so "
+                "they are no neuron set of the graph" + (why or "; unsupported connection")
             )
         else:
             kind = NODE_HIDDEN
@@ -257,10 +312,12 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         gi = axis_group.get((k.path, k.in_axis))
         if gi is None:
             if k is not first:
+                prev = [p for p in kernels if p.layer < k.layer]
+                why = blocking_ops(target, prev[-1].layer_name) if prev else ""
                 raise WeightspaceError(
                     f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
-                    "an earlier layer's outputs (a flatten, reshape, concatenation or a second "
-                    "network input); unsupported connection"
+                    "an earlier layer's outputs"
+                    + (why or " (a second network input?); unsupported connection")
                 )
             reads[k.path] = 0
             continue
@@ -276,13 +333,14 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     node_layer = np.zeros(n_nodes, np.int32)
     node_io = np.full(n_nodes, -1, np.int32)
     node_act = np.zeros(n_nodes, np.int32)
-    for si, (_, start, size, kind) in enumerate(sets):
+    node_norm = np.zeros(n_nodes, np.int32)
+    for si, (set_name, start, size, kind) in enumerate(sets):
         node_type[start : start + size] = kind
         node_layer[start : start + size] = si
         if kind in (NODE_INPUT, NODE_OUTPUT):
             node_io[start : start + size] = np.arange(size)
         else:
-            node_act[start : start + size] = act
+            node_act[start : start + size] = acts.get(set_name, 0)
     nf = len(NODE_FEATURES)
     node_base = np.tile(NODE_DEFAULTS, (n_nodes, 1))
 
@@ -347,6 +405,8 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         else:
             si = _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel)
             prev = norm_owner.setdefault(si, s.layer_name)
+            norm = NORM_IDS.index(norm_kinds.get(s.layer_name, "unknown"))
+            node_norm[sets[si][1] : sets[si][1] + sets[si][2]] = norm
             if prev != s.layer_name:
                 raise WeightspaceError(
                     f"{target.name}: layers {prev!r} and {s.layer_name!r} both normalize the "
@@ -383,6 +443,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         node_layer=node_layer,
         node_io=node_io,
         node_act=node_act,
+        node_norm=node_norm,
         node_base=node_base,
         edge_base=edge_base,
         index=index,
