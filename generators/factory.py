@@ -178,6 +178,7 @@ class _Cutter:
                 dataclasses.replace(
                     g,
                     axes=axes,
+                    strided=tuple(a for a in g.strided if a.path in present),
                     producers=tuple(x for x in g.producers if x in present),
                     consumers=tuple(x for x in g.consumers if x in present),
                 )

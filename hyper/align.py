@@ -22,6 +22,12 @@ basin far more often than naive ones (Git Re-Basin, Ainsworth et al. 2023).
   iterations (log domain). `hard_projection` turns plans into permutations and
   `apply_transport` applies plans (soft permutations) to a network.
 
+Layers the structural analysis leaves out (`hyper.symmetry.left_out`: a hidden axis that
+an unsupported primitive such as a sort or a scan touches) keep their unit order: the
+aligned network still computes the same function, but those layers are not aligned. Every
+alignment entry point warns once per target (`UserWarning`) naming each such layer, the
+primitive and what to change; it does not refuse, since the result is still exact.
+
 The `pairwise_*` functions align many pairs at once: similarity matrices for all pairs are
 computed in one jitted `vmap`, and the linear assignments run on the host per pair.
 `align_population` aligns every member of a population to a reference.
@@ -30,6 +36,8 @@ computed in one jitted `vmap`, and the linear assignments run on the host per pa
 from __future__ import annotations
 
 import functools
+import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +115,31 @@ def _check_x(fn: str, target: Target, x: Any) -> jax.Array:
     return x
 
 
+_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _groups(fn: str, target: Target) -> tuple[Group, ...]:
+    """The target's structural groups; warns once per target about left-out layers."""
+    groups = tuple(symmetry.structural_groups(target))
+    if target not in _WARNED:
+        _WARNED.add(target)
+        missing = symmetry.left_out(target)
+        if missing:
+            listed = "; ".join(
+                f"{m.path} axis {m.axis} (layer {m.layer!r}: {m.primitive}, {m.reason})"
+                for m in missing
+            )
+            warnings.warn(
+                f"{fn}: {target.name}: these hidden layers are in no structural group and are "
+                f"left unaligned (their units keep their order; the result still computes the "
+                f"same function): {listed}. To align them, replace the named primitive on "
+                "those axes with supported operations.",
+                UserWarning,
+                stacklevel=3,
+            )
+    return groups
+
+
 def _seed(key: jax.Array | None) -> np.random.Generator:
     """A NumPy generator from a JAX key (host-side randomness compiles nothing)."""
     if key is None:
@@ -126,13 +159,13 @@ def _lap(score: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
-def _axes_by_leaf(target: Target, groups: Sequence[Group]) -> dict[int, list[tuple[int, int]]]:
-    """Leaf index -> [(group index, axis)] for every grouped axis."""
+def _axes_by_leaf(target: Target, groups: Sequence[Group]) -> dict[int, list[tuple[int, Any]]]:
+    """Leaf index -> [(group index, entry)] for every group entry (whole or strided axis)."""
     index = {p: i for i, p in enumerate(target.paths)}
-    out: dict[int, list[tuple[int, int]]] = {}
+    out: dict[int, list[tuple[int, Any]]] = {}
     for gi, g in enumerate(groups):
-        for path, ax in g.axes:
-            out.setdefault(index[path], []).append((gi, ax))
+        for entry in symmetry.entries(g):
+            out.setdefault(index[entry[0]], []).append((gi, entry))
     return out
 
 
@@ -150,14 +183,14 @@ def _weight_similarity(
     index = {p: i for i, p in enumerate(target.paths)}
     n = groups[gi].size
     total = jnp.zeros((n, n), jnp.float32)
-    for path, ax in groups[gi].axes:
-        i = index[path]
+    for entry in symmetry.entries(groups[gi]):
+        i = index[entry[0]]
         wa, wb = leaves_a[i], leaves_b[i]
-        for gj, ax2 in by_leaf[i]:
-            if (gj, ax2) != (gi, ax):
-                wb = jnp.take(wb, perms[gj], axis=ax2)
-        wa = jnp.moveaxis(wa, ax, 0).reshape(n, -1).astype(jnp.float32)
-        wb = jnp.moveaxis(wb, ax, 0).reshape(n, -1).astype(jnp.float32)
+        for gj, other in by_leaf[i]:
+            if (gj, other) != (gi, entry):
+                wb = symmetry.take_units(wb, other, perms[gj])
+        wa = symmetry.units_first(wa, entry).reshape(n, -1).astype(jnp.float32)
+        wb = symmetry.units_first(wb, entry).reshape(n, -1).astype(jnp.float32)
         total = total + wa @ wb.T
     return total
 
@@ -199,7 +232,7 @@ def pairwise_weight_matching(
     pairs = _pair_populations("weight_matching", target, population_a, population_b)
     if max_iter < 1:
         raise WeightspaceError(f"weight_matching: max_iter must be >= 1, got {max_iter}")
-    groups = tuple(symmetry.structural_groups(target))
+    groups = _groups("weight_matching", target)
     if init is None:
         perms = [np.tile(np.arange(g.size, dtype=np.int32), (pairs, 1)) for g in groups]
     else:
@@ -313,7 +346,7 @@ def activation_similarity(
     """
     _pair_populations("activation_matching", target, population_a, population_b)
     x = _check_x("activation_matching", target, x)
-    symmetry.structural_groups(target)
+    _groups("activation_matching", target)
     return _activation_fn(target, kind)(population_a, population_b, x)
 
 
@@ -452,7 +485,7 @@ def pairwise_sinkhorn_alignment(
     if x is not None:
         sims = activation_similarity(target, population_a, population_b, x, kind=kind)
     else:
-        groups = tuple(symmetry.structural_groups(target))
+        groups = _groups("sinkhorn_alignment", target)
         perms = pairwise_weight_matching(
             target, population_a, population_b, key=key, max_iter=max_iter
         )
@@ -504,7 +537,7 @@ def apply_transport(
     Returns:
       params of the same structure.
     """
-    groups = symmetry.structural_groups(target)
+    groups = _groups("apply_transport", target)
     if len(plans) != len(groups):
         raise WeightspaceError(f"apply_transport: {len(plans)} plans for {len(groups)} groups")
     for g, t in zip(groups, plans, strict=True):
@@ -520,11 +553,12 @@ def apply_transport(
     index = {p: i for i, p in enumerate(target.paths)}
     leaves = list(jax.tree.leaves(params))
     for g, t in zip(groups, plans, strict=True):
-        for path, ax in g.axes:
-            i = index[path]
-            v = leaves[i]
-            moved = jnp.tensordot(jnp.asarray(t, v.dtype), jnp.moveaxis(v, ax, 0), axes=1)
-            leaves[i] = jnp.moveaxis(moved, 0, ax).astype(v.dtype)
+        for entry in symmetry.entries(g):
+            i = index[entry[0]]
+            v = jnp.asarray(leaves[i])
+            units = symmetry.units_first(v, entry)
+            moved = jnp.tensordot(jnp.asarray(t, v.dtype), units, axes=1)
+            leaves[i] = symmetry.units_restore(moved, entry, v.shape).astype(v.dtype)
     return jax.tree.unflatten(target.treedef, leaves)
 
 

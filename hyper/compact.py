@@ -18,7 +18,15 @@ import numpy as np
 
 from hyper import jaxpr as jaxpr_lib
 from hyper.errors import WeightspaceError
-from hyper.symmetry import Group, apply_on_leaves, example_batch, structural_groups
+from hyper.symmetry import (
+    Group,
+    apply_on_leaves,
+    entries,
+    example_batch,
+    structural_groups,
+    take_units,
+    units_first,
+)
 from hyper.target import Params, Target
 
 __all__ = [
@@ -94,10 +102,10 @@ def group_importance(
             score = jax.random.uniform(keys[gi], (g.size,), jnp.float32)
         else:
             score = xp.zeros((g.size,), np.float32)
-            for path, ax in g.axes:
-                if target.spec[index[path]].role not in _IMPORTANCE_ROLES:
+            for entry in entries(g):
+                if target.spec[index[entry[0]]].role not in _IMPORTANCE_ROLES:
                     continue
-                a = xp.moveaxis(xp.asarray(leaves[index[path]], np.float32), ax, 0)
+                a = units_first(xp.asarray(leaves[index[entry[0]]], np.float32), entry)
                 a = a.reshape(g.size, -1)
                 score = score + (xp.sum(a * a, 1) if method == "l2" else xp.sum(xp.abs(a), 1))
             if method == "l2":
@@ -231,12 +239,12 @@ def remove_units(
         if k is None:
             continue
         idx = _keep_indices(g, k)
-        for path, ax in g.axes:
-            if path not in index:
+        for entry in entries(g):
+            if entry[0] not in index:
                 raise WeightspaceError(
-                    f"remove_units: group {g.name!r} names unknown leaf {path!r}"
+                    f"remove_units: group {g.name!r} names unknown leaf {entry[0]!r}"
                 )
-            leaves[index[path]] = np.take(leaves[index[path]], idx, axis=ax)
+            leaves[index[entry[0]]] = take_units(leaves[index[entry[0]]], entry, idx)
     # device_put, not jnp.asarray: the latter compiles a copy for every new shape
     new_params = jax.tree.unflatten(target.treedef, [jax.device_put(a) for a in leaves])
     new = target.derive(new_params, name=name, config=config, check=check)

@@ -11,6 +11,15 @@ The groups are derived, not declared: `structural_groups` traces the target's ev
 contains an axis of a weight leaf is one `Group`. No architecture is special-cased;
 `verify_groups` checks the result numerically. `permute` applies permutations of the
 groups, and `group_activations` records the hidden activations that carry each group.
+
+A group may index a *sub-axis* of a leaf axis: the rows of the dense kernel after a flatten
+``[B, H, W, C] -> [B, H*W*C]`` are ``(H, W, C)`` row-major, and the conv channels before
+the flatten are a group that holds ``StridedAxis("fc1/kernel", 0, (H, W, C), 2)``; a
+depthwise convolution's kernel out-axis ``C*m`` is ``(C, m)``. Such entries live in
+`Group.strided`; `entries`, `take_units`, `units_first` and `units_restore` handle both
+kinds, and every consumer goes through them. `axis_views` lists every composite weight
+axis. What the analysis could not group (a hidden kernel axis blocked by an unsupported
+primitive) is reported by `left_out`, with the primitive that blocked it.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +39,16 @@ from hyper.target import Params, Target
 from hyper.unit_axes import AxisClasses, analyze_axes
 
 __all__ = [
+    "AxisView",
     "Group",
+    "LeftOut",
+    "StridedAxis",
+    "axis_views",
+    "entries",
+    "left_out",
+    "take_units",
+    "units_first",
+    "units_restore",
     "check_equivalent",
     "group_activations",
     "permute",
@@ -43,6 +61,26 @@ __all__ = [
 ]
 
 
+class StridedAxis(NamedTuple):
+    """A sub-axis of a leaf axis: the axis viewed row-major as `shape`, sub-axis `sub`.
+
+    Attributes:
+      path: the leaf path.
+      axis: the leaf axis, of length ``prod(shape)``.
+      shape: that axis viewed row-major as this shape.
+      sub: the index in `shape` of the sub-axis that the group's units index.
+    """
+
+    path: str
+    axis: int
+    shape: tuple[int, ...]
+    sub: int
+
+
+Entry = tuple[str, int] | StridedAxis
+"""One group entry: a whole axis ``(path, axis)`` or a `StridedAxis`."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Group:
     """One permutable set of hidden units.
@@ -50,9 +88,11 @@ class Group:
     Attributes:
       name: the producing layers' names joined by ``"+"`` (e.g. ``"stem+blocks/0/conv2"``).
       size: number of units (the length of every axis in `axes`).
-      axes: ``(leaf path, axis)`` pairs this group permutes, in spec order.
-      producers: paths of the kernels whose out-axis is in the group.
-      consumers: paths of the kernels whose in-axis is in the group.
+      axes: ``(leaf path, axis)`` pairs this group permutes (whole axes), in spec order.
+      producers: paths of the kernels whose out-axis (or a sub-axis of it) is in the group.
+      consumers: paths of the kernels whose in-axis (or a sub-axis of it) is in the group.
+      strided: sub-axes of leaf axes this group permutes (see `StridedAxis`), in spec
+        order. Use `entries` to read both kinds.
     """
 
     name: str
@@ -60,6 +100,54 @@ class Group:
     axes: tuple[tuple[str, int], ...]
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
+    strided: tuple[StridedAxis, ...] = ()
+
+
+def entries(g: Group) -> tuple[Entry, ...]:
+    """Every entry of `g`: its whole axes ``(path, axis)``, then its `StridedAxis` entries."""
+    return (*g.axes, *g.strided)
+
+
+def _xp(a: Any) -> Any:
+    return np if isinstance(a, np.ndarray | np.generic) else jnp
+
+
+def _view(leaf: Any, entry: Entry) -> tuple[Any, int]:
+    """`leaf` with a strided entry's axis split into its shape, and the units' axis."""
+    if isinstance(entry, StridedAxis):
+        shape = tuple(np.shape(leaf))
+        ax = entry.axis
+        return leaf.reshape((*shape[:ax], *entry.shape, *shape[ax + 1 :])), ax + entry.sub
+    return leaf, entry[1]
+
+
+def take_units(leaf: Any, entry: Entry, idx: Any) -> Any:
+    """Keeps (or reorders) units `idx` of `entry` in `leaf` (a NumPy or JAX array).
+
+    For a whole axis this is ``take(leaf, idx, axis)``; for a `StridedAxis` the axis is
+    viewed as its shape, the sub-axis is indexed, and the axis merged back.
+    """
+    xp = _xp(leaf)
+    v, ax = _view(leaf, entry)
+    out = xp.take(v, idx if xp is np else jnp.asarray(idx), axis=ax)
+    if isinstance(entry, StridedAxis):
+        shape = tuple(np.shape(leaf))
+        merged = int(np.prod(np.shape(out)[entry.axis : entry.axis + len(entry.shape)]))
+        out = out.reshape((*shape[: entry.axis], merged, *shape[entry.axis + 1 :]))
+    return out
+
+
+def units_first(leaf: Any, entry: Entry) -> Any:
+    """`leaf` as ``[units, ...]``: the entry's units axis first (other axes in order)."""
+    v, ax = _view(leaf, entry)
+    return _xp(leaf).moveaxis(v, ax, 0)
+
+
+def units_restore(units: Any, entry: Entry, shape: Sequence[int]) -> Any:
+    """The inverse of `units_first`: a leaf of `shape` from its ``[units, ...]`` view."""
+    shape = tuple(shape)
+    ax = entry.axis + entry.sub if isinstance(entry, StridedAxis) else entry[1]
+    return _xp(units).moveaxis(units, 0, ax).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,23 +194,52 @@ def _analysis(target: Target, x: Any) -> AxisClasses:
     return per_target[key]
 
 
-def _group_roots(target: Target, an: AxisClasses) -> dict[int, list[tuple[int, int]]]:
-    """Unblocked class root -> [(leaf index, axis)] for every class holding a leaf axis."""
+@dataclasses.dataclass
+class _Members:
+    """The leaf axes of one unblocked class: whole axes and sub-axes of composite axes."""
+
+    whole: list[tuple[int, int]] = dataclasses.field(default_factory=list)  # (leaf, axis)
+    strided: list[tuple[int, int, tuple[int, ...], int]] = dataclasses.field(
+        default_factory=list
+    )  # (leaf, axis, shape, sub)
+
+
+def _group_roots(an: AxisClasses) -> dict[int, _Members]:
+    """Unblocked class root -> its leaf axes, for every class holding a leaf (sub-)axis."""
     uf = an.uf
     blocked = uf.blocked_roots()
-    classes: dict[int, list[tuple[int, int]]] = {}
+    classes: dict[int, _Members] = {}
     for i, ns in enumerate(an.leaf_nodes):
         for ax, n in enumerate(ns):
-            r = uf.find(n)
-            if r not in blocked:
-                classes.setdefault(r, []).append((i, ax))
+            exp = uf.expand(n)
+            if len(exp) == 1:
+                if exp[0] not in blocked:
+                    classes.setdefault(exp[0], _Members()).whole.append((i, ax))
+                continue
+            shape = tuple(uf.size[r] for r in exp)
+            for sub, r in enumerate(exp):
+                if r not in blocked:
+                    classes.setdefault(r, _Members()).strided.append((i, ax, shape, sub))
     return classes
+
+
+def _neuron_axes(s: Any, kind: str) -> tuple[int, ...]:
+    """A kernel's input (``"in"``) or output (``"out"``) neuron axes."""
+    many = getattr(s, f"{kind}_axes", None)
+    if many:
+        return tuple(many)
+    one = getattr(s, f"{kind}_axis", None)
+    return () if one is None else (one,)
 
 
 def structural_groups(
     target: Target, *, sample_input: Any = None, check: bool = False
 ) -> list[Group]:
     """The permutable groups of hidden units of `target` (see the module docstring).
+
+    Layers that no group covers (e.g. a hidden axis that an unsupported primitive such as
+    a sort or a scan touches) are not an error here: ``left_out(target)`` lists each such
+    kernel axis with the primitive that blocked it, and `hyper.align` warns about them.
 
     Args:
       target: any target; its evaluation `apply` is traced (not run).
@@ -145,32 +262,114 @@ def structural_groups(
         an = _analysis(target, x)
         spec = target.spec
         groups = []
-        for members in _group_roots(target, an).values():
-            members.sort()
-            axes = tuple((spec[i].path, ax) for i, ax in members)
-            size = spec[members[0][0]].shape[members[0][1]]
-            producers = tuple(
-                spec[i].path
-                for i, ax in members
-                if spec[i].role == "kernel" and ax == spec[i].out_axis
-            )
-            consumers = tuple(
-                spec[i].path
-                for i, ax in members
-                if spec[i].role == "kernel" and ax == spec[i].in_axis
-            )
-            named = [spec[i] for i, _ in members if spec[i].path in producers] or [
-                spec[i] for i, _ in members
+        for root, m in _group_roots(an).items():
+            m.whole.sort()
+            m.strided.sort()
+            axes = tuple((spec[i].path, ax) for i, ax in m.whole)
+            strided = tuple(StridedAxis(spec[i].path, ax, sh, sub) for i, ax, sh, sub in m.strided)
+            touched = [(i, ax) for i, ax in m.whole] + [(i, ax) for i, ax, _, _ in m.strided]
+            size = an.uf.size[root]
+
+            def kernels(kind, touched=touched):
+                return tuple(
+                    dict.fromkeys(
+                        spec[i].path
+                        for i, ax in sorted(touched)
+                        if spec[i].role == "kernel" and ax in _neuron_axes(spec[i], kind)
+                    )
+                )
+
+            producers, consumers = kernels("out"), kernels("in")
+            named = [spec[i] for i, _ in touched if spec[i].path in producers] or [
+                spec[i] for i, _ in touched
             ]
             name = "+".join(dict.fromkeys(s.layer_name for s in sorted(named, key=_order)))
             first = min(_order(s) for s in named)
-            groups.append((first, Group(name, int(size), axes, producers, consumers)))
-        per_target["groups"] = [g for _, g in sorted(groups, key=lambda t: t[0])]
+            group = Group(name, int(size), axes, producers, consumers, strided)
+            groups.append((first, root, group))
+        groups.sort(key=lambda t: t[0])
+        per_target["groups"] = [g for _, _, g in groups]
     groups = per_target["groups"]
     if check and not per_target.get("checked"):
         verify_groups(target, jax.random.key(0), sample_input=sample_input, groups=groups)
         per_target["checked"] = True
     return list(groups)
+
+
+class LeftOut(NamedTuple):
+    """A hidden kernel axis that no structural group covers, and why.
+
+    Attributes:
+      layer: the kernel's layer name.
+      path: the kernel's leaf path.
+      axis: the kernel axis (an input or output neuron axis).
+      primitive: the primitive that blocked it (e.g. ``"sort"``, ``"cumsum"``).
+      reason: what that primitive does to the axis.
+    """
+
+    layer: str
+    path: str
+    axis: int
+    primitive: str
+    reason: str
+
+
+class AxisView(NamedTuple):
+    """A leaf axis that is the row-major flatten of several axes of an intermediate value.
+
+    Attributes:
+      shape: the split shape (e.g. ``(H, W, C)`` for the dense kernel after a flatten).
+      channel: which sub-axis carries a convolution's output channels, or None.
+    """
+
+    shape: tuple[int, ...]
+    channel: int | None
+
+
+def left_out(target: Target, sample_input: Any = None) -> list[LeftOut]:
+    """Every hidden kernel axis (a neuron axis of size > 1 that is neither the network's
+    input nor its output) that is in no structural group, with the primitive that blocked it.
+
+    Such layers are skipped by pruning, alignment and graphs; to include them, replace the
+    named primitive (e.g. a sort or scan over the channels) with supported operations.
+    """
+    an = _analysis(target, example_batch(target, sample_input))
+    uf = an.uf
+    blocked = uf.blocked_roots()
+    io = {uf.find(n) for n in an.io_nodes}
+    out = []
+    for i, s in enumerate(target.spec):
+        if s.role != "kernel":
+            continue
+        for ax in sorted(set(_neuron_axes(s, "in") + _neuron_axes(s, "out"))):
+            if s.shape[ax] <= 1:
+                continue
+            exp = uf.expand(an.leaf_nodes[i][ax])
+            if any(r not in blocked or r in io for r in exp):
+                continue
+            reasons = [why for r in exp for why in uf.reasons(r)]
+            if any(why.primitive in ("input", "output") for why in reasons):
+                continue
+            why = next((w for w in reasons if not w.spatial), reasons[0])
+            out.append(LeftOut(s.layer_name, s.path, ax, why.primitive, why.detail))
+    return out
+
+
+def axis_views(target: Target, sample_input: Any = None) -> dict[tuple[str, int], AxisView]:
+    """``(path, axis) -> AxisView`` for every leaf axis that is a composite of several axes
+    (the dense kernel's rows after a flatten, a depthwise kernel's ``(C, m)`` out-axis)."""
+    an = _analysis(target, example_batch(target, sample_input))
+    uf = an.uf
+    channels = {r for n in an.channel_nodes for r in uf.expand(n)}
+    views = {}
+    for s, ns in zip(target.spec, an.leaf_nodes, strict=True):
+        for ax, n in enumerate(ns):
+            exp = uf.expand(n)
+            if len(exp) > 1:
+                hit = [k for k, r in enumerate(exp) if r in channels]
+                shape = tuple(uf.size[r] for r in exp)
+                views[(s.path, ax)] = AxisView(shape, hit[0] if hit else None)
+    return views
 
 
 def _order(s: Any) -> tuple[int, str]:
@@ -221,9 +420,9 @@ def permute(
     leaves = list(jax.tree.leaves(params))
     for g, perm in zip(groups, perms, strict=True):
         perm = jnp.asarray(perm)
-        for path, ax in g.axes:
-            i = index[path]
-            leaves[i] = jnp.take(leaves[i], perm, axis=ax)
+        for entry in entries(g):
+            i = index[entry[0]]
+            leaves[i] = take_units(leaves[i], entry, perm)
     return jax.tree.unflatten(target.treedef, leaves)
 
 
@@ -317,8 +516,8 @@ def verify_groups(
         for g in groups:
             perm = rng.permutation(g.size)
             moved = list(leaves)
-            for path, ax in g.axes:
-                moved[index[path]] = np.take(moved[index[path]], perm, axis=ax)
+            for entry in entries(g):
+                moved[index[entry[0]]] = take_units(moved[index[entry[0]]], entry, perm)
             members.append(moved)
             xs.append(x)
     pop = jax.tree.unflatten(target.treedef, [np.stack(ls) for ls in zip(*members, strict=True)])
@@ -331,7 +530,7 @@ def verify_groups(
         if b:
             raise WeightspaceError(
                 f"{target.name}: permuting group {g.name!r} ({g.size} units, axes "
-                f"{list(g.axes)}) changes the function; the group analysis is wrong here"
+                f"{list(entries(g))}) changes the function; the group analysis is wrong here"
             )
 
 
@@ -369,10 +568,22 @@ _ACTIVATION_KINDS = ("inputs", "outputs", "both", "all")
 
 @dataclasses.dataclass(frozen=True)
 class _Carriers:
-    """Per group: the intermediate values that carry it, as ((scope, var), group axis)."""
+    """Per group: the intermediate values that carry it, as ((scope, var), group entry).
+
+    The entry is the value's axis (an int) or a `StridedAxis` (path ``""``) when the group
+    is a sub-axis of a composite axis of the value (e.g. the flattened features).
+    """
 
     closed: Any
-    per_group: list[list[tuple[Any, int]]]
+    per_group: list[list[tuple[Any, int | StridedAxis]]]
+
+
+def _entry_root(an: AxisClasses, index: dict[str, int], entry: Entry) -> int:
+    """The class root of a group entry in the analysis `an`."""
+    node = an.leaf_nodes[index[entry[0]]][entry[1]]
+    if isinstance(entry, StridedAxis):
+        return an.uf.expand(node)[entry.sub]
+    return an.uf.find(node)
 
 
 def _carriers(target: Target, x: Any, kind: str) -> _Carriers:
@@ -386,31 +597,36 @@ def _carriers(target: Target, x: Any, kind: str) -> _Carriers:
     an = _analysis(target, x)
     uf = an.uf
     index = {p: i for i, p in enumerate(target.paths)}
-    roots = []
-    for g in groups:
-        path, ax = g.axes[0]
-        roots.append(uf.find(an.leaf_nodes[index[path]][ax]))
-    root_to_group = {r: gi for gi, r in enumerate(roots)}
+    root_to_group = {_entry_root(an, index, entries(g)[0]): gi for gi, g in enumerate(groups)}
     batch = uf.find(an.batch_node) if an.batch_node is not None else None
     if kind == "all":
-        entries = list(an.produced)
+        values = list(an.produced)
     else:
         wanted = {
             "inputs": an.contraction_in,
             "outputs": an.contraction_out,
             "both": an.contraction_in | an.contraction_out,
         }[kind]
-        entries = [e for e in an.nodes if e in wanted]
-    per_group: list[list[tuple[Any, int]]] = [[] for _ in groups]
-    for entry in dict.fromkeys(entries):
-        ns = an.nodes.get(entry, ())
-        if not ns or not jnp.issubdtype(entry[1].aval.dtype, jnp.floating):
+        values = [e for e in an.nodes if e in wanted]
+    per_group: list[list[tuple[Any, int | StridedAxis]]] = [[] for _ in groups]
+    for value in dict.fromkeys(values):
+        ns = an.nodes.get(value, ())
+        if not ns or not jnp.issubdtype(value[1].aval.dtype, jnp.floating):
             continue
-        rs = [uf.find(n) for n in ns]
-        hits = [(i, root_to_group[r]) for i, r in enumerate(rs) if r in root_to_group]
-        if len(hits) == 1 and batch in rs:
-            ax, gi = hits[0]
-            per_group[gi].append((entry, ax))
+        exps = [uf.expand(n) for n in ns]
+        hits = [
+            (ax, sub, root_to_group[r])
+            for ax, exp in enumerate(exps)
+            for sub, r in enumerate(exp)
+            if r in root_to_group
+        ]
+        if len(hits) == 1 and any(batch in exp for exp in exps):
+            ax, sub, gi = hits[0]
+            exp = exps[ax]
+            where = (
+                ax if len(exp) == 1 else StridedAxis("", ax, tuple(uf.size[r] for r in exp), sub)
+            )
+            per_group[gi].append((value, where))
     out = _Carriers(an.closed, per_group)
     per_target[key] = out
     return out
@@ -422,7 +638,8 @@ def group_activations(
     """The hidden activations that carry each group, on a batch `x`.
 
     The traced apply is re-evaluated while recording intermediate values. A value carries a
-    group if it has the batch axis and exactly one axis in the group. Which values count:
+    group if it has the batch axis and exactly one axis (or sub-axis of a composite axis,
+    e.g. the channels of flattened features) in the group. Which values count:
 
     - ``"inputs"`` (default): values fed into a contraction (``dot_general``/conv), i.e.
       the features the next layers read: post-nonlinearity activations, the residual
@@ -450,5 +667,9 @@ def group_activations(
     values = _interpret(car.closed, jax.tree.leaves(params), x, record)
     out = []
     for vs, g in zip(car.per_group, structural_groups(target), strict=True):
-        out.append([jnp.moveaxis(values[v], ax, -1).reshape(-1, g.size) for v, ax in vs])
+        mats = []
+        for v, where in vs:
+            entry = where if isinstance(where, StridedAxis) else ("", where)
+            mats.append(jnp.moveaxis(units_first(values[v], entry), 0, -1).reshape(-1, g.size))
+        out.append(mats)
     return out

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyper import symmetry
-from hyper.symmetry import Group
+from hyper.symmetry import Group, StridedAxis
 from hyper.target import Target
 
 
@@ -108,8 +108,9 @@ def test_pure_function_with_skip_ties_groups():
     }
 
 
-def test_flatten_after_conv_blocks_channels():
-    """A reshape that merges channels with space is not a channel permutation: blocked."""
+def test_flatten_after_conv_is_a_strided_group():
+    """A flatten merges space and channels: the channels stay a group, as a sub-axis of
+    the dense kernel's rows (H, W, C)."""
 
     def apply(p, x):
         h = jax.nn.relu(
@@ -127,7 +128,10 @@ def test_flatten_after_conv_blocks_channels():
     }
     t = Target.from_function(apply, template, sample_input=jnp.zeros((2, 4, 4, 1)))
     groups = symmetry.structural_groups(t, check=True)
-    assert [(g.name, g.size) for g in groups] == [("fc", 5)]
+    assert [(g.name, g.size) for g in groups] == [("conv", 2), ("fc", 5)]
+    assert groups[0].axes == (("conv/kernel", 3),)
+    assert groups[0].strided == (StridedAxis("fc/kernel", 0, (4, 4, 2), 2),)
+    assert symmetry.axis_views(t) == {("fc/kernel", 0): symmetry.AxisView((4, 4, 2), 2)}
 
 
 ARCHS = ["mlp_target", "cnn_target", "cnn1d_target", "rescnn_target"]
