@@ -42,6 +42,9 @@ contractions that are neither elementwise nor a plain view (pooling windows, res
 merge or split axes, concatenations, grouped convolutions, ...): what to name when an axis
 of that layer cannot be followed.
 
+`layer_inputs` says which layers' outputs (or the network input) reach each layer's
+contraction, and `conv_groups` the ``feature_group_count`` of each convolution layer.
+
 All return plain dicts ``layer_name -> kind`` and are cached per target and input shape.
 """
 
@@ -60,7 +63,16 @@ from hyper import jaxpr as jaxpr_lib
 from hyper.errors import WeightspaceError
 from hyper.target import Target
 
-__all__ = ["ACTIVATION_KINDS", "INPUT", "NORM_KINDS", "activations", "norms", "structural_ops"]
+__all__ = [
+    "ACTIVATION_KINDS",
+    "INPUT",
+    "NORM_KINDS",
+    "activations",
+    "conv_groups",
+    "layer_inputs",
+    "norms",
+    "structural_ops",
+]
 
 ACTIVATION_KINDS = (
     "identity",
@@ -569,3 +581,52 @@ def structural_ops(target: Target, sample_input: Any = None) -> dict[str, tuple[
         ops = tuple(_describe(q) for q in sorted(found, key=lambda q: q.order))
         out[layer] = out.get(layer, ()) + ops
     return out
+
+
+def layer_inputs(target: Target, sample_input: Any = None) -> dict[str, tuple[str, ...]]:
+    """``layer name -> layers`` whose contraction outputs (or `INPUT`, the network input)
+    reach the layer's contraction input without passing through another contraction, in
+    forward order (several through a residual addition or a concatenation).
+
+    Raises:
+      WeightspaceError: apply does not trace on the input.
+    """
+    flow = _traced(target, sample_input)
+    layers = _kernel_contractions(target, flow)
+    of_value: dict[int, str] = {e.outs[0]: name for name, e in layers.items()}
+    of_value.update({v: INPUT for v in flow.xdep if v not in flow.producer})
+    order = {name: e.order for name, e in layers.items()} | {INPUT: -1}
+    out: dict[str, tuple[str, ...]] = {}
+    for name, e in layers.items():
+        found: set[str] = set()
+        todo = [v for v in e.ins if v is not None and v in flow.xdep]
+        seen: set[int] = set()
+        while todo:
+            v = todo.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v in of_value:
+                found.add(of_value[v])
+                continue
+            if v in flow.producer:
+                q = flow.ops[flow.producer[v]]
+                if q.prim not in _CONTRACTIONS:
+                    todo.extend(w for w in q.ins if w is not None and w in flow.xdep)
+        out[name] = tuple(sorted(found, key=order.__getitem__))
+    return out
+
+
+def conv_groups(target: Target, sample_input: Any = None) -> dict[str, int]:
+    """``layer name -> feature_group_count`` of every layer whose kernel a convolution
+    reads (1: an ordinary convolution; the input channels for a depthwise one).
+
+    Raises:
+      WeightspaceError: apply does not trace on the input.
+    """
+    flow = _traced(target, sample_input)
+    return {
+        name: int(e.params.get("feature_group_count", 1))
+        for name, e in _kernel_contractions(target, flow).items()
+        if e.prim == "conv_general_dilated"
+    }

@@ -44,6 +44,8 @@ from hyper.architectures import ACTIVATIONS
 from hyper.errors import WeightspaceError
 from hyper.symmetry import structural_groups
 from hyper.target import Target
+from metanets import graph_wiring
+from metanets.graph_wiring import blocking_ops
 
 __all__ = [
     "ACTIVATION_IDS",
@@ -57,7 +59,6 @@ __all__ = [
     "EDGE_WEIGHT",
     "GraphTopology",
     "common_kernel_window",
-    "blocking_ops",
     "kernel_window",
     "topology",
 ]
@@ -139,9 +140,32 @@ def _spatial(shape: tuple[int, ...], path: str) -> tuple[int, int]:
     raise WeightspaceError(f"kernel {path!r} has shape {shape}: convs of more than 2 spatial axes")
 
 
+def _check_leaves(target: Target) -> None:
+    """Refuses leaves the encoding has no place for, naming their layer."""
+    for s in target.spec:
+        if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
+            raise WeightspaceError(
+                f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
+                f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
+                "kernels, biases and normalization layers"
+            )
+        if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
+            raise WeightspaceError(
+                f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
+                "neither a mean nor a var"
+            )
+
+
 def kernel_window(target: Target) -> tuple[int, int]:
-    """The smallest edge window that holds every kernel of `target`."""
-    hw = [_spatial(s.shape, s.path) for s in target.spec if s.role == "kernel"]
+    """The smallest edge window that holds every kernel of `target` (and the position map
+    of every flatten a dense layer reads, `graph_wiring.flatten_map`)."""
+    _check_leaves(target)
+    hw = []
+    for s in target.spec:
+        if s.role != "kernel":
+            continue
+        fm = graph_wiring.flatten_map(target, s)
+        hw.append(_spatial(s.shape, s.path) if fm is None else graph_wiring.flatten_extent(*fm))
     if not hw:
         raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
     return (max(h for h, _ in hw), max(w for _, w in hw))
@@ -158,44 +182,6 @@ def _activation_ids(target: Target) -> dict[str, int]:
     """Layer name -> `ACTIVATION_IDS` index of the activation on its outputs (traced)."""
     acts = layer_ops.activations(target)
     return {k: ACTIVATION_IDS.index(v) if v in ACTIVATION_IDS else 0 for k, v in acts.items()}
-
-
-_FIXES = (
-    (
-        "reduce_window",
-        "pooling: pool over spatial windows only (window and stride 1 on the batch and "
-        "channel axes), or pool globally (x.mean(axis=(1, 2)))",
-    ),
-    (
-        "reshape",
-        "a reshape that merges or splits the channel axis: keep the channels as one axis "
-        "up to the dense layer that reads a flatten, or pool globally before it",
-    ),
-    (
-        "concatenate",
-        "a concatenation of layer outputs is not one set of neurons: add the branches, "
-        "or convert each branch as its own network",
-    ),
-    (
-        "feature_group_count",
-        "a grouped or depthwise convolution whose groups the structural analysis cannot follow",
-    ),
-    ("gather", "indexing the channels (gather): slice with static bounds, or drop it"),
-)
-
-
-def blocking_ops(target: Target, layer: str) -> str:
-    """What the traced computation does to `layer`'s outputs (`layer_ops.INPUT`: to the
-    network input) that the graph encoding cannot follow, and what to change; ``""`` if
-    nothing there is structural."""
-    ops = layer_ops.structural_ops(target).get(layer, ())
-    if not ops:
-        return ""
-    where = "the network input" if layer == layer_ops.INPUT else "its outputs"
-    hints = [fix for key, fix in _FIXES if any(key in op for op in ops)]
-    if not hints:
-        hints = ["a primitive the structural analysis (hyper.unit_axes) does not follow"]
-    return f"; the traced computation applies {', '.join(ops)} to {where} ({'; '.join(hints)})"
 
 
 def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopology:
@@ -222,18 +208,7 @@ def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopolo
 
 def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     spec = target.spec
-    for s in spec:
-        if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
-            raise WeightspaceError(
-                f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
-                f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
-                "kernels, biases and normalization layers"
-            )
-        if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
-            raise WeightspaceError(
-                f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
-                "neither a mean nor a var"
-            )
+    _check_leaves(target)
     kernels = sorted((s for s in spec if s.role == "kernel"), key=lambda s: (s.layer, s.path))
     if not kernels:
         raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
@@ -243,15 +218,18 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         raise WeightspaceError(f"{target.name}: a layer holds several kernels; not supported")
     groups = structural_groups(target)
     axis_group: dict[tuple[str, int], int] = {}
+    covered: set[tuple[str, int]] = set()  # leaf axes that a group indexes, wholly or in part
     for gi, g in enumerate(groups):
         for path, ax in g.axes:
             axis_group[(path, ax)] = gi
+        covered.update((e.path, e.axis) for e in g.strided)
+    covered.update(axis_group)
     # Every axis a group permutes must be one this encoding reads as a neuron axis.
     neuron_axes = {(s.path, s.out_axis) for s in spec if s.out_axis is not None} | {
         (k.path, k.in_axis) for k in kernels
     }
     for g in groups:
-        for path, ax in g.axes:
+        for path, ax in [*g.axes, *((e.path, e.axis) for e in g.strided)]:
             if (path, ax) not in neuron_axes:
                 s = target.leaf(path)
                 raise WeightspaceError(
@@ -265,7 +243,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     norm_kinds = layer_ops.norms(target)
     # Node sets: inputs, then one per kernel (its outputs).
     first = kernels[0]
-    if (first.path, first.in_axis) in axis_group:
+    if (first.path, first.in_axis) in covered:
         raise WeightspaceError(
             f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
             "tied to another layer's outputs, so the network inputs are not fixed nodes"
@@ -277,7 +255,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     last = kernels[-1]
     for k in kernels:
         size = k.shape[k.out_axis]
-        in_group = (k.path, k.out_axis) in axis_group
+        in_group = (k.path, k.out_axis) in covered
         if k is last:
             if in_group:
                 raise WeightspaceError(
@@ -300,34 +278,40 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         sets.append((k.layer_name, n_nodes, size, kind))
         n_nodes += size
 
-    # Which node set each kernel reads: the input set, or the latest earlier producer of the
-    # group its input axis belongs to.
+    # Which node set each kernel reads: the latest layer whose output reaches it in the
+    # traced computation (`graph_wiring`); producers of one group are joined by identity
+    # edges (residual additions), except a grouped conv and the layer it reads.
     producers: dict[int, list[Any]] = {}
     for k in kernels:
         gi = axis_group.get((k.path, k.out_axis))
         if gi is not None:
             producers.setdefault(gi, []).append(k)
+    set_of_layer = {sets[i][0]: i for i in set_of_kernel.values()}
+    conv_groups = layer_ops.conv_groups(target)
     reads: dict[str, int] = {}
     for k in kernels:
-        gi = axis_group.get((k.path, k.in_axis))
-        if gi is None:
+        src = graph_wiring.read_layer(target, k)
+        if src == layer_ops.INPUT:
             if k is not first:
-                prev = [p for p in kernels if p.layer < k.layer]
-                why = blocking_ops(target, prev[-1].layer_name) if prev else ""
                 raise WeightspaceError(
-                    f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
-                    "an earlier layer's outputs"
-                    + (why or " (a second network input?); unsupported connection")
+                    f"{target.name}: layer {k.layer_name!r} reads the network input but is not "
+                    "the first layer; a second input path is not supported"
                 )
             reads[k.path] = 0
             continue
-        earlier = [p for p in producers.get(gi, []) if p.layer < k.layer]
-        if not earlier:
+        if k is first or src not in set_of_layer or set_of_layer[src] >= set_of_kernel[k.path]:
             raise WeightspaceError(
-                f"{target.name}: layer {k.layer_name!r} reads channels that no earlier layer "
-                "produces; unsupported connection"
+                f"{target.name}: layer {k.layer_name!r} reads {src!r}, which is no earlier "
+                "layer of the graph; unsupported connection"
             )
-        reads[k.path] = set_of_kernel[earlier[-1].path]
+        reads[k.path] = set_of_layer[src]
+        if (k.path, k.in_axis) not in covered and k.shape[k.in_axis] > 1:
+            prev = [p for p in kernels if p.layer_name == src]
+            why = blocking_ops(target, prev[0].layer_name) if prev else ""
+            raise WeightspaceError(
+                f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
+                f"the outputs of {src!r}" + (why or "; unsupported connection")
+            )
 
     node_type = np.zeros(n_nodes, np.int32)
     node_layer = np.zeros(n_nodes, np.int32)
@@ -349,13 +333,24 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     senders, receivers, etype, elayer = [], [], [], []
     edge_start: dict[str, int] = {}
     n_edges = 0
+    flat_maps: dict[str, tuple[tuple[int, ...], int]] = {}
     for k in kernels:
         src = sets[reads[k.path]]
         dst = sets[set_of_kernel[k.path]]
         n_in, n_out = k.shape[k.in_axis], k.shape[k.out_axis]
-        if n_in != src[2]:
-            raise WeightspaceError(f"{target.name}: layer {k.layer_name!r} reads {n_in} channels")
+        fm = graph_wiring.flatten_map(target, k)
+        if fm is not None:
+            flat_maps[k.path] = fm
+            n_in = fm[0][fm[1]]
+        groups_k = conv_groups.get(k.layer_name, 1)
         ii, oo = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
+        if groups_k > 1:
+            ii = np.asarray(graph_wiring.grouped_senders(src[2], n_in, n_out, groups_k, k.path))
+        elif n_in != src[2]:
+            raise WeightspaceError(
+                f"{target.name}: layer {k.layer_name!r} reads {n_in} channels, but "
+                f"{src[0]!r} has {src[2]}"
+            )
         edge_start[k.path] = n_edges
         senders.append(src[1] + ii.ravel())
         receivers.append(dst[1] + oo.ravel())
@@ -367,6 +362,8 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         ps = producers[gi]
         for a, b in zip(ps[:-1], ps[1:], strict=True):
             sa, sb = sets[set_of_kernel[a.path]], sets[set_of_kernel[b.path]]
+            if conv_groups.get(b.layer_name, 1) > 1 and reads[b.path] == set_of_kernel[a.path]:
+                continue  # a grouped conv ties its channels to those it reads: no addition
             senders.append(sa[1] + np.arange(sa[2]))
             receivers.append(sb[1] + np.arange(sb[2]))
             etype.append(np.full(sa[2], EDGE_RESIDUAL, np.int32))
@@ -382,6 +379,16 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     norm_owner: dict[int, str] = {}
     taken: set[tuple[int, int]] = set()
     for s in spec:
+        if s.role == "kernel" and s.path in flat_maps:
+            shape, channel = flat_maps[s.path]
+            ch, ph, pw = (np.asarray(a) for a in graph_wiring.flatten_positions(shape, channel))
+            mh, mw = graph_wiring.flatten_extent(shape, channel)
+            oh, ow = (wh - mh) // 2, (ww - mw) // 2
+            n_out = s.shape[s.out_axis]
+            edge = edge_start[s.path] + ch[:, None] * n_out + np.arange(n_out)[None, :]
+            slot = ((oh + ph) * ww + (ow + pw))[:, None]
+            index_parts.append((node_size + edge * f + slot).reshape(-1))  # [rows, out]
+            continue
         if s.role == "kernel":
             kh, kw = _spatial(s.shape, s.path)
             oh, ow = (wh - kh) // 2, (ww - kw) // 2
