@@ -120,12 +120,8 @@ def test_permuting_units_permutes_nodes(random_params):
     g0 = graph.population_to_graphs(t, stack(params))
     g1 = graph.population_to_graphs(t, stack(moved))
     np.testing.assert_array_equal(np.asarray(g1.nodes["x"]), np.asarray(g0.nodes["x"])[pi])
-    edge_of = {
-        (int(s), int(r), int(k)): e
-        for e, (s, r, k) in enumerate(
-            zip(topo.senders, topo.receivers, topo.edge_type, strict=True)
-        )
-    }
+    ends = list(zip(topo.senders, topo.receivers, topo.edge_type, strict=True))
+    edge_of = {(int(s), int(r), int(k)): e for e, (s, r, k) in enumerate(ends)}
     w0, w1 = np.asarray(g0.edges["w"]), np.asarray(g1.edges["w"])
     for e, (s, r, k) in enumerate(ends):
         np.testing.assert_array_equal(w1[e], w0[edge_of[(int(pi[s]), int(pi[r]), int(k))]])
