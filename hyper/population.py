@@ -3,7 +3,7 @@
 A population is a plain nested dict of arrays, each leaf `[targets, *leaf_shape]`. The
 functions here stack and slice populations, flatten them to a `[targets, P]` matrix and
 back (exactly), select leaves by path glob, and import/export dicts of numpy arrays,
-including the PyTorch `state_dict` layout.
+including the PyTorch `state_dict` layout (`hyper.torch_layout`, re-exported here).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper.errors import WeightspaceError, WeightspaceTypeError
-from hyper.target import LeafSpec, Target
+from hyper.target import Target
+from hyper.torch_layout import from_torch_state_dict, to_torch_state_dict, torch_key_map
 from hyper.tree import Params, flatten_dict, nest
 
 __all__ = [
@@ -320,142 +321,6 @@ def from_numpy(target: Target, arrays: Mapping[str, Any], *, batched: bool = Fal
             f"from_numpy: keys must be slash-separated path strings, got {bad}"
         )
     params = nest({p: jnp.asarray(v) for p, v in arrays.items()})
-    target.validate(params, batched=batched)
-    return params
-
-
-# ---------------------------------------------------------------------------------------
-# PyTorch state_dict layout
-# ---------------------------------------------------------------------------------------
-
-_TORCH_NAME = {
-    "kernel": "weight",
-    "bias": "bias",
-    "norm_scale": "weight",
-    "norm_shift": "bias",
-    "embedding": "weight",
-}
-
-
-def _torch_leaf_name(s: LeafSpec) -> str:
-    if s.role == "running_stat":
-        leaf = s.path.rsplit("/", 1)[-1]
-        return {"mean": "running_mean", "var": "running_var"}.get(leaf, leaf)
-    return _TORCH_NAME.get(s.role, s.path.rsplit("/", 1)[-1])
-
-
-def torch_key_map(target: Target) -> dict[str, str]:
-    """Our leaf path -> PyTorch `state_dict` key ("convs/0/kernel" -> "convs.0.weight").
-
-    The key is the leaf's layer name (for Linen targets without the "params" or
-    "batch_stats" collection) and the PyTorch name of its role.
-    """
-    out = {}
-    for s in target.spec:
-        parts = s.layer_name.split("/") if s.layer_name else []
-        out[s.path] = ".".join(parts + [_torch_leaf_name(s)])
-    inverse: dict[str, str] = {}
-    for ours, theirs in out.items():
-        if theirs in inverse:
-            raise WeightspaceError(
-                f"torch_key_map: {ours!r} and {inverse[theirs]!r} both map to {theirs!r}"
-            )
-        inverse[theirs] = ours
-    return out
-
-
-def _to_torch_layout(s: LeafSpec, a: np.ndarray, lead: int) -> np.ndarray:
-    if s.role != "kernel":
-        return a
-    nd = len(s.shape)
-    # ours: [*spatial, in, out] -> torch: [out, in, *spatial]; `lead` batch axes untouched.
-    perm = list(range(lead)) + [lead + nd - 1, lead + nd - 2] + [lead + i for i in range(nd - 2)]
-    return np.transpose(a, perm)
-
-
-def _from_torch_layout(s: LeafSpec, a: np.ndarray, lead: int) -> np.ndarray:
-    if s.role != "kernel":
-        return a
-    nd = len(s.shape)
-    # torch: [out, in, *spatial] -> ours: [*spatial, in, out]
-    perm = list(range(lead)) + [lead + 2 + i for i in range(nd - 2)] + [lead + 1, lead]
-    return np.transpose(a, perm)
-
-
-def to_torch_state_dict(
-    target: Target, params: Params, *, batched: bool = False
-) -> dict[str, np.ndarray]:
-    """Exports params (a population if `batched`) as a PyTorch-layout `state_dict` of numpy
-    arrays: `Linear` weights `[out, in]`, `Conv` weights `[out, in, *kernel]`, BatchNorm
-    `weight`/`bias`/`running_mean`/`running_var`. Load with
-    ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)``
-    (`num_batches_tracked` is not produced).
-
-    Weights transfer exactly, but strided 'SAME' convolutions pad asymmetrically (XLA
-    convention, see `hyper.architectures.CNN2d`); the PyTorch module must pad the same way
-    to compute the same function."""
-    target.validate(params, batched=batched)
-    keys = torch_key_map(target)
-    flat = flatten_dict(params)
-    lead = 1 if batched else 0
-    return {
-        keys[s.path]: np.ascontiguousarray(_to_torch_layout(s, np.asarray(flat[s.path]), lead))
-        for s in target.spec
-    }
-
-
-def from_torch_state_dict(
-    target: Target,
-    state_dict: Mapping[str, Any],
-    *,
-    batched: bool = False,
-    key_map: Mapping[str, str] | None = None,
-) -> Params:
-    """Imports a PyTorch-layout `state_dict` (numpy arrays, or anything `np.asarray` takes).
-
-    Kernels are transposed to our layout (`[*spatial, in, out]`) and every array is cast to
-    the target's leaf dtype.
-
-    Args:
-      state_dict: ``{torch_key: array}``; with `batched`, each array has a leading
-        `targets` axis. `num_batches_tracked` entries are ignored.
-      key_map: our path -> torch key, for modules whose attribute names differ from
-        ours (default: `torch_key_map(target)`).
-
-    Raises:
-      ValueError: a missing or unexpected key, or a shape that does not match, naming
-        the key, our path and both shapes.
-    """
-    if not isinstance(state_dict, Mapping):
-        raise WeightspaceTypeError(
-            f"from_torch_state_dict: expected a mapping, got {type(state_dict).__name__}"
-        )
-    keys = dict(key_map) if key_map is not None else torch_key_map(target)
-    unmapped = [s.path for s in target.spec if s.path not in keys]
-    if unmapped:
-        raise WeightspaceError(f"from_torch_state_dict: key_map has no entry for {unmapped}")
-    sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    wanted = {keys[s.path] for s in target.spec}
-    missing = sorted(wanted - set(sd))
-    extra = sorted(set(sd) - wanted)
-    if missing or extra:
-        raise WeightspaceError(
-            f"from_torch_state_dict: state_dict does not match {target.name}: "
-            f"missing keys {missing}, unexpected keys {extra}"
-        )
-    lead = 1 if batched else 0
-    out = {}
-    for s in target.spec:
-        a = np.asarray(sd[keys[s.path]])
-        want_torch = tuple(_to_torch_layout(s, np.empty(s.shape, np.int8), 0).shape)
-        got = a.shape[lead:]
-        if len(a.shape) != len(s.shape) + lead or got != want_torch:
-            raise WeightspaceError(
-                f"from_torch_state_dict: {keys[s.path]!r} (our {s.path!r}) has shape {a.shape}, "
-                f"expected {'(targets,) + ' if batched else ''}{want_torch}"
-            )
-        out[s.path] = jnp.asarray(_from_torch_layout(s, a, lead).astype(s.dtype))
-    params = nest(out)
     target.validate(params, batched=batched)
     return params
 

@@ -563,7 +563,8 @@ class Target:
         for s in sorted(self.spec, key=lambda s: (s.layer, s.path)):
             rows.append(
                 f"  [{s.layer:2d}] {s.path:32s} {str(s.shape):18s} {s.role:12s} "
-                f"fan_in={s.fan_in} fan_out={s.fan_out} axes(in={s.in_axis}, out={s.out_axis})"
+                f"fan_in={s.fan_in} fan_out={s.fan_out} "
+                f"axes(in={_axes_text(s.in_axes)}, out={_axes_text(s.out_axes)})"
             )
         return "\n".join(rows)
 
@@ -638,6 +639,11 @@ class Target:
                     f"expected {s.dtype}"
                 )
         return n
+
+
+def _axes_text(axes: tuple[int, ...]) -> str:
+    """``None``, ``1`` or ``(1, 2)``: a leaf's neuron axes for `Target.describe`."""
+    return "None" if not axes else str(axes[0]) if len(axes) == 1 else str(axes)
 
 
 def _materialize(x: Any) -> Any:

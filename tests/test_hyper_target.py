@@ -1,6 +1,7 @@
 """Target: the spec (roles, fans, layer order, neuron axes), the three builders, validation."""
 
 import json
+import warnings
 
 import chex
 import jax
@@ -11,6 +12,7 @@ import pytest
 from hyper import population as pop_ops
 from hyper import symmetry
 from hyper.architectures import make_target, target_from_config
+from hyper.spec import respec
 from hyper.target import LeafSpec, Target, check_same_spec
 
 
@@ -418,3 +420,199 @@ def test_spec_differences(mlp_target, cnn_target):
     ]
     assert mlp_target.spec_differences(narrow, fields=("role", "dtype")) == []
     assert mlp_target.config_differences(narrow) == ["widths"]
+
+
+# --- roles, axes and layers from the traced computation (issue 28: D5, D8) ---------------
+
+
+def _flat_mlp(params, x):
+    # Explicit broadcasts: the tests run with jax_numpy_rank_promotion="raise".
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ params["w1"] + params["b1"][None])
+    return h @ params["w2"] + params["b2"][None]
+
+
+_FLAT_TEMPLATE = {
+    "w1": jnp.zeros((64, 16)),
+    "b1": jnp.zeros(16),
+    "w2": jnp.zeros((16, 10)),
+    "b2": jnp.zeros(10),
+}
+
+
+def test_attention_kernels_axes_and_fans():
+    """q/k/v kernels ``(in, heads, head_dim)`` have fan-in `in`; the out projection
+    ``(heads, head_dim, out)`` fan-in heads*head_dim (not the 3-axis conv reading)."""
+    from flax import nnx
+
+    mha = nnx.eval_shape(  # abstract: the spec needs shapes only
+        lambda: nnx.MultiHeadAttention(
+            num_heads=2,
+            in_features=8,
+            qkv_features=12,
+            out_features=5,
+            decode=False,
+            rngs=nnx.Rngs(0),
+        )
+    )
+    t = Target.from_nnx(mha, sample_input=jnp.zeros((2, 3, 8)))
+    for name in ("query", "key", "value"):
+        k, b = t.leaf(f"{name}/kernel"), t.leaf(f"{name}/bias")
+        assert (k.shape, k.in_axes, k.out_axes, k.fan_in, k.fan_out) == (
+            (8, 2, 6),
+            (0,),
+            (1, 2),
+            8,
+            12,
+        )
+        assert (k.in_axis, k.out_axis, k.layer_kind) == (0, None, "dense")
+        assert (b.role, b.out_axes, b.out_axis, b.fan_in, b.layer_name) == (
+            "bias",
+            (0, 1),
+            None,
+            8,
+            name,
+        )
+    o = t.leaf("out/kernel")
+    assert (o.in_axes, o.out_axes, o.in_axis, o.out_axis, o.fan_in, o.fan_out) == (
+        (0, 1),
+        (2,),
+        None,
+        2,
+        12,
+        5,
+    )
+    assert "axes(in=0, out=(1, 2))" in t.describe()
+    # Fewer heads (a pruned network): `respec` recomputes the fans from the same axes.
+    q = respec(t.leaf("query/kernel"), (8, 1, 6))
+    o = respec(t.leaf("out/kernel"), (1, 6, 5))
+    assert (q.fan_in, q.fan_out, o.fan_in, o.fan_out) == (8, 6, 6, 5)
+    assert respec(t.leaf("query/bias"), (1, 6), q).fan_in == 8
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_position_embedding_role_and_init(use_bias):
+    """A bare ``nnx.Param`` added to the token activations is an additive embedding with a
+    small non-zero init, never a bias of the projection before it."""
+    from flax import nnx
+
+    class Tokens(nnx.Module):
+        def __init__(self, rngs):
+            self.proj = nnx.Linear(4, 6, use_bias=use_bias, rngs=rngs)
+            self.pos = nnx.Param(jnp.zeros((1, 5, 6)))
+
+        def __call__(self, x):
+            return (self.proj(x) + self.pos[...]).mean(1)
+
+    module = nnx.eval_shape(lambda: Tokens(nnx.Rngs(0)))
+    t = Target.from_nnx(module, sample_input=jnp.zeros((2, 5, 4)))
+    s = t.leaf("pos")
+    assert (s.role, s.layer_kind, s.out_axes, s.layer_name) == ("embedding", "position", (2,), "")
+    assert s.layer == 1 and t.leaf("proj/kernel").layer == 0
+    pop = t.init_population(jax.random.key(1), 4)
+    pos = np.asarray(pop["pos"])
+    assert np.all(pos != 0)
+    np.testing.assert_allclose(pos.std(), 0.02, rtol=0.15)
+    assert pop_ops.torch_key_map(t)["pos"] == "pos"
+
+
+def test_flat_names_roles_and_layers_from_use():
+    t = Target.from_function(_flat_mlp, _FLAT_TEMPLATE, sample_input=jnp.zeros((2, 8, 8)))
+    assert spec_table(t) == {
+        "w1": ("kernel", (64, 16), 64, 16, 0, 1, 0),
+        "b1": ("bias", (16,), 64, 16, None, 0, 0),
+        "w2": ("kernel", (16, 10), 16, 10, 0, 1, 1),
+        "b2": ("bias", (10,), 16, 10, None, 0, 1),
+    }
+    layers = {s.path: s.layer_name for s in t.spec}
+    assert layers == {"w1": "w1", "b1": "w1", "w2": "w2", "b2": "w2"}
+    assert t.num_layers == 2
+    assert pop_ops.torch_key_map(t) == {
+        "w1": "w1.weight",
+        "b1": "w1.bias",
+        "w2": "w2.weight",
+        "b2": "w2.bias",
+    }
+    p = t.init(jax.random.key(0))
+    assert np.std(np.asarray(p["w1"])) > 0.05 and np.all(np.asarray(p["b1"]) == 0)
+
+
+def test_torch_style_kernel_out_in():
+    """``x @ w.T`` with ``w`` [out, in] (a PyTorch port): the trace reads the axes."""
+
+    def apply(p, x):
+        return jnp.tanh(x @ p["fc"]["w"].T + p["fc"]["b"][None]) @ p["head"]["w"].T
+
+    tmpl = {"fc": {"w": jnp.zeros((7, 3)), "b": jnp.zeros(7)}, "head": {"w": jnp.zeros((2, 7))}}
+    t = Target.from_function(apply, tmpl, sample_input=jnp.zeros((2, 3)))
+    w = t.leaf("fc/w")
+    assert (w.role, w.in_axes, w.out_axes, w.fan_in, w.fan_out) == ("kernel", (1,), (0,), 3, 7)
+    assert (t.leaf("fc/b").role, t.leaf("fc/b").fan_in) == ("bias", 3)
+
+
+def test_all_other_warns_once():
+    with pytest.warns(UserWarning) as record:
+        t = Target.from_function(_flat_mlp, _FLAT_TEMPLATE)
+    msgs = [str(r.message) for r in record if "role 'other'" in str(r.message)]
+    assert len(msgs) == 1
+    assert "['b1', 'b2', 'w1', 'w2']" in msgs[0] and "roles={'w*': 'kernel'" in msgs[0]
+    assert {s.role for s in t.spec} == {"other"}
+    # roles= (no trace): kernels split the shared parent; keys never collide.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t2 = Target.from_function(_flat_mlp, _FLAT_TEMPLATE, roles={"w*": "kernel", "b*": "bias"})
+        Target.from_function(_flat_mlp, _FLAT_TEMPLATE, sample_input=jnp.zeros((1, 8, 8)))
+    keys = pop_ops.torch_key_map(t2)
+    assert len(set(keys.values())) == 4 and keys["w2"] == "w2.weight"
+
+
+def test_key_map_collision_is_an_error_and_key_map_exports():
+    tmpl = {"ln": {"a": jnp.zeros(3), "b": jnp.zeros(3)}}
+    t = Target.from_function(
+        lambda p, x: x * p["ln"]["a"][None] * p["ln"]["b"][None], tmpl, roles={"ln/*": "norm_scale"}
+    )
+    with pytest.raises(ValueError, match=r"'ln/b' and 'ln/a' both map to 'ln.weight'.*key_map="):
+        pop_ops.torch_key_map(t)
+    p = {"ln": {"a": jnp.arange(3.0), "b": jnp.ones(3)}}
+    km = {"ln/a": "ln.a", "ln/b": "ln.b"}
+    sd = pop_ops.to_torch_state_dict(t, p, key_map=km)
+    assert set(sd) == {"ln.a", "ln.b"}
+    chex.assert_trees_all_equal(pop_ops.from_torch_state_dict(t, sd, key_map=km), p)
+    with pytest.raises(ValueError, match="maps 'ln/b' and 'ln/a' to 'ln.a'"):
+        pop_ops.to_torch_state_dict(t, p, key_map={"ln/a": "ln.a", "ln/b": "ln.a"})
+
+
+def test_old_json_spec_loads():
+    """A spec stored before `in_axes`/`out_axes` existed (zoo dirs, checkpoints) loads."""
+    old = {
+        "path": "conv/kernel",
+        "shape": [3, 3, 2, 4],
+        "dtype": "float32",
+        "role": "kernel",
+        "fan_in": 18,
+        "fan_out": 36,
+        "layer": 0,
+        "layer_name": "conv",
+        "layer_kind": "conv",
+        "in_axis": 2,
+        "out_axis": 3,
+        "trainable": True,
+    }
+    s = LeafSpec.from_json(old)
+    assert (s.in_axes, s.out_axes, s.in_axis, s.out_axis) == ((2,), (3,), 2, 3)
+    assert LeafSpec.from_json(json.loads(json.dumps(s.to_json()))) == s
+    b = LeafSpec.from_json({**old, "role": "bias", "in_axis": None, "out_axis": 0})
+    assert (b.in_axes, b.out_axes) == ((), (0,))
+
+
+def test_flat_name_function_trains(digits):
+    """The coverage file's #11: with default init a flat-named MLP now learns (every leaf
+    'other' and zero kept the loss at ln 10 = 2.303, identical members)."""
+    from hyper.train import TrainConfig, Trainer
+
+    t = Target.from_function(_flat_mlp, _FLAT_TEMPLATE, sample_input=jnp.zeros((2, 8, 8)))
+    trainer = Trainer(t, digits, TrainConfig(batch_size=32, steps_per_epoch=30))
+    state = trainer.init(jax.random.key(0), 2, learning_rate=1e-2, shard=False)
+    state, metrics = trainer.train_epoch(state, 0)
+    loss = np.asarray(metrics["batch_loss"])
+    assert np.all(loss < 1.8), loss  # the epoch's mean minibatch loss, from 2.3 at step 0
+    assert loss[0] != loss[1]

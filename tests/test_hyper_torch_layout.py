@@ -17,10 +17,13 @@ import re
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from hyper import population as pop_ops
+from hyper.target import Target
+from hyper.torch_layout import torch_layouts
 
 EPS = 1e-5  # nnx.BatchNorm and torch.nn.BatchNorm2d default epsilon
 
@@ -287,3 +290,276 @@ def test_bad_state_dicts(rescnn_target):
     # Export validates first, naming the leaf.
     with pytest.raises(ValueError, match="missing leaves"):
         pop_ops.to_torch_state_dict(t, {"stem": {"kernel": np.zeros((3, 3, 1, 4), np.float32)}})
+
+
+# --- user networks: flatten, depthwise, attention, flat names (issue 28: D4, D5, D8) ----
+#
+# Each check: a random torch-layout state_dict imported and run by us equals the NumPy
+# forward written in PyTorch's conventions (NCHW, ``x @ W.T``, C-H-W flatten, separate
+# query/key/value/out Linear layers), and exporting the imported params gives the
+# state_dict back bit for bit (so the export computes the same function in PyTorch).
+
+LN_EPS = 1e-6  # nnx.LayerNorm's default epsilon
+
+
+def maxpool2(x):
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def grouped_conv(x, w, b, groups):
+    """`conv` with ``groups`` (torch's ``Conv2d(groups=...)``, weight `[O, C/groups, *K]`)."""
+    xs = np.split(x, groups, axis=1)
+    ws, bs = np.split(w, groups, axis=0), np.split(b, groups)
+    return np.concatenate([conv(a, v, c, 1) for a, v, c in zip(xs, ws, bs, strict=True)], 1)
+
+
+def layernorm(x, sd, name):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + LN_EPS) * sd[f"{name}.weight"] + sd[f"{name}.bias"]
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def attention(x, sd, name, heads):
+    """Multi-head self-attention with separate query/key/value/out `Linear` layers."""
+    b, t, _ = x.shape
+
+    def split(h):  # [B, T, H*hd] -> [B, H, T, hd]
+        return h.reshape(b, t, heads, -1).transpose(0, 2, 1, 3)
+
+    q, k, v = (split(linear(x, sd, f"{name}.{p}")) for p in ("query", "key", "value"))
+    logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    att = np.exp(logits - logits.max(-1, keepdims=True))
+    att /= att.sum(-1, keepdims=True)
+    o = (att @ v).transpose(0, 2, 1, 3).reshape(b, t, -1)
+    return linear(o, sd, f"{name}.out")
+
+
+def patches(x):
+    """[B, 8, 8] -> [B, 4, 16]: four 4x4 patches, row-major (the model does the same)."""
+    b = x.shape[0]
+    return x.reshape(b, 2, 4, 2, 4).transpose(0, 1, 3, 2, 4).reshape(b, 4, 16)
+
+
+def ref_lenet(sd, x):
+    h = maxpool2(relu(conv(x[:, None], sd["conv1.weight"], sd["conv1.bias"], 1)))
+    h = maxpool2(relu(conv(h, sd["conv2.weight"], sd["conv2.bias"], 1)))
+    h = h.reshape(h.shape[0], -1)  # torch.flatten of NCHW: C-H-W
+    return linear(relu(linear(h, sd, "fc1")), sd, "fc2")
+
+
+def ref_linen_cnn(sd, x):
+    h = relu(conv(x[:, None], sd["Conv_0.weight"], sd["Conv_0.bias"], 1))
+    b, c, hh, ww = h.shape
+    h = h.reshape(b, c, hh // 2, 2, ww // 2, 2).mean(axis=(3, 5))  # avg_pool 2x2
+    return linear(h.reshape(b, -1), sd, "Dense_0")
+
+
+def ref_depthwise(sd, x):
+    h = relu(conv(x[:, None], sd["c1.weight"], sd["c1.bias"], 1))
+    h = maxpool2(relu(grouped_conv(h, sd["dw.weight"], sd["dw.bias"], 4)))
+    return linear(h.reshape(h.shape[0], -1), sd, "fc")
+
+
+def ref_vit(sd, x):
+    h = linear(patches(x), sd, "proj") + sd["pos"]
+    h = h + attention(layernorm(h, sd, "ln1"), sd, "attn", heads=2)
+    h = h + linear(gelu_tanh(linear(layernorm(h, sd, "ln2"), sd, "mlp1")), sd, "mlp2")
+    return linear(h.mean(1), sd, "head")
+
+
+def ref_flat_mlp(sd, x):
+    return linear(np.tanh(linear(x.reshape(x.shape[0], -1), sd, "w1")), sd, "w2")
+
+
+def _user_targets():
+    import flax.linen as linen
+    from flax import nnx
+
+    class LeNet(nnx.Module):
+        def __init__(self, rngs):
+            self.conv1 = nnx.Conv(1, 3, (3, 3), rngs=rngs)
+            self.conv2 = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+            self.fc1 = nnx.Linear(4 * 2 * 2, 6, rngs=rngs)
+            self.fc2 = nnx.Linear(6, 10, rngs=rngs)
+
+        def __call__(self, x):
+            h = nnx.max_pool(jax.nn.relu(self.conv1(x[..., None])), (2, 2), (2, 2))
+            h = nnx.max_pool(jax.nn.relu(self.conv2(h)), (2, 2), (2, 2))
+            return self.fc2(jax.nn.relu(self.fc1(h.reshape(h.shape[0], -1))))
+
+    class Depthwise(nnx.Module):
+        def __init__(self, rngs):
+            self.c1 = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.dw = nnx.Conv(4, 8, (3, 3), feature_group_count=4, rngs=rngs)
+            self.fc = nnx.Linear(8 * 4 * 4, 10, rngs=rngs)
+
+        def __call__(self, x):
+            h = jax.nn.relu(self.c1(x[..., None]))
+            h = nnx.max_pool(jax.nn.relu(self.dw(h)), (2, 2), (2, 2))
+            return self.fc(h.reshape(h.shape[0], -1))
+
+    class ViT(nnx.Module):
+        def __init__(self, rngs):
+            self.proj = nnx.Linear(16, 8, rngs=rngs)
+            self.pos = nnx.Param(jnp.zeros((1, 4, 8)))
+            self.ln1 = nnx.LayerNorm(8, rngs=rngs)
+            self.attn = nnx.MultiHeadAttention(
+                num_heads=2, in_features=8, qkv_features=12, decode=False, rngs=rngs
+            )
+            self.ln2 = nnx.LayerNorm(8, rngs=rngs)
+            self.mlp1 = nnx.Linear(8, 16, rngs=rngs)
+            self.mlp2 = nnx.Linear(16, 8, rngs=rngs)
+            self.head = nnx.Linear(8, 10, rngs=rngs)
+
+        def __call__(self, x):
+            b = x.shape[0]
+            x = x.reshape(b, 2, 4, 2, 4).transpose(0, 1, 3, 2, 4).reshape(b, 4, 16)
+            h = self.proj(x) + self.pos[...]
+            h = h + self.attn(self.ln1(h))
+            h = h + self.mlp2(jax.nn.gelu(self.mlp1(self.ln2(h))))
+            return self.head(h.mean(1))
+
+    class LinenCNN(linen.Module):  # the Flax tutorial's style: avg_pool, flatten
+        @linen.compact
+        def __call__(self, x):
+            h = linen.relu(linen.Conv(4, (3, 3))(x[..., None]))
+            h = linen.avg_pool(h, (2, 2), (2, 2))
+            return linen.Dense(10)(h.reshape(h.shape[0], -1))
+
+    def flat_mlp(p, x):
+        h = jnp.tanh(x.reshape(x.shape[0], -1) @ p["w1"] + p["b1"][None])
+        return h @ p["w2"] + p["b2"][None]
+
+    x = jnp.zeros((2, 8, 8))
+
+    def abstract(cls):  # shapes only: no eager initialisation (the tests set the weights)
+        return nnx.eval_shape(lambda: cls(nnx.Rngs(0)))
+
+    flat = {"w1": jnp.zeros((64, 16)), "b1": jnp.zeros(16)}
+    flat |= {"w2": jnp.zeros((16, 10)), "b2": jnp.zeros(10)}
+    return {
+        "lenet": Target.from_nnx(abstract(LeNet), sample_input=x),
+        "depthwise": Target.from_nnx(abstract(Depthwise), sample_input=x),
+        "linen_cnn": Target.from_linen(LinenCNN(), x),
+        "vit": Target.from_nnx(abstract(ViT), sample_input=x),
+        "flat_mlp": Target.from_function(flat_mlp, flat, sample_input=x),
+    }
+
+
+USER_TORCH_SHAPES = {
+    "lenet": {  # Conv2d(1,3,3,p=1) Conv2d(3,4,3,p=1) Linear(16,6) Linear(6,10)
+        "conv1.weight": (3, 1, 3, 3),
+        "conv1.bias": (3,),
+        "conv2.weight": (4, 3, 3, 3),
+        "conv2.bias": (4,),
+        "fc1.weight": (6, 16),
+        "fc1.bias": (6,),
+        "fc2.weight": (10, 6),
+        "fc2.bias": (10,),
+    },
+    "linen_cnn": {  # Conv2d(1,4,3,p=1), AvgPool2d(2), Linear(64,10)
+        "Conv_0.weight": (4, 1, 3, 3),
+        "Conv_0.bias": (4,),
+        "Dense_0.weight": (10, 64),
+        "Dense_0.bias": (10,),
+    },
+    "depthwise": {  # Conv2d(1,4,3) Conv2d(4,8,3,groups=4) Linear(128,10)
+        "c1.weight": (4, 1, 3, 3),
+        "c1.bias": (4,),
+        "dw.weight": (8, 1, 3, 3),
+        "dw.bias": (8,),
+        "fc.weight": (10, 128),
+        "fc.bias": (10,),
+    },
+    "vit": {  # D=8, 2 heads of 6 (qkv 12): query/key/value Linear(8,12), out Linear(12,8)
+        "proj.weight": (8, 16),
+        "proj.bias": (8,),
+        "pos": (1, 4, 8),
+        "ln1.weight": (8,),
+        "ln1.bias": (8,),
+        "ln2.weight": (8,),
+        "ln2.bias": (8,),
+        "attn.query.weight": (12, 8),
+        "attn.query.bias": (12,),
+        "attn.key.weight": (12, 8),
+        "attn.key.bias": (12,),
+        "attn.value.weight": (12, 8),
+        "attn.value.bias": (12,),
+        "attn.out.weight": (8, 12),
+        "attn.out.bias": (8,),
+        "mlp1.weight": (16, 8),
+        "mlp1.bias": (16,),
+        "mlp2.weight": (8, 16),
+        "mlp2.bias": (8,),
+        "head.weight": (10, 8),
+        "head.bias": (10,),
+    },
+    "flat_mlp": {"w1.weight": (16, 64), "w1.bias": (16,), "w2.weight": (10, 16), "w2.bias": (10,)},
+}
+USER_REFERENCES = {
+    "lenet": ref_lenet,
+    "depthwise": ref_depthwise,
+    "linen_cnn": ref_linen_cnn,
+    "vit": ref_vit,
+    "flat_mlp": ref_flat_mlp,
+}
+
+
+@pytest.fixture(scope="module")
+def user_targets():
+    return _user_targets()
+
+
+def random_user_state_dict(name, seed):
+    rng = np.random.default_rng(seed)
+    shapes = USER_TORCH_SHAPES[name]
+    return {k: (0.4 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("name", list(USER_REFERENCES))
+def test_user_network_export_computes_the_same_function(name, user_targets):
+    t = user_targets[name]
+    keys = pop_ops.torch_key_map(t)
+    layouts = torch_layouts(t)
+    assert {keys[p]: lay.torch_shape for p, lay in layouts.items()} == USER_TORCH_SHAPES[name]
+    sd = random_user_state_dict(name, 11)
+    params = pop_ops.from_torch_state_dict(t, sd)
+    x = np.random.default_rng(12).standard_normal((3, 8, 8)).astype(np.float32)
+    expect = USER_REFERENCES[name](as64(sd), x.astype(np.float64))
+    np.testing.assert_allclose(t.apply(params, x), expect, rtol=1e-5, atol=1e-5)
+    out = pop_ops.to_torch_state_dict(t, params)
+    for k in sd:
+        np.testing.assert_array_equal(out[k], sd[k], err_msg=k)
+    # A population: member i of the batched export is the export of member i.
+    pop = jax.tree.map(lambda a: np.stack([a, -a]), params)
+    both = pop_ops.to_torch_state_dict(t, pop, batched=True)
+    for k in sd:
+        np.testing.assert_array_equal(both[k][1], -sd[k], err_msg=k)
+    back = pop_ops.from_torch_state_dict(t, both, batched=True)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, back), pop)
+
+
+def test_flatten_rows_move_from_hwc_to_chw(user_targets):
+    """The dense layer after a flatten: our rows are H-W-C, PyTorch's C-H-W."""
+    t = user_targets["lenet"]
+    p = pop_ops.from_torch_state_dict(t, random_user_state_dict("lenet", 2))
+    k = np.asarray(p["fc1"]["kernel"])  # [(H, W, C) = (2, 2, 4), 6]
+    want = k.reshape(2, 2, 4, 6).transpose(2, 0, 1, 3).reshape(16, 6).T
+    np.testing.assert_array_equal(pop_ops.to_torch_state_dict(t, p)["fc1.weight"], want)
+
+
+def test_attention_projections_export_as_linear(user_targets):
+    t = user_targets["vit"]
+    p = pop_ops.from_torch_state_dict(t, random_user_state_dict("vit", 3))
+    sd = pop_ops.to_torch_state_dict(t, p)
+    q = np.asarray(p["attn"]["query"]["kernel"])  # (D, H, hd) = (8, 2, 6)
+    np.testing.assert_array_equal(sd["attn.query.weight"], q.reshape(8, 12).T)
+    o = np.asarray(p["attn"]["out"]["kernel"])  # (H, hd, D)
+    np.testing.assert_array_equal(sd["attn.out.weight"], o.reshape(12, 8).T)
+    qb = np.asarray(p["attn"]["query"]["bias"])
+    np.testing.assert_array_equal(sd["attn.query.bias"], qb.ravel())
