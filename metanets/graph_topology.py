@@ -149,6 +149,16 @@ def _check_leaves(target: Target) -> None:
                 f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
                 "kernels, biases and normalization layers"
             )
+        if s.role == "kernel" and (
+            s.in_axis is None or s.out_axis is None or len(s.in_axes) > 1 or len(s.out_axes) > 1
+        ):
+            raise WeightspaceError(
+                f"{target.name}: layer {s.layer_name!r}: kernel {s.path!r} of shape {s.shape} "
+                f"has several input/output neuron axes (in {s.in_axes}, out {s.out_axes}), "
+                "as attention's per-head projections do; the graph encoding does not place "
+                "multi-axis kernels yet (convert the network without attention, or use a "
+                "weight-space method that reads the leaves directly)"
+            )
         if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
             raise WeightspaceError(
                 f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
