@@ -410,7 +410,7 @@ class GraphBank:
             "x": cat([self.nodes[g][m] for g, m in rows]),
             **{
                 k: cat([getattr(t, "node_" + k) for t in topos])
-                for k in ("type", "layer", "io", "act")
+                for k in ("type", "layer", "io", "act", "norm")
             },
             "mask": np.ones(sum(t.num_nodes for t in topos), bool),
         }

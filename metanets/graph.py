@@ -70,6 +70,7 @@ def _graphs(
             "layer": tile(topo.node_layer),
             "io": tile(topo.node_io),
             "act": tile(topo.node_act),
+            "norm": tile(topo.node_norm),
             "mask": jnp.ones(n * topo.num_nodes, bool),
             **extra,
         },
@@ -96,10 +97,10 @@ def population_to_graphs(
 ) -> jraph.GraphsTuple:
     """A population as a `GraphsTuple` of `n` graphs (unpadded; see `batch_graphs`).
 
-    Nodes: ``x`` `[n*N, 5]` (`NODE_FEATURES`), ``type``, ``layer``, ``io``, ``act``, ``mask``
-    and, with `probes` (`[K, *input_shape]`, `probe_inputs`), ``probe`` `[n*N, K]`
-    (`probe_features`). Edges: ``w`` `[n*E, h*w]`, ``type``, ``layer``, ``mask``.
-    Globals: ``mask`` `[n]`.
+    Nodes: ``x`` `[n*N, 5]` (`NODE_FEATURES`), ``type``, ``layer``, ``io``, ``act``,
+    ``norm`` (`NORM_IDS`), ``mask`` and, with `probes` (`[K, *input_shape]`,
+    `probe_inputs`), ``probe`` `[n*N, K]` (`probe_features`). Edges: ``w`` `[n*E, h*w]`,
+    ``type``, ``layer``, ``mask``. Globals: ``mask`` `[n]`.
     """
     topo = topology(target, window)
     nodes, edges = features(target, population, topo.window)

@@ -11,16 +11,20 @@ Neuron/channel-level encoding (Neural Graphs / MetaPruning style, derived from t
 - residual additions as identity edges (centre 1) from the channels added in to the
   channels of the layer they are added to.
 
-Nodes carry their type (input/hidden/output), layer depth, activation id and, for input
-and output nodes, their index (those are not permutable); edges their type (weight or
-residual) and layer depth.
+Nodes carry their type (input/hidden/output), layer depth, activation id, normalization
+id and, for input and output nodes, their index (those are not permutable); edges their
+type (weight or residual) and layer depth. The activation of a layer's nodes and the kind
+of the normalization on them (`NORM_IDS`: a LayerNorm's scale and shift sit in the same
+feature slots as a BatchNorm's, the id tells them apart) are read from the traced
+computation (`hyper.layer_ops`), never from a config or a name.
 
 The topology comes from the target's spec and its `hyper.symmetry.structural_groups`
 (which hidden axes are tied, residuals included): a layer reads the most recent layer, in
 forward order, whose output channels are tied to its input channels; every later producer
 in a residual group gets identity edges from the previous one. Nothing is keyed on
-parameter names. A structure this encoding cannot express (a flatten between layers, a
-concatenation, grouped convs, an unknown layer kind) raises a ValueError naming the layer.
+parameter names. A structure this encoding cannot express raises a ValueError naming the
+layer, the primitives of the traced computation that block it
+(`hyper.layer_ops.structural_ops`) and what to change.
 
 `topology` is computed once per target and window (cached); `metanets.graph` maps
 populations onto it.
@@ -35,10 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from hyper import layer_ops
 from hyper.architectures import ACTIVATIONS
 from hyper.errors import WeightspaceError
 from hyper.symmetry import structural_groups
 from hyper.target import Target
+from metanets import graph_wiring
+from metanets.graph_wiring import blocking_ops
 
 __all__ = [
     "ACTIVATION_IDS",
@@ -47,6 +54,7 @@ __all__ = [
     "NODE_HIDDEN",
     "NODE_INPUT",
     "NODE_OUTPUT",
+    "NORM_IDS",
     "EDGE_RESIDUAL",
     "EDGE_WEIGHT",
     "GraphTopology",
@@ -63,7 +71,12 @@ EDGE_WEIGHT, EDGE_RESIDUAL = 0, 1
 ACTIVATION_IDS = ("none", *ACTIVATIONS)
 """Activation ids of hidden nodes: ``"none"`` (input/output nodes or unknown), then
 `hyper.architectures.ACTIVATIONS` in its order (ids index a trained metanet's embedding:
-that table only ever grows at its end)."""
+that table only ever grows at its end). A traced activation outside this table
+(``softplus``, ``elu``, ``sin``, ...) gets ``"none"``: growing the table would change the
+embedding shape of every saved metanet."""
+NORM_IDS = ("none", *layer_ops.NORM_KINDS)
+"""Normalization ids of nodes (``nodes["norm"]``): ``"none"``, then
+`hyper.layer_ops.NORM_KINDS` in order (new kinds go last)."""
 
 _NORM_SLOT = {"norm_scale": 1, "norm_shift": 2}
 
@@ -83,6 +96,7 @@ class GraphTopology:
       node_layer: `[num_nodes]` int32: 0 for inputs, k for the outputs of the k-th kernel.
       node_io: `[num_nodes]` int32: index among the inputs (outputs), -1 for hidden nodes.
       node_act: `[num_nodes]` int32 index into `ACTIVATION_IDS`.
+      node_norm: `[num_nodes]` int32 index into `NORM_IDS` (the norm on the node's values).
       node_base / edge_base: default features `[num_nodes, 5]`, `[num_edges, h*w]`.
       index: `[P]` int32: where each scalar of `population.flatten` goes in the flat
         feature vector ``concat(nodes.ravel(), edges.ravel())`` of one graph.
@@ -101,6 +115,7 @@ class GraphTopology:
     node_layer: np.ndarray
     node_io: np.ndarray
     node_act: np.ndarray
+    node_norm: np.ndarray
     node_base: np.ndarray
     edge_base: np.ndarray
     index: np.ndarray
@@ -125,9 +140,42 @@ def _spatial(shape: tuple[int, ...], path: str) -> tuple[int, int]:
     raise WeightspaceError(f"kernel {path!r} has shape {shape}: convs of more than 2 spatial axes")
 
 
+def _check_leaves(target: Target) -> None:
+    """Refuses leaves the encoding has no place for, naming their layer."""
+    for s in target.spec:
+        if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
+            raise WeightspaceError(
+                f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
+                f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
+                "kernels, biases and normalization layers"
+            )
+        if s.role == "kernel" and (
+            s.in_axis is None or s.out_axis is None or len(s.in_axes) > 1 or len(s.out_axes) > 1
+        ):
+            raise WeightspaceError(
+                f"{target.name}: layer {s.layer_name!r}: kernel {s.path!r} of shape {s.shape} "
+                f"has several input/output neuron axes (in {s.in_axes}, out {s.out_axes}), "
+                "as attention's per-head projections do; the graph encoding does not place "
+                "multi-axis kernels yet (convert the network without attention, or use a "
+                "weight-space method that reads the leaves directly)"
+            )
+        if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
+            raise WeightspaceError(
+                f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
+                "neither a mean nor a var"
+            )
+
+
 def kernel_window(target: Target) -> tuple[int, int]:
-    """The smallest edge window that holds every kernel of `target`."""
-    hw = [_spatial(s.shape, s.path) for s in target.spec if s.role == "kernel"]
+    """The smallest edge window that holds every kernel of `target` (and the position map
+    of every flatten a dense layer reads, `graph_wiring.flatten_map`)."""
+    _check_leaves(target)
+    hw = []
+    for s in target.spec:
+        if s.role != "kernel":
+            continue
+        fm = graph_wiring.flatten_map(target, s)
+        hw.append(_spatial(s.shape, s.path) if fm is None else graph_wiring.flatten_extent(*fm))
     if not hw:
         raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
     return (max(h for h, _ in hw), max(w for _, w in hw))
@@ -140,9 +188,10 @@ def common_kernel_window(targets: Sequence[Target]) -> tuple[int, int]:
     return (max(h for h, _ in ws), max(w for _, w in ws))
 
 
-def _activation_id(target: Target) -> int:
-    act = target.config.get("activation") if target.config else None
-    return ACTIVATION_IDS.index(act) if act in ACTIVATION_IDS else 0
+def _activation_ids(target: Target) -> dict[str, int]:
+    """Layer name -> `ACTIVATION_IDS` index of the activation on its outputs (traced)."""
+    acts = layer_ops.activations(target)
+    return {k: ACTIVATION_IDS.index(v) if v in ACTIVATION_IDS else 0 for k, v in acts.items()}
 
 
 def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopology:
@@ -169,18 +218,7 @@ def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopolo
 
 def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     spec = target.spec
-    for s in spec:
-        if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
-            raise WeightspaceError(
-                f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
-                f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
-                "kernels, biases and normalization layers"
-            )
-        if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
-            raise WeightspaceError(
-                f"{target.name}: layer {s.layer_name!r}: running statistic {s.path!r} is "
-                "neither a mean nor a var"
-            )
+    _check_leaves(target)
     kernels = sorted((s for s in spec if s.role == "kernel"), key=lambda s: (s.layer, s.path))
     if not kernels:
         raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
@@ -190,29 +228,36 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         raise WeightspaceError(f"{target.name}: a layer holds several kernels; not supported")
     groups = structural_groups(target)
     axis_group: dict[tuple[str, int], int] = {}
+    covered: set[tuple[str, int]] = set()  # leaf axes that a group indexes, wholly or in part
     for gi, g in enumerate(groups):
         for path, ax in g.axes:
             axis_group[(path, ax)] = gi
+        covered.update((e.path, e.axis) for e in g.strided)
+    covered.update(axis_group)
     # Every axis a group permutes must be one this encoding reads as a neuron axis.
     neuron_axes = {(s.path, s.out_axis) for s in spec if s.out_axis is not None} | {
         (k.path, k.in_axis) for k in kernels
     }
     for g in groups:
-        for path, ax in g.axes:
+        for path, ax in [*g.axes, *((e.path, e.axis) for e in g.strided)]:
             if (path, ax) not in neuron_axes:
                 s = target.leaf(path)
                 raise WeightspaceError(
-                    f"{target.name}: layer {s.layer_name!r}: axis {ax} of {path!r} is permutable "
-                    "but is not a neuron axis the graph encoding knows; unsupported connection"
+                    f"{target.name}: layer {s.layer_name!r}: axis {ax} of {path!r} (shape "
+                    f"{s.shape}) is permutable but is not an input or output neuron axis of a "
+                    "dense or conv kernel; the graph encoding cannot place it"
+                    + blocking_ops(target, s.layer_name)
                 )
 
-    act = _activation_id(target)
+    acts = _activation_ids(target)
+    norm_kinds = layer_ops.norms(target)
     # Node sets: inputs, then one per kernel (its outputs).
     first = kernels[0]
-    if (first.path, first.in_axis) in axis_group:
+    if (first.path, first.in_axis) in covered:
         raise WeightspaceError(
             f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
-            "tied to another layer's outputs; unsupported connection"
+            "tied to another layer's outputs, so the network inputs are not fixed nodes"
+            + (blocking_ops(target, layer_ops.INPUT) or "; unsupported connection")
         )
     sets: list[tuple[str, int, int, int]] = [("input", 0, first.shape[first.in_axis], NODE_INPUT)]
     set_of_kernel: dict[str, int] = {}
@@ -220,7 +265,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     last = kernels[-1]
     for k in kernels:
         size = k.shape[k.out_axis]
-        in_group = (k.path, k.out_axis) in axis_group
+        in_group = (k.path, k.out_axis) in covered
         if k is last:
             if in_group:
                 raise WeightspaceError(
@@ -229,15 +274,13 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
                 )
             kind = NODE_OUTPUT
         elif not in_group:
+            why = blocking_ops(target, k.layer_name)
+            if not why and size == 1:
+                why = "; it is a hidden layer of width 1, which the encoding does not support"
             raise WeightspaceError(
                 f"{target.name}: layer {k.layer_name!r}: its output channels do not reach a "
-                "later layer through a supported connection (e.g. a flatten, a concatenation "
-                "or grouped convolution follows"
-                + (
-                    "; or it is a hidden layer of width 1, which is not supported)"
-                    if size == 1
-                    else ")"
-                )
+                "later layer through a connection the structural analysis can follow, so "
+                "they are no neuron set of the graph" + (why or "; unsupported connection")
             )
         else:
             kind = NODE_HIDDEN
@@ -245,44 +288,53 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         sets.append((k.layer_name, n_nodes, size, kind))
         n_nodes += size
 
-    # Which node set each kernel reads: the input set, or the latest earlier producer of the
-    # group its input axis belongs to.
+    # Which node set each kernel reads: the latest layer whose output reaches it in the
+    # traced computation (`graph_wiring`); producers of one group are joined by identity
+    # edges (residual additions), except a grouped conv and the layer it reads.
     producers: dict[int, list[Any]] = {}
     for k in kernels:
         gi = axis_group.get((k.path, k.out_axis))
         if gi is not None:
             producers.setdefault(gi, []).append(k)
+    set_of_layer = {sets[i][0]: i for i in set_of_kernel.values()}
+    conv_groups = layer_ops.conv_groups(target)
     reads: dict[str, int] = {}
     for k in kernels:
-        gi = axis_group.get((k.path, k.in_axis))
-        if gi is None:
+        src = graph_wiring.read_layer(target, k)
+        if src == layer_ops.INPUT:
             if k is not first:
                 raise WeightspaceError(
-                    f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
-                    "an earlier layer's outputs (a flatten, reshape, concatenation or a second "
-                    "network input); unsupported connection"
+                    f"{target.name}: layer {k.layer_name!r} reads the network input but is not "
+                    "the first layer; a second input path is not supported"
                 )
             reads[k.path] = 0
             continue
-        earlier = [p for p in producers.get(gi, []) if p.layer < k.layer]
-        if not earlier:
+        if k is first or src not in set_of_layer or set_of_layer[src] >= set_of_kernel[k.path]:
             raise WeightspaceError(
-                f"{target.name}: layer {k.layer_name!r} reads channels that no earlier layer "
-                "produces; unsupported connection"
+                f"{target.name}: layer {k.layer_name!r} reads {src!r}, which is no earlier "
+                "layer of the graph; unsupported connection"
             )
-        reads[k.path] = set_of_kernel[earlier[-1].path]
+        reads[k.path] = set_of_layer[src]
+        if (k.path, k.in_axis) not in covered and k.shape[k.in_axis] > 1:
+            prev = [p for p in kernels if p.layer_name == src]
+            why = blocking_ops(target, prev[0].layer_name) if prev else ""
+            raise WeightspaceError(
+                f"{target.name}: layer {k.layer_name!r}: its input channels are not tied to "
+                f"the outputs of {src!r}" + (why or "; unsupported connection")
+            )
 
     node_type = np.zeros(n_nodes, np.int32)
     node_layer = np.zeros(n_nodes, np.int32)
     node_io = np.full(n_nodes, -1, np.int32)
     node_act = np.zeros(n_nodes, np.int32)
-    for si, (_, start, size, kind) in enumerate(sets):
+    node_norm = np.zeros(n_nodes, np.int32)
+    for si, (set_name, start, size, kind) in enumerate(sets):
         node_type[start : start + size] = kind
         node_layer[start : start + size] = si
         if kind in (NODE_INPUT, NODE_OUTPUT):
             node_io[start : start + size] = np.arange(size)
         else:
-            node_act[start : start + size] = act
+            node_act[start : start + size] = acts.get(set_name, 0)
     nf = len(NODE_FEATURES)
     node_base = np.tile(NODE_DEFAULTS, (n_nodes, 1))
 
@@ -291,13 +343,24 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     senders, receivers, etype, elayer = [], [], [], []
     edge_start: dict[str, int] = {}
     n_edges = 0
+    flat_maps: dict[str, tuple[tuple[int, ...], int]] = {}
     for k in kernels:
         src = sets[reads[k.path]]
         dst = sets[set_of_kernel[k.path]]
         n_in, n_out = k.shape[k.in_axis], k.shape[k.out_axis]
-        if n_in != src[2]:
-            raise WeightspaceError(f"{target.name}: layer {k.layer_name!r} reads {n_in} channels")
+        fm = graph_wiring.flatten_map(target, k)
+        if fm is not None:
+            flat_maps[k.path] = fm
+            n_in = fm[0][fm[1]]
+        groups_k = conv_groups.get(k.layer_name, 1)
         ii, oo = np.meshgrid(np.arange(n_in), np.arange(n_out), indexing="ij")
+        if groups_k > 1:
+            ii = np.asarray(graph_wiring.grouped_senders(src[2], n_in, n_out, groups_k, k.path))
+        elif n_in != src[2]:
+            raise WeightspaceError(
+                f"{target.name}: layer {k.layer_name!r} reads {n_in} channels, but "
+                f"{src[0]!r} has {src[2]}"
+            )
         edge_start[k.path] = n_edges
         senders.append(src[1] + ii.ravel())
         receivers.append(dst[1] + oo.ravel())
@@ -309,6 +372,8 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         ps = producers[gi]
         for a, b in zip(ps[:-1], ps[1:], strict=True):
             sa, sb = sets[set_of_kernel[a.path]], sets[set_of_kernel[b.path]]
+            if conv_groups.get(b.layer_name, 1) > 1 and reads[b.path] == set_of_kernel[a.path]:
+                continue  # a grouped conv ties its channels to those it reads: no addition
             senders.append(sa[1] + np.arange(sa[2]))
             receivers.append(sb[1] + np.arange(sb[2]))
             etype.append(np.full(sa[2], EDGE_RESIDUAL, np.int32))
@@ -324,6 +389,16 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     norm_owner: dict[int, str] = {}
     taken: set[tuple[int, int]] = set()
     for s in spec:
+        if s.role == "kernel" and s.path in flat_maps:
+            shape, channel = flat_maps[s.path]
+            ch, ph, pw = (np.asarray(a) for a in graph_wiring.flatten_positions(shape, channel))
+            mh, mw = graph_wiring.flatten_extent(shape, channel)
+            oh, ow = (wh - mh) // 2, (ww - mw) // 2
+            n_out = s.shape[s.out_axis]
+            edge = edge_start[s.path] + ch[:, None] * n_out + np.arange(n_out)[None, :]
+            slot = ((oh + ph) * ww + (ow + pw))[:, None]
+            index_parts.append((node_size + edge * f + slot).reshape(-1))  # [rows, out]
+            continue
         if s.role == "kernel":
             kh, kw = _spatial(s.shape, s.path)
             oh, ow = (wh - kh) // 2, (ww - kw) // 2
@@ -347,6 +422,8 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         else:
             si = _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel)
             prev = norm_owner.setdefault(si, s.layer_name)
+            norm = NORM_IDS.index(norm_kinds.get(s.layer_name, "unknown"))
+            node_norm[sets[si][1] : sets[si][1] + sets[si][2]] = norm
             if prev != s.layer_name:
                 raise WeightspaceError(
                     f"{target.name}: layers {prev!r} and {s.layer_name!r} both normalize the "
@@ -383,6 +460,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         node_layer=node_layer,
         node_io=node_io,
         node_act=node_act,
+        node_norm=node_norm,
         node_base=node_base,
         edge_base=edge_base,
         index=index,

@@ -46,7 +46,7 @@ def test_unknown_layer_kind_names_the_layer():
 
 
 def test_unsupported_connection_names_the_layer():
-    """conv -> flatten -> dense: the dense layer reads flattened pixels x channels."""
+    """conv -> concatenation -> dense: the dense layer reads two copies of the channels."""
 
     def apply(p, x):
         h = jax.lax.conv_general_dilated(
@@ -56,14 +56,15 @@ def test_unsupported_connection_names_the_layer():
             "SAME",
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        return jax.nn.relu(h).reshape(x.shape[0], -1) @ p["dense"]["kernel"]
+        h = jax.nn.relu(h).mean(axis=(1, 2))
+        return jnp.concatenate([h, h], -1) @ p["dense"]["kernel"]
 
     t = Target.from_function(
         apply,
-        {"conv": {"kernel": jnp.zeros((3, 3, 1, 2))}, "dense": {"kernel": jnp.zeros((32, 3))}},
+        {"conv": {"kernel": jnp.zeros((3, 3, 1, 2))}, "dense": {"kernel": jnp.zeros((4, 3))}},
         sample_input=jnp.zeros((2, 4, 4)),
     )
-    with pytest.raises(ValueError, match="'conv'|'dense'"):
+    with pytest.raises(ValueError, match="'conv'.*concatenate"):
         graph_topology.topology(t)
 
 
