@@ -11,7 +11,11 @@ basin far more often than naive ones (Git Re-Basin, Ainsworth et al. 2023).
   `g`, ``A = sum over the axes g touches of W_a @ (W_b with the other groups permuted)^T``
   and `scipy.optimize.linear_sum_assignment` maximises ``sum_i A[i, perm[i]]``; a group's
   permutation changes only if the objective strictly improves; stops after a sweep
-  without improvement or `max_iter` sweeps.
+  without improvement or `max_iter` sweeps. The descent runs from two starts, the identity
+  and a matching of each unit's sorted weights (features no other group's permutation
+  changes), and keeps, per pair, the one with the larger total ``sum <W_a, W_b>``: with
+  nested groups such as attention heads and the dims within a head, a descent from the
+  identity can stop in a local optimum that the second start avoids.
 - `activation_matching`: per group, the summed Pearson correlation between the hidden
   activations of `a` and `b` on a data batch (`hyper.symmetry.group_activations`: the traced
   apply is re-evaluated and every value carrying the group is read), then one linear
@@ -219,7 +223,8 @@ def pairwise_weight_matching(
       population_a, population_b: populations of equal size `pairs`.
       key: randomness for the group order of each sweep (default: a fixed order seed).
       max_iter: at most this many sweeps over all groups.
-      init: optional starting permutations, one `[pairs, size]` array per group.
+      init: optional starting permutations, one `[pairs, size]` array per group (one
+        descent from there); default: the better of the identity and sorted-weight starts.
 
     Returns:
       one `[pairs, size]` int32 array per group; ``permute(target, b_i, perms_i)`` is
@@ -233,9 +238,9 @@ def pairwise_weight_matching(
     if max_iter < 1:
         raise WeightspaceError(f"weight_matching: max_iter must be >= 1, got {max_iter}")
     groups = _groups("weight_matching", target)
-    if init is None:
-        perms = [np.tile(np.arange(g.size, dtype=np.int32), (pairs, 1)) for g in groups]
-    else:
+    la, lb = jax.tree.leaves(population_a), jax.tree.leaves(population_b)
+    rng = _seed(key)
+    if init is not None:
         if len(init) != len(groups):
             raise WeightspaceError(
                 f"weight_matching: init has {len(init)} entries, {len(groups)} groups"
@@ -243,10 +248,23 @@ def pairwise_weight_matching(
         perms = [
             np.array(p, np.int32).reshape(pairs, g.size) for p, g in zip(init, groups, strict=True)
         ]
+        return _descend(target, groups, la, lb, perms, rng, max_iter)
+    if not groups:
+        return []
+    identity = [np.tile(np.arange(g.size, dtype=np.int32), (pairs, 1)) for g in groups]
+    starts = [identity, _sorted_start(target, groups, la, lb)]
+    results = [_descend(target, groups, la, lb, p, rng, max_iter) for p in starts]
+    objectives = [_objective(target, groups, population_a, population_b, r) for r in results]
+    best = np.argmax(np.stack(objectives), axis=0)  # per pair; ties keep the identity start
+    return [np.stack([results[best[p]][gi][p] for p in range(pairs)]) for gi in range(len(groups))]
+
+
+def _descend(target, groups, la, lb, perms, rng, max_iter) -> list[np.ndarray]:
+    """Coordinate descent over groups from `perms` (see `pairwise_weight_matching`)."""
+    perms = [np.array(p, np.int32) for p in perms]
     if not groups:
         return perms
-    la, lb = jax.tree.leaves(population_a), jax.tree.leaves(population_b)
-    rng = _seed(key)
+    pairs = perms[0].shape[0]
     for _ in range(max_iter):
         progress = False
         for gi in rng.permutation(len(groups)):
@@ -265,6 +283,42 @@ def pairwise_weight_matching(
         if not progress:
             break
     return perms
+
+
+def _sorted_start(target, groups, la, lb) -> list[np.ndarray]:
+    """Starting permutations from features of each unit that no other group's permutation
+    changes: the sorted values of the unit's slices (e.g. an attention head's weights,
+    whatever the order of the head dims). A permuted copy is matched exactly."""
+    index = {p: i for i, p in enumerate(target.paths)}
+    perms = []
+    for g in groups:
+        fa, fb = [], []
+        for entry in symmetry.entries(g):
+            i = index[entry[0]]
+            for leaves, out in ((la, fa), (lb, fb)):
+                w = np.asarray(leaves[i], np.float64)
+                w = np.stack([np.asarray(symmetry.units_first(m, entry)) for m in w])
+                out.append(np.sort(w.reshape(w.shape[0], g.size, -1), axis=-1))
+        fa, fb = np.concatenate(fa, -1), np.concatenate(fb, -1)
+        dist = (
+            np.sum(fa * fa, -1)[:, :, None]
+            - 2 * np.einsum("pif,pjf->pij", fa, fb)
+            + np.sum(fb * fb, -1)[:, None, :]
+        )
+        perms.append(np.stack([_lap(-d) for d in dist]).astype(np.int32))
+    return perms
+
+
+def _objective(target, groups, population_a, population_b, perms) -> np.ndarray:
+    """``sum over leaves <W_a, W_b permuted>`` per pair: what weight matching maximises."""
+    aligned = symmetry.permute(
+        target, population_b, [jnp.asarray(p) for p in perms], groups=groups, batched=True
+    )
+    total = 0.0
+    for a, b in zip(jax.tree.leaves(population_a), jax.tree.leaves(aligned), strict=True):
+        prod = np.asarray(a, np.float64) * np.asarray(b, np.float64)
+        total = total + prod.reshape(prod.shape[0], -1).sum(-1)
+    return np.asarray(total)
 
 
 def weight_matching(
