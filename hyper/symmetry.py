@@ -568,14 +568,17 @@ _ACTIVATION_KINDS = ("inputs", "outputs", "both", "all")
 
 @dataclasses.dataclass(frozen=True)
 class _Carriers:
-    """Per group: the intermediate values that carry it, as ((scope, var), group entry).
+    """Per group: the intermediate values that carry it, as ((scope, var), group entry,
+    axes of other groups).
 
     The entry is the value's axis (an int) or a `StridedAxis` (path ``""``) when the group
-    is a sub-axis of a composite axis of the value (e.g. the flattened features).
+    is a sub-axis of a composite axis of the value (e.g. the flattened features). The other
+    groups' axes (e.g. the head dims of a ``[batch, tokens, heads, head_dim]`` query, for
+    the heads group) are sorted before use, so the columns do not depend on their order.
     """
 
     closed: Any
-    per_group: list[list[tuple[Any, int | StridedAxis]]]
+    per_group: list[list[tuple[Any, int | StridedAxis, tuple[int, ...]]]]
 
 
 def _entry_root(an: AxisClasses, index: dict[str, int], entry: Entry) -> int:
@@ -608,7 +611,7 @@ def _carriers(target: Target, x: Any, kind: str) -> _Carriers:
             "both": an.contraction_in | an.contraction_out,
         }[kind]
         values = [e for e in an.nodes if e in wanted]
-    per_group: list[list[tuple[Any, int | StridedAxis]]] = [[] for _ in groups]
+    per_group: list[list[tuple[Any, int | StridedAxis, tuple[int, ...]]]] = [[] for _ in groups]
     for value in dict.fromkeys(values):
         ns = an.nodes.get(value, ())
         if not ns or not jnp.issubdtype(value[1].aval.dtype, jnp.floating):
@@ -620,13 +623,17 @@ def _carriers(target: Target, x: Any, kind: str) -> _Carriers:
             for sub, r in enumerate(exp)
             if r in root_to_group
         ]
-        if len(hits) == 1 and any(batch in exp for exp in exps):
-            ax, sub, gi = hits[0]
+        if not hits or not any(batch in exp for exp in exps):
+            continue
+        for ax, sub, gi in hits:
+            others = tuple(a for a, _, _ in hits if a != ax)
+            if any(len(exps[a]) > 1 for a in others) or len({h[2] for h in hits}) < len(hits):
+                continue  # another group on a composite axis, or a group twice: skip
             exp = exps[ax]
             where = (
                 ax if len(exp) == 1 else StridedAxis("", ax, tuple(uf.size[r] for r in exp), sub)
             )
-            per_group[gi].append((value, where))
+            per_group[gi].append((value, where, others))
     out = _Carriers(an.closed, per_group)
     per_target[key] = out
     return out
@@ -638,8 +645,11 @@ def group_activations(
     """The hidden activations that carry each group, on a batch `x`.
 
     The traced apply is re-evaluated while recording intermediate values. A value carries a
-    group if it has the batch axis and exactly one axis (or sub-axis of a composite axis,
-    e.g. the channels of flattened features) in the group. Which values count:
+    group if it has the batch axis and an axis (or sub-axis of a composite axis, e.g. the
+    channels of flattened features) in the group; axes of other groups in the same value
+    (an attention query ``[batch, tokens, heads, head_dim]`` carries the heads and the head
+    dims) are sorted first, so the matrix does not depend on those groups' order. Which
+    values count:
 
     - ``"inputs"`` (default): values fed into a contraction (``dot_general``/conv), i.e.
       the features the next layers read: post-nonlinearity activations, the residual
@@ -663,13 +673,16 @@ def group_activations(
     """
     x = jnp.asarray(x)
     car = _carriers(target, x, kind)
-    record = {v for vs in car.per_group for v, _ in vs}
+    record = {v for vs in car.per_group for v, _, _ in vs}
     values = _interpret(car.closed, jax.tree.leaves(params), x, record)
     out = []
     for vs, g in zip(car.per_group, structural_groups(target), strict=True):
         mats = []
-        for v, where in vs:
+        for v, where, others in vs:
             entry = where if isinstance(where, StridedAxis) else ("", where)
-            mats.append(jnp.moveaxis(units_first(values[v], entry), 0, -1).reshape(-1, g.size))
+            val = values[v]
+            for a in others:  # invariant to the other groups' permutations
+                val = jnp.sort(val, axis=a)
+            mats.append(jnp.moveaxis(units_first(val, entry), 0, -1).reshape(-1, g.size))
         out.append(mats)
     return out
