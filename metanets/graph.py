@@ -29,6 +29,7 @@ __all__ = [
     "graphs_to_population",
     "graphs_to_populations",
     "population_to_graphs",
+    "position_features",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -45,24 +46,52 @@ _gather_jit = jax.jit(lambda feats, index: feats[:, index])
 
 
 def features(target: Target, population: Params, window: Sequence[int] | None = None):
-    """Node and edge features of every member: `([n, N, 5], [n, E, h*w])` (one scatter)."""
+    """Node and edge features of every member: `([n, N, 5], [n, E, h*w])` (one scatter).
+
+    A target with a position embedding (`GraphTopology.pos_width` > 0) also has position
+    features, which only `position_features` / `population_to_graphs` return.
+    """
+    return _all_features(target, population, window)[:2]
+
+
+def position_features(target: Target, population: Params, window: Sequence[int] | None = None):
+    """The position-embedding features of every member, `[n, N, pos_width]`."""
+    return _all_features(target, population, window)[2]
+
+
+def _all_features(target: Target, population: Params, window: Sequence[int] | None):
     topo = topology(target, window)
     flat = population_lib.flatten(target, population).astype(jnp.float32)
-    base = np.concatenate([topo.node_base.ravel(), topo.edge_base.ravel()])
+    base = np.concatenate(
+        [
+            topo.node_base.ravel(),
+            topo.edge_base.ravel(),
+            np.zeros(topo.num_nodes * topo.pos_width, np.float32),
+        ]
+    )
     feats = _scatter_jit(jnp.asarray(base), jnp.asarray(topo.index), flat)
     n = flat.shape[0]
-    nodes = feats[:, : topo.num_nodes * len(NODE_FEATURES)].reshape(n, topo.num_nodes, -1)
-    edges = feats[:, topo.num_nodes * len(NODE_FEATURES) :].reshape(n, topo.num_edges, -1)
-    return nodes, edges
+    a = topo.num_nodes * len(NODE_FEATURES)
+    b = a + topo.num_edges * topo.edge_features
+    nodes = feats[:, :a].reshape(n, topo.num_nodes, -1)
+    edges = feats[:, a:b].reshape(n, topo.num_edges, -1)
+    pos = feats[:, b:].reshape(n, topo.num_nodes, topo.pos_width)
+    return nodes, edges, pos
 
 
 def _graphs(
-    topo: GraphTopology, nodes: jax.Array, edges: jax.Array, probe: jax.Array | None = None
+    topo: GraphTopology,
+    nodes: jax.Array,
+    edges: jax.Array,
+    probe: jax.Array | None = None,
+    pos: jax.Array | None = None,
 ) -> jraph.GraphsTuple:
     n = nodes.shape[0]
     offs = (np.arange(n, dtype=np.int32) * topo.num_nodes)[:, None]
     tile = lambda a: jnp.asarray(np.tile(a, n))
     extra = {} if probe is None else {"probe": jnp.reshape(probe, (n * topo.num_nodes, -1))}
+    if topo.pos_width:
+        extra["pos"] = jnp.reshape(pos, (n * topo.num_nodes, topo.pos_width))
     return jraph.GraphsTuple(
         nodes={
             "x": nodes.reshape(n * topo.num_nodes, -1),
@@ -98,14 +127,16 @@ def population_to_graphs(
     """A population as a `GraphsTuple` of `n` graphs (unpadded; see `batch_graphs`).
 
     Nodes: ``x`` `[n*N, 5]` (`NODE_FEATURES`), ``type``, ``layer``, ``io``, ``act``,
-    ``norm`` (`NORM_IDS`), ``mask`` and, with `probes` (`[K, *input_shape]`,
+    ``norm`` (`NORM_IDS`), ``mask``; with a position embedding (a transformer's),
+    ``pos`` `[n*N, X]` (`GraphTopology.pos_width`: row ``c`` of the channels it is added
+    to holds ``pos[..., c]``, zeros elsewhere); with `probes` (`[K, *input_shape]`,
     `probe_inputs`), ``probe`` `[n*N, K]` (`probe_features`). Edges: ``w`` `[n*E, h*w]`,
     ``type``, ``layer``, ``mask``. Globals: ``mask`` `[n]`.
     """
     topo = topology(target, window)
-    nodes, edges = features(target, population, topo.window)
+    nodes, edges, pos = _all_features(target, population, topo.window)
     probe = None if probes is None else probe_features(target, population, probes)
-    return _graphs(topo, nodes, edges, probe)
+    return _graphs(topo, nodes, edges, probe, pos)
 
 
 def graphs_to_population(
@@ -115,7 +146,8 @@ def graphs_to_population(
     window: Sequence[int] | None = None,
     count: int | None = None,
 ) -> Params:
-    """Inverse of `population_to_graphs` (reads ``nodes["x"]`` and ``edges["w"]``).
+    """Inverse of `population_to_graphs` (reads ``nodes["x"]``, ``edges["w"]`` and, for a
+    target with a position embedding, ``nodes["pos"]``).
 
     `count` (the number of networks) is needed inside `jit`/`grad`, where the graph mask
     cannot be counted; by default it is read from the mask.
@@ -173,11 +205,21 @@ def graphs_to_populations(
     out = []
     node_off = edge_off = 0
     for t, topo, n in zip(targets, topos, counts, strict=True):
-        nodes = x[node_off : node_off + n * topo.num_nodes].reshape(n, -1)
-        edges = w[edge_off : edge_off + n * topo.num_edges].reshape(n, -1)
+        rows = slice(node_off, node_off + n * topo.num_nodes)
+        parts = [x[rows].reshape(n, -1), w[edge_off : edge_off + n * topo.num_edges].reshape(n, -1)]
+        if topo.pos_width:
+            pos = graphs.nodes.get("pos")
+            if pos is None or pos.shape[-1] < topo.pos_width:
+                raise WeightspaceError(
+                    f"graphs_to_populations: {t.name} has a position embedding of "
+                    f"{topo.pos_width} features per node; the graphs carry "
+                    f"{'none' if pos is None else pos.shape[-1]} (nodes['pos'], built by "
+                    "population_to_graphs)"
+                )
+            parts.append(pos[rows, : topo.pos_width].reshape(n, -1))
         node_off += n * topo.num_nodes
         edge_off += n * topo.num_edges
-        flat = _gather_jit(jnp.concatenate([nodes, edges], axis=1), jnp.asarray(topo.index))
+        flat = _gather_jit(jnp.concatenate(parts, axis=1), jnp.asarray(topo.index))
         dtypes = {s.dtype for s in t.spec}
         if len(dtypes) == 1:
             flat = flat.astype(next(iter(dtypes)))

@@ -11,6 +11,19 @@ Neuron/channel-level encoding (Neural Graphs / MetaPruning style, derived from t
 - residual additions as identity edges (centre 1) from the channels added in to the
   channels of the layer they are added to.
 
+Attention (Neural Graphs' per-head neurons): a dense kernel with several neuron axes,
+input axes first (``nnx.MultiHeadAttention``'s q/k/v `(D, heads, head_dim)`, out
+`(heads, head_dim, D)`), has each side flattened row-major: q, k and v are node sets of
+``heads * head_dim`` nodes reading the residual stream, their `(heads, head_dim)` biases
+node features; the out projection reads the value nodes (found through the structural
+groups its input axes share with the value's outputs, as no traced layer output reaches
+it directly). The q and k node sets send no edges: their product is the attention, which
+has no weight, and a new edge type would change the embedding shape of saved metanets.
+A learned position embedding (role ``embedding``, kind ``position``, e.g. `(1, T, D)`)
+is no edge weight: row ``c`` of the node set it is added to carries ``pos[..., c]``
+flattened (`T` values) in a separate node field ``pos`` (`GraphTopology.pos_width`), so
+the round trip stays exact and permuting the channels permutes those rows.
+
 Nodes carry their type (input/hidden/output), layer depth, activation id, normalization
 id and, for input and output nodes, their index (those are not permutable); edges their
 type (weight or residual) and layer depth. The activation of a layer's nodes and the kind
@@ -101,6 +114,9 @@ class GraphTopology:
       index: `[P]` int32: where each scalar of `population.flatten` goes in the flat
         feature vector ``concat(nodes.ravel(), edges.ravel())`` of one graph.
       node_sets: ``(name, first node, size, type)`` per node set, in forward order.
+      pos_width: per-node width `X` of the position-embedding features (``nodes["pos"]``
+        `[num_nodes, X]`; 0: none). `index` addresses the flat vector
+        ``concat(nodes.ravel(), edges.ravel(), pos.ravel())``.
     """
 
     name: str
@@ -120,6 +136,7 @@ class GraphTopology:
     edge_base: np.ndarray
     index: np.ndarray
     node_sets: tuple[tuple[str, int, int, int], ...]
+    pos_width: int = 0
 
     @property
     def edge_features(self) -> int:
@@ -140,24 +157,51 @@ def _spatial(shape: tuple[int, ...], path: str) -> tuple[int, int]:
     raise WeightspaceError(f"kernel {path!r} has shape {shape}: convs of more than 2 spatial axes")
 
 
+def _is_position(s) -> bool:
+    return s.role == "embedding" and s.layer_kind == "position"
+
+
+def _units(s, axes: tuple[int, ...]) -> int:
+    """Number of neurons along `axes` of leaf `s` (flattened row-major)."""
+    return int(np.prod([s.shape[a] for a in axes], dtype=np.int64))
+
+
+def _kernel_hw(s) -> tuple[int, int]:
+    """Kernel window of `s`: (1, 1) for a dense kernel (any number of neuron axes)."""
+    if len(s.in_axes) + len(s.out_axes) == len(s.shape):
+        return (1, 1)
+    return _spatial(s.shape, s.path)
+
+
 def _check_leaves(target: Target) -> None:
     """Refuses leaves the encoding has no place for, naming their layer."""
     for s in target.spec:
+        if _is_position(s):
+            if s.out_axis is None:
+                raise WeightspaceError(
+                    f"{target.name}: position embedding {s.path!r} of shape {s.shape} has "
+                    f"{len(s.out_axes)} channel axes; the graph encoding needs exactly one"
+                )
+            continue
         if s.role in ("embedding", "other") or s.layer_kind not in ("dense", "conv", "norm"):
             raise WeightspaceError(
                 f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
                 f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
                 "kernels, biases and normalization layers"
             )
-        if s.role == "kernel" and (
-            s.in_axis is None or s.out_axis is None or len(s.in_axes) > 1 or len(s.out_axes) > 1
-        ):
+        if s.role == "kernel" and (not s.in_axes or not s.out_axes):
+            raise WeightspaceError(
+                f"{target.name}: layer {s.layer_name!r}: leaf {s.path!r} of shape {s.shape} "
+                "has no input or output neuron axis; the graph encoding cannot place it"
+            )
+        several = len(s.in_axes) > 1 or len(s.out_axes) > 1
+        if s.role == "kernel" and several and s.in_axes + s.out_axes != tuple(range(len(s.shape))):
             raise WeightspaceError(
                 f"{target.name}: layer {s.layer_name!r}: kernel {s.path!r} of shape {s.shape} "
-                f"has several input/output neuron axes (in {s.in_axes}, out {s.out_axes}), "
-                "as attention's per-head projections do; the graph encoding does not place "
-                "multi-axis kernels yet (convert the network without attention, or use a "
-                "weight-space method that reads the leaves directly)"
+                f"has several input/output neuron axes (in {s.in_axes}, out {s.out_axes}) "
+                "that are not its input axes followed by its output axes (a dense kernel "
+                "such as attention's per-head projections); the graph encoding flattens "
+                "only such kernels"
             )
         if s.role == "running_stat" and s.path.rsplit("/", 1)[-1] not in ("mean", "var"):
             raise WeightspaceError(
@@ -175,7 +219,7 @@ def kernel_window(target: Target) -> tuple[int, int]:
         if s.role != "kernel":
             continue
         fm = graph_wiring.flatten_map(target, s)
-        hw.append(_spatial(s.shape, s.path) if fm is None else graph_wiring.flatten_extent(*fm))
+        hw.append(_kernel_hw(s) if fm is None else graph_wiring.flatten_extent(*fm))
     if not hw:
         raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
     return (max(h for h, _ in hw), max(w for _, w in hw))
@@ -223,7 +267,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     if not kernels:
         raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
     for k in kernels:
-        _spatial(k.shape, k.path)
+        _kernel_hw(k)
     if len({k.layer_name for k in kernels}) != len(kernels):
         raise WeightspaceError(f"{target.name}: a layer holds several kernels; not supported")
     groups = structural_groups(target)
@@ -234,11 +278,14 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             axis_group[(path, ax)] = gi
         covered.update((e.path, e.axis) for e in g.strided)
     covered.update(axis_group)
-    # Every axis a group permutes must be one this encoding reads as a neuron axis.
-    neuron_axes = {(s.path, s.out_axis) for s in spec if s.out_axis is not None} | {
-        (k.path, k.in_axis) for k in kernels
+    # Every axis a group permutes must be one this encoding reads as a neuron axis (a
+    # group of one unit, e.g. a position embedding's leading axis of 1, permutes nothing).
+    neuron_axes = {(s.path, a) for s in spec for a in s.out_axes} | {
+        (k.path, a) for k in kernels for a in k.in_axes
     }
     for g in groups:
+        if g.size == 1 and not g.producers:
+            continue
         for path, ax in [*g.axes, *((e.path, e.axis) for e in g.strided)]:
             if (path, ax) not in neuron_axes:
                 s = target.leaf(path)
@@ -253,21 +300,21 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     norm_kinds = layer_ops.norms(target)
     # Node sets: inputs, then one per kernel (its outputs).
     first = kernels[0]
-    if (first.path, first.in_axis) in covered:
+    if any((first.path, a) in covered for a in first.in_axes):
         raise WeightspaceError(
             f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
             "tied to another layer's outputs, so the network inputs are not fixed nodes"
             + (blocking_ops(target, layer_ops.INPUT) or "; unsupported connection")
         )
-    sets: list[tuple[str, int, int, int]] = [("input", 0, first.shape[first.in_axis], NODE_INPUT)]
+    sets: list[tuple[str, int, int, int]] = [("input", 0, _units(first, first.in_axes), NODE_INPUT)]
     set_of_kernel: dict[str, int] = {}
     n_nodes = sets[0][2]
     last = kernels[-1]
     for k in kernels:
-        size = k.shape[k.out_axis]
-        in_group = (k.path, k.out_axis) in covered
+        size = _units(k, k.out_axes)
+        in_group = all((k.path, a) in covered for a in k.out_axes)
         if k is last:
-            if in_group:
+            if any((k.path, a) in covered for a in k.out_axes):
                 raise WeightspaceError(
                     f"{target.name}: layer {k.layer_name!r} is the last kernel but its outputs "
                     "are permutable; the network's outputs must be fixed"
@@ -290,22 +337,25 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
 
     # Which node set each kernel reads: the latest layer whose output reaches it in the
     # traced computation (`graph_wiring`); producers of one group are joined by identity
-    # edges (residual additions), except a grouped conv and the layer it reads.
+    # edges (residual additions), except a grouped conv and the layer it reads. Only
+    # producers whose outputs reach a later contraction are added into a residual stream:
+    # attention's q/k/v projections share groups through the attention product instead.
+    reaching = {src for srcs in layer_ops.layer_inputs(target).values() for src in srcs}
     producers: dict[int, list[Any]] = {}
     for k in kernels:
-        gi = axis_group.get((k.path, k.out_axis))
-        if gi is not None:
+        gi = axis_group.get((k.path, k.out_axis)) if k.out_axis is not None else None
+        if gi is not None and k.layer_name in reaching:
             producers.setdefault(gi, []).append(k)
     set_of_layer = {sets[i][0]: i for i in set_of_kernel.values()}
     conv_groups = layer_ops.conv_groups(target)
     reads: dict[str, int] = {}
     for k in kernels:
-        src = graph_wiring.read_layer(target, k)
-        if src == layer_ops.INPUT:
-            if k is not first:
+        src = graph_wiring.read_layer(target, k, kernels, axis_group)
+        if src == layer_ops.INPUT:  # several layers may read it (attention's q, k, v)
+            if k is not first and any((k.path, a) in covered for a in k.in_axes):
                 raise WeightspaceError(
-                    f"{target.name}: layer {k.layer_name!r} reads the network input but is not "
-                    "the first layer; a second input path is not supported"
+                    f"{target.name}: layer {k.layer_name!r} reads the network input, but its "
+                    "inputs are tied to another layer's outputs; unsupported connection"
                 )
             reads[k.path] = 0
             continue
@@ -315,7 +365,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
                 "layer of the graph; unsupported connection"
             )
         reads[k.path] = set_of_layer[src]
-        if (k.path, k.in_axis) not in covered and k.shape[k.in_axis] > 1:
+        if any((k.path, a) not in covered and k.shape[a] > 1 for a in k.in_axes):
             prev = [p for p in kernels if p.layer_name == src]
             why = blocking_ops(target, prev[0].layer_name) if prev else ""
             raise WeightspaceError(
@@ -347,7 +397,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     for k in kernels:
         src = sets[reads[k.path]]
         dst = sets[set_of_kernel[k.path]]
-        n_in, n_out = k.shape[k.in_axis], k.shape[k.out_axis]
+        n_in, n_out = _units(k, k.in_axes), _units(k, k.out_axes)
         fm = graph_wiring.flatten_map(target, k)
         if fm is not None:
             flat_maps[k.path] = fm
@@ -386,6 +436,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     # Where every scalar of population.flatten goes.
     node_size = n_nodes * nf
     index_parts = []
+    positions: list[tuple[Any, int, int]] = []
     norm_owner: dict[int, str] = {}
     taken: set[tuple[int, int]] = set()
     for s in spec:
@@ -400,20 +451,29 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             index_parts.append((node_size + edge * f + slot).reshape(-1))  # [rows, out]
             continue
         if s.role == "kernel":
-            kh, kw = _spatial(s.shape, s.path)
+            kh, kw = _kernel_hw(s)
             oh, ow = (wh - kh) // 2, (ww - kw) // 2
-            n_in, n_out = s.shape[s.in_axis], s.shape[s.out_axis]
+            n_in, n_out = _units(s, s.in_axes), _units(s, s.out_axes)
             hh, wi, ii, oo = np.meshgrid(
                 np.arange(kh), np.arange(kw), np.arange(n_in), np.arange(n_out), indexing="ij"
             )
             edge = edge_start[s.path] + ii * n_out + oo
             slot = (oh + hh) * ww + (ow + wi)
             idx = node_size + edge * f + slot  # [kh, kw, in, out] = kernel layout (2-D)
-            index_parts.append(idx.reshape(-1))
+            index_parts.append(idx.reshape(-1))  # multi-axis dense: [*in, *out] row-major
             continue
-        # 1-D node-feature leaves: bias of a kernel layer, or a normalization parameter.
-        if len(s.shape) != 1 or s.out_axis != 0:
-            raise WeightspaceError(f"{target.name}: leaf {s.path!r} of shape {s.shape} is not 1-D")
+        if _is_position(s):
+            si = _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel)
+            positions.append((s, si, len(index_parts)))
+            index_parts.append(np.zeros(0, np.int64))  # placed below, once the width is known
+            continue
+        # Node-feature leaves: bias of a kernel layer (its units flattened row-major, as
+        # the kernel's outputs), or a normalization parameter.
+        if s.out_axes != tuple(range(len(s.shape))):
+            raise WeightspaceError(
+                f"{target.name}: leaf {s.path!r} of shape {s.shape}: not every axis is a unit "
+                f"axis (units on {s.out_axes}); the graph encoding cannot place it"
+            )
         if s.role == "bias":
             owner = next((k for k in kernels if k.layer_name == s.layer_name), None)
             if owner is None:
@@ -434,10 +494,8 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             else:
                 slot = _NORM_SLOT[s.role]
         start, size = sets[si][1], sets[si][2]
-        if s.shape[0] != size:
-            raise WeightspaceError(
-                f"{target.name}: leaf {s.path!r} has {s.shape[0]} units, not {size}"
-            )
+        if s.size != size:
+            raise WeightspaceError(f"{target.name}: leaf {s.path!r} has {s.size} units, not {size}")
         if (si, slot) in taken:
             raise WeightspaceError(
                 f"{target.name}: leaf {s.path!r} would overwrite node feature "
@@ -445,6 +503,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             )
         taken.add((si, slot))
         index_parts.append((start + np.arange(size)) * nf + slot)
+    pos_width = _place_positions(target, positions, sets, index_parts, node_size + n_edges * f)
     index = np.concatenate(index_parts).astype(np.int32)
     assert len(np.unique(index)) == len(index), "graph index must be injective"
     return GraphTopology(
@@ -465,13 +524,14 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
         edge_base=edge_base,
         index=index,
         node_sets=tuple(sets),
+        pos_width=pos_width,
     )
 
 
 def _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel) -> int:
     """The node set a normalization leaf belongs to: the latest earlier producer of its
     channels (the output layer if its channels are the network's outputs)."""
-    gi = axis_group.get((s.path, 0))
+    gi = axis_group.get((s.path, s.out_axes[0]))
     if gi is not None:
         earlier = [p for p in producers.get(gi, []) if p.layer < s.layer]
         if earlier:
@@ -480,8 +540,35 @@ def _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel) -> int
         earlier = [k for k in kernels if k.layer < s.layer]
         if earlier and earlier[-1] is kernels[-1] and kernels[-1].shape[-1] == s.shape[0]:
             return set_of_kernel[earlier[-1].path]
+    what = "position embedding" if _is_position(s) else "normalization layer"
     raise WeightspaceError(
-        f"{target.name}: normalization layer {s.layer_name!r} (leaf {s.path!r}) follows no "
+        f"{target.name}: {what} {s.layer_name!r} (leaf {s.path!r}) follows no "
         "layer whose channels it normalizes; unsupported connection"
         + (" (normalized layers of width 1 are not supported)" if s.shape[0] == 1 else "")
     )
+
+
+def _place_positions(target, positions, sets, index_parts, offset: int) -> int:
+    """Fills the index of every position embedding (one `index_parts` slot each, in spec
+    order): row ``c`` of the node set it is added to holds ``pos[..., c, ...]`` flattened
+    row-major over its other axes; returns the width (the largest such row)."""
+    width = max((s.size // s.shape[s.out_axis] for s, _, _ in positions), default=0)
+    seen: dict[int, str] = {}
+    for s, si, slot in positions:
+        name, start, size, _ = sets[si]
+        if seen.setdefault(si, s.path) != s.path:
+            raise WeightspaceError(
+                f"{target.name}: position embeddings {seen[si]!r} and {s.path!r} are both "
+                f"added to the channels of {name!r}; one per node set is supported"
+            )
+        if s.shape[s.out_axis] != size:
+            raise WeightspaceError(
+                f"{target.name}: position embedding {s.path!r} has {s.shape[s.out_axis]} "
+                f"channels, {name!r} {size}"
+            )
+        moved = np.moveaxis(np.arange(s.size).reshape(s.shape), s.out_axis, 0).reshape(size, -1)
+        rows = (start + np.arange(size))[:, None] * width + np.arange(moved.shape[1])[None, :]
+        flat = np.empty(s.size, np.int64)
+        flat[moved.ravel()] = offset + rows.ravel()
+        index_parts[slot] = flat
+    return width

@@ -9,6 +9,10 @@ computation (`hyper.layer_ops`) and the structural groups (`hyper.symmetry`).
   ``(h, w, c)`` becomes position ``(h, w)`` of the edge ``c -> out``'s feature window, as a
   conv kernel's taps do (Neural Graphs' "spatial position in the edge feature"). The window
   then holds the ``H x W`` map (`flatten_map`), and the round trip stays exact.
+- A dense kernel with several neuron axes (attention's q/k/v `(D, heads, head_dim)` and
+  out `(heads, head_dim, D)` projections) has its axes flattened row-major on each side;
+  the out projection reads the value projection's node set, found by the structural
+  groups its input axes share with the value's output axes (`read_layer`).
 - A grouped (depthwise) convolution with ``G`` groups has edges only within groups: output
   channel ``o`` reads input channels ``g * n_in + i`` with ``g = o // (n_out / G)``.
 
@@ -19,6 +23,7 @@ computation (`hyper.layer_ops`) and the structural groups (`hyper.symmetry`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 from hyper import layer_ops
 from hyper.errors import WeightspaceError
@@ -82,9 +87,32 @@ def blocking_ops(target: Target, layer: str) -> str:
     return text
 
 
-def read_layer(target: Target, k: LeafSpec) -> str:
-    """The layer whose node set kernel `k` reads (`layer_ops.INPUT` for the input)."""
+def read_layer(
+    target: Target,
+    k: LeafSpec,
+    kernels: Sequence[LeafSpec] = (),
+    axis_group: Mapping[tuple[str, int], int] | None = None,
+) -> str:
+    """The layer whose node set kernel `k` reads (`layer_ops.INPUT` for the input).
+
+    A kernel with several input axes that no traced layer output reaches directly (the
+    output projection of attention reads ``softmax(q k) v``, a product of activations)
+    reads the one earlier kernel whose output axes are, in order, in the structural
+    groups of its input axes (`axis_group`: ``(path, axis) -> group``): the value
+    projection, whose ``(heads, head_dim)`` units it contracts.
+    """
     srcs = layer_ops.layer_inputs(target).get(k.layer_name, ())
+    if not srcs and len(k.in_axes) > 1 and axis_group is not None:
+        want = [axis_group.get((k.path, a)) for a in k.in_axes]
+        match = [
+            p
+            for p in kernels
+            if p.layer < k.layer
+            and None not in want
+            and [axis_group.get((p.path, a)) for a in p.out_axes] == want
+        ]
+        if len(match) == 1:
+            return match[0].layer_name
     if not srcs:
         raise WeightspaceError(
             f"{target.name}: layer {k.layer_name!r}: no contraction of the traced computation "
@@ -99,7 +127,7 @@ def _read_size(target: Target, k: LeafSpec) -> int | None:
         return None
     for s in target.spec:
         if s.role == "kernel" and s.layer_name == src:
-            return s.shape[s.out_axis]
+            return math.prod(s.shape[a] for a in s.out_axes)
     return None
 
 

@@ -61,19 +61,3 @@ def test_refusal_names_the_blocking_primitive():
     t = Target.from_nnx(Cat(nnx.Rngs(0)), sample_input=jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match="concatenate.*add the branches"):
         gt.topology(t)
-
-
-def test_attention_is_refused_naming_the_multi_axis_kernel():
-    class Attn(nnx.Module):
-        def __init__(self, rngs):
-            self.att = nnx.MultiHeadAttention(
-                num_heads=2, in_features=4, qkv_features=4, decode=False, rngs=rngs
-            )
-            self.head = nnx.Linear(4, 2, rngs=rngs)
-
-        def __call__(self, x):
-            return self.head(self.att(x).mean(1))
-
-    t = Target.from_nnx(Attn(nnx.Rngs(0)), sample_input=jnp.zeros((2, 3, 4)))
-    with pytest.raises(ValueError, match=r"'att/\w+'.*several input/output neuron axes"):
-        gt.topology(t)
