@@ -231,7 +231,7 @@ def _traced(target: Target, sample_input: Any) -> _Flow:
             raise WeightspaceError(
                 f"{target.name}: the target has no input_shape; pass a sample input batch"
             )
-        x = jax.ShapeDtypeStruct((2, *target.input_shape), jnp.float32)
+        x = jax.ShapeDtypeStruct((2, *target.input_shape), target.input_dtype)
     else:
         x = jax.ShapeDtypeStruct(np.shape(sample_input), jnp.asarray(sample_input).dtype)
     per = _CACHE.setdefault(target, {})

@@ -36,7 +36,7 @@ import numpy as np
 
 from hyper import jaxpr as jaxpr_lib
 from hyper.errors import WeightspaceError
-from hyper.unit_axes import AxisClasses, analyze_axes
+from hyper.unit_axes import AxisClasses, analyze_axes, gather_offset_axes
 
 __all__ = ["Resized", "Source", "resized", "source"]
 
@@ -317,6 +317,7 @@ class _Evaluation:
             or name in _REDUCTIONS
             or name in _LAYOUT
             or name in ("dot_general", "conv_general_dilated", "cumsum", "cummax", "cummin")
+            or name == "gather"
             or any(p in eqn.params for p in _SHAPE_PARAMS)
             or name in _UNIT_FREE
         ):
@@ -345,6 +346,8 @@ class _Evaluation:
             params["shape"] = tuple(shape)
         elif "shape" in params:
             params["shape"] = want[0]
+        elif name == "gather":
+            params["slice_sizes"] = self._gather_sizes(eqn, in_shrunk, np.shape(invals[0]))
         elif name == "conv_general_dilated" and params["feature_group_count"] > 1:
             lhs, rhs = np.shape(invals[0]), np.shape(invals[1])
             dn = params["dimension_numbers"]
@@ -357,6 +360,33 @@ class _Evaluation:
                     eqn, r, f"gives shape {tuple(np.shape(o))} at the new sizes, expected {w}"
                 )
         return outs
+
+    def _gather_sizes(
+        self, eqn: Any, in_shrunk: list[list[int | None]], new_operand: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        """``gather``'s ``slice_sizes`` at the new sizes: an operand axis taken whole (an
+        embedding table's feature axis) keeps being taken whole; units of an indexed axis,
+        a partial slice, the index vector or a batching axis cannot be removed."""
+        p = eqn.params
+        dn = p["dimension_numbers"]
+        whole = gather_offset_axes(p, tuple(eqn.invars[0].aval.shape))
+        for i, r in enumerate(in_shrunk[0]):
+            if r is not None and i not in whole:
+                raise self._fail(
+                    eqn,
+                    r,
+                    f"indexes or slices operand axis {i} (slice sizes {p['slice_sizes']}); "
+                    "only an axis taken whole (an embedding's feature axis) can shrink",
+                )
+        idx = in_shrunk[1] if len(in_shrunk) > 1 else []
+        batching = set(getattr(dn, "start_indices_batching_dims", ()))
+        for j, r in enumerate(idx):
+            if r is not None and (j == len(idx) - 1 or j in batching):
+                raise self._fail(eqn, r, f"uses index axis {j} as indices or a batching axis")
+        sizes = list(p["slice_sizes"])
+        for i in whole:
+            sizes[i] = int(new_operand[i])
+        return tuple(sizes)
 
     def _check_sums(self, eqn: Any, in_shrunk: list[list[int | None]], zs: list) -> None:
         """Every sum over a shrunk axis must add zeros at the removed units."""
@@ -491,6 +521,9 @@ def _zero_rule(eqn: Any, zs: list[frozenset[int]], ranks: list[int]) -> frozense
                 out.add(k)
             k += 1
         return frozenset(out)
+    if name == "gather" and _fills_with_zero_or_nan(p):
+        whole = gather_offset_axes(p, tuple(eqn.invars[0].aval.shape))
+        return frozenset(o for i, o in whole.items() if i in zs[0])
     if name == "conv_general_dilated":
         dn = p["dimension_numbers"]
         return frozenset({dn.out_spec[1]}) if dn.rhs_spec[0] in zs[1] else frozenset()
@@ -524,6 +557,15 @@ def _zero_rule(eqn: Any, zs: list[frozenset[int]], ranks: list[int]) -> frozense
         d = p["dimension"]
         return frozenset(i for i in frozenset.intersection(*zs) if i != d) if zs else frozenset()
     return frozenset()
+
+
+def _fills_with_zero_or_nan(p: dict) -> bool:
+    """A gather whose out-of-bounds slices (mode ``fill``) are NaN or zero: a filled
+    slice sums to the same (NaN or zero) over the kept units as over all of them."""
+    if p.get("mode") != jax.lax.GatherScatterMode.FILL_OR_DROP:
+        return True
+    fill = p.get("fill_value")
+    return fill is None or float(fill) == 0.0 or math.isnan(float(fill))
 
 
 def _kept_axes(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[int, int]]:

@@ -158,14 +158,15 @@ _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def example_batch(target: Target, x: Any | None = None, batch: int = 2) -> Any:
-    """`x` as an array, or zeros `[batch, *target.input_shape]` (float32) if None."""
+    """`x` as an array, or zeros `[batch, *target.input_shape]` (`target.input_dtype`) if
+    None."""
     if x is not None:
         return jnp.asarray(x)
     if target.input_shape is None:
         raise WeightspaceError(
             f"{target.name}: the target has no input_shape; pass a sample input batch"
         )
-    return jnp.zeros((batch, *target.input_shape), jnp.float32)
+    return jnp.zeros((batch, *target.input_shape), target.input_dtype)
 
 
 def apply_on_leaves(target: Target) -> Callable[[list[Any], Any], Any]:
@@ -327,8 +328,9 @@ class AxisView(NamedTuple):
 
 
 def left_out(target: Target, sample_input: Any = None) -> list[LeftOut]:
-    """Every hidden kernel axis (a neuron axis of size > 1 that is neither the network's
-    input nor its output) that is in no structural group, with the primitive that blocked it.
+    """Every hidden kernel or embedding axis (a neuron axis of size > 1 that is neither the
+    network's input nor its output) that is in no structural group, with the primitive that
+    blocked it.
 
     Such layers are skipped by pruning, alignment and graphs; to include them, replace the
     named primitive (e.g. a sort or scan over the channels) with supported operations.
@@ -339,7 +341,7 @@ def left_out(target: Target, sample_input: Any = None) -> list[LeftOut]:
     io = {uf.find(n) for n in an.io_nodes}
     out = []
     for i, s in enumerate(target.spec):
-        if s.role != "kernel":
+        if s.role not in ("kernel", "embedding"):  # an embedding table's feature axis too
             continue
         for ax in sorted(set(_neuron_axes(s, "in") + _neuron_axes(s, "out"))):
             if s.shape[ax] <= 1:

@@ -55,6 +55,7 @@ class Target:
       name: a human-readable name.
       spec: one `LeafSpec` per leaf, in `jax.tree.leaves(params)` order.
       input_shape: shape of one input example (no batch axis), if known.
+      input_dtype: the sample input's dtype (token ids: an integer), else float32.
       config: JSON-able description used to rebuild the target (e.g. by a zoo loader).
     """
 
@@ -69,6 +70,7 @@ class Target:
         train_apply_fn: Callable[[Params, Any, jax.Array], tuple[Any, Params]] | None = None,
         input_shape: tuple[int, ...] | None = None,
         config: Mapping[str, Any] | None = None,
+        input_dtype: Any = None,
     ):
         self.name = name
         self.spec = spec
@@ -77,6 +79,7 @@ class Target:
         self._apply_fn = apply_fn
         self._train_apply_fn = train_apply_fn
         self.input_shape = input_shape
+        self.input_dtype = np.dtype(np.float32 if input_dtype is None else input_dtype)
         self.config = dict(config or {})
         self._by_path = {s.path: s for s in spec}
         # Set by `derive`: the original computation a target with fewer units re-evaluates.
@@ -205,6 +208,7 @@ class Target:
             train_apply_fn=train_apply_fn,
             input_shape=input_shape,
             config=config,
+            input_dtype=None if sample_input is None else np.asarray(sample_input).dtype,
         )
         return target
 
@@ -272,6 +276,7 @@ class Target:
             train_apply_fn=train_apply_fn,
             input_shape=tuple(np.shape(sample_input)[1:]),
             config=config,
+            input_dtype=np.asarray(sample_input).dtype,
         )
 
     @classmethod
@@ -320,6 +325,7 @@ class Target:
             apply_fn=apply,
             input_shape=None if sample_input is None else tuple(np.shape(sample_input)[1:]),
             config=config,
+            input_dtype=None if sample_input is None else np.asarray(sample_input).dtype,
         )
         return target
 
@@ -469,10 +475,11 @@ class Target:
             train_apply_fn=train_fn,
             input_shape=self.input_shape,
             config=config if config is not None else {"derived_from": self.config},
+            input_dtype=self.input_dtype,
         )
         new._resize_source = source
         if check and self.input_shape is not None:
-            x = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
+            x = jax.ShapeDtypeStruct((1, *self.input_shape), self.input_dtype)
             try:
                 y_new = jax.eval_shape(new.pure_apply, new.abstract_params(), x)
                 y_old = jax.eval_shape(self.pure_apply, self.abstract_params(), x)

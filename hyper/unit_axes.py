@@ -22,7 +22,11 @@ index this axis" through the equations with a union-find over array axes:
   adds or removes follow their neighbour axis (they are never units of their own);
 - calls (`hyper.jaxpr.INLINE_CALLS`: ``jit``, ``custom_jvp_call``, ...) are followed into
   their bodies;
-- anything else (spatial axes of convolutions, gathers, sorts, cumulative ops, loops,
+- ``gather`` (an embedding table ``[V, D]`` taken at token ids ``[B, T]``): an operand
+  axis taken whole (not indexed, slice size the full axis: the table's ``D``) flows to
+  its offset axis of the result, the index array's batch axes to the result's other axes;
+  the indexed axes (``V``), partial slices and the index vector block;
+- anything else (spatial axes of convolutions, sorts, cumulative ops, loops,
   unknown primitives, captured constants) *blocks* the axes it touches, as do the input
   and the output: a class with a blocked axis is not permutable, and blocking a composite
   blocks its sub-axes. Every block records a `Reason` (the primitive and why), so callers
@@ -43,7 +47,7 @@ import jax.extend.core as jcore
 
 from hyper import jaxpr as jaxpr_lib
 
-__all__ = ["AxisClasses", "Reason", "analyze_axes"]
+__all__ = ["AxisClasses", "Reason", "analyze_axes", "gather_offset_axes"]
 
 
 _ELEMENTWISE = frozenset(
@@ -441,6 +445,8 @@ def _rule(
                 uf.union(b, o)
     elif name == "conv_general_dilated":
         _conv(uf, p, ins, outs)
+    elif name == "gather" and len(ins) == 2:
+        _gather(uf, p, ins, outs[0], in_shapes[0])
     elif name in _POOLING:
         n_ops = len(outs)
         for src, out in zip(ins[:n_ops], outs, strict=True):
@@ -524,6 +530,58 @@ def _rule(
         why = Reason(name, block_all)
         for ns in (*ins, *outs):
             uf.block(*ns, reason=why)
+
+
+def gather_offset_axes(p: dict, operand_shape: Sequence[int]) -> dict[int, int]:
+    """``gather``'s operand axes that are taken whole: operand axis -> output axis.
+
+    An operand axis that is neither collapsed nor a batching axis is an offset axis of the
+    result (in order, at ``offset_dims``); it is taken whole when its slice size is the
+    full axis (the feature axis ``D`` of an embedding table ``[V, D]`` gathered by token
+    ids): the result holds the operand's units along it, in the same order.
+    """
+    dn = p["dimension_numbers"]
+    dropped = set(dn.collapsed_slice_dims) | set(getattr(dn, "operand_batching_dims", ()))
+    kept = [i for i in range(len(operand_shape)) if i not in dropped]
+    return {
+        i: o
+        for i, o in zip(kept, dn.offset_dims, strict=True)
+        if p["slice_sizes"][i] == operand_shape[i]
+    }
+
+
+def _gather(
+    uf: _UnionFind, p: dict, ins: list, out: tuple[int, ...], operand_shape: Sequence[int]
+) -> None:
+    """``gather``: operand axes taken whole flow to their offset axes of the result;
+    the index array's batch axes flow to the result's other axes; every other axis (the
+    indexed axes, partial slices, the index vector, batching axes) blocks."""
+    name = "gather"
+    dn = p["dimension_numbers"]
+    operand, indices = ins
+    whole = gather_offset_axes(p, operand_shape)
+    for i, a in enumerate(operand):
+        if i in whole:
+            uf.union(a, out[whole[i]])
+        elif i in dn.collapsed_slice_dims:
+            uf.block(a, reason=Reason(name, f"operand axis {i} is indexed"))
+        elif i in getattr(dn, "operand_batching_dims", ()):
+            uf.block(a, reason=Reason(name, f"operand axis {i} is a batching axis"))
+        else:
+            uf.block(a, reason=Reason(name, f"a partial slice of operand axis {i}"))
+    partial = [o for o in dn.offset_dims if o not in whole.values()]
+    uf.block(*(out[o] for o in partial), reason=Reason(name, "a partial slice"))
+    # The index vector is the indices' last axis; their other axes are the result's
+    # non-offset axes, in order.
+    batch_out = [n for o, n in enumerate(out) if o not in dn.offset_dims]
+    idx_batching = set(getattr(dn, "start_indices_batching_dims", ()))
+    for j, (a, o) in enumerate(zip(indices[:-1], batch_out, strict=True)):
+        if j in idx_batching:
+            uf.block(a, o, reason=Reason(name, f"index axis {j} is a batching axis"))
+        else:
+            uf.union(a, o)
+    if indices:
+        uf.block(indices[-1], reason=Reason(name, "the index vector"))
 
 
 def _conv(uf: _UnionFind, p: dict, ins: list, outs: list) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import linen, nnx
 
-from hyper import compact, symmetry
+from hyper import compact, resize, symmetry
 from hyper.checkpoint import CheckpointError, load_population, save_population
 from hyper.prune import prune_to_speedup
 from hyper.target import Target
@@ -424,3 +424,46 @@ def test_pruning_refuses_a_network_with_left_out_layers():
     params = scrambled(target, 0)
     with pytest.raises(ValueError, match="left out.*sort.*remove_units"):
         prune_to_speedup(target, params, 1.2)
+
+
+class TokenMLP(nnx.Module):
+    """Token ids -> nnx.Embed -> mean over tokens -> Dense -> relu -> Dense."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Embed(16, 8, rngs=rngs)
+        self.fc1 = nnx.Linear(8, 6, rngs=rngs)
+        self.fc2 = nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.fc2(nnx.relu(self.fc1(self.embed(tokens).mean(axis=1))))
+
+
+def test_embedding_features_are_removed_like_hidden_units():
+    tokens = np.random.default_rng(3).integers(0, 16, (4, 5)).astype(np.int32)
+    target = Target.from_nnx(TokenMLP(nnx.Rngs(0)), sample_input=tokens)
+    params = scrambled(target, 1)
+    groups = symmetry.structural_groups(target, check=True)
+    assert [g.size for g in groups] == [8, 6]
+    keep = [np.array([0, 2, 3, 6, 7]), np.array([1, 2, 4, 5])]
+    small, sp = assert_compact_is_masked(target, params, tokens, groups=groups, keep=keep)
+    shapes = {s.path: s.shape for s in small.spec}
+    assert shapes["embed/embedding"] == (16, 5) and shapes["fc1/kernel"] == (5, 4)
+    want = np.asarray(params["embed"]["embedding"])[:, keep[0]]
+    np.testing.assert_array_equal(np.asarray(sp["embed"]["embedding"]), want)
+    # Not the unmasked original: the removed features carried signal.
+    y = np.asarray(small.apply(sp, tokens))
+    assert np.abs(y - np.asarray(target.apply(params, tokens))).max() > 1e-3
+    assert [g.size for g in symmetry.structural_groups(small)] == [5, 4]
+
+
+def test_resizing_an_indexed_embedding_axis_is_refused():
+    tokens = np.random.default_rng(3).integers(0, 16, (4, 5)).astype(np.int32)
+
+    def fn(leaves, x):
+        return jnp.take(leaves[0], x, axis=0).sum(axis=(1, 2))
+
+    table = np.ones((16, 8), np.float32)
+    rs = resize.resized(fn, [table], ["table"], what="emb")
+    np.testing.assert_allclose(np.asarray(rs([table[:, :3]], tokens)), np.full(4, 15.0))
+    with pytest.raises(ValueError, match=r"table:0.*'gather' indexes or slices operand axis 0"):
+        rs([table[:12]], tokens)

@@ -290,3 +290,64 @@ def test_attention_heads_head_dims_and_residual_stream():
         assert (f"{b}/attn/out/kernel", 0) in heads[0]
         assert (f"{b}/attn/key/kernel", 2) in qk[0] and (f"{b}/attn/out/kernel", 1) in vo[0]
     assert symmetry.left_out(t) == []  # softmax's stop_gradient does not block the heads
+
+
+class TokenMLP(nnx.Module):
+    """Token ids -> nnx.Embed -> mean over tokens -> Dense -> relu -> Dense."""
+
+    def __init__(self, rngs, shuffle=None):
+        self.embed = nnx.Embed(16, 8, rngs=rngs)
+        self.fc1 = nnx.Linear(8, 6, rngs=rngs)
+        self.fc2 = nnx.Linear(6, 3, rngs=rngs)
+        self.shuffle = shuffle  # a fixed gather over the features: blocks them
+
+    def __call__(self, tokens):
+        x = self.embed(tokens)
+        if self.shuffle is not None:
+            x = jnp.take(x, jnp.asarray(self.shuffle), axis=-1)
+        return self.fc2(nnx.relu(self.fc1(x.mean(axis=1))))
+
+
+TOKENS = np.random.default_rng(0).integers(0, 16, (4, 5)).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def token_mlp():
+    return Target.from_nnx(TokenMLP(nnx.Rngs(0)), sample_input=TOKENS)
+
+
+def test_embedding_features_join_the_first_dense_input_group(token_mlp):
+    groups = symmetry.structural_groups(token_mlp, sample_input=TOKENS, check=True)
+    axes = [set(g.axes) for g in groups]
+    assert axes == [
+        {("embed/embedding", 1), ("fc1/kernel", 0)},
+        {("fc1/kernel", 1), ("fc1/bias", 0), ("fc2/kernel", 0)},
+    ]
+    assert [g.size for g in groups] == [8, 6]
+    assert symmetry.left_out(token_mlp, TOKENS) == []
+    # Permuting the group changes the weights and keeps the function; a wrong
+    # permutation of the table's features alone changes it.
+    a = random_params(token_mlp, 0)
+    perms = symmetry.random_permutations(token_mlp, jax.random.key(1))
+    b = symmetry.permute(token_mlp, a, perms)
+    assert symmetry.check_equivalent(token_mlp, a, b, TOKENS)
+    assert not np.array_equal(a["embed"]["embedding"], b["embed"]["embedding"])
+    wrong = jax.tree.map(lambda v: v, a)
+    wrong["embed"]["embedding"] = np.asarray(a["embed"]["embedding"])[:, ::-1]
+    assert not symmetry.check_equivalent(token_mlp, a, wrong, TOKENS)
+    # Weight matching recovers the permutation exactly.
+    found = align.weight_matching(token_mlp, a, b)
+    back = symmetry.permute(token_mlp, b, [jnp.asarray(p) for p in found])
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(back), strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_a_gather_over_the_embedding_features_is_reported():
+    perm = np.array([1, 0, 2, 3, 4, 5, 6, 7])
+    t = Target.from_nnx(TokenMLP(nnx.Rngs(0), shuffle=perm), sample_input=TOKENS)
+    groups = symmetry.structural_groups(t, sample_input=TOKENS, check=True)
+    assert [set(g.axes) for g in groups] == [
+        {("fc1/kernel", 1), ("fc1/bias", 0), ("fc2/kernel", 0)}
+    ]
+    (lo,) = [lo for lo in symmetry.left_out(t, TOKENS) if lo.path == "embed/embedding"]
+    assert (lo.axis, lo.primitive) == (1, "gather") and "indexed" in lo.reason
