@@ -20,6 +20,7 @@ from hyper import jaxpr as jaxpr_lib
 from hyper.errors import WeightspaceError
 from hyper.symmetry import (
     Group,
+    StridedAxis,
     apply_on_leaves,
     entries,
     example_batch,
@@ -235,6 +236,8 @@ def remove_units(
     target.validate(params)
     index = {p: i for i, p in enumerate(target.paths)}
     leaves = [np.asarray(a) for a in jax.tree.leaves(params)]
+    # (path, axis) -> (its split, the current sizes of that split's sub-axes)
+    splits: dict[tuple[str, int], tuple[tuple[int, ...], list[int]]] = {}
     for g, k in zip(groups, keep, strict=True):
         if k is None:
             continue
@@ -244,6 +247,20 @@ def remove_units(
                 raise WeightspaceError(
                     f"remove_units: group {g.name!r} names unknown leaf {entry[0]!r}"
                 )
+            if isinstance(entry, StridedAxis):
+                # Another group may have shrunk a sibling sub-axis of this axis already
+                # (a grouped conv: the groups and the channels within a group).
+                orig, cur = splits.setdefault(
+                    (entry.path, entry.axis), (entry.shape, list(entry.shape))
+                )
+                if orig != entry.shape:
+                    raise WeightspaceError(
+                        f"remove_units: leaf {entry.path!r} axis {entry.axis} is split two "
+                        f"ways ({orig} and {entry.shape}) by different groups; remove "
+                        "the units of one of them at a time"
+                    )
+                entry = entry._replace(shape=tuple(cur))
+                cur[entry.sub] = len(idx)
             leaves[index[entry[0]]] = take_units(leaves[index[entry[0]]], entry, idx)
     # device_put, not jnp.asarray: the latter compiles a copy for every new shape
     new_params = jax.tree.unflatten(target.treedef, [jax.device_put(a) for a in leaves])
