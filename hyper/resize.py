@@ -179,6 +179,7 @@ class Resized:
                         f"axes it is tied to ({text[r]}) have {sizes[r]}; slice every axis "
                         "of the group (hyper.compact.remove_units does)"
                     )
+        _split_sizes(uf, sizes)
         x_var = an.closed.jaxpr.invars[-1]
         for n in an.nodes[((), x_var)]:
             if uf.find(n) in sizes:
@@ -438,6 +439,24 @@ class _Evaluation:
 _UNIT_FREE = frozenset(
     "reduce_window_sum reduce_window_max reduce_window_min cumprod bitcast_convert_type".split()
 )
+
+
+def _split_sizes(uf: Any, sizes: dict[int, int]) -> None:
+    """Sizes of the sub-axes of shrunk composite axes (a GroupNorm's channels viewed as
+    (groups, channels per group)): where exactly one sub-axis is permutable (not blocked),
+    it takes the new size; the others keep theirs. Otherwise nothing is inferred, and a
+    reshape that needs it is refused."""
+    blocked = uf.blocked_roots()
+    for r, new in list(sizes.items()):
+        subs = uf.expand(r)
+        if len(subs) < 2:
+            continue
+        free = [q for q in subs if q not in blocked and q not in sizes]
+        if len(free) != 1:
+            continue
+        rest = math.prod(uf.size[q] for q in subs if q != free[0])
+        if new % rest == 0:
+            sizes[free[0]] = new // rest
 
 
 def _first(in_shrunk: list[list[int | None]]) -> int:
