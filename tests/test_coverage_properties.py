@@ -24,7 +24,10 @@ from metanets import graphs_to_population, population_to_graphs
 ACTIVATIONS = {"relu": nnx.relu, "tanh": jnp.tanh, "gelu": nnx.gelu}
 NORMS = {
     "dense": ("none", "layernorm", "rmsnorm"),
-    "conv": ("none", "batchnorm", "groupnorm", "layernorm"),
+    # GroupNorm is left out: graph conversion refuses it (an open gap, listed in
+    # docs/coverage.md); its pruning and alignment are required OK in bench/coverage.py
+    # (cnn_groupnorm), which CI runs with --strict.
+    "conv": ("none", "batchnorm", "layernorm"),
 }
 
 
