@@ -239,7 +239,6 @@ def pairwise_weight_matching(
         raise WeightspaceError(f"weight_matching: max_iter must be >= 1, got {max_iter}")
     groups = _groups("weight_matching", target)
     la, lb = jax.tree.leaves(population_a), jax.tree.leaves(population_b)
-    rng = _seed(key)
     if init is not None:
         if len(init) != len(groups):
             raise WeightspaceError(
@@ -248,12 +247,13 @@ def pairwise_weight_matching(
         perms = [
             np.array(p, np.int32).reshape(pairs, g.size) for p, g in zip(init, groups, strict=True)
         ]
-        return _descend(target, groups, la, lb, perms, rng, max_iter)
+        return _descend(target, groups, la, lb, perms, _seed(key), max_iter)
     if not groups:
         return []
     identity = [np.tile(np.arange(g.size, dtype=np.int32), (pairs, 1)) for g in groups]
     starts = [identity, _sorted_start(target, groups, la, lb)]
-    results = [_descend(target, groups, la, lb, p, rng, max_iter) for p in starts]
+    # Each start its own generator from `key`: its result does not depend on the other's.
+    results = [_descend(target, groups, la, lb, p, _seed(key), max_iter) for p in starts]
     objectives = [_objective(target, groups, population_a, population_b, r) for r in results]
     best = np.argmax(np.stack(objectives), axis=0)  # per pair; ties keep the identity start
     return [np.stack([results[best[p]][gi][p] for p in range(pairs)]) for gi in range(len(groups))]
