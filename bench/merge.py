@@ -6,9 +6,12 @@ same recipe) on scikit-learn digits; the test cross-entropy along the straight l
 ``max_a [loss(a) - ((1 - a) loss(0) + a loss(1))]``. Three versions of `theta_B`: as
 trained (``naive``), permuted by weight matching (``weight``), permuted by activation
 matching on the training inputs (``activation``). Both permutations keep `theta_B`'s
-function exactly, so only the path changes. Widths: MLP 64-w-w-10 with w in {16, 64, 256};
-CNN with two 3x3 conv layers of c channels, c in {8, 16, 32} (strides 1, 2; global
-average pooling; dense). Reported: mean and std over pairs.
+function exactly, so only the path changes. Diagnostic: ``weight_identity_start`` is weight
+matching's single descent from the identity (the default keeps, per pair, the better of it
+and the sorted-weight start by the objective); ``weight_objective`` lists, per pair, the
+objective ``sum <W_A, W_B'>`` beside the barrier for both. Widths: MLP 64-w-w-10 with w
+in {16, 64, 256}; CNN with two 3x3 conv layers of c channels, c in {8, 16, 32} (strides 1,
+2; global average pooling; dense). Reported: mean and std over pairs.
 
 **merge_acc**: the training split is divided 80/20 (stratified) into train/validation. A
 base network is trained on all ten classes for a few epochs (MLP 3, CNN 10), then copied
@@ -144,10 +147,17 @@ def barrier_for(
     t0 = time.time()
     perms_a = align.pairwise_activation_matching(target, pop_a, pop_b, x_train)
     t_a = time.time() - t0
+    # Diagnostic: the single descent from the identity start (weight matching's default keeps,
+    # per pair, the better of this and the sorted-weight start by the objective).
+    identity = [np.tile(np.arange(g.size), (pairs, 1)) for g in symmetry.structural_groups(target)]
+    perms_wi = align.pairwise_weight_matching(
+        target, pop_a, pop_b, key=jax.random.key(seed), init=identity
+    )
     versions = {
         "naive": pop_b,
         "weight": symmetry.permute(target, pop_b, perms_w, batched=True),
         "activation": symmetry.permute(target, pop_b, perms_a, batched=True),
+        "weight_identity_start": symmetry.permute(target, pop_b, perms_wi, batched=True),
     }
     # Every interpolated network of every pair and method, evaluated in one vmapped call.
     alphas = jnp.asarray(ALPHAS, jnp.float32)
@@ -175,6 +185,18 @@ def barrier_for(
         out[f"{name}_mid_acc"] = round(float(accs[m, :, len(ALPHAS) // 2].mean()), 4)
         # Same function at alpha = 1 whatever the permutation (a sanity check).
         assert np.allclose(losses[m, :, -1], losses[0, :, -1], rtol=1e-3, atol=1e-4), name
+    objective = {
+        name: align.weight_matching_objective(target, pop_a, pop_b, p)
+        for name, p in (("weight", perms_w), ("weight_identity_start", perms_wi))
+    }
+    out["weight_objective"] = {
+        name: {
+            "objective": [round(float(v), 3) for v in objective[name]],
+            "barrier": [round(merge.loss_barrier(losses[m, p], ALPHAS), 4) for p in range(pairs)],
+        }
+        for m, name in enumerate(versions)
+        if name in objective
+    }
     out["seconds_weight_matching"] = round(t_w, 2)
     out["seconds_activation_matching"] = round(t_a, 2)
     out["curves"] = {
@@ -182,7 +204,8 @@ def barrier_for(
     }
     log(
         f"barrier {kind} width={width}: naive={out['naive']:.3f} weight={out['weight']:.3f} "
-        f"activation={out['activation']:.3f} (endpoint acc {out['test_acc_endpoints']:.3f})"
+        f"activation={out['activation']:.3f} (endpoint acc {out['test_acc_endpoints']:.3f}); "
+        f"identity start only: weight={out['weight_identity_start']:.3f}"
     )
     return out
 
