@@ -28,7 +28,7 @@ import glob
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,7 @@ __all__ = [
     "save_safetensors",
     "save_weights",
     "to_tensors",
+    "write_member_files",
 ]
 
 FORMATS = ("safetensors", "npz")
@@ -299,23 +300,54 @@ def save_safetensors(
         _refuse_existing(path, overwrite)
         _write_safetensors(path, tensors, meta)
         return path
-    from tqdm.auto import tqdm
-
-    stacked = to_tensors(target, params, layout="torch", batched=True, key_map=key_map)
     n = pop_ops.num_targets(params)
     if member_metadata is not None and len(member_metadata) != n:
         raise WeightspaceError(f"member_metadata has {len(member_metadata)} rows for {n} members")
     directory = prepare_dir(path, overwrite=overwrite, hint="use --overwrite (overwrite=True)")
+    extra = [
+        {**dict(metadata or {}), **(dict(member_metadata[i]) if member_metadata else {})}
+        for i in range(n)
+    ]
+    write_member_files(
+        directory, target, params, metadata=extra, key_map=key_map, progress=progress
+    )
+    return directory
+
+
+def write_member_files(
+    directory: str,
+    target: Target,
+    population: Params,
+    *,
+    names: Sequence[str] | None = None,
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+    key_map: Mapping[str, str] | None = None,
+    progress: bool = False,
+) -> list[str]:
+    """Writes each member of `population` as one PyTorch-layout safetensors file
+    ``<directory>/<name>.safetensors`` (default names ``member-00000``, ...), with
+    `metadata[i]` in its metadata; returns the paths. The directory must exist."""
+    from tqdm.auto import tqdm
+
+    stacked = to_tensors(target, population, layout="torch", batched=True, key_map=key_map)
+    n = pop_ops.num_targets(population)
+    names = list(names) if names is not None else [f"member-{i:05d}" for i in range(n)]
+    if len(names) != n or (metadata is not None and len(metadata) != n):
+        raise WeightspaceError(f"write_member_files: {n} members, {len(names)} names")
+    paths = []
     for i in tqdm(range(n), disable=not progress, desc="export", unit="net"):
         one = {k: np.asarray(v[i], order="C") for k, v in stacked.items()}
-        extra = {**dict(metadata or {}), "member_index": i}
-        if member_metadata is not None:
-            extra.update(member_metadata[i])
         meta = file_metadata(
-            target, one, layout="torch", num_targets=None, metadata=extra, key_map=key_map
+            target,
+            one,
+            layout="torch",
+            num_targets=None,
+            metadata=metadata[i] if metadata is not None else None,
+            key_map=key_map,
         )
-        _write_safetensors(os.path.join(directory, f"member-{i:05d}.safetensors"), one, meta)
-    return directory
+        paths.append(os.path.join(directory, f"{names[i]}.safetensors"))
+        _write_safetensors(paths[-1], one, meta)
+    return paths
 
 
 def _read_safetensors_file(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
