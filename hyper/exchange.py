@@ -453,19 +453,83 @@ def import_weights(
         rows0 = scz.read(path).metrics[:1]
         dataset = dataset or (str(rows0[0].get("config.dataset", "")) if rows0 else None)
     else:
-        if not os.path.exists(path):
-            raise WeightspaceError(f"--from {path}: no such file or directory")
         prepare_dir(out, overwrite=overwrite, holds="zoo", hint="use --overwrite", write=False)
-        target = target if target is not None else formats.read_target(path)
-        params = formats.load_weights(target, path, format=format, layout=layout, progress=progress)
-        n = target.validate(params, batched=True) if _is_batched(target, params) else None
-        if n is None:
-            params, n = pop_ops.of_one(params), 1
-        nan = np.full(n, np.nan)
-        per_epoch = {0: (params, {k: nan for k in _METRICS}, np.zeros(n, bool))}
-        parts = [("g0", target, [{"member": i} for i in range(n)], per_epoch)]
+        parts = _weight_file_parts(path, format, target, layout, progress)
     source = {"format": format, "path": path}
     return _write_zoo(os.fspath(out), parts, dataset=dataset, source=source, overwrite=overwrite)
+
+
+def _weight_file_parts(
+    path: str, format: str, target: Target | None, layout: str | None, progress: bool
+):
+    """Zoo groups from a weight file or a directory of them: one group per target (the
+    given one, or each file's stored config); member ids and metrics from the metadata
+    our export stores (``member``/``members``, ``metrics``), else numbered in file order."""
+    from tqdm.auto import tqdm
+
+    ext = "npz" if format == "npz" else "safetensors"
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(f".{ext}"))
+        if not files:
+            raise WeightspaceError(f"--from {path}: no .{ext} files")
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise WeightspaceError(f"--from {path}: no such file or directory")
+    groups: dict[str, dict[str, Any]] = {}
+    for f in tqdm(files, disable=not progress, desc="import", unit="file"):
+        t, params, meta = formats.load_file(f, target, layout=layout)
+        batched = _is_batched(t, params)
+        pop = params if batched else pop_ops.of_one(params)
+        n = pop_ops.num_targets(pop)
+        extra = meta.get("metadata", {})
+        members = extra.get("members") if batched else [extra.get("member")]
+        metrics = extra.get("metrics") if batched else [extra.get("metrics")]
+        if not _rows_of(members, n, member=True):
+            members = [None] * n
+        if not _rows_of(metrics, n):
+            metrics = [None] * n
+        key = "given" if target is not None else json.dumps(t.config, sort_keys=True)
+        g = groups.setdefault(key, {"target": t, "pops": [], "members": [], "metrics": []})
+        g["pops"].append(pop_ops.to_numpy(pop))
+        g["members"].extend(members)
+        g["metrics"].extend(metrics)
+    ids = [m["member"] if m else None for g in groups.values() for m in g["members"]]
+    if None in ids or len(set(ids)) != len(ids):  # number the networks in file order
+        count = iter(range(len(ids)))
+        for g in groups.values():
+            g["members"] = [{**(m or {}), "member": next(count)} for m in g["members"]]
+    epochs = {(r or {}).get("epoch") for g in groups.values() for r in g["metrics"]}
+    epoch = epochs.pop() if len(epochs) == 1 else None
+    epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0 else 0
+    parts = []
+    for i, g in enumerate(groups.values()):
+        flat = {k: np.concatenate([p[k] for p in g["pops"]]) for k in g["pops"][0]}
+        n = len(g["members"])
+        metrics = {
+            k: np.asarray([_number((r or {}).get(k)) for r in g["metrics"]], np.float64)
+            for k in _METRICS
+        }
+        diverged = np.asarray([bool((r or {}).get("diverged", False)) for r in g["metrics"]])
+        pop = pop_ops.from_numpy(g["target"], flat, batched=True)
+        parts.append((f"g{i}", g["target"], g["members"], {epoch: (pop, metrics, diverged[:n])}))
+    return parts
+
+
+def _rows_of(rows: Any, n: int, *, member: bool = False) -> bool:
+    """Whether `rows` is `n` JSON objects (with an int ``member`` if `member`)."""
+    return (
+        isinstance(rows, list)
+        and len(rows) == n
+        and all(
+            isinstance(r, dict)
+            and (
+                not member
+                or (isinstance(r.get("member"), int) and not isinstance(r.get("member"), bool))
+            )
+            for r in rows
+        )
+    )
 
 
 def _is_batched(target: Target, params: Params) -> bool:

@@ -54,6 +54,7 @@ __all__ = [
     "FormatError",
     "file_metadata",
     "from_tensors",
+    "load_file",
     "load_npz",
     "load_safetensors",
     "load_weights",
@@ -501,8 +502,12 @@ def _read_npz(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not os.path.isfile(path):
         raise FormatError(f"{path}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as fh:  # our handle: numpy leaks its own when zipfile fails
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, Mapping):  # a bare .npy array
+                raise ValueError("a single .npy array, not an .npz archive")
             tensors = {k: z[k] for k in z.files}
+            z.close()
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as e:
         raise FormatError(f"{path}: not a readable .npz file ({e})") from None
     raw = tensors.pop(_NPZ_META, None)
@@ -571,6 +576,40 @@ def save_weights(
             overwrite=overwrite,
         )
     raise WeightspaceError(f"unknown format {format!r}; expected one of {list(FORMATS)}")
+
+
+def load_file(
+    path: str | os.PathLike,
+    target: Target | None = None,
+    *,
+    layout: str | None = None,
+    key_map: Mapping[str, str] | None = None,
+) -> tuple[Target, Params, dict[str, Any]]:
+    """One safetensors or ``.npz`` file (by suffix: ``.npz``, else safetensors):
+    ``(target, params, metadata)``, the params a population if the file is stacked.
+
+    Args:
+      target: the network the file holds (default: rebuilt from the file's metadata,
+        `read_target`).
+
+    Raises:
+      FormatError: as `load_safetensors`, or no `target` and no rebuild config in the file.
+    """
+    path = os.path.abspath(os.fspath(path))
+    reader = _read_npz if path.endswith(".npz") else _read_safetensors_file
+    tensors, raw = reader(path)
+    meta = _decode_meta(path, raw)
+    if target is None:
+        config = (meta.get("target") or {}).get("config")
+        if not config or "arch" not in config:
+            raise FormatError(
+                f"{path}: no target rebuild config in the file; give the target "
+                "(a preset name or a make_target JSON config)"
+            )
+        target = target_from_stored(config, path)
+    lay = _layout_of(path, meta, layout)
+    params = from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
+    return target, params, meta
 
 
 def load_weights(
