@@ -52,6 +52,7 @@ __all__ = [
     "FORMAT_TAG",
     "LAYOUTS",
     "FormatError",
+    "check_tensors",
     "file_metadata",
     "from_tensors",
     "load_file",
@@ -166,6 +167,31 @@ def from_tensors(
       FormatError: a missing or unexpected key, a shape or dtype that differs from the
         target's, or leading axes that disagree between tensors.
     """
+    lead = check_tensors(
+        target, tensors, layout=layout, batched=batched, key_map=key_map, where=where
+    )
+    want, _ = _expected(target, layout, key_map)
+    if layout == "flax":
+        return pop_ops.from_numpy(target, {k: tensors[k] for k in want}, batched=bool(lead))
+    sd = {k: tensors[k] for k in want}
+    return from_torch_state_dict(target, sd, batched=bool(lead), key_map=key_map)
+
+
+def check_tensors(
+    target: Target,
+    tensors: Mapping[str, np.ndarray],
+    *,
+    layout: str = "torch",
+    batched: bool | None = None,
+    key_map: Mapping[str, str] | None = None,
+    where: str = "tensors",
+) -> int:
+    """Checks every key, shape and dtype of `tensors` against `target` (see
+    `from_tensors`); returns the number of leading axes (0, or 1 for a population).
+
+    Raises:
+      FormatError: the first mismatch.
+    """
     _check_layout(layout)
     want, nbt = _expected(target, layout, key_map)
     for k in want:
@@ -208,10 +234,7 @@ def from_tensors(
                     f"{where}: {k!r} must be an integer scalar{' per target' if lead else ''}, "
                     f"got {a.dtype} {a.shape}"
                 )
-    if layout == "flax":
-        return pop_ops.from_numpy(target, {k: tensors[k] for k in want}, batched=bool(lead))
-    sd = {k: tensors[k] for k in want}
-    return from_torch_state_dict(target, sd, batched=bool(lead), key_map=key_map)
+    return lead
 
 
 def file_metadata(
@@ -229,10 +252,7 @@ def file_metadata(
     want, nbt = _expected(target, layout, key_map)
     roles = {k: target.leaf(p).role for k, (p, _, _) in want.items()}
     roles.update({k: "batch_count" for k in nbt if k in tensors})
-    try:
-        extra = json.dumps(dict(metadata or {}), sort_keys=True)
-    except (TypeError, ValueError) as e:
-        raise WeightspaceError(f"metadata must be JSON-able: {e}") from None
+    extra = _metadata_json(metadata)
     return {
         "format": FORMAT_TAG,
         "version": "1",
@@ -243,6 +263,13 @@ def file_metadata(
         "paths": json.dumps({k: p for k, (p, _, _) in want.items()}),
         "metadata": extra,
     }
+
+
+def _metadata_json(metadata: Mapping[str, Any] | None) -> str:
+    try:
+        return json.dumps(dict(metadata or {}), sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise WeightspaceError(f"metadata must be JSON-able: {e}") from None
 
 
 def _refuse_existing(path: str, overwrite: bool) -> None:
@@ -336,16 +363,12 @@ def write_member_files(
     if len(names) != n or (metadata is not None and len(metadata) != n):
         raise WeightspaceError(f"write_member_files: {n} members, {len(names)} names")
     paths = []
+    base = file_metadata(target, stacked, layout="torch", num_targets=None, key_map=key_map)
     for i in tqdm(range(n), disable=not progress, desc="export", unit="net"):
         one = {k: np.asarray(v[i], order="C") for k, v in stacked.items()}
-        meta = file_metadata(
-            target,
-            one,
-            layout="torch",
-            num_targets=None,
-            metadata=metadata[i] if metadata is not None else None,
-            key_map=key_map,
-        )
+        meta = dict(base)
+        if metadata is not None:
+            meta["metadata"] = _metadata_json(metadata[i])
         paths.append(os.path.join(directory, f"{names[i]}.safetensors"))
         _write_safetensors(paths[-1], one, meta)
     return paths
@@ -453,14 +476,22 @@ def load_safetensors(
         files = member_files(path)
         if not files:
             raise FormatError(f"{path}: no member-*.safetensors files")
-        members = []
+        # every file checked on its own (errors name it), then one conversion of the stack
+        stacked: dict[str, list[np.ndarray]] = {}
+        lay = None
         for f in tqdm(files, disable=not progress, desc="import", unit="net"):
             tensors, raw = _read_safetensors_file(f)
-            lay = _layout_of(f, _decode_meta(f, raw), layout)
-            members.append(
-                from_tensors(target, tensors, layout=lay, batched=False, key_map=key_map, where=f)
-            )
-        return pop_ops.stack(members)
+            this = _layout_of(f, _decode_meta(f, raw), layout)
+            if lay is not None and this != lay:
+                raise FormatError(f"{f}: the {this} layout among files of the {lay} layout")
+            lay = this
+            check_tensors(target, tensors, layout=lay, batched=False, key_map=key_map, where=f)
+            for k, v in tensors.items():
+                stacked.setdefault(k, []).append(v)
+        if len({len(v) for v in stacked.values()}) != 1:
+            raise FormatError(f"{path}: the member files do not hold the same tensors")
+        arrays = {k: np.stack(v) for k, v in stacked.items()}
+        return from_tensors(target, arrays, layout=lay, batched=True, key_map=key_map, where=path)
     tensors, raw = _read_safetensors_file(path)
     lay = _layout_of(path, _decode_meta(path, raw), layout)
     return from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
