@@ -280,8 +280,11 @@ def _refuse_existing(path: str, overwrite: bool) -> None:
 
 
 def _write_safetensors(path: str, tensors: Mapping[str, np.ndarray], meta: dict[str, str]):
+    # the bytes written through open(): save_file creates files readable by their owner only
+    data = st_numpy.save(dict(tensors), metadata=meta)
     tmp = path + ".tmp"
-    st_numpy.save_file(dict(tensors), tmp, metadata=meta)
+    with open(tmp, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)
 
 
