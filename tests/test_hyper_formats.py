@@ -524,6 +524,22 @@ def test_cli_export_import_round_trip(tiny_zoo, tmp_path):
     assert equal(one.groups[0].params, pop_ops.take(source.groups[0].params, [1]))
 
 
+def test_export_of_a_saved_population(rescnn_target, random_params, tmp_path):
+    """A pruned or assembled model is a saved population: it exports like a zoo member."""
+    from hyper.checkpoint import save_population
+
+    pop = random_params(rescnn_target, 11, n=2)
+    save_population(tmp_path / "pop", pop, rescnn_target)
+    path = exchange.export(
+        tmp_path / "pop", tmp_path / "m1.safetensors", format="safetensors", member=1
+    )
+    t, params, meta = formats.load_file(path)
+    assert t.config == rescnn_target.config and meta["metadata"]["member"] == {"member": 1}
+    assert equal(params, pop_ops.take(pop, 1))
+    with pytest.raises(WeightspaceError, match="not a zoo"):
+        exchange.export(tmp_path / "pop", tmp_path / "x.npz", format="npz", epoch=3)
+
+
 def test_cli_bad_input_exits_2(tiny_zoo, tmp_path, capsys):
     z = str(tiny_zoo)
     (tmp_path / "taken.npz").write_bytes(b"")
