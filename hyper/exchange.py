@@ -142,11 +142,20 @@ def _small_cnn_rows(
 
 
 def _export_small_cnn_zoo(
-    directory: str, out: str, member: int | None, overwrite: bool, progress: bool
+    directory: str,
+    out: str,
+    member: int | None,
+    epoch: int | None,
+    overwrite: bool,
+    progress: bool,
 ) -> str:
     from tqdm.auto import tqdm
 
     epochs = _zoo_epochs(directory) or [None]
+    if epoch is not None:
+        if epoch not in epochs:
+            raise WeightspaceError(f"--epoch {epoch}: not a checkpointed epoch ({epochs})")
+        epochs = [epoch]
     zoo_config = (
         zoo_format.read_config(os.path.join(directory, "zoo.json")) if epochs[0] is not None else {}
     )
@@ -190,8 +199,8 @@ def export(
     one file (``"flax"`` layout, or npz) or a directory of per-member files (safetensors,
     ``"torch"`` layout: ``member-<id>.safetensors``, the zoo's member ids); several targets
     (a zoo's groups) go to a directory with one such entry per group (``<group>.<ext>``).
-    small-cnn-zoo: every checkpointed epoch of the zoo (or the population) as one Small
-    CNN Zoo directory.
+    small-cnn-zoo: every checkpointed epoch of the zoo (`epoch`: only that one), or the
+    population, as one Small CNN Zoo directory (`layout` does not apply).
 
     Returns:
       the absolute path written.
@@ -201,7 +210,7 @@ def export(
     if format not in EXPORT_FORMATS:
         raise WeightspaceError(f"unknown format {format!r}; expected one of {list(EXPORT_FORMATS)}")
     if format == "small-cnn-zoo":
-        return _export_small_cnn_zoo(d, out, member, overwrite, progress)
+        return _export_small_cnn_zoo(d, out, member, epoch, overwrite, progress)
     groups = load_source(d, epoch=epoch)
     if member is not None:
         g = _select_member(groups, member)[0]
