@@ -90,6 +90,23 @@ def test_every_preset_round_trips_exactly(presets, random_params, tmp_path, layo
             assert formats.read_target(path).config == t.config
 
 
+def test_scalar_leaves_keep_their_shape(tmp_path):
+    """A 0-d leaf (a learned temperature) stays 0-d in both layouts (not `(1,)`)."""
+    import jax.numpy as jnp
+
+    from hyper.target import Target
+
+    def apply(p, x):
+        return (x.reshape(x.shape[0], -1) @ p["w"] + p["b"][None]) * p["temp"]
+
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3), "temp": jnp.asarray(2.0)}
+    t = Target.from_function(apply, params, sample_input=jnp.zeros((1, 4)))
+    for layout in formats.LAYOUTS:
+        p = formats.save_safetensors(t, params, tmp_path / f"{layout}.safetensors", layout=layout)
+        assert st_numpy.load_file(p)["temp"].shape == ()
+        assert equal(formats.load_safetensors(t, p), params)
+
+
 def test_population_round_trips_in_every_format(rescnn_target, random_params, tmp_path):
     """A population with BatchNorm: a directory of strict PyTorch state_dicts (with
     num_batches_tracked), a stacked flax file, stacked npz files of both layouts."""
