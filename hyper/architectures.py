@@ -98,7 +98,7 @@ class MLP(nnx.Module):
 
 
 class CNN2d(nnx.Module):
-    """Conv stack (`kernel_size`, 'SAME', given strides) + global average pooling + dense.
+    """Conv stack (`kernel_size`, `padding`, given strides) + global average pooling + dense.
 
     Input `[batch, H, W]` or `[batch, H, W, C]`. `kernel_size` is one size or one per conv
     layer. With `batchnorm`, each conv is followed by BatchNorm (conv-BN-act); with
@@ -108,7 +108,8 @@ class CNN2d(nnx.Module):
     'SAME' follows XLA: per axis the total padding ``max((ceil(n/s) - 1)*s + k - n, 0)`` is
     split ``low = total // 2``, ``high = total - low``. With stride 2 on an even input that
     is asymmetric (k=3, n=8: low 0, high 1), which a PyTorch ``Conv2d(padding=...)`` cannot
-    express: a PyTorch port needs ``F.pad`` before a ``padding=0`` conv.
+    express: a PyTorch port needs ``F.pad`` before a ``padding=0`` conv. ``padding="VALID"``
+    (no padding, Keras' default: the Small CNN Zoo) is PyTorch's ``padding=0``.
     """
 
     def __init__(
@@ -123,10 +124,13 @@ class CNN2d(nnx.Module):
         dropout: float = 0.0,
         batchnorm: bool = False,
         residual: bool = False,
+        padding: str = "SAME",
         ndim: int = 2,
         rngs: nnx.Rngs,
     ):
         channels = _check_widths("CNN", channels)
+        if padding not in ("SAME", "VALID"):
+            raise WeightspaceError(f"CNN: padding must be 'SAME' or 'VALID', got {padding!r}")
         strides = tuple(strides) if strides is not None else (1,) + (2,) * (len(channels) - 1)
         if len(strides) != len(channels):
             raise WeightspaceError(f"CNN: {len(strides)} strides for {len(channels)} conv layers")
@@ -141,7 +145,7 @@ class CNN2d(nnx.Module):
         self.ndim = ndim
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, (k,) * ndim, strides=(s,) * ndim, padding="SAME", rngs=rngs)
+                nnx.Conv(a, b, (k,) * ndim, strides=(s,) * ndim, padding=padding, rngs=rngs)
                 for a, b, s, k in zip(sizes[:-1], sizes[1:], strides, kernels, strict=True)
             ]
         )
@@ -367,6 +371,7 @@ _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
                 "dropout": c.get("dropout", 0.0),
                 "batchnorm": c.get("batchnorm", False),
                 "residual": c.get("residual", False),
+                "padding": c.get("padding", "SAME"),
             },
         ),
     ),
@@ -410,7 +415,7 @@ _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
 _CONV_KEYS = {"in_channels", "channels", "out_features", "kernel_size", "strides", "activation"}
 _KEYS: dict[str, set[str]] = {
     "mlp": {"in_features", "widths", "out_features", "activation", "dropout"},
-    "cnn2d": _CONV_KEYS | {"dropout", "batchnorm", "residual"},
+    "cnn2d": _CONV_KEYS | {"dropout", "batchnorm", "residual", "padding"},
     "cnn1d": _CONV_KEYS | {"dropout"},
     "rescnn": {"in_channels", "channels", "out_features", "num_blocks", "activation"},
     "transformer": {

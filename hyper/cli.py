@@ -3,6 +3,12 @@
   weightspace zoo --preset digits-cnn --seeds 8 --epochs E --checkpoint-epochs 0,1,2,5,10,E
                   --out DIR [--grid FILE.json] [--overwrite | --resume] [--quiet]
   weightspace info DIR [--epoch E]
+  weightspace export --from DIR [--member I | --all] [--epoch E]
+                     --format safetensors|npz|small-cnn-zoo [--layout torch|flax] --out PATH
+                     [--overwrite] [--quiet]
+  weightspace import --from PATH --format safetensors|npz|small-cnn-zoo
+                     [--target PRESET|JSON] [--layout torch|flax] --out ZOO_DIR
+                     [--overwrite] [--quiet]
   weightspace hyper train --config FILE|PRESET --out DIR [--resume | --overwrite] [--quiet]
   weightspace hyper generate --from DIR --conditions FILE|GRID --out DIR [--overwrite]
 
@@ -87,9 +93,70 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a zoo directory")
     i.add_argument("dir")
     i.add_argument("--epoch", type=int, default=None)
+    _add_exchange_parsers(sub)
     for plugin in _plugins():
         plugin.add_parsers(sub)
     return p
+
+
+def _add_exchange_parsers(sub: Any) -> None:
+    formats = ("safetensors", "npz", "small-cnn-zoo")  # hyper.exchange.EXPORT_FORMATS
+    e = sub.add_parser("export", help="write networks as safetensors, npz or the Small CNN Zoo")
+    e.add_argument("--from", dest="source", required=True, help="a zoo or a saved population")
+    which = e.add_mutually_exclusive_group()
+    which.add_argument("--member", type=int, default=None, help="one member (its zoo id)")
+    which.add_argument("--all", action="store_true", help="every member (the default)")
+    e.add_argument("--epoch", type=int, default=None, help="a zoo's epoch (default: the last)")
+    e.add_argument("--format", required=True, choices=formats)
+    e.add_argument("--layout", choices=("torch", "flax"), default="torch")
+    e.add_argument("--out", required=True, help="output file or directory")
+    e.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    e.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    m = sub.add_parser("import", help="read safetensors, npz or Small CNN Zoo files as a zoo")
+    m.add_argument("--from", dest="source", required=True, help="a file or a directory")
+    m.add_argument("--format", required=True, choices=formats)
+    m.add_argument(
+        "--target",
+        default=None,
+        help="a preset name, 'small-cnn-zoo', or a make_target JSON config (object or file); "
+        "default: the file's own",
+    )
+    m.add_argument("--layout", choices=("torch", "flax"), default=None)
+    m.add_argument("--dataset", default=None, help="dataset name stored in zoo.json")
+    m.add_argument("--out", required=True, help="the zoo directory to write")
+    m.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    m.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _run_exchange(args: argparse.Namespace) -> int:
+    from hyper import exchange
+
+    if args.command == "export":
+        path = exchange.export(
+            args.source,
+            args.out,
+            format=args.format,
+            layout=args.layout,
+            member=args.member,
+            epoch=args.epoch,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    else:
+        target = exchange.resolve_target(args.target) if args.target else None
+        path = exchange.import_weights(
+            args.source,
+            args.out,
+            format=args.format,
+            target=target,
+            layout=args.layout,
+            dataset=args.dataset,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    if not args.quiet:
+        print(f"wrote {path}")
+    return 0
 
 
 def _plugins() -> list[Any]:
@@ -146,6 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         z = zoo.load(args.dir, epoch=args.epoch)
         print(zoo.summarize(z, args.epoch))
         return 0
+    if args.command in ("export", "import"):
+        return _run_exchange(args)
     if callable(getattr(args, "run", None)):
         return int(args.run(args))
     raise UsageError(f"unknown command {args.command!r}")

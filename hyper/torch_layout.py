@@ -232,7 +232,9 @@ def to_torch_state_dict(
     flat = flatten_dict(params)
     lead = 1 if batched else 0
     return {
-        keys[s.path]: np.ascontiguousarray(layouts[s.path].to_torch(np.asarray(flat[s.path]), lead))
+        keys[s.path]: np.asarray(
+            layouts[s.path].to_torch(np.asarray(flat[s.path]), lead), order="C"
+        )
         for s in target.spec
     }
 
