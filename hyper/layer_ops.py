@@ -7,11 +7,10 @@ jaxpr of the target's evaluation apply (`hyper.jaxpr.steps`, calls inlined):
 - `activations`: for every layer whose kernel is the matrix of a contraction
   (``dot_general``/``conv_general_dilated``), or whose embedding table a ``gather`` reads,
   the elementwise nonlinearity applied to the contraction's (gather's) output before the
-  next contraction. The walk starts at the contraction's
-  output and follows every value computed from it (bias, normalization, residual
-  additions, pooling), stopping at contractions; the nearest *signature* equation opens
-  the activation, whose kind is read from the equations that follow from its input
-  without mixing in another stream:
+  next contraction. The walk starts at that output and follows every value computed from
+  it (bias, normalization, residual additions, pooling), stopping at contractions; the
+  nearest *signature* equation opens the activation, whose kind is read from the
+  equations that follow from its input without mixing in another stream:
 
   ==============  =============================================================
   ``relu``        ``max(x, c)`` with a constant ``c``

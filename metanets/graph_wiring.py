@@ -37,13 +37,13 @@ from hyper.target import Target
 
 __all__ = [
     "blocking_ops",
-    "refuse_shared",
     "flatten_extent",
     "flatten_map",
     "flatten_positions",
     "grouped_senders",
     "is_table",
     "read_layer",
+    "refuse_shared",
 ]
 
 _FIXES = (
