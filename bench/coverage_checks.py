@@ -68,8 +68,9 @@ REQUIRED_OK: tuple[tuple[str, str], ...] = (
     *(("function_flat", op) for op in ("spec", "pop", "train")),
     # Beyond the issue's list: what the fixes of issue 28 made OK stays OK.
     *((n, op) for n in ("depthwise_separable", "grouped_conv") for op in _CNN_OPS),
-    *(("token_embedding", op) for op in ("prune", "align")),
+    *(("token_embedding", op) for op in ("prune", "align", "graph")),
     *((n, "prune") for n in ("mlp_linen", "mlp_rmsnorm", "cnn_groupnorm")),
+    ("cnn_groupnorm", "graph"),
 )
 # The only refusals the issue allows: what cannot be expressed. A weight shared between
 # two layers has no graph with one edge per weight, and its two uses tie their units.

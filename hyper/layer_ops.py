@@ -5,12 +5,12 @@ Names and configs say nothing about a network a user brings, so both are read fr
 jaxpr of the target's evaluation apply (`hyper.jaxpr.steps`, calls inlined):
 
 - `activations`: for every layer whose kernel is the matrix of a contraction
-  (``dot_general``/``conv_general_dilated``), the elementwise nonlinearity applied to the
-  contraction's output before the next contraction. The walk starts at the contraction's
-  output and follows every value computed from it (bias, normalization, residual
-  additions, pooling), stopping at contractions; the nearest *signature* equation opens
-  the activation, whose kind is read from the equations that follow from its input
-  without mixing in another stream:
+  (``dot_general``/``conv_general_dilated``), or whose embedding table a ``gather`` reads,
+  the elementwise nonlinearity applied to the contraction's (gather's) output before the
+  next contraction. The walk starts at that output and follows every value computed from
+  it (bias, normalization, residual additions, pooling), stopping at contractions; the
+  nearest *signature* equation opens the activation, whose kind is read from the
+  equations that follow from its input without mixing in another stream:
 
   ==============  =============================================================
   ``relu``        ``max(x, c)`` with a constant ``c``
@@ -26,8 +26,9 @@ jaxpr of the target's evaluation apply (`hyper.jaxpr.steps`, calls inlined):
 
   Another nonlinear elementwise primitive (``sin``, ``exp``, ``abs``, ...) is reported by
   its primitive name. Values computed by a reduction (a norm's mean and variance, global
-  pooling) are *statistics*: nonlinearities applied only to them are no activations, so an
-  activation applied after a global reduction is not seen (reported ``identity``).
+  pooling) are *statistics*: nonlinearities applied only to them are no activations. A
+  contraction with a weight leaf starts the stream again, so the activation of a dense
+  layer after global pooling (or after an embedding's mean over tokens) is seen.
 
 - `norms`: for every normalization layer (leaves of roles ``norm_scale``, ``norm_shift``,
   ``running_stat``), read from the equations that compute the factor its scale multiplies:
@@ -43,7 +44,9 @@ merge or split axes, concatenations, grouped convolutions, ...): what to name wh
 of that layer cannot be followed.
 
 `layer_inputs` says which layers' outputs (or the network input) reach each layer's
-contraction, and `conv_groups` the ``feature_group_count`` of each convolution layer.
+contraction, `conv_groups` the ``feature_group_count`` of each convolution layer, and
+`weight_uses` which contractions and gathers read each weight leaf (more than one: a
+weight shared between layers).
 
 All return plain dicts ``layer_name -> kind`` and are cached per target and input shape.
 """
@@ -72,6 +75,7 @@ __all__ = [
     "layer_inputs",
     "norms",
     "structural_ops",
+    "weight_uses",
 ]
 
 ACTIVATION_KINDS = (
@@ -217,7 +221,8 @@ def _flow(closed: Any, n_leaves: int) -> _Flow:
         if not live:
             continue
         xdep.update(e.outs)
-        if e.prim in _REDUCE or all(v in stat for v in live):
+        weighted = e.prim in _CONTRACTIONS and any(v in leaf_of for v in e.ins if v is not None)
+        if e.prim in _REDUCE or (all(v in stat for v in live) and not weighted):
             stat.update(e.outs)
     return _Flow(eqns, producer, consumers, leaf_of, xdep, stat)
 
@@ -371,9 +376,20 @@ def _kernel_contractions(target: Target, flow: _Flow) -> dict[str, _Eqn]:
     return out
 
 
+def _table_gathers(target: Target, flow: _Flow) -> dict[str, _Eqn]:
+    """layer name -> the first gather whose table is one of the layer's embedding leaves."""
+    out: dict[str, _Eqn] = {}
+    for e in flow.ops:
+        if e.prim == "gather" and e.ins and e.ins[0] is not None and e.ins[0] in flow.leaf_of:
+            s = target.spec[flow.leaf_of[e.ins[0]]]
+            if s.role == "embedding":
+                out.setdefault(s.layer_name, e)
+    return out
+
+
 def activations(target: Target, sample_input: Any = None) -> dict[str, str]:
     """``layer name -> activation kind`` for every layer whose kernel a contraction reads
-    (see the module docstring), in forward order.
+    or whose embedding table a gather reads (see the module docstring), in forward order.
 
     Args:
       target: any target whose apply traces.
@@ -384,7 +400,8 @@ def activations(target: Target, sample_input: Any = None) -> dict[str, str]:
     """
     flow = _traced(target, sample_input)
     out: dict[str, str] = {}
-    for layer, e in _kernel_contractions(target, flow).items():
+    layers = _table_gathers(target, flow) | _kernel_contractions(target, flow)
+    for layer, e in sorted(layers.items(), key=lambda kv: kv[1].order):
         start = e.outs[0]
         region = _region(flow, start)
         hits = [i for i in region if _is_signature(flow, flow.ops[i])]
@@ -630,3 +647,28 @@ def conv_groups(target: Target, sample_input: Any = None) -> dict[str, int]:
         for name, e in _kernel_contractions(target, flow).items()
         if e.prim == "conv_general_dilated"
     }
+
+
+def weight_uses(target: Target, sample_input: Any = None) -> dict[str, tuple[str, ...]]:
+    """``leaf path -> the primitives that read it as a weight``, in evaluation order, for
+    every leaf that is (a view of) the matrix of a contraction (``dot_general``,
+    ``conv_general_dilated``) or the table of a ``gather``. More than one use is a weight
+    shared between layers (one `nnx.Linear` applied twice, an embedding table reused as
+    the output projection).
+
+    Raises:
+      WeightspaceError: apply does not trace on the input.
+    """
+    flow = _traced(target, sample_input)
+    out: dict[str, tuple[str, ...]] = {}
+    for e in flow.ops:
+        if e.prim in _CONTRACTIONS:
+            operands = e.ins[:2]
+        elif e.prim == "gather":
+            operands = e.ins[:1]
+        else:
+            continue
+        for i in {flow.leaf_of[v] for v in operands if v is not None and v in flow.leaf_of}:
+            path = target.spec[i].path
+            out[path] = (*out.get(path, ()), e.prim)
+    return out

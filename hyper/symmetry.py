@@ -44,6 +44,7 @@ __all__ = [
     "LeftOut",
     "StridedAxis",
     "axis_views",
+    "same_units",
     "entries",
     "left_out",
     "take_units",
@@ -372,6 +373,17 @@ def axis_views(target: Target, sample_input: Any = None) -> dict[tuple[str, int]
                 shape = tuple(uf.size[r] for r in exp)
                 views[(s.path, ax)] = AxisView(shape, hit[0] if hit else None)
     return views
+
+
+def same_units(target: Target, a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether leaf axes `a` and `b` (``(path, axis)``) index the same units in the same
+    order: the analysis tied every row-major sub-axis of one to the other's, whether or not
+    the units are permutable (a GroupNorm's ``(groups, channels / groups)`` view of a conv's
+    channels ties them, though only the groups are a structural group)."""
+    an = _analysis(target, example_batch(target))
+    index = {s.path: i for i, s in enumerate(target.spec)}
+    ea, eb = (an.uf.expand(an.leaf_nodes[index[p]][ax]) for p, ax in (a, b))
+    return ea == eb
 
 
 def _order(s: Any) -> tuple[int, str]:

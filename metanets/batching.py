@@ -6,6 +6,11 @@ handful of programs, never one per batch; masks (``nodes["mask"]``, ``edges["mas
 path (`batch_graphs`) and the host path (`GraphBank`, which holds the features of a whole
 zoo in host memory and assembles batches of any subset). A batch built in ``parts`` splits
 into self-contained blocks that `shard_graphs` places one per device.
+
+Position-embedding features (``nodes["pos"]``, `GraphTopology.pos_width`) travel with
+their nodes: a batch holding any target with a position embedding carries ``pos`` at the
+largest width of its targets (of the bank's, for `GraphBank`), zeros for the other
+targets' nodes, the padding and the columns past a target's own width.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 from hyper import sharding
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
-from metanets.graph import features, population_to_graphs
+from metanets.graph import features, population_to_graphs, position_features
 from metanets.graph_topology import common_kernel_window, topology
 from metanets.probes import probe_features
 
@@ -60,6 +65,19 @@ def _concat(gs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
         n_edge=cat(*[g.n_edge for g in gs]),
         globals=jax.tree.map(cat, *[g.globals for g in gs]),
     )
+
+
+def _with_pos(graphs: jraph.GraphsTuple, width: int) -> jraph.GraphsTuple:
+    """`graphs` with ``nodes["pos"]`` of `width` features: zeros where it has none, its
+    own features then zero columns where it has fewer."""
+    xp = _array_module(graphs)
+    n = int(graphs.nodes["x"].shape[0])
+    pos = graphs.nodes.get("pos")
+    if pos is None:
+        pos = xp.zeros((n, width), graphs.nodes["x"].dtype)
+    elif pos.shape[1] < width:
+        pos = xp.concatenate([pos, xp.zeros((n, width - pos.shape[1]), pos.dtype)], axis=1)
+    return graphs._replace(nodes={**graphs.nodes, "pos": pos})
 
 
 def pad_graphs(
@@ -223,7 +241,11 @@ def batch_graphs(
         raise WeightspaceError("batch_graphs: no populations")
     window = common_kernel_window([t for t, _ in pairs]) if window is None else tuple(window)
     parts = _check_parts_count(parts)
-    g = _concat([population_to_graphs(t, p, window=window, probes=probes) for t, p in pairs])
+    gs = [population_to_graphs(t, p, window=window, probes=probes) for t, p in pairs]
+    pos_width = max(topology(t, window).pos_width for t, _ in pairs)
+    if pos_width:  # one `pos` width for every target's nodes, so they concatenate
+        gs = [_with_pos(g, pos_width) for g in gs]
+    g = _concat(gs)
     if not pad:
         if parts != 1:
             raise WeightspaceError(
@@ -285,6 +307,9 @@ class GraphBank:
       probes: fixed probe inputs `[K, *input_shape]`: batches then carry the ``probe``
         node features (`probe_features`, computed once per group).
 
+    Where a target has a position embedding, batches carry ``nodes["pos"]`` at
+    `pos_width`, the largest of the bank's targets (see the module docstring).
+
     Attributes:
       group / member: `[M]` the group and the index in its population of sample `i`.
     """
@@ -310,6 +335,16 @@ class GraphBank:
         self.probes = (
             None if probes is None else [np.asarray(probe_features(t, p, probes)) for t, p in pairs]
         )
+        # Position features at the bank's one width (zeros for targets without them).
+        self.pos_width = max(topo.pos_width for topo in self.topologies)
+        self.pos = None
+        if self.pos_width:
+            self.pos = []
+            for (t, p), topo, nodes in zip(pairs, self.topologies, self.nodes, strict=True):
+                pos = np.zeros((*nodes.shape[:2], self.pos_width), np.float32)
+                if topo.pos_width:
+                    pos[..., : topo.pos_width] = np.asarray(position_features(t, p, self.window))
+                self.pos.append(pos)
         sizes = [a.shape[0] for a in self.nodes]
         self.group = np.repeat(np.arange(len(sizes)), sizes)
         self.member = np.concatenate([np.arange(s) for s in sizes])
@@ -416,6 +451,8 @@ class GraphBank:
         }
         if self.probes is not None:
             nodes["probe"] = cat([self.probes[g][m] for g, m in rows])
+        if self.pos is not None:
+            nodes["pos"] = cat([self.pos[g][m] for g, m in rows])
         return jraph.GraphsTuple(
             nodes=nodes,
             edges={

@@ -9,7 +9,19 @@ Neuron/channel-level encoding (Neural Graphs / MetaPruning style, derived from t
 - biases and normalization parameters as node features, `NODE_FEATURES`:
   ``bias, scale, shift, mean, var`` (absent ones hold the identity values 0, 1, 0, 0, 1);
 - residual additions as identity edges (centre 1) from the channels added in to the
-  channels of the layer they are added to.
+  channels of the layer they are added to;
+- a token-embedding table `[vocab, d]` read by a gather as the dense layer it is on one-hot
+  tokens: the input nodes are the vocabulary, one edge per table entry (at the centre of
+  the window, as a dense weight) into its `d` feature nodes, which the next layers read.
+  It must be the network's one table and first layer.
+
+A normalization leaf belongs to the node set whose channels the traced computation ties to
+its axis: the structural group it shares with a layer's outputs, or, where the groups hold
+the channels only in part (a GroupNorm's reshape into `(groups, channels / groups)`, of
+which only the groups permute), the layer whose output axis the analysis ties to it
+sub-axis by sub-axis (`hyper.symmetry.same_units`). A weight that several contractions
+read (a shared weight, `hyper.layer_ops.weight_uses`) has no graph with one edge per
+weight and is refused, naming the leaf.
 
 Attention (Neural Graphs' per-head neurons): a dense kernel with several neuron axes,
 input axes first (``nnx.MultiHeadAttention``'s q/k/v `(D, heads, head_dim)`, out
@@ -55,10 +67,10 @@ import numpy as np
 from hyper import layer_ops
 from hyper.architectures import ACTIVATIONS
 from hyper.errors import WeightspaceError
-from hyper.symmetry import structural_groups
+from hyper.symmetry import same_units, structural_groups
 from hyper.target import Target
 from metanets import graph_wiring
-from metanets.graph_wiring import blocking_ops
+from metanets.graph_wiring import blocking_ops, is_table, refuse_shared
 
 __all__ = [
     "ACTIVATION_IDS",
@@ -173,9 +185,24 @@ def _kernel_hw(s) -> tuple[int, int]:
     return _spatial(s.shape, s.path)
 
 
+def _as_kernel(s):
+    """A token-embedding table `[vocab, d]` as the dense kernel it is on one-hot vocab
+    inputs (input axis 0); any other leaf unchanged."""
+    return dataclasses.replace(s, in_axes=(0,), in_axis=None) if is_table(s) else s
+
+
 def _check_leaves(target: Target) -> None:
     """Refuses leaves the encoding has no place for, naming their layer."""
+    refuse_shared(target)
     for s in target.spec:
+        if is_table(s):
+            if len(s.shape) != 2 or s.out_axes != (1,):
+                raise WeightspaceError(
+                    f"{target.name}: layer {s.layer_name!r}: embedding table {s.path!r} of "
+                    f"shape {s.shape} (feature axes {s.out_axes}) is not a [vocab, features] "
+                    "table; the graph encoding places only those (one edge per entry)"
+                )
+            continue
         if _is_position(s):
             if s.out_axis is None:
                 raise WeightspaceError(
@@ -187,7 +214,8 @@ def _check_leaves(target: Target) -> None:
             raise WeightspaceError(
                 f"{target.name}: layer {s.layer_name!r} (leaf {s.path!r}, role {s.role}, kind "
                 f"{s.layer_kind}) is not supported by the graph encoding: only dense and conv "
-                "kernels, biases and normalization layers"
+                "kernels, [vocab, features] embedding tables, biases, normalization layers "
+                "and position embeddings"
             )
         if s.role == "kernel" and (not s.in_axes or not s.out_axes):
             raise WeightspaceError(
@@ -263,7 +291,10 @@ def topology(target: Target, window: Sequence[int] | None = None) -> GraphTopolo
 def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     spec = target.spec
     _check_leaves(target)
-    kernels = sorted((s for s in spec if s.role == "kernel"), key=lambda s: (s.layer, s.path))
+    kernels = sorted(
+        (_as_kernel(s) for s in spec if s.role == "kernel" or is_table(s)),
+        key=lambda s: (s.layer, s.path),
+    )
     if not kernels:
         raise WeightspaceError(f"{target.name}: no kernel leaves; nothing to turn into a graph")
     for k in kernels:
@@ -300,6 +331,14 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     norm_kinds = layer_ops.norms(target)
     # Node sets: inputs, then one per kernel (its outputs).
     first = kernels[0]
+    tables = [k for k in kernels if is_table(k)]
+    if tables and (len(tables) > 1 or tables[0] is not first):
+        names = ", ".join(repr(t.layer_name) for t in tables)
+        raise WeightspaceError(
+            f"{target.name}: embedding layers {names}: the graph's input nodes are the "
+            "vocabulary of one embedding table, the first layer (one-hot tokens); several "
+            "tables, or a table after another layer, are not supported"
+        )
     if any((first.path, a) in covered for a in first.in_axes):
         raise WeightspaceError(
             f"{target.name}: layer {first.layer_name!r} is the first kernel but its inputs are "
@@ -341,6 +380,10 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     # producers whose outputs reach a later contraction are added into a residual stream:
     # attention's q/k/v projections share groups through the attention product instead.
     reaching = {src for srcs in layer_ops.layer_inputs(target).values() for src in srcs}
+    if tables:  # a gathered table's output is no `layer_inputs` source: ask who reads it
+        reaching |= {t.layer_name for t in tables} & {
+            graph_wiring.read_layer(target, k, kernels, axis_group) for k in kernels
+        }
     producers: dict[int, list[Any]] = {}
     for k in kernels:
         gi = axis_group.get((k.path, k.out_axis)) if k.out_axis is not None else None
@@ -356,6 +399,14 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
                 raise WeightspaceError(
                     f"{target.name}: layer {k.layer_name!r} reads the network input, but its "
                     "inputs are tied to another layer's outputs; unsupported connection"
+                )
+            if tables and k is not first:
+                raise WeightspaceError(
+                    f"{target.name}: layer {k.layer_name!r}: its inputs are not the features "
+                    f"of embedding layer {first.layer_name!r} (leaf {first.path!r}) but the "
+                    "tokens or a value the graph cannot follow (e.g. a reduction or indexing "
+                    "of the features); the graph's input nodes are that table's vocabulary, "
+                    "so every other layer must read the table's features"
                 )
             reads[k.path] = 0
             continue
@@ -440,6 +491,8 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
     norm_owner: dict[int, str] = {}
     taken: set[tuple[int, int]] = set()
     for s in spec:
+        if is_table(s):
+            s = _as_kernel(s)  # its [vocab, d] entries are the edges vocab -> d
         if s.role == "kernel" and s.path in flat_maps:
             shape, channel = flat_maps[s.path]
             ch, ph, pw = (np.asarray(a) for a in graph_wiring.flatten_positions(shape, channel))
@@ -450,7 +503,7 @@ def _build_topology(target: Target, window: tuple[int, int]) -> GraphTopology:
             slot = ((oh + ph) * ww + (ow + pw))[:, None]
             index_parts.append((node_size + edge * f + slot).reshape(-1))  # [rows, out]
             continue
-        if s.role == "kernel":
+        if s.role == "kernel" or is_table(s):
             kh, kw = _kernel_hw(s)
             oh, ow = (wh - kh) // 2, (ww - kw) // 2
             n_in, n_out = _units(s, s.in_axes), _units(s, s.out_axes)
@@ -536,7 +589,20 @@ def _norm_owner(target, s, kernels, axis_group, producers, set_of_kernel) -> int
         earlier = [p for p in producers.get(gi, []) if p.layer < s.layer]
         if earlier:
             return set_of_kernel[earlier[-1].path]
-    else:
+    elif len(s.out_axes) == 1:
+        # Channels the structural groups hold only in part (a GroupNorm's reshape into
+        # (groups, channels / groups)) or not at all: the kernel whose outputs the traced
+        # computation ties to this leaf's axis, sub-axis by sub-axis.
+        tied = [
+            k
+            for k in kernels
+            if k.layer < s.layer
+            and k.out_axis is not None
+            and same_units(target, (k.path, k.out_axis), (s.path, s.out_axis))
+        ]
+        if tied:
+            return set_of_kernel[tied[-1].path]
+    if gi is None:
         earlier = [k for k in kernels if k.layer < s.layer]
         if earlier and earlier[-1] is kernels[-1] and kernels[-1].shape[-1] == s.shape[0]:
             return set_of_kernel[earlier[-1].path]

@@ -13,11 +13,15 @@ computation (`hyper.layer_ops`) and the structural groups (`hyper.symmetry`).
   out `(heads, head_dim, D)` projections) has its axes flattened row-major on each side;
   the out projection reads the value projection's node set, found by the structural
   groups its input axes share with the value's output axes (`read_layer`).
+- An embedding table (`is_table`) reads the network input (its vocabulary); a kernel
+  whose traced input is the gathered table (no layer output of `layer_ops.layer_inputs`)
+  reads the table whose feature axis the analysis ties to its input axis.
 - A grouped (depthwise) convolution with ``G`` groups has edges only within groups: output
   channel ``o`` reads input channels ``g * n_in + i`` with ``g = o // (n_out / G)``.
 
 `blocking_ops` words a refusal: the primitives that stop a layer's channels
-(`hyper.symmetry.left_out`, `layer_ops.structural_ops`) and what to change.
+(`hyper.symmetry.left_out`, `layer_ops.structural_ops`) and what to change;
+`refuse_shared` refuses a weight read by several contractions (a shared weight).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from hyper import layer_ops
 from hyper.errors import WeightspaceError
 from hyper.spec import LeafSpec
-from hyper.symmetry import axis_views, left_out
+from hyper.symmetry import axis_views, left_out, same_units
 from hyper.target import Target
 
 __all__ = [
@@ -37,7 +41,9 @@ __all__ = [
     "flatten_map",
     "flatten_positions",
     "grouped_senders",
+    "is_table",
     "read_layer",
+    "refuse_shared",
 ]
 
 _FIXES = (
@@ -87,6 +93,27 @@ def blocking_ops(target: Target, layer: str) -> str:
     return text
 
 
+def refuse_shared(target: Target) -> None:
+    """Refuses a weight that several contractions or gathers read (`layer_ops.weight_uses`):
+    one weight applied by several layers has no graph with one edge per weight."""
+    for path, uses in layer_ops.weight_uses(target).items():
+        if len(uses) > 1:
+            s = target.leaf(path)
+            contractions = set(uses) <= {"dot_general", "conv_general_dilated"}
+            what = "contractions" if contractions else f"uses ({', '.join(uses)})"
+            raise WeightspaceError(
+                f"{target.name}: weight {path!r} (layer {s.layer_name!r}) is used by "
+                f"{len(uses)} {what}, a shared weight: the graph has one edge per weight; "
+                "give each use its own layer and weights (e.g. two nnx.Linear modules)"
+            )
+
+
+def is_table(s: LeafSpec) -> bool:
+    """Whether `s` is a token-embedding table ``[vocab, features]`` that a gather reads
+    (role ``embedding``, kind ``embedding``; a position embedding is added, not read)."""
+    return s.role == "embedding" and s.layer_kind == "embedding"
+
+
 def read_layer(
     target: Target,
     k: LeafSpec,
@@ -101,7 +128,21 @@ def read_layer(
     groups of its input axes (`axis_group`: ``(path, axis) -> group``): the value
     projection, whose ``(heads, head_dim)`` units it contracts.
     """
+    if is_table(k):  # gathered at the network's tokens: one input node per vocab entry
+        return layer_ops.INPUT
     srcs = layer_ops.layer_inputs(target).get(k.layer_name, ())
+    if srcs == (layer_ops.INPUT,) and k.in_axis is not None:
+        # A gather's output is no layer output of `layer_inputs`: the table whose features
+        # the traced computation ties to this kernel's inputs is the layer it reads.
+        tables = [
+            p
+            for p in target.spec
+            if is_table(p)
+            and p.layer < k.layer
+            and same_units(target, (p.path, p.out_axis), (k.path, k.in_axis))
+        ]
+        if tables:
+            return tables[-1].layer_name
     if not srcs and len(k.in_axes) > 1 and axis_group is not None:
         want = [axis_group.get((k.path, a)) for a in k.in_axes]
         match = [
@@ -114,6 +155,7 @@ def read_layer(
         if len(match) == 1:
             return match[0].layer_name
     if not srcs:
+        refuse_shared(target)  # the usual cause: a later use of a shared kernel feeds it
         raise WeightspaceError(
             f"{target.name}: layer {k.layer_name!r}: no contraction of the traced computation "
             "reads its kernel; it cannot be placed in the graph"

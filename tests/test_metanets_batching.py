@@ -154,3 +154,36 @@ def test_one_padder_for_host_and_device(mlp_target, cnn_target, random_params):
         assert _same(b, ref)
         np.testing.assert_array_equal(np.asarray(y)[np.asarray(b.globals["mask"])], np.arange(5))
         assert not np.asarray(y)[~np.asarray(b.globals["mask"])].any()
+
+
+def test_position_features_ride_in_batches(mlp_target, random_params):
+    """A transformer's ``nodes["pos"]`` survives batching beside a target without one:
+    `GraphBank` and `batch_graphs` agree, the MLP's nodes and the padding hold zeros, and
+    the populations come back exactly; a subset of the bank keeps its members' rows."""
+    vit = make_target(
+        "transformer",
+        input_shape=(8, 8, 1),
+        patch_size=[4, 4],
+        width=4,
+        depth=1,
+        heads=2,
+        mlp_dim=8,
+        out_features=10,
+    )
+    pops = [random_params(vit, 0, n=2), random_params(mlp_target, 1, n=2)]
+    pairs = [(vit, pops[0]), (mlp_target, pops[1])]
+    assert graph_topology.topology(vit).pos_width == 4
+    ref = batching.batch_graphs(pairs)
+    bank = batching.GraphBank(pairs)
+    assert _same(bank.batch(np.arange(4)), ref)
+    pos = np.asarray(ref.nodes["pos"])
+    own = np.asarray(graph.population_to_graphs(*pairs[0]).nodes["pos"])
+    assert pos.shape == (ref.nodes["x"].shape[0], 4) and own.any()
+    np.testing.assert_array_equal(pos[: len(own)], own)
+    assert not pos[len(own) :].any()  # the MLP's nodes and the padding
+    back = graph.graphs_to_populations(ref, [(vit, 2), (mlp_target, None)])
+    assert all(_same(p, q) for p, q in zip(pops, back, strict=True))
+    n = graph_topology.topology(vit).num_nodes
+    sub = np.asarray(bank.batch([1, 3]).nodes["pos"])  # the second member of each
+    np.testing.assert_array_equal(sub[:n], own[n:])
+    assert not sub[n:].any()

@@ -62,6 +62,19 @@ class _InputAttention(nnx.Module):
         return self.head(self.att(x).mean(1))
 
 
+class _Tokens(nnx.Module):
+    """Tokens of a 7-word vocabulary: an nnx.Embed table starts the residual stream."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(7, 8, rngs=rngs)
+        self.pos = nnx.Param(jnp.zeros((1, 5, 8)))
+        self.block = _Block(8, rngs)
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.head(self.block(self.embed(tokens) + self.pos).mean(axis=1))
+
+
 _TARGETS: dict[str, Target] = {}
 
 
@@ -80,6 +93,9 @@ def _target(kind: str) -> Target:
             )
         elif kind == "vit":
             _TARGETS[kind] = Target.from_nnx(_ViT(nnx.Rngs(0)), sample_input=jnp.zeros((2, 8, 8)))
+        elif kind == "tokens":
+            tokens = jnp.zeros((2, 5), jnp.int32)
+            _TARGETS[kind] = Target.from_nnx(_Tokens(nnx.Rngs(0)), sample_input=tokens)
         else:
             m = _InputAttention(nnx.Rngs(0))
             _TARGETS[kind] = Target.from_nnx(m, sample_input=jnp.zeros((2, 3, 4)))
@@ -118,10 +134,17 @@ _EXPECTED = {
         [4, 6, 6, 6, 4, 2],
         0,
     ),
+    "tokens": (  # the vocabulary as inputs, the table's features start the stream
+        ["input", "embed"]
+        + [f"block/{n}" for n in ("attn/query", "attn/key", "attn/value", "attn/out")]
+        + ["block/mlp1", "block/mlp2", "head"],
+        [7, 8, 8, 8, 8, 8, 16, 8, 3],
+        5,
+    ),
 }
 
 
-@pytest.mark.parametrize("kind", ["preset", "vit", "input"])
+@pytest.mark.parametrize("kind", ["preset", "vit", "input", "tokens"])
 def test_round_trip_is_exact_and_counts_nodes(kind, random_params):
     t = _target(kind)
     pop = random_params(t, 1, n=2)
@@ -138,6 +161,12 @@ def test_round_trip_is_exact_and_counts_nodes(kind, random_params):
         no_pos = g._replace(nodes={k: v for k, v in g.nodes.items() if k != "pos"})
         with pytest.raises(ValueError, match="position embedding"):
             graph.graphs_to_population(t, no_pos)
+    if kind == "tokens":  # the attention output is added to the table's features
+        sets = {s[0]: s for s in topo.node_sets}
+        emb, out = sets["embed"][1], sets["block/attn/out"][1]
+        into = (topo.edge_type == graph_topology.EDGE_RESIDUAL) & (topo.receivers >= out)
+        into &= topo.receivers < out + 8
+        assert set(topo.senders[into]) == set(range(emb, emb + 8))
 
 
 def test_attention_kernels_and_position_land_on_their_nodes(random_params):

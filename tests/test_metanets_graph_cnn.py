@@ -1,4 +1,5 @@
-"""metanets graphs of CNNs users write: pooling, flatten, reshape at the input, depthwise.
+"""metanets graphs of CNNs users write: pooling, flatten, reshape at the input, depthwise,
+GroupNorm.
 
 Exact round trips population -> graphs -> population, the flatten's positions in the edge
 features, and equivariance: permuting hidden units permutes the graph's nodes.
@@ -23,6 +24,7 @@ class _CNN(nnx.Module):
         self.c1 = nnx.Conv(1, 3, (3, 3), rngs=rngs)
         self.dw = nnx.Conv(3, 3, (3, 3), feature_group_count=3, rngs=rngs) if kind == "dw" else None
         self.c2 = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+        self.gn = nnx.GroupNorm(4, num_groups=2, rngs=rngs) if kind == "gn" else None
         self.d = nnx.Linear(16, 5, rngs=rngs) if kind == "lenet" else None
         self.o = nnx.Linear(5 if kind == "lenet" else 4, 2, rngs=rngs)
 
@@ -36,7 +38,8 @@ class _CNN(nnx.Module):
             h = nnx.max_pool(h, (2, 2), (2, 2))
         if self.kind == "avgpool":
             h = nnx.avg_pool(h, (2, 2), (2, 2))
-        h = nnx.relu(self.c2(h))
+        h = self.c2(h)
+        h = nnx.relu(h if self.gn is None else self.gn(h))
         if self.kind == "lenet":
             h = nnx.max_pool(h, (2, 2), (2, 2))
             return self.o(nnx.relu(self.d(h.reshape(h.shape[0], -1))))
@@ -60,7 +63,7 @@ def _same(a, b) -> bool:
     )
 
 
-@pytest.mark.parametrize("kind", ["lenet", "avgpool", "reshape", "dw"])
+@pytest.mark.parametrize("kind", ["lenet", "avgpool", "reshape", "dw", "gn"])
 def test_round_trip_is_exact(kind, random_params):
     t = _target(kind)
     pop = random_params(t, 1, n=2)
@@ -125,3 +128,29 @@ def test_permuting_units_permutes_nodes(random_params):
     w0, w1 = np.asarray(g0.edges["w"]), np.asarray(g1.edges["w"])
     for e, (s, r, k) in enumerate(ends):
         np.testing.assert_array_equal(w1[e], w0[edge_of[(int(pi[s]), int(pi[r]), int(k))]])
+
+
+def test_groupnorm_lands_on_the_channels_it_normalizes(random_params):
+    """GroupNorm's trace views c2's 4 channels as (2 groups, 2): only the groups permute,
+    yet its scale and bias are the node features of c2's channels, in order."""
+    t = _target("gn")
+    params = jax.tree.map(lambda a: a[0], random_params(t, 4, n=1))
+    topo = graph_topology.topology(t)
+    _, c2, size, _ = {s[0]: s for s in topo.node_sets}["c2"]
+    stack = lambda p: jax.tree.map(lambda a: a[None], p)  # noqa: E731
+    x = np.asarray(graph.population_to_graphs(t, stack(params)).nodes["x"])
+    slot = {f: i for i, f in enumerate(graph_topology.NODE_FEATURES)}
+    np.testing.assert_array_equal(x[c2 : c2 + size, slot["scale"]], params["gn"]["scale"])
+    np.testing.assert_array_equal(x[c2 : c2 + size, slot["shift"]], params["gn"]["bias"])
+    np.testing.assert_array_equal(x[c2 : c2 + size, slot["bias"]], params["c2"]["bias"])
+    gn_nodes = np.flatnonzero(topo.node_norm)
+    np.testing.assert_array_equal(gn_nodes, c2 + np.arange(size))
+    assert set(topo.node_norm[gn_nodes]) == {graph_topology.NORM_IDS.index("groupnorm")}
+    # Swapping the two groups swaps c2's node pairs and their features.
+    groups = structural_groups(t)
+    (gi,) = [i for i, g in enumerate(groups) if g.producers == ("c2/kernel",)]
+    perms = [np.arange(g.size) for g in groups]
+    perms[gi] = np.array([1, 0])
+    moved = permute(t, params, perms)
+    y = np.asarray(graph.population_to_graphs(t, stack(moved)).nodes["x"])
+    np.testing.assert_array_equal(y[c2 : c2 + size], x[c2 + np.array([2, 3, 0, 1])])

@@ -1,13 +1,16 @@
-"""metanets graphs of user networks: traced activation and norm ids, refusal messages."""
+"""metanets graphs of user networks: traced activation and norm ids, token embeddings,
+refusal messages (a blocking primitive, a shared weight)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from hyper.target import Target
+from metanets import graph
 from metanets import graph_topology as gt
 
 
@@ -60,4 +63,61 @@ def test_refusal_names_the_blocking_primitive():
 
     t = Target.from_nnx(Cat(nnx.Rngs(0)), sample_input=jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match="concatenate.*add the branches"):
+        gt.topology(t)
+
+
+class _Tokens(nnx.Module):
+    """Tokens of a 5-word vocabulary, embedded (3 features), mean-pooled, two dense layers."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Embed(5, 3, rngs=rngs)
+        self.l1 = nnx.Linear(3, 4, rngs=rngs)
+        self.l2 = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.l2(nnx.relu(self.l1(self.embed(tokens).mean(axis=1))))
+
+
+def test_token_embedding_is_a_dense_layer_from_the_vocabulary(random_params):
+    t = Target.from_nnx(_Tokens(nnx.Rngs(0)), sample_input=jnp.zeros((2, 6), jnp.int32))
+    pop = random_params(t, 0, n=2)
+    g = graph.population_to_graphs(t, pop)
+    back = graph.graphs_to_population(t, g)
+    for a, b in zip(jax.tree.leaves(pop), jax.tree.leaves(back), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    topo = gt.topology(t)
+    assert [(n, size, kind) for n, _, size, kind in topo.node_sets] == [
+        ("input", 5, gt.NODE_INPUT),
+        ("embed", 3, gt.NODE_HIDDEN),
+        ("l1", 4, gt.NODE_HIDDEN),
+        ("l2", 2, gt.NODE_OUTPUT),
+    ]
+    np.testing.assert_array_equal(topo.node_io[:5], np.arange(5))  # one node per word
+    # One weight edge per table entry, vocab -> feature, l1 reads the feature nodes.
+    table = np.asarray(pop["embed"]["embedding"][1])
+    w = np.asarray(g.edges["w"])[topo.num_edges :, 0]  # the second network's edges
+    into = topo.edge_layer == 1
+    assert into.sum() == table.size and np.all(topo.edge_type[into] == gt.EDGE_WEIGHT)
+    np.testing.assert_array_equal(w[into], table[topo.senders[into], topo.receivers[into] - 5])
+    assert set(topo.senders[topo.edge_layer == 2]) == {5, 6, 7}
+    # Traced activations: the table's features enter a mean (identity), l1 a relu.
+    ids = {n: topo.node_act[start] for n, start, _, _ in topo.node_sets[1:3]}
+    assert ids == {
+        "embed": gt.ACTIVATION_IDS.index("identity"),
+        "l1": gt.ACTIVATION_IDS.index("relu"),
+    }
+
+
+def test_shared_weight_refusal_names_the_leaf():
+    class Shared(nnx.Module):
+        def __init__(self, rngs):
+            self.inp = nnx.Linear(4, 3, rngs=rngs)
+            self.shared = nnx.Linear(3, 3, rngs=rngs)
+            self.out = nnx.Linear(3, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.shared(nnx.relu(self.shared(nnx.relu(self.inp(x))))))
+
+    t = Target.from_nnx(Shared(nnx.Rngs(0)), sample_input=jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"'shared/kernel'.*used by 2 contractions.*shared weight"):
         gt.topology(t)
