@@ -139,18 +139,21 @@ def test_config_rebuilds_same_target(mlp_target):
 
 
 @pytest.mark.parametrize("name", ["mlp_target", "cnn2d_rect_target", "rescnn_target"])
-def test_init_compiler_options_keep_the_weights(name, request):
+def test_init_compiler_options_keep_the_weights(name, request, default_compile):
     """`Target.init`/`init_population` compile with `init_compiler_options` (LLVM -O1 on
-    CPU, for compile speed): the weights must equal a default-option compile bit for bit."""
+    CPU, for compile speed): the weights must equal a default-option compile bit for bit.
+    (The suite compiles at level 0, tests/conftest.py: the default is asked for here.)"""
     target = request.getfixturevalue(name)
     keys = jax.random.split(jax.random.key(3), 4)
-    plain = jax.jit(jax.vmap(target.pure_init))(keys)
+    plain = jax.jit(jax.vmap(target.pure_init), compiler_options=default_compile)(keys)
     first = jax.tree.map(lambda a: a[0], plain)
+    nested = jax.jit(jax.vmap(target.init), compiler_options=default_compile)
     for want, got in (
         (plain, target.init_population(jax.random.key(3), 4)),
-        (plain, jax.vmap(target.init)(keys)),  # nested under a transform: no options
+        (plain, nested(keys)),  # nested under a transform: no options of its own
         (first, target.init(keys[0])),
-        (first, jax.jit(lambda: target.init(keys[0]))()),  # a concrete key, inside a jit
+        # a concrete key, inside a jit
+        (first, jax.jit(lambda: target.init(keys[0]), compiler_options=default_compile)()),
     ):
         for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

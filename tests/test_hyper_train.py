@@ -182,14 +182,17 @@ def test_per_member_hyperparameters(run):
     np.testing.assert_array_equal(run["b_subset_sizes"], expect)
 
 
-def test_subsets_compiled_for_speed_are_the_same():
+def test_subsets_compiled_for_speed_are_the_same(default_compile):
     """The training subsets come from a program compiled like the initialisation
     (`init_compiler_options`): the same subsets as at the default optimisation level."""
     keys = jax.random.split(jax.random.key(3), 6)
     n_sub = jax.numpy.asarray([1, 5, 50, 99, 100, 37])
     args = (keys, n_sub, jax.numpy.arange(100), False)
     fast = np.asarray(train.subsets_program()(*args))
-    np.testing.assert_array_equal(fast, jax.jit(train.member_subsets, static_argnums=3)(*args))
+    np.testing.assert_array_equal(
+        fast,
+        jax.jit(train.member_subsets, static_argnums=3, compiler_options=default_compile)(*args),
+    )
     np.testing.assert_array_equal(fast.sum(1), n_sub)
 
 
