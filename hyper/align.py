@@ -16,12 +16,9 @@ basin far more often than naive ones (Git Re-Basin, Ainsworth et al. 2023).
   changes), and keeps, per pair, the larger `weight_matching_objective` ``sum <W_a, W_b>``:
   with nested groups such as attention heads and the dims within a head, the identity
   start can stop in a local optimum (a permuted copy is then not recovered) that the second
-  start avoids. On independently trained networks the objective has many local optima and
-  barely predicts the loss barrier: on `bench/merge.py`'s CNNs (widths 8, 16, 32; 15 pairs
-  each; identity, sorted and 8 random starts) the rank correlation of objective and barrier
-  across starts is -0.16, -0.04, -0.10; two starts change the mean barrier by -0.88, +0.05,
-  -0.21 (standard errors 0.61, 0.33, 0.15) against the identity alone, ten starts by
-  -0.05, -0.09, +0.00 against two. Hence two starts: not one (exact recovery), not more.
+  start avoids. On trained pairs the objective barely predicts the loss barrier (rank
+  correlation -0.16 to -0.04 over 10 starts, `bench/merge.py`'s CNNs, 15 pairs per width);
+  two starts are no worse than one, ten no better than two (bench/merge.py): hence two.
 - `activation_matching`: per group, the summed Pearson correlation between the hidden
   activations of `a` and `b` on a data batch (`hyper.symmetry.group_activations`: the traced
   apply is re-evaluated and every value carrying the group is read), then one linear
@@ -33,10 +30,9 @@ basin far more often than naive ones (Git Re-Basin, Ainsworth et al. 2023).
   `apply_transport` applies plans (soft permutations) to a network.
 
 Layers the structural analysis leaves out (`hyper.symmetry.left_out`: a hidden axis that
-an unsupported primitive such as a sort or a scan touches) keep their unit order: the
-aligned network still computes the same function, but those layers are not aligned. Every
-alignment entry point warns once per target (`UserWarning`) naming each such layer, the
-primitive and what to change; it does not refuse, since the result is still exact.
+an unsupported primitive such as a sort touches) keep their unit order, so the result is
+still exact: every entry point warns once per target naming each layer, the primitive and
+what to change, and does not refuse.
 
 The `pairwise_*` functions align many pairs at once: similarity matrices for all pairs are
 computed in one jitted `vmap`, and the linear assignments run on the host per pair.
@@ -80,9 +76,7 @@ __all__ = [
 METHODS = ("weight", "activation", "sinkhorn")
 
 
-# ---------------------------------------------------------------------------------------
-# Validation helpers
-# ---------------------------------------------------------------------------------------
+# --- Validation helpers ------------------------------------------------------------
 
 
 def _validate(fn: str, what: str, target: Target, params: Params, *, batched: bool) -> int | None:
@@ -165,9 +159,7 @@ def _lap(score: np.ndarray) -> np.ndarray:
     return cols.astype(np.int32)
 
 
-# ---------------------------------------------------------------------------------------
-# Weight matching
-# ---------------------------------------------------------------------------------------
+# --- Weight matching ---------------------------------------------------------------
 
 
 def _axes_by_leaf(target: Target, groups: Sequence[Group]) -> dict[int, list[tuple[int, Any]]]:
@@ -364,9 +356,7 @@ def weight_matching(
     return [p[0] for p in perms]
 
 
-# ---------------------------------------------------------------------------------------
-# Activation matching
-# ---------------------------------------------------------------------------------------
+# --- Activation matching -----------------------------------------------------------
 
 
 def _correlation(za: jax.Array, zb: jax.Array) -> jax.Array:
@@ -457,9 +447,7 @@ def activation_matching(
     return [p[0] for p in pairwise_activation_matching(target, pa, pb, x, kind=kind)]
 
 
-# ---------------------------------------------------------------------------------------
-# Sinkhorn soft alignment
-# ---------------------------------------------------------------------------------------
+# --- Sinkhorn soft alignment -------------------------------------------------------
 
 
 @functools.partial(jax.jit, static_argnames=("num_iters",))
@@ -642,9 +630,7 @@ def apply_transport(
     return jax.tree.unflatten(target.treedef, leaves)
 
 
-# ---------------------------------------------------------------------------------------
-# Populations
-# ---------------------------------------------------------------------------------------
+# --- Populations -------------------------------------------------------------------
 
 
 def align_population(

@@ -151,9 +151,7 @@ def units_restore(units: Any, entry: Entry, shape: Sequence[int]) -> Any:
     return _xp(units).moveaxis(units, 0, ax).reshape(shape)
 
 
-# ---------------------------------------------------------------------------------------
-# Groups
-# ---------------------------------------------------------------------------------------
+# --- Groups ------------------------------------------------------------------------
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -548,9 +546,7 @@ def verify_groups(
             )
 
 
-# ---------------------------------------------------------------------------------------
-# Hidden activations per group
-# ---------------------------------------------------------------------------------------
+# --- Hidden activations per group --------------------------------------------------
 
 
 def _interpret(closed: Any, leaves: Sequence[Any], x: Any, record: set) -> dict[Any, Any]:
