@@ -44,23 +44,29 @@ Latency = Callable[[tuple[int, ...]], float] | Mapping[tuple[int, ...], float]
 `hyper.symmetry.structural_groups` order. Width vectors a table lacks are not candidates."""
 
 
-def rounded_width(kept: int, size: int, round_to: int = 1) -> int:
+def rounded_width(kept: int, size: int, round_to: int = 1, *, down: bool = False) -> int:
     """The width a group of `size` units keeps when the ranking leaves `kept` of them and
     widths are rounded to `round_to`.
 
-    `kept` is rounded up to a multiple of `round_to`, at most `size` (a group left whole
-    keeps its width, multiple or not). A group smaller than `round_to` is not rounded: it
-    keeps ``max(kept, 1)`` units (rounding would forbid pruning it at all, and it is too
-    small to be slow). The result is always >= 1.
+    `kept` is rounded up (`down`: down) to a multiple of `round_to`, at most `size` and at
+    least `round_to` (a group left whole keeps its width, multiple or not). A group smaller
+    than `round_to` is not rounded: it keeps ``max(kept, 1)`` units (rounding would forbid
+    pruning it at all, and it is too small to be slow). The result is always >= 1; up and
+    down give the same set of widths over ``kept = 1..size``.
 
     Example:
       >>> [rounded_width(k, 32, 8) for k in (1, 8, 9, 30)], rounded_width(3, 6, 8)
       ([8, 8, 16, 32], 3)
+      >>> [rounded_width(k, 32, 8, down=True) for k in (1, 8, 9, 31, 32)]
+      [8, 8, 8, 24, 32]
     """
     kept = max(int(kept), 1)
     if round_to <= 1 or size < round_to:
         return min(kept, size)
-    return min(size, round_to * math.ceil(kept / round_to))
+    if kept >= size:
+        return size
+    multiple = math.floor(kept / round_to) if down else math.ceil(kept / round_to)
+    return min(size, round_to * max(multiple, 1))
 
 
 def as_latency_model(latency: Latency | None) -> Callable[[tuple[int, ...]], float] | None:
