@@ -351,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=None, help="comma-separated architectures")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--no-sweeps",
+        action="store_true",
+        help="skip the width sweeps and fixed-width rows (partial runs of the pruning rows)",
+    )
     args = parser.parse_args(argv)
     setup = dict(QUICK if args.quick else FULL)
     if args.quick:
@@ -364,14 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     with stdout_to_stderr():
         repeats = 3 if args.quick else REPEATS
-        sweep = width_sweep(sweep_channels, batch=BATCH, repeats=repeats)
-        log(f"width sweep (ms): {dict(zip(sweep['out_channels'], sweep['ms'], strict=True))}")
-        first = width_sweep(first_channels, batch=BATCH, repeats=repeats, in_channels=1)
-        log(f"first layer (ms): {dict(zip(first['out_channels'], first['ms'], strict=True))}")
-        widths = cnn_widths(
-            CNN_WIDTHS[:3] if args.quick else CNN_WIDTHS, batch=BATCH, repeats=repeats
-        )
-        log(f"digits CNN widths: {[(r['widths'], r['speedup_measured']) for r in widths['rows']]}")
+        sweep = first = widths = "skipped (--no-sweeps)"
+        if not args.no_sweeps:
+            sweep = width_sweep(sweep_channels, batch=BATCH, repeats=repeats)
+            log(f"width sweep (ms): {dict(zip(sweep['out_channels'], sweep['ms'], strict=True))}")
+            first = width_sweep(first_channels, batch=BATCH, repeats=repeats, in_channels=1)
+            log(f"first layer (ms): {dict(zip(first['out_channels'], first['ms'], strict=True))}")
+            widths = cnn_widths(
+                CNN_WIDTHS[:3] if args.quick else CNN_WIDTHS, batch=BATCH, repeats=repeats
+            )
+            log(f"digits CNN: {[(r['widths'], r['speedup_measured']) for r in widths['rows']]}")
         per = {n: run_arch(n, s, setup, args.seed) for n, s in archs.items()}
         skip = {"available": False, "reason": "not run in --quick or --only"}
         per[VIT] = skip if args.quick or args.only else vit_row(setup, args.seed)

@@ -204,17 +204,19 @@ def _masks_for(sizes, order, widths) -> list[np.ndarray]:
     return masks
 
 
-def _refill(widths, sizes, order, scores, round_to, fits) -> tuple[int, ...]:
+def _refill(widths, sizes, order, scores, round_to, cost, goal) -> tuple[int, ...]:
     """With rounding, one candidate to the next can drop a whole multiple and overshoot the
     goal: restore removed units, a multiple at a time (one at a time in a group smaller
-    than `round_to`), the best-scored removed units of the group whose restored units
-    score highest first, while ``fits(widths)`` holds."""
+    than `round_to`), while ``cost(widths) <= goal``; each time in the group whose restored
+    units (its best-scored removed ones) add the most score per unit of cost added (a
+    knapsack's greedy: restoring by score alone spent a FLOPs budget on the dearest layer;
+    a restore that costs nothing comes first)."""
     removed: list[list[int]] = [[] for _ in sizes]
     for gi, u in order:
         removed[gi].append(u)
     w = list(widths)
     while True:
-        best = None
+        best, here = None, cost(tuple(w))
         for gi, s in enumerate(sizes):
             if w[gi] >= s:
                 continue
@@ -222,23 +224,58 @@ def _refill(widths, sizes, order, scores, round_to, fits) -> tuple[int, ...]:
             gone = s - w[gi]  # the first `gone` of removed[gi] are removed
             gain = float(sum(scores[gi][u] for u in removed[gi][gone - (nw - w[gi]) : gone]))
             cand = (*w[:gi], nw, *w[gi + 1 :])
-            if (best is None or gain > best[0]) and fits(cand):
-                best = (gain, gi, nw)
+            c = cost(cand)
+            if c > goal:
+                continue
+            key = (gain / (c - here) if c > here else math.inf, gain)
+            if best is None or key > best[0]:
+                best = (key, gi, nw)
         if best is None:
             return tuple(w)
         w[best[1]] = best[2]
 
 
-def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, latency=None):
+def _trim(widths, sizes, order, scores, round_to, cost, goal) -> tuple[int, ...]:
+    """While ``cost(widths) > goal``: remove one multiple of `round_to` (one unit in a group
+    smaller than it) from the group whose lowest-ranked kept units lose the least score per
+    unit of cost saved (never below `rounded_width`'s minimum)."""
+    removed: list[list[int]] = [[] for _ in sizes]
+    for gi, u in order:
+        removed[gi].append(u)
+    w = list(widths)
+    while (here := cost(tuple(w))) > goal:
+        best = None
+        for gi, s in enumerate(sizes):
+            nw = latency_lib.rounded_width(w[gi] - 1, s, round_to, down=True)
+            if nw >= w[gi]:
+                continue
+            gone = s - w[gi]
+            lost = float(sum(scores[gi][u] for u in removed[gi][gone : gone + w[gi] - nw]))
+            saved = here - cost((*w[:gi], nw, *w[gi + 1 :]))
+            key = (lost / saved if saved > 0 else math.inf, lost)
+            if best is None or key < best[0]:
+                best = (key, gi, nw)
+        if best is None:
+            return tuple(w)  # nothing left to remove: the caller's check reports it
+        w[best[1]] = best[2]
+    return tuple(w)
+
+
+def _prune_step(
+    target, params, groups, scores, goal, speedup, round_to=1, latency=None, final=True
+):
     """Removes the fewest lowest-ranked units so that the cost <= goal: FLOPs (a binary
-    search: FLOPs fall as units go) or ``latency(widths)`` (a scan in ranking order: a
-    measured latency need not fall monotonically). With `round_to` the walk rounds widths
-    down (`rounded_width` with ``down=True``), then `_refill` restores multiples up to the
-    goal: every group keeps at least the multiple below the width the ranking alone would
-    leave it. (Rounding up while walking kept a group just past a multiple whole and cut
-    others far below their ranked widths instead: the digits CNN at 3x fewer FLOPs got
-    16/8/24 where the ranking chose about 9/18/17, its first layer kept whole: few FLOPs,
-    much time.)"""
+    search: FLOPs fall as units go) or ``latency(widths)`` (a scan in ranking order, widths
+    rounded down: a measured latency need not fall monotonically, and a table holds only
+    rounded widths).
+
+    With `round_to` and FLOPs the ranking's widths at the goal are rounded down (never
+    up: rounding up kept a group just past a multiple whole, the digits CNN's first layer,
+    cheap in FLOPs and dear in time, and cut other layers far below their ranked widths);
+    `_trim` removes multiples while over the goal, then `_refill` restores multiples while
+    under it, both by score per cost. A round before the last (`final` False) keeps the
+    ranking's widths rounded up: an intermediate goal is a schedule, and rounding down at
+    every round would compound to overshoot the final goal."""
     order, blocked = _removal_order(scores)
     sizes = [g.size for g in groups]
     along = _widths_along(sizes, order, round_to, down=True)
@@ -255,15 +292,12 @@ def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, laten
             cost_at[w] = float(latency(w)) if latency else compact.count_flops(cut(w)[0])
         return cost_at[w]
 
-    def done(w):
-        if round_to > 1:
-            w = _refill(w, sizes, order, scores, round_to, lambda c: cost(c) <= goal)
-        return cut(w)
-
     if latency is not None:
         for w in along:
             if cost(w) <= goal:
-                return done(w)
+                if round_to > 1:
+                    w = _refill(w, sizes, order, scores, round_to, cost, goal)
+                return cut(w)
         best = min(cost_at, key=cost_at.get)
         raise UnreachableSpeedup(
             f"latency speed-up {speedup:g}x cannot be reached{rounding}: the fastest "
@@ -278,14 +312,23 @@ def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, laten
             f"group leave {int(f_all):,} FLOPs > {int(goal):,}; it would remove every channel "
             f"of layer {_layer_names(g)} (group {g.name!r})"
         )
-    lo, hi = 0, len(order)  # cost(along[hi]) <= goal
+    ranked = _widths_along(sizes, order, 1)
+    lo, hi = 0, len(order)  # cost(ranked[hi]) <= goal
     while lo < hi:
         mid = (lo + hi) // 2
-        if cost(along[mid]) <= goal:
+        if cost(ranked[mid]) <= goal:
             hi = mid
         else:
             lo = mid + 1
-    return done(along[lo])
+    if round_to == 1:
+        return cut(ranked[lo])
+    if not final:
+        up = zip(ranked[lo], sizes, strict=True)
+        return cut(tuple(latency_lib.rounded_width(v, n, round_to) for v, n in up))
+    down = zip(ranked[lo], sizes, strict=True)
+    w = tuple(latency_lib.rounded_width(v, n, round_to, down=True) for v, n in down)
+    w = _trim(w, sizes, order, scores, round_to, cost, goal)
+    return cut(_refill(w, sizes, order, scores, round_to, cost, goal))
 
 
 def _check_prunable(target: Target) -> list[symmetry.Group]:
@@ -418,7 +461,7 @@ def prune_to_speedup(
         ks = None if key is None else jax.random.fold_in(key, s)
         scores = _importance(t, p, groups, importance, normalizer, ks)
         goal = final if s == steps else f0 / speedup ** (s / steps)
-        t, p = _prune_step(t, p, groups, scores, goal, speedup, round_to, cost)
+        t, p = _prune_step(t, p, groups, scores, goal, speedup, round_to, cost, s == steps)
     return t, p
 
 
