@@ -6,10 +6,21 @@ beside it (the machine is shared: compare ratios, rerun the final figures on an 
 
 1. ``width_sweep``: one jitted 3x3 'SAME' conv on 8x8 inputs with 16 input channels (the
    digits CNN's middle layer), batch `BATCH` (4,096, as the pruning benchmarks time), for
-   1..64 output channels. It shows the cause: XLA:CPU is fastest at multiples of 8 output
-   channels; one channel past a multiple of 8 costs up to twice the time.
+   1..64 output channels. It shows the first cause: XLA:CPU is fastest at multiples of 8
+   output channels; one channel past a multiple of 8 costs up to twice the time.
+   ``first_layer_sweep``: the same for the digits CNN's first conv (1 input channel), 1..32
+   output channels. It shows the second cause: that conv's time hardly depends on its
+   width (measured at load 7.5 on 2 cores: 1->8 and 1->16 channels both 28 ms; the
+   whole network, timed in another run at that load, about 60 ms), a share of the
+   original's time no pruning removes.
 2. ``cnn_widths``: the whole digits CNN (16/32/32) at fixed widths, unrounded (the widths
-   group-L2 pruning gave in ``bench/results/metaprune.json``) and rounded to 8.
+   group-L2 pruning gave in ``bench/results/metaprune.json``), rounded to 8 and 8/8/8 (7x
+   fewer FLOPs: the ceiling, about 1.5-1.8x faster). Third cause: the first layer's width
+   costs time out of proportion to its FLOPs (its 8x8 activations are the largest tensors):
+   16/8/24 and 8/16/24 have about the same FLOPs, 8/16/24 runs faster. Rounding widths up
+   while walking the ranking (the first `round_to` rule) kept the first layer at 16
+   (16/8/24: 1.25x); rounding the ranking's widths down, then trimming and refilling by
+   score per FLOP, keeps its allocation (ranked about 9/18/17: 8/16/24 or 8/16/16).
 3. ``pruning``: per architecture, `NETS` networks trained with different seeds; each is
    fine-tuned, then pruned by `hyper.prune.prune_pipeline` (global group-L2, 4 rounds,
    then ``ft_after`` fine-tuning steps) to 2x and 3x fewer FLOPs (FLOPs counted after
@@ -32,8 +43,10 @@ accuracy with rounding within 0.5 points of unrounded pruning (3x).
 
 Usage::
 
-  python bench/prune_speed.py [--quick] [--out PATH]
+  python bench/prune_speed.py [--quick] [--only digits-cnn,...] [--no-sweeps] [--out PATH]
   python -m bench prune_speed [--quick]
+
+``--only`` and ``--no-sweeps`` make partial runs (they leave the other goals unmet).
 
 Writes ``bench/results/prune_speed.json`` (``--quick``: ``bench/results/quick/``) and prints
 it as one JSON line on stdout; progress goes to stderr. The full run takes a few minutes

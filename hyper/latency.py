@@ -4,9 +4,13 @@ widths, and the width rounding that makes pruned networks fast.
 Fewer FLOPs is not a shorter wall time. On this project's CPU (XLA:CPU, `bench/
 prune_speed.py`) a 3x3 conv with 17 output channels takes about twice as long as one with
 16, and a digits CNN pruned to 3x fewer FLOPs at widths like 10/15/22 ran slower than the
-original. Two remedies, both used by `hyper.prune.prune_to_speedup`:
+original. Its first conv (one input channel, the largest activations) costs time out of
+proportion to its FLOPs, partly whatever its width. Two remedies, both used by
+`hyper.prune.prune_to_speedup`:
 
-- `rounded_width`: kept widths are multiples of `round_to` (Torch-Pruning's ``round_to``);
+- `rounded_width`: kept widths are multiples of `round_to` (Torch-Pruning's ``round_to``),
+  the ranking's widths rounded down and refilled, so rounding keeps the ranking's
+  allocation across layers;
 - a latency model (`Latency`): a callable ``latency(widths) -> seconds`` or a measured
   table ``{widths: seconds}`` (`measure_table` times one on this machine), so pruning can
   aim at a latency rather than a FLOPs count, and tests can inject a deterministic one.
