@@ -38,7 +38,9 @@ __all__ = [
     "Latency",
     "as_latency_model",
     "measure_table",
+    "refill_widths",
     "rounded_width",
+    "trim_widths",
     "width_grid",
 ]
 
@@ -95,6 +97,67 @@ def width_grid(sizes: Sequence[int], round_to: int) -> list[tuple[int, ...]]:
         for s in sizes
     ]
     return list(itertools.product(*per))
+
+
+# `order` below: every unit of every group as ``(group, unit)``, lowest-ranked first (each
+# group's units removed in that order; `hyper.prune`'s global ranking); `scores[g][u]`
+# the score of unit `u` of group `g`; `cost(widths)`: FLOPs or a `Latency` model.
+
+
+def refill_widths(widths, sizes, order, scores, round_to, cost, goal) -> tuple[int, ...]:
+    """`widths` with removed units restored, a multiple of `round_to` at a time (one unit
+    at a time in a group smaller than it), while ``cost(widths) <= goal``: each time in
+    the group whose restored units (its best-scored removed ones) add the most score per
+    unit of cost added, a knapsack's greedy (a restore that costs nothing comes first)."""
+    removed: list[list[int]] = [[] for _ in sizes]
+    for gi, u in order:
+        removed[gi].append(u)
+    w = list(widths)
+    while True:
+        best, here = None, cost(tuple(w))
+        for gi, s in enumerate(sizes):
+            if w[gi] >= s:
+                continue
+            nw = min(s, w[gi] + (round_to if s >= round_to else 1))
+            gone = s - w[gi]  # the first `gone` of removed[gi] are removed
+            gain = float(sum(scores[gi][u] for u in removed[gi][gone - (nw - w[gi]) : gone]))
+            cand = (*w[:gi], nw, *w[gi + 1 :])
+            c = cost(cand)
+            if c > goal:
+                continue
+            key = (gain / (c - here) if c > here else math.inf, gain)
+            if best is None or key > best[0]:
+                best = (key, gi, nw)
+        if best is None:
+            return tuple(w)
+        w[best[1]] = best[2]
+
+
+def trim_widths(widths, sizes, order, scores, round_to, cost, goal) -> tuple[int, ...]:
+    """`widths` with, while ``cost(widths) > goal``, one multiple of `round_to` removed
+    at a time (one unit in a group smaller than it) from the group whose lowest-ranked kept
+    units lose the least score per unit of cost saved (never below `rounded_width`'s
+    minimum; returned over the goal when nothing is left to remove)."""
+    removed: list[list[int]] = [[] for _ in sizes]
+    for gi, u in order:
+        removed[gi].append(u)
+    w = list(widths)
+    while (here := cost(tuple(w))) > goal:
+        best = None
+        for gi, s in enumerate(sizes):
+            nw = rounded_width(w[gi] - 1, s, round_to, down=True)
+            if nw >= w[gi]:
+                continue
+            gone = s - w[gi]
+            lost = float(sum(scores[gi][u] for u in removed[gi][gone : gone + w[gi] - nw]))
+            saved = here - cost((*w[:gi], nw, *w[gi + 1 :]))
+            key = (lost / saved if saved > 0 else math.inf, lost)
+            if best is None or key < best[0]:
+                best = (key, gi, nw)
+        if best is None:
+            return tuple(w)  # nothing left to remove: the caller's check reports it
+        w[best[1]] = best[2]
+    return tuple(w)
 
 
 def _narrowed(target: Target, params, groups, widths) -> tuple[Target, object]:

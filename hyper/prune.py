@@ -204,63 +204,6 @@ def _masks_for(sizes, order, widths) -> list[np.ndarray]:
     return masks
 
 
-def _refill(widths, sizes, order, scores, round_to, cost, goal) -> tuple[int, ...]:
-    """With rounding, one candidate to the next can drop a whole multiple and overshoot the
-    goal: restore removed units, a multiple at a time (one at a time in a group smaller
-    than `round_to`), while ``cost(widths) <= goal``; each time in the group whose restored
-    units (its best-scored removed ones) add the most score per unit of cost added (a
-    knapsack's greedy: restoring by score alone spent a FLOPs budget on the dearest layer;
-    a restore that costs nothing comes first)."""
-    removed: list[list[int]] = [[] for _ in sizes]
-    for gi, u in order:
-        removed[gi].append(u)
-    w = list(widths)
-    while True:
-        best, here = None, cost(tuple(w))
-        for gi, s in enumerate(sizes):
-            if w[gi] >= s:
-                continue
-            nw = min(s, w[gi] + (round_to if s >= round_to else 1))
-            gone = s - w[gi]  # the first `gone` of removed[gi] are removed
-            gain = float(sum(scores[gi][u] for u in removed[gi][gone - (nw - w[gi]) : gone]))
-            cand = (*w[:gi], nw, *w[gi + 1 :])
-            c = cost(cand)
-            if c > goal:
-                continue
-            key = (gain / (c - here) if c > here else math.inf, gain)
-            if best is None or key > best[0]:
-                best = (key, gi, nw)
-        if best is None:
-            return tuple(w)
-        w[best[1]] = best[2]
-
-
-def _trim(widths, sizes, order, scores, round_to, cost, goal) -> tuple[int, ...]:
-    """While ``cost(widths) > goal``: remove one multiple of `round_to` (one unit in a group
-    smaller than it) from the group whose lowest-ranked kept units lose the least score per
-    unit of cost saved (never below `rounded_width`'s minimum)."""
-    removed: list[list[int]] = [[] for _ in sizes]
-    for gi, u in order:
-        removed[gi].append(u)
-    w = list(widths)
-    while (here := cost(tuple(w))) > goal:
-        best = None
-        for gi, s in enumerate(sizes):
-            nw = latency_lib.rounded_width(w[gi] - 1, s, round_to, down=True)
-            if nw >= w[gi]:
-                continue
-            gone = s - w[gi]
-            lost = float(sum(scores[gi][u] for u in removed[gi][gone : gone + w[gi] - nw]))
-            saved = here - cost((*w[:gi], nw, *w[gi + 1 :]))
-            key = (lost / saved if saved > 0 else math.inf, lost)
-            if best is None or key < best[0]:
-                best = (key, gi, nw)
-        if best is None:
-            return tuple(w)  # nothing left to remove: the caller's check reports it
-        w[best[1]] = best[2]
-    return tuple(w)
-
-
 def _prune_step(
     target, params, groups, scores, goal, speedup, round_to=1, latency=None, final=True
 ):
@@ -270,16 +213,16 @@ def _prune_step(
     rounded widths).
 
     With `round_to` and FLOPs, two candidates: (a) the ranking's widths at the goal
-    rounded down, `_trim` removing multiples while over the goal, `_refill` restoring them
-    while under it, both by score per cost; (b) the ranking walked on with widths rounded
-    up until they meet the goal, then `_refill`. The one whose largest cut below the
-    ranking's widths (relative) is smaller wins, (a) on a tie: rounding should not cut a
-    layer far below what the ranking chose. (b) alone kept the digits CNN's first layer,
-    cheap in FLOPs and dear in time, whole (16/8/24 where the ranking chose about
-    9/18/17); (a) alone cut the MNIST-1D CNN's middle layer to 8 where the ranking kept 13.
-    A round before the last (`final` False) keeps the ranking's widths rounded up: an
-    intermediate goal is a schedule, and rounding down at every round would compound to
-    overshoot the final goal."""
+    rounded down, then `hyper.latency.trim_widths` (while over the goal) and
+    `hyper.latency.refill_widths` (while under it), both by score per cost; (b) the ranking
+    walked on with widths rounded up until they meet the goal, then refilled. The one whose
+    largest cut below the ranking's widths (relative) is smaller wins, (a) on a tie:
+    rounding should not cut a layer far below what the ranking chose. (b) alone kept the
+    digits CNN's first layer, cheap in FLOPs and dear in time, whole (16/8/24 where the
+    ranking chose about 9/18/17); (a) alone cut the MNIST-1D CNN's middle layer to 8 where
+    the ranking kept 13. A round before the last (`final` False) keeps the ranking's
+    widths rounded up: an intermediate goal is a schedule, and rounding down at every
+    round would compound to overshoot the final goal."""
     order, blocked = _removal_order(scores)
     sizes = [g.size for g in groups]
     along = _widths_along(sizes, order, round_to, down=True)
@@ -300,7 +243,7 @@ def _prune_step(
         for w in along:
             if cost(w) <= goal:
                 if round_to > 1:
-                    w = _refill(w, sizes, order, scores, round_to, cost, goal)
+                    w = latency_lib.refill_widths(w, sizes, order, scores, round_to, cost, goal)
                 return cut(w)
         best = min(cost_at, key=cost_at.get)
         raise UnreachableSpeedup(
@@ -333,8 +276,8 @@ def _prune_step(
     down = tuple(
         latency_lib.rounded_width(v, n, round_to, down=True) for v, n in zip(u, sizes, strict=True)
     )
-    a = _trim(down, sizes, order, scores, round_to, cost, goal)
-    a = _refill(a, sizes, order, scores, round_to, cost, goal)
+    a = latency_lib.trim_widths(down, sizes, order, scores, round_to, cost, goal)
+    a = latency_lib.refill_widths(a, sizes, order, scores, round_to, cost, goal)
     up = _widths_along(sizes, order, round_to)  # rounded up along the ranking: the first
     k, hi = lo, len(order)  # that fits (cost(up[-1]) = f_all <= goal)
     while k < hi:
@@ -343,7 +286,7 @@ def _prune_step(
             hi = mid
         else:
             k = mid + 1
-    b = _refill(up[k], sizes, order, scores, round_to, cost, goal)
+    b = latency_lib.refill_widths(up[k], sizes, order, scores, round_to, cost, goal)
 
     def worst_cut(w):  # the largest cut below the ranking's widths, relative
         return max((v - x) / v for v, x in zip(u, w, strict=True))

@@ -311,6 +311,27 @@ def test_rounding_keeps_the_rankings_allocation_across_layers():
         assert all(b >= a for a, b in zip(floor, r, strict=True)), (u, r)
 
 
+def test_trim_and_refill_by_score_per_cost():
+    """Two groups of 16, multiples of 8, cost 4*w0 + w1: the first group's units score
+    twice as high but cost four times as much, so trimming takes them first and refilling
+    restores the cheap group first (restoring by score alone would give (16, 8))."""
+    order = [(g, u) for u in range(16) for g in (0, 1)]
+    scores = [np.full(16, 2.0), np.full(16, 1.0)]
+
+    def cost(w):
+        return 4.0 * w[0] + w[1]
+
+    args = ([16, 16], order, scores, 8, cost)
+    assert latency.trim_widths((16, 16), *args, 48.0) == (8, 16)
+    assert latency.refill_widths((8, 8), *args, 72.0) == (8, 16)
+    assert latency.refill_widths((8, 8), *args, 80.0) == (16, 16)
+    assert latency.trim_widths((16, 16), *args, 1.0) == (8, 8)  # nothing left: over
+    assert latency.refill_widths((8, 8), [16, 16], order, scores, 8, lambda w: w[0], 8.0) == (
+        8,
+        16,
+    )  # a restore that costs nothing comes first
+
+
 def test_a_latency_table_steers_pruning(target, net, x_batch):
     """With an injected latency model the goal is latency(widths) <= latency(6, 6) / speedup:
     a model in which only the first layer's width costs prunes the first layer down to the
