@@ -269,9 +269,6 @@ def _prune_step(
             lo = mid + 1
     if round_to == 1:
         return cut(ranked[lo])
-    if not final:
-        up = zip(ranked[lo], sizes, strict=True)
-        return cut(tuple(latency_lib.rounded_width(v, n, round_to) for v, n in up))
     u = ranked[lo]
     down = tuple(
         latency_lib.rounded_width(v, n, round_to, down=True) for v, n in zip(u, sizes, strict=True)
@@ -291,7 +288,7 @@ def _prune_step(
     def worst_cut(w):  # the largest cut below the ranking's widths, relative
         return max((v - x) / v for v, x in zip(u, w, strict=True))
 
-    return cut(min((a, b), key=worst_cut))
+    return cut(min((a, b), key=worst_cut) if final else b)
 
 
 def _check_prunable(target: Target) -> list[symmetry.Group]:
