@@ -220,10 +220,12 @@ def _prune_step(
     rounding should not cut a layer far below what the ranking chose. (b) alone kept the
     digits CNN's first layer, cheap in FLOPs and dear in time, whole (16/8/24 where the
     ranking chose about 9/18/17); (a) alone cut the MNIST-1D CNN's middle layer to 8 where
-    the ranking kept 13. A round before the last (`final` False) takes (b): rounding down
-    at every round compounded (MNIST-1D at 3x: 24/8/24, 2-3 points lost), and keeping
-    the ranking's widths rounded up without meeting the round's goal left the last round
-    a larger cut (MNIST-1D at 3x: 0.6 points below unrounded pruning at 16/16/24)."""
+    the ranking kept 13. A round before the last (`final` False) keeps the ranking's
+    widths at its goal rounded up (an intermediate goal is a schedule): rounding down at
+    every round compounded (MNIST-1D at 3x: 24/8/24, 2-3 points lost), and taking (b) at
+    every round cut the digits CNN's middle layer to 8 before the last round could choose
+    (16/8/24 again). Measured cost (bench/prune_speed.py, one loaded run): MNIST-1D at 3x
+    0.6 points below unrounded pruning at 16/16/24 where (b) at every round gave +0.1."""
     order, blocked = _removal_order(scores)
     sizes = [g.size for g in groups]
     along = _widths_along(sizes, order, round_to, down=True)
@@ -270,6 +272,9 @@ def _prune_step(
             lo = mid + 1
     if round_to == 1:
         return cut(ranked[lo])
+    if not final:
+        up = zip(ranked[lo], sizes, strict=True)
+        return cut(tuple(latency_lib.rounded_width(v, n, round_to) for v, n in up))
     u = ranked[lo]
     down = tuple(
         latency_lib.rounded_width(v, n, round_to, down=True) for v, n in zip(u, sizes, strict=True)
@@ -289,7 +294,7 @@ def _prune_step(
     def worst_cut(w):  # the largest cut below the ranking's widths, relative
         return max((v - x) / v for v, x in zip(u, w, strict=True))
 
-    return cut(min((a, b), key=worst_cut) if final else b)
+    return cut(min((a, b), key=worst_cut))
 
 
 def _check_prunable(target: Target) -> list[symmetry.Group]:
