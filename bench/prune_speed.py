@@ -6,10 +6,21 @@ beside it (the machine is shared: compare ratios, rerun the final figures on an 
 
 1. ``width_sweep``: one jitted 3x3 'SAME' conv on 8x8 inputs with 16 input channels (the
    digits CNN's middle layer), batch `BATCH` (4,096, as the pruning benchmarks time), for
-   1..64 output channels. It shows the cause: XLA:CPU is fastest at multiples of 8 output
-   channels; one channel past a multiple of 8 costs up to twice the time.
+   1..64 output channels. It shows the first cause: XLA:CPU is fastest at multiples of 8
+   output channels; one channel past a multiple of 8 costs up to twice the time.
+   ``first_layer_sweep``: the same for the digits CNN's first conv (1 input channel), 1..32
+   output channels. It shows the second cause: that conv's time hardly depends on its
+   width (measured at load 7.5 on 2 cores: 1->8 and 1->16 channels both 28 ms; the
+   whole network, timed in another run at that load, about 60 ms), a share of the
+   original's time no pruning removes.
 2. ``cnn_widths``: the whole digits CNN (16/32/32) at fixed widths, unrounded (the widths
-   group-L2 pruning gave in ``bench/results/metaprune.json``) and rounded to 8.
+   group-L2 pruning gave in ``bench/results/metaprune.json``), rounded to 8 and 8/8/8 (7x
+   fewer FLOPs: the ceiling, about 1.5-1.8x faster). Third cause: the first layer's width
+   costs time out of proportion to its FLOPs (its 8x8 activations are the largest tensors):
+   16/8/24 and 8/16/24 have about the same FLOPs, 8/16/24 runs faster. Rounding widths up
+   while walking the ranking (the first `round_to` rule) kept the first layer at 16
+   (16/8/24: 1.25x); rounding the ranking's widths down, then trimming and refilling by
+   score per FLOP, keeps its allocation (ranked about 9/18/17: 8/16/24 or 8/16/16).
 3. ``pruning``: per architecture, `NETS` networks trained with different seeds; each is
    fine-tuned, then pruned by `hyper.prune.prune_pipeline` (global group-L2, 4 rounds,
    then ``ft_after`` fine-tuning steps) to 2x and 3x fewer FLOPs (FLOPs counted after
@@ -32,8 +43,10 @@ accuracy with rounding within 0.5 points of unrounded pruning (3x).
 
 Usage::
 
-  python bench/prune_speed.py [--quick] [--out PATH]
+  python bench/prune_speed.py [--quick] [--only digits-cnn,...] [--no-sweeps] [--out PATH]
   python -m bench prune_speed [--quick]
+
+``--only`` and ``--no-sweeps`` make partial runs (they leave the other goals unmet).
 
 Writes ``bench/results/prune_speed.json`` (``--quick``: ``bench/results/quick/``) and prints
 it as one JSON line on stdout; progress goes to stderr. The full run takes a few minutes
@@ -92,12 +105,30 @@ FULL = {
     "ft_before": 100,
     "ft_after": 300,
     "sweep": list(range(1, 65)),
+    "first_sweep": list(range(1, 33)),
     "latency_table": True,
 }
-QUICK = {"nets": 2, "ft_before": 10, "ft_after": 20, "sweep": [8, 9, 16, 17], "epochs": 4}
+QUICK = {
+    "nets": 2,
+    "ft_before": 10,
+    "ft_after": 20,
+    "sweep": [8, 9, 16, 17],
+    "first_sweep": [8, 16],
+    "epochs": 4,
+}
 # Widths of the digits CNN for `cnn_widths`: the unrounded ones group-L2 pruning chose
 # (bench/results/metaprune.json, 2x and 3x) and widths rounded to 8 of similar FLOPs.
-CNN_WIDTHS = [[16, 32, 32], [13, 19, 24], [16, 16, 24], [10, 15, 22], [8, 16, 24], [8, 16, 16]]
+# [8, 8, 8] (7x fewer FLOPs) is the ceiling of what pruning to multiples of 8 can gain.
+CNN_WIDTHS = [
+    [16, 32, 32],
+    [13, 19, 24],
+    [16, 16, 24],
+    [10, 15, 22],
+    [8, 16, 24],
+    [16, 8, 24],
+    [8, 16, 16],
+    [8, 8, 8],
+]
 
 
 def loadavg() -> list[float]:
@@ -333,11 +364,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default=None, help="comma-separated architectures")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--no-sweeps",
+        action="store_true",
+        help="skip the width sweeps and fixed-width rows (partial runs of the pruning rows)",
+    )
     args = parser.parse_args(argv)
     setup = dict(QUICK if args.quick else FULL)
     if args.quick:
         setup["speedups"] = ["3x"]
     sweep_channels = setup.pop("sweep")
+    first_channels = setup.pop("first_sweep")
     archs = {"digits-cnn": ARCHS["digits-cnn"]} if args.quick else ARCHS
     if args.only:
         archs = {k: v for k, v in archs.items() if k in args.only.split(",")}
@@ -345,12 +382,16 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     with stdout_to_stderr():
         repeats = 3 if args.quick else REPEATS
-        sweep = width_sweep(sweep_channels, batch=BATCH, repeats=repeats)
-        log(f"width sweep (ms): {dict(zip(sweep['out_channels'], sweep['ms'], strict=True))}")
-        widths = cnn_widths(
-            CNN_WIDTHS[:3] if args.quick else CNN_WIDTHS, batch=BATCH, repeats=repeats
-        )
-        log(f"digits CNN widths: {[(r['widths'], r['speedup_measured']) for r in widths['rows']]}")
+        sweep = first = widths = "skipped (--no-sweeps)"
+        if not args.no_sweeps:
+            sweep = width_sweep(sweep_channels, batch=BATCH, repeats=repeats)
+            log(f"width sweep (ms): {dict(zip(sweep['out_channels'], sweep['ms'], strict=True))}")
+            first = width_sweep(first_channels, batch=BATCH, repeats=repeats, in_channels=1)
+            log(f"first layer (ms): {dict(zip(first['out_channels'], first['ms'], strict=True))}")
+            widths = cnn_widths(
+                CNN_WIDTHS[:3] if args.quick else CNN_WIDTHS, batch=BATCH, repeats=repeats
+            )
+            log(f"digits CNN: {[(r['widths'], r['speedup_measured']) for r in widths['rows']]}")
         per = {n: run_arch(n, s, setup, args.seed) for n, s in archs.items()}
         skip = {"available": False, "reason": "not run in --quick or --only"}
         per[VIT] = skip if args.quick or args.only else vit_row(setup, args.seed)
@@ -377,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in cnns
         },
         "width_sweep": sweep,
+        "first_layer_sweep": first,
         "cnn_widths": widths,
         "archs": per,
         "machine": info,

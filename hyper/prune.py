@@ -177,16 +177,17 @@ def _importance(target, params, groups, importance, normalizer, key) -> list[np.
     return [np.asarray(s) for s in fn(params, key)]
 
 
-def _widths_along(sizes, order, round_to) -> list[tuple[int, ...]]:
+def _widths_along(sizes, order, round_to, *, down=False) -> list[tuple[int, ...]]:
     """The kept widths after removing the first k units of `order`, for k = 0..len(order)
-    (rounded; non-increasing in k for every group)."""
+    (rounded up, or `down`; non-increasing in k for every group)."""
     left = list(sizes)
     out = [tuple(sizes)]
     for gi, _ in order:
         left[gi] -= 1
         out.append(
             tuple(
-                latency_lib.rounded_width(n, s, round_to) for n, s in zip(left, sizes, strict=True)
+                latency_lib.rounded_width(n, s, round_to, down=down)
+                for n, s in zip(left, sizes, strict=True)
             )
         )
     return out
@@ -203,39 +204,31 @@ def _masks_for(sizes, order, widths) -> list[np.ndarray]:
     return masks
 
 
-def _refill(widths, sizes, order, scores, round_to, fits) -> tuple[int, ...]:
-    """With rounding, one candidate to the next can drop a whole multiple and overshoot the
-    goal: restore removed units, a multiple at a time (one at a time in a group smaller
-    than `round_to`), the best-scored removed units of the group whose restored units
-    score highest first, while ``fits(widths)`` holds."""
-    removed: list[list[int]] = [[] for _ in sizes]
-    for gi, u in order:
-        removed[gi].append(u)
-    w = list(widths)
-    while True:
-        best = None
-        for gi, s in enumerate(sizes):
-            if w[gi] >= s:
-                continue
-            nw = min(s, w[gi] + (round_to if s >= round_to else 1))
-            gone = s - w[gi]  # the first `gone` of removed[gi] are removed
-            gain = float(sum(scores[gi][u] for u in removed[gi][gone - (nw - w[gi]) : gone]))
-            cand = (*w[:gi], nw, *w[gi + 1 :])
-            if (best is None or gain > best[0]) and fits(cand):
-                best = (gain, gi, nw)
-        if best is None:
-            return tuple(w)
-        w[best[1]] = best[2]
-
-
-def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, latency=None):
+def _prune_step(
+    target, params, groups, scores, goal, speedup, round_to=1, latency=None, final=True
+):
     """Removes the fewest lowest-ranked units so that the cost <= goal: FLOPs (a binary
-    search: FLOPs fall as units go) or ``latency(widths)`` (a scan in ranking order: a
-    measured latency need not fall monotonically). Widths rounded by `rounded_width`, then
-    refilled (`_refill`) up to the goal."""
+    search: FLOPs fall as units go) or ``latency(widths)`` (a scan in ranking order, widths
+    rounded down: a measured latency need not fall monotonically, and a table holds only
+    rounded widths).
+
+    With `round_to` and FLOPs, two candidates: (a) the ranking's widths at the goal
+    rounded down, then `hyper.latency.trim_widths` (while over the goal) and
+    `hyper.latency.refill_widths` (while under it), both by score per cost; (b) the ranking
+    walked on with widths rounded up until they meet the goal, then refilled. The one whose
+    largest cut below the ranking's widths (relative) is smaller wins, (a) on a tie:
+    rounding should not cut a layer far below what the ranking chose. (b) alone kept the
+    digits CNN's first layer, cheap in FLOPs and dear in time, whole (16/8/24 where the
+    ranking chose about 9/18/17); (a) alone cut the MNIST-1D CNN's middle layer to 8 where
+    the ranking kept 13. A round before the last (`final` False) keeps the ranking's
+    widths at its goal rounded up (an intermediate goal is a schedule): rounding down at
+    every round compounded (MNIST-1D at 3x: 24/8/24, 2-3 points lost), and taking (b) at
+    every round cut the digits CNN's middle layer to 8 before the last round could choose
+    (16/8/24 again). Measured cost (bench/prune_speed.py, one loaded run): MNIST-1D at 3x
+    0.6 points below unrounded pruning at 16/16/24 where (b) at every round gave +0.1."""
     order, blocked = _removal_order(scores)
     sizes = [g.size for g in groups]
-    along = _widths_along(sizes, order, round_to)
+    along = _widths_along(sizes, order, round_to, down=True)
     rounding = f" with widths rounded to multiples of {round_to}" if round_to > 1 else ""
 
     def cut(widths):
@@ -249,15 +242,12 @@ def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, laten
             cost_at[w] = float(latency(w)) if latency else compact.count_flops(cut(w)[0])
         return cost_at[w]
 
-    def done(w):
-        if round_to > 1:
-            w = _refill(w, sizes, order, scores, round_to, lambda c: cost(c) <= goal)
-        return cut(w)
-
     if latency is not None:
         for w in along:
             if cost(w) <= goal:
-                return done(w)
+                if round_to > 1:
+                    w = latency_lib.refill_widths(w, sizes, order, scores, round_to, cost, goal)
+                return cut(w)
         best = min(cost_at, key=cost_at.get)
         raise UnreachableSpeedup(
             f"latency speed-up {speedup:g}x cannot be reached{rounding}: the fastest "
@@ -272,14 +262,39 @@ def _prune_step(target, params, groups, scores, goal, speedup, round_to=1, laten
             f"group leave {int(f_all):,} FLOPs > {int(goal):,}; it would remove every channel "
             f"of layer {_layer_names(g)} (group {g.name!r})"
         )
-    lo, hi = 0, len(order)  # cost(along[hi]) <= goal
+    ranked = _widths_along(sizes, order, 1)
+    lo, hi = 0, len(order)  # cost(ranked[hi]) <= goal
     while lo < hi:
         mid = (lo + hi) // 2
-        if cost(along[mid]) <= goal:
+        if cost(ranked[mid]) <= goal:
             hi = mid
         else:
             lo = mid + 1
-    return done(along[lo])
+    if round_to == 1:
+        return cut(ranked[lo])
+    if not final:
+        up = zip(ranked[lo], sizes, strict=True)
+        return cut(tuple(latency_lib.rounded_width(v, n, round_to) for v, n in up))
+    u = ranked[lo]
+    down = tuple(
+        latency_lib.rounded_width(v, n, round_to, down=True) for v, n in zip(u, sizes, strict=True)
+    )
+    a = latency_lib.trim_widths(down, sizes, order, scores, round_to, cost, goal)
+    a = latency_lib.refill_widths(a, sizes, order, scores, round_to, cost, goal)
+    up = _widths_along(sizes, order, round_to)  # rounded up along the ranking: the first
+    k, hi = lo, len(order)  # that fits (cost(up[-1]) = f_all <= goal)
+    while k < hi:
+        mid = (k + hi) // 2
+        if cost(up[mid]) <= goal:
+            hi = mid
+        else:
+            k = mid + 1
+    b = latency_lib.refill_widths(up[k], sizes, order, scores, round_to, cost, goal)
+
+    def worst_cut(w):  # the largest cut below the ranking's widths, relative
+        return max((v - x) / v for v, x in zip(u, w, strict=True))
+
+    return cut(min((a, b), key=worst_cut))
 
 
 def _check_prunable(target: Target) -> list[symmetry.Group]:
@@ -369,14 +384,20 @@ def prune_to_speedup(
 
     With `round_to` > 1 every kept width is a multiple of `round_to` (`rounded_width`: a
     group left whole keeps its width; a group smaller than `round_to` is not rounded and
-    keeps >= 1 unit); FLOPs are counted on the rounded network. On this project's CPU
-    (XLA, `bench/prune_speed.py`) a conv with 17 output channels takes about twice as long
-    as one with 16, so unrounded widths can make a network with fewer FLOPs slower.
+    keeps >= 1 unit); FLOPs are counted on the rounded network. The last round keeps the
+    ranking's allocation across layers: of the ranking's widths rounded down (then trimmed
+    and refilled a multiple at a time by score per FLOP) and the ranking walked on with
+    widths rounded up, the candidate that cuts no layer as far below its ranked width.
+    On this project's CPU (XLA, `bench/prune_speed.py`) a conv with 17 output channels
+    takes about twice as long as one with 16, so unrounded widths can make a
+    network with fewer FLOPs slower.
 
     With `latency` (`Latency`: a callable ``widths -> seconds`` or a measured table) the
     goal is ``latency(widths) <= latency(widths_0) / speedup`` instead of FLOPs: each
-    round keeps the ranking and takes the first candidate (fewest units removed, rounded
-    as above) that meets it. A table restricts the candidates to its width vectors.
+    round keeps the ranking and takes the first candidate (fewest units removed, widths
+    rounded down) that meets it, then refills multiples by score per second while it
+    holds. A table restricts the candidates to its width vectors (measured ones are
+    noisy: a refill the table calls free is taken first).
 
     Returns:
       ``(compact_target, compact_params)`` (a derived target; `export_pruned` gives it a
@@ -409,7 +430,7 @@ def prune_to_speedup(
         ks = None if key is None else jax.random.fold_in(key, s)
         scores = _importance(t, p, groups, importance, normalizer, ks)
         goal = final if s == steps else f0 / speedup ** (s / steps)
-        t, p = _prune_step(t, p, groups, scores, goal, speedup, round_to, cost)
+        t, p = _prune_step(t, p, groups, scores, goal, speedup, round_to, cost, s == steps)
     return t, p
 
 

@@ -241,6 +241,14 @@ def test_rounded_width_rule():
     assert [latency.rounded_width(k, 20, 8) for k in (1, 9, 17, 20)] == [8, 16, 20, 20]
     assert [latency.rounded_width(k, 6, 8) for k in (0, 1, 5, 6)] == [1, 1, 5, 6]
     assert [latency.rounded_width(k, 6, 1) for k in (0, 3, 6)] == [1, 3, 6]
+    # down: to the multiple at or below, at least one multiple; the same set of widths
+    down = [latency.rounded_width(k, 32, 8, down=True) for k in (0, 1, 8, 9, 16, 17, 31, 32)]
+    assert down == [8, 8, 8, 8, 16, 16, 24, 32]
+    assert [latency.rounded_width(k, 20, 8, down=True) for k in (1, 15, 19, 20)] == [8, 8, 16, 20]
+    assert [latency.rounded_width(k, 6, 8, down=True) for k in (0, 5, 6)] == [1, 5, 6]
+    for size in (6, 20, 32):
+        up = {latency.rounded_width(k, size, 8) for k in range(1, size + 1)}
+        assert up == {latency.rounded_width(k, size, 8, down=True) for k in range(1, size + 1)}
     assert latency.width_grid([20, 4], 8) == [
         (w, v) for w in (20, 16, 8) for v in (4, 3, 2, 1)
     ]  # fmt: skip
@@ -284,6 +292,44 @@ def test_round_to_keeps_multiples_and_counts_flops_after_rounding(target, net):
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="round_to"):
             prune_to_speedup(target, net, 2.0, round_to=bad)
+
+
+def test_rounding_keeps_the_rankings_allocation_across_layers():
+    """A CNN 8/16/16 (initial weights, no training) to 3x fewer FLOPs with round_to=4: the
+    rounded widths are never below the unrounded ones rounded down. Rounding up while
+    walking the ranking (the old rule) cut the second layer to 4 where the ranking kept 8
+    (widths 8/4/8: the first layer, cheap in FLOPs and dear in time, kept whole)."""
+    t = make_target("cnn2d", input_shape=(8, 8), channels=[8, 16, 16], out_features=10)
+    p = t.init(jax.random.key(2))
+    f0 = compact.count_flops(t)
+    for s in (2.0, 3.0):
+        u = _widths(prune_to_speedup(t, p, s, steps=1)[0])
+        small, _ = prune_to_speedup(t, p, s, steps=1, round_to=4)
+        r = _widths(small)
+        assert all(v % 4 == 0 for v in r) and compact.count_flops(small) <= f0 / s
+        floor = [latency.rounded_width(a, 16 if i else 8, 4, down=True) for i, a in enumerate(u)]
+        assert all(b >= a for a, b in zip(floor, r, strict=True)), (u, r)
+
+
+def test_trim_and_refill_by_score_per_cost():
+    """Two groups of 16, multiples of 8, cost 4*w0 + w1: the first group's units score
+    twice as high but cost four times as much, so trimming takes them first and refilling
+    restores the cheap group first (restoring by score alone would give (16, 8))."""
+    order = [(g, u) for u in range(16) for g in (0, 1)]
+    scores = [np.full(16, 2.0), np.full(16, 1.0)]
+
+    def cost(w):
+        return 4.0 * w[0] + w[1]
+
+    args = ([16, 16], order, scores, 8, cost)
+    assert latency.trim_widths((16, 16), *args, 48.0) == (8, 16)
+    assert latency.refill_widths((8, 8), *args, 72.0) == (8, 16)
+    assert latency.refill_widths((8, 8), *args, 80.0) == (16, 16)
+    assert latency.trim_widths((16, 16), *args, 1.0) == (8, 8)  # nothing left: over
+    assert latency.refill_widths((8, 8), [16, 16], order, scores, 8, lambda w: w[0], 8.0) == (
+        8,
+        16,
+    )  # a restore that costs nothing comes first
 
 
 def test_a_latency_table_steers_pruning(target, net, x_batch):
