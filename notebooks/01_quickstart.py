@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -196,3 +196,27 @@ ax.legend()
 figure_path = OUT_DIR / "accuracy_vs_learning_rate.png"
 fig.savefig(figure_path, dpi=100)
 print(f"figure: {figure_path}")
+
+# %% [markdown]
+# ## 8. Weights for PyTorch
+#
+# `hyper.formats` writes a network as a safetensors file in PyTorch's layout (`Linear`
+# weights `[out, in]`, keys such as `layers.0.weight`), which a PyTorch module's
+# `load_state_dict` takes as it is (`docs/formats.md` has the PyTorch snippet);
+# `weightspace export --from ZOO --format safetensors --layout torch` does it for a whole zoo.
+# Reading a file back checks every key, shape and dtype against the target.
+
+# %%
+from hyper import formats  # noqa: E402
+
+g = loaded.groups[0]
+member = population.take(g.params, 0)
+path = formats.save_safetensors(
+    g.target, member, OUT_DIR / "member0.safetensors", layout="torch", overwrite=True
+)
+print(sorted(formats.to_tensors(g.target, member, layout="torch")))
+back = formats.load_safetensors(g.target, path)
+pairs = zip(jax.tree.leaves(member), jax.tree.leaves(back), strict=True)
+exact = all(np.array_equal(a, b) for a, b in pairs)
+print(f"{path}: round trip exact: {exact}")
+assert exact
