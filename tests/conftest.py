@@ -148,6 +148,8 @@ _FILE_SECONDS = {
     "test_metanets_predict.py": 85,
     "test_metanets_resume.py": 55,
     "test_metanets_models.py": 40,
+    "test_coverage.py": 40,
+    "test_hyper_formats.py": 25,
     "test_reliability.py": 35,
     "test_hyper_multihost.py": 35,
     "test_hypernets_hypernet.py": 35,
