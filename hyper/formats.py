@@ -495,7 +495,12 @@ def load_safetensors(
             raise FormatError(f"{path}: the member files do not hold the same tensors")
         arrays = {k: np.stack(v) for k, v in stacked.items()}
         return from_tensors(target, arrays, layout=lay, batched=True, key_map=key_map, where=path)
-    tensors, raw = _read_safetensors_file(path)
+    return _from_file(target, path, _read_safetensors_file(path), layout, key_map)
+
+
+def _from_file(target, path, read, layout, key_map) -> Params:
+    """Params from one read file ``(tensors, raw metadata)``, in its own or the given layout."""
+    tensors, raw = read
     lay = _layout_of(path, _decode_meta(path, raw), layout)
     return from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
 
@@ -570,9 +575,7 @@ def load_npz(
       FormatError: as `load_safetensors`.
     """
     path = os.path.abspath(os.fspath(path))
-    tensors, raw = _read_npz(path)
-    lay = _layout_of(path, _decode_meta(path, raw), layout)
-    return from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
+    return _from_file(target, path, _read_npz(path), layout, key_map)
 
 
 def save_weights(
