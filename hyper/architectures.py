@@ -451,7 +451,7 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
       a `Target` whose ``config`` (``{"arch": ..., "input_shape": ..., **config}``)
       rebuilds it with ``make_target(**target.config)``.
 
-    Example:
+    Examples:
       >>> t = make_target("mlp", input_shape=(8, 8), widths=(32,), out_features=10)
       >>> t.num_params
       2410

@@ -181,7 +181,7 @@ def prepare_dir(
 class PopulationCheckpointer:
     """Numbered steps (e.g. epochs) of array items plus one JSON item, in one directory.
 
-    Example:
+    Examples:
       >>> ckpt = PopulationCheckpointer("/tmp/run")          # doctest: +SKIP
       >>> ckpt.save(5, {"params": pop}, meta={"epoch": 5})    # doctest: +SKIP
       >>> arrays, meta = ckpt.restore(5, {"params": target.abstract_params(n)})  # doctest: +SKIP

@@ -60,7 +60,7 @@ def rounded_width(kept: int, size: int, round_to: int = 1, *, down: bool = False
     pruning it at all, and it is too small to be slow). The result is always >= 1; up and
     down give the same set of widths over ``kept = 1..size``.
 
-    Example:
+    Examples:
       >>> [rounded_width(k, 32, 8) for k in (1, 8, 9, 30)], rounded_width(3, 6, 8)
       ([8, 8, 16, 32], 3)
       >>> [rounded_width(k, 32, 8, down=True) for k in (1, 8, 9, 31, 32)]

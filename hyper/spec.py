@@ -63,6 +63,8 @@ ROLES = (
     "embedding",
     "other",
 )
+"""The roles of a weight leaf, in `LeafSpec.role`: kernel, bias, norm scale and shift,
+running statistic, embedding, or other."""
 
 
 @dataclasses.dataclass(frozen=True)

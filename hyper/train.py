@@ -292,7 +292,7 @@ def _keep_sharded(tree: Any, shard: bool) -> Any:
 class Trainer:
     """Trains populations of `target` on `dataset` with one compiled program per epoch.
 
-    Example:
+    Examples:
       >>> from hyper import data, architectures
       >>> t = architectures.make_target("mlp", input_shape=(8, 8), widths=(32,), out_features=10)
       >>> tr = Trainer(t, data.load("digits"), TrainConfig(batch_size=64))

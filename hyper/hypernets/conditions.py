@@ -55,6 +55,9 @@ ENCODINGS = ("cos|sin", "z|1-z", "raw", "normalize")
 
 @dataclasses.dataclass(frozen=True)
 class Continuous:
+    """A continuous condition: numbers of shape `shape` in [low, high] per generated network
+    (a hyperparameter, a loss weight), rescaled to [0, 1] and then encoded (`ENCODINGS`)."""
+
     name: str
     shape: tuple[int, ...] = ()
     low: float = 0.0
@@ -77,6 +80,9 @@ class Continuous:
 
 @dataclasses.dataclass(frozen=True)
 class Categorical:
+    """A categorical condition: integer ids in [0, num_classes) (a task, a class subset),
+    each with a learned embedding of `dim` values."""
+
     name: str
     num_classes: int
     dim: int = 8
@@ -87,6 +93,9 @@ class Categorical:
 
 @dataclasses.dataclass(frozen=True)
 class Vector:
+    """A free vector of `dim` values per generated network (e.g. a data-set embedding),
+    used as given."""
+
     name: str
     dim: int
 
@@ -99,6 +108,9 @@ class Vector:
 
 @dataclasses.dataclass(frozen=True)
 class Noise:
+    """`dim` standard normal inputs per generated network, sampled from a key when the
+    conditions do not give them."""
+
     name: str
     dim: int
 
@@ -110,6 +122,7 @@ class Noise:
 
 
 Condition = Continuous | Categorical | Vector | Noise
+"""Any condition spec: `Continuous`, `Categorical`, `Vector` or `Noise`."""
 _KINDS = {"continuous": Continuous, "categorical": Categorical, "vector": Vector, "noise": Noise}
 
 

@@ -113,7 +113,7 @@ def _head_var(init: str, leaf: LeafSpec, hidden: int, size: int) -> float:
 class HyperNet(nnx.Module):
     """A hypernetwork for `target` (Flax NNX).
 
-    Example:
+    Examples:
       >>> from hyper import make_target
       >>> from hyper.hypernets.conditions import Continuous
       >>> t = make_target("mlp", input_shape=(8, 8), widths=(16,), out_features=10)
