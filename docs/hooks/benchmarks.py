@@ -92,11 +92,24 @@ def plot_assembler(plt):
     return fig
 
 
+def plot_formats(plt):
+    """Write and read time of 4,096 digits MLPs, by file format."""
+    speed = _load("formats")["speed"]
+    fmts = [k for k, v in speed.items() if isinstance(v, dict)]
+    fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
+    series = {op: [speed[f][op]["seconds"] for f in fmts] for op in ("write", "read")}
+    _bars(ax, [f.replace(" (", "\n(") for f in fmts], series, "seconds")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(f"{speed['nets']:,} networks, {speed['megabytes']:.0f} MB", fontsize=10)
+    return fig
+
+
 PLOTS = {
     "metaprune": plot_metaprune,
     "metanet_predict": plot_metanet_predict,
     "merge_barrier": plot_merge_barrier,
     "assembler": plot_assembler,
+    "formats": plot_formats,
 }
 
 
