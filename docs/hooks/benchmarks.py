@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from mkdocs.structure.files import File
@@ -74,6 +75,8 @@ def plot_merge_barrier(plt):
         for how in ("naive", "weight", "activation"):
             ax.plot([int(w) for w in widths], [barrier[arch][w][how] for w in widths], "o-")
         ax.set_xscale("log", base=2)
+        ax.set_xticks([int(w) for w in widths], widths)
+        ax.minorticks_off()
         ax.set_xlabel(f"{arch.upper()} width")
         ax.set_title(f"{arch.upper()}: loss barrier", fontsize=10)
     axes[0].set_ylabel("barrier (cross-entropy)")
@@ -98,9 +101,9 @@ def plot_formats(plt):
     fmts = [k for k, v in speed.items() if isinstance(v, dict)]
     fig, ax = plt.subplots(figsize=(5, 3.2), constrained_layout=True)
     series = {op: [speed[f][op]["seconds"] for f in fmts] for op in ("write", "read")}
-    _bars(ax, [f.replace(" (", "\n(") for f in fmts], series, "seconds")
+    _bars(ax, [textwrap.fill(f, 12) for f in fmts], series, "seconds")
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_title(f"{speed['nets']:,} networks, {speed['megabytes']:.0f} MB", fontsize=10)
+    ax.set_title(f"{speed['nets']:,} digits MLPs, {speed['megabytes']:.0f} MB", fontsize=10)
     return fig
 
 
