@@ -154,8 +154,9 @@ def on_pre_build(config):
 
 
 def on_files(files, config):
-    for png in sorted(RESULTS.glob("*.png")):
-        files.append(File.generated(config, f"bench_results/{png.name}", abs_src_path=str(png)))
+    for png in sorted([*RESULTS.glob("*.png"), *RESULTS.glob("gpu/*.png")]):
+        uri = f"bench_results/{png.relative_to(RESULTS).as_posix()}"
+        files.append(File.generated(config, uri, abs_src_path=str(png)))
     return files
 
 
