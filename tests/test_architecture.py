@@ -258,6 +258,7 @@ PROJECT_TESTS = {
     "test_bench_suite.py",
     "test_coverage.py",
     "test_coverage_properties.py",
+    "test_docs.py",
     "test_fuzz.py",
     "test_notebooks.py",
     "test_reliability.py",
