@@ -13,9 +13,12 @@
 Every file we write carries, in its metadata (safetensors' string header; ``.npz``: a
 ``__weightspace__`` JSON string entry): the format tag, the layout, the target's name and
 rebuild config (`read_target`), each tensor's role and our leaf path, the number of targets,
-and the caller's metadata. Files written by other programs load as long as their keys,
-shapes and dtypes match the target. Nothing is pickled: ``.npz`` files are read with
-``allow_pickle=False``.
+and the caller's metadata; a ``"torch"``-layout file of a target whose convolutions pad
+unequally on the two sides (zoos built before the CNN presets moved to symmetric padding)
+also carries ``"warning"`` (`hyper.torch_layout.padding_warning`: the ``F.pad`` a PyTorch
+module needs), and writing it warns (`hyper.torch_layout.TorchPaddingWarning`). Files
+written by other programs load as long as their keys, shapes and dtypes match the target.
+Nothing is pickled: ``.npz`` files are read with ``allow_pickle=False``.
 
 Reading checks every key, shape and dtype against the target and names the first
 mismatch; a truncated, corrupted or foreign file raises `FormatError` (a
@@ -41,6 +44,7 @@ from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 from hyper.torch_layout import (
     from_torch_state_dict,
+    padding_warning,
     to_torch_state_dict,
     torch_key_map,
     torch_layouts,
@@ -248,12 +252,17 @@ def file_metadata(
 ) -> dict[str, str]:
     """The string metadata stored with a file: format tag, layout, target name and
     rebuild config, each tensor's role and our path, the number of targets (None: one
-    network, no `targets` axis) and the caller's `metadata` (JSON)."""
+    network, no `targets` axis) and the caller's `metadata` (JSON). In the ``"torch"``
+    layout, a target whose convolutions pad unequally on the two sides (old zoos' XLA
+    'SAME' at stride 2) adds ``"warning"``: `hyper.torch_layout.padding_warning`, what the
+    PyTorch module must do to compute the same function."""
     want, nbt = _expected(target, layout, key_map)
     roles = {k: target.leaf(p).role for k, (p, _, _) in want.items()}
     roles.update({k: "batch_count" for k in nbt if k in tensors})
     extra = _metadata_json(metadata)
+    note = padding_warning(target) if layout == "torch" else None
     return {
+        **({"warning": note} if note else {}),
         "format": FORMAT_TAG,
         "version": "1",
         "layout": layout,
