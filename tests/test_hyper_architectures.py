@@ -159,7 +159,8 @@ def test_cnn_presets_pad_symmetrically_and_old_configs_rebuild_as_same(name, sha
     """The CNN presets record ``padding="SYMMETRIC"`` (PyTorch's ``padding=k // 2``; the
     traced convolutions pad equally on both sides); a config stored before (no
     ``padding`` key) rebuilds with XLA's 'SAME', asymmetric at stride 2 on even sizes, and
-    its config now records that."""
+    its config now records that. The structural groups of the new presets are found and
+    verified numerically (align, prune and graphs build on them; bench/prune_speed.py)."""
     from hyper.torch_layout import padding_warning
 
     cfg = {**zoo.PRESETS[name].arch, "input_shape": list(shape), "activation": "relu"}
@@ -174,3 +175,8 @@ def test_cnn_presets_pad_symmetrically_and_old_configs_rebuild_as_same(name, sha
     assert np.abs(np.asarray(new.apply(params, x)) - np.asarray(old.apply(params, x))).max() > 1e-3
     with pytest.raises(WeightspaceError, match="padding must be one of"):
         make_target(**{**cfg, "padding": "same"})
+    # The structural analysis reads the explicit pads from the trace like 'SAME' ones.
+    from hyper import symmetry
+
+    assert len(symmetry.structural_groups(new)) == 3 and not symmetry.left_out(new)
+    symmetry.verify_groups(new, jax.random.key(0))
