@@ -225,6 +225,20 @@ def test_old_zoo_cnn_export_warns_with_the_fix(random_params, tmp_path):
     assert "F.pad" in formats.read_metadata(tmp_path / "t")["warning"]
 
 
+def test_docs_pytorch_snippet_is_the_benchmarked_one():
+    """docs/formats.md shows the code `bench/formats_torch.py` runs in PyTorch and the
+    accuracy that run printed (bench/results/formats_torch.json), not a hand-typed one."""
+    from pathlib import Path
+
+    from bench.formats_torch import SNIPPET
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "formats.md").read_text()
+    assert f"```python\n{SNIPPET}```\n\nprints `" in doc
+    result = json.loads((root / "bench" / "results" / "formats_torch.json").read_text())
+    assert f"prints `{result['snippet_printed']}`" in doc
+
+
 def test_small_cnn_zoo_target_in_torch_convention(small_cnn, random_params, tmp_path):
     assert small_cnn.num_params == 4970
     params = random_params(small_cnn, 5)
