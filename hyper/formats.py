@@ -507,10 +507,43 @@ def load_safetensors(
     return _from_file(target, path, _read_safetensors_file(path), layout, key_map)
 
 
+_STORED: dict[str, Target | None] = {}  # a stored config's JSON -> its target (None: no build)
+
+
+def _check_stored_config(target: Target, meta: Mapping[str, Any], path: str) -> None:
+    """Refuses a given `target` whose config computes another function than the file's
+    stored one (a preset that now pads symmetrically, given for a file of a 'SAME' zoo),
+    compared after rebuilding the stored config (`Target.config_differences`); a stored
+    config that does not build, or none, is not checked."""
+    stored = (meta.get("target") or {}).get("config")
+    if not isinstance(stored, dict) or not target.config or stored == target.config:
+        return
+    key = json.dumps(stored, sort_keys=True)
+    if key not in _STORED:
+        try:
+            _STORED[key] = target_from_stored(stored, path)
+        except (ValueError, TypeError, KeyError):
+            _STORED[key] = None
+    rebuilt = _STORED[key]
+    diff = target.config_differences(rebuilt) if rebuilt is not None else []
+    if diff:
+        shown = ", ".join(
+            f"{k}: file {rebuilt.config.get(k)!r}, given {target.config.get(k)!r}" for k in diff
+        )
+        raise FormatError(
+            f"{path}: the file holds a network of another configuration than the given target "
+            f"({shown}): the weights fit, but they would compute another function. Load it with "
+            "the file's own target (no --target / target=None: formats.load_file) or give a "
+            "matching one"
+        )
+
+
 def _from_file(target, path, read, layout, key_map) -> Params:
     """Params from one read file ``(tensors, raw metadata)``, in its own or the given layout."""
     tensors, raw = read
-    lay = _layout_of(path, _decode_meta(path, raw), layout)
+    meta = _decode_meta(path, raw)
+    _check_stored_config(target, meta, path)
+    lay = _layout_of(path, meta, layout)
     return from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
 
 
@@ -653,6 +686,8 @@ def load_file(
                 "(a preset name or a make_target JSON config)"
             )
         target = target_from_stored(config, path)
+    else:
+        _check_stored_config(target, meta, path)
     lay = _layout_of(path, meta, layout)
     params = from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
     return target, params, meta

@@ -215,6 +215,10 @@ def test_old_zoo_cnn_export_warns_with_the_fix(random_params, tmp_path):
         target_from_config(cfg), params, tmp_path / "new.safetensors"
     )  # the same weights, the preset's padding: no warning (pytest turns warnings to errors)
     assert "warning" not in formats.read_metadata(new)
+    # The old file with today's preset target: same shapes, another function: refused.
+    with pytest.raises(FormatError, match="padding: file 'SAME', given 'SYMMETRIC'"):
+        formats.load_safetensors(target_from_config(cfg), p)
+    assert formats.load_file(p)[0].config == old.config
     # `weightspace export` of such a saved population says so too (on stderr).
     from hyper.checkpoint import save_population
 
