@@ -6,7 +6,8 @@ hyperparameters and default epochs, for `hyper.zoo.build` and ``weightspace zoo 
 - the CNN presets pad symmetrically (``padding="SYMMETRIC"``: ``k // 2`` on both sides,
   PyTorch's ``padding=k // 2``), so an exported network runs in the natural PyTorch module;
   zoos built before stored no ``padding`` and rebuild with XLA's 'SAME' (asymmetric at
-  stride 2 on even sizes; `hyper.architectures.CNN2d`);
+  stride 2 on even sizes; `hyper.architectures.CNN2d`); resuming one with the preset is
+  refused as a different zoo (its ``arch`` differs): pass its own ``arch=`` to resume it;
 - ``digits-vit``: digits as 16 patches of 2x2, a 2-block pre-LN transformer (width 32,
   2 heads, MLP 64, gelu; `hyper.architectures.Transformer`);
 - ``mnist1d-transformer``: MNIST-1D's 40 steps as 40 tokens, the same blocks.
