@@ -179,6 +179,14 @@ class CNN2d(nnx.Module):
             bool(residual) and a == b and s == 1
             for a, b, s in zip(sizes[:-1], sizes[1:], strides, strict=True)
         )
+        if padding == "SYMMETRIC" and any(
+            r and k % 2 == 0 for r, k in zip(self.residual, kernels, strict=True)
+        ):
+            raise WeightspaceError(
+                f"CNN: padding='SYMMETRIC' with even kernel sizes {kernels} grows the feature "
+                "map by one, so a residual layer cannot add its input; use odd kernels or "
+                "padding='SAME'"
+            )
         self.dense = nnx.Linear(channels[-1], out_features, rngs=rngs)
         self.act = _activation(activation)
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None

@@ -175,6 +175,9 @@ def test_cnn_presets_pad_symmetrically_and_old_configs_rebuild_as_same(name, sha
     assert np.abs(np.asarray(new.apply(params, x)) - np.asarray(old.apply(params, x))).max() > 1e-3
     with pytest.raises(WeightspaceError, match="padding must be one of"):
         make_target(**{**cfg, "padding": "same"})
+    if name == "digits-cnn":  # an even kernel grows the map: no residual add
+        with pytest.raises(WeightspaceError, match="residual layer cannot add"):
+            make_target(**{**cfg, "kernel_size": 4, "strides": [1] * 3, "residual": True})
     # The structural analysis reads the explicit pads from the trace like 'SAME' ones.
     from hyper import symmetry
 
