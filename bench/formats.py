@@ -9,10 +9,13 @@ files the PyTorch check (``bench/formats_torch.py``, peers' environment) reads.
    (one safetensors `state_dict` per network). MB/s counts the parameter bytes.
 2. ``round_trips``: for every built-in preset, one network (random weights) through every
    format and layout and back: the largest absolute difference (0 means exact).
-3. ``torch_check``: one trained network of ``digits-mlp`` and of ``digits-cnn`` and a random
-   ResCNN with BatchNorm exported in the PyTorch layout to ``bench/results/formats_torch/``
-   with the digits test split, our accuracies and our logits; ``bench/formats_torch.py``
-   loads them into plain PyTorch modules and records what PyTorch computes.
+3. ``torch_check``: one trained network of each of ``digits-mlp``, ``digits-cnn`` and
+   ``mnist1d-cnn`` (the presets as they are: symmetric padding), of ``digits-cnn`` as zoos
+   built before stored it (``digits-cnn-same``: no ``padding`` key, XLA's 'SAME'), and a
+   random ResCNN with BatchNorm, exported in the PyTorch layout to
+   ``bench/results/formats_torch/`` with the test splits, our accuracies and our logits
+   (and whether the file carries the padding ``warning``); ``bench/formats_torch.py`` loads
+   them into plain PyTorch modules and records what PyTorch computes.
 
 Usage::
 
@@ -31,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -171,33 +175,48 @@ def torch_check(quick: bool) -> dict:
     from hyper import data, formats, train, zoo
     from hyper import population as pop_ops
     from hyper.architectures import make_target
+    from hyper.torch_layout import TorchPaddingWarning
 
     out_dir = RESULTS / ("quick" if quick else "") / "formats_torch"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    ds = data.load("digits")
-    np.savez(out_dir / "digits_test.npz", x=ds.x_test, y=ds.y_test)
+    sets = {name: data.load(name) for name in ("digits", "mnist1d")}
+    for name, d in sets.items():
+        np.savez(out_dir / f"{name}_test.npz", x=d.x_test, y=d.y_test)
+    old_cnn = {k: v for k, v in zoo.PRESETS["digits-cnn"].arch.items() if k != "padding"}
+    networks = {  # file name: (preset, arch override)
+        "digits-mlp": ("digits-mlp", None),
+        "digits-cnn": ("digits-cnn", None),
+        "mnist1d-cnn": ("mnist1d-cnn", None),
+        "digits-cnn-same": ("digits-cnn", old_cnn),  # a zoo built before: XLA's 'SAME'
+    }
     record = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in ("digits-mlp", "digits-cnn"):
+        for name, (preset, arch) in networks.items():
             grid = {k: v[:1] for k, v in zoo.PRESETS[preset].grid.items()}
             z = zoo.build(
-                os.path.join(tmp, preset),
+                os.path.join(tmp, name),
                 preset,
                 grid=grid,
                 seeds=1,
-                epochs=2 if quick else 20,
+                epochs=2 if quick else None,  # the preset's epochs
+                arch=arch,
                 progress=False,
             )
-            g = z.groups[0]
+            g, ds = z.groups[0], sets[zoo.PRESETS[preset].dataset]
             params = pop_ops.only(g.params)
             ours = train.evaluate(g.target, pop_ops.of_one(params), ds.x_test, ds.y_test)
-            formats.save_safetensors(g.target, params, out_dir / f"{preset}.safetensors")
-            record[preset] = {
+            with warnings.catch_warnings():  # digits-cnn-same warns; the file says so
+                warnings.simplefilter("ignore", TorchPaddingWarning)
+                path = formats.save_safetensors(g.target, params, out_dir / f"{name}.safetensors")
+            record[name] = {
                 "target": g.target.config,
+                "epochs": z.config["epochs"],
                 "test_acc_ours": float(np.asarray(ours["acc"])[0]),
+                "file_warning": formats.read_metadata(path).get("warning"),
             }
-            np.save(out_dir / f"{preset}_logits.npy", np.asarray(g.target.apply(params, ds.x_test)))
+            np.save(out_dir / f"{name}_logits.npy", np.asarray(g.target.apply(params, ds.x_test)))
+    ds = sets["digits"]
     t = make_target("rescnn", input_shape=(8, 8), channels=4, num_blocks=1, out_features=10)
     params = _random(t, None, 2)
     formats.save_safetensors(t, params, out_dir / "rescnn.safetensors")

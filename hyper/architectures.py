@@ -28,6 +28,7 @@ __all__ = [
     "CNN1d",
     "CNN2d",
     "MLP",
+    "PADDINGS",
     "ResCNN",
     "Transformer",
     "TransformerBlock",
@@ -35,6 +36,9 @@ __all__ = [
     "make_target",
     "target_from_config",
 ]
+
+PADDINGS = ("SAME", "VALID", "SYMMETRIC")
+"""The `padding` options of `CNN2d` / `CNN1d` (and of their `make_target` configs)."""
 
 # The one activation table of weightspace, in id order: graph metanetworks encode a hidden
 # node's activation as its index in ``("none", *ACTIVATIONS)``, so new entries go last.
@@ -105,11 +109,21 @@ class CNN2d(nnx.Module):
     `residual`, a conv layer whose input and output shapes agree (same channels, stride 1)
     adds its input to its activated output (``x + act(bn(conv(x)))``).
 
-    'SAME' follows XLA: per axis the total padding ``max((ceil(n/s) - 1)*s + k - n, 0)`` is
-    split ``low = total // 2``, ``high = total - low``. With stride 2 on an even input that
-    is asymmetric (k=3, n=8: low 0, high 1), which a PyTorch ``Conv2d(padding=...)`` cannot
-    express: a PyTorch port needs ``F.pad`` before a ``padding=0`` conv. ``padding="VALID"``
-    (no padding, Keras' default: the Small CNN Zoo) is PyTorch's ``padding=0``.
+    `padding` (one of `PADDINGS`):
+
+    - ``"SYMMETRIC"``: ``k // 2`` zeros on both sides of every spatial axis, explicit pads
+      ``((k // 2, k // 2), ...)``: PyTorch's ``Conv2d(..., padding=k // 2)``, so the
+      natural PyTorch port computes the same function. The built-in CNN presets use it.
+    - ``"SAME"`` (the default of the class and of a `make_target` config without a
+      ``padding`` key, i.e. of zoos built before the presets moved to ``"SYMMETRIC"``)
+      follows XLA: per axis the total padding ``max((ceil(n/s) - 1)*s + k - n, 0)`` is
+      split ``low = total // 2``, ``high = total - low``. With stride 2 on an even input
+      that is asymmetric (k=3, n=8: low 0, high 1), which a PyTorch ``Conv2d(padding=...)``
+      cannot express: a PyTorch port needs ``F.pad`` before a ``padding=0`` conv
+      (`hyper.torch_layout.padding_warning` says so on export). At stride 1 with an odd
+      kernel it equals ``"SYMMETRIC"``.
+    - ``"VALID"`` (no padding, Keras' default: the Small CNN Zoo) is PyTorch's
+      ``padding=0``.
     """
 
     def __init__(
@@ -129,8 +143,8 @@ class CNN2d(nnx.Module):
         rngs: nnx.Rngs,
     ):
         channels = _check_widths("CNN", channels)
-        if padding not in ("SAME", "VALID"):
-            raise WeightspaceError(f"CNN: padding must be 'SAME' or 'VALID', got {padding!r}")
+        if padding not in PADDINGS:
+            raise WeightspaceError(f"CNN: padding must be one of {list(PADDINGS)}, got {padding!r}")
         strides = tuple(strides) if strides is not None else (1,) + (2,) * (len(channels) - 1)
         if len(strides) != len(channels):
             raise WeightspaceError(f"CNN: {len(strides)} strides for {len(channels)} conv layers")
@@ -145,7 +159,14 @@ class CNN2d(nnx.Module):
         self.ndim = ndim
         self.convs = nnx.List(
             [
-                nnx.Conv(a, b, (k,) * ndim, strides=(s,) * ndim, padding=padding, rngs=rngs)
+                nnx.Conv(
+                    a,
+                    b,
+                    (k,) * ndim,
+                    strides=(s,) * ndim,
+                    padding=_pads(padding, k, ndim),
+                    rngs=rngs,
+                )
                 for a, b, s, k in zip(sizes[:-1], sizes[1:], strides, kernels, strict=True)
             ]
         )
@@ -158,6 +179,14 @@ class CNN2d(nnx.Module):
             bool(residual) and a == b and s == 1
             for a, b, s in zip(sizes[:-1], sizes[1:], strides, strict=True)
         )
+        if padding == "SYMMETRIC" and any(
+            r and k % 2 == 0 for r, k in zip(self.residual, kernels, strict=True)
+        ):
+            raise WeightspaceError(
+                f"CNN: padding='SYMMETRIC' with even kernel sizes {kernels} grows the feature "
+                "map by one, so a residual layer cannot add its input; use odd kernels or "
+                "padding='SAME'"
+            )
         self.dense = nnx.Linear(channels[-1], out_features, rngs=rngs)
         self.act = _activation(activation)
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
@@ -174,6 +203,11 @@ class CNN2d(nnx.Module):
         if self.dropout is not None:
             x = self.dropout(x)
         return self.dense(x)
+
+
+def _pads(padding: str, k: int, ndim: int) -> str | tuple[tuple[int, int], ...]:
+    """Flax's `padding` of one conv: explicit ``(k // 2, k // 2)`` pairs for "SYMMETRIC"."""
+    return ((k // 2, k // 2),) * ndim if padding == "SYMMETRIC" else padding
 
 
 class CNN1d(CNN2d):
@@ -384,6 +418,7 @@ _BUILDERS: dict[str, tuple[type, Callable[[dict], tuple[tuple, dict]]]] = {
                 "strides": c.get("strides"),
                 "activation": c.get("activation", "relu"),
                 "dropout": c.get("dropout", 0.0),
+                "padding": c.get("padding", "SAME"),
             },
         ),
     ),
@@ -416,7 +451,7 @@ _CONV_KEYS = {"in_channels", "channels", "out_features", "kernel_size", "strides
 _KEYS: dict[str, set[str]] = {
     "mlp": {"in_features", "widths", "out_features", "activation", "dropout"},
     "cnn2d": _CONV_KEYS | {"dropout", "batchnorm", "residual", "padding"},
-    "cnn1d": _CONV_KEYS | {"dropout"},
+    "cnn1d": _CONV_KEYS | {"dropout", "padding"},
     "rescnn": {"in_channels", "channels", "out_features", "num_blocks", "activation"},
     "transformer": {
         "in_channels",
@@ -499,6 +534,15 @@ def make_target(arch: str, *, input_shape: Sequence[int], **config: Any) -> Targ
             cfg["channels"] = _positive_ints("channels", [cfg["channels"]])[0]
         else:
             cfg["channels"] = list(_positive_ints("channels", cfg["channels"]))
+    if arch in ("cnn2d", "cnn1d"):
+        # Recorded explicitly: a stored config without it (a zoo built before the presets
+        # moved to "SYMMETRIC") rebuilds with the old default, XLA's 'SAME'.
+        cfg["padding"] = cfg.get("padding", "SAME")
+        if cfg["padding"] not in PADDINGS:
+            raise WeightspaceError(
+                f"make_target({arch!r}): padding must be one of {list(PADDINGS)}, "
+                f"got {cfg['padding']!r}"
+            )
     if cfg.get("strides") is not None:
         cfg["strides"] = list(_positive_ints("strides", cfg["strides"]))
     if isinstance(cfg.get("kernel_size"), list | tuple):

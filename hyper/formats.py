@@ -13,9 +13,12 @@
 Every file we write carries, in its metadata (safetensors' string header; ``.npz``: a
 ``__weightspace__`` JSON string entry): the format tag, the layout, the target's name and
 rebuild config (`read_target`), each tensor's role and our leaf path, the number of targets,
-and the caller's metadata. Files written by other programs load as long as their keys,
-shapes and dtypes match the target. Nothing is pickled: ``.npz`` files are read with
-``allow_pickle=False``.
+and the caller's metadata; a ``"torch"``-layout file of a target whose convolutions pad
+unequally on the two sides (zoos built before the CNN presets moved to symmetric padding)
+also carries ``"warning"`` (`hyper.torch_layout.padding_warning`: the ``F.pad`` a PyTorch
+module needs), and writing it warns (`hyper.torch_layout.TorchPaddingWarning`). Files
+written by other programs load as long as their keys, shapes and dtypes match the target.
+Nothing is pickled: ``.npz`` files are read with ``allow_pickle=False``.
 
 Reading checks every key, shape and dtype against the target and names the first
 mismatch; a truncated, corrupted or foreign file raises `FormatError` (a
@@ -41,6 +44,7 @@ from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 from hyper.torch_layout import (
     from_torch_state_dict,
+    padding_warning,
     to_torch_state_dict,
     torch_key_map,
     torch_layouts,
@@ -248,12 +252,17 @@ def file_metadata(
 ) -> dict[str, str]:
     """The string metadata stored with a file: format tag, layout, target name and
     rebuild config, each tensor's role and our path, the number of targets (None: one
-    network, no `targets` axis) and the caller's `metadata` (JSON)."""
+    network, no `targets` axis) and the caller's `metadata` (JSON). In the ``"torch"``
+    layout, a target whose convolutions pad unequally on the two sides (old zoos' XLA
+    'SAME' at stride 2) adds ``"warning"``: `hyper.torch_layout.padding_warning`, what the
+    PyTorch module must do to compute the same function."""
     want, nbt = _expected(target, layout, key_map)
     roles = {k: target.leaf(p).role for k, (p, _, _) in want.items()}
     roles.update({k: "batch_count" for k in nbt if k in tensors})
     extra = _metadata_json(metadata)
+    note = padding_warning(target) if layout == "torch" else None
     return {
+        **({"warning": note} if note else {}),
         "format": FORMAT_TAG,
         "version": "1",
         "layout": layout,
@@ -498,10 +507,43 @@ def load_safetensors(
     return _from_file(target, path, _read_safetensors_file(path), layout, key_map)
 
 
+_STORED: dict[str, Target | None] = {}  # a stored config's JSON -> its target (None: no build)
+
+
+def _check_stored_config(target: Target, meta: Mapping[str, Any], path: str) -> None:
+    """Refuses a given `target` whose config computes another function than the file's
+    stored one (a preset that now pads symmetrically, given for a file of a 'SAME' zoo),
+    compared after rebuilding the stored config (`Target.config_differences`); a stored
+    config that does not build, or none, is not checked."""
+    stored = (meta.get("target") or {}).get("config")
+    if not isinstance(stored, dict) or not target.config or stored == target.config:
+        return
+    key = json.dumps(stored, sort_keys=True)
+    if key not in _STORED:
+        try:
+            _STORED[key] = target_from_stored(stored, path)
+        except (ValueError, TypeError, KeyError):
+            _STORED[key] = None
+    rebuilt = _STORED[key]
+    diff = target.config_differences(rebuilt) if rebuilt is not None else []
+    if diff:
+        shown = ", ".join(
+            f"{k}: file {rebuilt.config.get(k)!r}, given {target.config.get(k)!r}" for k in diff
+        )
+        raise FormatError(
+            f"{path}: the file holds a network of another configuration than the given target "
+            f"({shown}): the weights fit, but they would compute another function. Load it with "
+            "the file's own target (no --target / target=None: formats.load_file) or give a "
+            "matching one"
+        )
+
+
 def _from_file(target, path, read, layout, key_map) -> Params:
     """Params from one read file ``(tensors, raw metadata)``, in its own or the given layout."""
     tensors, raw = read
-    lay = _layout_of(path, _decode_meta(path, raw), layout)
+    meta = _decode_meta(path, raw)
+    _check_stored_config(target, meta, path)
+    lay = _layout_of(path, meta, layout)
     return from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
 
 
@@ -644,6 +686,8 @@ def load_file(
                 "(a preset name or a make_target JSON config)"
             )
         target = target_from_stored(config, path)
+    else:
+        _check_stored_config(target, meta, path)
     lay = _layout_of(path, meta, layout)
     params = from_tensors(target, tensors, layout=lay, key_map=key_map, where=path)
     return target, params, meta

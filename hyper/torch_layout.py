@@ -21,17 +21,30 @@ The layout of each leaf comes from its spec (`hyper.spec.LeafSpec`), not from it
 
 Keys are ``<layer path with dots>.<PyTorch name of the role>`` (`torch_key_map`); export
 and import both accept ``key_map=`` for modules named differently.
+
+The weights transfer exactly; the PyTorch module must also pad as we do. A PyTorch
+``Conv(padding=p)`` pads ``p`` zeros on both sides of each spatial axis. A convolution of
+the traced computation whose padding differs between the two sides (XLA's 'SAME' at
+stride 2 on an even size: one zero on the high side only; `hyper.architectures.CNN2d`)
+cannot be written that way: `padding_warning` names each such layer with the ``F.pad``
+that reproduces it, `to_torch_state_dict` warns with it (`TorchPaddingWarning`) and
+`hyper.formats` stores it in the file's metadata (``"warning"``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 
+from hyper import jaxpr as jaxpr_lib
 from hyper import symmetry
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.spec import LeafSpec
@@ -40,7 +53,9 @@ from hyper.tree import Params, flatten_dict, nest
 
 __all__ = [
     "TorchLayout",
+    "TorchPaddingWarning",
     "from_torch_state_dict",
+    "padding_warning",
     "to_torch_state_dict",
     "torch_key_map",
     "torch_layouts",
@@ -191,6 +206,99 @@ def torch_layouts(target: Target) -> dict[str, TorchLayout]:
     return {s.path: TorchLayout(s, per_leaf.get(s.path, {})) for s in target.spec}
 
 
+class TorchPaddingWarning(UserWarning):
+    """A PyTorch-layout export of a target whose convolutions pad asymmetrically: the
+    natural PyTorch module (``Conv(padding=k // 2)``) computes another function."""
+
+
+_PADDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _asymmetric_convs(target: Target) -> list[tuple[str, list[tuple[int, int]], tuple, tuple]]:
+    """``(layer, pads, strides, input spatial shape)`` of each convolution of the traced
+    apply that pads a spatial axis unequally on its two sides (the layer: its kernel
+    leaf's, followed through single-operand equations such as casts and reshapes)."""
+    x = symmetry.example_batch(target, None, batch=1)
+    leaves = [jax.ShapeDtypeStruct(s.shape, np.dtype(s.dtype)) for s in target.spec]
+    try:
+        closed = jax.make_jaxpr(symmetry.apply_on_leaves(target))(
+            leaves, jax.ShapeDtypeStruct(x.shape, x.dtype)
+        )
+    except Exception as e:  # noqa: BLE001 - name the target in any tracing error
+        raise WeightspaceError(f"{target.name}: cannot trace apply to read its padding: {e}") from e
+    jx = closed.jaxpr
+    src: dict[tuple, int] = {((), v): i for i, v in enumerate(jx.invars[: len(leaves)])}
+
+    def leaf(scope: tuple, v: Any) -> int | None:
+        return src.get((scope, v)) if isinstance(v, jcore.Var) else None
+
+    found = []
+    for step in jaxpr_lib.steps(jx):
+        eqn = step.eqn
+        if step.kind in ("call", "return"):
+            call = step.kind == "call"
+            a_vars, b_vars = (
+                (eqn.invars, step.body.jaxpr.invars)
+                if call
+                else (step.body.jaxpr.outvars, eqn.outvars)
+            )
+            a_scope, b_scope = (step.scope, step.inner) if call else (step.inner, step.scope)
+            for a, b in zip(a_vars, b_vars, strict=True):
+                i = leaf(a_scope, a)
+                if i is not None and isinstance(b, jcore.Var):
+                    src[(b_scope, b)] = i
+            continue
+        if eqn.primitive.name == "conv_general_dilated":
+            pads = [(int(lo), int(hi)) for lo, hi in eqn.params["padding"]]
+            if any(lo != hi for lo, hi in pads):
+                i = leaf(step.scope, eqn.invars[1])
+                name = "?" if i is None else (target.spec[i].layer_name or target.spec[i].path)
+                lhs = eqn.invars[0].aval.shape
+                spatial = tuple(lhs[d] for d in eqn.params["dimension_numbers"].lhs_spec[2:])
+                found.append((name, pads, tuple(eqn.params["window_strides"]), spatial))
+        elif len(eqn.invars) == 1 and len(eqn.outvars) == 1:
+            i = leaf(step.scope, eqn.invars[0])
+            if i is not None and isinstance(eqn.outvars[0], jcore.Var):
+                src[(step.scope, eqn.outvars[0])] = i
+    return found
+
+
+def padding_warning(target: Target) -> str | None:
+    """Why the natural PyTorch port of `target` would compute another function, or None.
+
+    Read from the traced computation (cached per target): every convolution whose padding
+    differs between the two sides of a spatial axis, which PyTorch's ``Conv(padding=p)``
+    (``p`` on both sides) cannot express. The message names each layer, its pads, strides
+    and input size, and the fix: ``F.pad`` before a ``padding=0`` convolution in PyTorch,
+    or a target with symmetric padding (``padding="SYMMETRIC"``, the CNN presets' default),
+    trained anew. None for a target without such convolutions.
+    """
+    if not any(s.role == "kernel" and s.layer_kind == "conv" for s in target.spec):
+        return None
+    if target not in _PADDING:
+        convs = _asymmetric_convs(target)
+        if not convs:
+            _PADDING[target] = None
+        else:
+            parts = []
+            for name, pads, strides, spatial in convs:
+                f_pad = tuple(p for lo_hi in reversed(pads) for p in lo_hi)
+                parts.append(
+                    f"{name!r} pads {[list(p) for p in pads]} (low, high per spatial axis; "
+                    f"input {list(spatial)}, strides {list(strides)}): F.pad(x, {f_pad}) then "
+                    "padding=0"
+                )
+            _PADDING[target] = (
+                f"{target.name}: these convolutions pad unequally on the two sides (XLA's "
+                "'SAME' at stride 2 on an even size), which PyTorch's Conv(padding=...) cannot "
+                "express; the natural PyTorch module (padding=k//2) computes another function "
+                f"on these weights: {'; '.join(parts)}. Either write those F.pad calls in the "
+                "PyTorch module, or build the target with padding='SYMMETRIC' (the CNN "
+                "presets' default; PyTorch's padding=k//2) and train it anew."
+            )
+    return _PADDING[target]
+
+
 def _check_key_map(what: str, target: Target, keys: Mapping[str, str]) -> None:
     unmapped = [s.path for s in target.spec if s.path not in keys]
     if unmapped:
@@ -218,9 +326,10 @@ def to_torch_state_dict(
     ``module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)``
     (`num_batches_tracked` is not produced).
 
-    Weights transfer exactly, but strided 'SAME' convolutions pad asymmetrically (XLA
-    convention, see `hyper.architectures.CNN2d`); the PyTorch module must pad the same way
-    to compute the same function.
+    Weights transfer exactly, but the PyTorch module must pad as the target does: a target
+    with convolutions that pad unequally on the two sides (strided XLA 'SAME', see
+    `hyper.architectures.CNN2d`) warns with `TorchPaddingWarning` naming each such layer and
+    the ``F.pad`` that reproduces it (`padding_warning`).
 
     Args:
       key_map: our path -> torch key (default: `torch_key_map(target)`).
@@ -229,6 +338,9 @@ def to_torch_state_dict(
     keys = dict(key_map) if key_map is not None else torch_key_map(target)
     _check_key_map("to_torch_state_dict", target, keys)
     layouts = torch_layouts(target)
+    note = padding_warning(target)
+    if note is not None:
+        warnings.warn(note, TorchPaddingWarning, stacklevel=2)
     flat = flatten_dict(params)
     lead = 1 if batched else 0
     return {
@@ -248,7 +360,9 @@ def from_torch_state_dict(
 ) -> Params:
     """Imports a PyTorch-layout `state_dict` (numpy arrays, or anything `np.asarray` takes):
     the exact inverse of `to_torch_state_dict`; every array is cast to the target's leaf
-    dtype.
+    dtype. Weights from a PyTorch module compute its function here only if the target pads
+    as that module does (``padding="SYMMETRIC"`` is PyTorch's ``padding=k // 2``; see
+    `padding_warning`).
 
     Args:
       state_dict: ``{torch_key: array}``; with `batched`, each array has a leading

@@ -3,6 +3,11 @@ hyperparameters and default epochs, for `hyper.zoo.build` and ``weightspace zoo 
 
 - ``digits-mlp``, ``digits-cnn``: scikit-learn digits, an MLP and a 3-layer CNN;
 - ``mnist1d-mlp``, ``mnist1d-cnn``: MNIST-1D, an MLP and a 1-D CNN;
+- the CNN presets pad symmetrically (``padding="SYMMETRIC"``: ``k // 2`` on both sides,
+  PyTorch's ``padding=k // 2``), so an exported network runs in the natural PyTorch module;
+  zoos built before stored no ``padding`` and rebuild with XLA's 'SAME' (asymmetric at
+  stride 2 on even sizes; `hyper.architectures.CNN2d`); resuming one with the preset is
+  refused as a different zoo (its ``arch`` differs): pass its own ``arch=`` to resume it;
 - ``digits-vit``: digits as 16 patches of 2x2, a 2-block pre-LN transformer (width 32,
   2 heads, MLP 64, gelu; `hyper.architectures.Transformer`);
 - ``mnist1d-transformer``: MNIST-1D's 40 steps as 40 tokens, the same blocks.
@@ -55,7 +60,7 @@ PRESETS: dict[str, ZooPreset] = {
     ),
     "digits-cnn": ZooPreset(
         dataset="digits",
-        arch={"arch": "cnn2d", "channels": [8, 8, 8], "out_features": 10},
+        arch={"arch": "cnn2d", "channels": [8, 8, 8], "out_features": 10, "padding": "SYMMETRIC"},
         grid={
             "learning_rate": [3e-3, 1e-2],
             "weight_decay": [0.0, 1e-3],
@@ -83,7 +88,13 @@ PRESETS: dict[str, ZooPreset] = {
     ),
     "mnist1d-cnn": ZooPreset(
         dataset="mnist1d",
-        arch={"arch": "cnn1d", "channels": [32, 32, 32], "kernel_size": 5, "out_features": 10},
+        arch={
+            "arch": "cnn1d",
+            "channels": [32, 32, 32],
+            "kernel_size": 5,
+            "out_features": 10,
+            "padding": "SYMMETRIC",
+        },
         grid={
             "learning_rate": [3e-3, 1e-2],
             "weight_decay": [0.0],

@@ -152,3 +152,34 @@ def test_digits_vit_zoo_trains(tmp_path):
     logits = g.target.apply_population(g.params, jnp.asarray(digits.x_test))
     acc = (np.argmax(np.asarray(logits), -1) == digits.y_test[None]).mean(1)
     np.testing.assert_allclose(acc, [r["test_acc"] for r in final], atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("digits-cnn", (8, 8)), ("mnist1d-cnn", (40,))])
+def test_cnn_presets_pad_symmetrically_and_old_configs_rebuild_as_same(name, shape):
+    """The CNN presets record ``padding="SYMMETRIC"`` (PyTorch's ``padding=k // 2``; the
+    traced convolutions pad equally on both sides); a config stored before (no
+    ``padding`` key) rebuilds with XLA's 'SAME', asymmetric at stride 2 on even sizes, and
+    its config now records that. The structural groups of the new presets are found and
+    verified numerically (align, prune and graphs build on them; bench/prune_speed.py)."""
+    from hyper.torch_layout import padding_warning
+
+    cfg = {**zoo.PRESETS[name].arch, "input_shape": list(shape), "activation": "relu"}
+    new = target_from_config(json.loads(json.dumps(cfg)))
+    old = target_from_config({k: v for k, v in cfg.items() if k != "padding"})
+    assert new.config["padding"] == "SYMMETRIC" and old.config["padding"] == "SAME"
+    assert target_from_config(json.loads(json.dumps(old.config))).config == old.config
+    assert new.spec == old.spec and padding_warning(new) is None
+    assert "'convs/1' pads" in padding_warning(old)
+    params = _random_params(new, 2)
+    x = np.random.default_rng(3).standard_normal((2, *shape)).astype(np.float32)
+    assert np.abs(np.asarray(new.apply(params, x)) - np.asarray(old.apply(params, x))).max() > 1e-3
+    with pytest.raises(WeightspaceError, match="padding must be one of"):
+        make_target(**{**cfg, "padding": "same"})
+    if name == "digits-cnn":  # an even kernel grows the map: no residual add
+        with pytest.raises(WeightspaceError, match="residual layer cannot add"):
+            make_target(**{**cfg, "kernel_size": 4, "strides": [1] * 3, "residual": True})
+    # The structural analysis reads the explicit pads from the trace like 'SAME' ones.
+    from hyper import symmetry
+
+    assert len(symmetry.structural_groups(new)) == 3 and not symmetry.left_out(new)
+    symmetry.verify_groups(new, jax.random.key(0))

@@ -171,8 +171,9 @@ def ref_small_cnn(sd, x):
 REFERENCES = {
     "digits-mlp": lambda sd, x: ref_mlp(sd, x, 2),
     "mnist1d-mlp": lambda sd, x: ref_mlp(sd, x, 3),
-    "digits-cnn": lambda sd, x: ref_cnn(sd, x, 3),
-    "mnist1d-cnn": lambda sd, x: ref_cnn(sd, x, 3),
+    # PyTorch's natural module: Conv(..., padding=k // 2) (the presets' "SYMMETRIC").
+    "digits-cnn": lambda sd, x: ref_cnn(sd, x, 3, padding="symmetric"),
+    "mnist1d-cnn": lambda sd, x: ref_cnn(sd, x, 3, padding="symmetric"),
     "digits-vit": lambda sd, x: ref_transformer(sd, x, 2, 2),
     "mnist1d-transformer": lambda sd, x: ref_transformer(sd, x, 2, 2),
 }
@@ -192,6 +193,54 @@ def test_exported_torch_files_compute_our_function(presets, random_params, tmp_p
     np.testing.assert_allclose(
         REFERENCES[name](sd, x.astype(np.float64)), t.apply(params, x), rtol=1e-5, atol=1e-5
     )
+
+
+def test_old_zoo_cnn_export_warns_with_the_fix(random_params, tmp_path):
+    """A digits-cnn config stored before the presets moved to symmetric padding (no
+    ``padding`` key) rebuilds with XLA's 'SAME': its PyTorch-layout export warns, and the
+    file's metadata says which F.pad the PyTorch module needs; the flax layout does not."""
+    from hyper.architectures import target_from_config
+    from hyper.torch_layout import TorchPaddingWarning
+
+    cfg = {**PRESETS["digits-cnn"].arch, "input_shape": [8, 8], "activation": "relu"}
+    old = target_from_config({k: v for k, v in cfg.items() if k != "padding"})
+    assert old.config["padding"] == "SAME"
+    params = random_params(old, 12)
+    with pytest.warns(TorchPaddingWarning, match=r"'convs/1' pads \[\[0, 1\], \[0, 1\]\]"):
+        p = formats.save_safetensors(old, params, tmp_path / "old.safetensors")
+    assert "F.pad(x, (0, 1, 0, 1))" in formats.read_metadata(p)["warning"]
+    flax = formats.save_safetensors(old, params, tmp_path / "f.safetensors", layout="flax")
+    assert "warning" not in formats.read_metadata(flax)
+    new = formats.save_safetensors(
+        target_from_config(cfg), params, tmp_path / "new.safetensors"
+    )  # the same weights, the preset's padding: no warning (pytest turns warnings to errors)
+    assert "warning" not in formats.read_metadata(new)
+    # The old file with today's preset target: same shapes, another function: refused.
+    with pytest.raises(FormatError, match="padding: file 'SAME', given 'SYMMETRIC'"):
+        formats.load_safetensors(target_from_config(cfg), p)
+    assert formats.load_file(p)[0].config == old.config
+    # `weightspace export` of such a saved population says so too (on stderr).
+    from hyper.checkpoint import save_population
+
+    save_population(tmp_path / "pop", pop_ops.of_one(params), old)
+    argv = ["export", "--from", str(tmp_path / "pop"), "--format", "safetensors"]
+    with pytest.warns(TorchPaddingWarning, match="padding='SYMMETRIC'"):
+        assert main([*argv, "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    assert "F.pad" in formats.read_metadata(tmp_path / "t")["warning"]
+
+
+def test_docs_pytorch_snippet_is_the_benchmarked_one():
+    """docs/formats.md shows the code `bench/formats_torch.py` runs in PyTorch and the
+    accuracy that run printed (bench/results/formats_torch.json), not a hand-typed one."""
+    from pathlib import Path
+
+    from bench.formats_torch import SNIPPET
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "formats.md").read_text()
+    assert f"```python\n{SNIPPET}```\n\nprints `" in doc
+    result = json.loads((root / "bench" / "results" / "formats_torch.json").read_text())
+    assert f"prints `{result['snippet_printed']}`" in doc
 
 
 def test_small_cnn_zoo_target_in_torch_convention(small_cnn, random_params, tmp_path):

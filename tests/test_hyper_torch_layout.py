@@ -4,13 +4,16 @@ The reference reads the torch layout directly (Linear weight `[out, in]`, Conv w
 `[out, in, *kernel]` on NCHW / NCL inputs, BatchNorm running statistics) and is written
 without JAX, so it checks our kernel transposes and our reading of the state_dict keys.
 
-Padding: our convolutions use 'SAME' padding in the XLA/TensorFlow convention: per spatial
-axis, total padding ``max((ceil(n / s) - 1) * s + k - n, 0)``, split ``low = total // 2``,
-``high = total - low``. With stride 1 and an odd kernel that is PyTorch's symmetric
-``padding=k // 2``; with stride 2 and an even input it is asymmetric (e.g. k=3, n=8: low 0,
-high 1), which `torch.nn.Conv2d(padding=...)` cannot express: a PyTorch port of a strided
-CNN2d/CNN1d needs an explicit ``F.pad(x, (low, high, ...))`` before a ``padding=0`` conv.
-The reference below follows the XLA convention.
+Padding: the CNN fixtures here (`make_target` without ``padding``) use 'SAME' padding in
+the XLA/TensorFlow convention: per spatial axis, total padding
+``max((ceil(n / s) - 1) * s + k - n, 0)``, split ``low = total // 2``, ``high = total - low``.
+With stride 1 and an odd kernel that is PyTorch's symmetric ``padding=k // 2``; with stride 2
+and an even input it is asymmetric (e.g. k=3, n=8: low 0, high 1), which
+`torch.nn.Conv2d(padding=...)` cannot express: a PyTorch port of a strided CNN2d/CNN1d needs
+an explicit ``F.pad(x, (low, high, ...))`` before a ``padding=0`` conv, and exporting one
+warns (`TorchPaddingWarning`, naming those pads). The reference `conv` follows the XLA
+convention by default and PyTorch's ``padding=k // 2`` with ``padding="symmetric"`` (the
+CNN presets: ``padding="SYMMETRIC"``, tests/test_hyper_formats.py).
 """
 
 import re
@@ -23,7 +26,7 @@ import pytest
 
 from hyper import population as pop_ops
 from hyper.target import Target
-from hyper.torch_layout import torch_layouts
+from hyper.torch_layout import TorchPaddingWarning, padding_warning, torch_layouts
 
 EPS = 1e-5  # nnx.BatchNorm and torch.nn.BatchNorm2d default epsilon
 
@@ -37,13 +40,17 @@ def same_pads(n, k, s):
     return total // 2, total - total // 2
 
 
-def conv(x, w, b, stride):
-    """Cross-correlation of `x` `[B, C, *S]` with torch weight `w` `[O, C, *K]`, SAME padding."""
+def conv(x, w, b, stride, padding="same"):
+    """Cross-correlation of `x` `[B, C, *S]` with torch weight `w` `[O, C, *K]`: XLA's SAME
+    padding, or (``"symmetric"``) PyTorch's ``padding=k // 2`` on both sides."""
     nd = w.ndim - 2
     spatial = x.shape[2:]
-    pads = [same_pads(spatial[i], w.shape[2 + i], stride) for i in range(nd)]
+    if padding == "symmetric":
+        pads = [(w.shape[2 + i] // 2,) * 2 for i in range(nd)]
+    else:
+        pads = [same_pads(spatial[i], w.shape[2 + i], stride) for i in range(nd)]
     xp = np.pad(x, [(0, 0), (0, 0), *pads])
-    out = [-(-spatial[i] // stride) for i in range(nd)]
+    out = [(xp.shape[2 + i] - w.shape[2 + i]) // stride + 1 for i in range(nd)]
     y = np.zeros((x.shape[0], w.shape[0], *out))
     for offs in np.ndindex(*w.shape[2:]):
         window = tuple(
@@ -81,11 +88,11 @@ def ref_mlp(sd, x, num_layers):
     return h
 
 
-def ref_cnn(sd, x, num_convs):
+def ref_cnn(sd, x, num_convs, padding="same"):
     h = x[:, None]  # [B, 1, *S]: one input channel
     for i in range(num_convs):
         stride = 1 if i == 0 else 2  # the architectures' default strides
-        h = relu(conv(h, sd[f"convs.{i}.weight"], sd[f"convs.{i}.bias"], stride))
+        h = relu(conv(h, sd[f"convs.{i}.weight"], sd[f"convs.{i}.bias"], stride, padding))
     h = h.mean(axis=tuple(range(2, h.ndim)))
     return linear(h, sd, "dense")
 
@@ -148,6 +155,15 @@ REFERENCES = {
     "rescnn_target": lambda sd, x: ref_rescnn(sd, x, 1),
 }
 NAMES = list(REFERENCES)
+ASYMMETRIC = {"cnn2d_rect_target", "cnn1d_target"}  # strided 'SAME' on an even size
+
+
+def export(name, t, params, **kw):
+    """`to_torch_state_dict`, expecting the padding warning exactly for `ASYMMETRIC`."""
+    if name not in ASYMMETRIC:
+        return pop_ops.to_torch_state_dict(t, params, **kw)
+    with pytest.warns(TorchPaddingWarning, match=r"F\.pad\(x, "):
+        return pop_ops.to_torch_state_dict(t, params, **kw)
 
 
 def random_state_dict(name, seed, lead=()):
@@ -182,6 +198,17 @@ def test_same_padding_matches_jax_convention():
         np.testing.assert_allclose(ours, conv(x, w, None, s), rtol=1e-4, atol=1e-4)
 
 
+def test_padding_warning_names_the_asymmetric_convs(cnn2d_rect_target, rescnn_target):
+    """Read from the trace: input 9x8, k=3, stride 2: H pads (1, 1), W pads (0, 1), so
+    F.pad's last-axis-first tuple is (0, 1, 1, 1); then 5x4 -> the same. Stride-1 'SAME'
+    with odd kernels (ResCNN) is symmetric: no warning."""
+    note = padding_warning(cnn2d_rect_target)
+    assert "'convs/1' pads [[1, 1], [0, 1]]" in note and "'convs/2' pads [[1, 1], [0, 1]]" in note
+    assert note.count("F.pad(x, (0, 1, 1, 1))") == 2 and "'convs/0'" not in note
+    assert "padding='SYMMETRIC'" in note
+    assert padding_warning(rescnn_target) is None
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_import_matches_numpy_reference(name, request):
     t = request.getfixturevalue(name)
@@ -197,7 +224,7 @@ def test_export_import_roundtrip_exact(name, request):
     t = request.getfixturevalue(name)
     sd = random_state_dict(name, 3)
     params = pop_ops.from_torch_state_dict(t, sd)
-    out = pop_ops.to_torch_state_dict(t, params)
+    out = export(name, t, params)
     expected_keys = {k for k in sd if not k.endswith("num_batches_tracked")}
     assert set(out) == expected_keys
     for k in expected_keys:
@@ -220,11 +247,11 @@ def test_batched_import_export(name, request):
         member = {k: v if v.ndim == 0 else v[i] for k, v in sd.items()}
         expect = REFERENCES[name](as64(member), x.astype(np.float64))
         np.testing.assert_allclose(ys[i], expect, rtol=1e-4, atol=1e-4)
-    out = pop_ops.to_torch_state_dict(t, pop, batched=True)
+    out = export(name, t, pop, batched=True)
     for k, v in out.items():
         np.testing.assert_array_equal(v, sd[k], err_msg=k)
     # Member i of the batched export is the single-target export of member i.
-    single = pop_ops.to_torch_state_dict(t, pop_ops.unstack(pop)[1])
+    single = export(name, t, pop_ops.unstack(pop)[1])
     for k, v in single.items():
         np.testing.assert_array_equal(v, out[k][1], err_msg=k)
 
