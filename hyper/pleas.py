@@ -88,6 +88,8 @@ class Layout(NamedTuple):
 
 
 def _widths(target: Target, groups: Sequence[Group], width: Any) -> list[float]:
+    if isinstance(width, str):
+        width = [width] * len(groups)
     if isinstance(width, Mapping):
         unknown = sorted(set(width) - {g.name for g in groups})
         if unknown:
@@ -203,20 +205,23 @@ def _combine(
 
 
 def _check_supported(target: Target) -> None:
-    for s in target.spec:
-        if s.role not in ("kernel", "bias"):
-            raise WeightspaceError(
-                f"pleas_merge: {target.name} leaf {s.path!r} has role {s.role!r} (layer kind "
-                f"{s.layer_kind!r}); PLeaS's least squares fits kernels and biases of dense and "
-                "conv layers only: normalisation, statistics and embeddings (transformers, "
-                "BatchNorm) are not supported"
-            )
-        if s.role == "kernel" and (len(s.in_axes) != 1 or len(s.out_axes) > 1):
-            raise WeightspaceError(
-                f"pleas_merge: kernel {s.path!r} of {target.name} has in-axes {s.in_axes} and "
-                f"out-axes {s.out_axes}; PLeaS fits kernels with one input and one output "
-                "neuron axis (not attention projections with heads)"
-            )
+    problems = [
+        f"leaf {s.path!r} has role {s.role!r} (layer kind {s.layer_kind!r})"
+        for s in target.spec
+        if s.role not in ("kernel", "bias")
+    ] + [
+        f"kernel {s.path!r} has in-axes {s.in_axes} and out-axes {s.out_axes}"
+        for s in target.spec
+        if s.role == "kernel" and (len(s.in_axes) != 1 or len(s.out_axes) > 1)
+    ]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise WeightspaceError(
+            f"pleas_merge: {target.name}: {'; '.join(problems[:3])}{more}. PLeaS's least "
+            "squares fits the kernels (one input and one output neuron axis) and biases of "
+            "dense and conv layers only: normalisation, statistics, embeddings and attention "
+            "projections with heads (transformers, BatchNorm) are not supported"
+        )
 
 
 class _Use(NamedTuple):
@@ -474,6 +479,7 @@ def pleas_merge(
             z = _design(ua._replace(act=act), wide[ki].shape)
         in_codes = np.zeros(wide[ki].shape, np.int32)
         for gi, e in ins:
+            e = _wide_entry(e, lay[gi].size)
             u = symmetry.units_first(in_codes, e)
             u = np.broadcast_to(lay[gi].codes().reshape((-1,) + (1,) * (u.ndim - 1)), u.shape)
             in_codes = symmetry.units_restore(np.array(u), e, in_codes.shape)
