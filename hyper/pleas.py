@@ -360,6 +360,48 @@ def _fit(z: np.ndarray, y: np.ndarray, w0: np.ndarray, ridge: float) -> np.ndarr
     return np.linalg.solve(zz + lam * np.eye(len(zz)), z.T @ y + lam * w0)
 
 
+def _input_codes(
+    shape: tuple[int, ...],
+    ins: Sequence[tuple[int, Any]],
+    lay: Sequence[Layout],
+    eqn: Any,
+    outs: int,
+) -> np.ndarray:
+    """Per row of a merged kernel's matrix (an input feature): the `Layout.codes` of its
+    input unit (0 for inputs no group holds)."""
+    codes = np.zeros(shape, np.int32)
+    for gi, e in ins:
+        e = _wide_entry(e, lay[gi].size)
+        u = symmetry.units_first(codes, e)
+        u = np.broadcast_to(lay[gi].codes().reshape((-1,) + (1,) * (u.ndim - 1)), u.shape)
+        codes = symmetry.units_restore(np.array(u), e, shape)
+    return _to_matrix(codes, eqn, outs)[:, 0]
+
+
+def _solve(
+    z: np.ndarray,
+    y: np.ndarray,
+    w0: np.ndarray,
+    b0: np.ndarray | None,
+    in_codes: np.ndarray,
+    out_codes: np.ndarray,
+    ridge: float,
+) -> tuple[np.ndarray, Any]:
+    """The masked fit of one layer: per kind of output unit (merged, `a`'s, `b`'s), the
+    inputs it may read (merged and its own network's; all for merged outputs) and the bias.
+    Returns the kernel matrix and the bias (None without one)."""
+    zb = np.concatenate([z, np.ones((len(z), 1))], 1)
+    w0b = np.concatenate([w0, (np.zeros(y.shape[1]) if b0 is None else b0)[None]], 0)
+    new = np.zeros_like(w0b)
+    for code in np.unique(out_codes):
+        cols = out_codes == code
+        rows = np.concatenate(
+            [(in_codes == 0) | (in_codes == code) | (code == 0), [b0 is not None]]
+        )
+        new[np.ix_(rows, cols)] = _fit(zb[:, rows], y[:, cols], w0b[np.ix_(rows, cols)], ridge)
+    return new[:-1], (None if b0 is None else new[-1])
+
+
 def pleas_merge(
     target: Target,
     params_a: Params,
@@ -456,19 +498,18 @@ def pleas_merge(
         outs = [(gi, e) for gi, e in es if e[1] in s.out_axes]
         ua, ub = uses_a[ki], uses_b[ki]
         bi = bias_of.get(s.layer)
-        n_out = _outputs(ua).shape[1]
+        ya, yb = _outputs(ua), _outputs(ub)
+        n_out = ya.shape[1]
         if bi is not None and target.spec[bi].shape != (n_out,):
             bi = None
-        ya, yb = _outputs(ua), _outputs(ub)
         if bi is not None:
             ya, yb = ya + la[bi], yb + lb[bi]
-        out_codes = np.zeros(n_out, np.int32)
         if outs:
             ((go, _),) = outs
             y = sum(widen(v, ("", 1), lay[go], lay[go].share[n]) for n, v in (("a", ya), ("b", yb)))
             out_codes = lay[go].codes()
         else:
-            y = 0.5 * (ya + yb)
+            y, out_codes = 0.5 * (ya + yb), np.zeros(n_out, np.int32)
         if inputs == "merged":
             z = _design(_contractions(merged_target, as_params(wide), x)[ki], wide[ki].shape)
         else:  # the two networks' inputs, laid out (and shared) like the targets
@@ -477,24 +518,12 @@ def pleas_merge(
                 np.asarray(ua.act), np.asarray(ub.act), act_es, lay, [e[1] for _, e in act_es]
             )
             z = _design(ua._replace(act=act), wide[ki].shape)
-        in_codes = np.zeros(wide[ki].shape, np.int32)
-        for gi, e in ins:
-            e = _wide_entry(e, lay[gi].size)
-            u = symmetry.units_first(in_codes, e)
-            u = np.broadcast_to(lay[gi].codes().reshape((-1,) + (1,) * (u.ndim - 1)), u.shape)
-            in_codes = symmetry.units_restore(np.array(u), e, in_codes.shape)
-        in_codes = _to_matrix(in_codes, ua.eqn, y.shape[1])[:, 0]
-        w0 = _to_matrix(wide[ki], ua.eqn, y.shape[1])
-        zb = np.concatenate([z, np.ones((len(z), 1))], 1)
-        w0b = np.concatenate([w0, (wide[bi] if bi is not None else np.zeros(y.shape[1]))[None]], 0)
-        new = np.zeros_like(w0b)
-        for code in np.unique(out_codes):
-            cols = out_codes == code
-            rows = np.concatenate([(in_codes == 0) | (in_codes == code) | (code == 0), [True]])
-            if bi is None:
-                rows[-1] = False
-            new[np.ix_(rows, cols)] = _fit(zb[:, rows], y[:, cols], w0b[np.ix_(rows, cols)], ridge)
-        wide[ki] = _from_matrix(new[:-1], ua.eqn, wide[ki].shape)
+        in_codes = _input_codes(wide[ki].shape, ins, lay, ua.eqn, y.shape[1])
+        bias0 = None if bi is None else wide[bi]
+        kernel, bias = _solve(
+            z, y, _to_matrix(wide[ki], ua.eqn, y.shape[1]), bias0, in_codes, out_codes, ridge
+        )
+        wide[ki] = _from_matrix(kernel, ua.eqn, wide[ki].shape)
         if bi is not None:
-            wide[bi] = new[-1]
+            wide[bi] = bias
     return merged_target, as_params(wide)

@@ -109,11 +109,7 @@ def test_widths_in_between_give_runnable_wider_targets(nets):
     t, pa, pb = _mlp(nets)
     x, x_new = nets[1:]
     groups = symmetry.structural_groups(t)
-    for width, sizes in (
-        (1.5, [12, 12]),
-        ([1.25, 2.0], [10, 16]),
-        ({groups[1].name: 1.5}, [8, 12]),
-    ):
+    for width, sizes in (([1.25, 2.0], [10, 16]), ({groups[1].name: 1.5}, [8, 12])):
         mt, mp = pleas_merge(t, pa, pb, x, width=width, inputs="original")
         assert [g.size for g in symmetry.structural_groups(mt)] == sizes
         mt.validate(mp)
