@@ -47,15 +47,32 @@ mean over pairs of the better one); then every fused network is fine-tuned for a
 (Adam 1e-3, ``fused_finetuned_acc``) next to the parents continuing for as long
 (``parents_finetuned_acc``, the control), as the OT-fusion paper does.
 
-Usage: ``python bench/merge.py [--quick] [--out FILE]``; writes ``bench/results/merge.json``
-(``--quick``: ``bench/results/quick/merge.json``, so it never overwrites the full results)
-with `bench.common.write_result` and prints the same content as one JSON line (logs go to
-stderr). A study without goals: ``goals`` is ``{}`` and ``goals_met`` null.
+**pleas** (PLeaS merging, issue 31; `hyper.pleas`): on digits (MLP 64-64-64-10) and
+MNIST-1D (CNN1d, 32-32 channels, strides 1, 2, global average pooling), two networks are
+trained on disjoint halves of the classes (0-4 and 5-9: `TrainState.subset` keeps each
+member to its half's examples), once from two initialisations (``independent``, Adam,
+`epochs`) and once fine-tuned (`ft_epochs`, Adam 1e-3) from one base trained on all classes
+for `base_epochs` (``shared_base``). Reported, as 10-way accuracy on the test split: each
+network, the 2-model ensemble (mean logits), Git Re-Basin averaging (`merge.aligned_average`
+after weight and after activation matching), task arithmetic (shared base; `lam` chosen on
+the validation split) and `pleas.pleas_merge` at widths 1.0x, 1.25x, 1.5x, 2.0x (with the
+merged target's parameter count) on `sample` unlabeled training inputs; the full run adds
+``pleas_original_inputs`` (the paper code's layer inputs). Goals per dataset and start:
+PLeaS at 1.0x beats Re-Basin averaging (both matchings: ``gain_1x_vs_*`` >= 0.0001), and at
+1.5x ``PLeaS - ReBasin >= (ensemble - ReBasin) / 2`` (``half_gap_1.5x_vs_*`` >= 0).
+
+Usage: ``python bench/merge.py [--quick] [--pleas-only] [--out FILE]``; writes
+``bench/results/merge.json`` (``--quick``: ``bench/results/quick/merge.json``, so it never
+overwrites the full results) with `bench.common.write_result` and prints the same content
+as one JSON line (logs go to stderr). ``--pleas-only`` runs the PLeaS section alone and
+keeps the other sections from the results file (their provenance under
+``other_sections_from``). Goals: the PLeaS section's; the other sections are studies.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -66,7 +83,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from bench.common import logger, machine, write_result  # noqa: E402
+from bench.common import goal, logger, machine, result_path, write_result  # noqa: E402
 
 # Version 2: provenance (git, schema_version) and goals written by bench.common.write_result.
 SCHEMA_VERSION = 2
@@ -77,7 +94,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import hyper.sharding  # noqa: E402
-from hyper import align, merge, symmetry  # noqa: E402
+from hyper import align, merge, pleas, symmetry  # noqa: E402
 from hyper import data as data_lib  # noqa: E402
 from hyper import population as pop_ops  # noqa: E402
 from hyper.architectures import make_target  # noqa: E402
@@ -496,6 +513,129 @@ def merge_acc_for(
 
 
 # ---------------------------------------------------------------------------------------
+# pleas
+# ---------------------------------------------------------------------------------------
+
+PLEAS_SPLIT = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+PLEAS_WIDTHS = (1.0, 1.25, 1.5, 2.0)
+PLEAS_LR = {"digits": 1e-3, "mnist1d": 3e-3}
+
+
+def pleas_arch(dataset: str) -> Target:
+    if dataset == "digits":
+        return make_target("mlp", input_shape=(8, 8), widths=(64, 64), out_features=10)
+    return make_target(
+        "cnn1d", input_shape=(40,), channels=(32, 32), strides=(1, 2), out_features=10
+    )
+
+
+def _train_on(
+    tr: Trainer, params: Any, masks: np.ndarray, epochs: int, lr: float, seed: int
+) -> Any:
+    """Trains the 2-member population `params`, member `i` on the examples `masks[i]`."""
+    keys = jnp.stack([jax.random.key(seed + i) for i in range(len(masks))])
+    state = tr.init(
+        jax.random.key(seed), len(masks), learning_rate=lr, params=params, member_keys=keys
+    )
+    state = state._replace(subset=jax.device_put(jnp.asarray(masks), state.subset.sharding))
+    return jax.device_get(tr.fit(state, epochs).params)
+
+
+def _acc(target: Target, params: Any, x: np.ndarray, y: np.ndarray) -> float:
+    """10-way accuracy of one network."""
+    acc = evaluate(target, pop_ops.of_one(params), jnp.asarray(x), jnp.asarray(y))["acc"]
+    return round(float(acc[0]), 4)
+
+
+def pleas_for(
+    dataset: str,
+    *,
+    epochs: int,
+    base_epochs: int,
+    ft_epochs: int,
+    sample: int,
+    inputs: tuple[str, ...],
+    seed: int,
+) -> dict[str, Any]:
+    """Two networks trained on the two halves of the classes, merged (see the docstring)."""
+    data = data_lib.load(dataset)
+    target = pleas_arch(dataset)
+    train, (x_val, y_val) = split_validation(data)
+    x_test, y_test = np.asarray(data.x_test), np.asarray(data.y_test)
+    tr = Trainer(target, train, TrainConfig(batch_size=64))
+    halves = np.stack([np.isin(train.y_train, c) for c in PLEAS_SPLIT])
+    every = np.ones_like(halves)
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(train.x_train[rng.choice(len(train.x_train), sample, replace=False)])
+    lr = PLEAS_LR[dataset]
+    out: dict[str, Any] = {"arch": target.name, "params": target.num_params}
+    for start in ("independent", "shared_base"):
+        t0 = time.time()
+        r: dict[str, Any] = {}
+        if start == "independent":  # two initialisations, each trained on its half
+            pair = _train_on(tr, init_population(target, seed, 2), halves, epochs, lr, seed)
+        else:  # one base trained on all classes briefly, then fine-tuned on each half
+            one = init_population(target, seed, 1)
+            base2 = _train_on(tr, pop_ops.concatenate([one, one]), every, base_epochs, lr, seed)
+            base = pop_ops.take(base2, 0)
+            pair = _train_on(tr, base2, halves, ft_epochs, FT_LR, seed + 10)
+            r["base"] = _acc(target, base, x_test, y_test)
+        a, b = pop_ops.take(pair, 0), pop_ops.take(pair, 1)
+        r["individual"] = [_acc(target, a, x_test, y_test), _acc(target, b, x_test, y_test)]
+        mean = 0.5 * (target.apply(a, x_test) + target.apply(b, x_test))
+        r["ensemble"] = round(float(np.mean(np.argmax(mean, -1) == y_test)), 4)
+        r["rebasin"] = {
+            m: _acc(target, merge.aligned_average(target, pair, method=m, x=x), x_test, y_test)
+            for m in ("weight", "activation")
+        }
+        if start == "shared_base":
+            lams = np.round(np.arange(0.2, 2.01, 0.2), 2)
+            cands = merge.task_arithmetic(target, base, pair, lams)
+            val = np.asarray(evaluate(target, cands, jnp.asarray(x_val), jnp.asarray(y_val))["acc"])
+            best = int(np.argmax(val))
+            r["task_arithmetic"] = {
+                "acc": _acc(target, pop_ops.take(cands, best), x_test, y_test),
+                "lam": float(lams[best]),
+            }
+        for inp in inputs:
+            key = "pleas" if inp == "merged" else "pleas_original_inputs"
+            r[key] = {}
+            for w in PLEAS_WIDTHS:
+                mt, mp = pleas.pleas_merge(target, a, b, x, width=w, inputs=inp)
+                r[key][str(w)] = {"acc": _acc(mt, mp, x_test, y_test), "params": mt.num_params}
+        p, ens = r["pleas"], r["ensemble"]
+        for m, rb in r["rebasin"].items():
+            r[f"gain_1x_vs_{m}"] = round(p["1.0"]["acc"] - rb, 4)
+            r[f"half_gap_1.5x_vs_{m}"] = round(p["1.5"]["acc"] - rb - 0.5 * (ens - rb), 4)
+        r["wall_s"] = round(time.time() - t0, 1)
+        log(
+            f"pleas {dataset} {start}: "
+            + ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("pleas_original_inputs",))
+        )
+        out[start] = r
+    return out
+
+
+def pleas_goals(datasets: list[str]) -> dict[str, dict[str, Any]]:
+    """Per dataset and start: PLeaS at 1.0x beats Re-Basin averaging (both matchings), and
+    at 1.5x closes half the gap from Re-Basin averaging to the ensemble."""
+    goals = {}
+    for ds in datasets:
+        for start in ("independent", "shared_base"):
+            k = f"pleas/{ds}/{start}"
+            goals[f"{k}/beats_rebasin_1x"] = goal(
+                f"{k}/gain_1x_vs_weight", ">=", 0.0001, controls=[f"{k}/gain_1x_vs_activation"]
+            )
+            goals[f"{k}/half_gap_1.5x"] = goal(
+                f"{k}/half_gap_1.5x_vs_weight",
+                ">=",
+                0.0,
+                controls=[f"{k}/half_gap_1.5x_vs_activation"],
+            )
+    return goals
+
+
+# ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
 
@@ -508,11 +648,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="results file (default bench/results/merge.json; --quick: bench/results/quick/)",
     )
+    parser.add_argument(
+        "--pleas-only",
+        action="store_true",
+        help="run only the PLeaS section; the other sections are kept from the results file",
+    )
     args = parser.parse_args(argv)
     hyper.sharding.use_cpu_cores()
     t_start = time.time()
     mach = machine()  # the load average before the work starts
     data = data_lib.load("digits")
+    if args.quick:
+        pleas_cfg = {"epochs": 6, "base_epochs": 1, "ft_epochs": 3, "sample": 256}
+        pleas_cfg["inputs"] = ("merged",)
+    else:
+        pleas_cfg = {"epochs": 30, "base_epochs": 3, "ft_epochs": 15, "sample": 512}
+        pleas_cfg["inputs"] = ("merged", "original")
+    pleas_res: dict[str, Any] = {
+        "split": [list(c) for c in PLEAS_SPLIT],
+        "widths": list(PLEAS_WIDTHS),
+        "accuracy": "10-way, test split",
+        "lr": PLEAS_LR,
+        "finetune_lr": FT_LR,
+        **{k: v for k, v in pleas_cfg.items() if k != "inputs"},
+    }
+    for ds in ("digits", "mnist1d"):
+        pleas_res[ds] = pleas_for(ds, **pleas_cfg, seed=200)
+    goals = pleas_goals(["digits", "mnist1d"])
+    if args.pleas_only:
+        path = result_path("merge", quick=args.quick, out=args.out)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        result = {k: old[k] for k in ("barrier", "merge_acc", "digits_vit") if k in old}
+        result["other_sections_from"] = {k: old.get(k) for k in ("git", "machine", "wall_s")}
+        result.update(pleas=pleas_res, machine=mach, wall_s=round(time.time() - t_start, 1))
+        write_result(
+            result, args.out, name="merge", schema=SCHEMA_VERSION, quick=args.quick, goals=goals
+        )
+        return result
     if args.quick:
         widths = {"mlp": [16, 64], "cnn": [8]}
         pairs, epochs = 1, {"mlp": 8, "cnn": 8}
@@ -571,10 +743,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "barrier": barrier,
         "merge_acc": merge_acc,
         "digits_vit": digits_vit,
+        "pleas": pleas_res,
         "machine": mach,
         "wall_s": round(time.time() - t_start, 1),
     }
-    write_result(result, args.out, name="merge", schema=SCHEMA_VERSION, quick=args.quick)
+    write_result(
+        result, args.out, name="merge", schema=SCHEMA_VERSION, quick=args.quick, goals=goals
+    )
     return result
 
 

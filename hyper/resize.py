@@ -20,7 +20,9 @@ zero at the removed units in the masked network; the evaluation tracks that prop
 the units, where it does not hold (a centred variance ``mean((x - mean)^2)`` over the
 units, a maximum over them). LayerNorm/RMSNorm with Flax's default fast variance
 (``mean(x^2) - mean(x)^2``) qualifies: its statistics equal the original's with the
-removed units' activations zero.
+removed units' activations zero. Leaves may also grow (`hyper.pleas` widens networks): the
+contract then reads backwards, the original is the wider computation with the added units'
+slices zeroed.
 """
 
 from __future__ import annotations
@@ -157,10 +159,9 @@ class Resized:
                 where.setdefault(r, []).append(f"{path}:{ax}")
                 if new == old:
                     continue
-                if new > old or new < 1:
+                if new < 1:  # more units than the original: the contract read backwards
                     raise WeightspaceError(
-                        f"{self.what}: leaf {path!r} axis {ax} has {new} units, the original "
-                        f"{old}: units can only be removed"
+                        f"{self.what}: leaf {path!r} axis {ax} has {new} units, at least 1 needed"
                     )
                 if sizes.setdefault(r, new) != new:
                     raise WeightspaceError(
