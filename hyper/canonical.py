@@ -100,23 +100,15 @@ class UnitSymmetry:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _axes_of(spec: Any, kind: str) -> tuple[int, ...]:
-    many = getattr(spec, f"{kind}_axes", None)
-    if many:
-        return tuple(many)
-    one = getattr(spec, f"{kind}_axis", None)
-    return () if one is None else (one,)
-
-
 def _classify(target: Target, g: Group, acts: dict, ops: dict, uses: dict) -> UnitSymmetry:
     """The candidate symmetry of group `g` from roles, activations and structural ops."""
     spec = {s.path: s for s in target.spec}
     producers, biases, consumers, affine, stats, other = [], [], [], [], [], []
     for e in symmetry.entries(g):
         s, ax = spec[e[0]], e[1]
-        if s.role == "kernel" and ax in _axes_of(s, "out") and ax not in _axes_of(s, "in"):
+        if s.role == "kernel" and ax in s.out_axes and ax not in s.in_axes:
             producers.append(e)
-        elif s.role == "kernel" and ax in _axes_of(s, "in"):
+        elif s.role == "kernel" and ax in s.in_axes:
             consumers.append(e)
         elif s.role == "bias":
             biases.append(e)
