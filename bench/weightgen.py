@@ -105,7 +105,7 @@ FULL = {
 }
 QUICK = {
     "lrs": [3e-3, 3e-2],
-    "seeds": 24,
+    "seeds": 16,
     "epochs": {"digits_mlp": 3, "mnist1d_cnn": 2},
     "ckpt": {"digits_mlp": [1, 3], "mnist1d_cnn": [1, 2]},
     "generated": 32,

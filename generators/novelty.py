@@ -276,21 +276,14 @@ def _draw(key: jax.Array, m: int, n: int) -> np.ndarray:
     return np.asarray(jax.random.randint(key, (n,), 0, m))
 
 
-@functools.partial(jax.jit, static_argnames=("trainable", "rms"))
-def _add_noise(key, base, training, amplitude, trainable, rms):
+@jax.jit
+def _add_noise(key, base, stds):
     leaves, treedef = jax.tree.flatten(base)
     keys = jax.random.split(key, len(leaves))
-    out = []
-    for leaf, full, keep, k in zip(leaves, jax.tree.leaves(training), trainable, keys, strict=True):
-        if not keep:  # running statistics stay as trained
-            out.append(leaf)
-            continue
-        std = (
-            amplitude * jnp.sqrt(jnp.mean(jnp.square(full.astype(jnp.float32))))
-            if rms
-            else amplitude
-        )
-        out.append(leaf + (std * jax.random.normal(k, leaf.shape)).astype(leaf.dtype))
+    out = [
+        leaf if std is None else leaf + (std * jax.random.normal(k, leaf.shape)).astype(leaf.dtype)
+        for leaf, std, k in zip(leaves, stds, keys, strict=True)
+    ]
     return jax.tree.unflatten(treedef, out)
 
 
@@ -324,8 +317,15 @@ def noise_baseline(
     m = target.validate(training, batched=True)
     kd, kn = jax.random.split(key)
     base = pop.take(training, _draw(kd, m, n))
-    trainable = tuple(s.trainable for s in target.spec)
-    return _add_noise(kn, base, training, jnp.float32(amplitude), trainable, scale == "rms")
+    stds = [  # None: running statistics stay as trained
+        None
+        if not spec.trainable
+        else amplitude * jnp.sqrt(jnp.mean(jnp.square(v.astype(jnp.float32))))
+        if scale == "rms"
+        else jnp.float32(amplitude)
+        for v, spec in zip(jax.tree.leaves(training), target.spec, strict=True)
+    ]
+    return _add_noise(kn, base, stds)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "k"))

@@ -12,7 +12,6 @@ from generators import novelty as nv
 from hyper import architectures, data, symmetry, zoo
 from hyper import population as pop
 from hyper.errors import WeightspaceError
-from hyper.train import evaluate as train_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +70,9 @@ def test_summary_and_frontier():
 def test_evaluate_matches_the_population_evaluation_and_masks(target, training, digits):
     x, y = digits.x_test[:100], digits.y_test[:100]
     acc, wrong = nv.evaluate(target, training, x, y, chunk=4)  # 6 members: a padded chunk
-    ref = train_evaluate(target, training, jnp.asarray(x), jnp.asarray(y))["acc"]
-    np.testing.assert_allclose(acc, np.asarray(ref), atol=1e-6)
     logits = np.asarray(target.apply_population(training, jnp.asarray(x)))
     np.testing.assert_array_equal(wrong, logits.argmax(-1) != y[None])
+    np.testing.assert_allclose(acc, (logits.argmax(-1) == y[None]).mean(1), atol=1e-6)
     # task networks: argmax over the prompted classes, on their examples only
     mask = np.zeros((6, 10), bool)
     mask[:, [0, 3, 7]] = True
