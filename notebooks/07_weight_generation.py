@@ -73,7 +73,7 @@ print(f"SMOKE={SMOKE}, {jax.device_count()} JAX device(s), writing to {OUT_DIR}"
 
 # %%
 digits = data.load("digits")
-epochs, ckpts = (2, [1, 2]) if SMOKE else (20, [1, 2, 3, 5, 10, 20])
+epochs, ckpts = (1, [0, 1]) if SMOKE else (20, [1, 2, 3, 5, 10, 20])
 z = zoo.build(
     OUT_DIR / "zoo",
     preset="digits-mlp",
@@ -87,7 +87,7 @@ z = zoo.build(
         "dropout": [0.0],
         "optimizer": ["adam"],
     },
-    seeds=8 if SMOKE else 128,
+    seeds=4 if SMOKE else 128,
     epochs=epochs,
     checkpoint_epochs=ckpts,
     progress=not SMOKE,
