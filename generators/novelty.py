@@ -276,14 +276,26 @@ def _draw(key: jax.Array, m: int, n: int) -> np.ndarray:
     return np.asarray(jax.random.randint(key, (n,), 0, m))
 
 
+def _standard_normals(key: jax.Array, n: int, leaves: list[jax.Array]) -> list[jax.Array]:
+    """`[n, *leaf.shape[1:]]` standard normals for each leaf, from one draw (one RNG kernel
+    to compile, whatever the number of leaves)."""
+    sizes = [int(np.prod(v.shape[1:], dtype=int)) for v in leaves]
+    z = jax.random.normal(key, (n, sum(sizes)))
+    cuts = np.cumsum([0, *sizes])
+    return [
+        z[:, a:b].reshape(n, *v.shape[1:])
+        for a, b, v in zip(cuts[:-1], cuts[1:], leaves, strict=True)
+    ]
+
+
 @jax.jit
 def _add_noise(key, base, stds):
     leaves, treedef = jax.tree.flatten(base)
-    keys = jax.random.split(key, len(leaves))
-    out = [
-        leaf if std is None else leaf + (std * jax.random.normal(k, leaf.shape)).astype(leaf.dtype)
-        for leaf, std, k in zip(leaves, stds, keys, strict=True)
-    ]
+    noisy = [i for i, std in enumerate(stds) if std is not None]  # None: running statistics
+    z = _standard_normals(key, leaves[0].shape[0], [leaves[i] for i in noisy])
+    out = list(leaves)
+    for i, zi in zip(noisy, z, strict=True):
+        out[i] = leaves[i] + (stds[i] * zi).astype(leaves[i].dtype)
     return jax.tree.unflatten(treedef, out)
 
 
@@ -347,12 +359,10 @@ def average_baseline(key: jax.Array, training: Params, n: int, *, k: int = 16) -
 @functools.partial(jax.jit, static_argnames=("n",))
 def _gaussians(key, training, n):
     leaves, treedef = jax.tree.flatten(training)
-    keys = jax.random.split(key, len(leaves))
     out = []
-    for v, kk in zip(leaves, keys, strict=True):
+    for v, z in zip(leaves, _standard_normals(key, n, leaves), strict=True):
         f = v.astype(jnp.float32)
         mean, std = jnp.mean(f, 0), jnp.std(f, 0, ddof=1)
-        z = jax.random.normal(kk, (n, *v.shape[1:]))
         out.append((mean[None] + std[None] * z).astype(v.dtype))
     return jax.tree.unflatten(treedef, out)
 
