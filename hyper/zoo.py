@@ -5,7 +5,8 @@ trained with varied hyperparameters, saved at several epochs with their metrics
 (Small-CNN-Zoo style). Members that can share one compiled training step (same
 activation, dropout and optimizer) form a *group* and train together with `jax.vmap`;
 learning rate, weight decay, init scale, train fraction and seed vary freely inside a
-group.
+group. An optional ``classes`` axis trains members on class subsets (task networks,
+`hyper.zoo_tasks`).
 
 Layout of a zoo directory::
 
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyper import data as data_lib
-from hyper import sharding, zoo_format
+from hyper import sharding, zoo_format, zoo_tasks
 from hyper.architectures import ACTIVATIONS, target_from_config
 from hyper.checkpoint import (
     CheckpointError,
@@ -69,6 +70,9 @@ HPARAMS = (
 )
 """Grid axes. The last three change the program and split members into groups."""
 
+TASK_AXIS = "classes"
+"""An optional grid axis: class subsets, one task per value (`hyper.zoo_tasks`)."""
+
 _STRUCTURAL = ("activation", "dropout", "optimizer")
 
 
@@ -83,8 +87,13 @@ def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
         )
     out: dict[str, list[Any]] = {}
     for k, values in grid.items():
+        if k == TASK_AXIS:
+            out[k] = zoo_tasks.validate_classes(values)
+            continue
         if k not in HPARAMS:
-            raise WeightspaceError(f"grid: unknown hyperparameter {k!r}; expected one of {HPARAMS}")
+            raise WeightspaceError(
+                f"grid: unknown hyperparameter {k!r}; expected one of {(*HPARAMS, TASK_AXIS)}"
+            )
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
             values = [values]
         values = list(values)
@@ -121,7 +130,7 @@ def _validate_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
 
 
 def _member_table(grid: Mapping[str, list[Any]], seeds: Sequence[int]) -> list[dict[str, Any]]:
-    keys = list(HPARAMS)
+    keys = list(HPARAMS) + ([TASK_AXIS] if TASK_AXIS in grid else [])
     members = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         for seed in seeds:
@@ -320,7 +329,10 @@ def build(
     Args:
       out_dir: the zoo directory.
       preset: a key of `PRESETS`.
-      grid: hyperparameter -> list of values, overriding the preset's axes.
+      grid: hyperparameter -> list of values, overriding the preset's axes. An optional
+        ``"classes"`` entry lists class subsets (e.g. ``[[0, 1, 2], [3, 4]]``): each is one
+        more grid axis value; its members train on those classes only, and their rows
+        record ``"classes"`` and the accuracy over those classes (`hyper.zoo_tasks`).
       seeds: number of seeds (0..n-1) or an explicit list.
       epochs: training epochs (default: the preset's).
       checkpoint_epochs: epochs to save; the last epoch is always saved.
@@ -363,6 +375,9 @@ def build(
     # Everything that can be wrong with the arguments fails here, before the directory is
     # touched: a bad architecture must not leave a half-described zoo behind.
     dataset_obj = data_lib.load(config["dataset"])
+    tasks = config["grid"].get(TASK_AXIS)
+    if tasks is not None:
+        zoo_tasks.check_class_range(tasks, dataset_obj.num_classes, config["dataset"])
     members, groups = _group_members(config, dataset_obj.input_shape)
     targets = {g["id"]: target_from_config(g["target"]) for g in groups}
 
@@ -430,6 +445,9 @@ def build(
                 init_scale=[m["init_scale"] for m in ms],
                 member_keys=keys,
             )
+            evaluate = trainer.evaluate
+            if tasks is not None:  # each member trains and is scored on its own classes
+                state, evaluate = _restrict_to_classes(trainer, state, ms, dataset_obj)
             with PopulationCheckpointer(zoo_format.group_dir(directory, g["id"])) as ckpt:
                 done = ckpt.steps()
                 # Rows of every committed epoch come from the checkpoints themselves, so a
@@ -460,7 +478,7 @@ def build(
                                 budget -= 1
                         if epoch in ce:
                             metrics, diverged = sharding.to_host(
-                                (trainer.evaluate(state.params), state.diverged)
+                                (evaluate(state.params), state.diverged)
                             )
                             rows = zoo_format.metric_rows(ms, metrics, epoch, g["id"], diverged)
                             ckpt.save(
@@ -483,6 +501,24 @@ def build(
         zoo_format.finish(directory, config, all_rows)
     sharding.barrier("zoo-build-complete")
     return load(directory)
+
+
+def _restrict_to_classes(trainer: Trainer, state: Any, members: list[dict], dataset: Any):
+    """The state with each member's training subset cut to its classes, and the group's
+    evaluation on its prompted classes (`hyper.zoo_tasks`)."""
+    masks = zoo_tasks.class_masks([m[TASK_AXIS] for m in members], dataset.num_classes)
+    subset = state.subset & jnp.asarray(masks)[:, trainer.y_train]
+    empty = np.flatnonzero(np.asarray(subset.sum(axis=1)) == 0)
+    if empty.size:
+        m = members[int(empty[0])]
+        raise WeightspaceError(
+            f"zoo member {m['member']}: no training example of classes {m[TASK_AXIS]} in its "
+            f"train_fraction {m['train_fraction']} subset; raise train_fraction"
+        )
+    evaluate_tasks = zoo_tasks.task_evaluator(
+        trainer.target, dataset, batch_size=trainer.config.eval_batch_size
+    )
+    return state._replace(subset=trainer.place(subset)), lambda p: evaluate_tasks(p, masks)
 
 
 # ---------------------------------------------------------------------------------------
