@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,29 +38,53 @@ def test_notebook_pair_in_sync(script: Path):
         assert a == b, f"cell {i} differs between {script.name} and {ipynb.name}"
 
 
-@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_in_smoke_mode(script: Path, tmp_path: Path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory) -> dict[str, dict]:
+    """Every notebook run once with `SMOKE=1`, all in one subprocess
+    (`tests/notebook_runner.py`: JAX and the package are imported once, and programs that
+    several notebooks compile are compiled once)."""
+    root = tmp_path_factory.mktemp("notebooks")
+    jobs = [
+        {
+            "script": str(script),
+            "out_dir": str(root / script.stem / "out"),
+            "cwd": str(root / script.stem),
+            "log": str(root / f"{script.stem}.log"),
+        }
+        for script in NOTEBOOKS
+    ]
+    (root / "jobs.json").write_text(json.dumps(jobs))
     env = {
         **os.environ,
         "SMOKE": "1",
         "JAX_PLATFORMS": "cpu",
         "MPLBACKEND": "Agg",
-        "OUT_DIR": str(out),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
+    env.pop("OUT_DIR", None)
     proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, (
-        f"{script.name} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
-        f"--- stderr\n{proc.stderr[-4000:]}"
-    )
+        [sys.executable, str(ROOT / "tests" / "notebook_runner.py"), str(root / "jobs.json"),
+         str(root / "results.json")],
+        env=env, capture_output=True, text=True, timeout=600 * len(NOTEBOOKS),
+    )  # fmt: skip
+    results = json.loads((root / "results.json").read_text()) if proc.returncode == 0 else {}
+    for job in jobs:
+        log = Path(job["log"])
+        results.setdefault(
+            job["script"],
+            {"ok": False, "error": f"runner exited {proc.returncode}\n{proc.stderr[-4000:]}"},
+        )
+        results[job["script"]].update(
+            out=Path(job["out_dir"]), log=log.read_text() if log.exists() else ""
+        )
+    return results
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_in_smoke_mode(script: Path, smoke_runs: dict[str, dict]):
+    run = smoke_runs[str(script)]
+    assert run["ok"], f"{script.name} failed\n--- output\n{run['log'][-4000:]}\n{run['error']}"
+    out = run["out"]
     if script.name == "01_quickstart.py":
         assert (out / "accuracy_vs_learning_rate.png").stat().st_size > 0
         assert (out / "zoo" / "zoo.json").exists()
