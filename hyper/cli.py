@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,18 +131,24 @@ def _add_exchange_parsers(sub: Any) -> None:
 
 def _run_exchange(args: argparse.Namespace) -> int:
     from hyper import exchange
+    from hyper.torch_layout import TorchPaddingWarning
 
     if args.command == "export":
-        path = exchange.export(
-            args.source,
-            args.out,
-            format=args.format,
-            layout=args.layout,
-            member=args.member,
-            epoch=args.epoch,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TorchPaddingWarning)
+            path = exchange.export(
+                args.source,
+                args.out,
+                format=args.format,
+                layout=args.layout,
+                member=args.member,
+                epoch=args.epoch,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
+        # One line per distinct warning (a population warns once per member).
+        for text in dict.fromkeys(str(w.message) for w in caught):
+            print(f"weightspace: warning: {text}", file=sys.stderr)
     else:
         target = exchange.resolve_target(args.target) if args.target else None
         path = exchange.import_weights(
