@@ -39,7 +39,6 @@ from hyper.architectures import config_for_params, target_from_config
 from hyper.compact import count_flops
 from hyper.errors import WeightspaceError
 from hyper.optimizers import make_optimizer
-from hyper.prune import hidden_widths
 from hyper.target import Target
 from hyper.train import cross_entropy
 from hyper.tree import Params
@@ -48,7 +47,6 @@ __all__ = [
     "Anchor",
     "Candidate",
     "StitchedFamily",
-    "anchors_from_zoos",
     "operating_points",
     "stitch_family",
 ]
@@ -90,31 +88,60 @@ def _standalone(widest: Target, base_config: Any, params: Params, name: str) -> 
     return widest.derive(params, name=name, config={"derived_from": widest.config})
 
 
+@dataclasses.dataclass(frozen=True)
+class CutGroup:
+    """The stitched networks of one cut, evaluated and trained as one vmapped computation.
+
+    All anchors are zero-padded to the widest anchor's sizes (checked to keep each anchor's
+    function), so every network of the group is the widest anchor's computation on
+    ``fuse(cut, padded front, padded back, stitch)``; each stitch is stored padded to
+    `features` x `features` with a mask of its true block.
+
+    Attributes:
+      cut: the widest anchor's cut.
+      members: candidate indices.
+      fronts, backs: `[members]` anchor indices.
+      mask: `[members, features, features]` 1 on each stitch's true block.
+    """
+
+    cut: Cut
+    members: tuple[int, ...]
+    fronts: np.ndarray
+    backs: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def features(self) -> int:
+        return self.cut.features
+
+
 class StitchedFamily:
     """Anchors plus every stitched network between them, with their stitches.
 
     Attributes:
       anchors: the anchors, ascending in FLOPs.
-      cuts: the layers stitched at (spec layer indices, common to all anchors).
-      candidates: anchors first, then every ``(front, back, layer)`` with front != back.
-      stitches: per stitched candidate (same order, after the anchors) ``(S, c)``.
+      candidates: anchors first, then every ``(front, back, layer)`` with front != back,
+        grouped by cut.
+      groups: one `CutGroup` per cut.
+      stitch_params: per cut layer (as a string) ``{"s": [members, F, F], "c": [members,
+        F]}``, padded (see `CutGroup`).
       dataset: the data set the anchors were trained on.
-      accuracy: per candidate, the accuracy of the last `evaluate` (None before).
+      accuracy: per candidate, the test accuracy of the last `evaluate` (None before).
       history: what `train` did (steps, seconds, examples, losses).
     """
 
-    def __init__(self, anchors, cuts, candidates, stitches, dataset, fronts, layers):
+    def __init__(self, anchors, candidates, groups, stitch_params, dataset, padded, layers):
         self.anchors: list[Anchor] = anchors
-        self.cuts: dict[int, list[Cut]] = cuts
         self.candidates: list[Candidate] = candidates
-        self.stitches: list[tuple[jax.Array, jax.Array]] = stitches
+        self.groups: list[CutGroup] = groups
+        self.stitch_params: dict[str, dict[str, jax.Array]] = stitch_params
         self.dataset: data_lib.Dataset = dataset
         self.accuracy: np.ndarray | None = None
         self.history: dict[str, Any] = {}
-        self._fronts = fronts  # per anchor, its leaves
+        self._padded = padded  # leaves [anchors, *widest shape]
         self._layers = layers  # spec layer index of every leaf
-        self._step = None
-        self._eval = None
+        self._widest = anchors[int(np.argmax([a.target.num_params for a in anchors]))].target
+        self._logits_fn = None
 
     @property
     def num_anchors(self) -> int:
@@ -124,26 +151,60 @@ class StitchedFamily:
     def stitched(self) -> list[Candidate]:
         return self.candidates[self.num_anchors :]
 
-    def _cut(self, cand: Candidate) -> Cut:
-        return next(c for c in self.cuts[cand.back] if c.layer == cand.layer)
+    def _where(self, k: int) -> tuple[CutGroup, int]:
+        for g in self.groups:
+            if k in g.members:
+                return g, g.members.index(k)
+        raise WeightspaceError(f"candidate {k} is an anchor, not a stitched network")
 
-    def _leaves(self, k: int, stitches, fronts) -> list[Any]:
+    def stitch(self, k: int) -> tuple[jax.Array, jax.Array]:
+        """The stitch ``(S [c_front, c_back], c [c_back])`` of stitched candidate `k`."""
+        g, r = self._where(k)
         cand = self.candidates[k]
-        if cand.is_anchor:
-            return list(fronts[cand.front])
-        stitch = stitches[k - self.num_anchors]
-        return fuse(self._cut(cand), fronts[cand.front], fronts[cand.back], self._layers, stitch)
+        nf = self.anchors[cand.front].target.spec[g.cut.kernel].shape[g.cut.kernel_axis]
+        nb = self.anchors[cand.back].target.spec[g.cut.kernel].shape[g.cut.kernel_axis]
+        p = self.stitch_params[str(g.cut.layer)]
+        return p["s"][r, :nf, :nb], p["c"][r, :nb]
 
     def params_of(self, k: int) -> Params:
-        """The standalone params of candidate `k` (stitch folded in)."""
+        """The standalone params of candidate `k` (the stitch folded in)."""
         cand = self.candidates[k]
-        leaves = self._leaves(k, self.stitches, self._fronts)
+        if cand.is_anchor:
+            return self.anchors[k].params
+        g, _ = self._where(k)
+        front = jax.tree.leaves(self.anchors[cand.front].params)
+        back = jax.tree.leaves(self.anchors[cand.back].params)
+        leaves = fuse(g.cut, front, back, self._layers, self.stitch(k))
         return jax.tree.unflatten(cand.target.treedef, [jnp.asarray(a) for a in leaves])
 
-    def _logits(self, k: int, stitches, fronts, x):
-        cand = self.candidates[k]
-        params = jax.tree.unflatten(cand.target.treedef, self._leaves(k, stitches, fronts))
-        return cand.target.pure_apply(params, x)
+    def _one(self, g: CutGroup, s, c, fi, bi, padded, x):
+        """Logits of one network of group `g` (padded stitch, traced anchor indices)."""
+        front = [leaf[fi] for leaf in padded]
+        back = [leaf[bi] for leaf in padded]
+        leaves = fuse(g.cut, front, back, self._layers, (s, c))
+        return self._widest.pure_apply(jax.tree.unflatten(self._widest.treedef, leaves), x)
+
+    def _all_logits(self, stitch_params, padded, x):
+        widest = self._widest
+
+        def anchor(leaves):
+            return widest.pure_apply(jax.tree.unflatten(widest.treedef, leaves), x)
+
+        out = [jax.vmap(anchor)(padded)]
+        for g in self.groups:
+            p = stitch_params[str(g.cut.layer)]
+            s = p["s"] * g.mask
+            c = p["c"] * g.mask[:, 0, :]
+            one = lambda s_, c_, f_, b_, g=g: self._one(g, s_, c_, f_, b_, padded, x)  # noqa: E731
+            out.append(jax.vmap(one)(s, c, jnp.asarray(g.fronts), jnp.asarray(g.backs)))
+        return jnp.concatenate(out)  # candidate order: anchors, then the groups in order
+
+    def logits(self, x: Any) -> jax.Array:
+        """`[candidates, batch, classes]`: every network on `x`, vmapped per cut, one
+        compiled program."""
+        if self._logits_fn is None:
+            self._logits_fn = jax.jit(self._all_logits)
+        return self._logits_fn(self.stitch_params, self._padded, jnp.asarray(x))
 
     # --- training ------------------------------------------------------------------------
 
@@ -157,52 +218,49 @@ class StitchedFamily:
         chunk: int = 100,
         progress: bool = True,
     ) -> dict[str, Any]:
-        """Trains every stitch at once: each step samples one stitched network uniformly and
-        takes an Adam step on its stitch through the frozen anchors (cross-entropy on a
-        random training batch).
+        """Trains every stitch at once, anchors frozen. Each step draws, for every cut, one
+        stitched network uniformly (SN-Net's random sampling, one draw per cut so that each
+        step runs every cut's vmapped computation once) and takes an Adam step on the sum of
+        their cross-entropies on one random training batch.
 
         Returns:
-          `history`: steps, wall seconds (compilation included), examples seen, mean loss
-          per chunk.
+          `history`: steps, batch size, wall seconds (compilation included), examples seen
+          (steps x batch), mean loss per chunk.
         """
         from tqdm.auto import tqdm
 
-        if not self.stitched or steps <= 0:
+        if not self.groups or steps <= 0:
             return self.history
-        n_anchor, n_stitch = self.num_anchors, len(self.stitched)
         opt = make_optimizer("adam", learning_rate)
         ds = self.dataset
         x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+        sizes = [len(g.members) for g in self.groups]
 
-        def loss_of(k):
-            def fn(stitches, fronts, x, y):
-                return cross_entropy(self._logits(k, stitches, fronts, x), y)
-
-            return fn
-
-        branches = [loss_of(n_anchor + i) for i in range(n_stitch)]
+        def loss(params, picks, x, y):
+            total = 0.0
+            for g, r in zip(self.groups, picks, strict=True):
+                p = params[str(g.cut.layer)]
+                s, c = p["s"][r] * g.mask[r], p["c"][r] * g.mask[r][0]
+                fi, bi = jnp.asarray(g.fronts)[r], jnp.asarray(g.backs)[r]
+                total = total + cross_entropy(self._one(g, s, c, fi, bi, self._padded, x), y)
+            return total / len(self.groups)
 
         def one(carry, step_key):
-            stitches, opt_state = carry
-            k_pick, k_batch = jax.random.split(step_key)
-            pick = jax.random.randint(k_pick, (), 0, n_stitch)
-            idx = jax.random.randint(k_batch, (batch_size,), 0, x_train.shape[0])
-            x, y = x_train[idx], y_train[idx]
-
-            def loss(s):
-                return jax.lax.switch(pick, branches, s, self._fronts, x, y)
-
-            value, grads = jax.value_and_grad(loss)(stitches)
-            updates, opt_state = opt.update(grads, opt_state, stitches)
-            return (optax.apply_updates(stitches, updates), opt_state), value
+            params, opt_state = carry
+            keys = jax.random.split(step_key, len(sizes) + 1)
+            picks = [jax.random.randint(k, (), 0, n) for k, n in zip(keys[1:], sizes, strict=True)]
+            idx = jax.random.randint(keys[0], (batch_size,), 0, x_train.shape[0])
+            value, grads = jax.value_and_grad(loss)(params, picks, x_train[idx], y_train[idx])
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
 
         @jax.jit
-        def run(stitches, opt_state, keys):
-            (stitches, opt_state), losses = jax.lax.scan(one, (stitches, opt_state), keys)
-            return stitches, opt_state, losses.mean()
+        def run(params, opt_state, keys):
+            (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), keys)
+            return params, opt_state, losses.mean()
 
-        stitches = list(self.stitches)
-        opt_state = opt.init(stitches)
+        params = self.stitch_params
+        opt_state = opt.init(params)
         losses = []
         t0 = time.perf_counter()
         done = 0
@@ -210,12 +268,12 @@ class StitchedFamily:
             while done < steps:
                 n = min(chunk, steps - done)
                 key, sub = jax.random.split(key)
-                stitches, opt_state, loss = run(stitches, opt_state, jax.random.split(sub, n))
-                losses.append(float(loss))
+                params, opt_state, value = run(params, opt_state, jax.random.split(sub, n))
+                losses.append(float(value))
                 done += n
                 bar.update(n)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        self.stitches = [(jnp.asarray(s), jnp.asarray(c)) for s, c in stitches]
+        self.stitch_params = params
         self.history = {
             "steps": steps,
             "batch_size": batch_size,
@@ -229,30 +287,19 @@ class StitchedFamily:
     # --- evaluation ----------------------------------------------------------------------
 
     def evaluate(self, x: Any = None, y: Any = None) -> np.ndarray:
-        """Accuracy of every candidate on `x, y` (default: the test split), all candidates in
-        one compiled program. Stored as `accuracy` when on the test split."""
+        """Accuracy of every candidate on `x, y` (default: the test split, then stored as
+        `accuracy`), all candidates in one compiled program (`logits`)."""
         default = x is None
-        x = jnp.asarray(self.dataset.x_test if default else x)
+        x = self.dataset.x_test if default else x
         y = jnp.asarray(self.dataset.y_test if default else y)
-        if self._eval is None:
-
-            @jax.jit
-            def run(stitches, fronts, xx, yy):
-                return jnp.stack(
-                    [
-                        jnp.mean(jnp.argmax(self._logits(k, stitches, fronts, xx), -1) == yy)
-                        for k in range(len(self.candidates))
-                    ]
-                )
-
-            self._eval = run
-        acc = np.asarray(self._eval(self.stitches, self._fronts, x, y), np.float64)
+        acc = np.asarray(jnp.mean(jnp.argmax(self.logits(x), -1) == y[None, :], axis=1))
+        acc = acc.astype(np.float64)
         if default:
             self.accuracy = acc
         return acc
 
     def points(self) -> list[dict[str, Any]]:
-        """Every candidate as ``{name, flops, accuracy, anchor, front, back, layer}``,
+        """Every candidate as ``{name, flops, accuracy, anchor, front, back, layer, index}``,
         ascending in FLOPs (test accuracy; evaluated if needed)."""
         acc = self.accuracy if self.accuracy is not None else self.evaluate()
         out = [
@@ -374,106 +421,107 @@ def stitch_family(
     made.sort(key=lambda a: a.flops)
     _check_family(made)
     cuts = {i: find_cuts(a.target) for i, a in enumerate(made)}
-    usable = [
-        {c.layer: c for c in cuts[i] if c.bottleneck and c.primitive == cuts[0][0].primitive}
-        for i in range(len(made))
-    ]
-    common = sorted(set.intersection(*(set(u) for u in usable)))
+    usable = [{c.layer: c for c in cuts[i] if c.bottleneck} for i in range(len(made))]
     common = [
         j
-        for j in common
-        if all(usable[i][j].primitive == usable[0][j].primitive for i in range(len(made)))
+        for j in sorted(set.intersection(*(set(u) for u in usable)))
+        if len({(u[j].primitive, u[j].feature_axis, u[j].kernel) for u in usable}) == 1
     ]
     if not common:
         raise WeightspaceError("stitch: the anchors have no common layer to stitch at")
     x = jnp.asarray(ds.x_train[:sample_size])
-    acts = [cut_activations(a.target, a.params, x, common) for a in made]
+    acts, outs = zip(
+        *(cut_activations(a.target, a.params, x, common, with_output=True) for a in made),
+        strict=True,
+    )
     fronts = [list(jax.tree.leaves(a.params)) for a in made]
     layers = [s.layer for s in made[0].target.spec]
-    widest = max(made, key=lambda a: a.target.num_params).target
-    for a in made:
-        too_big = [
-            s.path
-            for s, w in zip(a.target.spec, widest.spec, strict=True)
-            if any(p > q for p, q in zip(s.shape, w.shape, strict=True))
-        ]
-        if too_big and config_for_params(a.target.config, a.params) is None:
-            raise WeightspaceError(
-                f"stitch: no anchor is widest in every layer ({a.name} is wider in {too_big[0]})"
-            )
+    wi = int(np.argmax([a.target.num_params for a in made]))
+    widest = made[wi].target
+    padded = _padded_anchors(made, widest, x, outs)
     candidates = [Candidate(a.name, i, i, None, a.target, a.flops) for i, a in enumerate(made)]
-    stitches = []
+    groups, stitch_params = [], {}
     built: dict[str, tuple[Target, int]] = {}
-    pairs = [
-        (f, b, j) for f in range(len(made)) for b in range(len(made)) if f != b for j in common
-    ]
-    for f, b, j in tqdm(pairs, disable=not progress, desc="stitches", unit="net"):
-        cut = usable[b][j]
-        ha, hb = acts[f][j], acts[b][j]
-        if ha.shape[: cut.feature_axis] + ha.shape[cut.feature_axis + 1 :] != (
-            hb.shape[: cut.feature_axis] + hb.shape[cut.feature_axis + 1 :]
-        ):
-            raise WeightspaceError(
-                f"stitch: before layer {cut.layer_name}, {made[f].name}'s activation has shape "
-                f"{tuple(ha.shape)} and {made[b].name}'s {tuple(hb.shape)}: only the feature "
-                f"axis {cut.feature_axis} may differ"
+    pairs = [(f, b) for f in range(len(made)) for b in range(len(made)) if f != b]
+    bar = tqdm(total=len(pairs) * len(common), disable=not progress, desc="stitches", unit="net")
+    for j in common:
+        wcut = usable[wi][j]
+        n, size = len(pairs), wcut.features
+        s_pad, c_pad = np.zeros((n, size, size), np.float32), np.zeros((n, size), np.float32)
+        mask = np.zeros((n, size, size), np.float32)
+        members = []
+        for r, (f, b) in enumerate(pairs):
+            cut = usable[b][j]
+            ha, hb = acts[f][j], acts[b][j]
+            other = [d for i, d in enumerate(ha.shape) if i != cut.feature_axis]
+            if other != [d for i, d in enumerate(hb.shape) if i != cut.feature_axis]:
+                raise WeightspaceError(
+                    f"stitch: before layer {cut.layer_name}, {made[f].name}'s activation has "
+                    f"shape {tuple(ha.shape)} and {made[b].name}'s {tuple(hb.shape)}: only the "
+                    f"feature axis {cut.feature_axis} may differ"
+                )
+            stitch = least_squares_stitch(
+                ha, hb, cut.feature_axis, bias=cut.bias is not None, ridge=ridge
             )
-        stitch = least_squares_stitch(
-            ha, hb, cut.feature_axis, bias=cut.bias is not None, ridge=ridge
+            nf, nb = stitch[0].shape
+            s_pad[r, :nf, :nb], c_pad[r, :nb], mask[r, :nf, :nb] = stitch[0], stitch[1], 1.0
+            name = f"{made[f].name}[:{cut.layer_name}]>{made[b].name}"
+            shapes = jax.eval_shape(
+                lambda s, c, f=f, b=b, cut=cut: fuse(cut, fronts[f], fronts[b], layers, (s, c)),
+                *stitch,
+            )
+            key = json.dumps([[list(p.shape) for p in shapes], cut.layer])
+            if key not in built:
+                zeros = [np.zeros(p.shape, p.dtype) for p in shapes]
+                params = jax.tree.unflatten(made[0].target.treedef, zeros)
+                t = _standalone(widest, made[f].target.config, params, name)
+                built[key] = (t, count_flops(t))
+            t, flops = built[key]
+            members.append(len(candidates))
+            candidates.append(Candidate(name, f, b, j, t, flops))
+            bar.update(1)
+        groups.append(
+            CutGroup(
+                wcut,
+                tuple(members),
+                np.array([f for f, _ in pairs]),
+                np.array([b for _, b in pairs]),
+                mask,
+            )
         )
-        name = f"{made[f].name}[:{cut.layer_name}]>{made[b].name}"
-        params = jax.tree.unflatten(
-            made[0].target.treedef, fuse(cut, fronts[f], fronts[b], layers, stitch)
-        )
-        key = json.dumps([[list(np.shape(p)) for p in jax.tree.leaves(params)], cut.layer])
-        if key not in built:
-            t = _standalone(widest, made[f].target.config, params, name)
-            built[key] = (t, count_flops(t))
-        t, flops = built[key]
-        candidates.append(Candidate(name, f, b, j, t, flops))
-        stitches.append(stitch)
-    return StitchedFamily(
-        made,
-        {i: list(usable[i].values()) for i in range(len(made))},
-        candidates,
-        stitches,
-        ds,
-        fronts,
-        layers,
-    )
+        stitch_params[str(j)] = {"s": jnp.asarray(s_pad), "c": jnp.asarray(c_pad)}
+    bar.close()
+    return StitchedFamily(made, candidates, groups, stitch_params, ds, padded, layers)
 
 
-def anchors_from_zoos(
-    directories: Sequence[str],
-) -> tuple[list[tuple[str, Target, Params]], str]:
-    """One anchor per zoo directory: the member of lowest final training loss (never chosen
-    on the test split).
+def _padded_anchors(made: list[Anchor], widest: Target, x: Any, outs: Sequence[Any]) -> list:
+    """Every anchor's leaves zero-padded at the end of each axis to the widest anchor's
+    shapes, stacked `[anchors, ...]`; refused unless each keeps its anchor's outputs."""
+    per_leaf = []
+    for i, w in enumerate(widest.spec):
+        rows = []
+        for a in made:
+            leaf = np.asarray(jax.tree.leaves(a.params)[i])
+            if any(p > q for p, q in zip(leaf.shape, w.shape, strict=True)):
+                raise WeightspaceError(
+                    f"stitch: no anchor is widest in every layer ({a.name} is wider than "
+                    f"{widest.name} in {w.path})"
+                )
+            rows.append(
+                np.pad(leaf, [(0, q - p) for p, q in zip(leaf.shape, w.shape, strict=True)])
+            )
+        per_leaf.append(jnp.asarray(np.stack(rows)))
 
-    Returns:
-      ``[(name, target, params)]`` and the zoos' common data set name.
+    def apply(leaves):
+        return widest.pure_apply(jax.tree.unflatten(widest.treedef, leaves), x)
 
-    Raises:
-      WeightspaceError / CheckpointError: a directory that is not a complete zoo, or zoos of
-      different data sets.
-    """
-    from hyper import zoo as zoo_lib
-
-    out, datasets = [], set()
-    for d in directories:
-        z = zoo_lib.load(d)
-        datasets.add(z.config["dataset"])
-        last = {r["member"]: r for r in z.rows() if r["epoch"] == max(z.checkpoint_epochs)}
-        best_row = min(last.values(), key=lambda r: float(r["train_loss"]))
-        for g in z.groups:
-            ids = [m["member"] for m in g.members]
-            if best_row["member"] in ids and g.params is not None:
-                i = ids.index(best_row["member"])
-                params = jax.tree.map(lambda a, i=i: a[i], g.params)
-                width = "x".join(str(w) for w in hidden_widths(g.target))
-                out.append((f"{g.target.config.get('arch', 'net')}-{width}", g.target, params))
-                break
-        else:
-            raise WeightspaceError(f"stitch: zoo {d} has no trained member")
-    if len(datasets) != 1:
-        raise WeightspaceError(f"stitch: the zoos hold different data sets: {sorted(datasets)}")
-    return out, datasets.pop()
+    got = np.asarray(jax.jit(jax.vmap(apply))(per_leaf))
+    for a, want, have in zip(made, outs, got, strict=True):
+        want = np.asarray(want)
+        if not np.allclose(have, want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max())):
+            raise WeightspaceError(
+                f"stitch: zero-padding {a.name} to {widest.name}'s sizes changes its outputs "
+                "(something sums over the hidden units, e.g. a norm over features); the "
+                "family's stitches are evaluated on padded anchors"
+            )
+    return per_leaf

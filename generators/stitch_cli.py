@@ -109,7 +109,8 @@ def _check_zoos(zoos: Sequence[str]) -> None:
 def _stitch(args: argparse.Namespace) -> int:
     import jax
 
-    from generators.stitch import anchors_from_zoos, stitch_family
+    from generators.stitch import stitch_family
+    from generators.stitch_zoos import anchors_from_zoos
     from hyper.checkpoint import prepare_dir
 
     _check_zoos(args.zoo)

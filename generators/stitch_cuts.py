@@ -18,6 +18,7 @@ the zeros the convolution pads with would not carry it.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +70,7 @@ class Cut:
 
 
 _DATA = "data"
+_PROGRAMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> layers -> jit
 
 
 def _walk(target: Target, leaves: Sequence[Any], x: Any, found: dict, values: dict) -> Any:
@@ -194,29 +196,34 @@ def find_cuts(target: Target, sample_input: Any = None) -> list[Cut]:
 
 
 def cut_activations(
-    target: Target, params: Any, x: Any, layers: Sequence[int]
-) -> dict[int, jax.Array]:
+    target: Target, params: Any, x: Any, layers: Sequence[int], *, with_output: bool = False
+) -> Any:
     """The activations read at the cuts before `layers` on inputs `x` (one network).
 
     Returns:
-      layer -> `[batch, ...]` as its contraction reads it.
+      layer -> `[batch, ...]` as its contraction reads it; with `with_output`, the pair
+      (that, the network's output).
     """
-    leaves = jax.tree.leaves(params)
-    want = tuple(layers)
+    want = tuple(int(j) for j in layers)
+    programs = _PROGRAMS.setdefault(target, {})
+    if want not in programs:
 
-    @jax.jit
-    def run(ls, xx):
-        found: dict[Any, Any] = {}
-        values: dict[int, Any] = {}
-        _walk(target, ls, xx, found, values)
-        return {j: values[j] for j in want}
+        @jax.jit
+        def run(ls, xx):
+            found: dict[Any, Any] = {}
+            values: dict[int, Any] = {}
+            out = _walk(target, ls, xx, found, values)
+            return {j: values[j] for j in want}, out[0]
 
-    return run(leaves, jnp.asarray(x))
+        programs[want] = run
+    values, out = programs[want](jax.tree.leaves(params), jnp.asarray(x))
+    return (values, out) if with_output else values
 
 
-def features_matrix(h: jax.Array, axis: int) -> jax.Array:
-    """`h` with its feature `axis` last and every other axis merged: `[rows, features]`."""
-    h = jnp.moveaxis(h, axis, -1)
+def features_matrix(h: Any, axis: int) -> np.ndarray:
+    """`h` with its feature `axis` last and every other axis merged: `[rows, features]`
+    (float64, on the host)."""
+    h = np.moveaxis(np.asarray(h, np.float64), axis, -1)
     return h.reshape(-1, h.shape[-1])
 
 
@@ -226,8 +233,7 @@ def least_squares_stitch(
     """The stitch ``(S [c_front, c_back], c [c_back])`` minimising
     ``|| h_front S + c - h_back ||^2 + ridge * n * ||S||^2`` over rows (examples and
     positions); ``c`` is zero when not `bias`. Solved in float64 on the host."""
-    a = np.asarray(features_matrix(h_front, axis), np.float64)
-    b = np.asarray(features_matrix(h_back, axis), np.float64)
+    a, b = features_matrix(h_front, axis), features_matrix(h_back, axis)
     if a.shape[0] != b.shape[0]:
         raise WeightspaceError(
             f"stitch: the activations have {a.shape[0]} and {b.shape[0]} rows (other axes "
