@@ -240,7 +240,8 @@ class StitchedFamily:
             total = 0.0
             for g, r in zip(self.groups, picks, strict=True):
                 p = params[str(g.cut.layer)]
-                s, c = p["s"][r] * g.mask[r], p["c"][r] * g.mask[r][0]
+                mask = jnp.asarray(g.mask)[r]
+                s, c = p["s"][r] * mask, p["c"][r] * mask[0]
                 fi, bi = jnp.asarray(g.fronts)[r], jnp.asarray(g.backs)[r]
                 total = total + cross_entropy(self._one(g, s, c, fi, bi, self._padded, x), y)
             return total / len(self.groups)

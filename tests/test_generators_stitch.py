@@ -52,13 +52,17 @@ def digits():
 @pytest.fixture(scope="module")
 def family(digits):
     anchors = [(f"mlp{w}", *_mlp(w)) for w in (4, 8)]
-    return stitch_family(anchors, digits, sample_size=128, progress=False)
+    fam = stitch_family(anchors, digits, sample_size=128, progress=False)
+    before = {k: np.asarray(v["s"]) for k, v in fam.stitch_params.items()}
+    fam.train(4, key=jax.random.key(0), batch_size=16, chunk=4, progress=False)
+    fam.trained_from = before
+    return fam
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn1d"])
-def test_identity_stitch_is_the_anchor(kind):
+def test_identity_stitch_is_the_anchor(kind, family):
     if kind == "mlp":
-        t, params = _mlp(6)
+        t, params = family.anchors[0].target, family.anchors[0].params
         x = np.random.default_rng(0).standard_normal((5, 8, 8)).astype(np.float32)
     else:
         t = make_target("cnn1d", input_shape=(12,), channels=[3, 5], out_features=4)
@@ -100,6 +104,10 @@ def _back_with(target, params, x, layer_index: int, h):
 
 def test_stitched_network_is_the_composition_and_round_trips(family, digits, tmp_path):
     assert len(family.candidates) == 2 + 2 * 2  # anchors + 2 ordered pairs x 2 cuts
+    for g in family.groups:  # training moved the stitches, never outside their blocks
+        s = np.asarray(family.stitch_params[str(g.cut.layer)]["s"])
+        assert not np.allclose(s, family.trained_from[str(g.cut.layer)])
+        assert np.all(s[g.mask == 0] == 0)
     acc = family.evaluate()
     assert acc.shape == (6,) and np.all((acc >= 0) & (acc <= 1))
     x = jnp.asarray(digits.x_test[:16])
