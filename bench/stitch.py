@@ -9,7 +9,7 @@ The stitched family (`generators.stitch.stitch_family`) holds every ordered pair
 different anchors at every cut (digits: before the second and third dense layers; MNIST-1D:
 before the second and third convolutions and the dense head); each stitch is least-squares
 initialised on 512 training inputs, then all stitches train together for
-``steps_per_stitch x stitches`` Adam steps (lr 1e-3, batch 128), each step on one stitched
+``100 x stitches`` Adam steps (lr 1e-3, batch 128), each step on one stitched
 network drawn uniformly. Anchors stay frozen. Accuracy is on the test split; FLOPs per
 example by `hyper.compact.count_flops` on each standalone (stitch folded) network.
 
@@ -23,7 +23,8 @@ Training cost: the stitch training's wall time and examples against one anchor's
 (the dearest anchor; compilation included in both).
 
 Usage: ``python bench/stitch.py [--quick] [--out FILE]``; writes ``bench/results/stitch.json``
-(``--quick``: ``bench/results/quick/stitch.json``) and prints it as one JSON line.
+(``--quick``: two anchors per family, 3-5 epochs, 10-20 steps per stitch, written to
+``bench/results/quick/stitch.json``) and prints it as one JSON line.
 """
 
 from __future__ import annotations
@@ -85,11 +86,17 @@ def gap_check(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_family(
-    name: str, root: str, *, epochs: int | None, steps_per_stitch: int, progress: bool
+    name: str,
+    root: str,
+    *,
+    widths: tuple[int, ...] | None,
+    epochs: int | None,
+    steps_per_stitch: int,
+    progress: bool,
 ) -> dict[str, Any]:
     log(f"{name}: training anchors")
     zoos = build_family_zoos(
-        os.path.join(root, name), name, epochs=epochs, overwrite=True, progress=progress
+        os.path.join(root, name), name, widths, epochs=epochs, overwrite=True, progress=progress
     )
     anchors, dataset = anchors_from_zoos([d for d, _ in zoos])
     ds = data_lib.load(dataset)
@@ -167,15 +174,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hyper.sharding.use_cpu_cores()
     t_start = time.time()
     mach = machine()
-    if args.quick:
-        settings = {"digits-mlp": (5, 20), "mnist1d-cnn": (3, 10)}
+    if args.quick:  # two anchors per family: smoke sizes, nothing to conclude
+        settings = {"digits-mlp": ((16, 64), 5, 20), "mnist1d-cnn": ((8, 32), 3, 10)}
     else:
-        settings = {"digits-mlp": (20, 150), "mnist1d-cnn": (30, 150)}
+        settings = {"digits-mlp": (None, 20, 100), "mnist1d-cnn": (None, 30, 100)}
     families = {}
     with tempfile.TemporaryDirectory() as root, stdout_to_stderr():
-        for name, (epochs, per_stitch) in settings.items():
+        for name, (widths, epochs, per_stitch) in settings.items():
             families[name.replace("-", "_")] = run_family(
-                name, root, epochs=epochs, steps_per_stitch=per_stitch, progress=args.progress
+                name,
+                root,
+                widths=widths,
+                epochs=epochs,
+                steps_per_stitch=per_stitch,
+                progress=args.progress,
             )
             families[name.replace("-", "_")]["steps_per_stitch"] = per_stitch
     result = {
