@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
+from hyper import zoo as zoo_lib
 from hyper.errors import WeightspaceError
 from hyper.prune import hidden_widths
 from hyper.target import Target
@@ -57,8 +59,6 @@ def anchors_from_zoos(
       WeightspaceError / CheckpointError: a directory that is not a complete zoo, or zoos of
       different data sets.
     """
-    from hyper import zoo as zoo_lib
-
     out, datasets = [], set()
     for d in directories:
         z = zoo_lib.load(d)
@@ -96,10 +96,6 @@ def build_family_zoos(
     Returns:
       ``[(zoo directory, build seconds)]``, ascending in width.
     """
-    import os
-
-    from hyper import zoo as zoo_lib
-
     if family not in FAMILIES:
         raise WeightspaceError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
     fam = FAMILIES[family]
