@@ -12,6 +12,7 @@ import argparse
 import json
 from typing import Any
 
+from generators import stitch_cli
 from hyper.errors import WeightspaceError
 
 __all__ = ["add_parsers"]
@@ -46,6 +47,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(run=_supernet)
+    stitch_cli.add_parsers(sub)
 
 
 def _assemble(args: argparse.Namespace) -> int:

@@ -15,7 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("hyper", "metanets", "generators")
 # Files whose `add_parsers` / `run` import their commands' modules when a command runs, so
 # that `weightspace --help` stays fast.
-CLI_FILES = {"hyper/cli.py", "hyper/hypernets/cli.py", "metanets/cli.py", "generators/cli.py"}
+CLI_FILES = {
+    "hyper/cli.py",
+    "hyper/hypernets/cli.py",
+    "metanets/cli.py",
+    "generators/cli.py",
+    "generators/stitch_cli.py",
+}
 MAX_LINES = 700
 
 

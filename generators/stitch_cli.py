@@ -1,0 +1,154 @@
+"""``weightspace stitch``: the best stitched network of a family of zoos for a FLOPs budget.
+
+  weightspace stitch --zoo DIR --zoo DIR [--zoo DIR ...] --budget-flops F --out DIR
+                     [--steps N] [--seed S] [--overwrite] [--quiet]
+
+Each ``--zoo`` is one anchor's zoo (one architecture, different widths; the member of
+lowest final training loss is the anchor). The stitched family is built and its stitches
+trained (`generators.stitch`); the most accurate network of at most F FLOPs per example is
+written to ``--out`` as a zoo of one member (loadable with ``weightspace info`` and
+`hyper.zoo.load`), and one JSON line describes it and the family's frontier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hyper.errors import WeightspaceError
+
+__all__ = ["add_parsers", "write_network_zoo"]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("stitch", help="stitch a family of zoos (SN-Net); best network per FLOPs")
+    p.add_argument("--zoo", action="append", required=True, help="one anchor's zoo (repeat, >= 2)")
+    p.add_argument("--budget-flops", required=True, type=_positive_float, help="FLOPs per example")
+    p.add_argument("--out", required=True, help="output zoo directory of the chosen network")
+    p.add_argument("--steps", type=int, default=None, help="stitch training steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_stitch)
+
+
+def write_network_zoo(
+    out: str,
+    target: Any,
+    params: Any,
+    *,
+    dataset: str,
+    metrics: Mapping[str, float],
+    source: Mapping[str, Any],
+    overwrite: bool = False,
+) -> str:
+    """Writes one network as a complete zoo of one member (group ``g0``, epoch 0).
+
+    Built from the public pieces of `hyper.zoo_format` (the whole-zoo writer is moving there
+    as ``write_zoo``; this is its one-group case).
+    """
+    import jax
+    import numpy as np
+
+    from hyper import zoo_format
+    from hyper.checkpoint import PopulationCheckpointer, prepare_dir
+    from hyper.population import of_one
+
+    members = [{"member": 0}]
+    config = zoo_format.zoo_config(
+        preset="stitched",
+        dataset=dataset,
+        arch=target.config,
+        grid={},
+        seeds=[],
+        epochs=0,
+        checkpoint_epochs=[0],
+        batch_size=None,
+        seed=0,
+        source=dict(source),
+        groups=[zoo_format.group_config("g0", target.config, None, [0])],
+        members=members,
+        complete=False,
+    )
+    d = prepare_dir(out, overwrite=overwrite, holds="zoo", hint="use --overwrite")
+    zoo_format.write_config(d, config)
+    rows = zoo_format.metric_rows(
+        members, {k: np.asarray([v]) for k, v in metrics.items()}, 0, "g0", np.asarray([False])
+    )
+    population = jax.tree.map(np.asarray, of_one(params))
+    with PopulationCheckpointer(zoo_format.group_dir(d, "g0")) as ckpt:
+        ckpt.save(
+            0, {"params": population}, meta={"rows": rows}, specs={"params": target.spec_json()}
+        )
+    zoo_format.finish(d, config, rows)
+    return d
+
+
+def _check_zoos(zoos: Sequence[str]) -> None:
+    import os
+
+    if len(zoos) < 2:
+        raise WeightspaceError(f"--zoo: give at least two zoos (one per anchor), got {len(zoos)}")
+    for z in zoos:
+        if not os.path.isfile(os.path.join(z, "zoo.json")):
+            raise WeightspaceError(f"--zoo {z}: not a zoo directory (no zoo.json)")
+
+
+def _stitch(args: argparse.Namespace) -> int:
+    import jax
+
+    from generators.stitch import stitch_family
+    from generators.stitch_zoos import anchors_from_zoos
+    from hyper.checkpoint import prepare_dir
+
+    _check_zoos(args.zoo)
+    if args.steps is not None and args.steps < 0:
+        raise WeightspaceError(f"--steps must be >= 0, got {args.steps}")
+    prepare_dir(
+        args.out, overwrite=args.overwrite, holds="zoo", hint="use --overwrite", write=False
+    )
+    anchors, dataset = anchors_from_zoos(args.zoo)
+    family = stitch_family(anchors, dataset, progress=not args.quiet)
+    steps = 200 * len(family.stitched) if args.steps is None else args.steps
+    family.train(steps, key=jax.random.key(args.seed), progress=not args.quiet)
+    acc = family.evaluate()
+    chosen = family.choose(args.budget_flops)
+    target, params = family.best(args.budget_flops)
+    out = write_network_zoo(
+        args.out,
+        target,
+        params,
+        dataset=dataset,
+        metrics={"test_acc": chosen["accuracy"]},
+        source={"stitched": chosen["name"], "zoos": list(args.zoo), "steps": steps},
+        overwrite=args.overwrite,
+    )
+    print(
+        json.dumps(
+            {
+                "out": out,
+                "network": chosen["name"],
+                "flops": chosen["flops"],
+                "test_acc": round(chosen["accuracy"], 4),
+                "budget_flops": args.budget_flops,
+                "candidates": len(acc),
+                "frontier": [
+                    {"name": p["name"], "flops": p["flops"], "acc": round(p["accuracy"], 4)}
+                    for p in family.frontier()
+                ],
+            }
+        )
+    )
+    return 0
