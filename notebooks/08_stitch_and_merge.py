@@ -221,3 +221,53 @@ print("reloaded network computes the same function:", same)
 # by least squares on activations, at any width between one network and both side by
 # side. The next cells compare it with weight averaging after Git Re-Basin matching, task
 # arithmetic and the two-model ensemble on digits split into classes 0-4 and 5-9.
+
+# %%
+from hyper import merge, pleas  # noqa: E402
+from hyper import population as pop_ops  # noqa: E402
+
+halves = [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+target = make_target("mlp", input_shape=(8, 8), widths=[32, 32], out_features=10)
+pair = []
+for i, classes in enumerate(halves):
+    keep = np.isin(digits.y_train, classes)
+    half = data.Dataset(
+        f"digits-{i}",
+        np.asarray(digits.x_train)[keep],
+        np.asarray(digits.y_train)[keep],
+        np.asarray(digits.x_test),
+        np.asarray(digits.y_test),
+        digits.num_classes,
+    )
+    pair.append(train_anchor(target, half, 15 if SMOKE else 40, seed=100 + i))
+a, b = pair
+x_fit = jnp.asarray(digits.x_train[:256])
+x_test, y_test = np.asarray(digits.x_test), np.asarray(digits.y_test)
+
+
+def accuracy(t, p):
+    return float(np.mean(np.argmax(np.asarray(t.apply(p, x_test)), -1) == y_test))
+
+
+mean_logits = 0.5 * (np.asarray(target.apply(a, x_test)) + np.asarray(target.apply(b, x_test)))
+ensemble = float(np.mean(np.argmax(mean_logits, -1) == y_test))
+both = pop_ops.stack([a, b])
+rebasin = accuracy(target, merge.aligned_average(target, both, method="weight"))
+merge_widths = (1.0, 1.5, 2.0) if SMOKE else (1.0, 1.25, 1.5, 2.0)
+merged = {w: pleas.pleas_merge(target, a, b, x_fit, width=w) for w in merge_widths}
+pleas_acc = {w: accuracy(*merged[w]) for w in merge_widths}
+print(f"each alone: {accuracy(target, a):.3f}, {accuracy(target, b):.3f} (10 classes)")
+print(f"ensemble {ensemble:.3f}, Git Re-Basin average {rebasin:.3f}")
+for w in merge_widths:
+    print(f"PLeaS {w}x: {pleas_acc[w]:.3f} ({merged[w][0].num_params} parameters)")
+
+fig, ax = plt.subplots(figsize=(5, 3.5))
+ax.plot(merge_widths, [pleas_acc[w] for w in merge_widths], "o-", label="PLeaS")
+ax.axhline(rebasin, color="C1", ls="--", label="Re-Basin average")
+ax.axhline(ensemble, color="k", ls=":", label="ensemble of the two")
+ax.set_xlabel("merged width (x one network)")
+ax.set_ylabel("test accuracy, 10 classes")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(OUT_DIR / "pleas_width.png", dpi=120)
+plt.show()
