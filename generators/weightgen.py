@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
 from generators.weightgen_nets import (
     LatentVelocity,
@@ -145,6 +146,7 @@ class WeightGen:
         classes: Any = None,
         guidance: float | None = None,
         chunk: int = 256,
+        progress: bool = False,
     ) -> Params:
         """`n` generated networks: a population `[n, ...]` of `target`.
 
@@ -160,6 +162,7 @@ class WeightGen:
           classes: condition ``"task"``: class indices (one task) or a multi-hot `[n, C]`.
           guidance: classifier-free guidance weight (default: the config's).
           chunk: networks per jitted call.
+          progress: show a progress bar over the chunks.
         """
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise WeightspaceError(f"sample: n must be a positive int, got {n!r}")
@@ -180,7 +183,7 @@ class WeightGen:
         run, ae_state, v_state = self._program()
         keys = jax.random.split(key, n)
         parts = []
-        for lo in range(0, n, chunk):
+        for lo in tqdm(range(0, n, chunk), disable=not progress, desc="sample", unit="chunk"):
             k, c = keys[lo : lo + chunk], cond[lo : lo + chunk]
             pad = chunk - k.shape[0]
             if pad:
@@ -268,7 +271,7 @@ def _sample_program(ae_def, v_def, sizes: tuple[int, ...], steps: int):
         shape = stats["latent_mean"].shape
         noise = jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
         z = flow_sample(vel, noise, cond, guidance, steps)
-        z = z * stats["latent_std"] + stats["latent_mean"]
+        z = z * stats["latent_std"][None, :] + stats["latent_mean"][None, :]
         x = ae.decode(z)
         return denormalize(sizes, x, stats["leaf_mean"], stats["leaf_std"])
 
@@ -294,23 +297,30 @@ def _load_state(module: nnx.Module, pure: Mapping[str, Any]) -> None:
     nnx.update(module, state)
 
 
+@functools.lru_cache(maxsize=16)
+def _init_program(p: int, latent: int, ae_hidden: int, cond_dim: int, hidden: int, blocks: int):
+    """Jitted: seed -> freshly initialised (autoencoder, velocity network), compiled once
+    per structure (any seed)."""
+
+    def make(seed):
+        rngs = nnx.Rngs(jax.random.key(seed))
+        ae = WeightAutoencoder(p, latent, ae_hidden, rngs=rngs)
+        return ae, LatentVelocity(latent, cond_dim, hidden, blocks, rngs=rngs)
+
+    return make, nnx.jit(make)
+
+
 def _build(
     target: Target, config: WeightGenConfig, num_classes: int, *, abstract: bool = False
 ) -> WeightGen:
-    """A freshly initialised generator (networks from ``key(seed)``, in one jitted call;
-    `abstract`: shapes only, to restore into), unit statistics."""
+    """A freshly initialised generator (networks from ``key(seed)``; `abstract`: shapes
+    only, to restore into), unit statistics."""
     p = sum(s.size for s in target.spec)
     cond_dim = {None: 0, "accuracy": 1, "task": num_classes}[config.condition]
-
-    def make():
-        rngs = nnx.Rngs(config.seed)
-        ae = WeightAutoencoder(p, config.latent_dim, config.ae_hidden, rngs=rngs)
-        vel = LatentVelocity(
-            config.latent_dim, cond_dim, config.flow_hidden, config.flow_blocks, rngs=rngs
-        )
-        return ae, vel
-
-    ae, vel = nnx.eval_shape(make) if abstract else nnx.jit(make)()
+    c = config
+    make, init = _init_program(p, c.latent_dim, c.ae_hidden, cond_dim, c.flow_hidden, c.flow_blocks)
+    seed = jnp.uint32(c.seed)
+    ae, vel = nnx.eval_shape(make, seed) if abstract else init(seed)
     n_leaves, width = len(target.spec), config.latent_dim
     stats = {
         "leaf_mean": np.zeros(n_leaves, np.float32),
@@ -462,8 +472,6 @@ def train(
     Returns:
       the generator (after `stop_after`: the generator at that step).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(config, WeightGenConfig):
         raise WeightspaceError(f"config must be a WeightGenConfig, got {type(config).__name__}")
     x, cond, acc_stats, num_classes = _check_data(target, params, config, accuracy, classes)
@@ -534,7 +542,7 @@ def train(
             else:
                 if latents is None:  # the flow's data: standardised latents
                     z, mu, sd = _encode_program(ae_def)(ae_state, xn)
-                    latents = (z - mu) / sd
+                    latents = (z - mu[None, :]) / sd[None, :]
                 s = step - config.ae_steps
                 end_s = min(
                     config.flow_steps, (s // config.checkpoint_every + 1) * config.checkpoint_every

@@ -113,6 +113,8 @@ class WeightGenConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise WeightspaceError(f"WeightGenConfig.{name} must be an int >= 1, got {v!r}")
+        if not 0 <= self.seed < 2**32:
+            raise WeightspaceError(f"WeightGenConfig.seed must be in [0, 2**32), got {self.seed!r}")
         for name in ("ae_steps", "flow_steps", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
@@ -170,14 +172,14 @@ def normalize(
 ) -> jax.Array:
     """`[N, P]` weights -> per-leaf standardised weights; `layout` is the target or its
     leaves' sizes in spec order, `mean` and `std` are `[leaves]`."""
-    return (matrix - _expand(layout, mean)) / _expand(layout, std)
+    return (matrix - _expand(layout, mean)[None, :]) / _expand(layout, std)[None, :]
 
 
 def denormalize(
     layout: Target | tuple[int, ...], matrix: jax.Array, mean: jax.Array, std: jax.Array
 ) -> jax.Array:
     """Inverse of `normalize`."""
-    return matrix * _expand(layout, std) + _expand(layout, mean)
+    return matrix * _expand(layout, std)[None, :] + _expand(layout, mean)[None, :]
 
 
 # ---------------------------------------------------------------------------------------
