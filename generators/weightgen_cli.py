@@ -1,7 +1,7 @@
 """``weightspace weightgen ...``: train a generative model of a zoo's weights and sample it.
 
   weightspace weightgen train --zoo DIR --out DIR [--condition accuracy|task]
-                              [--epoch E[,E...]] [--ae-steps N] [--flow-steps N]
+                              [--epoch E[,E...]] [--align] [--ae-steps N] [--flow-steps N]
                               [--seed S] [--resume | --overwrite] [--quiet]
   weightspace weightgen sample --from DIR --n 1000 [--accuracy 0.9 | --classes 0,3,7]
                                [--guidance G] [--seed S] [--chunk C] --out DIR
@@ -10,10 +10,11 @@
 ``train`` reads the networks of one target from a zoo (its groups of that target, at the
 last checkpointed epoch or the given ones; diverged members left out), the members' test
 accuracy from the metadata rows (``--condition accuracy``) or their class subset from the
-member key ``"classes"`` (``--condition task``), and writes ``DIR/model`` (the generator)
-and ``DIR/checkpoints`` (resumable with ``--resume``). ``sample`` writes a zoo directory
-that ``hyper.zoo.load`` reads, each network evaluated on the generator's data set
-(train/test loss and accuracy in the metadata rows) and its prompt in its member row.
+member key ``"classes"`` (``--condition task``), optionally aligns them to the first one
+(``--align``, weight matching: `hyper.align.align_population`), and writes ``DIR/model``
+(the generator) and ``DIR/checkpoints`` (resumable with ``--resume``). ``sample`` writes a
+zoo directory that ``hyper.zoo.load`` reads, each network evaluated on the generator's data
+set (train/test loss and accuracy in the metadata rows) and its prompt in its member row.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from generators.weightgen import WeightGen, WeightGenConfig, train, write_genera
 from hyper import data as data_lib
 from hyper import population as pop_ops
 from hyper import zoo as zoo_lib
+from hyper.align import align_population
 from hyper.errors import WeightspaceError
 from hyper.train import evaluate
 
@@ -59,6 +61,11 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--condition", choices=("accuracy", "task"), default=None)
     t.add_argument(
         "--epoch", type=_int_list, default=None, help="checkpointed epochs to train on (last)"
+    )
+    t.add_argument(
+        "--align",
+        action="store_true",
+        help="align every network to member 0 by weight matching first (same functions)",
     )
     d = WeightGenConfig()
     t.add_argument("--ae-steps", type=int, default=d.ae_steps)
@@ -156,6 +163,9 @@ def _train(args: argparse.Namespace) -> int:
     target, pop, acc, classes, meta = zoo_training_data(
         zoo_dir, condition=args.condition, epochs=args.epoch
     )
+    if args.align:
+        pop, _ = align_population(target, pop, key=jax.random.key(args.seed))
+        meta["aligned_to_member"] = 0
     config = WeightGenConfig(
         condition=args.condition,
         seed=args.seed,
