@@ -376,6 +376,12 @@ def _optimizer(config: WeightGenConfig):
     return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
 
 
+def _program_key(config: WeightGenConfig, *fields: str) -> WeightGenConfig:
+    """`config` with every field but `fields` at its default: the cache key of a training
+    program that reads only `fields` (runs differing in seed or the other stage share it)."""
+    return WeightGenConfig(**{f: getattr(config, f) for f in fields})
+
+
 @functools.lru_cache(maxsize=16)
 def _ae_chunk(ae_def, config: WeightGenConfig):
     opt = _optimizer(config)
@@ -486,8 +492,9 @@ def train(
 
     ae_def, ae_state = nnx.split(gen.autoencoder)
     v_def, v_state = nnx.split(gen.velocity)
-    ae_opt, ae_run = _ae_chunk(ae_def, config)
-    v_opt, v_run = _flow_chunk(v_def, config)
+    common = ("batch_size", "learning_rate", "weight_decay")
+    ae_opt, ae_run = _ae_chunk(ae_def, _program_key(config, *common, "input_noise", "latent_noise"))
+    v_opt, v_run = _flow_chunk(v_def, _program_key(config, *common, "condition", "cond_dropout"))
     ae_opt_state, v_opt_state = ae_opt.init(ae_state), v_opt.init(v_state)
     root = jax.random.key(config.seed)
     k_ae, k_flow = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
@@ -554,8 +561,8 @@ def train(
                 )
                 phase = "flow"
             history.append({"step": end, "phase": phase, "loss": float(loss)})
+            bar.set_postfix(phase=phase, loss=f"{float(loss):.4g}", refresh=False)
             bar.update(end - step)
-            bar.set_postfix(phase=phase, loss=f"{float(loss):.4g}")
             step = end
             if ckpt is not None:
                 ckpt.save(

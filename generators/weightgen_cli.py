@@ -100,8 +100,9 @@ def zoo_training_data(
     Returns:
       ``(target, population, accuracy [N] or None, classes [N, C] or None, metadata)``:
       the networks of the zoo's one target at `epochs` (default: the last), diverged ones
-      left out; test accuracies from the metadata rows; multi-hot class subsets from the
-      member key ``"classes"``.
+      (and, for the accuracy condition, those without a test accuracy) left out; test
+      accuracies from the metadata rows; multi-hot class subsets from the member key
+      ``"classes"``.
 
     Raises:
       WeightspaceError: groups of several targets, no usable network, members without
@@ -125,7 +126,7 @@ def zoo_training_data(
             for i, m in enumerate(g.members):
                 r = rows.get(m["member"], {})
                 acc = r.get("test_acc", float("nan"))
-                if r.get("diverged") or not np.isfinite(acc):
+                if r.get("diverged") or (condition == "accuracy" and not np.isfinite(acc)):
                     continue
                 if condition == "task":
                     cls = m.get("classes")
@@ -140,7 +141,7 @@ def zoo_training_data(
             if keep:
                 pops.append(pop_ops.take(g.params, np.asarray(keep)))
     if not pops:
-        raise WeightspaceError(f"--zoo {directory}: no finished, non-diverged network")
+        raise WeightspaceError(f"--zoo {directory}: no usable network (all diverged or unrated)")
     population = pop_ops.concatenate(pops)
     accuracy = np.asarray(accs) if condition == "accuracy" else None
     classes = None

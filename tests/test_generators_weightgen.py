@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from generators.weightgen import WeightGen, WeightGenConfig, train, write_generated_zoo
+from generators.weightgen_cli import zoo_training_data
 from generators.weightgen_nets import condition_vectors
 from hyper import population as pop_ops
 from hyper import zoo
@@ -117,6 +118,26 @@ def test_generated_zoo_loads(trained, tiny, tmp_path):
     got = z.rows()
     assert [r["test_acc"] for r in got] == pytest.approx([0.5, 0.6, 0.7, 0.8])
     assert all(r["prompt_accuracy"] == 0.8 and not r["diverged"] for r in got)
+
+
+def test_cli_reads_a_zoo_s_accuracies_and_class_subsets(trained, tiny, tmp_path):
+    gen, _ = trained
+    target, pop, acc = tiny
+    subsets = [[i % 3, (i + 1) % 3] for i in range(N)]
+    rows = [{"classes": c, "test_acc": a} for c, a in zip(subsets, acc, strict=True)]
+    d = write_generated_zoo(gen, pop, tmp_path / "zoo", rows=rows)
+    t, p, a, classes, meta = zoo_training_data(d, condition="task")
+    assert a is None and t.config == target.config and meta["zoo"] == d
+    want = np.zeros((N, 3))
+    for i, c in enumerate(subsets):
+        want[i, c] = 1
+    np.testing.assert_array_equal(classes, want)
+    for x, y in zip(_leaves(p), _leaves(pop), strict=True):
+        np.testing.assert_array_equal(x, y)
+    _, _, a, classes, _ = zoo_training_data(d, condition="accuracy")
+    assert classes is None and a == pytest.approx(acc)
+    with pytest.raises(WeightspaceError, match="classes"):  # a zoo without class subsets
+        zoo_training_data(write_generated_zoo(gen, pop, tmp_path / "z2"), condition="task")
 
 
 def test_resume_equals_an_uninterrupted_run(trained, tiny, tmp_path):
