@@ -480,6 +480,8 @@ def train(
     """
     if not isinstance(config, WeightGenConfig):
         raise WeightspaceError(f"config must be a WeightGenConfig, got {type(config).__name__}")
+    if resume and out_dir is None:
+        raise WeightspaceError("weightgen train: resume=True needs the run's out_dir")
     x, cond, acc_stats, num_classes = _check_data(target, params, config, accuracy, classes)
     gen = _build(target, config, num_classes)
     gen.acc_stats, gen.metadata = acc_stats, dict(metadata or {})
