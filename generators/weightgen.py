@@ -515,6 +515,12 @@ def train(
         ckpt = PopulationCheckpointer(os.path.join(out, "checkpoints"))
         last = ckpt.latest_step() if resume else None
         if last is not None:
+            if ckpt.restore_meta(last).get("run") != json.loads(json.dumps(run_meta)):
+                ckpt.close()  # checked before any array is read
+                raise CheckpointError(
+                    f"{out} holds checkpoints of another weightgen run (different config, "
+                    "target or data); use another directory or --overwrite"
+                )
             abstract = {
                 "ae": nnx.to_pure_dict(ae_state),
                 "velocity": nnx.to_pure_dict(v_state),
@@ -522,12 +528,6 @@ def train(
                 "velocity_opt": _flat_leaves(v_opt_state),
             }
             arrays, meta = ckpt.restore(last, abstract)
-            if meta.get("run") != json.loads(json.dumps(run_meta)):
-                ckpt.close()
-                raise CheckpointError(
-                    f"{out} holds checkpoints of another weightgen run (different config, "
-                    "target or data); use another directory or --overwrite"
-                )
             nnx.replace_by_pure_dict(ae_state, arrays["ae"])
             nnx.replace_by_pure_dict(v_state, arrays["velocity"])
             ae_opt_state = _unflat_leaves(ae_opt_state, arrays["ae_opt"])
