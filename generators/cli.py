@@ -29,6 +29,9 @@ def _classes(text: str) -> list[int]:
 
 
 def add_parsers(sub: Any) -> None:
+    from generators import weightgen_cli  # ``weightspace weightgen train|sample``
+
+    weightgen_cli.add_parsers(sub)
     a = sub.add_parser("assemble", help="assemble a compact model for classes and a budget")
     a.add_argument("--supernet", required=True, help="factory or supernet checkpoint directory")
     a.add_argument("--classes", required=True, type=_classes, help="e.g. 0,3,7")

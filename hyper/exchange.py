@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,7 @@ from hyper import population as pop_ops
 from hyper import small_cnn_zoo as scz
 from hyper import zoo as zoo_lib
 from hyper.architectures import target_from_config
-from hyper.checkpoint import PopulationCheckpointer, load_population, prepare_dir
+from hyper.checkpoint import load_population, prepare_dir
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 from hyper.tree import flatten_dict
@@ -300,56 +300,6 @@ def resolve_target(text: str) -> Target:
     return target_from_config(config)
 
 
-def _write_zoo(
-    out: str,
-    parts: Sequence[tuple[str, Target, list[dict[str, Any]], dict[int, tuple[Params, dict, Any]]]],
-    *,
-    dataset: str | None,
-    source: Mapping[str, Any],
-    overwrite: bool,
-) -> str:
-    """Writes a zoo directory: per group ``(id, target, member rows, {epoch: (population,
-    metrics name -> [n], diverged [n])})``."""
-    epochs = sorted({e for *_, per_epoch in parts for e in per_epoch})
-    members = sorted((m for _, _, ms, _ in parts for m in ms), key=lambda m: m["member"])
-    first = parts[0][1].config
-    config = zoo_format.zoo_config(
-        preset="imported",
-        dataset=dataset or "",
-        arch=first,
-        grid={},
-        seeds=[],
-        epochs=epochs[-1],
-        checkpoint_epochs=epochs,
-        batch_size=None,
-        seed=0,
-        source=dict(source),
-        groups=[
-            zoo_format.group_config(gid, t.config, None, [m["member"] for m in ms])
-            for gid, t, ms, _ in parts
-        ],
-        members=members,
-        complete=False,
-    )
-    d = prepare_dir(out, overwrite=overwrite, holds="zoo", hint="use --overwrite")
-    zoo_format.write_config(d, config)
-    rows: list[dict[str, Any]] = []
-    for gid, target, ms, per_epoch in parts:
-        with PopulationCheckpointer(zoo_format.group_dir(d, gid)) as ckpt:
-            for e in sorted(per_epoch):
-                population, metrics, diverged = per_epoch[e]
-                r = zoo_format.metric_rows(ms, metrics, e, gid, diverged)
-                ckpt.save(
-                    e,
-                    {"params": population},
-                    meta={"rows": r},
-                    specs={"params": target.spec_json()},
-                )
-                rows.extend(r)
-    zoo_format.finish(d, config, rows)
-    return d
-
-
 def _member_row(row: Mapping[str, Any], member: int) -> dict[str, Any]:
     """A zoo member row from a Small CNN Zoo metrics row (our hyperparameter names)."""
     names = {
@@ -465,7 +415,9 @@ def import_weights(
         prepare_dir(out, overwrite=overwrite, holds="zoo", hint="use --overwrite", write=False)
         parts = _weight_file_parts(path, format, target, layout, progress)
     source = {"format": format, "path": path}
-    return _write_zoo(os.fspath(out), parts, dataset=dataset, source=source, overwrite=overwrite)
+    return zoo_format.write_zoo(
+        os.fspath(out), parts, dataset=dataset, source=source, overwrite=overwrite
+    )
 
 
 def _weight_file_parts(

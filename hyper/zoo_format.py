@@ -1,8 +1,9 @@
 """The zoo directory format: the one writer and reader of ``zoo.json`` and the metadata table.
 
 Both the zoo builder (`hyper.zoo.build`) and the hypernetwork export
-(`hyper.hypernets.export`) write zoos through these functions, and `hyper.zoo.load` reads
-them back::
+(`hyper.hypernets.export`) write zoos through these functions; `write_zoo` writes a whole
+zoo of given populations at once (imported files, `hyper.exchange`; generated networks,
+`generators.weightgen`), and `hyper.zoo.load` reads them back::
 
   zoo.json                 the configuration, the groups and the member table
                            (`zoo_config`; ``"complete": false`` until `finish`)
@@ -25,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from hyper.checkpoint import CheckpointError, safe_join
+from hyper.checkpoint import CheckpointError, PopulationCheckpointer, prepare_dir, safe_join
+from hyper.target import Params, Target
 
 __all__ = [
     "FORMAT",
@@ -36,6 +38,7 @@ __all__ = [
     "read_config",
     "write_config",
     "write_metadata",
+    "write_zoo",
     "zoo_config",
 ]
 
@@ -180,6 +183,68 @@ def finish(directory: str, config: dict[str, Any], rows: Sequence[Mapping[str, A
     write_metadata(directory, rows, config.get("metadata_format", "jsonl"))
     config["complete"] = True
     write_config(directory, config)
+
+
+def write_zoo(
+    out: str,
+    parts: Sequence[tuple[str, Target, list[dict[str, Any]], dict[int, tuple[Params, dict, Any]]]],
+    *,
+    dataset: str | None,
+    source: Mapping[str, Any],
+    overwrite: bool,
+    preset: str = "imported",
+) -> str:
+    """Writes a whole zoo directory of given populations, complete.
+
+    Args:
+      out: the zoo directory (see `hyper.checkpoint.prepare_dir`).
+      parts: per group ``(id, target, member rows, {epoch: (population `[n, ...]`,
+        metrics name -> `[n]`, diverged `[n]`)})``.
+      dataset: the data set's registry name (or None).
+      source: where the networks came from, stored as ``source`` in ``zoo.json``.
+      overwrite: replace what `out` holds.
+      preset: the ``preset`` tag of ``zoo.json`` (``"imported"``, ``"generated"``).
+
+    Returns:
+      the absolute zoo directory.
+    """
+    epochs = sorted({e for *_, per_epoch in parts for e in per_epoch})
+    members = sorted((m for _, _, ms, _ in parts for m in ms), key=lambda m: m["member"])
+    first = parts[0][1].config
+    config = zoo_config(
+        preset=preset,
+        dataset=dataset or "",
+        arch=first,
+        grid={},
+        seeds=[],
+        epochs=epochs[-1],
+        checkpoint_epochs=epochs,
+        batch_size=None,
+        seed=0,
+        source=dict(source),
+        groups=[
+            group_config(gid, t.config, None, [m["member"] for m in ms]) for gid, t, ms, _ in parts
+        ],
+        members=members,
+        complete=False,
+    )
+    d = prepare_dir(out, overwrite=overwrite, holds="zoo", hint="use --overwrite")
+    write_config(d, config)
+    rows: list[dict[str, Any]] = []
+    for gid, target, ms, per_epoch in parts:
+        with PopulationCheckpointer(group_dir(d, gid)) as ckpt:
+            for e in sorted(per_epoch):
+                population, metrics, diverged = per_epoch[e]
+                r = metric_rows(ms, metrics, e, gid, diverged)
+                ckpt.save(
+                    e,
+                    {"params": population},
+                    meta={"rows": r},
+                    specs={"params": target.spec_json()},
+                )
+                rows.extend(r)
+    finish(d, config, rows)
+    return d
 
 
 def read_config(path: str) -> dict[str, Any]:

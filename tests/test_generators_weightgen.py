@@ -1,0 +1,181 @@
+"""The weight generative model (`generators.weightgen`): sampling shapes and determinism,
+autoencoder reconstruction, conditioning, generated zoos, resume, CLI errors. Tiny sizes:
+one trained generator shared by the module."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from generators.weightgen import WeightGen, WeightGenConfig, train, write_generated_zoo
+from generators.weightgen_cli import zoo_training_data
+from generators.weightgen_nets import condition_vectors
+from hyper import population as pop_ops
+from hyper import zoo
+from hyper.architectures import make_target
+from hyper.checkpoint import CheckpointError
+from hyper.cli import main
+from hyper.errors import WeightspaceError
+
+N = 24
+CONFIG = WeightGenConfig(
+    condition="accuracy",
+    latent_dim=8,
+    ae_hidden=32,
+    ae_steps=250,
+    flow_hidden=32,
+    flow_blocks=1,
+    flow_steps=250,
+    batch_size=16,
+    learning_rate=3e-3,
+    sample_steps=8,
+    checkpoint_every=250,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny 'zoo': N networks of an 8-6-3 MLP, with accuracies to condition on."""
+    target = make_target("mlp", input_shape=(8,), widths=(6,), out_features=3)
+    pop = target.init_population(jax.random.key(0), N)
+    acc = np.linspace(0.5, 0.95, N)
+    return target, pop, acc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    target, pop, acc = tiny
+    out = tmp_path_factory.mktemp("weightgen") / "run"
+    gen = train(target, pop, config=CONFIG, accuracy=acc, out_dir=out, progress=False)
+    return gen, out
+
+
+def _leaves(tree):
+    return [np.asarray(v) for v in jax.tree.leaves(tree)]
+
+
+def test_sampling_shapes_and_determinism(trained, tiny):
+    gen, _ = trained
+    target = tiny[0]
+    a = gen.sample(jax.random.key(1), 4, accuracy=0.9, chunk=3)  # chunks of 3 and 1 (padded)
+    assert target.validate(a, batched=True) == 4
+    b = gen.sample(jax.random.key(1), 4, accuracy=0.9)  # chunking changes nothing
+    for x, y in zip(_leaves(a), _leaves(b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    c = gen.sample(jax.random.key(2), 4, accuracy=0.9)
+    assert not np.allclose(_leaves(a)[0], _leaves(c)[0])
+    assert all(np.isfinite(x).all() for x in _leaves(a))
+
+
+def test_autoencoder_reconstructs_the_zoo(trained, tiny):
+    gen, _ = trained
+    target, pop, _ = tiny
+    x = np.asarray(pop_ops.flatten(target, pop))
+    r = np.asarray(pop_ops.flatten(target, gen.reconstruct(pop)))
+    spread = np.mean((x - x.mean(0)) ** 2)  # error of the best constant guess
+    err = np.mean((r - x) ** 2)
+    assert err < 0.1 * spread, (err, spread)
+
+
+def test_accuracy_condition_changes_the_output(trained):
+    gen, _ = trained
+    key = jax.random.key(3)
+    lo = _leaves(gen.sample(key, 4, accuracy=0.5))
+    hi = _leaves(gen.sample(key, 4, accuracy=0.95))
+    assert max(np.abs(x - y).max() for x, y in zip(lo, hi, strict=True)) > 1e-3
+    # guidance 0 is the unconditional model: the prompt no longer matters
+    lo0 = _leaves(gen.sample(key, 4, accuracy=0.5, guidance=0.0))
+    hi0 = _leaves(gen.sample(key, 4, accuracy=0.95, guidance=0.0))
+    for x, y in zip(lo0, hi0, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_condition_vectors_and_bad_conditions(trained):
+    v = condition_vectors("task", 2, classes=[0, 2], num_classes=4)
+    np.testing.assert_array_equal(v, [[1, 0, 1, 0], [1, 0, 1, 0]])
+    with pytest.raises(WeightspaceError, match="0..3"):
+        condition_vectors("task", 2, classes=[4], num_classes=4)
+    with pytest.raises(WeightspaceError, match="shape"):
+        condition_vectors("task", 2, classes=np.ones((3, 4)), num_classes=4)
+    gen, _ = trained
+    with pytest.raises(WeightspaceError, match="accuracy"):
+        gen.sample(jax.random.key(0), 2)
+    with pytest.raises(WeightspaceError, match=r"\[0, 1\]"):
+        gen.sample(jax.random.key(0), 2, accuracy=1.5)
+
+
+def test_generated_zoo_loads(trained, tiny, tmp_path):
+    gen, _ = trained
+    pop = gen.sample(jax.random.key(4), 4, accuracy=0.8)
+    rows = [{"test_acc": 0.5 + 0.1 * i, "prompt_accuracy": 0.8} for i in range(4)]
+    d = write_generated_zoo(gen, pop, tmp_path / "gen", rows=rows)
+    z = zoo.load(d)
+    assert z.config["preset"] == "generated" and z.num_members == 4
+    for x, y in zip(_leaves(z.groups[0].params), _leaves(pop), strict=True):
+        np.testing.assert_array_equal(x, y)
+    got = z.rows()
+    assert [r["test_acc"] for r in got] == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    assert all(r["prompt_accuracy"] == 0.8 and not r["diverged"] for r in got)
+
+
+def test_cli_reads_a_zoo_s_accuracies_and_class_subsets(trained, tiny, tmp_path):
+    gen, _ = trained
+    target, pop, acc = tiny
+    subsets = [[i % 3, (i + 1) % 3] for i in range(N)]
+    rows = [{"classes": c, "test_acc": a} for c, a in zip(subsets, acc, strict=True)]
+    d = write_generated_zoo(gen, pop, tmp_path / "zoo", rows=rows)
+    t, p, a, classes, meta = zoo_training_data(d, condition="task")
+    assert a is None and t.config == target.config and meta["zoo"] == d
+    want = np.zeros((N, 3))
+    for i, c in enumerate(subsets):
+        want[i, c] = 1
+    np.testing.assert_array_equal(classes, want)
+    for x, y in zip(_leaves(p), _leaves(pop), strict=True):
+        np.testing.assert_array_equal(x, y)
+    _, _, a, classes, _ = zoo_training_data(d, condition="accuracy")
+    assert classes is None and a == pytest.approx(acc)
+    with pytest.raises(WeightspaceError, match="classes"):  # a zoo without class subsets
+        zoo_training_data(write_generated_zoo(gen, pop, tmp_path / "z2"), condition="task")
+
+
+def test_resume_equals_an_uninterrupted_run(trained, tiny, tmp_path):
+    gen, out = trained
+    target, pop, acc = tiny
+    run = tmp_path / "run"
+    # stop after the autoencoder stage (a checkpoint), then resume into the flow stage
+    train(target, pop, config=CONFIG, accuracy=acc, out_dir=run, progress=False, stop_after=250)
+    with pytest.raises(CheckpointError):  # the finished run's model is not there yet
+        WeightGen.load(run)
+    with pytest.raises(CheckpointError, match="another weightgen run"):  # other data
+        train(target, pop, config=CONFIG, accuracy=acc[::-1], out_dir=run, resume=True)
+    resumed = train(
+        target, pop, config=CONFIG, accuracy=acc, out_dir=run, resume=True, progress=False
+    )
+    for a, b in (
+        (gen.autoencoder, resumed.autoencoder),
+        (gen.velocity, resumed.velocity),
+    ):
+        for x, y in zip(_leaves(nnx.state(a)), _leaves(nnx.state(b)), strict=True):
+            np.testing.assert_array_equal(x, y)
+    loaded = WeightGen.load(out)  # the saved model samples like the trained one
+    key = jax.random.key(5)
+    for x, y in zip(
+        _leaves(loaded.sample(key, 4, accuracy=0.7)),
+        _leaves(gen.sample(key, 4, accuracy=0.7)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_cli_bad_input_exits_2(trained, tmp_path, capsys):
+    _, out = trained
+    assert main(["weightgen", "train", "--zoo", str(tmp_path / "nope"), "--out", "x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("weightspace: error:")
+    assert main(["weightgen", "sample", "--from", str(out), "--n", "2", "--out", "y"]) == 2
+    assert "accuracy" in capsys.readouterr().err
+    args = ["weightgen", "sample", "--from", str(out), "--n", "0", "--accuracy", "0.9"]
+    assert main([*args, "--out", str(tmp_path / "z")]) == 2
+    assert main(["weightgen", "sample", "--from", str(tmp_path), "--n", "1", "--out", "w"]) == 2
