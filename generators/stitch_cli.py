@@ -54,46 +54,25 @@ def write_network_zoo(
     source: Mapping[str, Any],
     overwrite: bool = False,
 ) -> str:
-    """Writes one network as a complete zoo of one member (group ``g0``, epoch 0).
-
-    Built from the public pieces of `hyper.zoo_format` (the whole-zoo writer is moving there
-    as ``write_zoo``; this is its one-group case).
-    """
+    """Writes one network as a complete zoo of one member (group ``g0``, epoch 0), through
+    the one zoo writer (`hyper.zoo_format.write_zoo`)."""
     import jax
     import numpy as np
 
     from hyper import zoo_format
-    from hyper.checkpoint import PopulationCheckpointer, prepare_dir
     from hyper.population import of_one
 
-    members = [{"member": 0}]
-    config = zoo_format.zoo_config(
-        preset="stitched",
-        dataset=dataset,
-        arch=target.config,
-        grid={},
-        seeds=[],
-        epochs=0,
-        checkpoint_epochs=[0],
-        batch_size=None,
-        seed=0,
-        source=dict(source),
-        groups=[zoo_format.group_config("g0", target.config, None, [0])],
-        members=members,
-        complete=False,
-    )
-    d = prepare_dir(out, overwrite=overwrite, holds="zoo", hint="use --overwrite")
-    zoo_format.write_config(d, config)
-    rows = zoo_format.metric_rows(
-        members, {k: np.asarray([v]) for k, v in metrics.items()}, 0, "g0", np.asarray([False])
-    )
     population = jax.tree.map(np.asarray, of_one(params))
-    with PopulationCheckpointer(zoo_format.group_dir(d, "g0")) as ckpt:
-        ckpt.save(
-            0, {"params": population}, meta={"rows": rows}, specs={"params": target.spec_json()}
-        )
-    zoo_format.finish(d, config, rows)
-    return d
+    columns = {k: np.asarray([v]) for k, v in metrics.items()}
+    per_epoch = {0: (population, columns, np.asarray([False]))}
+    return zoo_format.write_zoo(
+        out,
+        [("g0", target, [{"member": 0}], per_epoch)],
+        dataset=dataset,
+        source=source,
+        overwrite=overwrite,
+        preset="stitched",
+    )
 
 
 def _check_zoos(zoos: Sequence[str]) -> None:
