@@ -1,4 +1,6 @@
-"""Generative module assemblers: compact task- and budget-specific models."""
+"""Generators: module assemblers (compact task- and budget-specific models), generative
+models of weights (`generators.weightgen`, with the novelty metrics of
+`generators.novelty`), and stitched families of pretrained networks (SN-Net)."""
 
 from generators.assembler import (
     Assembler,
@@ -19,6 +21,7 @@ from generators.factory import (
     make_factory,
     split_for_assembler,
 )
+from generators.stitch import StitchedFamily, stitch_family
 from generators.supernet import (
     Supernet,
     SupernetConfig,
@@ -27,14 +30,18 @@ from generators.supernet import (
     save_supernet,
     supernet_apply,
 )
+from generators.weightgen import WeightGen, WeightGenConfig, write_generated_zoo
 
 __all__ = [
     "Assembler",
     "CompactModel",
     "Factory",
     "Scenario",
+    "StitchedFamily",
     "Supernet",
     "SupernetConfig",
+    "WeightGen",
+    "WeightGenConfig",
     "build_compact",
     "class_subsets",
     "export_model",
@@ -47,7 +54,9 @@ __all__ = [
     "project_to_budget",
     "save_supernet",
     "split_for_assembler",
+    "stitch_family",
     "supernet_apply",
     "train_assembler",
     "validate_scenario",
+    "write_generated_zoo",
 ]

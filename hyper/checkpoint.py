@@ -47,6 +47,7 @@ __all__ = [
     "safe_join",
     "save_model",
     "save_population",
+    "stored_config_differences",
     "target_from_stored",
 ]
 
@@ -481,6 +482,27 @@ def target_from_stored(config: Mapping[str, Any], where: str) -> Target:
         return target_from_config(config)
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{where}: the stored target config does not build: {e}") from e
+
+
+_STORED: dict[str, Target | None] = {}  # a stored config's JSON -> its target (None: no build)
+
+
+def stored_config_differences(target: Target, stored: Any, where: str) -> list[str]:
+    """How a given `target`'s config differs from a file's `stored` rebuild config, as
+    ``"key: file X, given Y"`` lines (`Target.config_differences` after rebuilding the
+    stored config: e.g. a preset that now pads symmetrically, given for a file of a 'SAME'
+    zoo). Empty when they agree, or when `stored` is missing or does not build."""
+    if not isinstance(stored, dict) or not target.config or stored == target.config:
+        return []
+    key = json.dumps(stored, sort_keys=True)
+    if key not in _STORED:
+        try:
+            _STORED[key] = target_from_stored(stored, where)
+        except CheckpointError:
+            _STORED[key] = None
+    rebuilt = _STORED[key]
+    diff = target.config_differences(rebuilt) if rebuilt is not None else []
+    return [f"{k}: file {rebuilt.config.get(k)!r}, given {target.config.get(k)!r}" for k in diff]
 
 
 def _stored_target(stored: Mapping[str, Any], target: Target | None, where: str) -> Target:

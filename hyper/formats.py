@@ -39,7 +39,7 @@ import safetensors
 import safetensors.numpy as st_numpy
 
 from hyper import population as pop_ops
-from hyper.checkpoint import prepare_dir, target_from_stored
+from hyper.checkpoint import prepare_dir, stored_config_differences, target_from_stored
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 from hyper.torch_layout import (
@@ -507,34 +507,16 @@ def load_safetensors(
     return _from_file(target, path, _read_safetensors_file(path), layout, key_map)
 
 
-_STORED: dict[str, Target | None] = {}  # a stored config's JSON -> its target (None: no build)
-
-
 def _check_stored_config(target: Target, meta: Mapping[str, Any], path: str) -> None:
     """Refuses a given `target` whose config computes another function than the file's
-    stored one (a preset that now pads symmetrically, given for a file of a 'SAME' zoo),
-    compared after rebuilding the stored config (`Target.config_differences`); a stored
-    config that does not build, or none, is not checked."""
-    stored = (meta.get("target") or {}).get("config")
-    if not isinstance(stored, dict) or not target.config or stored == target.config:
-        return
-    key = json.dumps(stored, sort_keys=True)
-    if key not in _STORED:
-        try:
-            _STORED[key] = target_from_stored(stored, path)
-        except (ValueError, TypeError, KeyError):
-            _STORED[key] = None
-    rebuilt = _STORED[key]
-    diff = target.config_differences(rebuilt) if rebuilt is not None else []
+    stored one (`hyper.checkpoint.stored_config_differences`)."""
+    diff = stored_config_differences(target, (meta.get("target") or {}).get("config"), path)
     if diff:
-        shown = ", ".join(
-            f"{k}: file {rebuilt.config.get(k)!r}, given {target.config.get(k)!r}" for k in diff
-        )
         raise FormatError(
             f"{path}: the file holds a network of another configuration than the given target "
-            f"({shown}): the weights fit, but they would compute another function. Load it with "
-            "the file's own target (no --target / target=None: formats.load_file) or give a "
-            "matching one"
+            f"({', '.join(diff)}): the weights fit, but they would compute another function. "
+            "Load it with the file's own target (no --target / target=None: "
+            "formats.load_file) or give a matching one"
         )
 
 
