@@ -160,6 +160,8 @@ class WeightGen:
           n: how many networks.
           accuracy: condition ``"accuracy"``: a float in [0, 1] or `[n]` of them.
           classes: condition ``"task"``: class indices (one task) or a multi-hot `[n, C]`.
+            A conditioned generator given neither samples unconditionally (its learned
+            null condition, the classifier-free-guidance branch; `guidance` is ignored).
           guidance: classifier-free guidance weight (default: the config's).
           chunk: networks per jitted call.
           progress: show a progress bar over the chunks.
@@ -168,15 +170,20 @@ class WeightGen:
             raise WeightspaceError(f"sample: n must be a positive int, got {n!r}")
         if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
             raise WeightspaceError(f"sample: chunk must be a positive int, got {chunk!r}")
-        cond = condition_vectors(
-            self.config.condition,
-            n,
-            accuracy=accuracy,
-            classes=classes,
-            num_classes=self.num_classes,
-            acc_stats=self.acc_stats,
-        )
         g = self.config.guidance if guidance is None else guidance
+        if self.config.condition is not None and accuracy is None and classes is None:
+            # Unprompted: the learned null condition alone (guidance 0 ignores the vector).
+            width = 1 if self.config.condition == "accuracy" else self.num_classes
+            cond, g = np.zeros((n, width), np.float32), 0.0
+        else:
+            cond = condition_vectors(
+                self.config.condition,
+                n,
+                accuracy=accuracy,
+                classes=classes,
+                num_classes=self.num_classes,
+                acc_stats=self.acc_stats,
+            )
         if isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g):
             raise WeightspaceError(f"sample: guidance must be a number, got {guidance!r}")
         chunk = min(int(chunk), int(n))

@@ -113,10 +113,10 @@ print("test accuracy quartiles:", np.quantile(train_acc, [0, 0.25, 0.5, 0.75, 1]
 
 # %%
 cfg = weightgen.WeightGenConfig(condition="accuracy", seed=0)
-if SMOKE:  # a few steps only (the fields the config has)
-    short = {"steps": 20, "ae_steps": 20, "diffusion_steps": 20}
-    names = {f.name for f in dataclasses.fields(cfg)}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in short.items() if k in names})
+if SMOKE:  # a few training steps of a small model only
+    cfg = dataclasses.replace(
+        cfg, ae_steps=20, flow_steps=20, ae_hidden=32, flow_hidden=32, checkpoint_every=20
+    )
 gen = weightgen.train(target, train_p, config=cfg, accuracy=train_acc, progress=not SMOKE)
 n = 16 if SMOKE else 200
 generated = gen.sample(jax.random.key(1), n)
@@ -202,7 +202,8 @@ fig.savefig(OUT_DIR / "weight_histograms.png", dpi=120)
 # trained networks.
 
 # %%
-weightgen.write_generated_zoo(gen, generated, OUT_DIR / "generated")
+rows = [{"test_acc": float(a)} for a in scores["generated"][0]]  # scored above
+weightgen.write_generated_zoo(gen, generated, OUT_DIR / "generated", rows=rows)
 gz = zoo.load(OUT_DIR / "generated")
 print(zoo.summarize(gz))
 assert gz.num_members == n

@@ -90,6 +90,9 @@ def test_accuracy_condition_changes_the_output(trained):
     hi0 = _leaves(gen.sample(key, 4, accuracy=0.95, guidance=0.0))
     for x, y in zip(lo0, hi0, strict=True):
         np.testing.assert_array_equal(x, y)
+    # no prompt at all: the same unconditional (null-condition) samples
+    for x, y in zip(_leaves(gen.sample(key, 4)), lo0, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_condition_vectors_and_bad_conditions(trained):
@@ -100,8 +103,6 @@ def test_condition_vectors_and_bad_conditions(trained):
     with pytest.raises(WeightspaceError, match="shape"):
         condition_vectors("task", 2, classes=np.ones((3, 4)), num_classes=4)
     gen, _ = trained
-    with pytest.raises(WeightspaceError, match="accuracy"):
-        gen.sample(jax.random.key(0), 2)
     with pytest.raises(WeightspaceError, match=r"\[0, 1\]"):
         gen.sample(jax.random.key(0), 2, accuracy=1.5)
 
@@ -171,11 +172,29 @@ def test_resume_equals_an_uninterrupted_run(trained, tiny, tmp_path):
 
 def test_cli_bad_input_exits_2(trained, tmp_path, capsys):
     _, out = trained
-    assert main(["weightgen", "train", "--zoo", str(tmp_path / "nope"), "--out", "x"]) == 2
+    assert (
+        main(["weightgen", "train", "--zoo", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("weightspace: error:")
-    assert main(["weightgen", "sample", "--from", str(out), "--n", "2", "--out", "y"]) == 2
-    assert "accuracy" in capsys.readouterr().err
+    args = ["weightgen", "sample", "--from", str(out), "--n", "2", "--accuracy", "1.5"]
+    assert main([*args, "--out", str(tmp_path / "y")]) == 2
+    assert "[0, 1]" in capsys.readouterr().err
     args = ["weightgen", "sample", "--from", str(out), "--n", "0", "--accuracy", "0.9"]
     assert main([*args, "--out", str(tmp_path / "z")]) == 2
-    assert main(["weightgen", "sample", "--from", str(tmp_path), "--n", "1", "--out", "w"]) == 2
+    assert (
+        main(
+            [
+                "weightgen",
+                "sample",
+                "--from",
+                str(tmp_path),
+                "--n",
+                "1",
+                "--out",
+                str(tmp_path / "w"),
+            ]
+        )
+        == 2
+    )
