@@ -107,12 +107,52 @@ def plot_formats(plt):
     return fig
 
 
+def plot_stitch(plt):
+    """Stitched networks' accuracy against FLOPs, beside the anchors (SN-Net)."""
+    fams = _load("stitch")["families"]
+    fig, axes = plt.subplots(1, len(fams), figsize=(7, 3), constrained_layout=True)
+    for ax, (name, fam) in zip(axes, fams.items(), strict=True):
+        pts = [p for p in fam["points"] if not p["anchor"]]
+        anchors = sorted((p for p in fam["points"] if p["anchor"]), key=lambda p: p["flops"])
+        ax.scatter([p["flops"] for p in pts], [p["accuracy"] for p in pts], s=10, c="0.5")
+        front = fam["frontier"]
+        ax.step([p["flops"] for p in front], [p["acc"] for p in front], where="post", c="C0")
+        ax.plot([p["flops"] for p in anchors], [p["accuracy"] for p in anchors], "r*--")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xlabel("FLOPs per example")
+        ax.set_title(name.replace("_", " "), fontsize=10)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(["stitched", "best within budget", "anchors"], fontsize=8)
+    return fig
+
+
+def plot_pleas(plt):
+    """PLeaS accuracy against merged width, beside Re-Basin averaging and the ensemble."""
+    res = _load("merge")["pleas"]
+    cases = [(d, s) for d in ("digits", "mnist1d") for s in ("independent", "shared_base")]
+    fig, axes = plt.subplots(1, len(cases), figsize=(9, 2.8), constrained_layout=True)
+    for ax, (d, s) in zip(axes, cases, strict=True):
+        r = res[d][s]
+        widths = sorted(r["pleas"], key=float)
+        ax.plot([float(w) for w in widths], [r["pleas"][w]["acc"] for w in widths], "o-")
+        ax.axhline(max(r["rebasin"].values()), color="C1", ls="--")
+        ax.axhline(r["ensemble"], color="k", ls=":")
+        ax.set_title(f"{d}, {s.replace('_', ' ')}", fontsize=9)
+        ax.set_xlabel("merged width")
+    axes[0].set_ylabel("test accuracy, 10 classes")
+    axes[0].legend(["PLeaS", "Re-Basin average", "ensemble"], fontsize=7)
+    return fig
+
+
 PLOTS = {
     "metaprune": plot_metaprune,
     "metanet_predict": plot_metanet_predict,
     "merge_barrier": plot_merge_barrier,
     "assembler": plot_assembler,
     "formats": plot_formats,
+    "stitch": plot_stitch,
+    "pleas": plot_pleas,
 }
 
 
