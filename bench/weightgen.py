@@ -232,7 +232,7 @@ def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict
     x, y = data.x_test, data.y_test
     _, train_wrong = novelty.evaluate(target, train_p, x, y)
     n = cfg["generated"]
-    keys = iter(jax.random.split(key, 16))
+    keys = iter(jax.random.split(key, 64))
     populations = {"model": gen.sample(next(keys), n)}
     for a in cfg["noise"]:
         populations[f"noise_{a}"] = novelty.noise_baseline(next(keys), target, train_p, n, a)
