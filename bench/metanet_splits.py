@@ -317,8 +317,8 @@ def run_seed(split: str, ds, train, test, cfg, seed: int, log) -> dict[str, Any]
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds of tau and R² per model; the margins of the best metanet
-    (gmn, gmn_t, probes, best_combination) over the best StatNN, by mean tau."""
+    """Mean and std over seeds of tau and R² per model; the margins over the best StatNN
+    (by mean tau) of the best metanet (gmn, gmn_t, probes) and of the best combination."""
     out: dict[str, Any] = {}
     for k in [*MODELS, "best_combination"]:
         rows = [s["models"].get(k, {}) for s in per_seed]
@@ -336,8 +336,11 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         }
     mean = {k: v["tau_mean"] for k, v in out.items() if v}
     stat = [mean[k] for k in ("statnn_gbm", "statnn_mlp") if k in mean]
-    metas = [mean[k] for k in ("gmn", "gmn_t", "probes", "best_combination") if k in mean]
+    metas = [mean[k] for k in ("gmn", "gmn_t", "probes") if k in mean]
+    # the metanets alone (the ensemble may be StatNN alone), then the ensemble
     out["best_metanet_minus_best_statnn"] = (max(metas) - max(stat)) if stat and metas else None
+    comb = mean.get("best_combination")
+    out["best_combination_minus_best_statnn"] = (comb - max(stat)) if stat and comb else None
     return out
 
 
