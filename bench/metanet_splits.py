@@ -15,7 +15,7 @@ and writes ``bench/results/metanet_predict_<split>.json`` (``--quick``: under
 
 Per seed every model (`MODELS`) is fit on the training runs; each picks its epoch on a
 validation split carved by run out of the training runs, and the best combination is a
-greedy ensemble (Caruana selection with replacement over the members' standardised
+greedy ensemble (Caruana selection with replacement; a weighted mean of the members'
 predictions) whose members and weights are chosen on those validation runs only. The
 test runs are touched once per model and seed. The ``wild`` split also measures the cost:
 probe responses of 256 networks of one architecture in one vmapped call (networks/s) and
@@ -245,22 +245,18 @@ def _dataset_and_splits(split: str, zoos: dict[str, list[str]], seed: int):
     return ds, np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
-def _z(p: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return (p - ref.mean()) / max(ref.std(), 1e-9)
-
-
 def ensemble_select(val_preds: dict[str, np.ndarray], y_val: np.ndarray, rounds: int = 10):
     """Greedy ensemble selection with replacement (Caruana et al. 2004) on validation tau:
-    returns the weights ``{model: w}`` (summing to 1) of the standardised predictions."""
+    returns ``({model: w}, val_tau)``, the weights (summing to 1) of the members'
+    predictions (all in label units) and the mixture's validation tau."""
     from metanets.metrics import kendall_tau
 
-    z = {k: _z(v, v) for k, v in val_preds.items()}
     chosen: list[str] = []
     best_tau = -2.0
     for _ in range(rounds):
         cand = []
-        for k in z:
-            mix = np.mean([z[m] for m in [*chosen, k]], axis=0)
+        for k in val_preds:
+            mix = np.mean([val_preds[m] for m in [*chosen, k]], axis=0)
             cand.append((kendall_tau(mix, y_val), k))
         tau, k = max(cand)
         if chosen and tau <= best_tau:
@@ -301,14 +297,10 @@ def run_seed(split: str, ds, train, test, cfg, seed: int, log) -> dict[str, Any]
         }
         log(f"{split} seed {seed} {kind}: {out['models'][kind]}")
     weights, val_tau = ensemble_select(val_preds, ds.y[val])
-    # the members' test predictions standardised as on validation, mixed with those weights
-    mix = sum(w * _z(test_preds[k], val_preds[k]) for k, w in weights.items())
-    # back to label units by a linear map fitted on validation (for R²)
-    vmix = sum(w * _z(val_preds[k], val_preds[k]) for k, w in weights.items())
-    a, b = np.polyfit(vmix, ds.y[val], 1)
+    mix = sum(w * test_preds[k] for k, w in weights.items())  # label units
     out["models"]["best_combination"] = {
         "tau": kendall_tau(mix, ds.y[test]),
-        "r2": r2_score(a * mix + b, ds.y[test]),
+        "r2": r2_score(mix, ds.y[test]),
         "val_tau": val_tau,
         "weights": weights,
     }
