@@ -21,6 +21,7 @@ from flax import nnx
 from hyper.errors import WeightspaceError
 from metanets.graph_topology import ACTIVATION_IDS, NODE_FEATURES, NODE_INPUT, NODE_OUTPUT
 from metanets.layers import EdgeUpdateLayer, pna_aggregate, segment_max, segment_mean
+from metanets.transformer import EdgeAttentionLayer
 
 __all__ = ["GraphMetanet", "graph_ids", "masked_graph_pool"]
 
@@ -64,6 +65,12 @@ class GraphMetanet(nnx.Module):
       probe_features: `K` > 0 reads the nodes' ``probe`` features (`K` per node,
         `probes.probe_features`; transformed like the weights) into the node states; the
         graphs must then carry them. 0 (default) ignores them.
+      layer: ``"pna"`` (default): `layers.EdgeUpdateLayer` message passing;
+        ``"attention"``: `transformer.EdgeAttentionLayer`, the NG-T-style graph transformer
+        (edge features in the attention, attention along the graph's edges).
+      heads: attention heads (``layer="attention"``).
+      global_attention: ``layer="attention"``: also a per-graph virtual token attending
+        over all of the graph's nodes.
       rngs: keyword-only NNX RNGs.
     """
 
@@ -81,8 +88,14 @@ class GraphMetanet(nnx.Module):
         input_transform: str = "asinh",
         pool: str = "meanmax",
         probe_features: int = 0,
+        layer: str = "pna",
+        heads: int = 4,
+        global_attention: bool = False,
         rngs: nnx.Rngs,
     ):
+        if layer not in ("pna", "attention"):
+            raise WeightspaceError(f"layer must be 'pna' or 'attention', got {layer!r}")
+        self.layer_kind = layer
         if input_transform not in ("asinh", "none"):
             raise WeightspaceError(
                 f"input_transform must be 'asinh' or 'none', got {input_transform!r}"
@@ -111,7 +124,16 @@ class GraphMetanet(nnx.Module):
         self.node_act = nnx.Embed(len(ACTIVATION_IDS), hidden, rngs=rngs)
         self.edge_type = nnx.Embed(2, hidden, rngs=rngs)
         self.edge_layer = nnx.Embed(max_layers, hidden, rngs=rngs)
-        self.layers = nnx.List([EdgeUpdateLayer(hidden, rngs=rngs) for _ in range(num_layers)])
+        if layer == "pna":
+            blocks = [EdgeUpdateLayer(hidden, rngs=rngs) for _ in range(num_layers)]
+        else:
+            blocks = [
+                EdgeAttentionLayer(
+                    hidden, heads=heads, global_attention=global_attention, rngs=rngs
+                )
+                for _ in range(num_layers)
+            ]
+        self.layers = nnx.List(blocks)
         stats = 2 if pool == "meanmax" else 4
         self.head1 = nnx.Linear(2 * stats * hidden * self.readout_layers, hidden, rngs=rngs)
         self.head2 = nnx.Linear(hidden, out_features, rngs=rngs)
@@ -158,8 +180,11 @@ class GraphMetanet(nnx.Module):
         nmask, emask = nodes["mask"], edges["mask"]
         h = jnp.where(nmask[:, None], h, 0.0)
         e = jnp.where(emask[:, None], e, 0.0)
+        extra = {}
+        if self.layer_kind == "attention":
+            extra = {"node_graph": graph_ids(graphs)[0], "num_graphs": graphs.n_node.shape[0]}
         for layer in self.layers:
-            h, e = layer(h, e, graphs.senders, graphs.receivers, nmask, emask)
+            h, e = layer(h, e, graphs.senders, graphs.receivers, nmask, emask, **extra)
         return h, e
 
     def __call__(self, graphs: jraph.GraphsTuple) -> jax.Array:

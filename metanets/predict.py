@@ -1,8 +1,10 @@
-"""Property prediction from weights: four model kinds, fitting, evaluation, saving.
+"""Property prediction from weights: six model kinds, fitting, evaluation, saving.
 
-Models (`fit`): ``"gmn"`` (`GraphMetanet` on `GraphBank` batches), ``"statnn_mlp"`` and
+Models (`fit`): ``"gmn"`` (`GraphMetanet` on `GraphBank` batches, PNA message passing),
+``"gmn_t"`` (the same with the NG-T-style graph transformer layers of
+`metanets.transformer`), ``"probes"`` (learned probes, `metanets.probegen`), ``"statnn_mlp"`` and
 ``"statnn_gbm"`` (StatNN statistics with an MLP head / gradient-boosted trees), ``"flat"``
-(an MLP on the flat parameter vector; one architecture only). The MLP-based models keep
+(an MLP on the flat parameter vector; one architecture only). The NNX models keep
 the parameters of the epoch with the best Kendall tau on a validation split carved, by
 run, out of the training set (`metanets.training.train_epochs`); the trees use
 scikit-learn's early stopping. Data: `metanets.datasets`; metrics: `metanets.metrics`.
@@ -49,6 +51,7 @@ from metanets.datasets import WeightDataset, split_by_run
 from metanets.graph_topology import EDGE_WEIGHT, NODE_DEFAULTS
 from metanets.metrics import kendall_tau, r2_score
 from metanets.models import GraphMetanet
+from metanets.probegen import ProbeNet, fit_probe_net, probe_net_predict, response_shape
 from metanets.probes import probe_inputs
 from metanets.training import train_epochs
 
@@ -68,7 +71,9 @@ __all__ = [
     "vector_features",
 ]
 
-MODELS = ("gmn", "statnn_mlp", "statnn_gbm", "flat")
+MODELS = ("gmn", "gmn_t", "probes", "statnn_mlp", "statnn_gbm", "flat")
+GRAPH_MODELS = ("gmn", "gmn_t")
+"""The models that read `GraphBank` batches (and accept a `mesh`)."""
 
 # ---------------------------------------------------------------------------------------
 # Predictors
@@ -101,15 +106,18 @@ class Predictor:
     ) -> np.ndarray:
         """Predicted labels `[len(samples)]` (default: every sample).
 
-        `mesh`: ``"gmn"`` only: split every batch over this 1-D mesh
+        `mesh`: graph models only: split every batch over this 1-D mesh
         (`metanets.batching.shard_graphs`); the predictions equal the one-device ones.
         """
         samples = np.arange(len(ds)) if samples is None else np.asarray(samples)
-        if mesh is not None and self.kind != "gmn":
+        if mesh is not None and self.kind not in GRAPH_MODELS:
             raise WeightspaceError(f"predict: mesh applies to the 'gmn' model, not {self.kind!r}")
-        if self.kind == "gmn":
+        if self.kind in GRAPH_MODELS:
             bank = _gmn_bank(ds, self.config, tuple(self.config["window"]))
             return _gmn_predict(self.model, bank, samples, self.config, mesh)
+        if self.kind == "probes":
+            _check_probe_shapes(ds, self.config)
+            return probe_net_predict(self.model, ds, samples, self.config)
         x = vector_features(self.kind, ds, self.config)[samples]
         if self.kind == "statnn_gbm":
             return self.model.predict(x).astype(np.float32)
@@ -133,23 +141,26 @@ def build_gmn(
     *,
     window: Sequence[int] | None = None,
     seed: int = 0,
+    kind: str = "gmn",
     **overrides: Any,
 ) -> tuple[GraphMetanet, GraphBank]:
     """The graph metanet (initial weights from `seed`) and the `GraphBank` of `ds` that
-    ``fit("gmn", ds, ..., **overrides)`` builds, e.g. to measure a training step or to
-    write another loop. `window`: the common edge window (default: the zoo's largest
-    kernel)."""
-    unknown = set(overrides) - set(DEFAULTS["gmn"])
+    ``fit(kind, ds, ..., **overrides)`` builds (`kind`: ``"gmn"`` or ``"gmn_t"``), e.g. to
+    measure a training step or to write another loop. `window`: the common edge window
+    (default: the zoo's largest kernel)."""
+    unknown = set(overrides) - set(DEFAULTS[kind])
     if unknown:
-        raise WeightspaceError(f"model 'gmn': unknown hyperparameters {sorted(unknown)}")
-    config = {**DEFAULTS["gmn"], **overrides}
+        raise WeightspaceError(f"model {kind!r}: unknown hyperparameters {sorted(unknown)}")
+    config = {**DEFAULTS[kind], **overrides}
     bank = _gmn_bank(ds, config, window)
     config["window"] = list(bank.window)
-    return _build_module("gmn", config, seed=seed), bank
+    return _build_module(kind, config, seed=seed), bank
 
 
 def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
-    """The GMN's fixed probe inputs (`probes.probe_inputs`, seed 0), or None without probes."""
+    """The GMN's probe inputs: fixed (`probes.probe_inputs`, seed 0) or, with
+    ``probe_source="learned"``, the learned ones stored in the config; None without
+    probes."""
     k = int(config.get("probes", 0))
     if k <= 0:
         return None
@@ -163,7 +174,37 @@ def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
             f"this predictor's probes have input shape {tuple(fitted)}; the zoo's networks "
             f"take {shape}"
         )
+    if config.get("probe_values") is not None:
+        return np.asarray(config["probe_values"], np.float32).reshape(k, *shape)
     return probe_inputs(ds.targets[0], k, seed=0)
+
+
+def _check_probe_shapes(ds: WeightDataset, config: dict[str, Any]) -> None:
+    shape, out = response_shape(ds.targets)
+    if list(shape) != list(config["input_shape"]) or out != config["out_features"]:
+        raise WeightspaceError(
+            f"this 'probes' predictor reads networks of input shape {config['input_shape']} "
+            f"and {config['out_features']} outputs; the zoo's have {list(shape)} and {out}"
+        )
+
+
+def _fit_probes(ds, tr, val, config, log, checkpoint_dir) -> Predictor:
+    shape, out = response_shape(ds.targets)
+    y_mean, y_std = _standardize(ds.y[tr])
+    config = {**config, "input_shape": list(shape), "out_features": out}
+    config.update(y_mean=y_mean, y_std=y_std)
+    model = _build_module("probes", config, seed=config["seed"])
+    model, history, stats = fit_probe_net(model, ds, tr, val, config, log, checkpoint_dir)
+    return Predictor("probes", model, config, history, stats)
+
+
+def _learned_probe_values(ds, tr, val, config, log) -> list[float]:
+    """``probe_source="learned"``: fits a ``"probes"`` model on the GMN's own training
+    runs (`probe_epochs` epochs, the GMN's seed) and returns its generated probes (flat)."""
+    over = {"count": int(config["probes"]), "epochs": int(config["probe_epochs"])}
+    pcfg = {**DEFAULTS["probes"], **over, "seed": config["seed"], "task": ds.task}
+    pred = _fit_probes(ds, tr, val, pcfg, log, None)
+    return np.asarray(pred.model.generator()).ravel().tolist()
 
 
 def vector_features(kind: str, ds: WeightDataset, config: dict[str, Any]) -> np.ndarray:
@@ -339,6 +380,7 @@ def gmn_forward(graphdef: Any) -> Callable[[Any, jraph.GraphsTuple], jax.Array]:
 
 
 def _fit_gmn(
+    kind: str,
     bank: GraphBank,
     y: np.ndarray,
     train: np.ndarray,
@@ -350,7 +392,7 @@ def _fit_gmn(
 ) -> Predictor:
     y_mean, y_std = _standardize(y[train])
     config = {**config, "y_mean": y_mean, "y_std": y_std, "window": list(bank.window)}
-    model = _build_module("gmn", config, seed=config["seed"])
+    model = _build_module(kind, config, seed=config["seed"])
     bs = min(config["batch_size"], len(train))
     steps_per_epoch = max(1, len(train) // bs)
     tx = make_optimizer(
@@ -405,7 +447,7 @@ def _fit_gmn(
         tau = kendall_tau(
             _gmn_predict(nnx.merge(graphdef, params, rest), bank, val, config, mesh), y[val]
         )
-        log(f"gmn: val tau {tau:.4f} after {time.perf_counter() - t0:.1f} s")
+        log(f"{kind}: val tau {tau:.4f} after {time.perf_counter() - t0:.1f} s")
         return tau
 
     t0 = time.perf_counter()
@@ -425,7 +467,7 @@ def _fit_gmn(
         "train_compilations": traces[0],
         "best_val_tau": best[0],
     }
-    return Predictor("gmn", nnx.merge(graphdef, best[1], rest), config, best[2], stats)
+    return Predictor(kind, nnx.merge(graphdef, best[1], rest), config, best[2], stats)
 
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -442,6 +484,22 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "noise": 0.0,
         "pool": "meanmax",
         "probes": 0,
+        "probe_source": "fixed",
+        "probe_epochs": 20,
+    },
+    "probes": {
+        "count": 32,
+        "latent": 32,
+        "gen_width": 64,
+        "gen_depth": 4,
+        "scale": 2.0,
+        "hidden": 256,
+        "depth": 3,
+        "epochs": 40,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "eval_every": 2,
     },
     "statnn_mlp": {
         "hidden": 256,
@@ -463,6 +521,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "statnn_gbm": {},
 }
+# the graph transformer: the PNA model's settings plus its attention heads and global token
+DEFAULTS["gmn_t"] = {**DEFAULTS["gmn"], "heads": 4, "global_attention": True}
 """Default hyperparameters per model (override any with `fit(..., **overrides)`)."""
 
 
@@ -488,7 +548,7 @@ def fit(
       checkpoint_dir: checkpoint every evaluation there (NNX models); a fit started again
         with the same data, model and hyperparameters continues from the last checkpoint
         and ends with the same weights as an uninterrupted fit.
-      mesh: ``"gmn"`` only: a 1-D mesh (`hyper.sharding.targets_mesh`) to split every
+      mesh: graph models only: a 1-D mesh (`hyper.sharding.targets_mesh`) to split every
         graph batch over (`metanets.batching.shard_graphs`; the model is replicated).
       overrides: hyperparameters replacing `DEFAULTS[kind]` (e.g. ``epochs=5``).
     """
@@ -502,10 +562,19 @@ def fit(
     train = np.asarray(train)
     tr_rel, val_rel = split_by_run(ds.run[train], val_fraction, seed + 1)
     tr, val = train[tr_rel], train[val_rel]
-    if mesh is not None and kind != "gmn":
+    if mesh is not None and kind not in GRAPH_MODELS:
         raise WeightspaceError(f"fit: mesh applies to the 'gmn' model, not {kind!r}")
-    if kind == "gmn":
-        return _fit_gmn(_gmn_bank(ds, config), ds.y, tr, val, config, log, checkpoint_dir, mesh)
+    if kind in GRAPH_MODELS:
+        if config.get("probe_source", "fixed") not in ("fixed", "learned"):
+            raise WeightspaceError(
+                f"probe_source must be 'fixed' or 'learned', got {config['probe_source']!r}"
+            )
+        if config.get("probe_source") == "learned" and int(config.get("probes", 0)) > 0:
+            config["probe_values"] = _learned_probe_values(ds, tr, val, config, log)
+        bank = _gmn_bank(ds, config)
+        return _fit_gmn(kind, bank, ds.y, tr, val, config, log, checkpoint_dir, mesh)
+    if kind == "probes":
+        return _fit_probes(ds, tr, val, config, log, checkpoint_dir)
     if kind == "flat":
         config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
     else:
@@ -534,8 +603,15 @@ _FORMAT = "weightspace-metanet-predictor"
 
 def _build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Module:
     """The NNX module a config describes (initialised from `seed`)."""
-    if kind == "gmn":
+    if kind in GRAPH_MODELS:
         w = config["window"]
+        extra = {}
+        if kind == "gmn_t":
+            extra = {
+                "layer": "attention",
+                "heads": int(config["heads"]),
+                "global_attention": bool(config["global_attention"]),
+            }
         return init_module(
             GraphMetanet,
             int(w[0]) * int(w[1]),
@@ -545,6 +621,21 @@ def _build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Modul
             input_transform=config.get("input_transform", "none"),
             pool=config.get("pool", "meanmax"),
             probe_features=int(config.get("probes", 0)),
+            seed=seed,
+            **extra,
+        )
+    if kind == "probes":
+        return init_module(
+            ProbeNet,
+            tuple(int(d) for d in config["input_shape"]),
+            int(config["count"]),
+            int(config["out_features"]),
+            latent=int(config["latent"]),
+            gen_width=int(config["gen_width"]),
+            gen_depth=int(config["gen_depth"]),
+            scale=float(config["scale"]),
+            hidden=int(config["hidden"]),
+            depth=int(config["depth"]),
             seed=seed,
         )
     return init_module(
