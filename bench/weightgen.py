@@ -6,8 +6,8 @@ For each architecture (the digits MLP 64-32-10 and a MNIST-1D CNN, 1-D convoluti
 holds every run once, at one checkpointed epoch drawn for it (so runs are independent and
 test accuracies span tens of points, as accuracy conditioning needs). The weight generator
 (`generators.weightgen`, accuracy-conditioned, classifier-free) is trained on it, after
-aligning its networks to member 0 by weight matching (`hyper.align`), and sampled; the table then scores, through the same code (`generators.novelty`), the
-generated networks, the training networks themselves, and the baselines of Zeng et al.
+aligning its networks to member 0 by weight matching (`hyper.align`), and sampled; the
+table then scores, through the same code (`generators.novelty`), the generated networks, the training networks themselves, and the baselines of Zeng et al.
 2026: Gaussian noise on training weights (absolute amplitudes swept 0.01..0.3, 0.06 and
 0.12 included), the average of 16 random training networks, a per-coordinate Gaussian fit.
 
