@@ -9,7 +9,8 @@ test accuracies span tens of points, as accuracy conditioning needs). The weight
 aligning its networks to member 0 by weight matching (`hyper.align`), and sampled; the
 table then scores, through the same code (`generators.novelty`), the generated networks,
 the training networks themselves, and the baselines of Zeng et al. 2026: Gaussian noise on
-training weights (absolute amplitudes swept 0.01..0.3, 0.06 and 0.12 included), the average of 16 random training networks, a per-coordinate Gaussian fit.
+training weights (absolute amplitudes swept 0.01..0.3, 0.06 and 0.12 included), the average
+of 16 random training networks, a per-coordinate Gaussian fit.
 
 Columns: best and median test accuracy, the fraction within 1 point of the training
 median, the median max-IoU of misclassified test sets to the training set (the training
