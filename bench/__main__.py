@@ -38,6 +38,7 @@ _NOT_BENCHES = {
     "metanet_parksize",
     "member_chunk",
     "merge_pleas",  # the PLeaS section of bench/merge.py
+    "metanet_splits",  # the --split runs of bench/metanet_predict.py
     "formats_torch",  # runs in the peers' environment (PyTorch), after bench/formats.py
 }
 # The order `all` runs them in (others found in bench/ follow, alphabetically).

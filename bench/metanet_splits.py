@@ -341,14 +341,13 @@ def cost(ds, cfg, log) -> dict[str, Any]:
     call (networks/s), and FLOPs per network of the probe model and the graph models."""
     import jax.numpy as jnp
 
+    from hyper import population as pop_ops
     from metanets import predict
-    from metanets.probegen import _gather
 
     g = int(max(range(len(ds.targets)), key=lambda i: ds.targets[i].num_params))
     target = ds.targets[g]
     n = int(jax.tree.leaves(ds.populations[g])[0].shape[0])
-    pop = _gather(ds.populations[g], np.arange(n) % n, n)
-    pop = jax.tree.map(lambda a: a[np.arange(256) % n], pop)
+    pop = pop_ops.take(ds.populations[g], np.arange(256) % n)
     count = int(predict.DEFAULTS["probes"]["count"])
     probes = jnp.zeros((count, *target.input_shape), jnp.float32)
     jax.block_until_ready(target.apply_population(pop, probes))
@@ -360,7 +359,7 @@ def cost(ds, cfg, log) -> dict[str, Any]:
     apply = jax.jit(jax.vmap(target.pure_apply, in_axes=(0, None)))
     net_flops = apply.lower(pop, probes).compile().cost_analysis()
     net_flops = float((net_flops[0] if isinstance(net_flops, list) else net_flops)["flops"]) / 256
-    readout = predict._build_module(
+    readout = predict.build_module(
         "probes",
         {**predict.DEFAULTS["probes"], "input_shape": list(target.input_shape), "out_features": 10},
     )

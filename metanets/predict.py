@@ -60,9 +60,11 @@ __all__ = [
     "MODELS",
     "Predictor",
     "build_gmn",
+    "build_module",
     "evaluate",
     "fit",
     "gmn_forward",
+    "gmn_probes",
     "load_predictor",
     "mlp_forward",
     "mlp_rows",
@@ -132,7 +134,7 @@ def _gmn_bank(
     return GraphBank(
         list(zip(ds.targets, ds.populations, strict=True)),
         window=window,
-        probes=_probes(ds, config),
+        probes=gmn_probes(ds, config),
     )
 
 
@@ -154,10 +156,10 @@ def build_gmn(
     config = {**DEFAULTS[kind], **overrides}
     bank = _gmn_bank(ds, config, window)
     config["window"] = list(bank.window)
-    return _build_module(kind, config, seed=seed), bank
+    return build_module(kind, config, seed=seed), bank
 
 
-def _probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
+def gmn_probes(ds: WeightDataset, config: dict[str, Any]) -> np.ndarray | None:
     """The GMN's probe inputs: fixed (`probes.probe_inputs`, seed 0) or, with
     ``probe_source="learned"``, the learned ones stored in the config; None without
     probes."""
@@ -193,7 +195,7 @@ def _fit_probes(ds, tr, val, config, log, checkpoint_dir) -> Predictor:
     y_mean, y_std = _standardize(ds.y[tr])
     config = {**config, "input_shape": list(shape), "out_features": out}
     config.update(y_mean=y_mean, y_std=y_std)
-    model = _build_module("probes", config, seed=config["seed"])
+    model = build_module("probes", config, seed=config["seed"])
     model, history, stats = fit_probe_net(model, ds, tr, val, config, log, checkpoint_dir)
     return Predictor("probes", model, config, history, stats)
 
@@ -279,7 +281,7 @@ def _fit_mlp(
     y_mean, y_std = _standardize(y_train)
     config = {**config, "y_mean": y_mean, "y_std": y_std, "in_features": int(x_train.shape[1])}
     mean, std = x_train.mean(0), x_train.std(0)
-    model = _build_module("statnn_mlp", config, seed=config["seed"])
+    model = build_module("statnn_mlp", config, seed=config["seed"])
     model.set_normalization(mean, std)
     bs = min(config["batch_size"], len(x_train))
     steps_per_epoch = max(1, len(x_train) // bs)
@@ -392,7 +394,7 @@ def _fit_gmn(
 ) -> Predictor:
     y_mean, y_std = _standardize(y[train])
     config = {**config, "y_mean": y_mean, "y_std": y_std, "window": list(bank.window)}
-    model = _build_module(kind, config, seed=config["seed"])
+    model = build_module(kind, config, seed=config["seed"])
     bs = min(config["batch_size"], len(train))
     steps_per_epoch = max(1, len(train) // bs)
     tx = make_optimizer(
@@ -601,8 +603,9 @@ def evaluate(pred: Predictor, ds: WeightDataset, samples: Sequence[int] | None =
 _FORMAT = "weightspace-metanet-predictor"
 
 
-def _build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Module:
-    """The NNX module a config describes (initialised from `seed`)."""
+def build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Module:
+    """The NNX module of model `kind` that `config` (`DEFAULTS[kind]` plus what `fit`
+    records) describes, initialised from `seed`."""
     if kind in GRAPH_MODELS:
         w = config["window"]
         extra = {}
@@ -682,7 +685,7 @@ def load_predictor(directory: str | os.PathLike) -> Predictor:
     what = "metanet predictor"
     meta = read_model_metadata(directory, format=_FORMAT, what=what)
     if meta["kind"] != "statnn_gbm":
-        build = lambda m: _build_module(m["kind"], m["config"])  # noqa: E731
+        build = lambda m: build_module(m["kind"], m["config"])  # noqa: E731
         model, meta = load_model(directory, build, format=_FORMAT, what=what)
         return Predictor(meta["kind"], model, meta["config"], meta.get("history", []))
     abstract = {

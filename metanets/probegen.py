@@ -41,6 +41,7 @@ __all__ = [
     "ProbeGenerator",
     "ProbeNet",
     "fit_probe_net",
+    "group_fns",
     "probe_net_predict",
     "probe_responses",
     "response_shape",
@@ -172,7 +173,9 @@ class _GroupFns:
 _FNS: dict[int, _GroupFns] = {}
 
 
-def _fns(target: Target) -> _GroupFns:
+def group_fns(target: Target) -> _GroupFns:
+    """The compiled forward and vector-Jacobian programs of one architecture's networks on
+    the probes (cached per target): ``.vjp(population, probes, cotangent)``."""
     f = _FNS.get(id(target))
     if f is None or f.target is not target:
         f = _FNS[id(target)] = _GroupFns(target)
@@ -300,7 +303,7 @@ def fit_probe_net(
             rows = np.flatnonzero(groups == g)
             size = _bucket(len(rows))
             pop = _gather(ds.populations[g], ds.member[batch[rows]], size)
-            fns = _fns(ds.targets[g])
+            fns = group_fns(ds.targets[g])
             r = np.asarray(fns.forward(pop, probes))
             if resp is None:
                 resp = np.zeros((bs, *r.shape[1:]), np.float32)

@@ -112,6 +112,8 @@ def test_every_benchmark_writes_through_write_result():
             "coverage_nets",
             "smoke",
             "migrate_results",
+            "merge_pleas",  # a section of bench/merge.py, which writes its results
+            "metanet_splits",  # the --split runs of bench/metanet_predict.py
         ):
             continue
         text = path.read_text()

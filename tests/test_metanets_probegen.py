@@ -26,7 +26,7 @@ def test_gradients_reach_the_probe_generator(synthetic, fitted):  # noqa: F811
     """The generator's parameters get a nonzero gradient through the networks' forward
     pass, and the fit's split step (readout, per-group VJPs, generator VJP) moves them."""
     pred, _, _ = fitted
-    model = predict._build_module("probes", pred.config, seed=0)
+    model = predict.build_module("probes", pred.config, seed=0)
     target, pop = synthetic.targets[1], synthetic.populations[1]
     members = jax.tree.map(lambda a: a[:4], pop)
 
@@ -41,7 +41,7 @@ def test_gradients_reach_the_probe_generator(synthetic, fitted):  # noqa: F811
     norms = [float(jnp.abs(g).max()) for g in jax.tree.leaves(jax.grad(loss)(params))]
     assert len(norms) == 1 + 2 * 3 and min(norms) > 0, norms
     # the fitted generator moved away from its initial weights (same seed, same shapes)
-    init = predict._build_module("probes", pred.config, seed=pred.config["seed"])
+    init = predict.build_module("probes", pred.config, seed=pred.config["seed"])
     for a, b in zip(
         jax.tree.leaves(nnx.state(pred.model.generator)),
         jax.tree.leaves(nnx.state(init.generator)),
@@ -53,7 +53,7 @@ def test_gradients_reach_the_probe_generator(synthetic, fitted):  # noqa: F811
 def test_split_gradient_equals_the_direct_gradient(synthetic):  # noqa: F811
     """The per-group responses and VJPs add up to the gradient of the whole batch's loss."""
     cfg = {**predict.DEFAULTS["probes"], **KW, "input_shape": [8, 8], "out_features": 10}
-    model = predict._build_module("probes", cfg, seed=1)
+    model = predict.build_module("probes", cfg, seed=1)
     batch = np.array([0, 3, 61, 70, 5])  # both architectures
     probes = model.generator()
     rows = [np.flatnonzero(synthetic.group[batch] == g) for g in (0, 1)]
@@ -79,7 +79,7 @@ def test_split_gradient_equals_the_direct_gradient(synthetic):  # noqa: F811
         resp[r] = np.asarray(synthetic.targets[g].apply_population(pops[g], probes))
     g_resp = jax.jit(jax.grad(lambda r: jnp.sum(model.read(r))))(jnp.asarray(resp))
     cot = sum(
-        probegen._fns(synthetic.targets[g]).vjp(pops[g], probes, g_resp[r])
+        probegen.group_fns(synthetic.targets[g]).vjp(pops[g], probes, g_resp[r])
         for g, r in enumerate(rows)
     )
     got = jax.jit(lambda p, c: jax.vjp(lambda q: nnx.merge(graphdef, q, rest)(), p)[1](c)[0])(
@@ -111,8 +111,8 @@ def test_learned_probes_as_graph_node_features(synthetic, tmp_path):  # noqa: F8
     train, test = datasets.split_by_run(synthetic.run, 0.25)
     kw = dict(epochs=1, batch_size=32, hidden=8, num_layers=1, probes=2, probe_epochs=1)
     pred = predict.fit("gmn", synthetic, train, probe_source="learned", **kw)
-    fixed = predict._probes(synthetic, {"probes": 2})
-    learned = predict._probes(synthetic, pred.config)
+    fixed = predict.gmn_probes(synthetic, {"probes": 2})
+    learned = predict.gmn_probes(synthetic, pred.config)
     assert learned.shape == fixed.shape == (2, 8, 8)
     assert np.abs(learned).max() <= 2.0 and not np.allclose(learned, fixed)
     y = pred.predict(synthetic, test)
