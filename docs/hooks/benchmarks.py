@@ -145,6 +145,33 @@ def plot_pleas(plt):
     return fig
 
 
+def plot_weightgen(plt):
+    """The accuracy-novelty plane: generated networks against the training networks and
+    the memorization baselines (median test accuracy, median max-IoU to training)."""
+    archs = _load("weightgen")["archs"]
+    fig, axes = plt.subplots(1, len(archs), figsize=(7, 3), constrained_layout=True)
+    for ax, (name, arch) in zip(axes, archs.items(), strict=True):
+        table = arch["novelty"]["table"]
+        noise = sorted((k for k in table if k.startswith("noise_")), key=lambda k: float(k[6:]))
+        ax.plot(
+            [table[k]["median_max_iou"] for k in noise],
+            [table[k]["median_acc"] for k in noise],
+            "o--",
+            c="0.5",
+            label="noise on training weights",
+        )
+        marks = {"training": "k*", "model": "C0o", "average_16": "C1s", "gaussian_fit": "C2^"}
+        for k, m in marks.items():
+            if k in table:
+                row = table[k]
+                ax.plot(row["median_max_iou"], row["median_acc"], m, ms=8, label=k)
+        ax.set_xlabel("median max-IoU to training")
+        ax.set_title(name.replace("_", " "), fontsize=10)
+    axes[0].set_ylabel("median test accuracy")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
 PLOTS = {
     "metaprune": plot_metaprune,
     "metanet_predict": plot_metanet_predict,
@@ -153,6 +180,7 @@ PLOTS = {
     "formats": plot_formats,
     "stitch": plot_stitch,
     "pleas": plot_pleas,
+    "weightgen": plot_weightgen,
 }
 
 
