@@ -72,11 +72,12 @@ class EdgeAttentionLayer(nnx.Module):
     ``e + MLP(LN([e, h_sender, h_receiver]))``. The call signature is
     `layers.EdgeUpdateLayer`'s, plus the node-to-graph ids for the global token.
 
-    >>> layer = EdgeAttentionLayer(8, heads=2, rngs=nnx.Rngs(0))
-    >>> h, e = jnp.ones((3, 8)), jnp.ones((2, 8))
-    >>> s, r = jnp.array([0, 1]), jnp.array([1, 2])
-    >>> [a.shape for a in layer(h, e, s, r, jnp.ones(3, bool), jnp.ones(2, bool))]
-    [(3, 8), (2, 8)]
+    Examples:
+      >>> layer = EdgeAttentionLayer(8, heads=2, rngs=nnx.Rngs(0))
+      >>> h, e = jnp.ones((3, 8)), jnp.ones((2, 8))
+      >>> s, r = jnp.array([0, 1]), jnp.array([1, 2])
+      >>> [a.shape for a in layer(h, e, s, r, jnp.ones(3, bool), jnp.ones(2, bool))]
+      [(3, 8), (2, 8)]
     """
 
     def __init__(self, dim: int, *, heads: int = 4, global_attention: bool = False, rngs: nnx.Rngs):
