@@ -12,6 +12,18 @@ SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensi
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SUITE_XLA_FLAGS}".strip()
 
+# One persistent compilation cache for the whole run: both xdist workers and every
+# subprocess the tests start (CLI runs killed and resumed, notebooks, multi-host processes)
+# inherit the directory, so a program compiled once is loaded, not compiled, the next time.
+# Entries are kept however fast they compiled: the suite's programs all compile in well
+# under JAX's default 1 s threshold. The process that made the directory removes it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="weightspace-jax-cache-")
+    os.environ["WEIGHTSPACE_TEST_CACHE_OWNER"] = str(os.getpid())
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -160,6 +172,13 @@ _FILE_SECONDS = {
     "test_metanets_metaprune.py": 17,
     "test_hyper_prune.py": 8,
 }
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("WEIGHTSPACE_TEST_CACHE_OWNER") == str(os.getpid()):
+        import shutil
+
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,7 +28,10 @@ def _free_port() -> int:
 
 def _spawn(pid: int, nproc: int, port: int, ndev: int, out: Path, log):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    # The suite's compile-speed flags stay (tests/conftest.py); a forced device count would
+    # fight the worker's own.
+    flags = env.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "force_host_platform_device_count" not in f)
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(pid), str(nproc), str(port), str(ndev), str(out)],
         env=env,
