@@ -138,7 +138,9 @@ def test_config_rebuilds_same_target(mlp_target):
     assert again.treedef == mlp_target.treedef and again.name == mlp_target.name
 
 
-@pytest.mark.parametrize("name", ["mlp_target", "cnn2d_rect_target", "rescnn_target"])
+# Dense and conv + BatchNorm initialisers (every initialiser the presets use); each case
+# compiles four programs at XLA's default level, the slowest compiles of the suite.
+@pytest.mark.parametrize("name", ["mlp_target", "rescnn_target"])
 def test_init_compiler_options_keep_the_weights(name, request, default_compile):
     """`Target.init`/`init_population` compile with `init_compiler_options` (LLVM -O1 on
     CPU, for compile speed): the weights must equal a default-option compile bit for bit.
