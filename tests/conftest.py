@@ -171,6 +171,10 @@ _FILE_SECONDS = {
     "test_hypernets_train.py": 25,
     "test_metanets_metaprune.py": 17,
     "test_hyper_prune.py": 8,
+    "test_metanets_transformer.py": 30,
+    "test_metanets_probegen.py": 30,
+    "test_hyper_cli.py": 20,
+    "test_generators_weightgen.py": 15,
 }
 
 
