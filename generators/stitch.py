@@ -142,6 +142,30 @@ class StitchedFamily:
         self._layers = layers  # spec layer index of every leaf
         self._widest = anchors[int(np.argmax([a.target.num_params for a in anchors]))].target
         self._logits_fn = None
+        self._anchor_mask = [  # 1 on each anchor's own block of the padded leaves
+            jnp.asarray(
+                np.stack(
+                    [np.pad(np.ones(s.shape, np.float32), _pad(s.shape, w.shape)) for s in specs]
+                )
+            )
+            for w, specs in zip(
+                self._widest.spec,
+                zip(*(a.target.spec for a in anchors), strict=True),
+                strict=True,
+            )
+        ]
+
+    def _set_anchors(self, padded: list) -> None:
+        """Takes fine-tuned padded anchor leaves: each anchor's params are its block."""
+        self._padded = padded
+        out = []
+        for i, a in enumerate(self.anchors):
+            leaves = [
+                leaf[i][tuple(slice(0, n) for n in s.shape)]
+                for leaf, s in zip(padded, a.target.spec, strict=True)
+            ]
+            out.append(dataclasses.replace(a, params=jax.tree.unflatten(a.target.treedef, leaves)))
+        self.anchors = out
 
     @property
     def num_anchors(self) -> int:
@@ -215,17 +239,24 @@ class StitchedFamily:
         key: jax.Array,
         batch_size: int = 128,
         learning_rate: float = 1e-3,
+        anchors: bool = False,
         chunk: int = 100,
         progress: bool = True,
     ) -> dict[str, Any]:
-        """Trains every stitch at once, anchors frozen. Each step draws, for every cut, one
-        stitched network uniformly (SN-Net's random sampling, one draw per cut so that each
-        step runs every cut's vmapped computation once) and takes an Adam step on the sum of
-        their cross-entropies on one random training batch.
+        """Trains every stitch at once. Each step draws, for every cut, one stitched network
+        uniformly (SN-Net's random sampling, one draw per cut so that each step runs every
+        cut's computation once) and takes an Adam step on the mean of their cross-entropies
+        on one random training batch.
+
+        Args:
+          anchors: also fine-tune the anchors (SN-Net's joint training of the whole
+            family): each step then draws one anchor too, and the anchors' weights (shared
+            by every network they take part in) train with the stitches; `anchors` holds
+            the fine-tuned weights afterwards. Otherwise the anchors stay frozen.
 
         Returns:
           `history`: steps, batch size, wall seconds (compilation included), examples seen
-          (steps x batch), mean loss per chunk.
+          (steps x batch), mean loss per chunk, whether the anchors trained.
         """
         from tqdm.auto import tqdm
 
@@ -235,16 +266,27 @@ class StitchedFamily:
         ds = self.dataset
         x_train, y_train = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
         sizes = [len(g.members) for g in self.groups]
+        if anchors:
+            sizes.append(self.num_anchors)
+        masks = self._anchor_mask
+        widest = self._widest
 
         def loss(params, picks, x, y):
+            stitches, padded = params if anchors else (params, self._padded)
+            if anchors:  # the padding stays zero: each anchor keeps its own sizes
+                padded = [p * m for p, m in zip(padded, masks, strict=True)]
             total = 0.0
-            for g, r in zip(self.groups, picks, strict=True):
-                p = params[str(g.cut.layer)]
+            for g, r in zip(self.groups, picks, strict=False):
+                p = stitches[str(g.cut.layer)]
                 mask = jnp.asarray(g.mask)[r]
                 s, c = p["s"][r] * mask, p["c"][r] * mask[0]
                 fi, bi = jnp.asarray(g.fronts)[r], jnp.asarray(g.backs)[r]
-                total = total + cross_entropy(self._one(g, s, c, fi, bi, self._padded, x), y)
-            return total / len(self.groups)
+                total = total + cross_entropy(self._one(g, s, c, fi, bi, padded, x), y)
+            if anchors:
+                leaves = [leaf[picks[-1]] for leaf in padded]
+                logits = widest.pure_apply(jax.tree.unflatten(widest.treedef, leaves), x)
+                total = total + cross_entropy(logits, y)
+            return total / len(sizes)
 
         def one(carry, step_key):
             params, opt_state = carry
@@ -260,7 +302,7 @@ class StitchedFamily:
             (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), keys)
             return params, opt_state, losses.mean()
 
-        params = self.stitch_params
+        params = (self.stitch_params, self._padded) if anchors else self.stitch_params
         opt_state = opt.init(params)
         losses = []
         t0 = time.perf_counter()
@@ -274,6 +316,9 @@ class StitchedFamily:
                 done += n
                 bar.update(n)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if anchors:
+            params, padded = params
+            self._set_anchors([p * m for p, m in zip(padded, masks, strict=True)])
         self.stitch_params = params
         self.history = {
             "steps": steps,
@@ -281,6 +326,7 @@ class StitchedFamily:
             "examples": steps * batch_size,
             "seconds": time.perf_counter() - t0,
             "losses": losses,
+            "anchors_trained": anchors,
         }
         self.accuracy = None
         return self.history
@@ -508,9 +554,7 @@ def _padded_anchors(made: list[Anchor], widest: Target, x: Any, outs: Sequence[A
                     f"stitch: no anchor is widest in every layer ({a.name} is wider than "
                     f"{widest.name} in {w.path})"
                 )
-            rows.append(
-                np.pad(leaf, [(0, q - p) for p, q in zip(leaf.shape, w.shape, strict=True)])
-            )
+            rows.append(np.pad(leaf, _pad(leaf.shape, w.shape)))
         per_leaf.append(jnp.asarray(np.stack(rows)))
 
     def apply(leaves):
@@ -526,3 +570,8 @@ def _padded_anchors(made: list[Anchor], widest: Target, x: Any, outs: Sequence[A
                 "family's stitches are evaluated on padded anchors"
             )
     return per_leaf
+
+
+def _pad(shape: Sequence[int], widest: Sequence[int]) -> list[tuple[int, int]]:
+    """`np.pad` widths that zero-pad `shape` at the end of each axis to `widest`."""
+    return [(0, q - p) for p, q in zip(shape, widest, strict=True)]

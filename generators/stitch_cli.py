@@ -38,6 +38,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--budget-flops", required=True, type=_positive_float, help="FLOPs per example")
     p.add_argument("--out", required=True, help="output zoo directory of the chosen network")
     p.add_argument("--steps", type=int, default=None, help="stitch training steps")
+    p.add_argument(
+        "--train-anchors",
+        action="store_true",
+        help="fine-tune the anchors with the stitches (SN-Net's joint training)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -101,7 +106,9 @@ def _stitch(args: argparse.Namespace) -> int:
     anchors, dataset = anchors_from_zoos(args.zoo)
     family = stitch_family(anchors, dataset, progress=not args.quiet)
     steps = 200 * len(family.stitched) if args.steps is None else args.steps
-    family.train(steps, key=jax.random.key(args.seed), progress=not args.quiet)
+    family.train(
+        steps, key=jax.random.key(args.seed), anchors=args.train_anchors, progress=not args.quiet
+    )
     acc = family.evaluate()
     chosen = family.choose(args.budget_flops)
     target, params = family.best(args.budget_flops)
@@ -111,7 +118,12 @@ def _stitch(args: argparse.Namespace) -> int:
         params,
         dataset=dataset,
         metrics={"test_acc": chosen["accuracy"]},
-        source={"stitched": chosen["name"], "zoos": list(args.zoo), "steps": steps},
+        source={
+            "stitched": chosen["name"],
+            "zoos": list(args.zoo),
+            "steps": steps,
+            "anchors_trained": args.train_anchors,
+        },
         overwrite=args.overwrite,
     )
     print(

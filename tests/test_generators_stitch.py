@@ -54,8 +54,11 @@ def family(digits):
     anchors = [(f"mlp{w}", *_mlp(w)) for w in (4, 8)]
     fam = stitch_family(anchors, digits, sample_size=128, progress=False)
     before = {k: np.asarray(v["s"]) for k, v in fam.stitch_params.items()}
+    given = [np.asarray(a) for a in jax.tree.leaves([a.params for a in fam.anchors])]
     fam.train(4, key=jax.random.key(0), batch_size=16, chunk=4, progress=False)
-    fam.trained_from = before
+    frozen = [np.asarray(a) for a in jax.tree.leaves([a.params for a in fam.anchors])]
+    fam.train(4, key=jax.random.key(1), batch_size=16, chunk=4, anchors=True, progress=False)
+    fam.trained_from, fam.given, fam.frozen = before, given, frozen
     return fam
 
 
@@ -108,11 +111,19 @@ def test_stitched_network_is_the_composition_and_round_trips(family, digits, tmp
         s = np.asarray(family.stitch_params[str(g.cut.layer)]["s"])
         assert not np.allclose(s, family.trained_from[str(g.cut.layer)])
         assert np.all(s[g.mask == 0] == 0)
+    # frozen training keeps the anchors; joint training (SN-Net) moves them, in their shapes
+    tuned = [np.asarray(a) for a in jax.tree.leaves([a.params for a in family.anchors])]
+    assert all(np.array_equal(a, b) for a, b in zip(family.given, family.frozen, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(family.given, tuned, strict=True))
+    assert [a.shape for a in tuned] == [a.shape for a in family.given]
     acc = family.evaluate()
     assert acc.shape == (6,) and np.all((acc >= 0) & (acc <= 1))
     x = jnp.asarray(digits.x_test[:16])
     acts = [cut_activations(a.target, a.params, x, [1, 2]) for a in family.anchors]
     padded = family.logits(x)  # every network, vmapped per cut on zero-padded anchors
+    for k, a in enumerate(family.anchors):  # the padding of the tuned anchors stayed zero
+        want = np.asarray(a.target.apply(a.params, x))
+        np.testing.assert_allclose(np.asarray(padded[k]), want, rtol=1e-4, atol=1e-4)
     for k, cand in enumerate(family.stitched, start=family.num_anchors):
         back = family.anchors[cand.back]
         s, c = family.stitch(k)

@@ -112,8 +112,9 @@ def plot_stitch(plt):
     fams = _load("stitch")["families"]
     fig, axes = plt.subplots(1, len(fams), figsize=(7, 3), constrained_layout=True)
     for ax, (name, fam) in zip(axes, fams.items(), strict=True):
-        pts = [p for p in fam["points"] if not p["anchor"]]
-        anchors = sorted((p for p in fam["points"] if p["anchor"]), key=lambda p: p["flops"])
+        pts = fam["points"]
+        acc = fam["anchor_accuracy"]  # the anchors as trained (fine-tuned ones are points)
+        anchors = [{"flops": a["flops"], "accuracy": acc[a["name"]]} for a in fam["anchors"]]
         ax.scatter([p["flops"] for p in pts], [p["accuracy"] for p in pts], s=10, c="0.5")
         front = fam["frontier"]
         ax.step([p["flops"] for p in front], [p["acc"] for p in front], where="post", c="C0")
@@ -123,7 +124,7 @@ def plot_stitch(plt):
         ax.set_xlabel("FLOPs per example")
         ax.set_title(name.replace("_", " "), fontsize=10)
     axes[0].set_ylabel("test accuracy")
-    axes[0].legend(["stitched", "best within budget", "anchors"], fontsize=8)
+    axes[0].legend(["networks", "best within budget", "anchors as trained"], fontsize=8)
     return fig
 
 
