@@ -30,6 +30,7 @@ CONFIG = WeightGenConfig(
     flow_steps=250,
     batch_size=16,
     learning_rate=3e-3,
+    lr_schedule="constant",
     sample_steps=8,
     checkpoint_every=250,
 )
