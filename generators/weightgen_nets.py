@@ -147,7 +147,8 @@ class WeightGenConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise WeightspaceError(f"WeightGenConfig: unknown fields {unknown}")
-        return cls(**dict(d))
+        # saved before the field existed: those generators trained at a constant rate
+        return cls(**{"lr_schedule": "constant", **dict(d)})
 
 
 # ---------------------------------------------------------------------------------------

@@ -108,6 +108,14 @@ def test_condition_vectors_and_bad_conditions(trained):
         gen.sample(jax.random.key(0), 2, accuracy=1.5)
 
 
+def test_config_schedule_field_is_backwards_compatible():
+    old = {k: v for k, v in CONFIG.to_json().items() if k != "lr_schedule"}
+    assert WeightGenConfig.from_json(old).lr_schedule == "constant"  # saved before the field
+    assert WeightGenConfig().lr_schedule == "cosine"
+    with pytest.raises(WeightspaceError, match="lr_schedule"):
+        WeightGenConfig(lr_schedule="linear")
+
+
 def test_generated_zoo_loads(trained, tiny, tmp_path):
     gen, _ = trained
     pop = gen.sample(jax.random.key(4), 4, accuracy=0.8)
