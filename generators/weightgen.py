@@ -61,6 +61,7 @@ from hyper.checkpoint import (
     target_from_stored,
 )
 from hyper.errors import WeightspaceError
+from hyper.optimizers import make_optimizer
 from hyper.target import Params, Target
 
 __all__ = ["WeightGen", "WeightGenConfig", "train", "write_generated_zoo"]
@@ -379,8 +380,17 @@ def _check_data(target: Target, params: Params, config, accuracy, classes):
     return x, cond, acc_stats, num_classes
 
 
-def _optimizer(config: WeightGenConfig):
-    return optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+def _optimizer(config: WeightGenConfig, steps: int):
+    """AdamW over one stage of `steps` steps, its learning rate constant or cosine-decayed
+    to 0 over the stage (``config.lr_schedule``)."""
+    cosine = config.lr_schedule == "cosine" and steps > 0
+    return make_optimizer(
+        "adam",
+        config.learning_rate,
+        schedule="cosine" if cosine else None,
+        steps=steps if cosine else None,
+        weight_decay=config.weight_decay,
+    )
 
 
 def _program_key(config: WeightGenConfig, *fields: str) -> WeightGenConfig:
@@ -391,7 +401,7 @@ def _program_key(config: WeightGenConfig, *fields: str) -> WeightGenConfig:
 
 @functools.lru_cache(maxsize=16)
 def _ae_chunk(ae_def, config: WeightGenConfig):
-    opt = _optimizer(config)
+    opt = _optimizer(config, config.ae_steps)
 
     def loss_fn(state, x, key):
         ae = nnx.merge(ae_def, state)
@@ -421,7 +431,7 @@ def _ae_chunk(ae_def, config: WeightGenConfig):
 
 @functools.lru_cache(maxsize=16)
 def _flow_chunk(v_def, config: WeightGenConfig):
-    opt = _optimizer(config)
+    opt = _optimizer(config, config.flow_steps)
     conditional = config.condition is not None
 
     def loss_fn(state, z1, c, key):
@@ -501,9 +511,11 @@ def train(
 
     ae_def, ae_state = nnx.split(gen.autoencoder)
     v_def, v_state = nnx.split(gen.velocity)
-    common = ("batch_size", "learning_rate", "weight_decay")
-    ae_opt, ae_run = _ae_chunk(ae_def, _program_key(config, *common, "input_noise", "latent_noise"))
-    v_opt, v_run = _flow_chunk(v_def, _program_key(config, *common, "condition", "cond_dropout"))
+    common = ("batch_size", "learning_rate", "weight_decay", "lr_schedule")
+    ae_key = _program_key(config, *common, "ae_steps", "input_noise", "latent_noise")
+    v_key = _program_key(config, *common, "flow_steps", "condition", "cond_dropout")
+    ae_opt, ae_run = _ae_chunk(ae_def, ae_key)
+    v_opt, v_run = _flow_chunk(v_def, v_key)
     ae_opt_state, v_opt_state = ae_opt.init(ae_state), v_opt.init(v_state)
     root = jax.random.key(config.seed)
     k_ae, k_flow = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)

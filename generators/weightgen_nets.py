@@ -69,6 +69,8 @@ class WeightGenConfig:
       batch_size: networks per training step.
       learning_rate: Adam(W) learning rate of both stages.
       weight_decay: AdamW weight decay.
+      lr_schedule: ``"cosine"`` (the learning rate of each stage decays to 0 over its
+        steps) or ``"constant"`` (the generators saved before this field).
       cond_dropout: probability of dropping the condition in training (classifier-free
         guidance).
       guidance: default guidance weight at sampling (1: the conditional model alone;
@@ -81,18 +83,19 @@ class WeightGenConfig:
     seed: int = 0
     latent_dim: int = 64
     ae_hidden: int = 256
-    ae_steps: int = 2000
+    ae_steps: int = 3000
     input_noise: float = 0.001
     latent_noise: float = 0.1
     flow_hidden: int = 256
     flow_blocks: int = 3
-    flow_steps: int = 4000
+    flow_steps: int = 8000
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
     cond_dropout: float = 0.1
     guidance: float = 1.0
-    sample_steps: int = 32
+    sample_steps: int = 64
     checkpoint_every: int = 500
 
     def __post_init__(self):
@@ -125,6 +128,11 @@ class WeightGenConfig:
                 raise WeightspaceError(f"WeightGenConfig.{name} must be a number, got {v!r}")
             if v < 0 or (name == "learning_rate" and v == 0):
                 raise WeightspaceError(f"WeightGenConfig.{name} must be positive, got {v!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise WeightspaceError(
+                f"WeightGenConfig.lr_schedule must be 'cosine' or 'constant', "
+                f"got {self.lr_schedule!r}"
+            )
         if not 0.0 <= self.cond_dropout < 1.0:
             raise WeightspaceError(
                 f"WeightGenConfig.cond_dropout must be in [0, 1), got {self.cond_dropout!r}"
@@ -139,7 +147,8 @@ class WeightGenConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise WeightspaceError(f"WeightGenConfig: unknown fields {unknown}")
-        return cls(**dict(d))
+        # saved before the field existed: those generators trained at a constant rate
+        return cls(**{"lr_schedule": "constant", **dict(d)})
 
 
 # ---------------------------------------------------------------------------------------

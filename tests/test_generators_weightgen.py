@@ -30,6 +30,7 @@ CONFIG = WeightGenConfig(
     flow_steps=250,
     batch_size=16,
     learning_rate=3e-3,
+    lr_schedule="constant",
     sample_steps=8,
     checkpoint_every=250,
 )
@@ -105,6 +106,14 @@ def test_condition_vectors_and_bad_conditions(trained):
     gen, _ = trained
     with pytest.raises(WeightspaceError, match=r"\[0, 1\]"):
         gen.sample(jax.random.key(0), 2, accuracy=1.5)
+
+
+def test_config_schedule_field_is_backwards_compatible():
+    old = {k: v for k, v in CONFIG.to_json().items() if k != "lr_schedule"}
+    assert WeightGenConfig.from_json(old).lr_schedule == "constant"  # saved before the field
+    assert WeightGenConfig().lr_schedule == "cosine"
+    with pytest.raises(WeightspaceError, match="lr_schedule"):
+        WeightGenConfig(lr_schedule="linear")
 
 
 def test_generated_zoo_loads(trained, tiny, tmp_path):
