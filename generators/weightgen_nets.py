@@ -83,19 +83,19 @@ class WeightGenConfig:
     seed: int = 0
     latent_dim: int = 64
     ae_hidden: int = 256
-    ae_steps: int = 3000
+    ae_steps: int = 2000
     input_noise: float = 0.001
     latent_noise: float = 0.1
     flow_hidden: int = 256
     flow_blocks: int = 3
-    flow_steps: int = 8000
+    flow_steps: int = 4000
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
+    lr_schedule: str = "constant"
     cond_dropout: float = 0.1
     guidance: float = 1.0
-    sample_steps: int = 64
+    sample_steps: int = 32
     checkpoint_every: int = 500
 
     def __post_init__(self):

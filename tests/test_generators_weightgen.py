@@ -111,7 +111,8 @@ def test_condition_vectors_and_bad_conditions(trained):
 def test_config_schedule_field_is_backwards_compatible():
     old = {k: v for k, v in CONFIG.to_json().items() if k != "lr_schedule"}
     assert WeightGenConfig.from_json(old).lr_schedule == "constant"  # saved before the field
-    assert WeightGenConfig().lr_schedule == "cosine"
+    cosine = WeightGenConfig(lr_schedule="cosine")
+    assert WeightGenConfig.from_json(cosine.to_json()) == cosine
     with pytest.raises(WeightspaceError, match="lr_schedule"):
         WeightGenConfig(lr_schedule="linear")
 
