@@ -91,6 +91,8 @@ class Predictor:
       model: the NNX module (`metanets.baselines.GBMTrees` for ``statnn_gbm``).
       config: JSON-able hyperparameters (enough to rebuild the module).
       history: per evaluation, ``{"epoch", "train_loss", "val_tau"}``.
+      stats: what the fit measured (``train_samples``: the samples it trained on,
+        augmented copies included; graph models: time, graphs seen, step compilations).
     """
 
     kind: str
@@ -301,9 +303,11 @@ def fit(
         model, config, history, stats = fit_gmn(
             kind, bank, ds.y, tr, val, config, log, checkpoint_dir, mesh
         )
-        return Predictor(kind, model, config, history, stats)
+        return Predictor(kind, model, config, history, {**stats, "train_samples": len(tr)})
     if kind == "probes":
-        return _fit_probes(ds, tr, val, config, log, checkpoint_dir)
+        pred = _fit_probes(ds, tr, val, config, log, checkpoint_dir)
+        pred.stats["train_samples"] = len(tr)
+        return pred
     if kind == "flat":
         config["homogeneous_spec"] = [s.path for s in ds.targets[0].spec]
     else:
@@ -311,11 +315,11 @@ def fit(
     x = vector_features(kind, ds, config)
     if kind == "statnn_gbm":
         model = fit_gbm(x[train], ds.y[train], seed=seed)
-        return Predictor(kind, model, config)
+        return Predictor(kind, model, config, stats={"train_samples": len(train)})
     model, config, history = fit_mlp(
         kind, x[tr], ds.y[tr], x[val], ds.y[val], config, log, checkpoint_dir
     )
-    return Predictor(kind, model, config, history)
+    return Predictor(kind, model, config, history, {"train_samples": len(tr)})
 
 
 def evaluate(pred: Predictor, ds: WeightDataset, samples: Sequence[int] | None = None):
