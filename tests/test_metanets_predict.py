@@ -349,11 +349,13 @@ def _tau_b(p, y) -> float:
     return float((conc - disc) / denom) if denom > 0 else 0.0
 
 
-def test_cli_gmn_shard(tiny_zoo, tmp_path, capsys):
+def test_cli_gmn_shard(tiny_zoo, tmp_path, capsys, monkeypatch):
     """`--shard` splits every graph batch over the 8 test devices, in training and in
     prediction; sharded predictions match the one-device ones."""
     from hyper.cli import main
 
+    small = {**predict.DEFAULTS["gmn"], "hidden": 8, "num_layers": 1}  # the CLI reads these
+    monkeypatch.setitem(predict.DEFAULTS, "gmn", small)
     out = tmp_path / "gmn"
     rc = main(
         ["metanet", "train", "--zoo", tiny_zoo, "--model", "gmn", "--epochs", "1", "--shard",
