@@ -2,8 +2,9 @@
 (meta-)structured pruning of trained networks into compact ones.
 
   weightspace metanet train --zoo DIR [--zoo DIR ...] --task accuracy|gap
-                            --model gmn|statnn|gbm|flat --out DIR [--epochs N]
-                            [--probes K] [--test-fraction F] [--seed S] [--overwrite | --resume]
+                            --model gmn|gmn_t|probes|statnn|gbm|flat --out DIR [--epochs N]
+                            [--probes K] [--canonicalize] [--augment K] [--test-fraction F]
+                            [--seed S] [--overwrite | --resume]
   weightspace metanet predict --from DIR --zoo DIR2 [--out FILE.jsonl]
   weightspace metanet prune-train --zoo DIR --out DIR [--steps N] [--nets-per-step K]
                             [--r R] [--sparsity L] [--hidden H] [--layers N] [--seed S]
@@ -13,8 +14,11 @@
                     [--prune-steps N] [--finetune-before N] [--finetune-after N] [--lr LR]
                     [--seed S] [--overwrite]
 
-`train` splits the zoos' checkpoints 80/20 by training run, fits the model (``statnn`` is
-the StatNN MLP head, ``gbm`` the StatNN gradient-boosted trees), reports Kendall tau and R²
+`train` splits the zoos' checkpoints 80/20 by training run, fits the model (``gmn`` the
+graph metanet with PNA message passing, ``gmn_t`` the graph transformer, ``probes`` learned
+probes, ``statnn`` the StatNN MLP head, ``gbm`` the StatNN gradient-boosted trees; with
+``--canonicalize`` every network in canonical scale and sign, with ``--augment K`` K random
+symmetric equivalents of each training network; `metanets.predict.fit`), reports Kendall tau and R²
 on the held-out runs, and saves the predictor (Orbax) with ``metrics.json`` in `--out`.
 Training checkpoints every evaluation in ``--out/checkpoints``; after a crash, the same
 command with ``--resume`` continues and ends with the same weights as an uninterrupted run.
@@ -45,7 +49,15 @@ from hyper.errors import WeightspaceError
 
 __all__ = ["add_parsers", "zoo_architecture"]
 
-_CLI_MODELS = {"gmn": "gmn", "statnn": "statnn_mlp", "gbm": "statnn_gbm", "flat": "flat"}
+_CLI_MODELS = {
+    "gmn": "gmn",
+    "gmn_t": "gmn_t",
+    "probes": "probes",
+    "statnn": "statnn_mlp",
+    "gbm": "statnn_gbm",
+    "flat": "flat",
+}
+_GRAPH_CLI_MODELS = ("gmn", "gmn_t")
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -65,13 +77,24 @@ def add_parsers(subparsers: Any) -> None:
         "--probes",
         type=int,
         default=None,
-        help="gmn: also read each neuron's response to K fixed probe inputs (default 0)",
+        help="gmn, gmn_t: also read each neuron's response to K fixed probe inputs (default 0)",
+    )
+    t.add_argument(
+        "--canonicalize",
+        action="store_true",
+        help="fit and predict on networks in canonical scale and sign (hyper.canonical)",
+    )
+    t.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        help="K random symmetric equivalents (permutations, rescalings) per training network",
     )
     t.add_argument("--test-fraction", type=float, default=0.2, help="held-out runs (0.2)")
     t.add_argument(
         "--shard",
         action="store_true",
-        help="--model gmn: split every graph batch over all local devices (one part each; "
+        help="--model gmn or gmn_t: split every graph batch over all local devices (one part each; "
         "predictions match one device bit for bit, training up to float summation order)",
     )
     t.add_argument("--seed", type=int, default=0)
@@ -170,13 +193,15 @@ def _train(args: argparse.Namespace) -> int:
         raise WeightspaceError(
             "--epochs does not apply to --model gbm (boosting stops on validation)"
         )
-    if args.probes is not None and (args.model != "gmn" or args.probes < 0):
+    if args.probes is not None and (args.model not in _GRAPH_CLI_MODELS or args.probes < 0):
         raise WeightspaceError(
-            f"--probes applies to --model gmn and must be >= 0, got {args.probes}"
+            f"--probes applies to --model gmn or gmn_t and must be >= 0, got {args.probes}"
         )
+    if args.augment < 0:
+        raise WeightspaceError(f"--augment must be >= 0, got {args.augment}")
     kind = _CLI_MODELS[args.model]
-    if args.shard and kind != "gmn":
-        raise WeightspaceError(f"--shard applies to --model gmn, not {args.model}")
+    if args.shard and kind not in _GRAPH_CLI_MODELS:
+        raise WeightspaceError(f"--shard applies to --model gmn or gmn_t, not {args.model}")
     ds = datasets.load_zoos(zoos, task=args.task)
     if kind == "flat" and not ds.homogeneous:
         raise WeightspaceError("--model flat needs zoos of one architecture (a homogeneous zoo)")
@@ -184,6 +209,10 @@ def _train(args: argparse.Namespace) -> int:
     over = {} if args.epochs is None else {"epochs": args.epochs}
     if args.probes is not None:
         over["probes"] = args.probes
+    if args.canonicalize:
+        over["canonicalize"] = True
+    if args.augment:
+        over["augment"] = args.augment
     log = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     # Checkpoints every evaluation: a killed training continues with --resume.
     checkpoints = os.path.join(out, "checkpoints")
@@ -217,8 +246,8 @@ def _predict(args: argparse.Namespace) -> int:
             f"--from {src}: no predictor (run `weightspace metanet train` first)"
         )
     pred = predict.load_predictor(os.path.join(src, "predictor"))
-    if args.shard and pred.kind != "gmn":
-        raise WeightspaceError(f"--shard applies to a gmn predictor, not {pred.kind}")
+    if args.shard and pred.kind not in _GRAPH_CLI_MODELS:
+        raise WeightspaceError(f"--shard applies to a gmn or gmn_t predictor, not {pred.kind}")
     ds = datasets.load_zoos([_check_zoo(args.zoo)], task=pred.config.get("task", "accuracy"))
     mesh = None
     if args.shard:

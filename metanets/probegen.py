@@ -32,10 +32,9 @@ from flax import nnx
 
 from hyper.errors import WeightspaceError
 from hyper.target import Target
-from hyper.train import make_optimizer
 from metanets.baselines import MLPRegressor
 from metanets.metrics import kendall_tau
-from metanets.training import train_epochs
+from metanets.training import fit_setup, run_fit
 
 __all__ = [
     "ProbeGenerator",
@@ -253,17 +252,8 @@ def fit_probe_net(
     """Trains generator and readout end to end on the `train` samples (MSE on the
     standardised labels, ``config["y_mean"]``/``["y_std"]``), keeping the parameters of
     the best validation tau; returns ``(model, history, stats)``."""
-    bs = min(int(config["batch_size"]), len(train))
-    steps_per_epoch = max(1, len(train) // bs)
-    tx = make_optimizer(
-        "adam",
-        config["lr"],
-        schedule="warmup_cosine",
-        steps=steps_per_epoch * config["epochs"],
-        weight_decay=config["weight_decay"],
-    )
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = tx.init(params)
+    setup = fit_setup(model, len(train), config)
+    bs, graphdef, rest, tx = setup.batch_size, setup.graphdef, setup.rest, setup.tx
     yt = ((ds.y - config["y_mean"]) / config["y_std"]).astype(np.float32)
 
     def merged(p):
@@ -324,13 +314,6 @@ def fit_probe_net(
         seen[0] += len(batch)
         return p, opt_state, loss
 
-    def run_epoch(p, opt_state, order):
-        losses = []
-        for i in range(steps_per_epoch):
-            p, opt_state, loss = step(p, opt_state, order[i * bs : (i + 1) * bs])
-            losses.append(loss)
-        return p, opt_state, float(np.mean(losses))
-
     t0 = time.perf_counter()
 
     def val_tau(p):
@@ -339,15 +322,7 @@ def fit_probe_net(
         log(f"probes: val tau {tau:.4f} after {time.perf_counter() - t0:.1f} s")
         return tau
 
-    best = train_epochs(
-        params,
-        opt_state,
-        run_epoch,
-        val_tau,
-        lambda rng: rng.permutation(train),
-        config,
-        checkpoint_dir,
-    )
+    best = run_fit(setup, step, val_tau, train, config, checkpoint_dir)
     stats = {
         "train_seconds": time.perf_counter() - t0,
         "train_networks_seen": seen[0],

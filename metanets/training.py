@@ -3,6 +3,7 @@ from checkpoints bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -10,10 +11,93 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from hyper.checkpoint import CheckpointError, PopulationCheckpointer
+from hyper.train import make_optimizer
 
-__all__ = ["train_epochs"]
+__all__ = ["FitSetup", "fit_setup", "optimizer_key", "run_fit", "train_epochs"]
+
+
+@dataclasses.dataclass
+class FitSetup:
+    """What a predictor's training loop starts from (`fit_setup`).
+
+    Attributes:
+      graphdef / params / rest: the module split as ``nnx.split(model, nnx.Param, ...)``.
+      tx: the optimizer (Adam, warmup-cosine over every step of the fit).
+      opt_key: the hyperparameters `tx` was built from (`optimizer_key`; hashable, so a
+        compiled step can be cached on it).
+      batch_size / steps_per_epoch: the batches of an epoch.
+    """
+
+    graphdef: Any
+    params: Any
+    rest: Any
+    tx: Any
+    opt_key: tuple
+    batch_size: int
+    steps_per_epoch: int
+
+    def merged(self, params: Any) -> nnx.Module:
+        """The module with these `params`."""
+        return nnx.merge(self.graphdef, params, self.rest)
+
+
+def optimizer_key(config: dict[str, Any], steps: int) -> tuple:
+    """``(lr, steps, weight_decay)``: the optimizer `fit_setup` builds for `steps` steps."""
+    return (float(config["lr"]), int(steps), float(config["weight_decay"]))
+
+
+def make_fit_optimizer(opt_key: tuple) -> Any:
+    """Adam with warmup-cosine decay over ``opt_key[1]`` steps (`optimizer_key`)."""
+    lr, steps, weight_decay = opt_key
+    return make_optimizer(
+        "adam", lr, schedule="warmup_cosine", steps=steps, weight_decay=weight_decay
+    )
+
+
+def fit_setup(model: nnx.Module, n_train: int, config: dict[str, Any]) -> FitSetup:
+    """The split module, optimizer and batches of a fit of `model` on `n_train` samples
+    (``config``: ``batch_size``, ``epochs``, ``lr``, ``weight_decay``)."""
+    bs = min(int(config["batch_size"]), int(n_train))
+    steps_per_epoch = max(1, int(n_train) // bs)
+    key = optimizer_key(config, steps_per_epoch * int(config["epochs"]))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return FitSetup(graphdef, params, rest, make_fit_optimizer(key), key, bs, steps_per_epoch)
+
+
+def run_fit(
+    setup: FitSetup,
+    step: Callable[[Any, Any, np.ndarray], tuple[Any, Any, Any]],
+    val_tau: Callable[[Any], float],
+    train: np.ndarray,
+    config: dict[str, Any],
+    checkpoint_dir: str | os.PathLike | None,
+) -> tuple[float, Any, list[dict[str, Any]]]:
+    """`train_epochs` over the `train` indices (shuffled each epoch, cut into
+    ``setup.batch_size`` batches): ``step(params, opt_state, batch) -> (params, opt_state,
+    loss)`` for each batch, `val_tau(params)` at each evaluation. Returns ``(best_tau,
+    best_params, history)``."""
+    bs, steps = setup.batch_size, setup.steps_per_epoch
+
+    def run_epoch(params, opt_state, order):
+        losses = []
+        for i in range(steps):
+            params, opt_state, loss = step(params, opt_state, order[i * bs : (i + 1) * bs])
+            losses.append(loss)
+        return params, opt_state, float(np.mean(losses))
+
+    train = np.asarray(train)
+    return train_epochs(
+        setup.params,
+        setup.tx.init(setup.params),
+        run_epoch,
+        val_tau,
+        lambda rng: rng.permutation(train),
+        config,
+        checkpoint_dir,
+    )
 
 
 def _leaves(tree: Any) -> dict[str, Any]:

@@ -75,3 +75,26 @@ def test_canonical_dataset_is_invariant_under_rescaling_and_sign_flips(ds):
         assert not all(
             np.allclose(u, v) for u, v in zip(jax.tree.leaves(pm), jax.tree.leaves(p), strict=True)
         )
+
+
+def test_fit_canonicalizes_and_augments_as_configured(ds, tmp_path):
+    """`predict.fit(canonicalize=True)` predicts the same for rescaled and sign-flipped
+    networks (and keeps the option when saved); ``augment=2`` trains on three times the
+    samples."""
+    from metanets import predict
+
+    kw = dict(epochs=2, eval_every=1, hidden=8, depth=1, batch_size=8, val_fraction=0.4)
+    train = np.arange(len(ds))
+    pred = predict.fit("statnn_mlp", ds, train, canonicalize=True, augment=2, **kw)
+    plain = predict.fit("statnn_mlp", ds, train, **kw)
+    assert pred.config["canonicalize"] is True and pred.config["augment"] == 2
+    assert pred.stats["train_samples"] == 3 * plain.stats["train_samples"] > 0
+    moved = random_equivalents(ds, jax.random.key(2), permute=False)
+    y = pred.predict(ds)
+    np.testing.assert_allclose(pred.predict(moved), y, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(plain.predict(moved), plain.predict(ds), rtol=1e-4, atol=1e-5)
+    again = predict.load_predictor(predict.save_predictor(pred, tmp_path / "p"))
+    assert again.config["canonicalize"] is True
+    np.testing.assert_allclose(again.predict(moved), y, rtol=1e-4, atol=1e-5)
+    with pytest.raises(WeightspaceError, match="augment"):
+        predict.fit("statnn_mlp", ds, train, augment=-1, **kw)

@@ -218,3 +218,47 @@ def test_prune_train_refuses_mixed_architectures(zoo_dir):
     mixed = dataclasses.replace(z, groups=[g0, dataclasses.replace(g0, id="gw", target=wide)])
     with pytest.raises(ValueError, match="several architectures"):
         zoo_architecture(mixed)
+
+
+def test_metanet_train_fits_the_probe_model(zoo_dir, tmp_path, monkeypatch):
+    from metanets import predict
+
+    tiny = dict(count=4, latent=4, gen_width=8, gen_depth=1, hidden=8, depth=1)
+    monkeypatch.setitem(predict.DEFAULTS, "probes", {**predict.DEFAULTS["probes"], **tiny})
+    out = tmp_path / "probes"
+    rc, stdout, err = _run(
+        "metanet", "train", "--zoo", zoo_dir, "--model", "probes", "--epochs", "1",
+        "--out", out, "--quiet",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "probes accuracy: test tau" in stdout
+    assert predict.load_predictor(out / "predictor").kind == "probes"
+    rc, stdout, err = _run("metanet", "predict", "--from", out, "--zoo", zoo_dir)
+    assert rc == 0 and "tau" in stdout, err
+
+
+def test_metanet_train_passes_the_transformer_and_data_options(zoo_dir, tmp_path, monkeypatch):
+    """``--model gmn_t --canonicalize --augment 2 --probes 3`` reach `predict.fit` (the
+    graph transformer's fit itself: tests/test_metanets_transformer.py)."""
+    from hyper.errors import WeightspaceError
+    from metanets import predict
+
+    calls = []
+
+    def fit(kind, ds, train, **kw):
+        calls.append((kind, kw))
+        raise WeightspaceError("stop here")
+
+    monkeypatch.setattr(predict, "fit", fit)
+    rc, _, err = _run(
+        "metanet", "train", "--zoo", zoo_dir, "--model", "gmn_t", "--canonicalize",
+        "--augment", "2", "--probes", "3", "--out", tmp_path / "t", "--quiet",
+    )  # fmt: skip
+    assert rc == 2 and "stop here" in err
+    ((kind, kw),) = calls
+    assert kind == "gmn_t" and kw["canonicalize"] is True
+    assert kw["augment"] == 2 and kw["probes"] == 3
+    rc, _, err = _run(
+        "metanet", "train", "--zoo", zoo_dir, "--augment", "-1", "--out", tmp_path / "u"
+    )
+    assert rc == 2 and "--augment must be >= 0" in err
