@@ -3,9 +3,12 @@
 Submodules: `graph_topology` (the static graph of a target: nodes per neuron, edges per weight),
 `graph` (a population <-> `GraphsTuple`, exactly), `batching` (padded mixed batches,
 `GraphBank`, sharding), `probes` (probe features), `layers` (masked PNA message passing),
-`models` (`GraphMetanet`), `baselines` (StatNN, flat vectors), `datasets` (weight datasets
-from zoos, run-wise splits), `metrics` (Kendall tau, R²), `training` (best-epoch,
-resumable training loop), `predict` (property prediction from weights), `metaprune`
+`models` (`GraphMetanet`), `transformer` (the graph transformer, model ``"gmn_t"``),
+`probegen` (learned probes, model ``"probes"``), `augment` (canonicalised and augmented
+datasets), `baselines` (StatNN, flat vectors), `datasets` (weight datasets from zoos,
+run-wise splits), `metrics` (Kendall tau, R²), `training` (best-epoch, resumable training
+loop), `predict` (property prediction from weights; `model_kinds`, `gmn_fit` and `mlp_fit`
+hold its model names and its fitting loops), `metaprune`
 (MetaPruning: a metanet that edits networks so they prune well; it plugs into
 `hyper.prune.prune_pipeline`), `cli` (``weightspace metanet``, ``weightspace prune``).
 """
