@@ -37,11 +37,23 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 
 
-def _scatter(base: jax.Array, index: jax.Array, flat: jax.Array) -> jax.Array:
-    return jax.vmap(lambda v: base.at[index].set(v, unique_indices=True))(flat)
+def _scatter(
+    base: jax.Array, index: jax.Array, flat: jax.Array, sizes: tuple[int, int, int, int, int]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Every member's flat parameters scattered into its feature vector, split into node,
+    edge and position features (`sizes`: nodes, node width, edges, edge width, pos width)."""
+    feats = jax.vmap(lambda v: base.at[index].set(v, unique_indices=True))(flat)
+    nn_, fn, ne, fe, fp = sizes
+    n, a, b = flat.shape[0], nn_ * fn, nn_ * fn + ne * fe
+    return (
+        feats[:, :a].reshape(n, nn_, fn),
+        feats[:, a:b].reshape(n, ne, fe),
+        feats[:, b:].reshape(n, nn_, fp),
+    )
 
 
-_scatter_jit = jax.jit(_scatter)
+# One program per target shape (scatter, split and reshape), not one per eager op.
+_scatter_jit = jax.jit(_scatter, static_argnums=3)
 _gather_jit = jax.jit(lambda feats, index: feats[:, index])
 
 
@@ -69,13 +81,14 @@ def _all_features(target: Target, population: Params, window: Sequence[int] | No
             np.zeros(topo.num_nodes * topo.pos_width, np.float32),
         ]
     )
-    feats = _scatter_jit(jnp.asarray(base), jnp.asarray(topo.index), flat)
-    n = flat.shape[0]
-    a = topo.num_nodes * len(NODE_FEATURES)
-    b = a + topo.num_edges * topo.edge_features
-    nodes = feats[:, :a].reshape(n, topo.num_nodes, -1)
-    edges = feats[:, a:b].reshape(n, topo.num_edges, -1)
-    pos = feats[:, b:].reshape(n, topo.num_nodes, topo.pos_width)
+    sizes = (
+        topo.num_nodes,
+        len(NODE_FEATURES),
+        topo.num_edges,
+        topo.edge_features,
+        topo.pos_width,
+    )
+    nodes, edges, pos = _scatter_jit(jnp.asarray(base), jnp.asarray(topo.index), flat, sizes)
     return nodes, edges, pos
 
 
@@ -100,20 +113,20 @@ def _graphs(
             "io": tile(topo.node_io),
             "act": tile(topo.node_act),
             "norm": tile(topo.node_norm),
-            "mask": jnp.ones(n * topo.num_nodes, bool),
+            "mask": jnp.asarray(np.ones(n * topo.num_nodes, bool)),
             **extra,
         },
         edges={
             "w": edges.reshape(n * topo.num_edges, -1),
             "type": tile(topo.edge_type),
             "layer": tile(topo.edge_layer),
-            "mask": jnp.ones(n * topo.num_edges, bool),
+            "mask": jnp.asarray(np.ones(n * topo.num_edges, bool)),
         },
         senders=jnp.asarray((offs + topo.senders[None, :]).reshape(-1)),
         receivers=jnp.asarray((offs + topo.receivers[None, :]).reshape(-1)),
-        n_node=jnp.full((n,), topo.num_nodes, jnp.int32),
-        n_edge=jnp.full((n,), topo.num_edges, jnp.int32),
-        globals={"mask": jnp.ones((n,), bool)},
+        n_node=jnp.asarray(np.full((n,), topo.num_nodes, np.int32)),
+        n_edge=jnp.asarray(np.full((n,), topo.num_edges, np.int32)),
+        globals={"mask": jnp.asarray(np.ones((n,), bool))},
     )
 
 
