@@ -54,7 +54,21 @@ def _scatter(
 
 # One program per target shape (scatter, split and reshape), not one per eager op.
 _scatter_jit = jax.jit(_scatter, static_argnums=3)
-_gather_jit = jax.jit(lambda feats, index: feats[:, index])
+
+
+def _gather(x, w, pos, index, layout: tuple[int, int, int, int, int, int]) -> jax.Array:
+    """The flat parameters `[n, P]` of `n` graphs of one target read back from a batch's
+    node, edge and position features (`layout`: first node, first edge, n, nodes and edges
+    per graph, position width)."""
+    node_off, edge_off, n, nn_, ne, pw = layout
+    rows = slice(node_off, node_off + n * nn_)
+    parts = [x[rows].reshape(n, -1), w[edge_off : edge_off + n * ne].reshape(n, -1)]
+    if pw:
+        parts.append(pos[rows, :pw].reshape(n, -1))
+    return jnp.concatenate(parts, axis=1)[:, index]
+
+
+_gather_jit = jax.jit(_gather, static_argnums=4)
 
 
 def features(target: Target, population: Params, window: Sequence[int] | None = None):
@@ -218,21 +232,18 @@ def graphs_to_populations(
     out = []
     node_off = edge_off = 0
     for t, topo, n in zip(targets, topos, counts, strict=True):
-        rows = slice(node_off, node_off + n * topo.num_nodes)
-        parts = [x[rows].reshape(n, -1), w[edge_off : edge_off + n * topo.num_edges].reshape(n, -1)]
-        if topo.pos_width:
-            pos = graphs.nodes.get("pos")
-            if pos is None or pos.shape[-1] < topo.pos_width:
-                raise WeightspaceError(
-                    f"graphs_to_populations: {t.name} has a position embedding of "
-                    f"{topo.pos_width} features per node; the graphs carry "
-                    f"{'none' if pos is None else pos.shape[-1]} (nodes['pos'], built by "
-                    "population_to_graphs)"
-                )
-            parts.append(pos[rows, : topo.pos_width].reshape(n, -1))
+        pos = graphs.nodes.get("pos")
+        if topo.pos_width and (pos is None or pos.shape[-1] < topo.pos_width):
+            raise WeightspaceError(
+                f"graphs_to_populations: {t.name} has a position embedding of "
+                f"{topo.pos_width} features per node; the graphs carry "
+                f"{'none' if pos is None else pos.shape[-1]} (nodes['pos'], built by "
+                "population_to_graphs)"
+            )
+        layout = (node_off, edge_off, n, topo.num_nodes, topo.num_edges, topo.pos_width)
+        flat = _gather_jit(x, w, pos if topo.pos_width else None, jnp.asarray(topo.index), layout)
         node_off += n * topo.num_nodes
         edge_off += n * topo.num_edges
-        flat = _gather_jit(jnp.concatenate(parts, axis=1), jnp.asarray(topo.index))
         dtypes = {s.dtype for s in t.spec}
         if len(dtypes) == 1:
             flat = flat.astype(next(iter(dtypes)))
