@@ -2,10 +2,12 @@
 
 Batches are padded to power-of-two shape buckets (`bucket_size`) so `jit` compiles a
 handful of programs, never one per batch; masks (``nodes["mask"]``, ``edges["mask"]``,
-``globals["mask"]``) mark the real elements. One padder (`pad_graphs`) serves the device
-path (`batch_graphs`) and the host path (`GraphBank`, which holds the features of a whole
-zoo in host memory and assembles batches of any subset). A batch built in ``parts`` splits
-into self-contained blocks that `shard_graphs` places one per device.
+``globals["mask"]``) mark the real elements. Batches are assembled and padded in host
+memory (`GraphBank`, which holds the features of a whole zoo and assembles batches of any
+subset; `batch_graphs` builds one bank for its populations), so no program is compiled per
+eager op and batch shape, and go to the devices once. The padder (`pad_graphs`) also pads a
+batch of JAX arrays alike. A batch built in ``parts`` splits into self-contained blocks
+that `shard_graphs` places one per device.
 
 Position-embedding features (``nodes["pos"]``, `GraphTopology.pos_width`) travel with
 their nodes: a batch holding any target with a position embedding carries ``pos`` at the
