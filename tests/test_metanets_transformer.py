@@ -62,7 +62,7 @@ def test_gmn_t_learns_the_synthetic_label_and_round_trips(synthetic, tmp_path): 
     """gmn_t: training loss falls, held-out tau far above chance (0), and a saved
     predictor loads to the same predictions."""
     train, test = datasets.split_by_run(synthetic.run, 0.25)
-    kw = dict(epochs=20, batch_size=16, hidden=16, num_layers=1, eval_every=5, lr=3e-3)
+    kw = dict(epochs=20, batch_size=16, hidden=16, num_layers=2, eval_every=5, lr=3e-3)
     pred = predict.fit("gmn_t", synthetic, train, **kw)
     assert pred.kind == "gmn_t" and pred.model.layer_kind == "attention"
     losses = [h["train_loss"] for h in pred.history]
