@@ -2,10 +2,12 @@
 
 Batches are padded to power-of-two shape buckets (`bucket_size`) so `jit` compiles a
 handful of programs, never one per batch; masks (``nodes["mask"]``, ``edges["mask"]``,
-``globals["mask"]``) mark the real elements. One padder (`pad_graphs`) serves the device
-path (`batch_graphs`) and the host path (`GraphBank`, which holds the features of a whole
-zoo in host memory and assembles batches of any subset). A batch built in ``parts`` splits
-into self-contained blocks that `shard_graphs` places one per device.
+``globals["mask"]``) mark the real elements. Batches are assembled and padded in host
+memory (`GraphBank`, which holds the features of a whole zoo and assembles batches of any
+subset; `batch_graphs` builds one bank for its populations), so no program is compiled per
+eager op and batch shape, and go to the devices once. The padder (`pad_graphs`) also pads a
+batch of JAX arrays alike. A batch built in ``parts`` splits into self-contained blocks
+that `shard_graphs` places one per device.
 
 Position-embedding features (``nodes["pos"]``, `GraphTopology.pos_width`) travel with
 their nodes: a batch holding any target with a position embedding carries ``pos`` at the
@@ -27,7 +29,7 @@ import numpy as np
 from hyper import sharding
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
-from metanets.graph import features, population_to_graphs, position_features
+from metanets.graph import features, position_features
 from metanets.graph_topology import common_kernel_window, topology
 from metanets.probes import probe_features
 
@@ -65,19 +67,6 @@ def _concat(gs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
         n_edge=cat(*[g.n_edge for g in gs]),
         globals=jax.tree.map(cat, *[g.globals for g in gs]),
     )
-
-
-def _with_pos(graphs: jraph.GraphsTuple, width: int) -> jraph.GraphsTuple:
-    """`graphs` with ``nodes["pos"]`` of `width` features: zeros where it has none, its
-    own features then zero columns where it has fewer."""
-    xp = _array_module(graphs)
-    n = int(graphs.nodes["x"].shape[0])
-    pos = graphs.nodes.get("pos")
-    if pos is None:
-        pos = xp.zeros((n, width), graphs.nodes["x"].dtype)
-    elif pos.shape[1] < width:
-        pos = xp.concatenate([pos, xp.zeros((n, width - pos.shape[1]), pos.dtype)], axis=1)
-    return graphs._replace(nodes={**graphs.nodes, "pos": pos})
 
 
 def pad_graphs(
@@ -130,22 +119,6 @@ def _check_parts_count(parts: int) -> int:
 def _split(n: int, parts: int) -> list[np.ndarray]:
     """`range(n)` in `parts` contiguous runs of nearly equal length (the first ones longer)."""
     return np.array_split(np.arange(n), parts)
-
-
-def _slice_graphs(g: jraph.GraphsTuple, start: int, stop: int) -> jraph.GraphsTuple:
-    """Graphs ``start:stop`` of an unpadded batch, with their own node numbering."""
-    n_node, n_edge = np.asarray(g.n_node), np.asarray(g.n_edge)
-    n0, n1 = int(n_node[:start].sum()), int(n_node[:stop].sum())
-    e0, e1 = int(n_edge[:start].sum()), int(n_edge[:stop].sum())
-    return jraph.GraphsTuple(
-        nodes=jax.tree.map(lambda a: a[n0:n1], g.nodes),
-        edges=jax.tree.map(lambda a: a[e0:e1], g.edges),
-        senders=g.senders[e0:e1] - n0,
-        receivers=g.receivers[e0:e1] - n0,
-        n_node=g.n_node[start:stop],
-        n_edge=g.n_edge[start:stop],
-        globals=jax.tree.map(lambda a: a[start:stop], g.globals),
-    )
 
 
 def _part_buckets(
@@ -239,23 +212,18 @@ def batch_graphs(
     """
     if not pairs:
         raise WeightspaceError("batch_graphs: no populations")
-    window = common_kernel_window([t for t, _ in pairs]) if window is None else tuple(window)
     parts = _check_parts_count(parts)
-    gs = [population_to_graphs(t, p, window=window, probes=probes) for t, p in pairs]
-    pos_width = max(topology(t, window).pos_width for t, _ in pairs)
-    if pos_width:  # one `pos` width for every target's nodes, so they concatenate
-        gs = [_with_pos(g, pos_width) for g in gs]
-    g = _concat(gs)
+    if not pad and parts != 1:
+        raise WeightspaceError("batch_graphs: parts > 1 needs pad=True (every part padded alike)")
+    # Assembled and padded in host memory (`GraphBank`): the same arrays as converting and
+    # padding on the device, without compiling a program per eager op and batch shape.
+    bank = GraphBank(pairs, window=window, probes=probes)
+    samples = np.arange(len(bank))
     if not pad:
-        if parts != 1:
-            raise WeightspaceError(
-                "batch_graphs: parts > 1 needs pad=True (every part padded alike)"
-            )
-        return g
-    ng = int(g.n_node.shape[0])
-    ends = np.cumsum([0] + [c.size for c in _split(ng, parts)])
-    chunks = [_slice_graphs(g, int(a), int(b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
-    return pad_parts(chunks, min_nodes=min_nodes, min_edges=min_edges, min_graphs=min_graphs)
+        return jax.tree.map(jnp.asarray, bank._assemble(samples))
+    return bank.batch(
+        samples, min_nodes=min_nodes, min_edges=min_edges, min_graphs=min_graphs, parts=parts
+    )
 
 
 def shard_graphs(graphs: Any, mesh: jax.sharding.Mesh) -> Any:

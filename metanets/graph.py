@@ -37,12 +37,38 @@ __all__ = [
 # ---------------------------------------------------------------------------------------
 
 
-def _scatter(base: jax.Array, index: jax.Array, flat: jax.Array) -> jax.Array:
-    return jax.vmap(lambda v: base.at[index].set(v, unique_indices=True))(flat)
+def _scatter(
+    base: jax.Array, index: jax.Array, flat: jax.Array, sizes: tuple[int, int, int, int, int]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Every member's flat parameters scattered into its feature vector, split into node,
+    edge and position features (`sizes`: nodes, node width, edges, edge width, pos width)."""
+    feats = jax.vmap(lambda v: base.at[index].set(v, unique_indices=True))(flat)
+    nn_, fn, ne, fe, fp = sizes
+    n, a, b = flat.shape[0], nn_ * fn, nn_ * fn + ne * fe
+    return (
+        feats[:, :a].reshape(n, nn_, fn),
+        feats[:, a:b].reshape(n, ne, fe),
+        feats[:, b:].reshape(n, nn_, fp),
+    )
 
 
-_scatter_jit = jax.jit(_scatter)
-_gather_jit = jax.jit(lambda feats, index: feats[:, index])
+# One program per target shape (scatter, split and reshape), not one per eager op.
+_scatter_jit = jax.jit(_scatter, static_argnums=3)
+
+
+def _gather(x, w, pos, index, layout: tuple[int, int, int, int, int, int]) -> jax.Array:
+    """The flat parameters `[n, P]` of `n` graphs of one target read back from a batch's
+    node, edge and position features (`layout`: first node, first edge, n, nodes and edges
+    per graph, position width)."""
+    node_off, edge_off, n, nn_, ne, pw = layout
+    rows = slice(node_off, node_off + n * nn_)
+    parts = [x[rows].reshape(n, -1), w[edge_off : edge_off + n * ne].reshape(n, -1)]
+    if pw:
+        parts.append(pos[rows, :pw].reshape(n, -1))
+    return jnp.concatenate(parts, axis=1)[:, index]
+
+
+_gather_jit = jax.jit(_gather, static_argnums=4)
 
 
 def features(target: Target, population: Params, window: Sequence[int] | None = None):
@@ -69,13 +95,14 @@ def _all_features(target: Target, population: Params, window: Sequence[int] | No
             np.zeros(topo.num_nodes * topo.pos_width, np.float32),
         ]
     )
-    feats = _scatter_jit(jnp.asarray(base), jnp.asarray(topo.index), flat)
-    n = flat.shape[0]
-    a = topo.num_nodes * len(NODE_FEATURES)
-    b = a + topo.num_edges * topo.edge_features
-    nodes = feats[:, :a].reshape(n, topo.num_nodes, -1)
-    edges = feats[:, a:b].reshape(n, topo.num_edges, -1)
-    pos = feats[:, b:].reshape(n, topo.num_nodes, topo.pos_width)
+    sizes = (
+        topo.num_nodes,
+        len(NODE_FEATURES),
+        topo.num_edges,
+        topo.edge_features,
+        topo.pos_width,
+    )
+    nodes, edges, pos = _scatter_jit(jnp.asarray(base), jnp.asarray(topo.index), flat, sizes)
     return nodes, edges, pos
 
 
@@ -100,20 +127,20 @@ def _graphs(
             "io": tile(topo.node_io),
             "act": tile(topo.node_act),
             "norm": tile(topo.node_norm),
-            "mask": jnp.ones(n * topo.num_nodes, bool),
+            "mask": jnp.asarray(np.ones(n * topo.num_nodes, bool)),
             **extra,
         },
         edges={
             "w": edges.reshape(n * topo.num_edges, -1),
             "type": tile(topo.edge_type),
             "layer": tile(topo.edge_layer),
-            "mask": jnp.ones(n * topo.num_edges, bool),
+            "mask": jnp.asarray(np.ones(n * topo.num_edges, bool)),
         },
         senders=jnp.asarray((offs + topo.senders[None, :]).reshape(-1)),
         receivers=jnp.asarray((offs + topo.receivers[None, :]).reshape(-1)),
-        n_node=jnp.full((n,), topo.num_nodes, jnp.int32),
-        n_edge=jnp.full((n,), topo.num_edges, jnp.int32),
-        globals={"mask": jnp.ones((n,), bool)},
+        n_node=jnp.asarray(np.full((n,), topo.num_nodes, np.int32)),
+        n_edge=jnp.asarray(np.full((n,), topo.num_edges, np.int32)),
+        globals={"mask": jnp.asarray(np.ones((n,), bool))},
     )
 
 
@@ -205,21 +232,18 @@ def graphs_to_populations(
     out = []
     node_off = edge_off = 0
     for t, topo, n in zip(targets, topos, counts, strict=True):
-        rows = slice(node_off, node_off + n * topo.num_nodes)
-        parts = [x[rows].reshape(n, -1), w[edge_off : edge_off + n * topo.num_edges].reshape(n, -1)]
-        if topo.pos_width:
-            pos = graphs.nodes.get("pos")
-            if pos is None or pos.shape[-1] < topo.pos_width:
-                raise WeightspaceError(
-                    f"graphs_to_populations: {t.name} has a position embedding of "
-                    f"{topo.pos_width} features per node; the graphs carry "
-                    f"{'none' if pos is None else pos.shape[-1]} (nodes['pos'], built by "
-                    "population_to_graphs)"
-                )
-            parts.append(pos[rows, : topo.pos_width].reshape(n, -1))
+        pos = graphs.nodes.get("pos")
+        if topo.pos_width and (pos is None or pos.shape[-1] < topo.pos_width):
+            raise WeightspaceError(
+                f"graphs_to_populations: {t.name} has a position embedding of "
+                f"{topo.pos_width} features per node; the graphs carry "
+                f"{'none' if pos is None else pos.shape[-1]} (nodes['pos'], built by "
+                "population_to_graphs)"
+            )
+        layout = (node_off, edge_off, n, topo.num_nodes, topo.num_edges, topo.pos_width)
+        flat = _gather_jit(x, w, pos if topo.pos_width else None, jnp.asarray(topo.index), layout)
         node_off += n * topo.num_nodes
         edge_off += n * topo.num_edges
-        flat = _gather_jit(jnp.concatenate(parts, axis=1), jnp.asarray(topo.index))
         dtypes = {s.dtype for s in t.spec}
         if len(dtypes) == 1:
             flat = flat.astype(next(iter(dtypes)))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 __all__ = [
+    "EdgeMLP",
     "EdgeUpdateLayer",
     "LayerNorm",
     "pna_aggregate",
@@ -106,7 +107,31 @@ class LayerNorm(nnx.Module):
         return centred * jax.lax.rsqrt(var + self.epsilon)[..., None] * scale + bias
 
 
-class EdgeUpdateLayer(nnx.Module):
+class EdgeMLP:
+    """The edge update of the graph layers, ``e + MLP(LN([e, h_sender, h_receiver]))`` with
+    padded edges zeroed: a mixin giving a layer its ``edge_norm``, ``edge_mlp1`` and
+    ``edge_mlp2`` parameters (`EdgeUpdateLayer`, `transformer.EdgeAttentionLayer`)."""
+
+    def init_edge_mlp(self, dim: int, *, rngs: nnx.Rngs) -> None:
+        self.edge_norm = LayerNorm(3 * dim, rngs=rngs)
+        self.edge_mlp1 = nnx.Linear(3 * dim, dim, rngs=rngs)
+        self.edge_mlp2 = nnx.Linear(dim, dim, rngs=rngs)
+
+    def update_edges(
+        self,
+        h: jax.Array,
+        e: jax.Array,
+        senders: jax.Array,
+        receivers: jax.Array,
+        edge_mask: jax.Array,
+    ) -> jax.Array:
+        """The updated edge states `[E, d]` from the new node states `h` `[N, d]`."""
+        upd = self.edge_norm(jnp.concatenate([e, h[senders], h[receivers]], -1))
+        e = e + self.edge_mlp2(jax.nn.gelu(self.edge_mlp1(upd)))
+        return jnp.where(edge_mask[:, None], e, 0.0)
+
+
+class EdgeUpdateLayer(nnx.Module, EdgeMLP):
     """One round of message passing with edge updates, in both edge directions.
 
     Forward messages ``W_f [h_sender, e]`` are aggregated at receivers, reverse messages
@@ -128,9 +153,7 @@ class EdgeUpdateLayer(nnx.Module):
         self.node_norm = LayerNorm(9 * dim, rngs=rngs)
         self.node_mlp1 = nnx.Linear(9 * dim, dim, rngs=rngs)
         self.node_mlp2 = nnx.Linear(dim, dim, rngs=rngs)
-        self.edge_norm = LayerNorm(3 * dim, rngs=rngs)
-        self.edge_mlp1 = nnx.Linear(3 * dim, dim, rngs=rngs)
-        self.edge_mlp2 = nnx.Linear(dim, dim, rngs=rngs)
+        self.init_edge_mlp(dim, rngs=rngs)
 
     def __call__(
         self,
@@ -154,7 +177,4 @@ class EdgeUpdateLayer(nnx.Module):
         upd = self.node_norm(jnp.concatenate([h, agg_f, agg_b], -1))
         h = h + self.node_mlp2(jax.nn.gelu(self.node_mlp1(upd)))
         h = jnp.where(node_mask[:, None], h, 0.0)
-        upd = self.edge_norm(jnp.concatenate([e, h[senders], h[receivers]], -1))
-        e = e + self.edge_mlp2(jax.nn.gelu(self.edge_mlp1(upd)))
-        e = jnp.where(edge_mask[:, None], e, 0.0)
-        return h, e
+        return h, self.update_edges(h, e, senders, receivers, edge_mask)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from metanets.layers import LayerNorm, segment_mean
+from metanets.layers import EdgeMLP, LayerNorm, segment_mean
 
 __all__ = ["EdgeAttentionLayer", "segment_softmax"]
 
@@ -65,11 +65,12 @@ class _EdgeAttention(nnx.Module):
         return jax.ops.segment_sum((a[..., None] * v).reshape(v.shape[0], -1), dst, n)
 
 
-class EdgeAttentionLayer(nnx.Module):
+class EdgeAttentionLayer(nnx.Module, EdgeMLP):
     """One pre-LN graph transformer block with edge updates.
 
     Nodes: ``h + W_o [attn_fwd, attn_bwd(, global)]`` then ``h + FFN(LN(h))``; edges:
-    ``e + MLP(LN([e, h_sender, h_receiver]))``. The call signature is
+    ``e + MLP(LN([e, h_sender, h_receiver]))`` (`layers.EdgeMLP`, as in
+    `layers.EdgeUpdateLayer`). The call signature is
     `layers.EdgeUpdateLayer`'s, plus the node-to-graph ids for the global token.
 
     Examples:
@@ -98,9 +99,7 @@ class EdgeAttentionLayer(nnx.Module):
         self.ffn_norm = LayerNorm(dim, rngs=rngs)
         self.ffn1 = nnx.Linear(dim, 2 * dim, rngs=rngs)
         self.ffn2 = nnx.Linear(2 * dim, dim, rngs=rngs)
-        self.edge_norm = LayerNorm(3 * dim, rngs=rngs)
-        self.edge_mlp1 = nnx.Linear(3 * dim, dim, rngs=rngs)
-        self.edge_mlp2 = nnx.Linear(dim, dim, rngs=rngs)
+        self.init_edge_mlp(dim, rngs=rngs)
 
     def _global(self, x, node_graph, num_graphs, node_mask):
         """A virtual token per graph attends over the graph's real nodes; `[n, dim]`."""
@@ -143,7 +142,4 @@ class EdgeAttentionLayer(nnx.Module):
         h = h + self.out(jnp.concatenate(parts, -1))
         h = h + self.ffn2(jax.nn.gelu(self.ffn1(self.ffn_norm(h))))
         h = jnp.where(node_mask[:, None], h, 0.0)
-        upd = self.edge_norm(jnp.concatenate([e, h[senders], h[receivers]], -1))
-        e = e + self.edge_mlp2(jax.nn.gelu(self.edge_mlp1(upd)))
-        e = jnp.where(edge_mask[:, None], e, 0.0)
-        return h, e
+        return h, self.update_edges(h, e, senders, receivers, edge_mask)

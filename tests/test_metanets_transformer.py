@@ -44,13 +44,15 @@ def test_graph_transformer_is_invariant_to_hidden_permutations(synthetic):  # no
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, g: nnx.merge(graphdef, s)(g))
     both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
-    g = batching.batch_graphs([(target, both)], window=(5, 5))
+    bucket = dict(window=(5, 5), min_nodes=128, min_edges=256, min_graphs=4)  # one program
+    g = batching.batch_graphs([(target, both)], **bucket)
     y = np.asarray(forward(state, g))
     assert np.all(np.isfinite(y)) and np.abs(y[0]).max() > 0
     np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)
-    # another network in the batch (and more padding) leaves the prediction as it was
+    # another network in the batch (in place of padding) leaves the prediction as it was
     other = jax.tree.map(lambda a: a[:1], synthetic.populations[0])
-    g2 = batching.batch_graphs([(target, both), (synthetic.targets[0], other)], window=(5, 5))
+    g2 = batching.batch_graphs([(target, both), (synthetic.targets[0], other)], **bucket)
+    assert g2.nodes["x"].shape == g.nodes["x"].shape and g2.edges["w"].shape == g.edges["w"].shape
     np.testing.assert_allclose(np.asarray(forward(state, g2))[:2], y[:2], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="layer must be"):
         GraphMetanet(25, layer="transformer", rngs=nnx.Rngs(0))
