@@ -40,6 +40,7 @@ _NOT_BENCHES = {
     "merge_pleas",  # the PLeaS section of bench/merge.py
     "metanet_splits",  # the --split runs of bench/metanet_predict.py
     "formats_torch",  # runs in the peers' environment (PyTorch), after bench/formats.py
+    "weightgen_diagnose",  # a diagnosis of bench/weightgen.py's generator; prints only
 }
 # The order `all` runs them in (others found in bench/ follow, alphabetically).
 ORDER = [

@@ -114,6 +114,7 @@ def test_every_benchmark_writes_through_write_result():
             "migrate_results",
             "merge_pleas",  # a section of bench/merge.py, which writes its results
             "metanet_splits",  # the --split runs of bench/metanet_predict.py
+            "weightgen_diagnose",  # a diagnosis that prints, not a benchmark
         ):
             continue
         text = path.read_text()
