@@ -102,7 +102,6 @@ from bench.merge_pleas import (  # noqa: E402
     init_population,
     pleas_for,
     pleas_goals,
-    split_validation,
 )
 from hyper import align, merge, symmetry  # noqa: E402
 from hyper import data as data_lib  # noqa: E402
@@ -396,7 +395,7 @@ def merge_acc_for(
     seed: int,
 ) -> dict[str, Any]:
     target = make_arch(kind, width)
-    train, (x_val, y_val) = split_validation(data)
+    train, (x_val, y_val) = data_lib.split_validation(data)
     # One trainer, one compiled program: the base trains as 4 identical members (same
     # key) on all classes; fine-tuning restarts from it with each member restricted to
     # its task's examples (`TrainState.subset`), so the four fine-tunes run as one vmap.

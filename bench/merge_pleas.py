@@ -44,24 +44,6 @@ def init_population(target: Target, seed: int, n: int) -> Any:
     return jax.tree.unflatten(target.treedef, leaves)
 
 
-def split_validation(data: data_lib.Dataset, frac: float = 0.2) -> tuple[Any, Any]:
-    """A stratified, deterministic train/validation split of the training set."""
-    rng = np.random.default_rng(0)
-    val = np.zeros(len(data.y_train), bool)
-    for c in range(data.num_classes):
-        idx = rng.permutation(np.nonzero(data.y_train == c)[0])
-        val[idx[: round(frac * len(idx))]] = True
-    train = data_lib.Dataset(
-        "digits-train80",
-        np.array(data.x_train[~val]),
-        np.array(data.y_train[~val]),
-        np.array(data.x_test),
-        np.array(data.y_test),
-        data.num_classes,
-    )
-    return train, (np.array(data.x_train[val]), np.array(data.y_train[val]))
-
-
 # ---------------------------------------------------------------------------------------
 # pleas
 # ---------------------------------------------------------------------------------------
@@ -110,7 +92,7 @@ def pleas_for(
     """Two networks trained on the two halves of the classes, merged (see the docstring)."""
     data = data_lib.load(dataset)
     target = pleas_arch(dataset)
-    train, (x_val, y_val) = split_validation(data)
+    train, (x_val, y_val) = data_lib.split_validation(data)
     x_test, y_test = np.asarray(data.x_test), np.asarray(data.y_test)
     tr = Trainer(target, train, TrainConfig(batch_size=64))
     halves = np.stack([np.isin(train.y_train, c) for c in PLEAS_SPLIT])

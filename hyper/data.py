@@ -24,7 +24,7 @@ import numpy as np
 
 from hyper.errors import WeightspaceError
 
-__all__ = ["Dataset", "available", "build", "load", "register", "unregister"]
+__all__ = ["Dataset", "available", "build", "load", "register", "split_validation", "unregister"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +157,37 @@ def unregister(name: str) -> None:
         raise WeightspaceError(f"unknown dataset {name!r}; available: {available()}")
     del _REGISTRY[name]
     load.cache_clear()
+
+
+def split_validation(
+    data: Dataset, fraction: float = 0.2, *, seed: int = 0
+) -> tuple[Dataset, tuple[np.ndarray, np.ndarray]]:
+    """Holds a stratified, deterministic `fraction` of each class of `data`'s training split
+    out as a validation split.
+
+    Returns:
+      The dataset on the rest of the training split (named ``<name>-train<percent>``, the
+      same test split) and the validation ``(x, y)``.
+
+    Raises:
+      WeightspaceError: `fraction` outside (0, 1).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise WeightspaceError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(data.y_train), bool)
+    for c in range(data.num_classes):
+        idx = rng.permutation(np.nonzero(data.y_train == c)[0])
+        val[idx[: round(fraction * len(idx))]] = True
+    train = Dataset(
+        f"{data.name}-train{round(100 * (1 - fraction))}",
+        np.array(data.x_train[~val]),
+        np.array(data.y_train[~val]),
+        np.array(data.x_test),
+        np.array(data.y_test),
+        data.num_classes,
+    )
+    return train, (np.array(data.x_train[val]), np.array(data.y_train[val]))
 
 
 def available() -> list[str]:

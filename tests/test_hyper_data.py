@@ -86,3 +86,19 @@ def test_registry_errors_and_register():
     finally:
         data.unregister("tiny")
     assert "tiny" not in data.available()
+
+
+def test_split_validation_is_stratified_disjoint_and_deterministic(digits):
+    train, (x_val, y_val) = data.split_validation(digits, 0.2)
+    assert train.name == "digits-train80" and len(train.y_train) + len(y_val) == 1347
+    np.testing.assert_array_equal(train.x_test, digits.x_test)
+    per_class = np.bincount(digits.y_train, minlength=10)
+    np.testing.assert_array_equal(np.bincount(y_val, minlength=10), np.round(0.2 * per_class))
+    rows = {r.tobytes() for r in train.x_train}
+    assert not any(r.tobytes() in rows for r in x_val)  # digits has no duplicate images
+    again = data.split_validation(digits, 0.2)
+    np.testing.assert_array_equal(again[1][1], y_val)
+    np.testing.assert_array_equal(again[0].x_train, train.x_train)
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(data.WeightspaceError, match="validation fraction"):
+            data.split_validation(digits, bad)
