@@ -65,17 +65,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 1e-4,
         "eval_every": 5,
     },
-    "flat": {
-        "hidden": 256,
-        "depth": 2,
-        "epochs": 150,
-        "batch_size": 128,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "eval_every": 5,
-    },
     "statnn_gbm": {},
 }
+# the MLP on flattened weights: the same readout and schedule as the one on statistics
+DEFAULTS["flat"] = dict(DEFAULTS["statnn_mlp"])
 # the graph transformer: the PNA model's settings plus its attention heads and global token
 DEFAULTS["gmn_t"] = {**DEFAULTS["gmn"], "heads": 4, "global_attention": True}
 DEFAULTS = {kind: {**d, **COMMON} for kind, d in DEFAULTS.items()}
