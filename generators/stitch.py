@@ -44,10 +44,12 @@ from hyper.train import cross_entropy
 from hyper.tree import Params
 
 __all__ = [
+    "PAIRS",
     "Anchor",
     "Candidate",
     "StitchedFamily",
     "operating_points",
+    "pareto",
     "stitch_family",
 ]
 
@@ -125,18 +127,25 @@ class StitchedFamily:
       groups: one `CutGroup` per cut.
       stitch_params: per cut layer (as a string) ``{"s": [members, F, F], "c": [members,
         F]}``, padded (see `CutGroup`).
-      dataset: the data set the anchors were trained on.
+      dataset: the data the stitches train on (least squares and `train`).
+      validation: held-out ``(x, y)`` no stitch trained on; `frontier`, `choose` and
+        `best` select networks by their accuracy on it, never on the test split.
       accuracy: per candidate, the test accuracy of the last `evaluate` (None before).
+      val_accuracy: per candidate, the validation accuracy of the last `evaluate`.
       history: what `train` did (steps, seconds, examples, losses).
     """
 
-    def __init__(self, anchors, candidates, groups, stitch_params, dataset, padded, layers):
+    def __init__(
+        self, anchors, candidates, groups, stitch_params, dataset, validation, padded, layers
+    ):
         self.anchors: list[Anchor] = anchors
         self.candidates: list[Candidate] = candidates
         self.groups: list[CutGroup] = groups
         self.stitch_params: dict[str, dict[str, jax.Array]] = stitch_params
         self.dataset: data_lib.Dataset = dataset
+        self.validation: tuple[np.ndarray, np.ndarray] = validation
         self.accuracy: np.ndarray | None = None
+        self.val_accuracy: np.ndarray | None = None
         self.history: dict[str, Any] = {}
         self._padded = padded  # leaves [anchors, *widest shape]
         self._layers = layers  # spec layer index of every leaf
@@ -328,54 +337,54 @@ class StitchedFamily:
             "losses": losses,
             "anchors_trained": anchors,
         }
-        self.accuracy = None
+        self.accuracy = self.val_accuracy = None
         return self.history
 
     # --- evaluation ----------------------------------------------------------------------
 
     def evaluate(self, x: Any = None, y: Any = None) -> np.ndarray:
-        """Accuracy of every candidate on `x, y` (default: the test split, then stored as
-        `accuracy`), all candidates in one compiled program (`logits`)."""
-        default = x is None
-        x = self.dataset.x_test if default else x
-        y = jnp.asarray(self.dataset.y_test if default else y)
-        acc = np.asarray(jnp.mean(jnp.argmax(self.logits(x), -1) == y[None, :], axis=1))
-        acc = acc.astype(np.float64)
-        if default:
-            self.accuracy = acc
-        return acc
+        """Accuracy of every candidate on `x, y`, all candidates in one compiled program
+        (`logits`). By default on the test split, stored as `accuracy`, and on the
+        validation split, stored as `val_accuracy`."""
+        if x is None:
+            self.accuracy = self.evaluate(self.dataset.x_test, self.dataset.y_test)
+            self.val_accuracy = self.evaluate(*self.validation)
+            return self.accuracy
+        hit = jnp.argmax(self.logits(x), -1) == jnp.asarray(y)[None, :]
+        return np.asarray(jnp.mean(hit, axis=1)).astype(np.float64)
 
     def points(self) -> list[dict[str, Any]]:
-        """Every candidate as ``{name, flops, accuracy, anchor, front, back, layer, index}``,
-        ascending in FLOPs (test accuracy; evaluated if needed)."""
-        acc = self.accuracy if self.accuracy is not None else self.evaluate()
+        """Every candidate as ``{name, flops, accuracy, val_accuracy, anchor, front, back,
+        layer, index}``, ascending in FLOPs (`accuracy` on the test split, `val_accuracy` on
+        the validation split; evaluated if needed)."""
+        if self.accuracy is None or self.val_accuracy is None:
+            self.evaluate()
         out = [
             {
                 "name": c.name,
                 "flops": int(c.flops),
                 "accuracy": float(a),
+                "val_accuracy": float(v),
                 "anchor": c.is_anchor,
                 "front": self.anchors[c.front].name,
                 "back": self.anchors[c.back].name,
                 "layer": c.layer,
                 "index": k,
             }
-            for k, (c, a) in enumerate(zip(self.candidates, acc, strict=True))
+            for k, (c, a, v) in enumerate(
+                zip(self.candidates, self.accuracy, self.val_accuracy, strict=True)
+            )
         ]
-        return sorted(out, key=lambda p: (p["flops"], -p["accuracy"]))
+        return sorted(out, key=lambda p: (p["flops"], -p["val_accuracy"]))
 
     def frontier(self) -> list[dict[str, Any]]:
-        """The Pareto frontier of `points`: each point more accurate than every cheaper one."""
-        out, best = [], -1.0
-        for p in self.points():
-            if p["accuracy"] > best:
-                out.append(p)
-                best = p["accuracy"]
-        return out
+        """The Pareto frontier of `points` on the validation split: each point more accurate
+        on it than every cheaper one (the networks `choose` can return)."""
+        return pareto(self.points())
 
     def choose(self, budget_flops: float) -> dict[str, Any]:
-        """The frontier point (see `points`) of the most accurate network of at most
-        `budget_flops` FLOPs per example.
+        """The frontier point (see `points`) of the network of at most `budget_flops` FLOPs
+        per example that is most accurate on the validation split.
 
         Raises:
           WeightspaceError: no network fits the budget.
@@ -390,14 +399,27 @@ class StitchedFamily:
         return fits[-1]
 
     def best(self, budget_flops: float) -> tuple[Target, Params]:
-        """The most accurate network of at most `budget_flops` FLOPs per example, as a
-        standalone ``(target, params)`` (the stitch folded into the next layer).
+        """The network of at most `budget_flops` FLOPs per example most accurate on the
+        validation split, as a standalone ``(target, params)`` (the stitch folded into the
+        next layer).
 
         Raises:
           WeightspaceError: no network fits the budget.
         """
         k = self.choose(budget_flops)["index"]
         return self.candidates[k].target, self.params_of(k)
+
+
+def pareto(points: Sequence[dict[str, Any]], key: str = "val_accuracy") -> list[dict]:
+    """The points more accurate (by `key`) than every cheaper point, ascending in FLOPs
+    (of equal FLOPs, the most accurate)."""
+    out: list[dict] = []
+    best = -np.inf
+    for p in sorted(points, key=lambda p: (p["flops"], -p[key])):
+        if p[key] > best:
+            out.append(p)
+            best = p[key]
+    return out
 
 
 def operating_points(points: Sequence[dict[str, Any]], spacing: float = 0.05) -> list[dict]:
@@ -435,6 +457,8 @@ def stitch_family(
     *,
     sample_size: int = 512,
     ridge: float = 1e-4,
+    pairs: str = "all",
+    validation: tuple[Any, Any] | float = 0.2,
     progress: bool = True,
 ) -> StitchedFamily:
     """Builds the stitched family of `anchors`: every ordered pair of different anchors at
@@ -446,16 +470,34 @@ def stitch_family(
       dataset: a `hyper.data.Dataset` or its registry name.
       sample_size: training inputs for the least-squares initialisation.
       ridge: the least-squares ridge, relative to the number of rows.
+      pairs: which ``(front, back)`` anchor pairs to stitch (anchors ordered by FLOPs):
+        ``"all"`` every ordered pair of different anchors; ``"ascending"`` the front
+        cheaper than the back (SN-Net's Fast-to-Slow direction); ``"nearest"`` ascending
+        pairs of neighbouring anchors only (SN-Net's nearest stitching).
+      validation: held-out ``(x, y)`` the family selects its networks on, or a fraction
+        of the training split to hold out for it (`hyper.data.split_validation`: then the
+        stitches never train on it, but the anchors may have: give held-out data the
+        anchors never saw where there is some).
       progress: show a progress bar.
 
     Raises:
-      WeightspaceError: fewer than two anchors, anchors of different kinds, or no common cut.
+      WeightspaceError: fewer than two anchors, anchors of different kinds, no common cut,
+        or an unknown `pairs`.
     """
     from tqdm.auto import tqdm
 
     ds = data_lib.load(dataset) if isinstance(dataset, str) else dataset
+    if isinstance(validation, int | float):
+        ds, validation = data_lib.split_validation(ds, float(validation))
+    validation = (np.asarray(validation[0]), np.asarray(validation[1]))
+    if validation[0].shape[1:] != tuple(ds.input_shape) or len(validation[1]) != len(validation[0]):
+        raise WeightspaceError(
+            f"stitch: validation inputs {validation[0].shape} with {len(validation[1])} "
+            f"labels do not match the data set's inputs {ds.input_shape}"
+        )
     if len(anchors) < 2:
         raise WeightspaceError(f"stitch: need at least two anchors, got {len(anchors)}")
+    _pairs(len(anchors), pairs)  # refuses an unknown choice before any work
     made = []
     for name, target, params in anchors:
         if tuple(target.input_shape or ()) != tuple(ds.input_shape):
@@ -489,7 +531,7 @@ def stitch_family(
     candidates = [Candidate(a.name, i, i, None, a.target, a.flops) for i, a in enumerate(made)]
     groups, stitch_params = [], {}
     built: dict[str, tuple[Target, int]] = {}
-    pairs = [(f, b) for f in range(len(made)) for b in range(len(made)) if f != b]
+    pairs = _pairs(len(made), pairs)
     bar = tqdm(total=len(pairs) * len(common), disable=not progress, desc="stitches", unit="net")
     for j in common:
         wcut = usable[wi][j]
@@ -538,7 +580,22 @@ def stitch_family(
         )
         stitch_params[str(j)] = {"s": jnp.asarray(s_pad), "c": jnp.asarray(c_pad)}
     bar.close()
-    return StitchedFamily(made, candidates, groups, stitch_params, ds, padded, layers)
+    return StitchedFamily(made, candidates, groups, stitch_params, ds, validation, padded, layers)
+
+
+PAIRS = ("all", "ascending", "nearest")
+"""The anchor-pair choices of `stitch_family`."""
+
+
+def _pairs(n: int, which: str) -> list[tuple[int, int]]:
+    """``(front, back)`` indices of `n` anchors ascending in FLOPs, per `stitch_family`."""
+    if which == "all":
+        return [(f, b) for f in range(n) for b in range(n) if f != b]
+    if which == "ascending":
+        return [(f, b) for f in range(n) for b in range(f + 1, n)]
+    if which == "nearest":
+        return [(f, f + 1) for f in range(n - 1)]
+    raise WeightspaceError(f"stitch: pairs must be one of {list(PAIRS)}, got {which!r}")
 
 
 def _padded_anchors(made: list[Anchor], widest: Target, x: Any, outs: Sequence[Any]) -> list:

@@ -1,13 +1,16 @@
 """``weightspace stitch``: the best stitched network of a family of zoos for a FLOPs budget.
 
   weightspace stitch --zoo DIR --zoo DIR [--zoo DIR ...] --budget-flops F --out DIR
-                     [--steps N] [--seed S] [--overwrite] [--quiet]
+                     [--steps N] [--train-anchors] [--pairs all|ascending|nearest]
+                     [--validation-fraction V] [--seed S] [--overwrite] [--quiet]
 
 Each ``--zoo`` is one anchor's zoo (one architecture, different widths; the member of
 lowest final training loss is the anchor). The stitched family is built and its stitches
-trained (`generators.stitch`); the most accurate network of at most F FLOPs per example is
-written to ``--out`` as a zoo of one member (loadable with ``weightspace info`` and
-`hyper.zoo.load`), and one JSON line describes it and the family's frontier.
+trained (`generators.stitch`) on the training split less a held-out validation fraction
+(default 0.2; the stitches never see it, the anchors' own training may have); the network
+of at most F FLOPs per example most accurate on that validation split is written to
+``--out`` as a zoo of one member (loadable with ``weightspace info`` and `hyper.zoo.load`),
+and one JSON line describes it and the family's frontier.
 """
 
 from __future__ import annotations
@@ -42,6 +45,18 @@ def add_parsers(sub: Any) -> None:
         "--train-anchors",
         action="store_true",
         help="fine-tune the anchors with the stitches (SN-Net's joint training)",
+    )
+    p.add_argument(
+        "--pairs",
+        choices=("all", "ascending", "nearest"),
+        default="all",
+        help="anchor pairs to stitch: every ordered pair, cheaper front only, or neighbours",
+    )
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.2,
+        help="share of the training split held out to choose the network on",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
@@ -97,6 +112,10 @@ def _stitch(args: argparse.Namespace) -> int:
     from generators.stitch_zoos import anchors_from_zoos
     from hyper.checkpoint import prepare_dir
 
+    if not 0.0 < args.validation_fraction < 1.0:
+        raise WeightspaceError(
+            f"--validation-fraction must be in (0, 1), got {args.validation_fraction}"
+        )
     _check_zoos(args.zoo)
     if args.steps is not None and args.steps < 0:
         raise WeightspaceError(f"--steps must be >= 0, got {args.steps}")
@@ -104,7 +123,13 @@ def _stitch(args: argparse.Namespace) -> int:
         args.out, overwrite=args.overwrite, holds="zoo", hint="use --overwrite", write=False
     )
     anchors, dataset = anchors_from_zoos(args.zoo)
-    family = stitch_family(anchors, dataset, progress=not args.quiet)
+    family = stitch_family(
+        anchors,
+        dataset,
+        pairs=args.pairs,
+        validation=args.validation_fraction,
+        progress=not args.quiet,
+    )
     steps = 200 * len(family.stitched) if args.steps is None else args.steps
     family.train(
         steps, key=jax.random.key(args.seed), anchors=args.train_anchors, progress=not args.quiet
@@ -117,12 +142,14 @@ def _stitch(args: argparse.Namespace) -> int:
         target,
         params,
         dataset=dataset,
-        metrics={"test_acc": chosen["accuracy"]},
+        metrics={"test_acc": chosen["accuracy"], "val_acc": chosen["val_accuracy"]},
         source={
             "stitched": chosen["name"],
             "zoos": list(args.zoo),
             "steps": steps,
             "anchors_trained": args.train_anchors,
+            "pairs": args.pairs,
+            "validation_fraction": args.validation_fraction,
         },
         overwrite=args.overwrite,
     )
@@ -133,10 +160,16 @@ def _stitch(args: argparse.Namespace) -> int:
                 "network": chosen["name"],
                 "flops": chosen["flops"],
                 "test_acc": round(chosen["accuracy"], 4),
+                "val_acc": round(chosen["val_accuracy"], 4),
                 "budget_flops": args.budget_flops,
                 "candidates": len(acc),
                 "frontier": [
-                    {"name": p["name"], "flops": p["flops"], "acc": round(p["accuracy"], 4)}
+                    {
+                        "name": p["name"],
+                        "flops": p["flops"],
+                        "acc": round(p["accuracy"], 4),
+                        "val_acc": round(p["val_accuracy"], 4),
+                    }
                     for p in family.frontier()
                 ],
             }

@@ -89,11 +89,13 @@ def build_family_zoos(
     *,
     epochs: int | None = None,
     seed: int = 0,
+    dataset: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> list[tuple[str, float]]:
     """Trains one anchor per width of a `FAMILIES` entry, each its own zoo
-    (``out_dir/w<width>``, one member, `hyper.zoo.build`).
+    (``out_dir/w<width>``, one member, `hyper.zoo.build`), on the preset's data set or on
+    the registered `dataset` (e.g. its training split less a validation split).
 
     Returns:
       ``[(zoo directory, build seconds)]``, ascending in width.
@@ -124,6 +126,7 @@ def build_family_zoos(
             checkpoint_epochs=[epochs],
             arch=fam["arch"](w),
             seed=seed,
+            dataset=dataset,
             overwrite=overwrite,
             progress=progress,
         )

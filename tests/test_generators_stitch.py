@@ -24,6 +24,7 @@ from hyper import formats
 from hyper import jaxpr as jaxpr_lib
 from hyper.architectures import config_for_params, make_target
 from hyper.cli import main
+from hyper.errors import WeightspaceError
 from hyper.symmetry import apply_on_leaves
 
 
@@ -141,8 +142,48 @@ def test_stitched_network_is_the_composition_and_round_trips(family, digits, tmp
     loaded = formats.load_safetensors(again, path)
     np.testing.assert_array_equal(np.asarray(again.apply(loaded, x)), target.apply(params, x))
     front = family.frontier()
-    assert all(a["accuracy"] < b["accuracy"] for a, b in zip(front, front[1:], strict=False))
+    assert all(
+        a["val_accuracy"] < b["val_accuracy"] for a, b in zip(front, front[1:], strict=False)
+    )
     assert operating_points(front, 0.05)[0] == front[0]
+
+
+def test_networks_are_chosen_on_the_held_out_validation_split(family, digits):
+    """The stitches train on the training split less a stratified validation split, and
+    `choose` picks by validation accuracy (the cheapest of equals), never by test accuracy."""
+    x_val, y_val = family.validation
+    assert len(family.dataset.y_train) + len(y_val) == len(digits.y_train)
+    assert np.bincount(y_val, minlength=10).min() > 0
+    train_rows = {r.tobytes() for r in family.dataset.x_train.reshape(-1, 64)}
+    assert not any(r.tobytes() in train_rows for r in x_val.reshape(-1, 64))
+    family.evaluate()
+    np.testing.assert_array_equal(family.val_accuracy, family.evaluate(x_val, y_val))
+    points = family.points()
+    for budget in sorted({p["flops"] for p in points}):
+        fits = [p for p in points if p["flops"] <= budget]
+        want = max(fits, key=lambda p: (p["val_accuracy"], -p["flops"]))
+        assert family.choose(budget)["index"] == want["index"]
+    with pytest.raises(WeightspaceError, match="validation"):
+        stitch_family(
+            [(a.name, a.target, a.params) for a in family.anchors],
+            digits,
+            validation=(x_val[:, :4], y_val),
+            progress=False,
+        )
+
+
+def test_pairs_choose_which_anchors_are_stitched(digits):
+    anchors = [(f"mlp{w}", *_mlp(w)) for w in (4, 6, 8)]
+    counts = {}
+    for pairs in ("all", "ascending", "nearest"):
+        fam = stitch_family(anchors, digits, sample_size=64, pairs=pairs, progress=False)
+        got = {(fam.anchors[c.front].name, fam.anchors[c.back].name) for c in fam.stitched}
+        counts[pairs] = got
+    assert len(counts["all"]) == 6
+    assert counts["ascending"] == {("mlp4", "mlp6"), ("mlp4", "mlp8"), ("mlp6", "mlp8")}
+    assert counts["nearest"] == {("mlp4", "mlp6"), ("mlp6", "mlp8")}
+    with pytest.raises(WeightspaceError, match="pairs must be one of"):
+        stitch_family(anchors, digits, pairs="sideways", progress=False)
 
 
 def test_least_squares_stitch_reduces_the_mismatch(family, digits):
@@ -170,6 +211,8 @@ def test_least_squares_stitch_reduces_the_mismatch(family, digits):
         ["--zoo", "{tmp}/missing", "--zoo", "{tmp}/missing2"],
         ["--zoo", "{tmp}/one"],
         ["--zoo", "{tmp}/a", "--zoo", "{tmp}/b", "--budget-flops", "-3"],
+        ["--zoo", "{tmp}/a", "--zoo", "{tmp}/b", "--pairs", "sideways"],
+        ["--zoo", "{tmp}/a", "--zoo", "{tmp}/b", "--validation-fraction", "1.5"],
     ],
 )
 def test_cli_bad_input_exits_2(argv, tmp_path, capsys):
