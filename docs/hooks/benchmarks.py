@@ -110,7 +110,7 @@ def plot_formats(plt):
 def plot_stitch(plt):
     """Stitched networks' accuracy against FLOPs, beside the anchors (SN-Net)."""
     fams = _load("stitch")["families"]
-    fig, axes = plt.subplots(1, len(fams), figsize=(7, 3), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(fams), figsize=(3.5 * len(fams), 3), constrained_layout=True)
     for ax, (name, fam) in zip(axes, fams.items(), strict=True):
         pts = fam["points"]
         acc = fam["anchor_accuracy"]  # the anchors as trained (fine-tuned ones are points)
@@ -124,7 +124,9 @@ def plot_stitch(plt):
         ax.set_xlabel("FLOPs per example")
         ax.set_title(name.replace("_", " "), fontsize=10)
     axes[0].set_ylabel("test accuracy")
-    axes[0].legend(["networks", "best within budget", "anchors as trained"], fontsize=8)
+    axes[0].legend(
+        ["networks", "chosen within budget (on validation)", "anchors as trained"], fontsize=7
+    )
     return fig
 
 
