@@ -57,7 +57,7 @@ import numpy as np
 
 from hyper import align
 from hyper import population as pop
-from hyper.conv_matmul import convs_as_matmuls
+from hyper.conv_matmul import for_populations
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 
@@ -81,9 +81,7 @@ __all__ = [
 
 @functools.lru_cache(maxsize=16)
 def _predict_program(target: Target, chunk: int, example_chunk: int):
-    apply = target.pure_apply
-    if jax.default_backend() == "cpu":  # the fast CPU convolutions, as hyper.train.evaluate
-        apply = convs_as_matmuls(apply)
+    apply = for_populations(target.pure_apply)  # the fast CPU convolutions
 
     def run(params, xs, mask):  # xs: [chunks, size, ...]; mask: [members, classes]
         def one(xc):

@@ -37,6 +37,7 @@ from generators.stitch_cuts import Cut, cut_activations, find_cuts, fuse, least_
 from hyper import data as data_lib
 from hyper.architectures import config_for_params, target_from_config
 from hyper.compact import count_flops
+from hyper.conv_matmul import for_populations
 from hyper.errors import WeightspaceError
 from hyper.optimizers import make_optimizer
 from hyper.target import Target
@@ -210,27 +211,35 @@ class StitchedFamily:
         leaves = fuse(g.cut, front, back, self._layers, self.stitch(k))
         return jax.tree.unflatten(cand.target.treedef, [jnp.asarray(a) for a in leaves])
 
-    def _one(self, g: CutGroup, s, c, fi, bi, padded, x):
-        """Logits of one network of group `g` (padded stitch, traced anchor indices)."""
+    def _fused(self, g: CutGroup, s, c, fi, bi, padded) -> list:
+        """The widest-shaped leaves of one network of group `g` (padded stitch, traced
+        anchor indices)."""
         front = [leaf[fi] for leaf in padded]
         back = [leaf[bi] for leaf in padded]
-        leaves = fuse(g.cut, front, back, self._layers, (s, c))
-        return self._widest.pure_apply(jax.tree.unflatten(self._widest.treedef, leaves), x)
+        return fuse(g.cut, front, back, self._layers, (s, c))
+
+    def _apply(self, stacked: list, x):
+        """`[networks, batch, classes]`: the widest anchor's computation of every network of
+        `stacked` (leaves `[networks, *widest shape]`) on `x`, one vmapped call (on XLA:CPU
+        with convolutions as matmuls: `hyper.conv_matmul.for_populations`)."""
+        widest = self._widest
+        apply = for_populations(widest.pure_apply)
+
+        def one(leaves):
+            return apply(jax.tree.unflatten(widest.treedef, leaves), x)
+
+        return jax.vmap(one)(stacked)
 
     def _all_logits(self, stitch_params, padded, x):
-        widest = self._widest
-
-        def anchor(leaves):
-            return widest.pure_apply(jax.tree.unflatten(widest.treedef, leaves), x)
-
-        out = [jax.vmap(anchor)(padded)]
+        stacks = [padded]
         for g in self.groups:
             p = stitch_params[str(g.cut.layer)]
             s = p["s"] * g.mask
             c = p["c"] * g.mask[:, 0, :]
-            one = lambda s_, c_, f_, b_, g=g: self._one(g, s_, c_, f_, b_, padded, x)  # noqa: E731
-            out.append(jax.vmap(one)(s, c, jnp.asarray(g.fronts), jnp.asarray(g.backs)))
-        return jnp.concatenate(out)  # candidate order: anchors, then the groups in order
+            one = lambda s_, c_, f_, b_, g=g: self._fused(g, s_, c_, f_, b_, padded)  # noqa: E731
+            stacks.append(jax.vmap(one)(s, c, jnp.asarray(g.fronts), jnp.asarray(g.backs)))
+        # candidate order: anchors, then the groups in order
+        return self._apply([jnp.concatenate(ls) for ls in zip(*stacks, strict=True)], x)
 
     def logits(self, x: Any) -> jax.Array:
         """`[candidates, batch, classes]`: every network on `x`, vmapped per cut, one
@@ -278,24 +287,22 @@ class StitchedFamily:
         if anchors:
             sizes.append(self.num_anchors)
         masks = self._anchor_mask
-        widest = self._widest
 
         def loss(params, picks, x, y):
             stitches, padded = params if anchors else (params, self._padded)
             if anchors:  # the padding stays zero: each anchor keeps its own sizes
                 padded = [p * m for p, m in zip(padded, masks, strict=True)]
-            total = 0.0
+            nets = []  # the drawn networks' leaves, run as one vmapped computation
             for g, r in zip(self.groups, picks, strict=False):
                 p = stitches[str(g.cut.layer)]
                 mask = jnp.asarray(g.mask)[r]
                 s, c = p["s"][r] * mask, p["c"][r] * mask[0]
                 fi, bi = jnp.asarray(g.fronts)[r], jnp.asarray(g.backs)[r]
-                total = total + cross_entropy(self._one(g, s, c, fi, bi, padded, x), y)
+                nets.append(self._fused(g, s, c, fi, bi, padded))
             if anchors:
-                leaves = [leaf[picks[-1]] for leaf in padded]
-                logits = widest.pure_apply(jax.tree.unflatten(widest.treedef, leaves), x)
-                total = total + cross_entropy(logits, y)
-            return total / len(sizes)
+                nets.append([leaf[picks[-1]] for leaf in padded])
+            logits = self._apply([jnp.stack(ls) for ls in zip(*nets, strict=True)], x)
+            return jnp.mean(jax.vmap(cross_entropy, in_axes=(0, None))(logits, y))
 
         def one(carry, step_key):
             params, opt_state = carry

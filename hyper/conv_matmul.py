@@ -9,7 +9,8 @@ and differentiates to slices, pads and matmuls, which XLA:CPU runs fast everywhe
 
 `convs_as_matmuls(fn)` traces `fn` and evaluates its jaxpr with every plain convolution
 (no dilation, no feature or batch groups) replaced by that matmul; other primitives run
-unchanged. Results equal the convolution's up to float rounding.
+unchanged. Results equal the convolution's up to float rounding. `for_populations(fn)` does
+so on XLA:CPU only: the function to vmap over targets or to run inside a loop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from hyper import jaxpr as jaxpr_lib
 
-__all__ = ["conv_as_matmul", "convs_as_matmuls"]
+__all__ = ["conv_as_matmul", "convs_as_matmuls", "for_populations"]
 
 
 def conv_as_matmul(
@@ -140,3 +141,10 @@ def convs_as_matmuls(fn: Callable[..., Any]) -> Callable[..., Any]:
         return jax.tree.unflatten(jax.tree.structure(out_shape), outs)
 
     return wrapped
+
+
+def for_populations(fn: Callable) -> Callable:
+    """`fn` as it runs fastest vmapped over targets or inside a `lax.scan` on the default
+    backend: on XLA:CPU with its convolutions as patch matmuls (`convs_as_matmuls`),
+    elsewhere unchanged."""
+    return convs_as_matmuls(fn) if jax.default_backend() == "cpu" else fn

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from hyper import sharding
-from hyper.conv_matmul import convs_as_matmuls
+from hyper.conv_matmul import for_populations
 from hyper.data import Dataset
 from hyper.errors import WeightspaceError
 from hyper.init_programs import init_compiler_options
@@ -79,12 +79,6 @@ def shuffled_order(key: jax.Array, subset: jax.Array) -> jax.Array:
     first = jnp.sort(((k & jnp.uint32((1 << a) - 1)) << b) | index) & low
     second = jnp.sort(((k[first] >> a) << b) | index) & low  # ties keep the first pass order
     return first[second].astype(jnp.int32)
-
-
-def _for_populations(fn):
-    """`fn` as it vmaps fastest over targets on the default backend: on XLA:CPU with its
-    convolutions as patch matmuls (see `hyper.conv_matmul`)."""
-    return convs_as_matmuls(fn) if jax.default_backend() == "cpu" else fn
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -331,7 +325,7 @@ class Trainer:
         )
         # Placeholder values: `update` reads each member's hyperparameters from its state.
         self._opt = self._opt_factory(learning_rate=0.0, weight_decay=0.0)
-        self._train_apply = _for_populations(target.pure_train_apply)
+        self._train_apply = for_populations(target.pure_train_apply)
         self._epoch_fn = jax.jit(self._epoch, donate_argnums=0, static_argnums=2)
         # members -> members per chunk, as the "memory" rule decided it (once per size)
         self.memory_chunks: dict[int, int] = {}
@@ -670,7 +664,7 @@ def _evaluate_splits(
     xs = xp.reshape(chunks, size, *x.shape[1:])
     ys = yp.reshape(chunks, size)
 
-    apply = _for_populations(target.pure_apply)
+    apply = for_populations(target.pure_apply)
 
     def chunk(carry, inp):
         xc, yc, wc = inp

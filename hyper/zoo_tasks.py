@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyper.conv_matmul import convs_as_matmuls
+from hyper.conv_matmul import for_populations
 from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 
@@ -130,9 +130,7 @@ def prompted_metrics(
     xs = xp.reshape(chunks, size, *x.shape[1:])
     ys = yp.reshape(chunks, size)
     mask = jnp.asarray(class_mask, bool)
-    apply = target.pure_apply
-    if jax.default_backend() == "cpu":  # the fast CPU convolutions, as `hyper.train.evaluate`
-        apply = convs_as_matmuls(apply)
+    apply = for_populations(target.pure_apply)  # the fast CPU convolutions
 
     def chunk(carry, inp):
         xc, yc = inp

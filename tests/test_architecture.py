@@ -268,6 +268,7 @@ PROJECT_TESTS = {
     "test_fuzz.py",
     "test_notebooks.py",
     "test_reliability.py",
+    "test_suite_flags.py",
 }
 
 

@@ -646,6 +646,7 @@ def test_trainer_sharded_over_the_mesh_matches_one_device(mlp_target, digits):
         HyperTrainer(h, digits.x_train, digits.y_train, mesh=mesh, conditions_per_step=3)
 
 
+@pytest.mark.xla_fusion_emitters
 @pytest.mark.parametrize("shared_batch", [True, False])
 def test_trainer_with_reduce_groups_is_bit_identical_on_the_mesh(mlp_target, digits, shared_batch):
     """With `reduce_groups`, the gradient is summed group by group in a fixed order: one

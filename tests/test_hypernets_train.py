@@ -92,6 +92,7 @@ def test_resume_after_interruption_gives_identical_weights(
         assert a.restore_meta(6)["losses"] == b.restore_meta(6)["losses"]
 
 
+@pytest.mark.xla_fusion_emitters
 def test_sharded_run_matches_and_resumes(config_file: Path, tmp_path: Path, capsys):
     """``--shard`` splits each step's targets over the 8 test devices (TINY has 2 per step:
     refused with one line). With ``reduce_groups`` in the config, a run started sharded

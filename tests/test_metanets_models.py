@@ -211,6 +211,7 @@ def test_window_mismatch_is_an_error(cnn_target, random_params):
         model(g)
 
 
+@pytest.mark.xla_fusion_emitters
 def test_sharded_graph_batch_matches_one_device(mlp_target, wild_target, metanet, random_params):
     """A padded mixed batch built in 8 parts and split over the 8 test devices gives the
     single-device predictions and edits bit for bit, gradients up to the order of sums."""
