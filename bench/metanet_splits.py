@@ -338,11 +338,13 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cost(ds, cfg, log) -> dict[str, Any]:
     """Probe responses of 256 networks of the park's largest architecture in one vmapped
-    call (networks/s), and FLOPs per network of the probe model and the graph models."""
+    call (networks/s; the probe model's program, `metanets.probegen.group_fns`, and the
+    plain `Target.apply_population` beside it), and FLOPs per network of the probe model
+    and the graph models."""
     import jax.numpy as jnp
 
     from hyper import population as pop_ops
-    from metanets import predict
+    from metanets import predict, probegen
 
     g = int(max(range(len(ds.targets)), key=lambda i: ds.targets[i].num_params))
     target = ds.targets[g]
@@ -350,12 +352,19 @@ def cost(ds, cfg, log) -> dict[str, Any]:
     pop = pop_ops.take(ds.populations[g], np.arange(256) % n)
     count = int(predict.DEFAULTS["probes"]["count"])
     probes = jnp.zeros((count, *target.input_shape), jnp.float32)
-    jax.block_until_ready(target.apply_population(pop, probes))
+    forward = probegen.group_fns(target).forward  # what the probe model runs
+    jax.block_until_ready(forward(pop, probes))
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        jax.block_until_ready(target.apply_population(pop, probes))
+        jax.block_until_ready(forward(pop, probes))
         times.append(time.perf_counter() - t0)
+    plain = []  # the plain vmapped forward pass (`Target.apply_population`), for reference
+    jax.block_until_ready(target.apply_population(pop, probes))
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(target.apply_population(pop, probes))
+        plain.append(time.perf_counter() - t0)
     apply = jax.jit(jax.vmap(target.pure_apply, in_axes=(0, None)))
     net_flops = apply.lower(pop, probes).compile().cost_analysis()
     net_flops = float((net_flops[0] if isinstance(net_flops, list) else net_flops)["flops"]) / 256
@@ -375,6 +384,7 @@ def cost(ds, cfg, log) -> dict[str, Any]:
         "probes": count,
         "seconds_runs": times,
         "networks_per_s": 256 / min(times),
+        "apply_population_networks_per_s": 256 / min(plain),
         "probe_model_flops_per_network": net_flops + read_flops,
     }
     for kind in ("gmn", "gmn_t"):

@@ -19,8 +19,9 @@ convolution after the first and the dense head: four per pair); each stitch is
 least-squares initialised on 512 training inputs. Then the whole family trains jointly as
 SN-Net does (``StitchedFamily.train(anchors=True)``: each Adam step, lr 1e-3, batch 128,
 draws one stitched network per cut and one anchor; the anchors' weights train with the
-stitches) for ``steps_per_stitch x stitches`` steps (100 per stitch;
-``--frozen-anchors`` trains the stitches only). FLOPs per example by
+stitches) for ``steps_per_stitch x stitches`` steps (digits 400 per stitch: 19,200 and
+32,000 steps; MNIST-1D 1,000: 24,000 steps; ``--frozen-anchors`` trains the stitches
+only). FLOPs per example by
 `hyper.compact.count_flops` on each standalone (stitch folded) network. ``anchor_accuracy``
 are the anchors as trained (the baseline); ``finetuned_anchor_accuracy`` the same anchors
 after the joint training; ``vs_finetuned_anchors`` repeats the gap check against those
@@ -80,9 +81,9 @@ anchor and no stitch trains on it."""
 
 SETTINGS = {
     False: {  # key: (family, widths, epochs, steps per stitch, pairs)
-        "digits_mlp": ("digits-mlp", (16, 32, 64, 128), 100, 100, "all"),
-        "digits_mlp_8": ("digits-mlp", (8, 16, 32, 64, 128), 100, 100, "all"),
-        "mnist1d_cnn": ("mnist1d-cnn", (8, 16, 32), 150, 100, "all"),
+        "digits_mlp": ("digits-mlp", (16, 32, 64, 128), 100, 400, "all"),
+        "digits_mlp_8": ("digits-mlp", (8, 16, 32, 64, 128), 100, 400, "all"),
+        "mnist1d_cnn": ("mnist1d-cnn", (8, 16, 32), 150, 1000, "all"),
     },
     True: {  # --quick: two anchors per family, smoke sizes, nothing to conclude
         "digits_mlp": ("digits-mlp", (16, 64), 5, 20, "all"),

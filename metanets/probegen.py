@@ -11,11 +11,12 @@ Generators for Weight Space Learning" (ICLR 2025):
   (``asinh`` of the `K x C` responses, flattened).
 
 The responses of a group of networks (one target) are one vmapped forward pass over the
-group's members (`Target.apply_population` at prediction; its vmap differentiated with
-respect to the probes in training), never a Python loop over networks. A training step
-runs, per architecture present in the batch, one forward pass and one VJP over that
-group's members (padded to a power of two, so every target compiles a few programs), and
-adds the probe cotangents of all groups before back-propagating into the generator.
+group's members (`group_fns`: on XLA:CPU with convolutions as patch matmuls; its vmap
+differentiated with respect to the probes in training), never a Python loop over
+networks. A training step runs, per architecture present in the batch, one forward pass
+and one VJP over that group's members (padded to a power of two, so every target compiles
+a few programs), and adds the probe cotangents of all groups before back-propagating
+into the generator.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from hyper.conv_matmul import for_populations
 from hyper.errors import WeightspaceError
 from hyper.target import Target
 from metanets.baselines import MLPRegressor
@@ -156,11 +158,12 @@ def response_shape(targets: Sequence[Target]) -> tuple[tuple[int, ...], int]:
 
 
 class _GroupFns:
-    """Jitted forward and probe-VJP of one target's members (vmapped over members)."""
+    """Jitted forward and probe-VJP of one target's members (vmapped over members; on
+    XLA:CPU with convolutions as matmuls, `hyper.conv_matmul.for_populations`)."""
 
     def __init__(self, target: Target):
         self.target = target  # keeps the id stable while cached
-        apply = jax.vmap(target.pure_apply, in_axes=(0, None))
+        apply = jax.vmap(for_populations(target.pure_apply), in_axes=(0, None))
         self.forward = jax.jit(apply)
 
         def vjp(pop, probes, cot):
@@ -192,7 +195,7 @@ def _gather(pop: Any, members: np.ndarray, size: int) -> Any:
 
 def probe_responses(ds: Any, samples: np.ndarray, probes: jax.Array) -> np.ndarray:
     """The responses `[len(samples), K, C]` of the `samples` of dataset `ds` to `probes`:
-    per group, one `Target.apply_population` over its members (chunks of 256)."""
+    per group, one vmapped forward pass over its members (chunks of 256; `group_fns`)."""
     samples = np.asarray(samples)
     out: np.ndarray | None = None
     for g in np.unique(ds.group[samples]):
@@ -202,7 +205,8 @@ def probe_responses(ds: Any, samples: np.ndarray, probes: jax.Array) -> np.ndarr
         for i in range(0, len(rows), _CHUNK):
             m = members[i : i + _CHUNK]
             pop = _gather(ds.populations[g], m, _bucket(len(m)))
-            y = np.asarray(target.apply_population(pop, probes))[: len(m)]
+            target.validate(pop, batched=True)
+            y = np.asarray(group_fns(target).forward(pop, probes))[: len(m)]
             if out is None:
                 out = np.zeros((len(samples), *y.shape[1:]), np.float32)
             out[rows[i : i + _CHUNK]] = y
