@@ -19,6 +19,7 @@ from flax import nnx
 
 from hyper import sharding
 from hyper import train as train_lib
+from hyper.conv_matmul import for_populations
 from hyper.errors import WeightspaceError, WeightspaceTypeError
 from hyper.hypernets import conditions as cond_lib
 from hyper.hypernets.hypernet import HyperNet
@@ -197,7 +198,7 @@ class HyperTrainer:
     def _loss(self, params, rest, conds, xb, yb):
         hnet = nnx.merge(self.graphdef, params, rest)
         pop = hnet(conds)
-        apply = hnet.target.pure_apply
+        apply = for_populations(hnet.target.pure_apply)  # the fast CPU convolutions
         if self.shared_batch:
             logits = jax.vmap(apply, in_axes=(0, None))(pop, xb)
             labels = jnp.broadcast_to(yb, (logits.shape[0], *yb.shape))
