@@ -41,9 +41,11 @@ stricter set the earlier versions of this bench counted: the Pareto frontier (on
 validation) kept >= 5% apart. Training cost: the stitch training's wall time and examples
 against one anchor's zoo build (the dearest anchor; compilation included in both).
 
-Usage: ``python bench/stitch.py [--quick] [--out FILE]``; writes ``bench/results/stitch.json``
-(``--quick``: two anchors per family, 3-5 epochs, 5-20 steps per stitch, written to
-``bench/results/quick/stitch.json``) and prints it as one JSON line.
+Usage: ``python bench/stitch.py [--quick] [--seed S] [--out FILE]``; writes
+``bench/results/stitch.json`` (``--quick``: two anchors per family, 3-5 epochs, 5-20 steps
+per stitch, written to ``bench/results/quick/stitch.json``) and prints it as one JSON
+line. ``--seed`` draws another validation split, anchor initialisation and stitch
+training (``bench/results/stitch_seed1.json``: ``--seed 1``).
 """
 
 from __future__ import annotations
@@ -161,10 +163,11 @@ def run_family(
     finetune: bool,
     pairs: str,
     progress: bool,
+    seed: int = 0,
 ) -> dict[str, Any]:
     log(f"{name}: training anchors")
     base = data_lib.load(PRESETS[FAMILIES[name]["preset"]].dataset)
-    fit, validation = data_lib.split_validation(base, VALIDATION)
+    fit, validation = data_lib.split_validation(base, VALIDATION, seed=seed)
     data_lib.register(fit.name, lambda: fit)  # the anchors train without the validation split
     zoos = build_family_zoos(
         root,
@@ -172,6 +175,7 @@ def run_family(
         widths,
         epochs=epochs,
         dataset=fit.name,
+        seed=seed,
         overwrite=True,
         progress=progress,
     )
@@ -183,7 +187,7 @@ def run_family(
     init_points = family.points()
     steps = steps_per_stitch * len(family.stitched)
     log(f"{name}: {len(family.candidates)} networks; training stitches for {steps} steps")
-    hist = family.train(steps, key=jax.random.key(0), anchors=finetune, progress=progress)
+    hist = family.train(steps, key=jax.random.key(seed), anchors=finetune, progress=progress)
     points = family.points()
     original = [p for p in init_points if p["anchor"]]  # the baseline: the anchors as given
     front = family.frontier()
@@ -256,6 +260,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=None, help="results file")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the validation split, the anchors' initialisation and the stitch "
+        "training (the committed results: 0)",
+    )
+    parser.add_argument(
         "--frozen-anchors",
         action="store_true",
         help="train the stitches only (default: the anchors with them, as SN-Net does)",
@@ -277,12 +288,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 finetune=finetune,
                 pairs=pairs,
                 progress=args.progress,
+                seed=args.seed,
             )
             families[key]["steps_per_stitch"] = per_stitch
     result = {
         "machine": mach,
         "families": families,
         "seconds": round(time.time() - t_start, 1),
+        "seed": args.seed,
     }
     write_result(
         result, args.out, name="stitch", schema=SCHEMA_VERSION, quick=args.quick, goals=GOALS
