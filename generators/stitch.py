@@ -242,8 +242,8 @@ class StitchedFamily:
         return self._apply([jnp.concatenate(ls) for ls in zip(*stacks, strict=True)], x)
 
     def logits(self, x: Any) -> jax.Array:
-        """`[candidates, batch, classes]`: every network on `x`, vmapped per cut, one
-        compiled program."""
+        """`[candidates, batch, classes]`: every network on `x` (each cut's fused weights
+        vmapped, then all networks in one vmapped call), one compiled program."""
         if self._logits_fn is None:
             self._logits_fn = jax.jit(self._all_logits)
         return self._logits_fn(self.stitch_params, self._padded, jnp.asarray(x))
