@@ -352,19 +352,18 @@ def cost(ds, cfg, log) -> dict[str, Any]:
     pop = pop_ops.take(ds.populations[g], np.arange(256) % n)
     count = int(predict.DEFAULTS["probes"]["count"])
     probes = jnp.zeros((count, *target.input_shape), jnp.float32)
-    forward = probegen.group_fns(target).forward  # what the probe model runs
-    jax.block_until_ready(forward(pop, probes))
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        jax.block_until_ready(forward(pop, probes))
-        times.append(time.perf_counter() - t0)
-    plain = []  # the plain vmapped forward pass (`Target.apply_population`), for reference
-    jax.block_until_ready(target.apply_population(pop, probes))
-    for _ in range(3):
-        t0 = time.perf_counter()
-        jax.block_until_ready(target.apply_population(pop, probes))
-        plain.append(time.perf_counter() - t0)
+
+    def timed(fn, runs: int) -> list[float]:  # seconds per call after a warm-up call
+        jax.block_until_ready(fn(pop, probes))
+        out = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(pop, probes))
+            out.append(time.perf_counter() - t0)
+        return out
+
+    times = timed(probegen.group_fns(target).forward, 5)  # what the probe model runs
+    plain = timed(target.apply_population, 3)  # the plain vmapped forward pass, for reference
     apply = jax.jit(jax.vmap(target.pure_apply, in_axes=(0, None)))
     net_flops = apply.lower(pop, probes).compile().cost_analysis()
     net_flops = float((net_flops[0] if isinstance(net_flops, list) else net_flops)["flops"]) / 256

@@ -151,6 +151,7 @@ class StitchedFamily:
         self._padded = padded  # leaves [anchors, *widest shape]
         self._layers = layers  # spec layer index of every leaf
         self._widest = anchors[int(np.argmax([a.target.num_params for a in anchors]))].target
+        self._widest_apply = for_populations(self._widest.pure_apply)
         self._logits_fn = None
         self._anchor_mask = [  # 1 on each anchor's own block of the padded leaves
             jnp.asarray(
@@ -222,8 +223,7 @@ class StitchedFamily:
         """`[networks, batch, classes]`: the widest anchor's computation of every network of
         `stacked` (leaves `[networks, *widest shape]`) on `x`, one vmapped call (on XLA:CPU
         with convolutions as matmuls: `hyper.conv_matmul.for_populations`)."""
-        widest = self._widest
-        apply = for_populations(widest.pure_apply)
+        widest, apply = self._widest, self._widest_apply
 
         def one(leaves):
             return apply(jax.tree.unflatten(widest.treedef, leaves), x)
