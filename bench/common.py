@@ -274,9 +274,26 @@ def write_result(
         goals_met=met,
         goal_margins=margins,
     )
+    _write_json(path, result)
+    print(json.dumps(result, ensure_ascii=False), flush=True)
+    return path
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
-    print(json.dumps(result, ensure_ascii=False), flush=True)
+
+
+def record_section(name: str, section: str, key: str, value: Any) -> Path | None:
+    """Sets ``result[section][key] = value`` in the committed full result `name` (a run
+    that measures one part of a benchmark, recorded beside the rest of it); returns the
+    path, or None when that result does not exist yet."""
+    path = result_path(name, quick=False)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    data.setdefault(section, {})[key] = value
+    _write_json(path, data)
     return path

@@ -56,7 +56,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import goal, machine, stdout_to_stderr, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    goal,
+    machine,
+    record_section,
+    stdout_to_stderr,
+    write_result,
+)
 from hyper import sharding  # noqa: E402
 
 ANCHORS = {
@@ -511,6 +517,17 @@ def stored_wild_run(gmn_config: dict[str, Any]) -> dict[str, Any] | None:
     return het
 
 
+def record_split(result: dict[str, Any], path: Path) -> None:
+    """Copies a full split run's summary (tau and R² per model, mean and std over seeds;
+    the margins; its goal verdicts) into the ``splits`` section of the committed
+    ``results/metanet_predict.json``, beside the file that holds the whole run."""
+    keys = ("seeds", "data", "summary", "goals", "goals_met", "seconds", "git")
+    row = {"file": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)}
+    record_section("metanet_predict", "splits", result["split"], {
+        **row, **{k: result.get(k) for k in keys}
+    })  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -537,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     ).resolve()
     sharding.use_cpu_cores()  # before any JAX computation: one JAX device per core
     if args.split:
+        from bench.metanet_splits import SCHEMA_VERSION as SPLITS_SCHEMA_VERSION
         from bench.metanet_splits import run_split
 
         with stdout_to_stderr():
@@ -546,14 +564,16 @@ def main(argv: list[str] | None = None) -> int:
         goals = {}
         if args.split in SPLIT_GOALS:
             goals = {"best_metanet_minus_best_statnn": goal(key, ">=", SPLIT_GOALS[args.split])}
-        write_result(
+        path = write_result(
             result,
             args.out,
             name=f"metanet_predict_{args.split}",
-            schema=1,
+            schema=SPLITS_SCHEMA_VERSION,
             quick=args.quick,
             goals=goals,
         )
+        if not args.quick and args.out is None:
+            record_split(result, path)
         return 0
     with stdout_to_stderr():
         result = run(args.quick, cache)

@@ -26,6 +26,7 @@ from metanets.batching import GraphBank, bucket_size
 from metanets.graph_topology import EDGE_WEIGHT, NODE_DEFAULTS
 from metanets.metrics import kendall_tau
 from metanets.model_kinds import build_module, standardize
+from metanets.models import input_stats
 from metanets.training import fit_setup, make_fit_optimizer, run_fit
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "gmn_predict",
     "gmn_step",
     "perturb_graphs",
+    "training_input_stats",
     "step_traces",
 ]
 
@@ -142,6 +144,20 @@ def gmn_predict(
     return np.concatenate(out) * config["y_std"] + config["y_mean"]
 
 
+INPUT_STATS_SAMPLES = 512
+"""Training graphs (at most; evenly spaced) that `input_norm`'s statistics are taken from."""
+
+
+def training_input_stats(
+    module: nnx.Module, bank: GraphBank, train: np.ndarray, bs: int
+) -> dict[str, np.ndarray]:
+    """`models.input_stats` of up to `INPUT_STATS_SAMPLES` of the `train` graphs."""
+    train = np.asarray(train)
+    pick = train[np.linspace(0, len(train) - 1, min(len(train), INPUT_STATS_SAMPLES)).astype(int)]
+    batches = (bank.batch(pick[i : i + bs], batch_size=bs) for i in range(0, len(pick), bs))
+    return input_stats(batches, module.max_layers, module.edge_features, module.input_transform)
+
+
 def fit_gmn(
     kind: str,
     bank: GraphBank,
@@ -158,7 +174,10 @@ def fit_gmn(
     config, history, stats)`` (the config with the label standardisation and window)."""
     y_mean, y_std = standardize(y[train])
     config = {**config, "y_mean": y_mean, "y_std": y_std, "window": list(bank.window)}
-    setup = fit_setup(build_module(kind, config, seed=config["seed"]), len(train), config)
+    module = build_module(kind, config, seed=config["seed"])
+    if config.get("input_norm"):
+        module.set_input_stats(training_input_stats(module, bank, train, int(config["batch_size"])))
+    setup = fit_setup(module, len(train), config)
     if mesh is not None:
         setup.params, setup.rest = sharding.put(
             (setup.params, setup.rest), sharding.replicated(mesh)

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "probes": 0,
         "probe_source": "fixed",
         "probe_epochs": 20,
+        "input_norm": False,
     },
     "probes": {
         "count": 32,
@@ -101,6 +102,7 @@ def build_module(kind: str, config: dict[str, Any], seed: int = 0) -> nnx.Module
             input_transform=config.get("input_transform", "none"),
             pool=config.get("pool", "meanmax"),
             probe_features=int(config.get("probes", 0)),
+            input_norm=bool(config.get("input_norm", False)),
             seed=seed,
             **extra,
         )

@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 from flax import nnx
 
 from hyper.errors import WeightspaceError
@@ -23,7 +26,61 @@ from metanets.graph_topology import ACTIVATION_IDS, NODE_FEATURES, NODE_INPUT, N
 from metanets.layers import EdgeUpdateLayer, pna_aggregate, segment_max, segment_mean
 from metanets.transformer import EdgeAttentionLayer
 
-__all__ = ["GraphMetanet", "graph_ids", "masked_graph_pool"]
+__all__ = ["GraphMetanet", "InputStat", "graph_ids", "input_stats", "masked_graph_pool"]
+
+
+class InputStat(nnx.Variable):
+    """A fixed statistic of the training inputs (`GraphMetanet`'s ``input_norm``): saved
+    with the model, never trained."""
+
+
+def input_stats(
+    graphs: Iterable[jraph.GraphsTuple],
+    max_layers: int,
+    edge_features: int,
+    input_transform: str = "asinh",
+) -> dict[str, np.ndarray]:
+    """Mean and standard deviation of the node features per layer slot and of the edge
+    features per layer slot and edge type (after `input_transform`, as the model reads
+    them), over the real (masked) nodes and edges of `graphs`. A slot without data gets
+    mean 0 and std 1; a (near-)constant feature its mean and std 1 (centred only), so
+    nothing is divided by zero."""
+    nf = len(NODE_FEATURES)
+    n_sum, n_sq, n_cnt = (
+        np.zeros((max_layers, nf)),
+        np.zeros((max_layers, nf)),
+        np.zeros(max_layers),
+    )
+    shape = (max_layers, 2, edge_features)
+    e_sum, e_sq, e_cnt = np.zeros(shape), np.zeros(shape), np.zeros(shape[:2])
+    fx = np.arcsinh if input_transform == "asinh" else (lambda v: v)
+    for g in graphs:
+        m = np.asarray(g.nodes["mask"])
+        x = fx(np.asarray(g.nodes["x"], np.float64)[m])
+        layer = np.clip(np.asarray(g.nodes["layer"])[m], 0, max_layers - 1)
+        np.add.at(n_sum, layer, x)
+        np.add.at(n_sq, layer, x * x)
+        np.add.at(n_cnt, layer, 1.0)
+        m = np.asarray(g.edges["mask"])
+        w = fx(np.asarray(g.edges["w"], np.float64)[m])
+        idx = (np.clip(np.asarray(g.edges["layer"])[m], 0, max_layers - 1),
+               np.asarray(g.edges["type"])[m])  # fmt: skip
+        np.add.at(e_sum, idx, w)
+        np.add.at(e_sq, idx, w * w)
+        np.add.at(e_cnt, idx, 1.0)
+
+    def finish(total, sq, cnt):
+        cnt = np.maximum(cnt, 1.0)[..., None]
+        mean = total / cnt
+        std = np.sqrt(np.maximum(sq / cnt - mean**2, 0.0))
+        # a constant feature (identity edges, absent BatchNorm statistics) is centred only
+        std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    node_mean, node_std = finish(n_sum, n_sq, n_cnt)
+    edge_mean, edge_std = finish(e_sum, e_sq, e_cnt)
+    return {"node_mean": node_mean, "node_std": node_std, "edge_mean": edge_mean,
+            "edge_std": edge_std}  # fmt: skip
 
 
 def graph_ids(graphs: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
@@ -71,6 +128,13 @@ class GraphMetanet(nnx.Module):
       heads: attention heads (``layer="attention"``).
       global_attention: ``layer="attention"``: also a per-graph virtual token attending
         over all of the graph's nodes.
+      input_norm: standardise node and edge features (after `input_transform`) per layer
+        slot before the encoders: ``(x - mean[layer]) / std[layer]`` (edges also per edge
+        type) with the statistics of
+        the training graphs (`set_input_stats`, `input_stats`; held as `InputStat`
+        variables, saved with the model). Every unit of a layer shares them, so
+        permutation invariance holds. It brings out the small deviations that carry the
+        signal in features with a large common value (a LayerNorm's scale near 1).
       rngs: keyword-only NNX RNGs.
     """
 
@@ -91,6 +155,7 @@ class GraphMetanet(nnx.Module):
         layer: str = "pna",
         heads: int = 4,
         global_attention: bool = False,
+        input_norm: bool = False,
         rngs: nnx.Rngs,
     ):
         if layer not in ("pna", "attention"):
@@ -111,6 +176,13 @@ class GraphMetanet(nnx.Module):
         self.edge_features = edge_features
         self.max_layers = max_layers
         self.max_io = max_io
+        self.input_norm = bool(input_norm)
+        if self.input_norm:  # identity until `set_input_stats`
+            nf = len(NODE_FEATURES)
+            self.node_mean = InputStat(jnp.zeros((max_layers, nf), jnp.float32))
+            self.node_std = InputStat(jnp.ones((max_layers, nf), jnp.float32))
+            self.edge_mean = InputStat(jnp.zeros((max_layers, 2, edge_features), jnp.float32))
+            self.edge_std = InputStat(jnp.ones((max_layers, 2, edge_features), jnp.float32))
         self.node_in = nnx.Linear(len(NODE_FEATURES), hidden, rngs=rngs)
         self.probe_features = int(probe_features)
         self.node_probe = (
@@ -156,8 +228,14 @@ class GraphMetanet(nnx.Module):
             ntype == NODE_OUTPUT, self.max_io, 0
         )
         fx = jnp.arcsinh if self.input_transform == "asinh" else (lambda v: v)
+        x, w = fx(nodes["x"]), fx(edges["w"])
+        if self.input_norm:
+            nl = jnp.clip(nodes["layer"], 0, self.max_layers - 1)
+            el = jnp.clip(edges["layer"], 0, self.max_layers - 1)
+            x = (x - self.node_mean[...][nl]) / self.node_std[...][nl]
+            w = (w - self.edge_mean[...][el, edges["type"]]) / self.edge_std[...][el, edges["type"]]
         h = (
-            self.node_in(fx(nodes["x"]))
+            self.node_in(x)
             + self.node_type(ntype)
             + self.node_layer(jnp.clip(nodes["layer"], 0, self.max_layers - 1))
             + jnp.where(is_io[:, None], self.node_io(io), 0.0)
@@ -173,7 +251,7 @@ class GraphMetanet(nnx.Module):
                 )
             h = h + self.node_probe(fx(probe))
         e = (
-            self.edge_in(fx(edges["w"]))
+            self.edge_in(w)
             + self.edge_type(edges["type"])
             + self.edge_layer(jnp.clip(edges["layer"], 0, self.max_layers - 1))
         )
@@ -186,6 +264,19 @@ class GraphMetanet(nnx.Module):
         for layer in self.layers:
             h, e = layer(h, e, graphs.senders, graphs.receivers, nmask, emask, **extra)
         return h, e
+
+    def set_input_stats(self, stats: dict[str, np.ndarray]) -> None:
+        """Sets the `input_norm` statistics (`input_stats`: ``node_mean``, ``node_std``
+        `[max_layers, F]`, ``edge_mean``, ``edge_std`` `[max_layers, 2, W]`)."""
+        if not self.input_norm:
+            raise WeightspaceError("set_input_stats: the model was built without input_norm")
+        for k in ("node_mean", "node_std", "edge_mean", "edge_std"):
+            var = getattr(self, k)
+            if tuple(stats[k].shape) != tuple(var[...].shape):
+                raise WeightspaceError(
+                    f"set_input_stats: {k} has shape {stats[k].shape}, the model {var[...].shape}"
+                )
+            var[...] = jnp.asarray(stats[k], jnp.float32)
 
     def __call__(self, graphs: jraph.GraphsTuple) -> jax.Array:
         """Invariant predictions `[n_graph, out_features]` (padding graphs give junk)."""

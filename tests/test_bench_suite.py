@@ -133,6 +133,8 @@ def test_committed_results_carry_their_scripts_current_schema():
     for path in files:
         result = json.loads(path.read_text())
         name = "gpu_results" if path.name == "gpu.json" else result.get("benchmark")
+        if name.startswith("metanet_predict_"):  # a --split run of bench/metanet_predict.py
+            name = "metanet_splits"
         script = REPO / "bench" / f"{name}.py"
         assert script.exists(), f"{path.name}: no script bench/{name}.py"
         assert result.get("schema_version") == _schema_version(script), path.name
@@ -225,3 +227,36 @@ def test_prune_speed_times_interleaved_and_reports_a_missing_vit(monkeypatch):
     row = prune_speed.vit_row({}, 0)
     assert row["available"] is False and "digits-vit" in row["reason"]
     assert "prune_speed" in suite.benches() and "prune_speed" in suite.HEADLINES
+
+
+def test_metanet_split_runs_are_recorded_beside_the_main_result(tmp_path, monkeypatch):
+    """A full ``--split`` run's summary lands in ``metanet_predict.json``'s ``splits``
+    section, keeping the rest of that file; the split settings merge over the common ones;
+    the wild park holds distinct architectures of the asked depths and widths."""
+    common = importlib.import_module("bench.common")
+    predict = importlib.import_module("bench.metanet_predict")
+    splits = importlib.import_module("bench.metanet_splits")
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    result = {"split": "wild", "seeds": [0], "summary": {"gmn": {"tau_mean": 0.5}}}
+    predict.record_split(result, tmp_path / "metanet_predict_wild.json")  # no main file yet
+    assert not (tmp_path / "metanet_predict.json").exists()
+    (tmp_path / "metanet_predict.json").write_text(json.dumps({"tau": {"gmn": 0.8}}))
+    predict.record_split(result, tmp_path / "metanet_predict_wild.json")
+    predict.record_split({**result, "split": "cross"}, tmp_path / "x.json")
+    data = json.loads((tmp_path / "metanet_predict.json").read_text())
+    assert data["tau"] == {"gmn": 0.8} and set(data["splits"]) == {"wild", "cross"}
+    assert data["splits"]["wild"]["summary"] == result["summary"]
+    cfg = {"fit": {"gmn": {"epochs": 3, "hidden": 8}},
+           "fit_split": {"transformer": {"gmn": {"epochs": 1, "input_norm": True}}}}  # fmt: skip
+    assert splits.fit_settings(cfg, "wild", "gmn") == {"epochs": 3, "hidden": 8}
+    assert splits.fit_settings(cfg, "transformer", "gmn") == {
+        "epochs": 1, "hidden": 8, "input_norm": True
+    }  # fmt: skip
+    assert splits.fit_settings(cfg, "transformer", "probes") == {}
+    park = splits.park_architectures(200)
+    assert len({json.dumps(a, sort_keys=True) for a in park}) == 200
+    for a in park:
+        arch = a["arch"]
+        assert 2 <= len(arch["channels"]) <= 6 and set(arch["channels"]) <= {4, 8, 16, 32, 64}
+        assert a["activation"] in splits.ACTIVATIONS
+    assert splits.FULL["park_archs"] >= 200

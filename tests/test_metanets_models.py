@@ -13,7 +13,7 @@ from flax import nnx
 from hyper.architectures import make_target
 from hyper.symmetry import check_equivalent, permute, random_permutations
 from metanets import batching, graph, layers
-from metanets.models import GraphMetanet
+from metanets.models import GraphMetanet, input_stats
 from metanets.probes import probe_inputs
 
 
@@ -249,3 +249,31 @@ def test_sharded_graph_batch_matches_one_device(mlp_target, wild_target, metanet
     np.testing.assert_array_equal(w_rep, w_one)
     for a, b in zip(jax.tree.leaves(g_rep), jax.tree.leaves(g_one), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_input_norm_standardises_per_layer_and_keeps_invariance(wild_target, random_params):
+    one, moved = _pair(wild_target, random_params(wild_target, 9, n=1), jax.random.key(7))
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), one, moved)
+    pairs = [(wild_target, both), (wild_target, random_params(wild_target, 10, n=2))]
+    g = batching.batch_graphs(pairs, window=(5, 5), pad=False)
+    model = GraphMetanet(25, hidden=8, num_layers=1, input_norm=True, rngs=nnx.Rngs(2))
+    stats = input_stats([g], model.max_layers, 25)
+    # one layer's statistics, by hand: asinh of the features of its real nodes
+    layer = np.asarray(g.nodes["layer"])
+    x = np.arcsinh(np.asarray(g.nodes["x"], np.float64))[layer == 1]
+    np.testing.assert_allclose(stats["node_mean"][1], x.mean(0), rtol=1e-5, atol=1e-6)
+    spread = x.std(0)
+    np.testing.assert_allclose(stats["node_std"][1], np.where(spread > 1e-6, spread, 1.0), 1e-4)
+    # an empty slot stays the identity; the identity (residual) edges are centred only
+    assert np.all(stats["node_mean"][-1] == 0) and np.all(stats["node_std"][-1] == 1)
+    res = np.asarray(g.edges["type"]) == 1
+    assert res.any() and np.all(stats["edge_std"][np.asarray(g.edges["layer"])[res], 1] == 1)
+    before = np.asarray(model(g))
+    model.set_input_stats(stats)
+    y = np.asarray(model(g))
+    assert np.all(np.isfinite(y)) and not np.allclose(y, before)  # the statistics are read
+    np.testing.assert_allclose(y[0], y[1], atol=1e-5, rtol=0)  # a permuted copy: same output
+    with pytest.raises(ValueError, match="node_std has shape"):
+        model.set_input_stats({**stats, "node_std": stats["node_std"][:3]})
+    with pytest.raises(ValueError, match="without input_norm"):
+        GraphMetanet(25, hidden=8, num_layers=1, rngs=nnx.Rngs(2)).set_input_stats(stats)

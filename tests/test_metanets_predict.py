@@ -385,3 +385,28 @@ def test_gmn_learns_the_synthetic_label(synthetic):
     assert losses[-1] < 0.5 * losses[0], losses
     tau = predict.evaluate(pred, synthetic, test)["tau"]
     assert tau > 0.1, tau  # 30 held-out runs; a fit with a negated gradient gives ~0 or less
+
+
+def test_gmn_input_norm_reads_small_deviations_and_round_trips(synthetic, tmp_path):
+    """The label sits in the BatchNorm scales' 1 % deviations from 1 (as a transformer's
+    LayerNorm scales carry it): with `input_norm` the graph metanet reads it off held-out
+    runs, and the statistics are saved with the predictor."""
+    t, pop = synthetic.targets[1], jax.tree.map(jnp.asarray, synthetic.populations[1])
+    u = np.random.default_rng(5).uniform(-1.0, 1.0, 60).astype(np.float32)
+    pop["norms"] = {
+        k: {**v, "scale": 1.0 + 0.01 * u[:, None] + 0.001 * jnp.abs(v["scale"])}
+        for k, v in pop["norms"].items()
+    }
+    ds = datasets.WeightDataset(
+        targets=[t], populations=[pop], group=np.zeros(60, np.int32),
+        member=np.arange(60, dtype=np.int32), y=u, run=np.arange(60),
+        epoch=np.zeros(60, np.int32),
+    )  # fmt: skip
+    train, test = datasets.split_by_run(ds.run, 0.25)
+    kw = dict(epochs=12, batch_size=16, hidden=8, num_layers=1, eval_every=4, lr=3e-3)
+    pred = predict.fit("gmn", ds, train, input_norm=True, **kw)
+    assert pred.model.input_norm and np.any(np.asarray(pred.model.node_std[...]) != 1.0)
+    y = pred.predict(ds, test)
+    assert predict.evaluate(pred, ds, test)["tau"] > 0.5
+    again = predict.load_predictor(predict.save_predictor(pred, tmp_path / "norm"))
+    np.testing.assert_allclose(again.predict(ds, test), y, rtol=1e-6, atol=1e-6)
