@@ -3,7 +3,8 @@
 
   weightspace metanet train --zoo DIR [--zoo DIR ...] --task accuracy|gap
                             --model gmn|gmn_t|probes|statnn|gbm|flat --out DIR [--epochs N]
-                            [--probes K] [--canonicalize] [--augment K] [--test-fraction F]
+                            [--probes K] [--input-norm] [--canonicalize] [--augment K]
+                            [--test-fraction F]
                             [--seed S] [--overwrite | --resume]
   weightspace metanet predict --from DIR --zoo DIR2 [--out FILE.jsonl]
   weightspace metanet prune-train --zoo DIR --out DIR [--steps N] [--nets-per-step K]
@@ -17,9 +18,11 @@
 `train` splits the zoos' checkpoints 80/20 by training run, fits the model (``gmn`` the
 graph metanet with PNA message passing, ``gmn_t`` the graph transformer, ``probes`` learned
 probes, ``statnn`` the StatNN MLP head, ``gbm`` the StatNN gradient-boosted trees; with
-``--canonicalize`` every network in canonical scale and sign, with ``--augment K`` K random
-symmetric equivalents of each training network; `metanets.predict.fit`), reports Kendall tau and R²
-on the held-out runs, and saves the predictor (Orbax) with ``metrics.json`` in `--out`.
+``--input-norm`` the graph models standardise their input features per layer with the
+training graphs' statistics, with ``--canonicalize`` every network is in canonical scale
+and sign, with ``--augment K`` K random symmetric equivalents of each training network
+join it; `metanets.predict.fit`), reports Kendall tau and R² on the held-out runs, and
+saves the predictor (Orbax) with ``metrics.json`` in `--out`.
 Training checkpoints every evaluation in ``--out/checkpoints``; after a crash, the same
 command with ``--resume`` continues and ends with the same weights as an uninterrupted run.
 `predict` applies a saved predictor to every checkpoint of another zoo and reports tau and
@@ -78,6 +81,11 @@ def add_parsers(subparsers: Any) -> None:
         type=int,
         default=None,
         help="gmn, gmn_t: also read each neuron's response to K fixed probe inputs (default 0)",
+    )
+    t.add_argument(
+        "--input-norm",
+        action="store_true",
+        help="gmn, gmn_t: standardise node and edge features per layer (training statistics)",
     )
     t.add_argument(
         "--canonicalize",
@@ -199,6 +207,8 @@ def _train(args: argparse.Namespace) -> int:
         )
     if args.augment < 0:
         raise WeightspaceError(f"--augment must be >= 0, got {args.augment}")
+    if args.input_norm and args.model not in _GRAPH_CLI_MODELS:
+        raise WeightspaceError(f"--input-norm applies to --model gmn or gmn_t, not {args.model}")
     kind = _CLI_MODELS[args.model]
     if args.shard and kind not in _GRAPH_CLI_MODELS:
         raise WeightspaceError(f"--shard applies to --model gmn or gmn_t, not {args.model}")
@@ -209,6 +219,8 @@ def _train(args: argparse.Namespace) -> int:
     over = {} if args.epochs is None else {"epochs": args.epochs}
     if args.probes is not None:
         over["probes"] = args.probes
+    if args.input_norm:
+        over["input_norm"] = True
     if args.canonicalize:
         over["canonicalize"] = True
     if args.augment:

@@ -238,8 +238,8 @@ def test_metanet_train_fits_the_probe_model(zoo_dir, tmp_path, monkeypatch):
 
 
 def test_metanet_train_passes_the_transformer_and_data_options(zoo_dir, tmp_path, monkeypatch):
-    """``--model gmn_t --canonicalize --augment 2 --probes 3`` reach `predict.fit` (the
-    graph transformer's fit itself: tests/test_metanets_transformer.py)."""
+    """``--model gmn_t --canonicalize --augment 2 --probes 3 --input-norm`` reach
+    `predict.fit` (the graph transformer's fit itself: tests/test_metanets_transformer.py)."""
     from hyper.errors import WeightspaceError
     from metanets import predict
 
@@ -252,12 +252,17 @@ def test_metanet_train_passes_the_transformer_and_data_options(zoo_dir, tmp_path
     monkeypatch.setattr(predict, "fit", fit)
     rc, _, err = _run(
         "metanet", "train", "--zoo", zoo_dir, "--model", "gmn_t", "--canonicalize",
-        "--augment", "2", "--probes", "3", "--out", tmp_path / "t", "--quiet",
+        "--augment", "2", "--probes", "3", "--input-norm", "--out", tmp_path / "t", "--quiet",
     )  # fmt: skip
     assert rc == 2 and "stop here" in err
     ((kind, kw),) = calls
     assert kind == "gmn_t" and kw["canonicalize"] is True
-    assert kw["augment"] == 2 and kw["probes"] == 3
+    assert kw["augment"] == 2 and kw["probes"] == 3 and kw["input_norm"] is True
+    rc, _, err = _run(
+        "metanet", "train", "--zoo", zoo_dir, "--model", "gbm", "--input-norm", "--out",
+        tmp_path / "v",
+    )  # fmt: skip
+    assert rc == 2 and "--input-norm applies to --model gmn or gmn_t" in err
     rc, _, err = _run(
         "metanet", "train", "--zoo", zoo_dir, "--augment", "-1", "--out", tmp_path / "u"
     )
