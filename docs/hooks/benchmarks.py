@@ -66,6 +66,27 @@ def plot_metanet_predict(plt):
     return fig
 
 
+def plot_metanet_splits(plt):
+    """Kendall tau (mean and std over seeds) by model on each split of issue 30."""
+    splits = _load("metanet_predict").get("splits", {})
+    order = [s for s in ("homogeneous", "wild", "unseen", "cross", "transformer") if s in splits]
+    models = ["statnn_gbm", "statnn_mlp", "gmn", "gmn_t", "probes", "best_combination"]
+    fig, ax = plt.subplots(figsize=(7, 3.2), constrained_layout=True)
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        rows = [splits[s]["summary"].get(m) or {} for s in order]
+        xs = [g + (i - (len(models) - 1) / 2) * width for g in range(len(order))]
+        ys = [r.get("tau_mean", float("nan")) for r in rows]
+        ax.bar(xs, ys, width, yerr=[r.get("tau_std", 0.0) for r in rows], label=m, capsize=2)
+    ax.set_xticks(range(len(order)), order)
+    ax.set_ylabel("Kendall τ (test, mean ± std)")
+    ax.set_ylim(-0.1, 1)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=7, ncol=3)
+    ax.set_title("Accuracy prediction, 3 seeds per split", fontsize=10)
+    return fig
+
+
 def plot_merge_barrier(plt):
     """Loss barrier between two networks against width, by alignment."""
     barrier = _load("merge")["barrier"]
@@ -178,6 +199,7 @@ def plot_weightgen(plt):
 PLOTS = {
     "metaprune": plot_metaprune,
     "metanet_predict": plot_metanet_predict,
+    "metanet_splits": plot_metanet_splits,
     "merge_barrier": plot_merge_barrier,
     "assembler": plot_assembler,
     "formats": plot_formats,
