@@ -105,6 +105,15 @@ FULL: dict[str, Any] = {
         "probes": {"epochs": 20},
         "statnn_mlp": {},
     },
+    # models a split does not fit, with the reason (recorded in the results as an error)
+    "skip": {
+        "wild": {
+            "probes": "not run: on the 200-architecture park the probe model compiles a "
+            "forward and a VJP program per architecture and batch size (about a thousand); "
+            "the first full run died compiling them (LLVM: cannot allocate memory, then a "
+            "segfault, with vm.max_map_count 65530)"
+        },
+    },
     # per split, settings that replace `fit`'s: the ViT's graphs are 30x the digits CNN's
     # (about 17k edges; a batch of 64 takes 10 GB), so fewer epochs and half batches; its
     # signal sits in small deviations of the LayerNorm scales from 1, which the graph
@@ -114,7 +123,8 @@ FULL: dict[str, Any] = {
             "gmn": {"epochs": 6, "eval_every": 2, "batch_size": 32, "input_norm": True},
             "gmn_t": {"epochs": 6, "eval_every": 2, "batch_size": 32, "input_norm": True},
         },
-        # the park again (all 200 architectures' graphs): fewer epochs to fit the hour
+        # the park (all 200 architectures' graphs): fewer epochs to fit the hour
+        "wild": {"gmn": {"epochs": 12}, "gmn_t": {"epochs": 12}},
         "unseen": {"gmn": {"epochs": 12}, "gmn_t": {"epochs": 12}, "probes": {"epochs": 14}},
     },
 }
@@ -180,6 +190,7 @@ QUICK: dict[str, Any] = {
     "fit_split": {
         "transformer": {"gmn": {"input_norm": True}, "gmn_t": {"input_norm": True}},
     },
+    "skip": {},  # 5 architectures: the probe model's programs fit
 }
 SPLITS = ("homogeneous", "wild", "unseen", "cross", "transformer")
 
@@ -303,6 +314,9 @@ def run_seed(split: str, ds, train, test, cfg, seed: int, log) -> dict[str, Any]
     out: dict[str, Any] = {"models": {}}
     val_preds, test_preds = {}, {}
     for kind in MODELS:
+        if kind in cfg.get("skip", {}).get(split, {}):
+            out["models"][kind] = {"error": cfg["skip"][split][kind]}
+            continue
         t0 = time.perf_counter()
         over = fit_settings(cfg, split, kind)
         try:
