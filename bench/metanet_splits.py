@@ -107,12 +107,13 @@ FULL: dict[str, Any] = {
     },
     # models a split does not fit, with the reason (recorded in the results as an error)
     "skip": {
-        "wild": {
+        split: {
             "probes": "not run: on the 200-architecture park the probe model compiles a "
             "forward and a VJP program per architecture and batch size (about a thousand); "
             "the first full run died compiling them (LLVM: cannot allocate memory, then a "
             "segfault, with vm.max_map_count 65530)"
-        },
+        }
+        for split in ("wild", "unseen")
     },
     # per split, settings that replace `fit`'s: the ViT's graphs are 30x the digits CNN's
     # (about 17k edges; a batch of 64 takes 10 GB), so fewer epochs and half batches; its
