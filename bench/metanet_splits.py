@@ -385,6 +385,7 @@ def cost(ds, cfg, log) -> dict[str, Any]:
     and the graph models."""
     import jax.numpy as jnp
 
+    from bench.common import timed
     from hyper import population as pop_ops
     from metanets import predict, probegen
 
@@ -395,17 +396,12 @@ def cost(ds, cfg, log) -> dict[str, Any]:
     count = int(predict.DEFAULTS["probes"]["count"])
     probes = jnp.zeros((count, *target.input_shape), jnp.float32)
 
-    def timed(fn, runs: int) -> list[float]:  # seconds per call after a warm-up call
+    def seconds(fn, runs: int) -> list[float]:  # wall seconds per call after a warm-up call
         jax.block_until_ready(fn(pop, probes))
-        out = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(pop, probes))
-            out.append(time.perf_counter() - t0)
-        return out
+        return [timed(lambda: fn(pop, probes))[1] for _ in range(runs)]
 
-    times = timed(probegen.group_fns(target).forward, 5)  # what the probe model runs
-    plain = timed(target.apply_population, 3)  # the plain vmapped forward pass, for reference
+    times = seconds(probegen.group_fns(target).forward, 5)  # what the probe model runs
+    plain = seconds(target.apply_population, 3)  # the plain vmapped forward pass, for reference
     apply = jax.jit(jax.vmap(target.pure_apply, in_axes=(0, None)))
     net_flops = apply.lower(pop, probes).compile().cost_analysis()
     net_flops = float((net_flops[0] if isinstance(net_flops, list) else net_flops)["flops"]) / 256
