@@ -71,8 +71,8 @@ How each column is checked (`bench/coverage_checks.py`):
 - **b pop**: 4 members, finite outputs, different between members and across inputs.
 - **c train**: `Trainer`, 2 members, Adam 1e-2, one epoch of a few steps (digits,
   MNIST-1D or digits as tokens): each member's cross-entropy on a fixed batch of
-  training examples drops by more than 0.02 (a stuck network stays at 2.30); before ->
-  after shown.
+  training examples, in training mode (BatchNorm on batch statistics, dropout on a fixed
+  key), drops by more than 0.02 (a stuck network stays at 2.30); before -> after shown.
 - **d hyper**: `HyperNet` + `generate` for 4 values of gamma; the generated networks
   apply to finite outputs.
 - **e graph**: `population_to_graphs` -> `graphs_to_population` is bit-exact, the
