@@ -21,6 +21,7 @@ into the generator.
 
 from __future__ import annotations
 
+import collections
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from flax import nnx
 
 from hyper.conv_matmul import for_populations
 from hyper.errors import WeightspaceError
+from hyper.init_programs import many_programs_compiler_options
 from hyper.target import Target
 from metanets.baselines import MLPRegressor
 from metanets.metrics import kendall_tau
@@ -159,28 +161,37 @@ def response_shape(targets: Sequence[Target]) -> tuple[tuple[int, ...], int]:
 
 class _GroupFns:
     """Jitted forward and probe-VJP of one target's members (vmapped over members; on
-    XLA:CPU with convolutions as matmuls, `hyper.conv_matmul.for_populations`)."""
+    XLA:CPU with convolutions as matmuls, `hyper.conv_matmul.for_populations`; compiled
+    with `hyper.init_programs.many_programs_compiler_options`)."""
 
     def __init__(self, target: Target):
         self.target = target  # keeps the id stable while cached
         apply = jax.vmap(for_populations(target.pure_apply), in_axes=(0, None))
-        self.forward = jax.jit(apply)
+        options = many_programs_compiler_options()
+        self.forward = jax.jit(apply, compiler_options=options)
 
         def vjp(pop, probes, cot):
             return jax.vjp(lambda x: apply(pop, x), probes)[1](cot)[0]
 
-        self.vjp = jax.jit(vjp)
+        self.vjp = jax.jit(vjp, compiler_options=options)
 
 
-_FNS: dict[int, _GroupFns] = {}
+MAX_CACHED_TARGETS = 512
+"""Architectures whose compiled programs `group_fns` keeps (least recently used dropped)."""
+
+_FNS: collections.OrderedDict[int, _GroupFns] = collections.OrderedDict()
 
 
 def group_fns(target: Target) -> _GroupFns:
     """The compiled forward and vector-Jacobian programs of one architecture's networks on
-    the probes (cached per target): ``.vjp(population, probes, cotangent)``."""
+    the probes (cached per target, the `MAX_CACHED_TARGETS` most recently used; a dropped
+    target's executables are freed): ``.vjp(population, probes, cotangent)``."""
     f = _FNS.get(id(target))
     if f is None or f.target is not target:
         f = _FNS[id(target)] = _GroupFns(target)
+        while len(_FNS) > MAX_CACHED_TARGETS:
+            _FNS.popitem(last=False)
+    _FNS.move_to_end(id(target))
     return f
 
 
