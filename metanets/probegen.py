@@ -189,9 +189,9 @@ def group_fns(target: Target) -> _GroupFns:
     f = _FNS.get(id(target))
     if f is None or f.target is not target:
         f = _FNS[id(target)] = _GroupFns(target)
-        while len(_FNS) > MAX_CACHED_TARGETS:
-            _FNS.popitem(last=False)
     _FNS.move_to_end(id(target))
+    while len(_FNS) > MAX_CACHED_TARGETS:
+        _FNS.popitem(last=False)
     return f
 
 

@@ -89,6 +89,28 @@ def test_split_gradient_equals_the_direct_gradient(synthetic):  # noqa: F811
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
+def test_group_programs_equal_apply_population_and_the_cache_is_bounded(
+    synthetic,  # noqa: F811
+    monkeypatch,
+):
+    """Each architecture's compiled forward (its own compiler options) computes what
+    `apply_population` does, and `group_fns` keeps at most `MAX_CACHED_TARGETS`
+    architectures' programs, dropping the least recently used."""
+    probes = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8)), jnp.float32)
+    t0, t1 = synthetic.targets[0], synthetic.targets[1]
+    for g, t in enumerate((t0, t1)):
+        pop = jax.tree.map(lambda a: a[:4], synthetic.populations[g])
+        got = np.asarray(probegen.group_fns(t).forward(pop, probes))
+        want = np.asarray(t.apply_population(pop, probes))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    f0 = probegen.group_fns(t0)
+    probegen.group_fns(t1)
+    assert probegen.group_fns(t0) is f0  # both cached
+    monkeypatch.setattr(probegen, "MAX_CACHED_TARGETS", 1)
+    probegen.group_fns(t1)  # evicts t0, the least recently used
+    assert probegen.group_fns(t0) is not f0
+
+
 def test_probes_learn_the_synthetic_label_and_round_trip(synthetic, fitted, tmp_path):  # noqa: F811
     pred, _, test = fitted
     losses = [h["train_loss"] for h in pred.history]
