@@ -146,6 +146,7 @@ class WeightGen:
         accuracy: Any = None,
         classes: Any = None,
         guidance: float | None = None,
+        temperature: float = 1.0,
         chunk: int = 256,
         progress: bool = False,
     ) -> Params:
@@ -164,6 +165,9 @@ class WeightGen:
             A conditioned generator given neither samples unconditionally (its learned
             null condition, the classifier-free-guidance branch; `guidance` is ignored).
           guidance: classifier-free guidance weight (default: the config's).
+          temperature: the scale of the initial noise (1: the learned distribution; below
+            1 the samples move towards the latents' dense regions, trading novelty for
+            accuracy, as in low-temperature sampling of flows and GANs' truncation).
           chunk: networks per jitted call.
           progress: show a progress bar over the chunks.
         """
@@ -187,6 +191,15 @@ class WeightGen:
             )
         if isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g):
             raise WeightspaceError(f"sample: guidance must be a number, got {guidance!r}")
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not np.isfinite(temperature)
+            or temperature < 0
+        ):
+            raise WeightspaceError(
+                f"sample: temperature must be a number >= 0, got {temperature!r}"
+            )
         chunk = min(int(chunk), int(n))
         run, ae_state, v_state = self._program()
         keys = jax.random.split(key, n)
@@ -197,7 +210,15 @@ class WeightGen:
             if pad:
                 k = jnp.concatenate([k, jnp.broadcast_to(k[:1], (pad, *k.shape[1:]))])
                 c = np.concatenate([c, np.repeat(c[:1], pad, axis=0)])
-            x = run(ae_state, v_state, self.stats, k, jnp.asarray(c), jnp.float32(g))
+            x = run(
+                ae_state,
+                v_state,
+                self.stats,
+                k,
+                jnp.asarray(c),
+                jnp.float32(g),
+                jnp.float32(temperature),
+            )
             parts.append(x[: chunk - pad])
         x = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
         return pop_ops.unflatten(self.target, x)
@@ -271,13 +292,14 @@ class WeightGen:
 @functools.lru_cache(maxsize=16)
 def _sample_program(ae_def, v_def, sizes: tuple[int, ...], steps: int):
     """The jitted sampler of one generator structure: per-network keys `[B]` and
-    conditions `[B, D]` -> flattened weights `[B, P]` (compiled once per chunk size)."""
+    conditions `[B, D]` -> flattened weights `[B, P]` (compiled once per chunk size; the
+    guidance weight and the noise temperature are arguments, not constants)."""
 
     @jax.jit
-    def run(ae_state, v_state, stats, keys, cond, guidance):
+    def run(ae_state, v_state, stats, keys, cond, guidance, temperature):
         ae, vel = nnx.merge(ae_def, ae_state), nnx.merge(v_def, v_state)
         shape = stats["latent_mean"].shape
-        noise = jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
+        noise = temperature * jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
         z = flow_sample(vel, noise, cond, guidance, steps)
         z = z * stats["latent_std"][None, :] + stats["latent_mean"][None, :]
         x = ae.decode(z)

@@ -4,7 +4,7 @@
                               [--epoch E[,E...]] [--align] [--ae-steps N] [--flow-steps N]
                               [--seed S] [--resume | --overwrite] [--quiet]
   weightspace weightgen sample --from DIR --n 1000 [--accuracy 0.9 | --classes 0,3,7]
-                               [--guidance G] [--seed S] [--chunk C] --out DIR
+                               [--guidance G] [--temperature T] [--seed S] [--chunk C] --out DIR
                                [--overwrite] [--quiet]
 
 ``train`` reads the networks of one target from a zoo (its groups of that target, at the
@@ -84,6 +84,12 @@ def add_parsers(subparsers: Any) -> None:
     c.add_argument("--accuracy", type=float, default=None, help="prompted test accuracy")
     c.add_argument("--classes", type=_int_list, default=None, help="prompted task, e.g. 0,3,7")
     s.add_argument("--guidance", type=float, default=None, help="classifier-free guidance")
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="initial-noise scale (below 1: closer to the zoo, more accurate, less novel)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--chunk", type=int, default=256, help="networks per jitted call")
     s.add_argument("--out", required=True, help="output zoo directory")
@@ -213,6 +219,7 @@ def _sample(args: argparse.Namespace) -> int:
         accuracy=args.accuracy,
         classes=args.classes,
         guidance=args.guidance,
+        temperature=args.temperature,
         chunk=args.chunk,
         progress=not args.quiet,
     )
@@ -221,6 +228,8 @@ def _sample(args: argparse.Namespace) -> int:
         prompt["prompt_accuracy"] = args.accuracy
     if args.classes is not None:
         prompt["prompt_classes"] = sorted(set(args.classes))
+    if args.temperature != 1.0:
+        prompt["temperature"] = args.temperature
     rows = [dict(prompt) for _ in range(args.n)]
     name = gen.metadata.get("dataset")
     if name in data_lib.available():

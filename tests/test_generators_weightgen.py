@@ -70,6 +70,29 @@ def test_sampling_shapes_and_determinism(trained, tiny):
     assert all(np.isfinite(x).all() for x in _leaves(a))
 
 
+def test_temperature_scales_the_spread_of_samples(trained):
+    """Temperature 0 starts every network at the same noise (one network per prompt), 1 is
+    the default sampler, other values change the samples; bad values are refused."""
+    gen, _ = trained
+    key = jax.random.key(3)
+    flat = {
+        temp: np.concatenate(
+            [a.reshape(8, -1) for a in _leaves(gen.sample(key, 8, accuracy=0.9, temperature=temp))],
+            axis=1,
+        )
+        for temp in (0.0, 0.5, 1.0)
+    }
+    assert float(flat[0.0].std(0).max()) < 1e-5 < float(flat[0.5].std(0).mean())
+    default = np.concatenate(
+        [a.reshape(8, -1) for a in _leaves(gen.sample(key, 8, accuracy=0.9))], axis=1
+    )
+    np.testing.assert_allclose(flat[1.0], default, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(flat[0.5], flat[1.0])
+    for bad in (-0.5, float("nan"), True, "1"):
+        with pytest.raises(WeightspaceError, match="temperature"):
+            gen.sample(key, 2, accuracy=0.9, temperature=bad)
+
+
 def test_autoencoder_reconstructs_the_zoo(trained, tiny):
     gen, _ = trained
     target, pop, _ = tiny
@@ -193,6 +216,12 @@ def test_cli_bad_input_exits_2(trained, tmp_path, capsys):
     assert "[0, 1]" in capsys.readouterr().err
     args = ["weightgen", "sample", "--from", str(out), "--n", "0", "--accuracy", "0.9"]
     assert main([*args, "--out", str(tmp_path / "z")]) == 2
+    args = ["weightgen", "sample", "--from", str(out), "--n", "2", "--temperature", "-1"]
+    assert main([*args, "--out", str(tmp_path / "t")]) == 2
+    assert "temperature" in capsys.readouterr().err
+    args[-1] = "0.5"  # a valid temperature: recorded in every generated member's row
+    assert main([*args, "--accuracy", "0.8", "--quiet", "--out", str(tmp_path / "t")]) == 0
+    assert [r["temperature"] for r in zoo.load(tmp_path / "t").rows()] == [0.5, 0.5]
     assert (
         main(
             [
