@@ -184,7 +184,22 @@ def plot_weightgen(plt):
             c="0.5",
             label="noise on training weights",
         )
-        marks = {"training": "k*", "model": "C0o", "average_16": "C1s", "gaussian_fit": "C2^"}
+        marks = {
+            "training": "k*",
+            "model": "C0o",
+            "model_selected": "C3D",
+            "average_16": "C1s",
+            "gaussian_fit": "C2^",
+        }
+        temps = sorted(k for k in table if k.startswith("model_t"))
+        if temps:  # the model's own curve over sampling temperatures
+            ax.plot(
+                [table[k]["median_max_iou"] for k in [*temps, "model"]],
+                [table[k]["median_acc"] for k in [*temps, "model"]],
+                ":",
+                c="C0",
+                lw=1,
+            )
         for k, m in marks.items():
             if k in table:
                 row = table[k]
