@@ -258,42 +258,27 @@ def _r(x: float | None, nd: int = 4) -> float | int | None:
 
 
 def select_sampler(target, train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
-    """The sampler settings the goal reads, chosen on the zoo's *training* examples (the
-    test split is never read): over ``cfg["sampler_grid"]`` (accuracy prompt as a quantile
-    of the training networks' accuracies, or unprompted; guidance; temperature), the
-    setting whose generated networks' median accuracy on those examples is within 1 point
-    of the training networks' median there with the lowest median max-IoU (misclassified
-    sets on those examples), else the closest median accuracy."""
+    """The sampler settings the goal reads, chosen on the zoo's *training* examples by
+    `generators.novelty.choose_sampler` (the test split is never read): over
+    ``cfg["sampler_grid"]``, the setting whose median accuracy there is within 1 point of
+    the training networks' with the lowest median max-IoU, else the closest accuracy."""
+    del target  # the generator's
     x, y = data.x_train, data.y_train
-    tr_acc, tr_wrong = novelty.evaluate(target, train_p, x, y)
-    want = float(np.median(tr_acc))
-    grid = cfg["sampler_grid"]
-    rows = []
-    for q in grid["prompt_quantiles"]:
-        prompt = None if q is None else float(np.quantile(train_acc, q))
-        for g in grid["guidance"] if q is not None else (1.0,):
-            for t in grid["temperature"]:
-                k = jax.random.fold_in(key, len(rows))
-                p = gen.sample(k, cfg["generated"], accuracy=prompt, guidance=g, temperature=t)
-                acc, wrong = novelty.evaluate(target, p, x, y)
-                rows.append({
-                    "prompt_quantile": q, "accuracy": prompt, "guidance": g, "temperature": t,
-                    "median_acc": _r(float(np.median(acc))),
-                    "median_max_iou": _r(float(np.median(novelty.max_similarity(wrong, tr_wrong)))),
-                })  # fmt: skip
-    close = [r for r in rows if abs(r["median_acc"] - want) <= 0.01 + 1e-9]
-    if close:
-        best = min(close, key=lambda r: r["median_max_iou"])
-    else:
-        best = min(rows, key=lambda r: abs(r["median_acc"] - want))
-    chosen = {k: best[k] for k in ("accuracy", "guidance", "temperature")}
-    log(f"sampler chosen on {len(y)} training examples: {chosen} ({best})")
+    c = novelty.choose_sampler(
+        gen, train_p, x, y, key=key, accuracy=train_acc, n=cfg["generated"],
+        grid=cfg["sampler_grid"],
+    )  # fmt: skip
+    log(f"sampler chosen on {len(y)} training examples: {c['chosen']} ({c['chosen_row']})")
+
+    def rounded(row: dict[str, Any]) -> dict[str, Any]:
+        return {k: _r(v) if k.startswith("median") else v for k, v in row.items()}
+
     return {
-        "selection_examples": int(len(y)),
-        "training_median_acc_on_selection": _r(want),
-        "grid": rows,
-        "chosen": chosen,
-        "chosen_row": best,
+        "selection_examples": c["examples"],
+        "training_median_acc_on_selection": _r(c["training_median_acc"]),
+        "grid": [rounded(r) for r in c["grid"]],
+        "chosen": c["chosen"],
+        "chosen_row": rounded(c["chosen_row"]),
     }
 
 

@@ -16,6 +16,8 @@ any `Target`, with one code path for generated networks, training networks and b
   With a small test split IoU is coarse: digits' 450 test examples leave a 98%-accurate
   network about 9 errors, so IoUs move in steps of ~0.1 (MNIST-1D: 1,000 examples).
 - `diversity`: mean IoU over distinct pairs of generated networks.
+- `choose_sampler`: a generator's sampler settings (accuracy prompt, guidance, temperature)
+  chosen on examples other than the test split, by these metrics.
 - `nearest_neighbour_l2`: the L2 distance to the nearest training network up to the
   permutation symmetries (`hyper.align`): every network is first aligned to one reference
   training network (weight matching), the `candidates` nearest training networks in that
@@ -63,6 +65,7 @@ from hyper.target import Params, Target
 
 __all__ = [
     "average_baseline",
+    "choose_sampler",
     "diversity",
     "evaluate",
     "frontier_at",
@@ -420,3 +423,79 @@ def frontier_at(
     if not a[0] <= accuracy <= a[-1]:
         return None
     return float(np.interp(accuracy, a, s))
+
+
+# --- choosing a sampler -------------------------------------------------------------------
+
+SAMPLER_GRID: dict[str, tuple] = {
+    "prompt_quantiles": (None, 0.5, 0.75, 0.9, 1.0),
+    "guidance": (1.0, 2.0, 3.0),
+    "temperature": (1.0, 0.7, 0.5),
+}
+
+
+def choose_sampler(
+    gen: Any,
+    training: Params,
+    x: Any,
+    y: Any,
+    *,
+    key: jax.Array,
+    accuracy: Any = None,
+    n: int = 200,
+    grid: dict[str, Sequence[Any]] | None = None,
+) -> dict[str, Any]:
+    """Sampler settings of a weight generator chosen on the examples `x, y` (the zoo's
+    training examples, say; never the split the results are reported on).
+
+    Over `grid` (default `SAMPLER_GRID`): the accuracy prompt as a quantile of the
+    training networks' accuracies `accuracy` (None: unprompted; only None when `accuracy`
+    is None or the generator is not accuracy-conditioned), the guidance (prompted only) and
+    the temperature, `n` networks each from ``fold_in(key, i)``. The chosen setting is the
+    one whose median accuracy on `x, y` is within 1 point of the training networks' median
+    there with the lowest median max-IoU to them; if none is, the closest median accuracy.
+
+    Args:
+      gen: a `generators.weightgen.WeightGen` (anything with its ``sample`` and ``target``).
+      training: the training population `[m, ...]`.
+
+    Returns:
+      ``{"chosen": {"accuracy", "guidance", "temperature"}`` (keyword arguments of
+      ``gen.sample``), ``"chosen_row"``, ``"grid"`` (one row per setting: its median
+      accuracy and max-IoU), ``"training_median_acc"``, ``"examples"}``.
+    """
+    grid = {**SAMPLER_GRID, **(grid or {})}
+    conditioned = getattr(getattr(gen, "config", None), "condition", None) == "accuracy"
+    quantiles = [
+        q for q in grid["prompt_quantiles"] if q is None or (conditioned and accuracy is not None)
+    ]
+    if not quantiles:
+        raise WeightspaceError("choose_sampler: the grid has no prompt this generator can take")
+    tr_acc, tr_wrong = evaluate(gen.target, training, x, y)
+    want = float(np.median(tr_acc))
+    rows: list[dict[str, Any]] = []
+    for q in quantiles:
+        prompt = None if q is None else float(np.quantile(np.asarray(accuracy), q))
+        for g in grid["guidance"] if q is not None else (1.0,):
+            for t in grid["temperature"]:
+                k = jax.random.fold_in(key, len(rows))
+                population = gen.sample(k, n, accuracy=prompt, guidance=g, temperature=t)
+                acc, wrong = evaluate(gen.target, population, x, y)
+                sim = max_similarity(wrong, tr_wrong)
+                rows.append({
+                    "prompt_quantile": q, "accuracy": prompt, "guidance": float(g),
+                    "temperature": float(t), "median_acc": float(np.median(acc)),
+                    "median_max_iou": float(np.median(sim)),
+                })  # fmt: skip
+    close = [r for r in rows if abs(r["median_acc"] - want) <= 0.01 + 1e-9]
+    if close:
+        best = min(close, key=lambda r: r["median_max_iou"])
+    else:
+        best = min(rows, key=lambda r: abs(r["median_acc"] - want))
+    return {
+        "chosen": {k: best[k] for k in ("accuracy", "guidance", "temperature")},
+        "chosen_row": best,
+        "grid": rows,
+        "training_median_acc": want,
+        "examples": int(len(np.asarray(y))),
+    }

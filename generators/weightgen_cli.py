@@ -2,9 +2,10 @@
 
   weightspace weightgen train --zoo DIR --out DIR [--condition accuracy|task]
                               [--epoch E[,E...]] [--align] [--ae-steps N] [--flow-steps N]
-                              [--seed S] [--resume | --overwrite] [--quiet]
+                              [--choose-sampler] [--seed S] [--resume | --overwrite] [--quiet]
   weightspace weightgen sample --from DIR --n 1000 [--accuracy 0.9 | --classes 0,3,7]
-                               [--guidance G] [--temperature T] [--seed S] [--chunk C] --out DIR
+                               [--sampler default|chosen] [--guidance G] [--temperature T]
+                               [--seed S] [--chunk C] --out DIR
                                [--overwrite] [--quiet]
 
 ``train`` reads the networks of one target from a zoo (its groups of that target, at the
@@ -12,7 +13,11 @@ last checkpointed epoch or the given ones; diverged members left out), the membe
 accuracy from the metadata rows (``--condition accuracy``) or their class subset from the
 member key ``"classes"`` (``--condition task``), optionally aligns them to the first one
 (``--align``, weight matching: `hyper.align.align_population`), and writes ``DIR/model``
-(the generator) and ``DIR/checkpoints`` (resumable with ``--resume``). ``sample`` writes a
+(the generator) and ``DIR/checkpoints`` (resumable with ``--resume``). With
+``--choose-sampler`` it then chooses the sampler settings (accuracy prompt, guidance,
+temperature) on the data set's training examples (`generators.novelty.choose_sampler`) and
+stores them with the model; ``sample --sampler chosen`` uses them (an explicit
+``--accuracy``, ``--guidance`` or ``--temperature`` wins). ``sample`` writes a
 zoo directory that ``hyper.zoo.load`` reads, each network evaluated on the generator's data
 set (train/test loss and accuracy in the metadata rows) and its prompt in its member row.
 """
@@ -30,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from generators import novelty
 from generators.weightgen import WeightGen, WeightGenConfig, train, write_generated_zoo
 from hyper import data as data_lib
 from hyper import population as pop_ops
@@ -72,6 +78,11 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--flow-steps", type=int, default=d.flow_steps)
     t.add_argument("--latent-dim", type=int, default=d.latent_dim)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--choose-sampler",
+        action="store_true",
+        help="choose prompt, guidance and temperature on the training examples (accuracy)",
+    )
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
     g.add_argument("--overwrite", action="store_true")
@@ -87,8 +98,14 @@ def add_parsers(subparsers: Any) -> None:
     s.add_argument(
         "--temperature",
         type=float,
-        default=1.0,
+        default=None,
         help="initial-noise scale (below 1: closer to the zoo, more accurate, less novel)",
+    )
+    s.add_argument(
+        "--sampler",
+        choices=("default", "chosen"),
+        default="default",
+        help="'chosen': the settings train --choose-sampler stored with the model",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--chunk", type=int, default=256, help="networks per jitted call")
@@ -166,6 +183,8 @@ def zoo_training_data(
 def _train(args: argparse.Namespace) -> int:
     if args.ae_steps < 0 or args.flow_steps < 0 or args.seed < 0:
         raise WeightspaceError("--ae-steps, --flow-steps and --seed must be >= 0")
+    if args.choose_sampler and args.condition != "accuracy":
+        raise WeightspaceError("--choose-sampler needs --condition accuracy")
     zoo_dir = os.path.abspath(args.zoo)
     target, pop, acc, classes, meta = zoo_training_data(
         zoo_dir, condition=args.condition, epochs=args.epoch
@@ -193,6 +212,15 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         metadata=meta,
     )
+    chosen = None
+    if args.choose_sampler:
+        data = data_lib.load(meta["dataset"])
+        c = novelty.choose_sampler(
+            gen, pop, data.x_train, data.y_train, key=jax.random.key(args.seed), accuracy=acc
+        )
+        chosen = c["chosen"]
+        gen.metadata["sampler"] = {k: c[k] for k in ("chosen", "chosen_row", "examples")}
+        gen.save(os.path.join(args.out, "model"), overwrite=True)
     last = gen.history[-1] if gen.history else {}
     print(
         json.dumps(
@@ -203,6 +231,7 @@ def _train(args: argparse.Namespace) -> int:
                 "condition": args.condition,
                 "seconds": round(time.perf_counter() - t0, 1),
                 "last_loss": last.get("loss"),
+                "sampler": chosen,
             }
         )
     )
@@ -213,12 +242,29 @@ def _sample(args: argparse.Namespace) -> int:
     if args.n < 1 or args.chunk < 1:
         raise WeightspaceError("--n and --chunk must be >= 1")
     gen = WeightGen.load(args.source)
+    settings = {"accuracy": args.accuracy, "guidance": args.guidance, "temperature": None}
+    if args.sampler == "chosen":
+        stored = gen.metadata.get("sampler")
+        if not stored:
+            raise WeightspaceError(
+                f"--sampler chosen: {args.source} stores no sampler; train with --choose-sampler"
+            )
+        if args.classes is None:  # a task prompt replaces the stored accuracy prompt
+            settings["accuracy"] = stored["chosen"]["accuracy"]
+        settings["guidance"] = stored["chosen"]["guidance"]
+        settings["temperature"] = stored["chosen"]["temperature"]
+    for k in settings:  # explicit flags win
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    args.accuracy, args.temperature = settings["accuracy"], settings["temperature"]
+    if args.temperature is None:
+        args.temperature = 1.0
     pop = gen.sample(
         jax.random.key(args.seed),
         args.n,
         accuracy=args.accuracy,
         classes=args.classes,
-        guidance=args.guidance,
+        guidance=settings["guidance"],
         temperature=args.temperature,
         chunk=args.chunk,
         progress=not args.quiet,
@@ -230,6 +276,8 @@ def _sample(args: argparse.Namespace) -> int:
         prompt["prompt_classes"] = sorted(set(args.classes))
     if args.temperature != 1.0:
         prompt["temperature"] = args.temperature
+    if settings["guidance"] is not None:
+        prompt["guidance"] = settings["guidance"]
     rows = [dict(prompt) for _ in range(args.n)]
     name = gen.metadata.get("dataset")
     if name in data_lib.available():

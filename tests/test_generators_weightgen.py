@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from generators import novelty
 from generators.weightgen import WeightGen, WeightGenConfig, train, write_generated_zoo
 from generators.weightgen_cli import zoo_training_data
 from generators.weightgen_nets import condition_vectors
@@ -91,6 +92,34 @@ def test_temperature_scales_the_spread_of_samples(trained):
     for bad in (-0.5, float("nan"), True, "1"):
         with pytest.raises(WeightspaceError, match="temperature"):
             gen.sample(key, 2, accuracy=0.9, temperature=bad)
+
+
+def test_choose_sampler_follows_its_rule_on_the_grid(trained, tiny):
+    """`novelty.choose_sampler` samples every setting of its grid (prompts only for an
+    accuracy-conditioned generator given accuracies) and picks by its rule: within 1 point
+    of the training networks' median accuracy, the lowest max-IoU; else the closest."""
+    gen, _ = trained
+    _, pop, acc = tiny
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    grid = {"prompt_quantiles": (None, 0.5, 1.0), "guidance": (1.0, 2.0), "temperature": (1.0, 0.5)}
+    key = jax.random.key(4)
+    c = novelty.choose_sampler(gen, pop, x, y, key=key, accuracy=acc, n=8, grid=grid)
+    assert len(c["grid"]) == 2 + 2 * 2 * 2 and c["examples"] == 60
+    assert {r["accuracy"] for r in c["grid"]} == {None, float(np.quantile(acc, 0.5)), 0.95}
+    want = c["training_median_acc"]
+    close = [r for r in c["grid"] if abs(r["median_acc"] - want) <= 0.01 + 1e-9]
+    if close:
+        assert c["chosen_row"]["median_max_iou"] == min(r["median_max_iou"] for r in close)
+    gap = abs(c["chosen_row"]["median_acc"] - want)
+    assert gap == min(abs(r["median_acc"] - want) for r in c["grid"]) or close
+    assert c["chosen"] == {k: c["chosen_row"][k] for k in ("accuracy", "guidance", "temperature")}
+    # without accuracies: unprompted rows only, one per temperature
+    c = novelty.choose_sampler(gen, pop, x, y, key=key, n=8, grid=grid)
+    assert [(r["accuracy"], r["guidance"]) for r in c["grid"]] == [(None, 1.0)] * 2
+    with pytest.raises(WeightspaceError, match="no prompt"):
+        novelty.choose_sampler(gen, pop, x, y, key=key, grid={"prompt_quantiles": (0.5,)})
 
 
 def test_autoencoder_reconstructs_the_zoo(trained, tiny):
@@ -222,6 +251,20 @@ def test_cli_bad_input_exits_2(trained, tmp_path, capsys):
     args[-1] = "0.5"  # a valid temperature: recorded in every generated member's row
     assert main([*args, "--accuracy", "0.8", "--quiet", "--out", str(tmp_path / "t")]) == 0
     assert [r["temperature"] for r in zoo.load(tmp_path / "t").rows()] == [0.5, 0.5]
+    # --sampler chosen: the settings stored with the model, an explicit flag wins
+    args = ["weightgen", "sample", "--from", str(out), "--n", "2", "--sampler", "chosen"]
+    assert main([*args, "--out", str(tmp_path / "s")]) == 2
+    assert "stores no sampler" in capsys.readouterr().err
+    gen = WeightGen.load(out)
+    gen.metadata["sampler"] = {"chosen": {"accuracy": 0.9, "guidance": 2.0, "temperature": 0.5}}
+    gen.save(tmp_path / "g")
+    args[3] = str(tmp_path / "g")
+    assert main([*args, "--temperature", "0.7", "--quiet", "--out", str(tmp_path / "s")]) == 0
+    rows = zoo.load(tmp_path / "s").rows()
+    assert [(r["prompt_accuracy"], r["temperature"]) for r in rows] == [(0.9, 0.7)] * 2
+    bad = ["weightgen", "train", "--zoo", str(tmp_path), "--out", str(tmp_path / "x")]
+    assert main([*bad, "--choose-sampler"]) == 2  # needs --condition accuracy
+    assert "--choose-sampler needs --condition accuracy" in capsys.readouterr().err
     assert (
         main(
             [
