@@ -44,8 +44,8 @@ def many_programs_compiler_options() -> dict[str, Any] | None:
     process (``vm.max_map_count``): with the defaults one park conv net's forward and VJP
     held 400-1,200 mappings, about a hundred architectures exhausted them, and LLVM failed
     with "Cannot allocate memory" before the process crashed. With these options the same
-    programs hold 1-50 mappings, compile 1.5-3x faster and run in about the same time
-    (measured on three park architectures). None (the defaults) on accelerators.
+    programs hold 18-53 mappings (six park architectures), compile 1.5-3x faster and run in
+    about the same time. None (the defaults) on accelerators.
     """
     if jax.default_backend() != "cpu":
         return None
