@@ -189,17 +189,11 @@ class WeightGen:
                 num_classes=self.num_classes,
                 acc_stats=self.acc_stats,
             )
-        if isinstance(g, bool) or not isinstance(g, int | float) or not np.isfinite(g):
-            raise WeightspaceError(f"sample: guidance must be a number, got {guidance!r}")
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, int | float)
-            or not np.isfinite(temperature)
-            or temperature < 0
-        ):
-            raise WeightspaceError(
-                f"sample: temperature must be a number >= 0, got {temperature!r}"
-            )
+        for name, v, given in (("guidance", g, guidance), ("temperature", temperature, None)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+                raise WeightspaceError(f"sample: {name} must be a number, got {given or v!r}")
+        if temperature < 0:
+            raise WeightspaceError(f"sample: temperature must be >= 0, got {temperature!r}")
         chunk = min(int(chunk), int(n))
         run, ae_state, v_state = self._program()
         keys = jax.random.split(key, n)
@@ -210,15 +204,8 @@ class WeightGen:
             if pad:
                 k = jnp.concatenate([k, jnp.broadcast_to(k[:1], (pad, *k.shape[1:]))])
                 c = np.concatenate([c, np.repeat(c[:1], pad, axis=0)])
-            x = run(
-                ae_state,
-                v_state,
-                self.stats,
-                k,
-                jnp.asarray(c),
-                jnp.float32(g),
-                jnp.float32(temperature),
-            )
+            g_t = (jnp.float32(g), jnp.float32(temperature))
+            x = run(ae_state, v_state, self.stats, k, jnp.asarray(c), *g_t)
             parts.append(x[: chunk - pad])
         x = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
         return pop_ops.unflatten(self.target, x)
