@@ -323,7 +323,8 @@ def run_seed(split: str, ds, train, test, cfg, seed: int, log) -> dict[str, Any]
             fit_s = time.perf_counter() - t0
             val_preds[kind] = pred.predict(ds, val)
             if kind in FITS_ON_VALIDATION:  # its validation predictions, out of sample
-                val_preds[kind] = predict.fit(kind, ds, train[tr_rel], seed=seed).predict(ds, val)
+                again = predict.fit(kind, ds, train[tr_rel], seed=seed, **over)
+                val_preds[kind] = again.predict(ds, val)
             test_preds[kind] = pred.predict(ds, test)
         except ValueError as e:  # a model that cannot read this zoo: recorded, not hidden
             out["models"][kind] = {"error": str(e)}

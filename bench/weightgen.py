@@ -117,11 +117,7 @@ FULL = {
     # the sampler the goal reads: prompt (a quantile of the training networks' accuracies;
     # None: unprompted), guidance and temperature chosen on the zoo's training examples
     # (`select_sampler`), never on the test split
-    "sampler_grid": {
-        "prompt_quantiles": (None, 0.5, 0.75, 0.9, 1.0),
-        "guidance": (1.0, 2.0, 3.0),
-        "temperature": (1.0, 0.7, 0.5),
-    },
+    "sampler_grid": novelty.SAMPLER_GRID,
     # The generator trains on the networks aligned to member 0 (`hyper.align`): median
     # sampled accuracy 0.80 against 0.67 unaligned on a 510-network digits zoo (issue 29's
     # first measurement); novelty is measured against the unaligned originals (the same
@@ -257,12 +253,11 @@ def _r(x: float | None, nd: int = 4) -> float | int | None:
     return round(float(x), nd)
 
 
-def select_sampler(target, train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
+def select_sampler(train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
     """The sampler settings the goal reads, chosen on the zoo's *training* examples by
     `generators.novelty.choose_sampler` (the test split is never read): over
     ``cfg["sampler_grid"]``, the setting whose median accuracy there is within 1 point of
     the training networks' with the lowest median max-IoU, else the closest accuracy."""
-    del target  # the generator's
     x, y = data.x_train, data.y_train
     c = novelty.choose_sampler(
         gen, train_p, x, y, key=key, accuracy=train_acc, n=cfg["generated"],
@@ -299,9 +294,7 @@ def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict
     for j, t in enumerate(temps):  # own keys: the rows above keep theirs
         k = jax.random.fold_in(key, 1000 + j)
         populations[f"model_t{t}"] = gen.sample(k, n, temperature=float(t))
-    sampler = select_sampler(
-        target, train_p, train_acc, gen, data, cfg, jax.random.fold_in(key, 2000)
-    )
+    sampler = select_sampler(train_p, train_acc, gen, data, cfg, jax.random.fold_in(key, 2000))
     populations["model_selected"] = gen.sample(
         jax.random.fold_in(key, 3000), n, **sampler["chosen"]
     )
@@ -328,9 +321,12 @@ def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict
     curve = [points[f"noise_{a}"] for a in cfg["noise"]]
     train_med = float(np.median(train_acc))
 
+    def noise_at(acc: float) -> float | None:  # the noise curve's max-IoU at `acc`
+        return novelty.frontier_at([c[0] for c in curve], [c[1] for c in curve], acc)
+
     def goal_check(name: str) -> dict[str, Any]:
         m_acc, m_iou = points[name]
-        at = novelty.frontier_at([c[0] for c in curve], [c[1] for c in curve], m_acc)
+        at = noise_at(m_acc)
         check: dict[str, Any] = {
             "row": name,
             "model_median_acc": _r(m_acc),
@@ -367,11 +363,7 @@ def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict
                 "temperature": t,
                 "median_acc": _r(points[name][0]),
                 "median_max_iou": _r(points[name][1]),
-                "noise_curve_max_iou_at_its_acc": _r(
-                    novelty.frontier_at(
-                        [c[0] for c in curve], [c[1] for c in curve], points[name][0]
-                    )
-                ),
+                "noise_curve_max_iou_at_its_acc": _r(noise_at(points[name][0])),
             }
             for t, name in [(t, f"model_t{t}") for t in temps] + [(1.0, "model")]
         ],

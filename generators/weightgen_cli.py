@@ -242,41 +242,35 @@ def _sample(args: argparse.Namespace) -> int:
     if args.n < 1 or args.chunk < 1:
         raise WeightspaceError("--n and --chunk must be >= 1")
     gen = WeightGen.load(args.source)
-    settings = {"accuracy": args.accuracy, "guidance": args.guidance, "temperature": None}
+    chosen: dict[str, Any] = {}
     if args.sampler == "chosen":
         stored = gen.metadata.get("sampler")
         if not stored:
             raise WeightspaceError(
                 f"--sampler chosen: {args.source} stores no sampler; train with --choose-sampler"
             )
-        if args.classes is None:  # a task prompt replaces the stored accuracy prompt
-            settings["accuracy"] = stored["chosen"]["accuracy"]
-        settings["guidance"] = stored["chosen"]["guidance"]
-        settings["temperature"] = stored["chosen"]["temperature"]
-    for k in settings:  # explicit flags win
-        if getattr(args, k) is not None:
-            settings[k] = getattr(args, k)
-    args.accuracy, args.temperature = settings["accuracy"], settings["temperature"]
-    if args.temperature is None:
-        args.temperature = 1.0
+        chosen = dict(stored["chosen"])
+        if args.classes is not None:  # a task prompt replaces the stored accuracy prompt
+            chosen.pop("accuracy")
+    keys = ("accuracy", "guidance", "temperature")
+    explicit = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    settings = {"temperature": 1.0, **chosen, **explicit}  # explicit flags win
     pop = gen.sample(
         jax.random.key(args.seed),
         args.n,
-        accuracy=args.accuracy,
         classes=args.classes,
-        guidance=settings["guidance"],
-        temperature=args.temperature,
         chunk=args.chunk,
         progress=not args.quiet,
+        **settings,
     )
     prompt: dict[str, Any] = {}
-    if args.accuracy is not None:
-        prompt["prompt_accuracy"] = args.accuracy
+    if settings.get("accuracy") is not None:
+        prompt["prompt_accuracy"] = settings["accuracy"]
     if args.classes is not None:
         prompt["prompt_classes"] = sorted(set(args.classes))
-    if args.temperature != 1.0:
-        prompt["temperature"] = args.temperature
-    if settings["guidance"] is not None:
+    if settings["temperature"] != 1.0:
+        prompt["temperature"] = settings["temperature"]
+    if settings.get("guidance") is not None:
         prompt["guidance"] = settings["guidance"]
     rows = [dict(prompt) for _ in range(args.n)]
     name = gen.metadata.get("dataset")
