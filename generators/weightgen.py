@@ -38,7 +38,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -52,6 +51,13 @@ from generators.weightgen_nets import (
     leaf_statistics,
     normalize,
 )
+from generators.weightgen_train import (
+    AE_FIELDS,
+    FLOW_FIELDS,
+    autoencoder_chunk,
+    flow_chunk,
+    program_key,
+)
 from hyper import population as pop_ops
 from hyper import zoo_format
 from hyper.checkpoint import (
@@ -61,7 +67,6 @@ from hyper.checkpoint import (
     target_from_stored,
 )
 from hyper.errors import WeightspaceError
-from hyper.optimizers import make_optimizer
 from hyper.target import Params, Target
 
 __all__ = ["WeightGen", "WeightGenConfig", "train", "write_generated_zoo"]
@@ -353,6 +358,31 @@ def _build(
 # ---------------------------------------------------------------------------------------
 
 
+def _check_inputs(target: Target, params: Params, config: WeightGenConfig, inputs: Any):
+    if config.functional_weight == 0:
+        if inputs is not None:
+            raise WeightspaceError("inputs given but config.functional_weight is 0")
+        return None
+    if inputs is None:
+        raise WeightspaceError(
+            "config.functional_weight > 0 needs inputs=[E, ...]: example inputs of the "
+            "networks' task (their training examples)"
+        )
+    inputs = jnp.asarray(inputs, jnp.float32)
+    one = jax.tree.map(lambda a: a[0], params)
+    try:
+        out = jax.eval_shape(target.pure_apply, one, inputs[:1])
+    except Exception as e:  # noqa: BLE001 - the target's own error, re-raised with context
+        raise WeightspaceError(
+            f"weightgen train: the target cannot run on inputs of shape {inputs.shape[1:]}: {e}"
+        ) from e
+    if not hasattr(out, "shape") or len(out.shape) != 2:
+        raise WeightspaceError(
+            f"weightgen train: the functional term needs [batch, classes] logits, got {out}"
+        )
+    return inputs
+
+
 def _check_data(target: Target, params: Params, config, accuracy, classes):
     n = target.validate(params, batched=True)
     if n < 2:
@@ -389,88 +419,6 @@ def _check_data(target: Target, params: Params, config, accuracy, classes):
     return x, cond, acc_stats, num_classes
 
 
-def _optimizer(config: WeightGenConfig, steps: int):
-    """AdamW over one stage of `steps` steps, its learning rate constant or cosine-decayed
-    to 0 over the stage (``config.lr_schedule``)."""
-    cosine = config.lr_schedule == "cosine" and steps > 0
-    return make_optimizer(
-        "adam",
-        config.learning_rate,
-        schedule="cosine" if cosine else None,
-        steps=steps if cosine else None,
-        weight_decay=config.weight_decay,
-    )
-
-
-def _program_key(config: WeightGenConfig, *fields: str) -> WeightGenConfig:
-    """`config` with every field but `fields` at its default: the cache key of a training
-    program that reads only `fields` (runs differing in seed or the other stage share it)."""
-    return WeightGenConfig(**{f: getattr(config, f) for f in fields})
-
-
-@functools.lru_cache(maxsize=16)
-def _ae_chunk(ae_def, config: WeightGenConfig):
-    opt = _optimizer(config, config.ae_steps)
-
-    def loss_fn(state, x, key):
-        ae = nnx.merge(ae_def, state)
-        k1, k2 = jax.random.split(key)
-        xn = x + config.input_noise * jax.random.normal(k1, x.shape)
-        z = ae.encode(xn)
-        z = z + config.latent_noise * jax.random.normal(k2, z.shape)
-        return jnp.mean(jnp.square(ae.decode(z) - x))
-
-    @jax.jit
-    def run(state, opt_state, data, root, start, length):
-        def body(carry, s):
-            state, opt_state = carry
-            k = jax.random.fold_in(root, s)
-            kb, kn = jax.random.split(k)
-            idx = jax.random.randint(kb, (config.batch_size,), 0, data.shape[0])
-            loss, g = jax.value_and_grad(loss_fn)(state, data[idx], kn)
-            upd, opt_state = opt.update(g, opt_state, state)
-            return (optax.apply_updates(state, upd), opt_state), loss
-
-        steps = start + jnp.arange(length.shape[0])
-        (state, opt_state), losses = jax.lax.scan(body, (state, opt_state), steps)
-        return state, opt_state, jnp.mean(losses)
-
-    return opt, run
-
-
-@functools.lru_cache(maxsize=16)
-def _flow_chunk(v_def, config: WeightGenConfig):
-    opt = _optimizer(config, config.flow_steps)
-    conditional = config.condition is not None
-
-    def loss_fn(state, z1, c, key):
-        vel = nnx.merge(v_def, state)
-        k0, kt, kd = jax.random.split(key, 3)
-        z0 = jax.random.normal(k0, z1.shape)
-        t = jax.random.uniform(kt, (z1.shape[0],))
-        zt = (1 - t[:, None]) * z0 + t[:, None] * z1
-        keep = jax.random.bernoulli(kd, 1 - config.cond_dropout, (z1.shape[0],))
-        v = vel(zt, t, c if conditional else None, keep if conditional else None)
-        return jnp.mean(jnp.square(v - (z1 - z0)))
-
-    @jax.jit
-    def run(state, opt_state, latents, cond, root, start, length):
-        def body(carry, s):
-            state, opt_state = carry
-            k = jax.random.fold_in(root, s)
-            kb, kn = jax.random.split(k)
-            idx = jax.random.randint(kb, (config.batch_size,), 0, latents.shape[0])
-            loss, g = jax.value_and_grad(loss_fn)(state, latents[idx], cond[idx], kn)
-            upd, opt_state = opt.update(g, opt_state, state)
-            return (optax.apply_updates(state, upd), opt_state), loss
-
-        steps = start + jnp.arange(length.shape[0])
-        (state, opt_state), losses = jax.lax.scan(body, (state, opt_state), steps)
-        return state, opt_state, jnp.mean(losses)
-
-    return opt, run
-
-
 def train(
     target: Target,
     params: Params,
@@ -478,6 +426,7 @@ def train(
     config: WeightGenConfig,
     accuracy: Any = None,
     classes: Any = None,
+    inputs: Any = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -493,6 +442,9 @@ def train(
       config: hyperparameters; ``config.condition`` picks the condition.
       accuracy: `[N]` test accuracies in [0, 1] (condition ``"accuracy"``).
       classes: `[N, C]` multi-hot class subsets (condition ``"task"``).
+      inputs: example inputs `[E, ...]` of the networks' task (their training examples)
+        for the autoencoder's functional term; needed when ``config.functional_weight >
+        0`` (`generators.weightgen_train`), refused otherwise.
       out_dir: where checkpoints (``checkpoints/``) and the final model (``model/``) go.
       resume: continue the run in `out_dir` from its last checkpoint (same config and
         data, else `CheckpointError`).
@@ -509,6 +461,7 @@ def train(
     if resume and out_dir is None:
         raise WeightspaceError("weightgen train: resume=True needs the run's out_dir")
     x, cond, acc_stats, num_classes = _check_data(target, params, config, accuracy, classes)
+    inputs = _check_inputs(target, params, config, inputs)
     gen = _build(target, config, num_classes)
     gen.acc_stats, gen.metadata = acc_stats, dict(metadata or {})
     mean, std = leaf_statistics(target, x)
@@ -516,15 +469,17 @@ def train(
     xn = normalize(target, jnp.asarray(x), gen.stats["leaf_mean"], gen.stats["leaf_std"])
     cond = jnp.asarray(cond)
     digest = hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.asarray(cond).tobytes())
+    if inputs is not None:
+        digest.update(np.ascontiguousarray(inputs).tobytes())
     run_meta = {"config": config.to_json(), "data": digest.hexdigest(), "target": target.config}
 
     ae_def, ae_state = nnx.split(gen.autoencoder)
     v_def, v_state = nnx.split(gen.velocity)
-    common = ("batch_size", "learning_rate", "weight_decay", "lr_schedule")
-    ae_key = _program_key(config, *common, "ae_steps", "input_noise", "latent_noise")
-    v_key = _program_key(config, *common, "flow_steps", "condition", "cond_dropout")
-    ae_opt, ae_run = _ae_chunk(ae_def, ae_key)
-    v_opt, v_run = _flow_chunk(v_def, v_key)
+    functional = config.functional_weight > 0
+    ae_key, v_key = program_key(config, AE_FIELDS), program_key(config, FLOW_FIELDS)
+    ae_opt, ae_run = autoencoder_chunk(ae_def, ae_key, target if functional else None)
+    v_opt, v_run = flow_chunk(v_def, v_key)
+    ae_extra = (inputs, gen.stats["leaf_mean"], gen.stats["leaf_std"]) if functional else ()
     ae_opt_state, v_opt_state = ae_opt.init(ae_state), v_opt.init(v_state)
     root = jax.random.key(config.seed)
     k_ae, k_flow = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
@@ -573,7 +528,7 @@ def train(
                 )
                 length = jnp.zeros((end - step, 0))
                 ae_state, ae_opt_state, loss = ae_run(
-                    ae_state, ae_opt_state, xn, k_ae, jnp.int32(step), length
+                    ae_state, ae_opt_state, xn, ae_extra, k_ae, jnp.int32(step), length
                 )
                 phase = "autoencoder"
             else:
@@ -587,7 +542,7 @@ def train(
                 end = config.ae_steps + end_s
                 length = jnp.zeros((end - step, 0))
                 v_state, v_opt_state, loss = v_run(
-                    v_state, v_opt_state, latents, cond, k_flow, jnp.int32(s), length
+                    v_state, v_opt_state, (latents, cond), (), k_flow, jnp.int32(s), length
                 )
                 phase = "flow"
             history.append({"step": end, "phase": phase, "loss": float(loss)})

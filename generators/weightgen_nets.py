@@ -69,6 +69,11 @@ class WeightGenConfig:
       batch_size: networks per training step.
       learning_rate: Adam(W) learning rate of both stages.
       weight_decay: AdamW weight decay.
+      functional_weight: weight of the autoencoder's functional term (the KL divergence
+        from each network's predictions to its reconstruction's on example inputs;
+        `generators.weightgen_train`); 0: p-diff's squared error alone. Training with it
+        needs the task's example inputs (`weightgen.train(inputs=...)`).
+      functional_batch: example inputs per step of the functional term.
       lr_schedule: ``"cosine"`` (the learning rate of each stage decays to 0 over its
         steps) or ``"constant"`` (the generators saved before this field).
       cond_dropout: probability of dropping the condition in training (classifier-free
@@ -92,6 +97,8 @@ class WeightGenConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
+    functional_weight: float = 0.0
+    functional_batch: int = 128
     lr_schedule: str = "constant"
     cond_dropout: float = 0.1
     guidance: float = 1.0
@@ -111,6 +118,7 @@ class WeightGenConfig:
             "batch_size",
             "sample_steps",
             "checkpoint_every",
+            "functional_batch",
         )
         for name in ints:
             v = getattr(self, name)
@@ -122,7 +130,8 @@ class WeightGenConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
                 raise WeightspaceError(f"WeightGenConfig.{name} must be an int >= 0, got {v!r}")
-        for name in ("input_noise", "latent_noise", "learning_rate", "weight_decay", "guidance"):
+        numbers = ("input_noise", "latent_noise", "learning_rate", "weight_decay", "guidance")
+        for name in (*numbers, "functional_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise WeightspaceError(f"WeightGenConfig.{name} must be a number, got {v!r}")
