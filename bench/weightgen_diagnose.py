@@ -11,7 +11,7 @@ last layer is linear in ``ae_hidden`` units, so its loss cannot fall below the r
 
 Usage::
 
-  python bench/weightgen_diagnose.py digits_mlp '[{}, {"ae_hidden": 1024}]' [--pca]
+  python bench/weightgen_diagnose.py digits_mlp '[{}, {"functional_weight": 1.0}]' [--pca]
       [--cache /tmp/wg_cache]
 """
 
@@ -64,7 +64,8 @@ def main(argv=None):
     for v in json.loads(args.variants):
         t0 = time.perf_counter()
         cfg = wg.WeightGenConfig(condition="accuracy", seed=0, **v)
-        gen = wg.train(target, params, config=cfg, accuracy=acc, progress=False)
+        inputs = data.x_train if cfg.functional_weight > 0 else None  # the functional term
+        gen = wg.train(target, params, config=cfg, accuracy=acc, inputs=inputs, progress=False)
         ae = [h["loss"] for h in gen.history if h["phase"] == "autoencoder"]
         flow = [h["loss"] for h in gen.history if h["phase"] == "flow"]
         prompted = []

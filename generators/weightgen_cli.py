@@ -2,7 +2,8 @@
 
   weightspace weightgen train --zoo DIR --out DIR [--condition accuracy|task]
                               [--epoch E[,E...]] [--align] [--ae-steps N] [--flow-steps N]
-                              [--choose-sampler] [--seed S] [--resume | --overwrite] [--quiet]
+                              [--functional-weight W] [--choose-sampler] [--seed S]
+                              [--resume | --overwrite] [--quiet]
   weightspace weightgen sample --from DIR --n 1000 [--accuracy 0.9 | --classes 0,3,7]
                                [--sampler default|chosen] [--guidance G] [--temperature T]
                                [--seed S] [--chunk C] --out DIR
@@ -12,7 +13,10 @@
 last checkpointed epoch or the given ones; diverged members left out), the members' test
 accuracy from the metadata rows (``--condition accuracy``) or their class subset from the
 member key ``"classes"`` (``--condition task``), optionally aligns them to the first one
-(``--align``, weight matching: `hyper.align.align_population`), and writes ``DIR/model``
+(``--align``, weight matching: `hyper.align.align_population`), trains with the
+autoencoder's functional term on the zoo data set's training inputs (weight
+``--functional-weight``, default 1; 0 turns it off: p-diff's squared error alone; see
+`generators.weightgen_train`), and writes ``DIR/model``
 (the generator) and ``DIR/checkpoints`` (resumable with ``--resume``). With
 ``--choose-sampler`` it then chooses the sampler settings (accuracy prompt, guidance,
 temperature) on the data set's training examples (`generators.novelty.choose_sampler`) and
@@ -77,6 +81,13 @@ def add_parsers(subparsers: Any) -> None:
     t.add_argument("--ae-steps", type=int, default=d.ae_steps)
     t.add_argument("--flow-steps", type=int, default=d.flow_steps)
     t.add_argument("--latent-dim", type=int, default=d.latent_dim)
+    t.add_argument(
+        "--functional-weight",
+        type=float,
+        default=1.0,
+        help="weight of the autoencoder's functional term on the zoo's training inputs "
+        "(0: squared error alone)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument(
         "--choose-sampler",
@@ -198,7 +209,16 @@ def _train(args: argparse.Namespace) -> int:
         ae_steps=args.ae_steps,
         flow_steps=args.flow_steps,
         latent_dim=args.latent_dim,
+        functional_weight=args.functional_weight,
     )
+    inputs = None
+    if config.functional_weight > 0:
+        if not meta["dataset"]:
+            raise WeightspaceError(
+                f"{zoo_dir}/zoo.json names no data set, so the functional term has no inputs; "
+                "pass --functional-weight 0"
+            )
+        inputs = data_lib.load(meta["dataset"]).x_train
     t0 = time.perf_counter()
     gen = train(
         target,
@@ -206,6 +226,7 @@ def _train(args: argparse.Namespace) -> int:
         config=config,
         accuracy=acc,
         classes=classes,
+        inputs=inputs,
         out_dir=args.out,
         resume=args.resume,
         overwrite=args.overwrite,

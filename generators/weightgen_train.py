@@ -36,7 +36,9 @@ __all__ = ["AE_FIELDS", "FLOW_FIELDS", "autoencoder_chunk", "flow_chunk", "progr
 _COMMON = ("batch_size", "learning_rate", "weight_decay", "lr_schedule")
 AE_FIELDS = (*_COMMON, "ae_steps", "input_noise", "latent_noise", "functional_weight",
              "functional_batch")  # fmt: skip
+"""The `WeightGenConfig` fields the autoencoder stage's program reads (its cache key)."""
 FLOW_FIELDS = (*_COMMON, "flow_steps", "condition", "cond_dropout")
+"""The `WeightGenConfig` fields the flow stage's program reads (its cache key)."""
 
 
 def _optimizer(config: WeightGenConfig, steps: int):

@@ -185,7 +185,7 @@ def test_generated_zoo_loads(trained, tiny, tmp_path):
     assert all(r["prompt_accuracy"] == 0.8 and not r["diverged"] for r in got)
 
 
-def test_cli_reads_a_zoo_s_accuracies_and_class_subsets(trained, tiny, tmp_path):
+def test_cli_reads_a_zoo_s_accuracies_and_class_subsets(trained, tiny, tmp_path, capsys):
     gen, _ = trained
     target, pop, acc = tiny
     subsets = [[i % 3, (i + 1) % 3] for i in range(N)]
@@ -203,6 +203,13 @@ def test_cli_reads_a_zoo_s_accuracies_and_class_subsets(trained, tiny, tmp_path)
     assert classes is None and a == pytest.approx(acc)
     with pytest.raises(WeightspaceError, match="classes"):  # a zoo without class subsets
         zoo_training_data(write_generated_zoo(gen, pop, tmp_path / "z2"), condition="task")
+    # the CLI's functional term reads the zoo's data set; this one names none
+    cli = ["weightgen", "train", "--zoo", d, "--out", str(tmp_path / "g"), "--quiet"]
+    assert main(cli) == 2
+    assert "names no data set" in capsys.readouterr().err
+    small = ["--ae-steps", "2", "--flow-steps", "2", "--latent-dim", "2"]
+    assert main([*cli, *small, "--functional-weight", "0"]) == 0
+    assert WeightGen.load(tmp_path / "g").config.functional_weight == 0
 
 
 def test_resume_equals_an_uninterrupted_run(trained, tiny, tmp_path):
