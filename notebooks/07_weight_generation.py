@@ -112,12 +112,16 @@ print("test accuracy quartiles:", np.quantile(train_acc, [0, 0.25, 0.5, 0.75, 1]
 # ## Train the generator and sample
 
 # %%
-cfg = weightgen.WeightGenConfig(condition="accuracy", seed=0)
+# functional_weight: the autoencoder also keeps each network's predictions on the training
+# inputs (`generators.weightgen_train`), not only its weights
+cfg = weightgen.WeightGenConfig(condition="accuracy", seed=0, functional_weight=1.0)
 if SMOKE:  # a few training steps of a small model only
     cfg = dataclasses.replace(
         cfg, ae_steps=20, flow_steps=20, ae_hidden=32, flow_hidden=32, checkpoint_every=20
     )
-gen = weightgen.train(target, train_p, config=cfg, accuracy=train_acc, progress=not SMOKE)
+gen = weightgen.train(
+    target, train_p, config=cfg, accuracy=train_acc, inputs=digits.x_train, progress=not SMOKE
+)
 n = 16 if SMOKE else 200
 generated = gen.sample(jax.random.key(1), n)
 
