@@ -65,6 +65,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script
@@ -103,6 +104,9 @@ FULL = {
     "noise": NOISE,
     "prompts": 6,
     "per_prompt": 100,
+    # the guidance of the prompted samplers, chosen on the training examples
+    # (`novelty.choose_prompt_guidance`)
+    "prompt_guidance": novelty.PROMPT_GUIDANCE,
     "task_subsets": 40,
     "task_seeds": 13,  # 520 task networks
     "task_heldout": 5,
@@ -136,6 +140,7 @@ QUICK = {
     "noise": (0.01, 0.06, 0.12, 0.3),
     "prompts": 5,
     "per_prompt": 16,
+    "prompt_guidance": (1.0, 2.0),
     "task_subsets": 6,
     "task_seeds": 4,
     "task_heldout": 2,
@@ -204,6 +209,8 @@ class RetrievalStandIn:
     def __init__(self, target, params, accuracy=None, classes=None, amplitude=0.03):
         self.target, self.params, self.amplitude = target, params, amplitude
         self.accuracy, self.classes = accuracy, classes
+        condition = "accuracy" if accuracy is not None else "task" if classes is not None else None
+        self.config = SimpleNamespace(condition=condition)  # what the choosers read
 
     def sample(
         self, key, n, accuracy=None, classes=None, guidance=None, temperature=1.0, chunk=256
@@ -381,25 +388,57 @@ def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict
     }
 
 
-def accuracy_conditioning(target, train_acc, gen, data, cfg, key) -> dict[str, Any]:
+def accuracy_conditioning(target, train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
+    """Prompted against achieved median test accuracy over ``cfg["prompts"]`` prompts
+    (the 15th to 85th percentile of the training networks'), with the guidance
+    `novelty.choose_prompt_guidance` chose on the zoo's *training* examples (the goal's
+    figures) and with guidance 1 (``default_guidance``, for comparison)."""
     from scipy.stats import spearmanr
 
     lo, hi = np.quantile(train_acc, [0.15, 0.85])
     prompts = np.round(np.linspace(lo, hi, cfg["prompts"]), 3)
-    achieved = []
-    for i, p in enumerate(prompts):
-        g = gen.sample(jax.random.fold_in(key, i), cfg["per_prompt"], accuracy=float(p))
-        acc, _ = novelty.evaluate(target, g, data.x_test, data.y_test)
-        achieved.append(float(np.median(acc)))
-    achieved = np.array(achieved)
-    rho = spearmanr(prompts, achieved).statistic if len(set(achieved)) > 1 else 0.0
+    chosen = novelty.choose_prompt_guidance(
+        gen, train_p, data.x_train, data.y_train, key=jax.random.fold_in(key, 100),
+        accuracy=train_acc, prompts=prompts.tolist(), n=cfg["per_prompt"],
+        guidance=cfg["prompt_guidance"],
+    )  # fmt: skip
+    log(f"prompt guidance chosen on {chosen['examples']} training examples: {chosen['guidance']}")
+
+    def measure(guidance: float) -> dict[str, Any]:
+        achieved = []
+        for i, p in enumerate(prompts):
+            g = gen.sample(
+                jax.random.fold_in(key, i), cfg["per_prompt"], accuracy=float(p), guidance=guidance
+            )
+            acc, _ = novelty.evaluate(target, g, data.x_test, data.y_test)
+            achieved.append(float(np.median(acc)))
+        achieved = np.array(achieved)
+        rho = spearmanr(prompts, achieved).statistic if len(set(achieved)) > 1 else 0.0
+        return {
+            "guidance": guidance,
+            "achieved_median": [_r(a) for a in achieved],
+            "spearman": _r(rho),
+            "mean_abs_error_points": _r(100 * np.mean(np.abs(achieved - prompts)), 2),
+        }
+
     return {
         "prompts": prompts.tolist(),
-        "achieved_median": [_r(a) for a in achieved],
         "span_points": _r(100 * (prompts[-1] - prompts[0]), 2),
-        "spearman": _r(rho),
-        "mean_abs_error_points": _r(100 * np.mean(np.abs(achieved - prompts)), 2),
         "per_prompt": cfg["per_prompt"],
+        **measure(chosen["guidance"]),
+        "guidance_selection": {
+            "examples": chosen["examples"],
+            "targets_on_selection": [_r(t) for t in chosen["targets"]],
+            "rows": [
+                {
+                    **r,
+                    "achieved_median": [_r(a) for a in r["achieved_median"]],
+                    "mean_abs_error": _r(r["mean_abs_error"]),
+                }
+                for r in chosen["rows"]
+            ],
+        },  # fmt: skip
+        "default_guidance": measure(1.0),
     }
 
 
@@ -601,7 +640,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     arch, target, train_p, train_acc, gen, data, cfg, jax.random.fold_in(k, 0)
                 ),
                 "conditioning": accuracy_conditioning(
-                    target, train_acc, gen, data, cfg, jax.random.fold_in(k, 1)
+                    target, train_p, train_acc, gen, data, cfg, jax.random.fold_in(k, 1)
                 ),
             }
             if arch == "digits_mlp":

@@ -64,7 +64,9 @@ from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 
 __all__ = [
+    "PROMPT_GUIDANCE",
     "average_baseline",
+    "choose_prompt_guidance",
     "choose_sampler",
     "diversity",
     "evaluate",
@@ -497,5 +499,72 @@ def choose_sampler(
         "chosen_row": best,
         "grid": rows,
         "training_median_acc": want,
+        "examples": int(len(np.asarray(y))),
+    }
+
+
+PROMPT_GUIDANCE: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+"""The guidance values `choose_prompt_guidance` tries by default."""
+
+
+def choose_prompt_guidance(
+    gen: Any,
+    training: Params,
+    x: Any,
+    y: Any,
+    *,
+    key: jax.Array,
+    accuracy: Any,
+    prompts: Sequence[float],
+    n: int = 100,
+    guidance: Sequence[float] = PROMPT_GUIDANCE,
+) -> dict[str, Any]:
+    """The classifier-free guidance under which an accuracy-conditioned generator's prompts
+    land closest, chosen on the examples `x, y` (the zoo's training examples, say; never
+    the split the results are reported on).
+
+    The prompts are in the units of the generator's labels `accuracy` (the training
+    networks' test accuracies), and accuracies on `x, y` differ from those (a network reads
+    higher on its own training examples). So each prompt is first carried to `x, y`: its
+    target there is the median accuracy on `x, y` of the ``max(8, m // 16)`` training
+    networks whose labels are nearest the prompt. For each guidance, `n` networks per
+    prompt (keys ``fold_in(key, j)`` for prompt `j`, the same for every guidance) give a
+    median accuracy on `x, y`; the chosen guidance has the lowest mean absolute error to
+    the targets (ties: the first in `guidance`).
+
+    Returns:
+      ``{"guidance": chosen, "targets": [per prompt], "rows": [{"guidance",
+      "achieved_median", "mean_abs_error"}], "examples"}``.
+    """
+    if getattr(getattr(gen, "config", None), "condition", None) != "accuracy":
+        raise WeightspaceError("choose_prompt_guidance: the generator is not accuracy-conditioned")
+    labels = np.asarray(accuracy, np.float64)
+    prompts = [float(p) for p in prompts]
+    if labels.ndim != 1 or labels.size < 1 or not prompts or not guidance:
+        raise WeightspaceError(
+            "choose_prompt_guidance: needs [m] accuracies, at least one prompt and one guidance"
+        )
+    on_xy, _ = evaluate(gen.target, training, x, y)
+    if labels.size != on_xy.size:
+        raise WeightspaceError(
+            f"choose_prompt_guidance: {labels.size} accuracies for {on_xy.size} training networks"
+        )
+    k = max(8, labels.size // 16)
+    targets = [
+        float(np.median(on_xy[np.argsort(np.abs(labels - p), kind="stable")[:k]])) for p in prompts
+    ]
+    rows = []
+    for g in guidance:
+        achieved = []
+        for j, p in enumerate(prompts):
+            population = gen.sample(jax.random.fold_in(key, j), n, accuracy=p, guidance=float(g))
+            achieved.append(float(np.median(evaluate(gen.target, population, x, y)[0])))
+        err = float(np.mean(np.abs(np.asarray(achieved) - np.asarray(targets))))
+        rows.append({"guidance": float(g), "achieved_median": achieved, "mean_abs_error": err})
+    best = min(rows, key=lambda r: r["mean_abs_error"])
+    return {
+        "guidance": best["guidance"],
+        "targets": targets,
+        "rows": rows,
         "examples": int(len(np.asarray(y))),
     }

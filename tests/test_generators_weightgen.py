@@ -124,6 +124,32 @@ def test_choose_sampler_follows_its_rule_on_the_grid(trained, tiny):
         novelty.choose_sampler(gen, pop, x, y, key=key, grid={"prompt_quantiles": (0.5,)})
 
 
+def test_choose_prompt_guidance_follows_its_rule(trained, tiny):
+    """`novelty.choose_prompt_guidance`: each prompt's target on the examples is the median
+    accuracy there of the training networks with the nearest labels; the chosen guidance
+    has the lowest mean error to the targets; prompt `j` samples from ``fold_in(key, j)``."""
+    gen, _ = trained
+    target, pop, acc = tiny
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 60)
+    key, prompts = jax.random.key(6), [0.6, 0.9]
+    c = novelty.choose_prompt_guidance(
+        gen, pop, x, y, key=key, accuracy=acc, prompts=prompts, n=6, guidance=(1.0, 3.0)
+    )
+    on_xy, _ = novelty.evaluate(target, pop, x, y)
+    for p, t in zip(prompts, c["targets"], strict=True):
+        assert t == pytest.approx(np.median(on_xy[np.argsort(np.abs(acc - p))[:8]]))
+    assert [r["guidance"] for r in c["rows"]] == [1.0, 3.0] and c["examples"] == 60
+    assert c["guidance"] == min(c["rows"], key=lambda r: r["mean_abs_error"])["guidance"]
+    again = gen.sample(jax.random.fold_in(key, 1), 6, accuracy=0.9, guidance=3.0)
+    assert c["rows"][1]["achieved_median"][1] == pytest.approx(
+        np.median(novelty.evaluate(target, again, x, y)[0])
+    )
+    with pytest.raises(WeightspaceError, match="accuracies for"):
+        novelty.choose_prompt_guidance(gen, pop, x, y, key=key, accuracy=acc[:3], prompts=[0.7])
+
+
 def test_autoencoder_reconstructs_the_zoo(trained, tiny):
     gen, _ = trained
     target, pop, _ = tiny
