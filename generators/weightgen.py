@@ -376,9 +376,9 @@ def _check_inputs(target: Target, params: Params, config: WeightGenConfig, input
         raise WeightspaceError(
             f"weightgen train: the target cannot run on inputs of shape {inputs.shape[1:]}: {e}"
         ) from e
-    if not hasattr(out, "shape") or len(out.shape) != 2:
-        raise WeightspaceError(
-            f"weightgen train: the functional term needs [batch, classes] logits, got {out}"
+    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[1] < 2:
+        raise WeightspaceError(  # a KL between class distributions: >= 2 classes
+            f"weightgen train: the functional term needs [batch, classes >= 2] logits, got {out}"
         )
     return inputs
 

@@ -343,5 +343,11 @@ def test_functional_term_brings_reconstructions_closer_in_function(tiny):
             target, pop, config=dataclasses.replace(base, functional_weight=1.0),
             inputs=np.zeros((4, 5)),
         )  # fmt: skip
+    one_output = make_target("mlp", input_shape=(8,), widths=(6,), out_features=1)
+    with pytest.raises(WeightspaceError, match="classes >= 2"):  # nothing to compare
+        train(
+            one_output, one_output.init_population(jax.random.key(0), 4),
+            config=dataclasses.replace(base, functional_weight=1.0), inputs=inputs,
+        )  # fmt: skip
     with pytest.raises(WeightspaceError, match="functional_weight is 0"):
         train(target, pop, config=base, inputs=inputs)
