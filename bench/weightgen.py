@@ -421,11 +421,12 @@ def accuracy_conditioning(target, train_p, train_acc, gen, data, cfg, key) -> di
             "mean_abs_error_points": _r(100 * np.mean(np.abs(achieved - prompts)), 2),
         }
 
+    measured = measure(chosen["guidance"])
     return {
         "prompts": prompts.tolist(),
         "span_points": _r(100 * (prompts[-1] - prompts[0]), 2),
         "per_prompt": cfg["per_prompt"],
-        **measure(chosen["guidance"]),
+        **measured,
         "guidance_selection": {
             "examples": chosen["examples"],
             "targets_on_selection": [_r(t) for t in chosen["targets"]],
@@ -438,7 +439,7 @@ def accuracy_conditioning(target, train_p, train_acc, gen, data, cfg, key) -> di
                 for r in chosen["rows"]
             ],
         },  # fmt: skip
-        "default_guidance": measure(1.0),
+        "default_guidance": measured if chosen["guidance"] == 1.0 else measure(1.0),
     }
 
 

@@ -368,7 +368,7 @@ def _check_inputs(target: Target, params: Params, config: WeightGenConfig, input
             "config.functional_weight > 0 needs inputs=[E, ...]: example inputs of the "
             "networks' task (their training examples)"
         )
-    inputs = jnp.asarray(inputs, jnp.float32)
+    inputs = jnp.asarray(inputs)  # its own dtype: integer token ids stay integers
     one = jax.tree.map(lambda a: a[0], params)
     try:
         out = jax.eval_shape(target.pure_apply, one, inputs[:1])

@@ -211,14 +211,14 @@ def _train(args: argparse.Namespace) -> int:
         latent_dim=args.latent_dim,
         functional_weight=args.functional_weight,
     )
-    inputs = None
+    data = None  # the zoo's data set: the functional term's inputs, the sampler's examples
     if config.functional_weight > 0:
         if not meta["dataset"]:
             raise WeightspaceError(
                 f"{zoo_dir}/zoo.json names no data set, so the functional term has no inputs; "
                 "pass --functional-weight 0"
             )
-        inputs = data_lib.load(meta["dataset"]).x_train
+        data = data_lib.load(meta["dataset"])
     t0 = time.perf_counter()
     gen = train(
         target,
@@ -226,7 +226,7 @@ def _train(args: argparse.Namespace) -> int:
         config=config,
         accuracy=acc,
         classes=classes,
-        inputs=inputs,
+        inputs=None if data is None else data.x_train,
         out_dir=args.out,
         resume=args.resume,
         overwrite=args.overwrite,
@@ -235,7 +235,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     chosen = None
     if args.choose_sampler:
-        data = data_lib.load(meta["dataset"])
+        data = data or data_lib.load(meta["dataset"])
         c = novelty.choose_sampler(
             gen, pop, data.x_train, data.y_train, key=jax.random.key(args.seed), accuracy=acc
         )
