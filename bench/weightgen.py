@@ -32,8 +32,11 @@ examples, so IoU moves in coarse steps there (a 95% network makes ~22 errors); M
   reads the chosen sampler (``model_selected``); ``goal_check_unprompted`` is the same
   check of the unprompted model at temperature 1 (``model``).
 - **conditioning** (per architecture): >= 5 accuracy prompts between the training set's
-  15th and 85th accuracy percentiles (>= 10 points apart in the full run); Spearman of
-  prompted vs achieved median accuracy, mean |achieved - prompted| in points.
+  15th and 85th accuracy percentiles (>= 10 points apart in the full run), given to the
+  model through the `PromptCalibration` of the guidance chosen on the zoo's training
+  examples (`generators.sampler_choice`); Spearman of prompted vs achieved median
+  accuracy, mean |achieved - prompted| in points (``default_guidance``: the prompts given
+  as they are, guidance 1).
 - **task conditioning** (digits MLP): a zoo of networks trained on class subsets
   (`classes` grid axis); held-out subsets (not in the zoo) are prompted, and the generated
   networks' accuracy on the prompted classes (argmax over those classes, on their test
@@ -75,7 +78,7 @@ import numpy as np  # noqa: E402
 
 import hyper  # noqa: E402
 from bench.common import goal, logger, machine, stdout_to_stderr, write_result  # noqa: E402
-from generators import novelty  # noqa: E402
+from generators import novelty, sampler_choice  # noqa: E402
 from hyper import data as data_lib  # noqa: E402
 from hyper import population as pop  # noqa: E402
 from hyper import zoo  # noqa: E402
@@ -105,8 +108,11 @@ FULL = {
     "prompts": 6,
     "per_prompt": 100,
     # the guidance of the prompted samplers, chosen on the training examples
-    # (`novelty.choose_prompt_guidance`)
-    "prompt_guidance": novelty.PROMPT_GUIDANCE,
+    # (`sampler_choice.choose_prompt_guidance`)
+    "prompt_guidance": sampler_choice.PROMPT_GUIDANCE,
+    # prompts given through a `PromptCalibration` measured at this many prompts (training
+    # examples): without it the samples regress towards the zoo's middle
+    "calibration_points": 11,
     "task_subsets": 40,
     "task_seeds": 13,  # 520 task networks
     "task_heldout": 5,
@@ -124,7 +130,7 @@ FULL = {
     # the sampler the goal reads: prompt (a quantile of the training networks' accuracies;
     # None: unprompted), guidance and temperature chosen on the zoo's training examples
     # (`select_sampler`), never on the test split
-    "sampler_grid": novelty.SAMPLER_GRID,
+    "sampler_grid": sampler_choice.SAMPLER_GRID,
     # The generator trains on the networks aligned to member 0 (`hyper.align`): median
     # sampled accuracy 0.80 against 0.67 unaligned on a 510-network digits zoo (issue 29's
     # first measurement); novelty is measured against the unaligned originals (the same
@@ -141,6 +147,7 @@ QUICK = {
     "prompts": 5,
     "per_prompt": 16,
     "prompt_guidance": (1.0, 2.0),
+    "calibration_points": 5,
     "task_subsets": 6,
     "task_seeds": 4,
     "task_heldout": 2,
@@ -268,15 +275,16 @@ def _r(x: float | None, nd: int = 4) -> float | int | None:
     return round(float(x), nd)
 
 
-def select_sampler(train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
+def select_sampler(train_p, train_acc, gen, data, cfg, key, calibration) -> dict[str, Any]:
     """The sampler settings the goal reads, chosen on the zoo's *training* examples by
-    `generators.novelty.choose_sampler` (the test split is never read): over
-    ``cfg["sampler_grid"]``, the setting whose median accuracy there is within 1 point of
+    `generators.sampler_choice.choose_sampler` (the test split is never read): over
+    ``cfg["sampler_grid"]`` and its prompts given through `calibration` (the
+    `prompt_calibration`'s), the setting whose median accuracy there is within 1 point of
     the training networks' with the lowest median max-IoU, else the closest accuracy."""
     x, y = data.x_train, data.y_train
-    c = novelty.choose_sampler(
+    c = sampler_choice.choose_sampler(
         gen, train_p, x, y, key=key, accuracy=train_acc, n=cfg["generated"],
-        grid=cfg["sampler_grid"],
+        grid=cfg["sampler_grid"], calibration=calibration,
     )  # fmt: skip
     log(f"sampler chosen on {len(y)} training examples: {c['chosen']} ({c['chosen_row']})")
 
@@ -292,7 +300,9 @@ def select_sampler(train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
     }
 
 
-def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
+def novelty_table(
+    arch, target, train_p, train_acc, gen, data, cfg, key, calibration=None
+) -> dict[str, Any]:
     """The table for one architecture: model, training set and every baseline; the model
     unprompted at temperature 1 (``model``) and with the sampler `select_sampler` chose
     (``model_selected``, the row the goal reads)."""
@@ -309,7 +319,9 @@ def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict
     for j, t in enumerate(temps):  # own keys: the rows above keep theirs
         k = jax.random.fold_in(key, 1000 + j)
         populations[f"model_t{t}"] = gen.sample(k, n, temperature=float(t))
-    sampler = select_sampler(train_p, train_acc, gen, data, cfg, jax.random.fold_in(key, 2000))
+    sampler = select_sampler(
+        train_p, train_acc, gen, data, cfg, jax.random.fold_in(key, 2000), calibration
+    )
     populations["model_selected"] = gen.sample(
         jax.random.fold_in(key, 3000), n, **sampler["chosen"]
     )
@@ -388,27 +400,46 @@ def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key) -> dict
     }
 
 
-def accuracy_conditioning(target, train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
-    """Prompted against achieved median test accuracy over ``cfg["prompts"]`` prompts
-    (the 15th to 85th percentile of the training networks'), with the guidance
-    `novelty.choose_prompt_guidance` chose on the zoo's *training* examples (the goal's
-    figures) and with guidance 1 (``default_guidance``, for comparison)."""
+def conditioning_prompts(train_acc, cfg) -> np.ndarray:
+    """The conditioning goal's prompts: ``cfg["prompts"]`` from the training networks'
+    15th to their 85th accuracy percentile."""
+    lo, hi = np.quantile(train_acc, [0.15, 0.85])
+    return np.round(np.linspace(lo, hi, cfg["prompts"]), 3)
+
+
+def prompt_calibration(train_p, train_acc, gen, data, cfg, key) -> dict[str, Any]:
+    """The guidance and its `PromptCalibration` chosen on the zoo's *training* examples
+    (`sampler_choice.choose_prompt_guidance` with ``calibrate=True``, on the conditioning
+    prompts), for `accuracy_conditioning` and `select_sampler`."""
+    chosen = sampler_choice.choose_prompt_guidance(
+        gen, train_p, data.x_train, data.y_train, key=key, accuracy=train_acc,
+        prompts=conditioning_prompts(train_acc, cfg).tolist(), n=cfg["per_prompt"],
+        guidance=cfg["prompt_guidance"], calibrate=True, points=cfg["calibration_points"],
+    )  # fmt: skip
+    cal = chosen["calibration"]
+    log(
+        f"prompt guidance chosen on {chosen['examples']} training examples: {chosen['guidance']}"
+        f" (calibrated; reachable {np.round(cal.reachable, 3).tolist()})"
+    )
+    return chosen
+
+
+def accuracy_conditioning(target, train_acc, gen, data, cfg, key, chosen) -> dict[str, Any]:
+    """Prompted against achieved median test accuracy over the `conditioning_prompts`,
+    given through the `PromptCalibration` of the guidance `prompt_calibration` chose
+    (`chosen`; the goal's figures); and the prompts given as they are with guidance 1
+    (``default_guidance``, for comparison)."""
     from scipy.stats import spearmanr
 
-    lo, hi = np.quantile(train_acc, [0.15, 0.85])
-    prompts = np.round(np.linspace(lo, hi, cfg["prompts"]), 3)
-    chosen = novelty.choose_prompt_guidance(
-        gen, train_p, data.x_train, data.y_train, key=jax.random.fold_in(key, 100),
-        accuracy=train_acc, prompts=prompts.tolist(), n=cfg["per_prompt"],
-        guidance=cfg["prompt_guidance"],
-    )  # fmt: skip
-    log(f"prompt guidance chosen on {chosen['examples']} training examples: {chosen['guidance']}")
+    prompts = conditioning_prompts(train_acc, cfg)
+    cal = chosen["calibration"]
 
-    def measure(guidance: float) -> dict[str, Any]:
+    def measure(guidance: float, calibration=None) -> dict[str, Any]:
+        given = [calibration(float(p)) if calibration else float(p) for p in prompts]
         achieved = []
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(given):
             g = gen.sample(
-                jax.random.fold_in(key, i), cfg["per_prompt"], accuracy=float(p), guidance=guidance
+                jax.random.fold_in(key, i), cfg["per_prompt"], accuracy=p, guidance=guidance
             )
             acc, _ = novelty.evaluate(target, g, data.x_test, data.y_test)
             achieved.append(float(np.median(acc)))
@@ -416,30 +447,36 @@ def accuracy_conditioning(target, train_p, train_acc, gen, data, cfg, key) -> di
         rho = spearmanr(prompts, achieved).statistic if len(set(achieved)) > 1 else 0.0
         return {
             "guidance": guidance,
+            "calibrated": calibration is not None,
+            "given_prompts": [_r(p) for p in given],
             "achieved_median": [_r(a) for a in achieved],
             "spearman": _r(rho),
             "mean_abs_error_points": _r(100 * np.mean(np.abs(achieved - prompts)), 2),
         }
 
-    measured = measure(chosen["guidance"])
+    def rounded(r: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **r,
+            "given": [_r(a) for a in r["given"]],
+            "achieved_median": [_r(a) for a in r["achieved_median"]],
+            "mean_abs_error": _r(r["mean_abs_error"]),
+        }
+
     return {
         "prompts": prompts.tolist(),
         "span_points": _r(100 * (prompts[-1] - prompts[0]), 2),
         "per_prompt": cfg["per_prompt"],
-        **measured,
+        **measure(chosen["guidance"], cal),
         "guidance_selection": {
             "examples": chosen["examples"],
             "targets_on_selection": [_r(t) for t in chosen["targets"]],
-            "rows": [
-                {
-                    **r,
-                    "achieved_median": [_r(a) for a in r["achieved_median"]],
-                    "mean_abs_error": _r(r["mean_abs_error"]),
-                }
-                for r in chosen["rows"]
-            ],
-        },  # fmt: skip
-        "default_guidance": measured if chosen["guidance"] == 1.0 else measure(1.0),
+            "rows": [rounded(r) for r in chosen["rows"]],
+            "calibration": {
+                k: [_r(v) for v in vs] if isinstance(vs, list) else vs
+                for k, vs in cal.to_json().items()
+            },
+        },
+        "default_guidance": measure(1.0),
     }
 
 
@@ -634,14 +671,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 stand_in=args.stand_in,
             )
             k = jax.random.fold_in(key, i)
+            k_cond = jax.random.fold_in(k, 1)
+            prompting = prompt_calibration(  # training examples only
+                train_p, train_acc, gen, data, cfg, jax.random.fold_in(k_cond, 100)
+            )
             entry = {
                 "params": target.num_params,
                 "training_acc_range_points": _r(100 * (train_acc.max() - train_acc.min()), 2),
                 "novelty": novelty_table(
-                    arch, target, train_p, train_acc, gen, data, cfg, jax.random.fold_in(k, 0)
-                ),
+                    arch,
+                    target,
+                    train_p,
+                    train_acc,
+                    gen,
+                    data,
+                    cfg,
+                    jax.random.fold_in(k, 0),
+                    prompting["calibration"],
+                ),  # fmt: skip
                 "conditioning": accuracy_conditioning(
-                    target, train_p, train_acc, gen, data, cfg, jax.random.fold_in(k, 1)
+                    target, train_acc, gen, data, cfg, k_cond, prompting
                 ),
             }
             if arch == "digits_mlp":

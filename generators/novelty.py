@@ -16,8 +16,6 @@ any `Target`, with one code path for generated networks, training networks and b
   With a small test split IoU is coarse: digits' 450 test examples leave a 98%-accurate
   network about 9 errors, so IoUs move in steps of ~0.1 (MNIST-1D: 1,000 examples).
 - `diversity`: mean IoU over distinct pairs of generated networks.
-- `choose_sampler`: a generator's sampler settings (accuracy prompt, guidance, temperature)
-  chosen on examples other than the test split, by these metrics.
 - `nearest_neighbour_l2`: the L2 distance to the nearest training network up to the
   permutation symmetries (`hyper.align`): every network is first aligned to one reference
   training network (weight matching), the `candidates` nearest training networks in that
@@ -64,10 +62,7 @@ from hyper.errors import WeightspaceError
 from hyper.target import Params, Target
 
 __all__ = [
-    "PROMPT_GUIDANCE",
     "average_baseline",
-    "choose_prompt_guidance",
-    "choose_sampler",
     "diversity",
     "evaluate",
     "frontier_at",
@@ -425,146 +420,3 @@ def frontier_at(
     if not a[0] <= accuracy <= a[-1]:
         return None
     return float(np.interp(accuracy, a, s))
-
-
-# --- choosing a sampler -------------------------------------------------------------------
-
-SAMPLER_GRID: dict[str, tuple] = {
-    "prompt_quantiles": (None, 0.5, 0.75, 0.9, 1.0),
-    "guidance": (1.0, 2.0, 3.0),
-    "temperature": (1.0, 0.7, 0.5),
-}
-
-
-def choose_sampler(
-    gen: Any,
-    training: Params,
-    x: Any,
-    y: Any,
-    *,
-    key: jax.Array,
-    accuracy: Any = None,
-    n: int = 200,
-    grid: dict[str, Sequence[Any]] | None = None,
-) -> dict[str, Any]:
-    """Sampler settings of a weight generator chosen on the examples `x, y` (the zoo's
-    training examples, say; never the split the results are reported on).
-
-    Over `grid` (default `SAMPLER_GRID`): the accuracy prompt as a quantile of the
-    training networks' accuracies `accuracy` (None: unprompted; only None when `accuracy`
-    is None or the generator is not accuracy-conditioned), the guidance (prompted only) and
-    the temperature, `n` networks each from ``fold_in(key, i)``. The chosen setting is the
-    one whose median accuracy on `x, y` is within 1 point of the training networks' median
-    there with the lowest median max-IoU to them; if none is, the closest median accuracy.
-
-    Args:
-      gen: a `generators.weightgen.WeightGen` (anything with its ``sample`` and ``target``).
-      training: the training population `[m, ...]`.
-
-    Returns:
-      ``{"chosen": {"accuracy", "guidance", "temperature"}`` (keyword arguments of
-      ``gen.sample``), ``"chosen_row"``, ``"grid"`` (one row per setting: its median
-      accuracy and max-IoU), ``"training_median_acc"``, ``"examples"}``.
-    """
-    grid = {**SAMPLER_GRID, **(grid or {})}
-    conditioned = getattr(getattr(gen, "config", None), "condition", None) == "accuracy"
-    quantiles = [
-        q for q in grid["prompt_quantiles"] if q is None or (conditioned and accuracy is not None)
-    ]
-    if not quantiles:
-        raise WeightspaceError("choose_sampler: the grid has no prompt this generator can take")
-    tr_acc, tr_wrong = evaluate(gen.target, training, x, y)
-    want = float(np.median(tr_acc))
-    rows: list[dict[str, Any]] = []
-    for q in quantiles:
-        prompt = None if q is None else float(np.quantile(np.asarray(accuracy), q))
-        for g in grid["guidance"] if q is not None else (1.0,):
-            for t in grid["temperature"]:
-                k = jax.random.fold_in(key, len(rows))
-                population = gen.sample(k, n, accuracy=prompt, guidance=g, temperature=t)
-                acc, wrong = evaluate(gen.target, population, x, y)
-                sim = max_similarity(wrong, tr_wrong)
-                rows.append({
-                    "prompt_quantile": q, "accuracy": prompt, "guidance": float(g),
-                    "temperature": float(t), "median_acc": float(np.median(acc)),
-                    "median_max_iou": float(np.median(sim)),
-                })  # fmt: skip
-    close = [r for r in rows if abs(r["median_acc"] - want) <= 0.01 + 1e-9]
-    if close:
-        best = min(close, key=lambda r: r["median_max_iou"])
-    else:
-        best = min(rows, key=lambda r: abs(r["median_acc"] - want))
-    return {
-        "chosen": {k: best[k] for k in ("accuracy", "guidance", "temperature")},
-        "chosen_row": best,
-        "grid": rows,
-        "training_median_acc": want,
-        "examples": int(len(np.asarray(y))),
-    }
-
-
-PROMPT_GUIDANCE: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
-"""The guidance values `choose_prompt_guidance` tries by default."""
-
-
-def choose_prompt_guidance(
-    gen: Any,
-    training: Params,
-    x: Any,
-    y: Any,
-    *,
-    key: jax.Array,
-    accuracy: Any,
-    prompts: Sequence[float],
-    n: int = 100,
-    guidance: Sequence[float] = PROMPT_GUIDANCE,
-) -> dict[str, Any]:
-    """The classifier-free guidance under which an accuracy-conditioned generator's prompts
-    land closest, chosen on the examples `x, y` (the zoo's training examples, say; never
-    the split the results are reported on).
-
-    The prompts are in the units of the generator's labels `accuracy` (the training
-    networks' test accuracies), and accuracies on `x, y` differ from those (a network reads
-    higher on its own training examples). So each prompt is first carried to `x, y`: its
-    target there is the median accuracy on `x, y` of the ``max(8, m // 16)`` training
-    networks whose labels are nearest the prompt. For each guidance, `n` networks per
-    prompt (keys ``fold_in(key, j)`` for prompt `j`, the same for every guidance) give a
-    median accuracy on `x, y`; the chosen guidance has the lowest mean absolute error to
-    the targets (ties: the first in `guidance`).
-
-    Returns:
-      ``{"guidance": chosen, "targets": [per prompt], "rows": [{"guidance",
-      "achieved_median", "mean_abs_error"}], "examples"}``.
-    """
-    if getattr(getattr(gen, "config", None), "condition", None) != "accuracy":
-        raise WeightspaceError("choose_prompt_guidance: the generator is not accuracy-conditioned")
-    labels = np.asarray(accuracy, np.float64)
-    prompts = [float(p) for p in prompts]
-    if labels.ndim != 1 or labels.size < 1 or not prompts or not guidance:
-        raise WeightspaceError(
-            "choose_prompt_guidance: needs [m] accuracies, at least one prompt and one guidance"
-        )
-    on_xy, _ = evaluate(gen.target, training, x, y)
-    if labels.size != on_xy.size:
-        raise WeightspaceError(
-            f"choose_prompt_guidance: {labels.size} accuracies for {on_xy.size} training networks"
-        )
-    k = max(8, labels.size // 16)
-    targets = [
-        float(np.median(on_xy[np.argsort(np.abs(labels - p), kind="stable")[:k]])) for p in prompts
-    ]
-    rows = []
-    for g in guidance:
-        achieved = []
-        for j, p in enumerate(prompts):
-            population = gen.sample(jax.random.fold_in(key, j), n, accuracy=p, guidance=float(g))
-            achieved.append(float(np.median(evaluate(gen.target, population, x, y)[0])))
-        err = float(np.mean(np.abs(np.asarray(achieved) - np.asarray(targets))))
-        rows.append({"guidance": float(g), "achieved_median": achieved, "mean_abs_error": err})
-    best = min(rows, key=lambda r: r["mean_abs_error"])
-    return {
-        "guidance": best["guidance"],
-        "targets": targets,
-        "rows": rows,
-        "examples": int(len(np.asarray(y))),
-    }

@@ -2,7 +2,8 @@
 
   weightspace weightgen train --zoo DIR --out DIR [--condition accuracy|task]
                               [--epoch E[,E...]] [--align] [--ae-steps N] [--flow-steps N]
-                              [--functional-weight W] [--choose-sampler] [--seed S]
+                              [--functional-weight W] [--choose-sampler [--choose-n N]]
+                              [--seed S]
                               [--resume | --overwrite] [--quiet]
   weightspace weightgen sample --from DIR --n 1000 [--accuracy 0.9 | --classes 0,3,7]
                                [--sampler default|chosen] [--guidance G] [--temperature T]
@@ -18,10 +19,14 @@ autoencoder's functional term on the zoo data set's training inputs (weight
 ``--functional-weight``, default 1; 0 turns it off: p-diff's squared error alone; see
 `generators.weightgen_train`), and writes ``DIR/model``
 (the generator) and ``DIR/checkpoints`` (resumable with ``--resume``). With
-``--choose-sampler`` it then chooses the sampler settings (accuracy prompt, guidance,
-temperature) on the data set's training examples (`generators.novelty.choose_sampler`) and
-stores them with the model; ``sample --sampler chosen`` uses them (an explicit
-``--accuracy``, ``--guidance`` or ``--temperature`` wins). ``sample`` writes a
+``--choose-sampler`` it then chooses, on the data set's training examples, the sampler
+settings (accuracy prompt, guidance, temperature: `generators.sampler_choice.choose_sampler`)
+and, for accuracy prompts, a guidance and its `PromptCalibration`
+(`sampler_choice.choose_prompt_guidance`), and stores them with the model. ``sample
+--sampler chosen`` uses them: without ``--accuracy`` the chosen settings; with
+``--accuracy A`` the prompt that reaches A by the calibration, under its guidance (an
+explicit ``--guidance`` or ``--temperature`` wins; the row records the requested accuracy
+and the prompt given). ``sample`` writes a
 zoo directory that ``hyper.zoo.load`` reads, each network evaluated on the generator's data
 set (train/test loss and accuracy in the metadata rows) and its prompt in its member row.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -39,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from generators import novelty
+from generators import sampler_choice
 from generators.weightgen import WeightGen, WeightGenConfig, train, write_generated_zoo
 from hyper import data as data_lib
 from hyper import population as pop_ops
@@ -93,6 +99,12 @@ def add_parsers(subparsers: Any) -> None:
         "--choose-sampler",
         action="store_true",
         help="choose prompt, guidance and temperature on the training examples (accuracy)",
+    )
+    t.add_argument(
+        "--choose-n",
+        type=int,
+        default=100,
+        help="networks sampled per setting tried by --choose-sampler",
     )
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -194,6 +206,8 @@ def zoo_training_data(
 def _train(args: argparse.Namespace) -> int:
     if args.ae_steps < 0 or args.flow_steps < 0 or args.seed < 0:
         raise WeightspaceError("--ae-steps, --flow-steps and --seed must be >= 0")
+    if args.choose_n < 1:
+        raise WeightspaceError("--choose-n must be >= 1")
     if args.choose_sampler and args.condition != "accuracy":
         raise WeightspaceError("--choose-sampler needs --condition accuracy")
     zoo_dir = os.path.abspath(args.zoo)
@@ -236,11 +250,20 @@ def _train(args: argparse.Namespace) -> int:
     chosen = None
     if args.choose_sampler:
         data = data or data_lib.load(meta["dataset"])
-        c = novelty.choose_sampler(
-            gen, pop, data.x_train, data.y_train, key=jax.random.key(args.seed), accuracy=acc
-        )
-        chosen = c["chosen"]
+        x, y, key = data.x_train, data.y_train, jax.random.key(args.seed)
+        c = sampler_choice.choose_sampler(gen, pop, x, y, key=key, accuracy=acc, n=args.choose_n)
+        prompts = np.linspace(*np.quantile(acc, [0.15, 0.85]), 6).tolist()
+        g = sampler_choice.choose_prompt_guidance(
+            gen, pop, x, y, key=jax.random.fold_in(key, 1), accuracy=acc, prompts=prompts,
+            n=args.choose_n, calibrate=True,
+        )  # fmt: skip
+        chosen = {**c["chosen"], "prompt_guidance": g["guidance"]}
         gen.metadata["sampler"] = {k: c[k] for k in ("chosen", "chosen_row", "examples")}
+        gen.metadata["prompts"] = {
+            "guidance": g["guidance"],
+            "calibration": g["calibration"].to_json(),
+            "mean_abs_error_on_selection": min(r["mean_abs_error"] for r in g["rows"]),
+        }
         gen.save(os.path.join(args.out, "model"), overwrite=True)
     last = gen.history[-1] if gen.history else {}
     print(
@@ -264,6 +287,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise WeightspaceError("--n and --chunk must be >= 1")
     gen = WeightGen.load(args.source)
     chosen: dict[str, Any] = {}
+    given = None  # the calibrated prompt given for --accuracy
     if args.sampler == "chosen":
         stored = gen.metadata.get("sampler")
         if not stored:
@@ -273,8 +297,23 @@ def _sample(args: argparse.Namespace) -> int:
         chosen = dict(stored["chosen"])
         if args.classes is not None:  # a task prompt replaces the stored accuracy prompt
             chosen.pop("accuracy")
+        prompts = gen.metadata.get("prompts")
+        if args.accuracy is not None and prompts:  # the calibrated prompt, its guidance
+            cal = sampler_choice.PromptCalibration.from_json(prompts["calibration"])
+            given = cal(args.accuracy)
+            lo, hi = cal.reachable
+            if not lo <= args.accuracy <= hi:
+                print(
+                    f"weightgen sample: accuracy {args.accuracy} is outside what the "
+                    f"calibrated prompts reach on the training examples ({lo:.3f}..{hi:.3f}); "
+                    f"giving the nearest prompt, {given:.3f}",
+                    file=sys.stderr,
+                )
+            chosen = {"accuracy": given, "guidance": prompts["guidance"], "temperature": 1.0}
     keys = ("accuracy", "guidance", "temperature")
     explicit = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if given is not None:
+        explicit.pop("accuracy")  # requested; `given` is what the generator is prompted with
     settings = {"temperature": 1.0, **chosen, **explicit}  # explicit flags win
     pop = gen.sample(
         jax.random.key(args.seed),
@@ -286,7 +325,9 @@ def _sample(args: argparse.Namespace) -> int:
     )
     prompt: dict[str, Any] = {}
     if settings.get("accuracy") is not None:
-        prompt["prompt_accuracy"] = settings["accuracy"]
+        prompt["prompt_accuracy"] = settings["accuracy"] if given is None else args.accuracy
+    if given is not None:
+        prompt["given_prompt"] = given
     if args.classes is not None:
         prompt["prompt_classes"] = sorted(set(args.classes))
     if settings["temperature"] != 1.0:

@@ -5,13 +5,14 @@ one trained generator shared by the module."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from generators import novelty
+from generators import novelty, sampler_choice
 from generators.weightgen import WeightGen, WeightGenConfig, train, write_generated_zoo
 from generators.weightgen_cli import zoo_training_data
 from generators.weightgen_nets import condition_vectors
@@ -97,7 +98,7 @@ def test_temperature_scales_the_spread_of_samples(trained):
 
 
 def test_choose_sampler_follows_its_rule_on_the_grid(trained, tiny):
-    """`novelty.choose_sampler` samples every setting of its grid (prompts only for an
+    """`sampler_choice.choose_sampler` samples every setting of its grid (prompts only for an
     accuracy-conditioned generator given accuracies) and picks by its rule: within 1 point
     of the training networks' median accuracy, the lowest max-IoU; else the closest."""
     gen, _ = trained
@@ -107,7 +108,7 @@ def test_choose_sampler_follows_its_rule_on_the_grid(trained, tiny):
     y = rng.integers(0, 3, 60)
     grid = {"prompt_quantiles": (None, 0.5, 1.0), "guidance": (1.0, 2.0), "temperature": (1.0, 0.5)}
     key = jax.random.key(4)
-    c = novelty.choose_sampler(gen, pop, x, y, key=key, accuracy=acc, n=8, grid=grid)
+    c = sampler_choice.choose_sampler(gen, pop, x, y, key=key, accuracy=acc, n=8, grid=grid)
     assert len(c["grid"]) == 2 + 2 * 2 * 2 and c["examples"] == 60
     assert {r["accuracy"] for r in c["grid"]} == {None, float(np.quantile(acc, 0.5)), 0.95}
     want = c["training_median_acc"]
@@ -118,28 +119,30 @@ def test_choose_sampler_follows_its_rule_on_the_grid(trained, tiny):
     assert gap == min(abs(r["median_acc"] - want) for r in c["grid"]) or close
     assert c["chosen"] == {k: c["chosen_row"][k] for k in ("accuracy", "guidance", "temperature")}
     # without accuracies: unprompted rows only, one per temperature
-    c = novelty.choose_sampler(gen, pop, x, y, key=key, n=8, grid=grid)
+    c = sampler_choice.choose_sampler(gen, pop, x, y, key=key, n=8, grid=grid)
     assert [(r["accuracy"], r["guidance"]) for r in c["grid"]] == [(None, 1.0)] * 2
     with pytest.raises(WeightspaceError, match="no prompt"):
-        novelty.choose_sampler(gen, pop, x, y, key=key, grid={"prompt_quantiles": (0.5,)})
+        sampler_choice.choose_sampler(gen, pop, x, y, key=key, grid={"prompt_quantiles": (0.5,)})
 
 
 def test_choose_prompt_guidance_follows_its_rule(trained, tiny):
-    """`novelty.choose_prompt_guidance`: each prompt's target on the examples is the median
-    accuracy there of the training networks with the nearest labels; the chosen guidance
-    has the lowest mean error to the targets; prompt `j` samples from ``fold_in(key, j)``."""
+    """`sampler_choice.choose_prompt_guidance`: each prompt's target on the examples is the
+    prompt plus the median gap (accuracy there minus label) of the training networks with
+    the nearest labels; the chosen guidance has the lowest mean error to the targets;
+    prompt `j` samples from ``fold_in(key, j)``."""
     gen, _ = trained
     target, pop, acc = tiny
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 8)).astype(np.float32)
     y = rng.integers(0, 3, 60)
     key, prompts = jax.random.key(6), [0.6, 0.9]
-    c = novelty.choose_prompt_guidance(
+    c = sampler_choice.choose_prompt_guidance(
         gen, pop, x, y, key=key, accuracy=acc, prompts=prompts, n=6, guidance=(1.0, 3.0)
     )
     on_xy, _ = novelty.evaluate(target, pop, x, y)
     for p, t in zip(prompts, c["targets"], strict=True):
-        assert t == pytest.approx(np.median(on_xy[np.argsort(np.abs(acc - p))[:8]]))
+        near = np.argsort(np.abs(acc - p))[:8]
+        assert t == pytest.approx(p + np.median(on_xy[near] - acc[near]))
     assert [r["guidance"] for r in c["rows"]] == [1.0, 3.0] and c["examples"] == 60
     assert c["guidance"] == min(c["rows"], key=lambda r: r["mean_abs_error"])["guidance"]
     again = gen.sample(jax.random.fold_in(key, 1), 6, accuracy=0.9, guidance=3.0)
@@ -147,7 +150,9 @@ def test_choose_prompt_guidance_follows_its_rule(trained, tiny):
         np.median(novelty.evaluate(target, again, x, y)[0])
     )
     with pytest.raises(WeightspaceError, match="accuracies for"):
-        novelty.choose_prompt_guidance(gen, pop, x, y, key=key, accuracy=acc[:3], prompts=[0.7])
+        sampler_choice.choose_prompt_guidance(
+            gen, pop, x, y, key=key, accuracy=acc[:3], prompts=[0.7]
+        )
 
 
 def test_autoencoder_reconstructs_the_zoo(trained, tiny):
@@ -351,3 +356,44 @@ def test_functional_term_brings_reconstructions_closer_in_function(tiny):
         )  # fmt: skip
     with pytest.raises(WeightspaceError, match="functional_weight is 0"):
         train(target, pop, config=base, inputs=inputs)
+
+
+def test_cli_choose_sampler_stores_the_prompt_calibration(tmp_path, capsys):
+    """``train --choose-sampler`` stores the chosen sampler and, for accuracy prompts, the
+    chosen guidance with its `PromptCalibration`; ``sample --sampler chosen --accuracy A``
+    gives the generator the calibrated prompt under that guidance and records both."""
+    one = {"learning_rate": [0.003, 0.05], "activation": ["relu"], "dropout": [0.0]}
+    one |= {"weight_decay": [0.0], "init_scale": [1.0], "train_fraction": [1.0]}
+    z = zoo.build(tmp_path / "z", "digits-mlp", grid=one | {"optimizer": ["adam"]}, seeds=3,
+                  epochs=1, checkpoint_epochs=[1], progress=False)  # fmt: skip
+    out = tmp_path / "g"
+    cli = ["weightgen", "train", "--zoo", str(z.directory), "--out", str(out), "--quiet"]
+    small = ["--ae-steps", "2", "--flow-steps", "2", "--latent-dim", "2"]
+    choose = ["--condition", "accuracy", "--choose-sampler", "--choose-n", "4"]
+    assert main([*cli, *small, *choose]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    gen = WeightGen.load(out)
+    stored = gen.metadata["prompts"]
+    cal = sampler_choice.PromptCalibration.from_json(stored["calibration"])
+    assert printed["sampler"]["prompt_guidance"] == stored["guidance"] == cal.guidance
+    assert gen.metadata["sampler"]["chosen"] == {
+        k: printed["sampler"][k] for k in ("accuracy", "guidance", "temperature")
+    }
+    ask = sum(cal.reachable) / 2
+    args = ["weightgen", "sample", "--from", str(out), "--n", "2", "--quiet", "--seed", "3"]
+    assert (
+        main([*args, "--sampler", "chosen", "--accuracy", str(ask), "--out", str(tmp_path / "s")])
+        == 0
+    )
+    rows = zoo.load(tmp_path / "s").rows()
+    assert [(r["prompt_accuracy"], r["guidance"]) for r in rows] == [(ask, cal.guidance)] * 2
+    assert [r["given_prompt"] for r in rows] == pytest.approx([cal(ask)] * 2)
+    want = gen.sample(jax.random.key(3), 2, accuracy=cal(ask), guidance=cal.guidance)
+    got = zoo.load(tmp_path / "s").groups[0].params
+    for x, y in zip(_leaves(got), _leaves(want), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # outside what the prompts reach: the nearest prompt, with a warning
+    assert (
+        main([*args, "--sampler", "chosen", "--accuracy", "1.0", "--out", str(tmp_path / "t")]) == 0
+    )
+    assert "outside what the calibrated prompts reach" in capsys.readouterr().err
