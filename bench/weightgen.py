@@ -5,8 +5,10 @@ For each architecture (the digits MLP 64-32-10 and a MNIST-1D CNN, 1-D convoluti
 1e-3..3e-2, each run from its own seed) checkpointed at several epochs; the *training set*
 holds every run once, at one checkpointed epoch drawn for it (so runs are independent and
 test accuracies span tens of points, as accuracy conditioning needs). The weight generator
-(`generators.weightgen`, accuracy-conditioned, classifier-free) is trained on it, after
-aligning its networks to member 0 by weight matching (`hyper.align`), and sampled; the
+(`generators.weightgen`, accuracy-conditioned, classifier-free, with the autoencoder's
+functional term) is trained on it, after aligning its networks to member 0 by weight
+matching (`hyper.align`), once per functional weight (1 and 3; `fit_generator` keeps one by
+the sampler rule below, on the zoo's training examples), and sampled; the
 table then scores, through the same code (`generators.novelty`), the generated networks,
 the training networks themselves, and the baselines of Zeng et al. 2026: Gaussian noise on
 training weights (absolute amplitudes swept 0.01..0.3, 0.06 and 0.12 included), the average
@@ -120,10 +122,13 @@ FULL = {
     "per_task": 100,
     "speed_n": 1000,
     "memory_m": (256, 4096),
+    "model_overrides": {},
     # the autoencoder's functional term (`generators.weightgen_train`), on the task's
     # training inputs: the MNIST-1D CNN's reconstructions keep their function with it
-    # (median accuracy of unprompted samples 0.18 -> 0.62 on training examples, issue 29)
-    "model_overrides": {"functional_weight": 1.0},
+    # (median accuracy of unprompted samples 0.18 -> 0.62 on training examples, issue 29).
+    # One model per weight; `fit_generator` keeps the one whose chosen sampler does best
+    # on the training examples (`select_sampler`'s rule).
+    "functional_weights": (1.0, 3.0),
     # the model sampled at lower temperatures too (`WeightGen.sample(temperature=...)`):
     # its own accuracy-novelty curve beside the noise baseline's
     "temperatures": (0.25, 0.5, 0.75),
@@ -156,7 +161,8 @@ QUICK = {
     "speed_n": 256,
     "memory_m": (64, 256),
     # `WeightGenConfig` fields (the quick run must stay < 2 min)
-    "model_overrides": {"ae_steps": 200, "flow_steps": 300, "functional_weight": 1.0},
+    "model_overrides": {"ae_steps": 200, "flow_steps": 300},
+    "functional_weights": (1.0, 3.0),
     "temperatures": (0.5,),
     "sampler_grid": {
         "prompt_quantiles": (None, 0.5, 1.0),
@@ -238,10 +244,12 @@ class RetrievalStandIn:
 
 
 def train_model(
-    target, params, *, cfg, condition, inputs, accuracy=None, classes=None, stand_in=False
-):
+    target, params, *, cfg, condition, inputs, accuracy=None, classes=None, stand_in=False,
+    functional_weight=None,
+):  # fmt: skip
     """The generator of `params` (`inputs`: the task's training inputs, read by the
-    autoencoder's functional term when ``cfg["model_overrides"]`` turns it on)."""
+    autoencoder's functional term; its weight `functional_weight`, default the first of
+    ``cfg["functional_weights"]``)."""
     if stand_in:
         return RetrievalStandIn(target, params, accuracy=accuracy, classes=classes)
     try:
@@ -251,7 +259,12 @@ def train_model(
             "bench/weightgen.py needs generators.weightgen (the weight generator of issue 29), "
             f"which is not importable here ({e}); run with --stand-in to test the pipeline"
         ) from e
-    wcfg = weightgen.WeightGenConfig(condition=condition, seed=0, **cfg["model_overrides"])
+    if functional_weight is None:
+        functional_weight = cfg["functional_weights"][0]
+    wcfg = weightgen.WeightGenConfig(
+        condition=condition, seed=0, functional_weight=functional_weight,
+        **cfg["model_overrides"],
+    )  # fmt: skip
     t0 = time.perf_counter()
     if cfg["align"]:  # the same functions, permuted towards member 0 (weight matching)
         from hyper.align import align_population
@@ -262,7 +275,10 @@ def train_model(
         target, params, config=wcfg, accuracy=accuracy, classes=classes, progress=False,
         inputs=inputs if wcfg.functional_weight > 0 else None,
     )  # fmt: skip
-    log(f"weightgen ({condition}) trained in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"weightgen ({condition}, functional weight {functional_weight}) trained in "
+        f"{time.perf_counter() - t0:.1f}s"
+    )
     return gen
 
 
@@ -300,12 +316,45 @@ def select_sampler(train_p, train_acc, gen, data, cfg, key, calibration) -> dict
     }
 
 
-def novelty_table(
-    arch, target, train_p, train_acc, gen, data, cfg, key, calibration=None
-) -> dict[str, Any]:
+def fit_generator(target, train_p, train_acc, data, cfg, key, stand_in=False):
+    """The generator the goals read, with its prompt calibration and sampler, all chosen on
+    the zoo's *training* examples: one model per ``cfg["functional_weights"]`` (aligned,
+    accuracy-conditioned), each with its `prompt_calibration` and `select_sampler`; the
+    kept model is the one whose chosen sampler wins by `sampler_choice.pick` (within 1
+    point of the training networks' median accuracy there, the lowest max-IoU).
+
+    Returns ``(gen, prompting, sampler, selection)`` (`selection`: one row per weight)."""
+    weights = (None,) if stand_in else cfg["functional_weights"]
+    k_novelty, k_cond = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    fits, rows = [], []
+    for w in weights:
+        gen = train_model(
+            target, train_p, cfg=cfg, condition="accuracy", accuracy=train_acc,
+            inputs=data.x_train, stand_in=stand_in, functional_weight=w,
+        )  # fmt: skip
+        prompting = prompt_calibration(
+            train_p, train_acc, gen, data, cfg, jax.random.fold_in(k_cond, 100)
+        )
+        sampler = select_sampler(
+            train_p, train_acc, gen, data, cfg, jax.random.fold_in(k_novelty, 2000),
+            prompting["calibration"],
+        )  # fmt: skip
+        fits.append((gen, prompting, sampler))
+        rows.append({
+            "functional_weight": w, **sampler["chosen_row"],
+            "prompt_guidance": prompting["guidance"],
+            "prompt_mean_abs_error": _r(min(r["mean_abs_error"] for r in prompting["rows"])),
+        })  # fmt: skip
+    want = fits[0][2]["training_median_acc_on_selection"]
+    best = rows.index(sampler_choice.pick(rows, want))
+    log(f"functional weight chosen on the training examples: {rows[best]['functional_weight']}")
+    return (*fits[best], {"rows": rows, "chosen": rows[best]["functional_weight"]})
+
+
+def novelty_table(arch, target, train_p, train_acc, gen, data, cfg, key, sampler) -> dict[str, Any]:
     """The table for one architecture: model, training set and every baseline; the model
     unprompted at temperature 1 (``model``) and with the sampler `select_sampler` chose
-    (``model_selected``, the row the goal reads)."""
+    (`sampler`; ``model_selected``, the row the goal reads)."""
     x, y = data.x_test, data.y_test
     _, train_wrong = novelty.evaluate(target, train_p, x, y)
     n = cfg["generated"]
@@ -319,9 +368,6 @@ def novelty_table(
     for j, t in enumerate(temps):  # own keys: the rows above keep theirs
         k = jax.random.fold_in(key, 1000 + j)
         populations[f"model_t{t}"] = gen.sample(k, n, temperature=float(t))
-    sampler = select_sampler(
-        train_p, train_acc, gen, data, cfg, jax.random.fold_in(key, 2000), calibration
-    )
     populations["model_selected"] = gen.sample(
         jax.random.fold_in(key, 3000), n, **sampler["chosen"]
     )
@@ -661,23 +707,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             target, train_p, train_acc, _ = training_set(z, seed=i)
             q = np.quantile(train_acc, [0, 0.5, 1]).round(3).tolist()
             log(f"{arch}: {len(train_acc)} networks, {target.num_params} params, test acc {q}")
-            gen = train_model(
-                target,
-                train_p,
-                cfg=cfg,
-                condition="accuracy",
-                accuracy=train_acc,
-                inputs=data.x_train,
-                stand_in=args.stand_in,
-            )
             k = jax.random.fold_in(key, i)
-            k_cond = jax.random.fold_in(k, 1)
-            prompting = prompt_calibration(  # training examples only
-                train_p, train_acc, gen, data, cfg, jax.random.fold_in(k_cond, 100)
+            gen, prompting, sampler, selection = fit_generator(
+                target, train_p, train_acc, data, cfg, k, stand_in=args.stand_in
             )
             entry = {
                 "params": target.num_params,
                 "training_acc_range_points": _r(100 * (train_acc.max() - train_acc.min()), 2),
+                "functional_weight_selection": selection,
                 "novelty": novelty_table(
                     arch,
                     target,
@@ -687,10 +724,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     data,
                     cfg,
                     jax.random.fold_in(k, 0),
-                    prompting["calibration"],
+                    sampler,
                 ),  # fmt: skip
                 "conditioning": accuracy_conditioning(
-                    target, train_acc, gen, data, cfg, k_cond, prompting
+                    target, train_acc, gen, data, cfg, jax.random.fold_in(k, 1), prompting
                 ),
             }
             if arch == "digits_mlp":

@@ -46,6 +46,7 @@ __all__ = [
     "calibrate_prompts",
     "choose_prompt_guidance",
     "choose_sampler",
+    "pick",
 ]
 
 SAMPLER_GRID: dict[str, tuple] = {
@@ -53,6 +54,18 @@ SAMPLER_GRID: dict[str, tuple] = {
     "guidance": (1.0, 2.0, 3.0),
     "temperature": (1.0, 0.7, 0.5),
 }
+
+
+def pick(rows: Sequence[dict[str, Any]], training_median: float) -> dict[str, Any]:
+    """`choose_sampler`'s rule over rows with ``median_acc`` and ``median_max_iou``: among
+    the rows within 1 point of `training_median`, the lowest max-IoU; if none is, the
+    closest median accuracy (first wins ties)."""
+    if not rows:
+        raise WeightspaceError("pick: no rows to choose from")
+    close = [r for r in rows if abs(r["median_acc"] - training_median) <= 0.01 + 1e-9]
+    if close:
+        return min(close, key=lambda r: r["median_max_iou"])
+    return min(rows, key=lambda r: abs(r["median_acc"] - training_median))
 
 
 def choose_sampler(
@@ -121,11 +134,7 @@ def choose_sampler(
                 "accuracy": prompt, "guidance": g, "temperature": float(t),
                 "median_acc": float(np.median(acc)), "median_max_iou": float(np.median(sim)),
             })  # fmt: skip
-    close = [r for r in rows if abs(r["median_acc"] - want) <= 0.01 + 1e-9]
-    if close:
-        best = min(close, key=lambda r: r["median_max_iou"])
-    else:
-        best = min(rows, key=lambda r: abs(r["median_acc"] - want))
+    best = pick(rows, want)
     return {
         "chosen": {k: best[k] for k in ("accuracy", "guidance", "temperature")},
         "chosen_row": best,

@@ -185,7 +185,7 @@ _FILE_SECONDS = {
     "test_metanets_transformer.py": 30,
     "test_metanets_probegen.py": 30,
     "test_hyper_cli.py": 20,
-    "test_generators_weightgen.py": 15,
+    "test_generators_weightgen.py": 30,
 }
 
 
