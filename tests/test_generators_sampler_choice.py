@@ -117,3 +117,27 @@ def test_calibration_refuses_what_it_cannot_use(spread):
         )  # fmt: skip
     with pytest.raises(WeightspaceError, match="increasing"):
         PromptCalibration(requested=(0.5, 0.4), given=(0.1, 0.2), guidance=1.0)
+
+
+def test_choose_sampler_tries_the_calibrated_prompts(spread):
+    """With a calibration, `choose_sampler` also asks for each prompt quantile through it
+    (rows after the plain ones, the prompt given recorded as ``accuracy``), and those rows
+    land nearer the quantile they ask for."""
+    target, pop, labels, x, y = spread
+    gen = Compressed(target, pop, labels)
+    cal = sampler_choice.calibrate_prompts(
+        gen, pop, x, y, key=jax.random.key(6), accuracy=labels, n=2
+    )
+    grid = {"prompt_quantiles": (0.5, 0.85), "guidance": (1.0,), "temperature": (1.0,)}
+    c = sampler_choice.choose_sampler(
+        gen, pop, x, y, key=jax.random.key(7), accuracy=labels, n=2, grid=grid, calibration=cal
+    )
+    assert [(r["prompt_quantile"], r["calibrated"]) for r in c["grid"]] == [
+        (0.5, False), (0.85, False), (0.5, True), (0.85, True)
+    ]  # fmt: skip
+    plain, calibrated = c["grid"][1], c["grid"][3]
+    ask = float(np.quantile(labels, 0.85))
+    assert plain["requested"] == calibrated["requested"] == ask == plain["accuracy"]
+    assert calibrated["accuracy"] == pytest.approx(cal(ask))
+    assert abs(calibrated["median_acc"] - ask) < 0.5 * abs(plain["median_acc"] - ask)
+    assert c["chosen_row"] == sampler_choice.pick(c["grid"], c["training_median_acc"])
