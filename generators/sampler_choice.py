@@ -240,6 +240,8 @@ class PromptCalibration:
 
 
 def _calibrate(gen, x, y, labels, on_xy, *, key, guidance, n, points) -> PromptCalibration:
+    if points < 2 or n < 1:
+        raise WeightspaceError(f"calibration needs points >= 2 and n >= 1, got {points}, {n}")
     spaced = np.linspace(0.0, 1.0, points)  # where the networks are, and evenly between
     lo, hi = labels.min(), labels.max()
     given = np.unique(np.concatenate([np.quantile(labels, spaced), lo + (hi - lo) * spaced]))
@@ -250,7 +252,7 @@ def _calibrate(gen, x, y, labels, on_xy, *, key, guidance, n, points) -> PromptC
                     guidance=float(guidance))
         for j, a in enumerate(given)
     ])  # fmt: skip
-    grid = np.linspace(labels.min(), labels.max(), 201)  # label units
+    grid = np.linspace(lo, hi, 201)  # label units
     carried = _increasing(_carry(labels, on_xy, grid))  # ... and their targets on x, y
     requested = _increasing(np.interp(achieved, carried, grid))
     return PromptCalibration(
@@ -281,14 +283,9 @@ def calibrate_prompts(
     under `guidance` (key ``fold_in(key, j)`` for the j-th lowest prompt); each prompt's
     median accuracy on `x, y` is carried back to label units through the training networks
     (the inverse of the module docstring's rule, made monotone), which is the accuracy that
-    prompt reaches. ``calibration(a)`` interpolates
-    the inverse: the prompt that reaches `a`.
+    prompt reaches. ``calibration(a)`` interpolates the inverse: the prompt that reaches `a`.
     """
     labels, on_xy = _labels(gen, training, x, y, accuracy, "calibrate_prompts")
-    if points < 2 or n < 1:
-        raise WeightspaceError(
-            f"calibrate_prompts: needs points >= 2 and n >= 1, got {points}, {n}"
-        )
     return _calibrate(gen, x, y, labels, on_xy, key=key, guidance=guidance, n=n, points=points)
 
 

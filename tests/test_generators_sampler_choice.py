@@ -115,6 +115,10 @@ def test_calibration_refuses_what_it_cannot_use(spread):
             SimpleNamespace(target=target, config=SimpleNamespace(condition="task")),
             pop, x, y, key=key, accuracy=labels,
         )  # fmt: skip
+    with pytest.raises(WeightspaceError, match="points >= 2"):  # through either entry
+        sampler_choice.choose_prompt_guidance(
+            gen, pop, x, y, key=key, accuracy=labels, prompts=[0.5], calibrate=True, points=1
+        )
     with pytest.raises(WeightspaceError, match="increasing"):
         PromptCalibration(requested=(0.5, 0.4), given=(0.1, 0.2), guidance=1.0)
 
